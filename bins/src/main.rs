@@ -1,1 +1,80 @@
-fn main() {}
+//! `mesh`: the agent and its CLI, with Consul's verbs and flag spellings.
+
+mod agent_cmd;
+mod cli;
+mod demo;
+
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "Usage: mesh <command> [args]
+
+Commands:
+    agent      Runs a mesh agent (server)
+    demo       Starts consul00-02 on 127.0.0.10-12 and shows election, writes and failover
+    join       Tell the local agent to join a cluster
+    leave      Gracefully leave the cluster and shut down the local agent
+    members    Lists the members of the cluster
+    operator   Operator tools (raft list-peers, raft remove-peer)
+    kv         Key/value store: put, get, delete
+    version    Prints the version";
+
+/// Sets up logging: `-log-level` (Consul spellings) and `-log-json`.
+pub(crate) fn init_logging(level: &str, json: bool) {
+    let level = match level.to_ascii_lowercase().as_str() {
+        "err" | "error" => "error",
+        "warn" | "warning" => "warn",
+        "debug" => "debug",
+        "trace" => "trace",
+        _ => "info",
+    };
+    let filter = EnvFilter::try_from_env("MESH_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},openraft=warn,hyper=warn"))
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn report(result: Result<(), String>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default();
+    let code = match args.first().map(String::as_str) {
+        Some("agent") => agent_cmd::run(rest),
+        Some("demo") => demo::run(rest),
+        Some("join") => report(cli::join(rest)),
+        Some("leave") => report(cli::leave(rest)),
+        Some("members") => report(cli::members(rest)),
+        Some("operator") => report(cli::operator(rest)),
+        Some("kv") => report(cli::kv(rest)),
+        Some("version" | "-version" | "--version") => {
+            println!("mesh v{}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            0
+        }
+        Some(other) => {
+            eprintln!("unknown command {other:?}\n\n{USAGE}");
+            1
+        }
+        None => {
+            eprintln!("{USAGE}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

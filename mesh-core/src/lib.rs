@@ -1,1 +1,4 @@
 //! wip
+pub mod codec;
+pub mod formation;
+pub mod record;

@@ -1,1 +1,20 @@
-//! wip
+//! The runtime shell of the mesh: tokio (or madsim) networking, openraft
+//! wiring, durable storage and the HTTP API, around the sans-IO logic of
+//! `mesh-core`.
+//!
+//! Everything here imports `tokio`, which the workspace maps to
+//! `madsim-tokio`: real tokio in the `mesh` binary, the deterministic
+//! simulator under `--cfg madsim`.
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod disk;
+pub mod http;
+pub mod http_client;
+pub mod log_store;
+pub mod network;
+pub mod raft_types;
+pub mod rpc;
+pub mod runtime;
+pub mod server;
+pub mod state_store;

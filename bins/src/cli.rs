@@ -1,0 +1,322 @@
+//! CLI verbs that talk to a local agent's HTTP API, as Consul's do:
+//! `join`, `leave`, `members`, `operator raft list-peers`, `kv put|get|delete`.
+
+use std::time::Duration;
+
+use base64::Engine;
+use mesh_core::api::KvPair;
+use mesh_net::http_client::{HttpClient, HttpResponse};
+use serde_json::Value;
+
+use mesh_bins::flags::{usage, Flags, Kind, Spec};
+
+/// Flags every API command takes.
+const HTTP_FLAGS: &[Spec] = &[(
+    "http-addr",
+    Kind::Value,
+    "Agent HTTP address. Default: $MESH_HTTP_ADDR, $CONSUL_HTTP_ADDR, or 127.0.0.1:8500.",
+)];
+
+/// The agent address: flag, then MESH_HTTP_ADDR, then CONSUL_HTTP_ADDR.
+fn agent_addr(flags: &Flags) -> String {
+    let raw = flags
+        .get("http-addr")
+        .map(str::to_string)
+        .or_else(|| std::env::var("MESH_HTTP_ADDR").ok())
+        .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok())
+        .unwrap_or_else(|| "127.0.0.1:8500".into());
+    let trimmed = raw.trim_start_matches("http://").trim_end_matches('/');
+    trimmed.to_string()
+}
+
+fn specs(extra: &[Spec]) -> Vec<Spec> {
+    HTTP_FLAGS.iter().chain(extra.iter()).copied().collect()
+}
+
+fn parse(args: &[String], extra: &[Spec], help: &str) -> Result<Flags, String> {
+    Flags::parse(args, &specs(extra)).map_err(|e| format!("{e}\n\n{help}\n\nOptions:\n\n{}", usage(&specs(extra))))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// One API call; a non-2xx answer becomes an error with the agent's message.
+fn call(flags: &Flags, method: &str, path: &str, body: Vec<u8>) -> Result<HttpResponse, String> {
+    let addr = agent_addr(flags);
+    runtime()?.block_on(async {
+        let mut client = HttpClient::new(addr, Duration::from_secs(30));
+        client.request(method, path, body).await.map_err(|e| e.to_string())
+    })
+}
+
+fn expect_ok(resp: HttpResponse, what: &str) -> Result<HttpResponse, String> {
+    if (200..300).contains(&resp.status) {
+        Ok(resp)
+    } else {
+        Err(format!("Error {what}: Unexpected response code: {} ({})", resp.status, resp.text().trim()))
+    }
+}
+
+fn json(resp: &HttpResponse) -> Result<Value, String> {
+    serde_json::from_slice(&resp.body).map_err(|e| format!("agent sent malformed JSON: {e}"))
+}
+
+fn encode_path(key: &str) -> String {
+    let mut out = String::new();
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `mesh join ADDR...`
+pub fn join(args: &[String]) -> Result<(), String> {
+    let flags = parse(args, &[], "Usage: mesh join [options] address ...")?;
+    if flags.positional.is_empty() {
+        return Err("At least one address to join must be specified.".into());
+    }
+    for addr in &flags.positional {
+        expect_ok(call(&flags, "PUT", &format!("/v1/agent/join/{}", encode_path(addr)), vec![])?, "joining the cluster")?;
+    }
+    println!("Successfully joined cluster by contacting {} nodes.", flags.positional.len());
+    Ok(())
+}
+
+/// `mesh leave`
+pub fn leave(args: &[String]) -> Result<(), String> {
+    let flags = parse(args, &[], "Usage: mesh leave [options]")?;
+    expect_ok(call(&flags, "PUT", "/v1/agent/leave", vec![])?, "leaving")?;
+    println!("Graceful leave complete");
+    Ok(())
+}
+
+/// `mesh members`
+pub fn members(args: &[String]) -> Result<(), String> {
+    let flags = parse(args, &[], "Usage: mesh members [options]")?;
+    let resp = expect_ok(call(&flags, "GET", "/v1/agent/members", vec![])?, "retrieving members")?;
+    let members = json(&resp)?;
+    let mut rows = vec![vec!["Node".to_string(), "Address".into(), "Status".into(), "Type".into(), "DC".into()]];
+    for m in members.as_array().into_iter().flatten() {
+        let status = match m["Status"].as_u64() {
+            Some(1) => "alive",
+            Some(3) => "left",
+            Some(4) => "failed",
+            _ => "unknown",
+        };
+        rows.push(vec![
+            m["Name"].as_str().unwrap_or("").to_string(),
+            format!("{}:{}", m["Addr"].as_str().unwrap_or(""), m["Port"].as_u64().unwrap_or(0)),
+            status.into(),
+            "server".into(),
+            "dc1".into(),
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// `mesh operator raft list-peers`
+pub fn operator(args: &[String]) -> Result<(), String> {
+    match (args.first().map(String::as_str), args.get(1).map(String::as_str)) {
+        (Some("raft"), Some("list-peers")) => {
+            let flags = parse(&args[2..], &[("stale", Kind::Bool, "Read from any server.")], "Usage: mesh operator raft list-peers [options]")?;
+            let path = if flags.bool("stale") { "/v1/operator/raft/configuration?stale" } else { "/v1/operator/raft/configuration" };
+            let resp = expect_ok(call(&flags, "GET", path, vec![])?, "retrieving the Raft configuration")?;
+            let config = json(&resp)?;
+            let mut rows = vec![vec![
+                "Node".to_string(),
+                "ID".into(),
+                "Address".into(),
+                "State".into(),
+                "Voter".into(),
+                "Commit Index".into(),
+            ]];
+            for s in config["Servers"].as_array().into_iter().flatten() {
+                rows.push(vec![
+                    s["Node"].as_str().unwrap_or("").to_string(),
+                    s["ID"].as_str().unwrap_or("").to_string(),
+                    s["Address"].as_str().unwrap_or("").to_string(),
+                    if s["Leader"].as_bool() == Some(true) { "leader" } else { "follower" }.into(),
+                    s["Voter"].as_bool().unwrap_or(false).to_string(),
+                    s["LastIndex"].as_u64().unwrap_or(0).to_string(),
+                ]);
+            }
+            print_table(&rows);
+            Ok(())
+        }
+        (Some("raft"), Some("remove-peer")) => {
+            let flags = parse(
+                &args[2..],
+                &[("id", Kind::Value, "Raft ID of the server."), ("address", Kind::Value, "RPC address of the server.")],
+                "Usage: mesh operator raft remove-peer -id=ID | -address=IP:port",
+            )?;
+            let path = match (flags.get("id"), flags.get("address")) {
+                (Some(id), _) => format!("/v1/operator/raft/peer?id={}", encode_path(id)),
+                (None, Some(a)) => format!("/v1/operator/raft/peer?address={}", encode_path(a)),
+                (None, None) => return Err("Must specify either -id or -address".into()),
+            };
+            expect_ok(call(&flags, "DELETE", &path, vec![])?, "removing peer")?;
+            println!("Removed peer");
+            Ok(())
+        }
+        _ => Err("Usage: mesh operator raft <list-peers|remove-peer> [options]".into()),
+    }
+}
+
+/// `mesh kv put|get|delete`
+pub fn kv(args: &[String]) -> Result<(), String> {
+    let verb = args.first().map(String::as_str).unwrap_or("");
+    let rest = args.get(1..).unwrap_or_default();
+    match verb {
+        "put" => {
+            let flags = parse(
+                rest,
+                &[
+                    ("cas", Kind::Bool, "Check-and-set: write only if -modify-index matches (0: only if absent)."),
+                    ("modify-index", Kind::Value, "Expected ModifyIndex for -cas."),
+                    ("flags", Kind::Value, "Unsigned integer flags stored with the key."),
+                    ("base64", Kind::Bool, "The value is base64-encoded."),
+                ],
+                "Usage: mesh kv put [options] KEY [DATA]",
+            )?;
+            let (key, value) = match flags.positional.as_slice() {
+                [k] => (k.clone(), String::new()),
+                [k, v] => (k.clone(), v.clone()),
+                _ => return Err("Usage: mesh kv put [options] KEY [DATA]".into()),
+            };
+            let value = if flags.bool("base64") {
+                base64::engine::general_purpose::STANDARD
+                    .decode(value.as_bytes())
+                    .map_err(|e| format!("Error! Cannot base 64 decode data: {e}"))?
+            } else {
+                value.into_bytes()
+            };
+            let mut query = Vec::new();
+            if let Some(f) = flags.number::<u64>("flags")? {
+                query.push(format!("flags={f}"));
+            }
+            if flags.bool("cas") {
+                let idx = flags.number::<u64>("modify-index")?.ok_or("Must specify -modify-index with -cas!")?;
+                query.push(format!("cas={idx}"));
+            }
+            let path = with_query(&format!("/v1/kv/{}", encode_path(&key)), &query);
+            let resp = expect_ok(call(&flags, "PUT", &path, value)?, &format!("writing {key}"))?;
+            if resp.body.starts_with(b"true") {
+                println!("Success! Data written to: {key}");
+                Ok(())
+            } else {
+                Err(format!("Error! Did not write to {key}: CAS failed"))
+            }
+        }
+        "get" => {
+            let flags = parse(
+                rest,
+                &[
+                    ("recurse", Kind::Bool, "Get every key under the prefix."),
+                    ("keys", Kind::Bool, "List keys only."),
+                    ("separator", Kind::Value, "With -keys, roll keys up to this separator."),
+                    ("detailed", Kind::Bool, "Show the metadata of each entry."),
+                    ("stale", Kind::Bool, "Read from any server."),
+                ],
+                "Usage: mesh kv get [options] [KEY_OR_PREFIX]",
+            )?;
+            let key = flags.positional.first().cloned().unwrap_or_default();
+            let mut query = Vec::new();
+            if flags.bool("stale") {
+                query.push("stale".to_string());
+            }
+            if flags.bool("keys") {
+                query.push("keys".into());
+                if let Some(sep) = flags.get("separator") {
+                    query.push(format!("separator={}", encode_path(sep)));
+                }
+            } else if flags.bool("recurse") {
+                query.push("recurse".into());
+            }
+            let path = with_query(&format!("/v1/kv/{}", encode_path(&key)), &query);
+            let resp = call(&flags, "GET", &path, vec![])?;
+            if resp.status == 404 {
+                return Err(format!("Error! No key exists at: {key}"));
+            }
+            let resp = expect_ok(resp, &format!("querying {key}"))?;
+            if flags.bool("keys") {
+                let keys: Vec<String> = serde_json::from_slice(&resp.body).map_err(|e| e.to_string())?;
+                for k in keys {
+                    println!("{k}");
+                }
+                return Ok(());
+            }
+            let pairs: Vec<KvPair> = serde_json::from_slice(&resp.body).map_err(|e| format!("agent sent malformed JSON: {e}"))?;
+            for p in &pairs {
+                let value = p.decoded_value().map_err(|e| e.to_string())?;
+                let value = String::from_utf8_lossy(&value);
+                if flags.bool("detailed") {
+                    println!("CreateIndex      {}\nFlags            {}\nKey              {}\nLockIndex        {}\nModifyIndex      {}\nValue            {}\n", p.create_index, p.flags, p.key, p.lock_index, p.modify_index, value);
+                } else if flags.bool("recurse") {
+                    println!("{}:{}", p.key, value);
+                } else {
+                    println!("{value}");
+                }
+            }
+            Ok(())
+        }
+        "delete" => {
+            let flags = parse(
+                rest,
+                &[
+                    ("recurse", Kind::Bool, "Delete every key under the prefix."),
+                    ("cas", Kind::Bool, "Delete only if -modify-index matches."),
+                    ("modify-index", Kind::Value, "Expected ModifyIndex for -cas."),
+                ],
+                "Usage: mesh kv delete [options] KEY_OR_PREFIX",
+            )?;
+            let key = flags.positional.first().cloned().unwrap_or_default();
+            if key.is_empty() && !flags.bool("recurse") {
+                return Err("Error! Missing KEY argument".into());
+            }
+            let mut query = Vec::new();
+            if flags.bool("recurse") {
+                query.push("recurse".to_string());
+            }
+            if flags.bool("cas") {
+                let idx = flags.number::<u64>("modify-index")?.ok_or("Must specify -modify-index with -cas!")?;
+                query.push(format!("cas={idx}"));
+            }
+            let path = with_query(&format!("/v1/kv/{}", encode_path(&key)), &query);
+            let resp = expect_ok(call(&flags, "DELETE", &path, vec![])?, &format!("deleting {key}"))?;
+            if resp.body.starts_with(b"true") {
+                println!("Success! Deleted key: {key}");
+                Ok(())
+            } else {
+                Err(format!("Error! Did not delete key {key}: CAS failed"))
+            }
+        }
+        _ => Err("Usage: mesh kv <put|get|delete> [options] KEY".into()),
+    }
+}
+
+fn with_query(path: &str, query: &[String]) -> String {
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(String::len).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}

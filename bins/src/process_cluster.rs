@@ -1,0 +1,194 @@
+//! Three (or more) `mesh agent -server` processes on loopback addresses,
+//! with real TCP and real files: the harness behind `mesh demo` and the
+//! integration tests.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mesh_net::http_client::{HttpClient, HttpResponse};
+
+/// One server process and where it lives.
+#[derive(Debug)]
+pub struct Node {
+    /// Node name (`consul00`...).
+    pub name: String,
+    /// Loopback IP it binds.
+    pub ip: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of server processes.
+#[derive(Debug)]
+pub struct ProcessCluster {
+    exe: PathBuf,
+    dir: PathBuf,
+    rpc_port: u16,
+    http_port: u16,
+    /// The servers, in order.
+    pub nodes: Vec<Node>,
+    extra_args: Vec<String>,
+}
+
+impl ProcessCluster {
+    /// Plans servers `consul00..` on `ips`, storing data and logs under
+    /// `dir` (created). Nothing starts until [`ProcessCluster::start`].
+    pub fn new(exe: &Path, dir: &Path, ips: &[&str], rpc_port: u16, http_port: u16) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let nodes = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| Node {
+                name: format!("consul{i:02}"),
+                ip: ip.to_string(),
+                data_dir: dir.join(format!("consul{i:02}")),
+                child: None,
+            })
+            .collect();
+        Ok(Self {
+            exe: exe.to_path_buf(),
+            dir: dir.to_path_buf(),
+            rpc_port,
+            http_port,
+            nodes,
+            extra_args: Vec::new(),
+        })
+    }
+
+    /// Extra flags for every agent (e.g. `-log-level debug`).
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// The HTTP address of server `i`.
+    pub fn http_addr(&self, i: usize) -> String {
+        format!("{}:{}", self.nodes[i].ip, self.http_port)
+    }
+
+    /// The RPC address of server `i` (what `/v1/status/leader` reports).
+    pub fn rpc_addr(&self, i: usize) -> String {
+        format!("{}:{}", self.nodes[i].ip, self.rpc_port)
+    }
+
+    /// The server whose RPC address is `addr`.
+    pub fn index_of(&self, rpc_addr: &str) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| self.rpc_addr(i) == rpc_addr)
+    }
+
+    /// Whether server `i` runs.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// The log file of server `i`.
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}.log", self.nodes[i].name))
+    }
+
+    /// Starts server `i` with `-bootstrap-expect N` and `-retry-join` to all others.
+    pub fn start(&mut self, i: usize) -> io::Result<()> {
+        assert!(self.nodes[i].child.is_none(), "server {i} already runs");
+        let node = &self.nodes[i];
+        let log = File::options().create(true).append(true).open(self.log_path(i))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("agent")
+            .arg("-server")
+            .args(["-node", &node.name])
+            .args(["-bind", &node.ip])
+            .args(["-client", &node.ip])
+            .arg(format!("-server-port={}", self.rpc_port))
+            .arg(format!("-http-port={}", self.http_port))
+            .arg(format!("-data-dir={}", node.data_dir.display()))
+            .arg(format!("-bootstrap-expect={}", self.nodes.len()));
+        for (j, other) in self.nodes.iter().enumerate() {
+            if j != i {
+                cmd.arg(format!("-retry-join={}:{}", other.ip, self.rpc_port));
+            }
+        }
+        cmd.args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn()?;
+        self.nodes[i].child = Some(child);
+        Ok(())
+    }
+
+    /// kill -9 server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM server `i` and wait (up to 10 s, then kill -9) for it to exit.
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// One HTTP request to server `i`.
+    pub async fn request(&self, i: usize, method: &str, path: &str, body: &[u8]) -> Result<HttpResponse, String> {
+        let mut c = HttpClient::new(self.http_addr(i), Duration::from_secs(10));
+        c.request(method, path, body.to_vec()).await.map_err(|e| e.to_string())
+    }
+
+    /// The leader server `i` reports, as a server index.
+    pub async fn leader_seen_by(&self, i: usize) -> Option<usize> {
+        let mut c = HttpClient::new(self.http_addr(i), Duration::from_millis(500));
+        let resp = c.request("GET", "/v1/status/leader", vec![]).await.ok()?;
+        let addr: String = serde_json::from_slice(&resp.body).ok()?;
+        self.index_of(&addr)
+    }
+
+    /// Waits until every running server names the same running leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let mut seen = Vec::new();
+            for i in 0..self.nodes.len() {
+                if self.is_running(i) {
+                    seen.push(self.leader_seen_by(i).await);
+                }
+            }
+            if let Some(Some(l)) = seen.first() {
+                if self.is_running(*l) && seen.iter().all(|s| *s == Some(*l)) {
+                    return Some(*l);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    /// Stops every server with SIGTERM.
+    pub fn stop_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.terminate(i);
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! RPC messages between agents and servers.
+//!
+//! Messages are generic over the Raft payloads `R`, which belong to the
+//! runtime's Raft library; everything else is defined here so the protocol
+//! can be read (and fuzzed) without a runtime. A message travels as the
+//! payload of one `codec` frame, encoded as JSON.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::formation::ServerInfo;
+use crate::kv::KvEntry;
+use crate::state::{Command, CommandResult};
+
+/// A request from an agent or server to a server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request<R> {
+    /// A Raft protocol message.
+    Raft(R),
+    /// Discovery: "this is me"; answered with [`Response::Status`].
+    Hello(ServerInfo),
+    /// Add the sender to the cluster as a voter (idempotent).
+    Join(ServerInfo),
+    /// Remove a server from the peer set (`mesh leave`, `DELETE /v1/operator/raft/peer`).
+    RemovePeer {
+        /// The server's Raft id.
+        node_id: u64,
+    },
+    /// A replicated write; must reach the leader.
+    Write(Command),
+    /// A KV read in a given consistency mode.
+    Read(ReadRequest),
+    /// Leadership hand-off: the leader is leaving, start an election now.
+    TimeoutNow,
+    /// Cluster status as the receiver sees it.
+    Status,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response<R> {
+    /// Answer to [`Request::Raft`].
+    Raft(R),
+    /// Answer to [`Request::Hello`] and [`Request::Status`].
+    Status(ClusterStatus),
+    /// A write was committed and applied at `index`.
+    Written {
+        /// Raft index of the write.
+        index: u64,
+        /// What applying it returned.
+        result: CommandResult,
+    },
+    /// Answer to [`Request::Read`].
+    Read(ReadResponse),
+    /// The request was carried out.
+    Done,
+    /// The request failed.
+    Error(RpcError),
+}
+
+/// Consul's read consistency modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Consistency {
+    /// Served by the leader after it confirmed leadership with a quorum
+    /// (no lease: a deposed leader cannot answer). Consul's default mode is
+    /// lease-based; ours is never stale.
+    #[default]
+    Default,
+    /// Same as `Default` here: both confirm leadership with a quorum.
+    Consistent,
+    /// Served by any server from its local state.
+    Stale,
+}
+
+/// A KV query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvQuery {
+    /// One key.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Every entry under a prefix (`?recurse`).
+    List {
+        /// The prefix.
+        prefix: String,
+    },
+    /// Key names under a prefix (`?keys`, `?separator=`).
+    Keys {
+        /// The prefix.
+        prefix: String,
+        /// Roll keys up to the first separator after the prefix.
+        separator: Option<String>,
+    },
+}
+
+/// A read with its consistency mode and blocking parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    /// What to read.
+    pub query: KvQuery,
+    /// Consistency mode.
+    pub consistency: Consistency,
+    /// Blocking query: wait until the result index exceeds this (0: don't).
+    pub min_index: u64,
+    /// Blocking query: give up waiting after this long.
+    pub wait_ms: u64,
+}
+
+/// The result of a [`ReadRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResponse {
+    /// `X-Consul-Index`: the index the result is current as of.
+    pub index: u64,
+    /// Matching entries (`Get`, `List`).
+    pub entries: Vec<KvEntry>,
+    /// Matching key names (`Keys`).
+    pub keys: Vec<String>,
+    /// Whether the serving server knew a leader.
+    pub known_leader: bool,
+    /// Milliseconds since the serving server last heard from the leader (0 on the leader).
+    pub last_contact_ms: u64,
+}
+
+/// One server in the Raft configuration, as `/v1/operator/raft/configuration` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Identity and addresses.
+    pub info: ServerInfo,
+    /// Whether it votes.
+    pub voter: bool,
+    /// Whether it is the leader.
+    pub leader: bool,
+}
+
+/// Cluster status as one server sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The answering server.
+    pub me: ServerInfo,
+    /// Whether it has Raft state (it belongs to a formed cluster).
+    pub initialized: bool,
+    /// The leader it knows of.
+    pub leader: Option<ServerInfo>,
+    /// Its current term.
+    pub term: u64,
+    /// Its last log index.
+    pub last_log_index: u64,
+    /// Its commit index as known locally (the applied index).
+    pub applied_index: u64,
+    /// The Raft configuration it holds (empty before formation).
+    pub peers: Vec<PeerStatus>,
+    /// Servers it has discovered (for bootstrap-expect).
+    pub known_servers: Vec<ServerInfo>,
+    /// The Raft index of the configuration.
+    pub config_index: u64,
+}
+
+/// Why a request failed, and what the caller should do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RpcError {
+    /// This server is not the leader; retry at `leader` if known.
+    #[error("not the leader (leader: {})", leader.as_ref().map_or("unknown", |l| l.rpc_addr.as_str()))]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<ServerInfo>,
+    },
+    /// No leader is known; retry later.
+    #[error("No cluster leader")]
+    NoLeader,
+    /// The request was malformed or not allowed; do not retry.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The server failed; the outcome of a write is unknown.
+    #[error("server error: {0}")]
+    Internal(String),
+}
+
+/// Why a received message could not be decoded: the peer is broken or not
+/// speaking our protocol; drop its connection.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed message: {0}")]
+pub struct WireError(String);
+
+/// Encodes `msg` as one frame appended to `out`.
+pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+    let payload = serde_json::to_vec(msg).expect("wire messages always serialize");
+    codec::encode_frame(&payload, out);
+}
+
+/// Decodes a frame payload.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
+    serde_json::from_slice(payload).map_err(|e| WireError(e.to_string()))
+}
+
+/// Evaluates a KV query against the applied state. The index follows Consul:
+/// the KV table's last-modified index, never 0 (blocking clients treat 0 as
+/// "no index").
+pub fn evaluate(kv: &crate::kv::KvStore, query: &KvQuery) -> (u64, Vec<KvEntry>, Vec<String>) {
+    let index = kv.table_index().max(1);
+    match query {
+        KvQuery::Get { key } => (index, kv.get(key).cloned().into_iter().collect(), Vec::new()),
+        KvQuery::List { prefix } => (index, kv.list(prefix).into_iter().cloned().collect(), Vec::new()),
+        KvQuery::Keys { prefix, separator } => (index, Vec::new(), kv.keys(prefix, separator.as_deref())),
+    }
+}

@@ -1,0 +1,263 @@
+//! The small storage interface every durable byte goes through.
+//!
+//! Production uses [`FileDisk`]: real files under the data dir, `fsync` on
+//! [`Disk::sync`], and tmp-file + rename + directory fsync for
+//! [`Disk::write_atomic`]. The simulator uses [`MemDisk`], which survives a
+//! node's restart and, on [`MemDisk::crash`], loses whatever was not synced;
+//! `madsim::fs` has no such fault model and `tokio::fs` is not simulated.
+//!
+//! The calls are synchronous: records are small and an `fsync` must finish
+//! before a write is acknowledged anyway.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Named files that can be appended to, synced, truncated and replaced
+/// atomically. Names are plain file names (no directories).
+pub trait Disk: Send + Sync + 'static {
+    /// The whole content of `name`, or `None` if it does not exist.
+    fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>>;
+    /// Appends to `name`, creating it. Not durable until [`Disk::sync`].
+    fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Makes every earlier append and truncate of `name` durable.
+    fn sync(&self, name: &str) -> io::Result<()>;
+    /// Cuts `name` to `len` bytes and makes that durable.
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()>;
+    /// Replaces `name` with `bytes` durably: after a crash the file holds
+    /// either the old or the new content, never a mix.
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// A human-readable location, for error messages.
+    fn describe(&self, name: &str) -> String;
+}
+
+/// Files in one directory on a real filesystem.
+#[derive(Debug)]
+pub struct FileDisk {
+    dir: PathBuf,
+    open: Mutex<BTreeMap<String, File>>,
+}
+
+impl FileDisk {
+    /// Opens (creating) the data directory `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> io::Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| {
+            io::Error::new(e.kind(), format!("creating data dir {}: {e}", dir.display()))
+        })?;
+        Ok(Self {
+            dir,
+            open: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn with_file<T>(&self, name: &str, f: impl FnOnce(&mut File) -> io::Result<T>) -> io::Result<T> {
+        let mut open = self.open.lock().expect("disk lock poisoned");
+        if !open.contains_key(name) {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(self.dir.join(name))?;
+            open.insert(name.to_string(), file);
+        }
+        f(open.get_mut(name).expect("inserted above"))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Disk for FileDisk {
+    fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        match File::open(self.dir.join(name)) {
+            Ok(mut f) => {
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf)?;
+                Ok(Some(buf))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.with_file(name, |f| f.write_all(bytes))
+    }
+
+    fn sync(&self, name: &str) -> io::Result<()> {
+        let created = !self.dir.join(name).exists();
+        self.with_file(name, |f| f.sync_data())?;
+        if created {
+            self.sync_dir()?;
+        }
+        Ok(())
+    }
+
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        self.with_file(name, |f| {
+            f.set_len(len)?;
+            f.sync_all()
+        })
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        // Drop our append handle first: it would keep writing to the old inode.
+        self.open.lock().expect("disk lock poisoned").remove(name);
+        fs::rename(&tmp, self.dir.join(name))?;
+        self.sync_dir()
+    }
+
+    fn describe(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+/// One simulated file: its content and how much of it is durable.
+#[derive(Debug, Clone, Default)]
+struct MemFile {
+    data: Vec<u8>,
+    synced_len: usize,
+}
+
+/// An in-memory disk for the simulator and tests. Clones share the same
+/// files, so the harness keeps a handle across a node's crash and restart.
+#[derive(Debug, Clone, Default)]
+pub struct MemDisk {
+    files: Arc<Mutex<BTreeMap<String, MemFile>>>,
+}
+
+impl MemDisk {
+    /// An empty disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Power loss: every file keeps only its synced prefix. `torn_bytes`
+    /// keeps that many extra unsynced bytes per file, as a torn write does.
+    pub fn crash(&self, torn_bytes: usize) {
+        let mut files = self.files.lock().expect("disk lock poisoned");
+        for file in files.values_mut() {
+            let keep = (file.synced_len + torn_bytes).min(file.data.len());
+            file.data.truncate(keep);
+            file.synced_len = keep;
+        }
+        files.retain(|_, f| !f.data.is_empty() || f.synced_len > 0);
+    }
+
+    /// Flips one bit of a stored file (a media fault). Returns false if the
+    /// file is shorter than `byte`.
+    pub fn flip_bit(&self, name: &str, byte: usize, bit: u8) -> bool {
+        let mut files = self.files.lock().expect("disk lock poisoned");
+        match files.get_mut(name) {
+            Some(f) if byte < f.data.len() => {
+                f.data[byte] ^= 1 << (bit % 8);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Names and lengths of the stored files.
+    pub fn listing(&self) -> Vec<(String, usize)> {
+        let files = self.files.lock().expect("disk lock poisoned");
+        files.iter().map(|(n, f)| (n.clone(), f.data.len())).collect()
+    }
+}
+
+impl Disk for MemDisk {
+    fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let files = self.files.lock().expect("disk lock poisoned");
+        Ok(files.get(name).map(|f| f.data.clone()))
+    }
+
+    fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let mut files = self.files.lock().expect("disk lock poisoned");
+        files.entry(name.to_string()).or_default().data.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn sync(&self, name: &str) -> io::Result<()> {
+        let mut files = self.files.lock().expect("disk lock poisoned");
+        let f = files.entry(name.to_string()).or_default();
+        f.synced_len = f.data.len();
+        Ok(())
+    }
+
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        let mut files = self.files.lock().expect("disk lock poisoned");
+        let f = files.entry(name.to_string()).or_default();
+        let len = usize::try_from(len).unwrap_or(usize::MAX).min(f.data.len());
+        f.data.truncate(len);
+        f.synced_len = len;
+        Ok(())
+    }
+
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let mut files = self.files.lock().expect("disk lock poisoned");
+        files.insert(
+            name.to_string(),
+            MemFile {
+                data: bytes.to_vec(),
+                synced_len: bytes.len(),
+            },
+        );
+        Ok(())
+    }
+
+    fn describe(&self, name: &str) -> String {
+        format!("memdisk:{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(disk: &dyn Disk) {
+        assert_eq!(disk.read("a").unwrap(), None);
+        disk.append("a", b"hello ").unwrap();
+        disk.append("a", b"world").unwrap();
+        disk.sync("a").unwrap();
+        assert_eq!(disk.read("a").unwrap().unwrap(), b"hello world");
+        disk.truncate("a", 5).unwrap();
+        disk.append("a", b"!").unwrap();
+        disk.sync("a").unwrap();
+        assert_eq!(disk.read("a").unwrap().unwrap(), b"hello!");
+        disk.write_atomic("a", b"new").unwrap();
+        disk.append("a", b"+").unwrap();
+        disk.sync("a").unwrap();
+        assert_eq!(disk.read("a").unwrap().unwrap(), b"new+");
+    }
+
+    #[test]
+    fn file_disk_behaves_like_mem_disk() {
+        let dir = std::env::temp_dir().join(format!("mesh-disk-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        exercise(&FileDisk::open(&dir).unwrap());
+        exercise(&MemDisk::new());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mem_disk_crash_loses_only_unsynced_bytes() {
+        let disk = MemDisk::new();
+        disk.append("log", b"durable").unwrap();
+        disk.sync("log").unwrap();
+        disk.append("log", b"-lost").unwrap();
+        disk.crash(0);
+        assert_eq!(disk.read("log").unwrap().unwrap(), b"durable");
+        disk.append("log", b"-torn").unwrap();
+        disk.crash(2);
+        assert_eq!(disk.read("log").unwrap().unwrap(), b"durable-t");
+    }
+}

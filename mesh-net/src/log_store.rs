@@ -1,0 +1,392 @@
+//! Durable Raft log and vote on a [`Disk`].
+//!
+//! `raft.log` is an append-only file of checksummed records
+//! (`mesh_core::record`): an entry, a truncation ("drop entries from index
+//! N"), or a purge ("entries up to log id L are in a snapshot"). Every append
+//! is synced before openraft is told it is durable, which is before the entry
+//! can be acknowledged. On start the file is replayed; a torn last record
+//! (a crash mid-append) is cut off, while a corrupt record in the middle stops
+//! the server with the file and offset: dropping it silently could lose an
+//! acknowledged write. A purge rewrites the file atomically with only the
+//! live entries, which is how the log is compacted after a snapshot.
+//!
+//! `raft.vote` holds one record and is replaced atomically: a forgotten vote
+//! could let a server vote twice in one term.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::sync::{Arc, Mutex};
+
+use mesh_core::record::{self, CorruptRecord};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{RaftLogReader, StorageIOError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::disk::Disk;
+use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const LOG_FILE: &str = "raft.log";
+const VOTE_FILE: &str = "raft.vote";
+
+const KIND_ENTRY: u8 = 1;
+const KIND_TRUNCATE: u8 = 2;
+const KIND_PURGE: u8 = 3;
+const KIND_VOTE: u8 = 4;
+
+/// Why stored Raft state could not be opened. Each variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The disk failed.
+    #[error("reading {file}: {source}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A record in the middle of a file is damaged.
+    #[error("{file}: {source}")]
+    Corrupt {
+        /// The file.
+        file: String,
+        /// Where and what.
+        source: CorruptRecord,
+    },
+    /// A record's checksum matched but its content did not decode: a bug or
+    /// a file written by an incompatible version.
+    #[error("{file}: undecodable record at byte offset {offset}: {reason}")]
+    Undecodable {
+        /// The file.
+        file: String,
+        /// Byte offset of the record.
+        offset: u64,
+        /// The decoder's complaint.
+        reason: String,
+    },
+}
+
+/// Encodes a record holding `value` as JSON.
+pub(crate) fn json_record(kind: u8, value: &impl Serialize) -> Vec<u8> {
+    let payload = serde_json::to_vec(value).expect("Raft types always serialize");
+    let mut out = Vec::with_capacity(payload.len() + record::RECORD_HEADER_LEN);
+    record::encode_record(kind, &payload, &mut out);
+    out
+}
+
+/// One record read back from a file.
+pub(crate) struct StoredRecord {
+    pub kind: u8,
+    pub offset: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Reads all records of `name`, truncating a torn tail. Unknown kinds are an
+/// error: they mean a newer or broken writer.
+pub(crate) fn read_records(
+    disk: &dyn Disk,
+    name: &str,
+    expected_kinds: &[u8],
+) -> Result<Vec<StoredRecord>, OpenError> {
+    let file = disk.describe(name);
+    let io_err = |source| OpenError::Io {
+        file: file.clone(),
+        source,
+    };
+    let Some(bytes) = disk.read(name).map_err(io_err)? else {
+        return Ok(Vec::new());
+    };
+    let scan = record::scan(&bytes).map_err(|source| OpenError::Corrupt {
+        file: file.clone(),
+        source,
+    })?;
+    let mut out = Vec::with_capacity(scan.records.len());
+    for rec in &scan.records {
+        if !expected_kinds.contains(&rec.kind) {
+            return Err(OpenError::Undecodable {
+                file,
+                offset: rec.offset,
+                reason: format!("unknown record kind {}", rec.kind),
+            });
+        }
+        out.push(StoredRecord {
+            kind: rec.kind,
+            offset: rec.offset,
+            payload: rec.payload.to_vec(),
+        });
+    }
+    if let Some(torn) = &scan.torn_tail {
+        warn!(
+            file = %file,
+            offset = torn.offset,
+            discarded_bytes = torn.discarded_bytes,
+            reason = torn.reason,
+            "discarding torn tail left by a crash mid-write"
+        );
+        disk.truncate(name, scan.valid_len).map_err(io_err)?;
+    }
+    Ok(out)
+}
+
+/// Decodes a record's JSON payload.
+pub(crate) fn decode_record<T: DeserializeOwned>(
+    disk: &dyn Disk,
+    name: &str,
+    rec: &StoredRecord,
+) -> Result<T, OpenError> {
+    serde_json::from_slice(&rec.payload).map_err(|e| OpenError::Undecodable {
+        file: disk.describe(name),
+        offset: rec.offset,
+        reason: e.to_string(),
+    })
+}
+
+struct LogInner {
+    disk: Arc<dyn Disk>,
+    entries: BTreeMap<u64, Entry>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+}
+
+/// The Raft log storage of one server. Clones share state: one is handed to
+/// openraft, one serves as its reader.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+impl LogStore {
+    /// Opens the log and vote stored on `disk`, recovering from a torn tail.
+    pub fn open(disk: Arc<dyn Disk>) -> Result<Self, OpenError> {
+        let mut entries = BTreeMap::new();
+        let mut last_purged = None;
+        let d = disk.as_ref();
+        for rec in read_records(d, LOG_FILE, &[KIND_ENTRY, KIND_TRUNCATE, KIND_PURGE])? {
+            match rec.kind {
+                KIND_ENTRY => {
+                    let e: Entry = decode_record(d, LOG_FILE, &rec)?;
+                    entries.insert(e.log_id.index, e);
+                }
+                KIND_TRUNCATE => {
+                    let since: u64 = decode_record(d, LOG_FILE, &rec)?;
+                    entries.split_off(&since);
+                }
+                _ => {
+                    let upto: LogId = decode_record(d, LOG_FILE, &rec)?;
+                    entries = entries.split_off(&(upto.index + 1));
+                    last_purged = Some(upto);
+                }
+            }
+        }
+        let vote = match read_records(d, VOTE_FILE, &[KIND_VOTE])?.pop() {
+            Some(rec) => Some(decode_record::<Vote>(d, VOTE_FILE, &rec)?),
+            None => None,
+        };
+        info!(
+            entries = entries.len(),
+            last_purged = ?last_purged.map(|l| l.index),
+            vote = ?vote,
+            "opened raft log"
+        );
+        let store = Self {
+            inner: Arc::new(Mutex::new(LogInner {
+                disk,
+                entries,
+                last_purged,
+                vote,
+            })),
+        };
+        store.check_invariants();
+        Ok(store)
+    }
+
+    /// Whether anything Raft-related was ever stored: such a server never
+    /// bootstraps again.
+    pub fn has_state(&self) -> bool {
+        let inner = self.lock();
+        inner.vote.is_some() || !inner.entries.is_empty() || inner.last_purged.is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
+        self.inner.lock().expect("log store lock poisoned")
+    }
+
+    /// Entries are contiguous and follow the purge point.
+    pub fn check_invariants(&self) {
+        let inner = self.lock();
+        let mut expected = inner.last_purged.map(|l| l.index + 1);
+        for (index, entry) in &inner.entries {
+            assert_eq!(*index, entry.log_id.index);
+            if let Some(e) = expected {
+                assert_eq!(*index, e, "raft log has a gap");
+            }
+            expected = Some(index + 1);
+        }
+    }
+
+    fn append_durably(inner: &LogInner, bytes: &[u8]) -> io::Result<()> {
+        inner.disk.append(LOG_FILE, bytes)?;
+        inner.disk.sync(LOG_FILE)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.lock();
+        Ok(inner.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = self.lock();
+        let last = inner.entries.values().next_back().map(|e| e.log_id);
+        Ok(LogState {
+            last_purged_log_id: inner.last_purged,
+            last_log_id: last.or(inner.last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let bytes = json_record(KIND_VOTE, vote);
+        inner
+            .disk
+            .write_atomic(VOTE_FILE, &bytes)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.lock().vote)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut inner = self.lock();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut bytes = Vec::new();
+        for e in &entries {
+            bytes.extend_from_slice(&json_record(KIND_ENTRY, e));
+        }
+        if let Err(e) = Self::append_durably(&inner, &bytes) {
+            let err = StorageIOError::write_logs(&e);
+            callback.log_io_completed(Err(e));
+            return Err(err.into());
+        }
+        for e in entries {
+            inner.entries.insert(e.log_id.index, e);
+        }
+        drop(inner);
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let bytes = json_record(KIND_TRUNCATE, &log_id.index);
+        Self::append_durably(&inner, &bytes).map_err(|e| StorageIOError::write_logs(&e))?;
+        inner.entries.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let live = inner.entries.split_off(&(log_id.index + 1));
+        // Compact: rewrite the file with the purge point and the live entries.
+        let mut bytes = json_record(KIND_PURGE, &log_id);
+        for e in live.values() {
+            bytes.extend_from_slice(&json_record(KIND_ENTRY, e));
+        }
+        inner
+            .disk
+            .write_atomic(LOG_FILE, &bytes)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        inner.entries = live;
+        inner.last_purged = Some(log_id);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::MemDisk;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(mesh_core::state::Command::KvSet {
+                key: format!("k{index}"),
+                value: vec![index as u8],
+                flags: 0,
+            }),
+        }
+    }
+
+    fn write_direct(disk: &MemDisk, entries: &[Entry]) {
+        for e in entries {
+            disk.append(LOG_FILE, &json_record(KIND_ENTRY, e))
+                .unwrap();
+        }
+        disk.sync(LOG_FILE).unwrap();
+    }
+
+    fn indexes(store: &LogStore) -> Vec<u64> {
+        store.lock().entries.keys().copied().collect()
+    }
+
+    #[test]
+    fn reopen_replays_entries_truncations_and_purges() {
+        let disk = MemDisk::new();
+        write_direct(&disk, &(1..=5).map(|i| entry(1, i)).collect::<Vec<_>>());
+        disk.append(LOG_FILE, &json_record(KIND_TRUNCATE, &4u64))
+            .unwrap();
+        write_direct(&disk, &[entry(2, 4)]);
+        let store = LogStore::open(Arc::new(disk.clone())).unwrap();
+        assert_eq!(indexes(&store), vec![1, 2, 3, 4]);
+        assert_eq!(store.lock().entries[&4].log_id.leader_id.term, 2);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_earlier_entries_survive() {
+        let disk = MemDisk::new();
+        write_direct(&disk, &[entry(1, 1), entry(1, 2)]);
+        disk.append(LOG_FILE, &json_record(KIND_ENTRY, &entry(1, 3)))
+            .unwrap();
+        disk.crash(7); // a few bytes of the third record reached the disk
+        let store = LogStore::open(Arc::new(disk.clone())).unwrap();
+        assert_eq!(indexes(&store), vec![1, 2]);
+        // The file was cut back, so new appends land on a clean boundary.
+        write_direct(&disk, &[entry(1, 3)]);
+        let store = LogStore::open(Arc::new(disk)).unwrap();
+        assert_eq!(indexes(&store), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn corrupt_middle_record_is_a_startup_error_naming_file_and_offset() {
+        let disk = MemDisk::new();
+        write_direct(&disk, &[entry(1, 1), entry(1, 2), entry(1, 3)]);
+        assert!(disk.flip_bit(LOG_FILE, 20, 3));
+        let err = LogStore::open(Arc::new(disk)).err().expect("must refuse");
+        let msg = err.to_string();
+        assert!(msg.contains("raft.log") && msg.contains("offset 0"), "{msg}");
+    }
+}

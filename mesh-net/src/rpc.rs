@@ -1,0 +1,244 @@
+//! Framed request/response RPC over TCP.
+//!
+//! One request at a time per connection: the client writes a frame, the
+//! server answers with one frame. Idle client connections are pooled per
+//! address. A peer that sends a bad frame or an undecodable message gets its
+//! connection closed and nothing else happens: the server keeps serving
+//! every other connection.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh_core::codec::{self, FrameError, LEN_PREFIX};
+use mesh_core::wire::{self, Request, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::raft_types::{RaftReply, RaftRequest};
+
+/// A request on the mesh's RPC port.
+pub type RpcRequest = Request<RaftRequest>;
+/// A response on the mesh's RPC port.
+pub type RpcResponse = Response<RaftReply>;
+
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Why an RPC call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The request was never delivered (connect failed): safe to retry.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Target.
+        addr: String,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The request may or may not have been carried out.
+    #[error("rpc to {addr} failed: {reason}")]
+    Failed {
+        /// Target.
+        addr: String,
+        /// Cause.
+        reason: String,
+    },
+    /// No answer within the deadline; the outcome is unknown.
+    #[error("rpc to {addr} timed out after {timeout:?}")]
+    Timeout {
+        /// Target.
+        addr: String,
+        /// The deadline.
+        timeout: Duration,
+    },
+}
+
+impl CallError {
+    /// Whether the request certainly did not reach the server.
+    pub fn not_delivered(&self) -> bool {
+        matches!(self, CallError::Connect { .. })
+    }
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream before a frame.
+pub async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<Vec<u8>>> {
+    let mut prefix = [0u8; LEN_PREFIX];
+    match stream.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = codec::decode_len(prefix).map_err(frame_err)?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    let payload = codec::decode_body(&body).map_err(frame_err)?;
+    Ok(Some(payload.to_vec()))
+}
+
+fn frame_err(e: FrameError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Writes one message as a frame and flushes it (simulated TCP sends on flush).
+pub async fn write_message<S: AsyncWrite + Unpin, T: Serialize>(stream: &mut S, msg: &T) -> io::Result<()> {
+    let mut out = Vec::new();
+    wire::encode(msg, &mut out);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// Reads one message; `Ok(None)` on a clean end of stream.
+pub async fn read_message<S: AsyncRead + Unpin, T: DeserializeOwned>(stream: &mut S) -> io::Result<Option<T>> {
+    match read_frame(stream).await? {
+        None => Ok(None),
+        Some(payload) => wire::decode(&payload)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+    }
+}
+
+/// Serves RPC on `listener` until the task is dropped, calling `handler`
+/// for each request.
+pub async fn serve<H, F>(listener: TcpListener, handler: H)
+where
+    H: Fn(RpcRequest) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = RpcResponse> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "rpc accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            if let Err(e) = serve_connection(stream, handler).await {
+                // Garbage, a bad frame or a reset: this connection ends, nothing else.
+                debug!(%peer, error = %e, "rpc connection closed");
+            }
+        });
+    }
+}
+
+async fn serve_connection<H, F>(mut stream: TcpStream, handler: H) -> io::Result<()>
+where
+    H: Fn(RpcRequest) -> F,
+    F: Future<Output = RpcResponse>,
+{
+    while let Some(req) = read_message::<_, RpcRequest>(&mut stream).await? {
+        let resp = handler(req).await;
+        write_message(&mut stream, &resp).await?;
+    }
+    Ok(())
+}
+
+/// Whether carrying out `req` twice has the same effect as once.
+fn is_idempotent(req: &RpcRequest) -> bool {
+    !matches!(req, Request::Write(_))
+}
+
+fn is_stale_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// An RPC client with a pool of idle connections per address.
+#[derive(Clone, Default)]
+pub struct RpcClient {
+    idle: Arc<Mutex<BTreeMap<String, Vec<TcpStream>>>>,
+}
+
+/// Idle connections kept per address; more are closed after use.
+const MAX_IDLE_PER_ADDR: usize = 16;
+
+impl RpcClient {
+    /// A client with an empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    async fn connect(addr: &str) -> Result<TcpStream, CallError> {
+        let connect_err = |source| CallError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
+            .map_err(connect_err)?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Sends `req` to `addr` and waits up to `timeout` for the answer.
+    pub async fn call(&self, addr: &str, req: &RpcRequest, timeout: Duration) -> Result<RpcResponse, CallError> {
+        let pooled = self.idle.lock().expect("rpc pool poisoned").get_mut(addr).and_then(Vec::pop);
+        let fresh = pooled.is_none();
+        let mut stream = match pooled {
+            Some(s) => s,
+            None => Self::connect(addr).await?,
+        };
+        match tokio::time::timeout(timeout, Self::exchange(&mut stream, req)).await {
+            Ok(Ok(resp)) => {
+                let mut idle = self.idle.lock().expect("rpc pool poisoned");
+                let conns = idle.entry(addr.to_string()).or_default();
+                if conns.len() < MAX_IDLE_PER_ADDR {
+                    conns.push(stream);
+                }
+                Ok(resp)
+            }
+            Ok(Err(e)) if !fresh && is_idempotent(req) && is_stale_connection(&e) => {
+                // Most likely a pooled connection the peer had already closed
+                // (it restarted). The request may still have been processed,
+                // so only idempotent requests are sent again.
+                drop(stream);
+                self.forget(addr);
+                let mut stream = Self::connect(addr).await?;
+                match tokio::time::timeout(timeout, Self::exchange(&mut stream, req)).await {
+                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Err(e)) => Err(CallError::Failed {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    }),
+                    Err(_) => Err(CallError::Timeout {
+                        addr: addr.to_string(),
+                        timeout,
+                    }),
+                }
+            }
+            Ok(Err(e)) => Err(CallError::Failed {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(CallError::Timeout {
+                addr: addr.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Drops every idle connection to `addr`.
+    pub fn forget(&self, addr: &str) {
+        self.idle.lock().expect("rpc pool poisoned").remove(addr);
+    }
+
+    async fn exchange(stream: &mut TcpStream, req: &RpcRequest) -> io::Result<RpcResponse> {
+        write_message(stream, req).await?;
+        match read_message(stream).await? {
+            Some(resp) => Ok(resp),
+            None => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before the answer")),
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The Raft state machine store: applies committed entries to
+//! `mesh_core::state::StateMachine`, builds and installs snapshots, and keeps
+//! the latest snapshot on disk so a restarted server starts from it.
+//!
+//! `snapshot.bin` is replaced atomically and holds one record:
+//! `[meta_len: u32 LE][meta JSON][state machine bytes]`.
+
+use std::sync::{Arc, RwLock};
+
+use mesh_core::record;
+use mesh_core::state::{CommandResult, StateMachine};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::disk::Disk;
+use crate::log_store::{read_records, OpenError};
+use crate::raft_types::{
+    Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+const KIND_SNAPSHOT: u8 = 6;
+
+struct Inner {
+    sm: StateMachine,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    snapshots_built: u64,
+}
+
+/// Shared, read-only access to the applied state for the HTTP API and the
+/// simulator's checkers.
+#[derive(Clone)]
+pub struct StateView {
+    inner: Arc<RwLock<Inner>>,
+    applied: watch::Receiver<u64>,
+}
+
+impl StateView {
+    /// Runs `f` on the current state machine.
+    pub fn read<T>(&self, f: impl FnOnce(&StateMachine) -> T) -> T {
+        f(&self.inner.read().expect("state lock poisoned").sm)
+    }
+
+    /// The Raft index of the last applied entry (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// The applied index and the state digest at that index, read atomically.
+    pub fn digest(&self) -> (u64, u64) {
+        let inner = self.inner.read().expect("state lock poisoned");
+        (inner.sm.last_applied(), inner.sm.digest())
+    }
+
+    /// Resolves once the applied index changes (or immediately if it changed
+    /// since the last call on this view).
+    pub async fn changed(&mut self) {
+        // An error means the store is gone (shutdown); waiting on is moot.
+        let _ = self.applied.changed().await;
+    }
+}
+
+/// The state machine half of a server's Raft storage.
+pub struct StateStore {
+    disk: Arc<dyn Disk>,
+    inner: Arc<RwLock<Inner>>,
+    applied_tx: watch::Sender<u64>,
+}
+
+fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
+    let meta_json = serde_json::to_vec(meta).expect("snapshot meta serializes");
+    let mut payload = Vec::with_capacity(4 + meta_json.len() + data.len());
+    payload.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&meta_json);
+    payload.extend_from_slice(data);
+    let mut out = Vec::with_capacity(payload.len() + record::RECORD_HEADER_LEN);
+    record::encode_record(KIND_SNAPSHOT, &payload, &mut out);
+    out
+}
+
+fn decode_snapshot(payload: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
+    let len_bytes: [u8; 4] = payload
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("snapshot record too short")?;
+    let meta_len = u32::from_le_bytes(len_bytes) as usize;
+    let meta_end = 4usize.checked_add(meta_len).ok_or("bad meta length")?;
+    let meta_json = payload.get(4..meta_end).ok_or("snapshot meta overruns record")?;
+    let meta = serde_json::from_slice(meta_json).map_err(|e| e.to_string())?;
+    Ok((meta, payload[meta_end..].to_vec()))
+}
+
+impl StateStore {
+    /// Opens the state store, starting from the stored snapshot if any.
+    pub fn open(disk: Arc<dyn Disk>) -> Result<(Self, StateView), OpenError> {
+        let mut inner = Inner {
+            sm: StateMachine::new(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            snapshot: None,
+            snapshots_built: 0,
+        };
+        if let Some(rec) = read_records(disk.as_ref(), SNAPSHOT_FILE, &[KIND_SNAPSHOT])?.pop() {
+            let undecodable = |reason: String| OpenError::Undecodable {
+                file: disk.describe(SNAPSHOT_FILE),
+                offset: rec.offset,
+                reason,
+            };
+            let (meta, data) = decode_snapshot(&rec.payload).map_err(undecodable)?;
+            inner.sm = StateMachine::restore(&data).map_err(|e| undecodable(e.to_string()))?;
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            info!(last_applied = ?meta.last_log_id.map(|l| l.index), "restored state from snapshot");
+            inner.snapshot = Some((meta, data));
+        }
+        let applied = inner.last_applied.map_or(0, |l| l.index);
+        let (applied_tx, applied_rx) = watch::channel(applied);
+        let inner = Arc::new(RwLock::new(inner));
+        let view = StateView {
+            inner: inner.clone(),
+            applied: applied_rx,
+        };
+        Ok((
+            Self {
+                disk,
+                inner,
+                applied_tx,
+            },
+            view,
+        ))
+    }
+
+    fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        self.disk
+            .write_atomic(SNAPSHOT_FILE, &encode_snapshot(meta, data))
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    }
+}
+
+/// Builds snapshots from a point-in-time copy of the state.
+pub struct SnapshotBuilder {
+    store: StateStoreRef,
+}
+
+/// What a [`SnapshotBuilder`] needs from its store.
+struct StateStoreRef {
+    disk: Arc<dyn Disk>,
+    inner: Arc<RwLock<Inner>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = {
+            let mut inner = self.store.inner.write().expect("state lock poisoned");
+            inner.snapshots_built += 1;
+            let data = inner.sm.snapshot();
+            let last = inner.last_applied;
+            let snapshot_id = match last {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, inner.snapshots_built),
+                None => format!("0-0-{}", inner.snapshots_built),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: inner.membership.clone(),
+                snapshot_id,
+            };
+            (meta, data)
+        };
+        self.store
+            .disk
+            .write_atomic(SNAPSHOT_FILE, &encode_snapshot(&meta, &data))
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.store.inner.write().expect("state lock poisoned").snapshot =
+            Some((meta.clone(), data.clone()));
+        info!(last_log_id = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(data),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let inner = self.inner.read().expect("state lock poisoned");
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut results = Vec::new();
+        let applied = {
+            let mut inner = self.inner.write().expect("state lock poisoned");
+            for entry in entries {
+                let index = entry.log_id.index;
+                match entry.payload {
+                    EntryPayload::Normal(cmd) => results.push(inner.sm.apply(index, &cmd)),
+                    EntryPayload::Blank => {
+                        inner.sm.skip(index);
+                        results.push(CommandResult::Bool(true));
+                    }
+                    EntryPayload::Membership(m) => {
+                        inner.sm.skip(index);
+                        inner.membership = StoredMembership::new(Some(entry.log_id), m);
+                        results.push(CommandResult::Bool(true));
+                    }
+                }
+                inner.last_applied = Some(entry.log_id);
+            }
+            inner.last_applied.map_or(0, |l| l.index)
+        };
+        self.applied_tx.send_replace(applied);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: StateStoreRef {
+                disk: self.disk.clone(),
+                inner: self.inner.clone(),
+            },
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Vec<u8>>, StorageError> {
+        Ok(Box::default())
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Vec<u8>>) -> Result<(), StorageError> {
+        let sm = StateMachine::restore(&snapshot)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.save_snapshot(meta, &snapshot)?;
+        let applied = {
+            let mut inner = self.inner.write().expect("state lock poisoned");
+            inner.sm = sm;
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            inner.snapshot = Some((meta.clone(), *snapshot));
+            inner.last_applied.map_or(0, |l| l.index)
+        };
+        info!(last_log_id = ?meta.last_log_id.map(|l| l.index), "installed snapshot from leader");
+        self.applied_tx.send_replace(applied);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let inner = self.inner.read().expect("state lock poisoned");
+        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(data.clone()),
+        }))
+    }
+}
