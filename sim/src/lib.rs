@@ -1,1 +1,21 @@
-//! wip
+//! Deterministic simulation of the mesh: consul00-02 (fcs00 and fcc00 join
+//! with the service catalog) as madsim nodes running the production
+//! `mesh-net` agent, each on its own simulated disk, under seeded faults.
+//!
+//! Everything here needs `--cfg madsim`; in a normal build this crate only
+//! carries the launcher that builds and runs the simulations (see
+//! `tests/simulations.rs`).
+
+#[cfg(madsim)]
+pub mod checkers;
+#[cfg(madsim)]
+pub mod cluster;
+#[cfg(madsim)]
+pub mod scenarios;
+#[cfg(madsim)]
+pub mod trace;
+#[cfg(madsim)]
+pub mod workload;
+
+/// The scenarios, by name.
+pub const SCENARIOS: &[&str] = &["manual_bootstrap", "bootstrap_expect", "failover", "full_restart"];

@@ -1,0 +1,237 @@
+//! The simulated topology: consul00-02 as madsim nodes running the
+//! production agent (`mesh_net::agent::Agent`), each with a [`MemDisk`]
+//! that outlives crashes, plus a client host for workloads.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::runtime::{Handle, NodeHandle};
+use mesh_core::formation::BootstrapMode;
+use mesh_net::agent::{Agent, AgentConfig};
+use mesh_net::disk::MemDisk;
+use mesh_net::server::{RaftTiming, Server, ServerConfig};
+use tracing::{info, Instrument};
+
+/// Server RPC port (Consul's 8300).
+pub const RPC_PORT: u16 = 8300;
+/// HTTP port (Consul's 8500).
+pub const HTTP_PORT: u16 = 8500;
+
+/// How a server finds its cluster.
+#[derive(Debug, Clone)]
+pub enum Formation {
+    /// `-bootstrap` on this one.
+    Bootstrap,
+    /// `-bootstrap-expect=N` plus `-retry-join` to all others.
+    Expect(u32),
+    /// `-retry-join` to the given servers only.
+    Join(Vec<usize>),
+}
+
+/// One simulated server host.
+pub struct SimServer {
+    /// `consul00`...
+    pub name: String,
+    /// Its IP.
+    pub ip: IpAddr,
+    /// Its disk, kept across restarts.
+    pub disk: MemDisk,
+    /// The running server, published by the node's init task.
+    pub live: Arc<Mutex<Option<Arc<Server>>>>,
+    /// The madsim node, once created.
+    pub node: Option<NodeHandle>,
+    /// Whether it is up.
+    pub running: bool,
+    /// Its formation flags.
+    pub formation: Formation,
+}
+
+/// The simulated cluster.
+pub struct SimCluster {
+    /// The servers.
+    pub servers: Vec<SimServer>,
+    /// The host that runs workloads and checkers' HTTP calls.
+    pub client: NodeHandle,
+    timing: RaftTiming,
+    snapshot_threshold: u64,
+}
+
+fn server_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10 + i as u8))
+}
+
+impl SimCluster {
+    /// Plans `n` servers with the given formation flags; starts none.
+    pub fn new(formations: Vec<Formation>, snapshot_threshold: u64) -> Self {
+        let handle = Handle::current();
+        let client = handle
+            .create_node()
+            .name("client")
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)))
+            .build();
+        let servers = formations
+            .into_iter()
+            .enumerate()
+            .map(|(i, formation)| SimServer {
+                name: format!("consul{i:02}"),
+                ip: server_ip(i),
+                disk: MemDisk::new(),
+                live: Arc::new(Mutex::new(None)),
+                node: None,
+                running: false,
+                formation,
+            })
+            .collect();
+        Self {
+            servers,
+            client,
+            timing: RaftTiming::default(),
+            snapshot_threshold,
+        }
+    }
+
+    /// The HTTP address of server `i`.
+    pub fn http_addr(&self, i: usize) -> String {
+        SocketAddr::new(self.servers[i].ip, HTTP_PORT).to_string()
+    }
+
+    /// The RPC address of server `i`.
+    pub fn rpc_addr(&self, i: usize) -> String {
+        SocketAddr::new(self.servers[i].ip, RPC_PORT).to_string()
+    }
+
+    fn config(&self, i: usize) -> AgentConfig {
+        let s = &self.servers[i];
+        let n = self.servers.len();
+        let (bootstrap, join) = match &s.formation {
+            Formation::Bootstrap => (BootstrapMode::Manual, vec![]),
+            Formation::Expect(e) => (
+                BootstrapMode::Expect(*e),
+                (0..n).filter(|j| *j != i).map(|j| self.rpc_addr(j)).collect(),
+            ),
+            Formation::Join(targets) => (BootstrapMode::JoinOnly, targets.iter().map(|j| self.rpc_addr(*j)).collect()),
+        };
+        AgentConfig {
+            server: ServerConfig {
+                node_name: s.name.clone(),
+                rpc_bind: SocketAddr::new(s.ip, RPC_PORT),
+                rpc_advertise: self.rpc_addr(i),
+                http_addr: self.http_addr(i),
+                bootstrap,
+                join,
+                retry_join: true,
+                timing: self.timing,
+                snapshot_threshold: self.snapshot_threshold,
+            },
+            http_bind: SocketAddr::new(s.ip, HTTP_PORT),
+        }
+    }
+
+    /// Starts server `i` (first boot or after [`SimCluster::crash`]).
+    pub fn start(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        assert!(!s.running, "{} already runs", s.name);
+        s.running = true;
+        if let Some(node) = &s.node {
+            info!(server = %s.name, "restarting");
+            Handle::current().restart(node.id());
+            return;
+        }
+        let config = self.config(i);
+        let s = &mut self.servers[i];
+        let disk = s.disk.clone();
+        let live = s.live.clone();
+        let name = s.name.clone();
+        let node = Handle::current()
+            .create_node()
+            .name(&s.name)
+            .ip(s.ip)
+            .init(move || {
+                let config = config.clone();
+                let disk = disk.clone();
+                let live = live.clone();
+                let span = tracing::info_span!("node", name = %name);
+                async move {
+                    let agent = Agent::start(config, Arc::new(disk))
+                        .await
+                        .expect("agent failed to start on a healthy sim disk");
+                    *live.lock().expect("live lock") = Some(agent.server().clone());
+                    agent.left().await;
+                    agent.stop().await;
+                }
+                .instrument(span)
+            })
+            .build();
+        s.node = Some(node);
+    }
+
+    /// Power loss on server `i`: the node dies, unsynced bytes are lost
+    /// (with `torn_bytes` of the unsynced tail surviving, as a torn write).
+    pub fn crash(&mut self, i: usize, torn_bytes: usize) {
+        let s = &mut self.servers[i];
+        assert!(s.running, "{} is not running", s.name);
+        info!(server = %s.name, torn_bytes, "crash");
+        if let Some(node) = &s.node {
+            Handle::current().kill(node.id());
+        }
+        *s.live.lock().expect("live lock") = None;
+        s.disk.crash(torn_bytes);
+        s.running = false;
+    }
+
+    /// The live server `i`, if it runs and finished starting.
+    pub fn server(&self, i: usize) -> Option<Arc<Server>> {
+        if !self.servers[i].running {
+            return None;
+        }
+        self.servers[i].live.lock().expect("live lock").clone()
+    }
+
+    /// Indexes of running servers.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.servers.len()).filter(|i| self.servers[*i].running).collect()
+    }
+
+    /// The leader every running server agrees on, if any.
+    pub fn agreed_leader(&self) -> Option<usize> {
+        let mut leader = None;
+        for i in self.running() {
+            let s = self.server(i)?;
+            let l = s.leader()?;
+            let idx = self.servers.iter().position(|x| x.name == l.name)?;
+            if leader.is_some_and(|x| x != idx) || !self.servers[idx].running {
+                return None;
+            }
+            leader = Some(idx);
+        }
+        let l = leader?;
+        self.server(l).filter(|s| s.is_leader()).map(|_| l)
+    }
+
+    /// Waits (simulated time) until running servers agree on a leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<usize> {
+        let deadline = madsim::time::Instant::now() + timeout;
+        while madsim::time::Instant::now() < deadline {
+            if let Some(l) = self.agreed_leader() {
+                return Some(l);
+            }
+            madsim::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    }
+
+    /// Isolates server `i` from everyone (both directions).
+    pub fn isolate(&self, i: usize) {
+        if let Some(node) = &self.servers[i].node {
+            madsim::net::NetSim::current().clog_node(node.id());
+        }
+    }
+
+    /// Undoes [`SimCluster::isolate`].
+    pub fn heal(&self, i: usize) {
+        if let Some(node) = &self.servers[i].node {
+            madsim::net::NetSim::current().unclog_node(node.id());
+        }
+    }
+}

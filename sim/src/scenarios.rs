@@ -1,0 +1,319 @@
+//! Seeded scenarios. Each is a story in phases: a safety phase with
+//! faults, then a liveness phase with faults healed that must converge
+//! within a bound. The seed decides start order, delays, latency, which
+//! fault strikes and when.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::rand::Rng;
+use madsim::time::{sleep, Instant};
+use tracing::info;
+
+use crate::checkers::{acked_writes, Observers};
+use crate::cluster::{Formation, SimCluster};
+use crate::workload::{self, History, SharedHistory};
+
+/// Bound on electing a leader once a fault is healed or a leader died.
+pub const ELECTION_BOUND: Duration = Duration::from_secs(5);
+/// Bound on every server converging once faults are healed.
+pub const CONVERGE_BOUND: Duration = Duration::from_secs(20);
+
+/// What a passing run measured.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// Acknowledged writes.
+    pub acked: usize,
+    /// Writes not acknowledged (failed or unknown outcome).
+    pub unacked: u64,
+    /// Default-mode reads that returned data.
+    pub reads_ok: u64,
+    /// Milliseconds from a leader's death or isolation to a new agreed leader.
+    pub failover_ms: Vec<u64>,
+    /// Terms in which a leader was observed.
+    pub terms: usize,
+}
+
+struct Run {
+    cluster: SimCluster,
+    observers: Observers,
+    history: SharedHistory,
+    stop: Arc<AtomicBool>,
+    report: Report,
+}
+
+fn rand_ms(lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(madsim::rand::thread_rng().gen_range(lo..=hi))
+}
+
+impl Run {
+    fn new(formations: Vec<Formation>, snapshot_threshold: u64) -> Self {
+        Self {
+            cluster: SimCluster::new(formations, snapshot_threshold),
+            observers: Observers::default(),
+            history: Arc::new(Mutex::new(History::default())),
+            stop: Arc::new(AtomicBool::new(false)),
+            report: Report::default(),
+        }
+    }
+
+    /// Lets simulated time pass, sampling the checkers every 5 ms.
+    async fn settle(&mut self, d: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + d;
+        while Instant::now() < deadline {
+            self.observers.sample(&self.cluster)?;
+            sleep(Duration::from_millis(5)).await;
+        }
+        self.observers.sample(&self.cluster)
+    }
+
+    /// Waits for a leader agreed by the running servers in `among`.
+    async fn leader_among(&mut self, among: &[usize], bound: Duration) -> Result<usize, String> {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            self.observers.sample(&self.cluster)?;
+            if let Some(l) = self.agreed(among) {
+                return Ok(l);
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+        Err(format!("no leader agreed by {among:?} within {bound:?}"))
+    }
+
+    fn agreed(&self, among: &[usize]) -> Option<usize> {
+        let mut leader = None;
+        for &i in among {
+            let l = self.cluster.server(i)?.leader()?;
+            let idx = self.cluster.servers.iter().position(|s| s.name == l.name)?;
+            if leader.is_some_and(|x| x != idx) {
+                return None;
+            }
+            leader = Some(idx);
+        }
+        let l = leader?;
+        (among.contains(&l) && self.cluster.server(l)?.is_leader()).then_some(l)
+    }
+
+    fn start_workload(&self, clients: usize) {
+        self.stop.store(false, Ordering::SeqCst);
+        let servers: Vec<String> = (0..self.cluster.servers.len()).map(|i| self.cluster.http_addr(i)).collect();
+        for id in 0..clients {
+            let (servers, history, stop) = (servers.clone(), self.history.clone(), self.stop.clone());
+            self.cluster.client.spawn(async move {
+                workload::run_client(id, servers, history, stop, Duration::from_millis(20)).await;
+            });
+        }
+    }
+
+    async fn stop_workload(&mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::SeqCst);
+        // In-flight requests finish within their 10 s client timeout.
+        self.settle(Duration::from_secs(11)).await
+    }
+
+    /// Liveness phase: every server runs and is healed; one leader, every
+    /// server converges to the same state, every acknowledged write is there.
+    async fn converge(&mut self) -> Result<(), String> {
+        info!("phase: liveness (faults healed)");
+        let all: Vec<usize> = (0..self.cluster.servers.len()).collect();
+        let leader = self.leader_among(&all, ELECTION_BOUND * 2).await?;
+        // A write through the leader commits everything before it.
+        let leader_server = self.cluster.server(leader).ok_or("leader vanished")?;
+        leader_server
+            .write(mesh_core::state::Command::KvSet {
+                key: "liveness/marker".into(),
+                value: b"1".to_vec(),
+                flags: 0,
+            })
+            .await
+            .map_err(|e| format!("liveness write failed: {e}"))?;
+        let deadline = Instant::now() + CONVERGE_BOUND;
+        loop {
+            self.observers.sample(&self.cluster)?;
+            let states: Vec<(u64, u64)> = all
+                .iter()
+                .filter_map(|i| self.cluster.server(*i).map(|s| s.view().digest()))
+                .collect();
+            let target = leader_server.view().digest();
+            if states.len() == all.len() && states.iter().all(|s| *s == target) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("servers did not converge within {CONVERGE_BOUND:?}: (applied, digest) = {states:?}"));
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        let history = self.history.lock().expect("history");
+        if let Some(v) = history.violations.first() {
+            return Err(v.clone());
+        }
+        for i in all {
+            let s = self.cluster.server(i).ok_or("server vanished")?;
+            s.view().read(|sm| acked_writes::check(&self.cluster.servers[i].name, sm, &history.acked))?;
+        }
+        self.report.acked = history.acked.len();
+        self.report.unacked = history.unacked;
+        self.report.reads_ok = history.reads_ok;
+        self.report.terms = self.observers.election.terms_with_leader();
+        Ok(())
+    }
+
+    fn voters_everywhere(&self, n: usize) -> Result<(), String> {
+        for i in self.cluster.running() {
+            let s = self.cluster.server(i).ok_or("not started")?;
+            let voters = s.metrics().membership_config.voter_ids().count();
+            if voters != n {
+                return Err(format!("{} has {voters} voters, want {n}", self.cluster.servers[i].name));
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_voters(&mut self, n: usize, bound: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + bound;
+        loop {
+            self.observers.sample(&self.cluster)?;
+            match self.voters_everywhere(n) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// Starts all servers in a seed-chosen order with seed-chosen delays.
+    async fn start_all_shuffled(&mut self, max_delay_ms: u64) -> Result<(), String> {
+        let mut order: Vec<usize> = (0..self.cluster.servers.len()).collect();
+        for i in (1..order.len()).rev() {
+            let j = madsim::rand::thread_rng().gen_range(0..=i);
+            order.swap(i, j);
+        }
+        for i in order {
+            self.cluster.start(i);
+            self.settle(rand_ms(0, max_delay_ms)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Manual bootstrap: consul00 with `-bootstrap`, then consul01 and consul02 join it.
+async fn manual_bootstrap() -> Result<Report, String> {
+    let mut run = Run::new(vec![Formation::Bootstrap, Formation::Join(vec![0]), Formation::Join(vec![0])], 200);
+    info!("phase: bootstrap consul00");
+    run.cluster.start(0);
+    run.leader_among(&[0], ELECTION_BOUND).await?;
+    info!("phase: consul01 and consul02 join");
+    run.settle(rand_ms(0, 2000)).await?;
+    run.cluster.start(1);
+    run.settle(rand_ms(0, 2000)).await?;
+    run.cluster.start(2);
+    run.wait_voters(3, Duration::from_secs(20)).await?;
+    info!("phase: writes");
+    run.start_workload(2);
+    run.settle(Duration::from_secs(3)).await?;
+    run.stop_workload().await?;
+    run.converge().await?;
+    Ok(run.report)
+}
+
+/// All three with `-bootstrap-expect=3`, started in seed-chosen order.
+async fn bootstrap_expect() -> Result<Report, String> {
+    let mut run = Run::new(vec![Formation::Expect(3); 3], 200);
+    info!("phase: start servers in seed order");
+    run.start_all_shuffled(1500).await?;
+    let all = [0, 1, 2];
+    let t = Instant::now();
+    run.leader_among(&all, ELECTION_BOUND).await?;
+    info!(elapsed_ms = t.elapsed().as_millis() as u64, "leader elected");
+    run.wait_voters(3, Duration::from_secs(5)).await?;
+    info!("phase: writes");
+    run.start_workload(2);
+    run.settle(Duration::from_secs(2)).await?;
+    run.stop_workload().await?;
+    run.converge().await?;
+    Ok(run.report)
+}
+
+/// Leader failover under a KV workload: the leader is killed or isolated,
+/// a new one takes over, writes continue, the old leader comes back and
+/// catches up.
+async fn failover() -> Result<Report, String> {
+    // A low snapshot threshold so the returning server may need a snapshot.
+    let mut run = Run::new(vec![Formation::Expect(3); 3], 64);
+    run.start_all_shuffled(500).await?;
+    let leader = run.leader_among(&[0, 1, 2], ELECTION_BOUND).await?;
+    run.wait_voters(3, Duration::from_secs(5)).await?;
+    info!("phase: workload");
+    run.start_workload(3);
+    run.settle(rand_ms(500, 2500)).await?;
+    let kill = madsim::rand::thread_rng().gen_bool(0.5);
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    if kill {
+        info!(leader, "phase: kill the leader");
+        let torn = madsim::rand::thread_rng().gen_range(0..64);
+        run.cluster.crash(leader, torn);
+    } else {
+        info!(leader, "phase: isolate the leader");
+        run.cluster.isolate(leader);
+    }
+    let t = Instant::now();
+    run.leader_among(&others, ELECTION_BOUND).await?;
+    run.report.failover_ms.push(t.elapsed().as_millis() as u64);
+    info!(failover_ms = t.elapsed().as_millis() as u64, "phase: new leader; writes continue");
+    run.settle(rand_ms(1000, 3000)).await?;
+    info!("phase: old leader returns");
+    if kill {
+        run.cluster.start(leader);
+    } else {
+        run.cluster.heal(leader);
+    }
+    run.settle(Duration::from_secs(1)).await?;
+    run.stop_workload().await?;
+    run.converge().await?;
+    Ok(run.report)
+}
+
+/// Full-cluster restart: all three lose power (unsynced bytes lost, torn
+/// tails) and come back; every acknowledged write survives.
+async fn full_restart() -> Result<Report, String> {
+    let mut run = Run::new(vec![Formation::Expect(3); 3], 100);
+    run.start_all_shuffled(500).await?;
+    run.leader_among(&[0, 1, 2], ELECTION_BOUND).await?;
+    run.wait_voters(3, Duration::from_secs(5)).await?;
+    info!("phase: workload");
+    run.start_workload(3);
+    run.settle(rand_ms(1000, 3000)).await?;
+    info!("phase: power loss on every server");
+    for i in 0..3 {
+        let torn = madsim::rand::thread_rng().gen_range(0..64);
+        run.cluster.crash(i, torn);
+    }
+    run.settle(rand_ms(0, 1000)).await?;
+    info!("phase: restart all");
+    for i in 0..3 {
+        run.cluster.start(i);
+        run.settle(rand_ms(0, 300)).await?;
+    }
+    let t = Instant::now();
+    run.leader_among(&[0, 1, 2], ELECTION_BOUND * 2).await?;
+    run.report.failover_ms.push(t.elapsed().as_millis() as u64);
+    run.settle(Duration::from_secs(1)).await?;
+    run.stop_workload().await?;
+    run.converge().await?;
+    Ok(run.report)
+}
+
+/// Runs scenario `name` in the current simulation.
+pub async fn run(name: &str) -> Result<Report, String> {
+    // The seed also draws the network: per-packet latency up to 1-10 ms.
+    let max_latency = rand_ms(1, 10);
+    madsim::net::NetSim::current().update_config(|c| c.send_latency = Duration::from_micros(100)..max_latency);
+    match name {
+        "manual_bootstrap" => manual_bootstrap().await,
+        "bootstrap_expect" => bootstrap_expect().await,
+        "failover" => failover().await,
+        "full_restart" => full_restart().await,
+        other => Err(format!("unknown scenario {other:?}; known: {:?}", crate::SCENARIOS)),
+    }
+}

@@ -1,0 +1,83 @@
+//! KV clients on the client host, going through the production HTTP API.
+//!
+//! Each client writes keys of its own (`w/<client>/<n>`, each once) to
+//! servers picked by the seeded RNG, then reads its last acknowledged key
+//! back in the default (never stale) mode. It records what was
+//! acknowledged, and checks two client-visible properties on the way:
+//! a default-mode read sees every write acknowledged before it started
+//! (linearizable reads; no stale read from a deposed leader), and the
+//! `X-Consul-Index` of those reads never goes backwards.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::rand::Rng;
+use mesh_net::http_client::HttpClient;
+
+/// What the workload observed.
+#[derive(Default, Debug)]
+pub struct History {
+    /// Acknowledged writes: key → value.
+    pub acked: BTreeMap<String, Vec<u8>>,
+    /// Writes that failed or whose outcome is unknown.
+    pub unacked: u64,
+    /// Reads that returned data.
+    pub reads_ok: u64,
+    /// Reads that failed (no leader etc.), which is allowed.
+    pub reads_failed: u64,
+    /// Violations seen by clients.
+    pub violations: Vec<String>,
+}
+
+/// Shared history.
+pub type SharedHistory = Arc<Mutex<History>>;
+
+/// Runs `clients` clients against `servers` (HTTP addresses) until `stop`
+/// is set; each pauses `pause` between operations.
+pub async fn run_client(id: usize, servers: Vec<String>, history: SharedHistory, stop: Arc<std::sync::atomic::AtomicBool>, pause: Duration) {
+    let mut n = 0u64;
+    let mut last_index = 0u64;
+    let mut clients: Vec<HttpClient> = servers
+        .iter()
+        .map(|a| HttpClient::new(a.clone(), Duration::from_secs(10)))
+        .collect();
+    let mut last_acked: Option<(String, Vec<u8>)> = None;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let target = madsim::rand::thread_rng().gen_range(0..clients.len());
+        let key = format!("w/{id}/{n}");
+        let value = format!("v{n}").into_bytes();
+        n += 1;
+        match clients[target].request("PUT", &format!("/v1/kv/{key}"), value.clone()).await {
+            Ok(r) if r.status == 200 && r.body.starts_with(b"true") => {
+                history.lock().expect("history").acked.insert(key.clone(), value.clone());
+                last_acked = Some((key, value));
+            }
+            _ => history.lock().expect("history").unacked += 1,
+        }
+        if let Some((key, value)) = &last_acked {
+            let target = madsim::rand::thread_rng().gen_range(0..clients.len());
+            match clients[target].request("GET", &format!("/v1/kv/{key}?raw"), vec![]).await {
+                Ok(r) if r.status == 200 => {
+                    let mut h = history.lock().expect("history");
+                    h.reads_ok += 1;
+                    if r.body != *value {
+                        h.violations.push(format!("client {id}: read of {key} returned {:?}", r.text()));
+                    }
+                    if let Some(idx) = r.header("x-consul-index").and_then(|v| v.parse::<u64>().ok()) {
+                        if idx < last_index {
+                            h.violations.push(format!("client {id}: X-Consul-Index went back from {last_index} to {idx}"));
+                        }
+                        last_index = idx;
+                    }
+                }
+                Ok(r) if r.status == 404 => history.lock().expect("history").violations.push(format!(
+                    "client {id}: stale read: acknowledged key {key} not found via {}",
+                    servers[target]
+                )),
+                _ => history.lock().expect("history").reads_failed += 1,
+            }
+        }
+        madsim::time::sleep(pause).await;
+    }
+}
