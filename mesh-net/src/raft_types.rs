@@ -76,7 +76,7 @@ pub enum RaftRequest {
 }
 
 /// The answer to a [`RaftRequest`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum RaftReply {
     /// Answer to [`RaftRequest::AppendEntries`].
     AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),

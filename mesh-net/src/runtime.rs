@@ -53,8 +53,13 @@ impl<T: Future> Future for Timeout<T> {
 }
 
 /// The sender half of openraft's oneshot channel.
-#[derive(Debug)]
 pub struct OneshotSender<T>(tokio::sync::oneshot::Sender<T>);
+
+impl<T> fmt::Debug for OneshotSender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OneshotSender")
+    }
+}
 
 impl<T: OptionalSend> openraft::async_runtime::AsyncOneshotSendExt<T> for OneshotSender<T> {
     fn send(self, t: T) -> Result<(), T> {

@@ -280,7 +280,8 @@ impl Server {
     pub fn leader(&self) -> Option<ServerInfo> {
         let m = self.metrics();
         let id = m.current_leader?;
-        m.membership_config.nodes().find(|(nid, _)| **nid == id).map(|(nid, n)| to_info(*nid, n))
+        let leader = m.membership_config.nodes().find(|(nid, _)| **nid == id).map(|(nid, n)| to_info(*nid, n));
+        leader
     }
 
     /// Whether this server is the leader right now (by its own view).
