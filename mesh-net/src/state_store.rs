@@ -94,6 +94,15 @@ fn decode_snapshot(payload: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
     Ok((meta, payload[meta_end..].to_vec()))
 }
 
+/// Notes an entry without state change. openraft's `initialize` writes the
+/// first membership at index 0, which the state machine's "strictly after"
+/// rule would reject: nothing precedes it, so there is nothing to record.
+fn skip(sm: &mut StateMachine, index: u64) {
+    if index > 0 {
+        sm.skip(index);
+    }
+}
+
 impl StateStore {
     /// Opens the state store, starting from the stored snapshot if any.
     pub fn open(disk: Arc<dyn Disk>) -> Result<(Self, StateView), OpenError> {
@@ -205,11 +214,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 match entry.payload {
                     EntryPayload::Normal(cmd) => results.push(inner.sm.apply(index, &cmd)),
                     EntryPayload::Blank => {
-                        inner.sm.skip(index);
+                        skip(&mut inner.sm, index);
                         results.push(CommandResult::Bool(true));
                     }
                     EntryPayload::Membership(m) => {
-                        inner.sm.skip(index);
+                        skip(&mut inner.sm, index);
                         inner.membership = StoredMembership::new(Some(entry.log_id), m);
                         results.push(CommandResult::Bool(true));
                     }
