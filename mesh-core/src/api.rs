@@ -1,46 +1,72 @@
-//! Consul's HTTP JSON shapes, as pure conversions.
+//! Consul's HTTP JSON shapes and request checks, as pure conversions: no
+//! HTTP here, the server's routes and the CLI both use these.
 
-use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::kv::KvEntry;
 
-/// Longest key accepted (bytes). Consul bounds keys by its request limits;
-/// 8 KiB keeps one key well inside a frame.
+/// Longest key accepted, in bytes. Consul has no explicit key limit (its
+/// request-size limits bound keys indirectly); 8 KiB is far above real keys
+/// and keeps a key, which travels in the URL path, within common proxies'
+/// request-line limits.
 pub const MAX_KEY_BYTES: usize = 8 * 1024;
 
-/// A bad request from an API client.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Largest value accepted, in bytes: Consul's default `kv_max_value_size`
+/// (512 KiB). Every value is replicated through the Raft log, so large values
+/// slow down every server.
+pub const MAX_VALUE_BYTES: usize = 512 * 1024;
+
+/// A request the client must fix; the HTTP layer answers 400 (413 for
+/// [`ApiError::ValueTooLarge`]). Nothing was stored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
-    /// The key is empty.
+    /// The key is empty. Message as Consul's.
     #[error("Missing key name")]
     EmptyKey,
-    /// The key is too long.
-    #[error("Key too long: {0} bytes, max {MAX_KEY_BYTES}")]
+    /// The key is longer than [`MAX_KEY_BYTES`].
+    #[error("Key too long: {0} bytes, the limit is {MAX_KEY_BYTES}")]
     KeyTooLong(usize),
-    /// The key contains a NUL byte.
-    #[error("Key contains a NUL byte")]
+    /// The key contains a NUL character.
+    #[error("Key contains a NUL character; keys must be NUL-free text")]
     NulInKey,
-    /// A `Value` is not valid base64.
+    /// The key starts with `/`, e.g. from `/v1/kv//foo`. Consul never stores
+    /// such keys (its router redirects the doubled slash away), so accepting
+    /// one would create a key no Consul client can address.
+    #[error("Key must not start with '/'; drop the leading slash")]
+    LeadingSlash,
+    /// The value is larger than [`MAX_VALUE_BYTES`].
+    #[error("Value too large: {0} bytes, the limit is {MAX_VALUE_BYTES}")]
+    ValueTooLarge(usize),
+    /// A `Value` field is not standard, padded base64.
     #[error("Value is not valid base64: {0}")]
     BadBase64(String),
 }
 
-/// One entry as `GET /v1/kv/<key>` returns it.
+/// One entry as Consul's `GET /v1/kv/<key>` returns it:
+///
+/// ```json
+/// {"LockIndex":0,"Key":"foo","Flags":0,"Value":"YmFy","CreateIndex":7,"ModifyIndex":7}
+/// ```
+///
+/// `Value` is standard base64 with padding, and `null` for an empty value
+/// (Consul stores an empty body as a nil slice, which Go encodes as `null`).
+/// A missing `Value` field also reads as `None`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct KvPair {
-    /// Lock acquisitions.
+    /// Lock acquisitions (always 0 until sessions exist).
     pub lock_index: u64,
-    /// The key.
+    /// The full key.
     pub key: String,
-    /// Client flags.
+    /// Opaque client flags.
     pub flags: u64,
-    /// Base64 value; `null` when empty (Consul's nil value).
+    /// Base64 of the value; `None` (JSON `null`) when the value is empty.
     pub value: Option<String>,
-    /// Creating write's index.
+    /// Index of the write that created the key.
     pub create_index: u64,
-    /// Last write's index.
+    /// Index of the last write to the key.
     pub modify_index: u64,
 }
 
@@ -50,7 +76,7 @@ impl From<&KvEntry> for KvPair {
             lock_index: e.lock_index,
             key: e.key.clone(),
             flags: e.flags,
-            value: (!e.value.is_empty()).then(|| base64::engine::general_purpose::STANDARD.encode(&e.value)),
+            value: (!e.value.is_empty()).then(|| STANDARD.encode(&e.value)),
             create_index: e.create_index,
             modify_index: e.modify_index,
         }
@@ -58,18 +84,21 @@ impl From<&KvEntry> for KvPair {
 }
 
 impl KvPair {
-    /// The decoded value bytes.
+    /// The value bytes: empty for `null`, else the decoded base64.
     pub fn decoded_value(&self) -> Result<Vec<u8>, ApiError> {
         match &self.value {
             None => Ok(Vec::new()),
-            Some(v) => base64::engine::general_purpose::STANDARD
-                .decode(v)
-                .map_err(|e| ApiError::BadBase64(e.to_string())),
+            Some(text) => STANDARD.decode(text).map_err(|e| ApiError::BadBase64(e.to_string())),
         }
     }
 }
 
-/// Checks a key for a single-key operation.
+/// Checks a key named by a single-key request (GET, PUT, DELETE without
+/// `?recurse`/`?keys`). Rejects, in this order: the empty key, keys longer
+/// than [`MAX_KEY_BYTES`], keys starting with `/`, keys containing NUL.
+/// Everything else is a valid key, including spaces, `//` inside and
+/// non-ASCII text. Prefixes (`?recurse`, `?keys`) are not checked: any prefix,
+/// the empty one included, simply matches what it matches.
 pub fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::EmptyKey);
@@ -77,8 +106,19 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.len() > MAX_KEY_BYTES {
         return Err(ApiError::KeyTooLong(key.len()));
     }
+    if key.starts_with('/') {
+        return Err(ApiError::LeadingSlash);
+    }
     if key.contains('\0') {
         return Err(ApiError::NulInKey);
+    }
+    Ok(())
+}
+
+/// Checks a PUT body against [`MAX_VALUE_BYTES`].
+pub fn validate_value(value: &[u8]) -> Result<(), ApiError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::ValueTooLarge(value.len()));
     }
     Ok(())
 }
@@ -86,33 +126,99 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    #[test]
-    fn json_shape_matches_consul() {
-        let e = KvEntry {
+    fn entry(value: &[u8]) -> KvEntry {
+        KvEntry {
             key: "foo".into(),
-            value: b"bar".to_vec(),
-            flags: 0,
+            value: value.to_vec(),
+            flags: 3,
             create_index: 7,
             modify_index: 9,
             lock_index: 0,
-        };
-        let json = serde_json::to_string(&KvPair::from(&e)).unwrap();
+        }
+    }
+
+    #[test]
+    fn json_shape_matches_consul() {
+        let json = serde_json::to_string(&KvPair::from(&entry(b"bar"))).unwrap();
         assert_eq!(
             json,
-            r#"{"LockIndex":0,"Key":"foo","Flags":0,"Value":"YmFy","CreateIndex":7,"ModifyIndex":9}"#
+            r#"{"LockIndex":0,"Key":"foo","Flags":3,"Value":"YmFy","CreateIndex":7,"ModifyIndex":9}"#
         );
         let back: KvPair = serde_json::from_str(&json).unwrap();
         assert_eq!(back.decoded_value().unwrap(), b"bar");
-        let empty = KvEntry { value: vec![], ..e };
-        assert_eq!(KvPair::from(&empty).value, None);
+    }
+
+    #[test]
+    fn empty_value_is_null() {
+        let pair = KvPair::from(&entry(b""));
+        assert_eq!(pair.value, None);
+        let json = serde_json::to_string(&pair).unwrap();
+        assert!(json.contains(r#""Value":null"#), "{json}");
+        assert_eq!(pair.decoded_value().unwrap(), b"");
+    }
+
+    /// A body exactly as a real Consul agent sends it, with a field we do not
+    /// model (`Session`) and a missing `Value`.
+    #[test]
+    fn reads_consul_output() {
+        let json = r#"[{"LockIndex":1,"Key":"a","Flags":0,"Value":"aGk=","Session":"x","CreateIndex":1,"ModifyIndex":2},
+                       {"LockIndex":0,"Key":"b","Flags":0,"CreateIndex":3,"ModifyIndex":3}]"#;
+        let pairs: Vec<KvPair> = serde_json::from_str(json).unwrap();
+        assert_eq!(pairs[0].decoded_value().unwrap(), b"hi");
+        assert_eq!(pairs[1].value, None);
+    }
+
+    #[test]
+    fn bad_base64_is_an_error_not_a_panic() {
+        for bad in ["YmFy=", "Ym*y", "YmF", "YmFy\n"] {
+            let pair = KvPair {
+                value: Some(bad.into()),
+                ..KvPair::from(&entry(b""))
+            };
+            assert!(matches!(pair.decoded_value(), Err(ApiError::BadBase64(_))), "{bad:?}");
+        }
     }
 
     #[test]
     fn keys_are_validated() {
         assert_eq!(validate_key(""), Err(ApiError::EmptyKey));
         assert_eq!(validate_key("a\0b"), Err(ApiError::NulInKey));
-        assert!(validate_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
-        assert!(validate_key("a/b c").is_ok());
+        assert_eq!(validate_key("/a"), Err(ApiError::LeadingSlash));
+        assert_eq!(
+            validate_key(&"k".repeat(MAX_KEY_BYTES + 1)),
+            Err(ApiError::KeyTooLong(MAX_KEY_BYTES + 1))
+        );
+        for ok in ["a", "a/b c", "a//b/", "é/ü", "k".repeat(MAX_KEY_BYTES).as_str()] {
+            assert_eq!(validate_key(ok), Ok(()), "{ok:?}");
+        }
+        assert_eq!(ApiError::EmptyKey.to_string(), "Missing key name");
+    }
+
+    #[test]
+    fn values_are_bounded() {
+        assert_eq!(validate_value(&vec![0; MAX_VALUE_BYTES]), Ok(()));
+        assert_eq!(
+            validate_value(&vec![0; MAX_VALUE_BYTES + 1]),
+            Err(ApiError::ValueTooLarge(MAX_VALUE_BYTES + 1))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn value_round_trips_through_json(value in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let pair = KvPair::from(&entry(&value));
+            let json = serde_json::to_string(&pair).unwrap();
+            let back: KvPair = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(back.decoded_value().unwrap(), value);
+        }
+
+        #[test]
+        fn validation_and_decoding_never_panic(key in any::<String>(), text in any::<String>()) {
+            let _ = validate_key(&key);
+            let pair = KvPair { value: Some(text), ..KvPair::from(&entry(b"")) };
+            let _ = pair.decoded_value();
+        }
     }
 }

@@ -1,73 +1,122 @@
-//! The KV store with Consul's semantics: CreateIndex, ModifyIndex,
-//! LockIndex, Flags; check-and-set where `cas=0` means "only if absent";
-//! recursive reads and deletes; key listing rolled up at a separator.
+//! Consul's key/value store semantics, as applied by every server from the
+//! Raft log.
 //!
-//! Every mutation carries the Raft index of its command, which becomes the
-//! entry's ModifyIndex and the table index (`X-Consul-Index`).
+//! Every mutation carries the Raft index of the command that caused it. The
+//! indexes the store records follow Consul:
+//!
+//! * `create_index`: index of the write that created the key (kept across
+//!   updates; a delete followed by a put creates the key anew).
+//! * `modify_index`: index of the last write to the key. `?cas=N` compares
+//!   against it.
+//! * `lock_index`: how often the key's lock was acquired. Sessions do not
+//!   exist yet, so it is always 0.
+//! * [`KvStore::table_index`]: index of the last write that changed *any*
+//!   key, deletes included. Blocking queries (`?index=`, `X-Consul-Index`)
+//!   use it, so it must move whenever a read could return something new, and
+//!   must not move otherwise (a failed CAS changes nothing).
+//!
+//! Differences from Consul, on purpose:
+//!
+//! * Consul skips a `set` whose value, flags and session equal the stored
+//!   ones (the modify index does not move). Here every `set` advances
+//!   `modify_index`: one rule instead of two, and a CAS client holding the
+//!   old index merely retries once.
+//! * Consul reports per-prefix indexes through tombstones; here every read
+//!   uses the single table index. Blocking queries may wake more often, never
+//!   less often.
+//!
+//! Keys are not validated here: any string, including the empty one, is a
+//! key (the HTTP layer rejects bad keys with [`crate::api::validate_key`]).
+//! Every method is total on its string inputs; the only panics are the
+//! index-monotonicity assertion (a caller bug) and [`KvStore::check_invariants`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{btree_map, BTreeMap};
+use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
-/// One stored key.
+/// One key as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
-    /// The key.
+    /// The full key.
     pub key: String,
-    /// The value bytes.
+    /// The value; serialized as base64 so snapshots and log entries stay
+    /// compact (a JSON array of numbers is ~3.5 bytes per byte).
+    #[serde(with = "base64_bytes")]
     pub value: Vec<u8>,
-    /// Opaque client flags.
+    /// Opaque client flags (`?flags=`).
     pub flags: u64,
-    /// Index of the write that created the key.
+    /// Raft index of the write that created the key.
     pub create_index: u64,
-    /// Index of the last write to the key.
+    /// Raft index of the last write to the key.
     pub modify_index: u64,
-    /// Times a lock was acquired on the key (sessions; always 0 for now).
+    /// Number of lock acquisitions; always 0 until sessions exist.
     pub lock_index: u64,
 }
 
-/// The KV table.
+/// The KV table: keys in byte order, plus the indexes blocking queries need.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvStore {
     entries: BTreeMap<String, KvEntry>,
+    /// Index of the last mutation that changed some key.
     table_index: u64,
-    /// Highest command index seen, changing or not (monotonicity guard).
+    /// Highest index passed to any mutation, changed something or not. Kept
+    /// (and snapshotted) only so the monotonicity assertion is exact.
     last_index: u64,
 }
 
 impl KvStore {
-    /// The entry at `key`.
+    /// The entry stored under exactly `key`.
     pub fn get(&self, key: &str) -> Option<&KvEntry> {
         self.entries.get(key)
     }
 
-    /// Every entry whose key starts with `prefix`, in key order.
+    /// Every entry whose key starts with `prefix`, in key order
+    /// (`GET /v1/kv/<prefix>?recurse`). The empty prefix lists everything.
     pub fn list(&self, prefix: &str) -> Vec<&KvEntry> {
-        self.entries
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, e)| e)
-            .collect()
+        self.under(prefix).map(|(_, e)| e).collect()
     }
 
-    /// Keys under `prefix`; with a separator, each key is cut after the
-    /// first separator following the prefix, and duplicates are merged
-    /// (Consul's `?keys&separator=/`).
+    /// The keys under `prefix` (`GET /v1/kv/<prefix>?keys&separator=<sep>`),
+    /// sorted and deduplicated.
+    ///
+    /// With a separator, each key is cut after the first occurrence of the
+    /// separator following the prefix, so a "directory" appears once: prefix
+    /// `a/`, separator `/`, keys `a/b`, `a/c/d`, `a/c/e` give `["a/b", "a/c/"]`.
+    /// `None` and `Some("")` both mean "no separator" (Consul ignores an empty
+    /// one).
     pub fn keys(&self, prefix: &str, separator: Option<&str>) -> Vec<String> {
-        let mut out = BTreeSet::new();
-        for e in self.list(prefix) {
-            let rest = &e.key[prefix.len()..];
-            match separator.filter(|s| !s.is_empty()).and_then(|s| rest.find(s).map(|i| i + s.len())) {
-                Some(cut) => out.insert(format!("{prefix}{}", &rest[..cut])),
-                None => out.insert(e.key.clone()),
+        let separator = separator.filter(|s| !s.is_empty());
+        let mut out: Vec<String> = Vec::new();
+        for (key, _) in self.under(prefix) {
+            // `under` guarantees `key` starts with `prefix`, so this slice is
+            // on a char boundary.
+            let rest = &key[prefix.len()..];
+            let rolled = match separator.and_then(|sep| rest.find(sep).map(|at| at + sep.len())) {
+                Some(end) => &key[..prefix.len() + end],
+                None => key.as_str(),
             };
+            // Keys arrive sorted, and cutting every key at its first separator
+            // keeps them sorted and makes equal results adjacent: all keys
+            // between two keys sharing the cut prefix share it too. So
+            // comparing with the last pushed key is a full dedup.
+            if out.last().map(String::as_str) != Some(rolled) {
+                out.push(rolled.to_string());
+            }
         }
-        out.into_iter().collect()
+        out
     }
 
-    /// Index of the last write that changed the table (0 if none).
+    /// Raft index of the last write that changed any key; 0 if none did.
+    /// This is the `X-Consul-Index` of every KV read.
     pub fn table_index(&self) -> u64 {
         self.table_index
+    }
+
+    /// Highest Raft index passed to any mutation (successful or not); 0 if
+    /// none. The next mutation must carry a larger index.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
     }
 
     /// Number of keys.
@@ -75,58 +124,55 @@ impl KvStore {
         self.entries.len()
     }
 
-    /// Whether there are no keys.
+    /// True if no key is stored.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    fn advance(&mut self, index: u64) {
-        assert!(
-            index > self.last_index,
-            "command index {index} not after {}",
-            self.last_index
-        );
-        self.last_index = index;
+    /// All entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = &KvEntry> + '_ {
+        self.entries.values()
     }
 
-    /// Sets `key` unconditionally.
+    /// `PUT /v1/kv/<key>`: creates or overwrites `key`. An overwrite keeps the
+    /// key's `create_index` and `lock_index`.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is not above every index seen before (a caller bug: Raft
+    /// applies entries in log order exactly once).
     pub fn set(&mut self, index: u64, key: &str, value: Vec<u8>, flags: u64) {
         self.advance(index);
         self.write(index, key, value, flags);
     }
 
-    fn write(&mut self, index: u64, key: &str, value: Vec<u8>, flags: u64) {
-        let create_index = self.entries.get(key).map_or(index, |e| e.create_index);
-        let lock_index = self.entries.get(key).map_or(0, |e| e.lock_index);
-        self.entries.insert(
-            key.to_string(),
-            KvEntry {
-                key: key.to_string(),
-                value,
-                flags,
-                create_index,
-                modify_index: index,
-                lock_index,
-            },
-        );
-        self.table_index = index;
-    }
-
-    /// Check-and-set: with `expected == 0` only creates; otherwise writes
-    /// only if the key's ModifyIndex equals `expected`.
-    pub fn cas(&mut self, index: u64, key: &str, value: Vec<u8>, flags: u64, expected: u64) -> bool {
+    /// `PUT /v1/kv/<key>?cas=N`: like [`KvStore::set`], but only if `N` is 0
+    /// and the key is absent, or `N` equals the key's current `modify_index`.
+    /// Returns whether the write happened.
+    ///
+    /// # Panics
+    ///
+    /// As [`KvStore::set`].
+    pub fn cas(&mut self, index: u64, key: &str, value: Vec<u8>, flags: u64, expected_modify_index: u64) -> bool {
         self.advance(index);
-        let ok = match self.entries.get(key) {
-            None => expected == 0,
-            Some(e) => expected != 0 && e.modify_index == expected,
+        let current = self.entries.get(key).map(|e| e.modify_index);
+        let matches = match current {
+            None => expected_modify_index == 0,
+            Some(modify_index) => modify_index == expected_modify_index,
         };
-        if ok {
+        if matches {
             self.write(index, key, value, flags);
         }
-        ok
+        matches
     }
 
-    /// Deletes `key`; true even if it was absent (as Consul).
+    /// `DELETE /v1/kv/<key>`: removes `key` if present. Always returns true,
+    /// as Consul does for a missing key; the table index moves only if a key
+    /// was removed.
+    ///
+    /// # Panics
+    ///
+    /// As [`KvStore::set`].
     pub fn delete(&mut self, index: u64, key: &str) -> bool {
         self.advance(index);
         if self.entries.remove(key).is_some() {
@@ -135,14 +181,23 @@ impl KvStore {
         true
     }
 
-    /// Deletes `key` only if its ModifyIndex equals `expected`. A missing
-    /// key with `expected == 0` counts as success (nothing to delete), as in
-    /// Consul's `KVSDeleteCAS`; a missing key with another index fails.
-    pub fn delete_cas(&mut self, index: u64, key: &str, expected: u64) -> bool {
+    /// `DELETE /v1/kv/<key>?cas=N`: removes `key` only if its `modify_index`
+    /// equals `N`.
+    ///
+    /// A missing key returns **true for every `N`**, matching Consul's
+    /// `kvsDeleteCASTxn` (`return entry == nil`): the caller wanted the key
+    /// gone and it is gone. A present key whose `modify_index` differs from
+    /// `N` (including `N == 0`, since indexes start at 1) returns false and
+    /// changes nothing.
+    ///
+    /// # Panics
+    ///
+    /// As [`KvStore::set`].
+    pub fn delete_cas(&mut self, index: u64, key: &str, expected_modify_index: u64) -> bool {
         self.advance(index);
         match self.entries.get(key) {
-            None => expected == 0,
-            Some(e) if e.modify_index == expected => {
+            None => true,
+            Some(entry) if entry.modify_index == expected_modify_index => {
                 self.entries.remove(key);
                 self.table_index = index;
                 true
@@ -151,151 +206,325 @@ impl KvStore {
         }
     }
 
-    /// Deletes every key under `prefix`.
+    /// `DELETE /v1/kv/<prefix>?recurse`: removes every key starting with
+    /// `prefix` (the empty prefix removes everything). Always returns true;
+    /// the table index moves only if a key was removed.
+    ///
+    /// # Panics
+    ///
+    /// As [`KvStore::set`].
     pub fn delete_tree(&mut self, index: u64, prefix: &str) -> bool {
         self.advance(index);
-        let doomed: Vec<String> = self.list(prefix).into_iter().map(|e| e.key.clone()).collect();
+        let doomed: Vec<String> = self.under(prefix).map(|(k, _)| k.clone()).collect();
+        for key in &doomed {
+            let removed = self.entries.remove(key);
+            assert!(removed.is_some(), "key {key:?} vanished during delete_tree");
+        }
         if !doomed.is_empty() {
-            for k in doomed {
-                self.entries.remove(&k);
-            }
             self.table_index = index;
         }
         true
     }
 
-    /// Internal consistency; panics on a violation (a bug, never input).
+    /// Panics if the store is inconsistent: for every entry
+    /// `0 < create_index <= modify_index <= table_index <= last_index`, the
+    /// entry's key equals its map key, and `lock_index` is 0.
     pub fn check_invariants(&self) {
-        assert!(self.table_index <= self.last_index);
-        for (k, e) in &self.entries {
-            assert_eq!(*k, e.key);
-            assert!(e.create_index <= e.modify_index);
-            assert!(e.modify_index <= self.table_index);
+        if let Err(violation) = self.validate() {
+            panic!("KvStore invariant violated: {violation}");
         }
     }
 
-    /// Like [`KvStore::check_invariants`], but as a result for decoded input.
+    /// [`KvStore::check_invariants`] as a value, naming the first violation:
+    /// for decoded data (a snapshot), where a violation is bad input, not a
+    /// bug.
     pub fn validate(&self) -> Result<(), String> {
         if self.table_index > self.last_index {
-            return Err("table index after last index".into());
+            return Err(format!(
+                "table index {} is above the last applied index {}",
+                self.table_index, self.last_index
+            ));
         }
-        for (k, e) in &self.entries {
-            if *k != e.key || e.create_index > e.modify_index || e.modify_index > self.table_index {
-                return Err(format!("inconsistent entry {k:?}"));
+        for (key, e) in &self.entries {
+            if *key != e.key {
+                return Err(format!("entry stored under {key:?} names key {:?}", e.key));
+            }
+            if e.create_index == 0 {
+                return Err(format!("{key:?} has create index 0"));
+            }
+            if e.create_index > e.modify_index {
+                return Err(format!(
+                    "{key:?} was created at {} after its last modification at {}",
+                    e.create_index, e.modify_index
+                ));
+            }
+            if e.modify_index > self.table_index {
+                return Err(format!(
+                    "{key:?} was modified at {}, after the table index {}",
+                    e.modify_index, self.table_index
+                ));
+            }
+            // Sessions (the only source of locks) do not exist yet.
+            if e.lock_index != 0 {
+                return Err(format!("{key:?} has lock index {} without sessions", e.lock_index));
             }
         }
         Ok(())
+    }
+
+    /// Entries whose key starts with `prefix`, in key order.
+    fn under<'a, 'p>(&'a self, prefix: &'p str) -> Under<'a, 'p> {
+        Under {
+            range: self.entries.range::<str, _>((Bound::Included(prefix), Bound::Unbounded)),
+            prefix,
+        }
+    }
+
+    fn advance(&mut self, index: u64) {
+        assert!(
+            index > self.last_index,
+            "KV mutation at index {index} after index {}: Raft indexes must increase",
+            self.last_index
+        );
+        self.last_index = index;
+    }
+
+    /// The write half of `set` and `cas`; the caller has called `advance`.
+    fn write(&mut self, index: u64, key: &str, value: Vec<u8>, flags: u64) {
+        match self.entries.get_mut(key) {
+            Some(entry) => {
+                entry.value = value;
+                entry.flags = flags;
+                entry.modify_index = index;
+            }
+            None => {
+                let entry = KvEntry {
+                    key: key.to_string(),
+                    value,
+                    flags,
+                    create_index: index,
+                    modify_index: index,
+                    lock_index: 0,
+                };
+                self.entries.insert(key.to_string(), entry);
+            }
+        }
+        self.table_index = index;
+    }
+}
+
+/// Iterator behind [`KvStore::under`]. A named type rather than
+/// `range(..).take_while(..)` so the items borrow the store only, not the
+/// prefix.
+struct Under<'a, 'p> {
+    range: btree_map::Range<'a, String, KvEntry>,
+    prefix: &'p str,
+}
+
+impl<'a> Iterator for Under<'a, '_> {
+    type Item = (&'a String, &'a KvEntry);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Keys with the prefix are contiguous in key order, starting at the
+        // prefix itself; the first key without it ends the run for good.
+        let (key, entry) = self.range.next()?;
+        if key.starts_with(self.prefix) {
+            Some((key, entry))
+        } else {
+            self.range = btree_map::Range::default();
+            None
+        }
+    }
+}
+
+/// Serde adapter: `Vec<u8>` as a standard-alphabet, padded base64 string.
+pub(crate) mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+
+    fn store_with(keys: &[&str]) -> KvStore {
+        let mut kv = KvStore::default();
+        for (i, k) in keys.iter().enumerate() {
+            kv.set(i as u64 + 1, k, k.as_bytes().to_vec(), 0);
+        }
+        kv.check_invariants();
+        kv
+    }
 
     #[test]
-    fn consul_semantics() {
+    fn set_creates_then_updates_keeping_create_index() {
         let mut kv = KvStore::default();
-        kv.set(1, "a", b"1".to_vec(), 7);
-        assert_eq!(kv.get("a").unwrap().create_index, 1);
-        kv.set(2, "a", b"2".to_vec(), 0);
-        let e = kv.get("a").unwrap();
-        assert_eq!((e.create_index, e.modify_index, e.flags), (1, 2, 0));
-        assert!(!kv.cas(3, "a", b"x".to_vec(), 0, 0), "cas=0 only creates");
-        assert!(!kv.cas(4, "a", b"x".to_vec(), 0, 1), "stale index");
-        assert!(kv.cas(5, "a", b"x".to_vec(), 0, 2));
-        assert!(kv.cas(6, "b", b"y".to_vec(), 0, 0));
-        assert_eq!(kv.table_index(), 6);
-        assert!(!kv.delete_cas(7, "a", 2));
-        assert!(kv.delete_cas(8, "a", 5));
-        assert!(kv.delete(9, "nope"));
-        assert_eq!(kv.table_index(), 8, "deleting nothing changes nothing");
+        assert_eq!(kv.table_index(), 0);
+        kv.set(3, "foo", b"bar".to_vec(), 7);
+        let e = kv.get("foo").unwrap();
+        assert_eq!((e.create_index, e.modify_index, e.flags, e.lock_index), (3, 3, 7, 0));
+        kv.set(5, "foo", b"baz".to_vec(), 0);
+        let e = kv.get("foo").unwrap();
+        assert_eq!((e.create_index, e.modify_index, e.flags), (3, 5, 0));
+        assert_eq!(e.value, b"baz");
+        assert_eq!(kv.table_index(), 5);
         kv.check_invariants();
     }
 
     #[test]
-    fn keys_roll_up_at_separator() {
+    fn cas_zero_creates_only_if_absent() {
         let mut kv = KvStore::default();
-        for (i, k) in ["a/b", "a/c/d", "a/c/e", "ab", "b"].iter().enumerate() {
-            kv.set(i as u64 + 1, k, vec![], 0);
-        }
-        assert_eq!(kv.keys("a/", Some("/")), vec!["a/b", "a/c/"]);
-        assert_eq!(kv.keys("a", Some("/")), vec!["a/", "ab"]);
-        assert_eq!(kv.keys("", None).len(), 5);
-        assert_eq!(kv.list("a/").len(), 3);
+        assert!(kv.cas(1, "k", b"a".to_vec(), 0, 0));
+        assert!(!kv.cas(2, "k", b"b".to_vec(), 0, 0));
+        assert_eq!(kv.get("k").unwrap().value, b"a");
+        // The failed CAS changed nothing, so blocking readers must not wake.
+        assert_eq!(kv.table_index(), 1);
+        assert_eq!(kv.last_index(), 2);
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn cas_nonzero_needs_matching_modify_index() {
+        let mut kv = KvStore::default();
+        assert!(!kv.cas(1, "k", b"a".to_vec(), 0, 1), "absent key with cas!=0");
+        assert!(kv.is_empty());
+        kv.set(2, "k", b"a".to_vec(), 0);
+        assert!(!kv.cas(3, "k", b"b".to_vec(), 0, 1));
+        assert!(kv.cas(4, "k", b"b".to_vec(), 9, 2));
+        let e = kv.get("k").unwrap();
+        assert_eq!((e.create_index, e.modify_index, e.flags), (2, 4, 9));
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn delete_returns_true_and_moves_index_only_on_removal() {
+        let mut kv = store_with(&["a"]);
+        assert!(kv.delete(5, "missing"));
+        assert_eq!(kv.table_index(), 1);
+        assert!(kv.delete(6, "a"));
+        assert_eq!(kv.table_index(), 6);
+        assert!(kv.is_empty());
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn delete_cas_follows_consul() {
+        let mut kv = store_with(&["a"]);
+        assert!(kv.delete_cas(2, "missing", 0));
+        assert!(kv.delete_cas(3, "missing", 42), "Consul: absent key is a successful CAS delete");
+        assert!(!kv.delete_cas(4, "a", 0));
+        assert!(!kv.delete_cas(5, "a", 2));
+        assert_eq!(kv.table_index(), 1);
+        assert!(kv.delete_cas(6, "a", 1));
+        assert!(kv.get("a").is_none());
+        assert_eq!(kv.table_index(), 6);
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn delete_tree_removes_prefix_only() {
+        let mut kv = store_with(&["a", "a/b", "a/c/d", "ab", "b"]);
         assert!(kv.delete_tree(10, "a/"));
-        assert_eq!(kv.keys("", None), vec!["ab", "b"]);
+        assert_eq!(kv.keys("", None), ["a", "ab", "b"]);
+        assert_eq!(kv.table_index(), 10);
+        assert!(kv.delete_tree(11, "zzz"));
+        assert_eq!(kv.table_index(), 10);
+        assert!(kv.delete_tree(12, ""));
+        assert!(kv.is_empty());
+        assert_eq!(kv.table_index(), 12);
+        kv.check_invariants();
     }
 
-    #[derive(Debug, Clone)]
-    enum Op {
-        Set(u8, u8),
-        Cas(u8, u8, Option<u8>),
-        Delete(u8),
-        DeleteTree(u8),
+    #[test]
+    fn recreated_key_gets_new_create_index() {
+        let mut kv = store_with(&["k"]);
+        kv.delete(2, "k");
+        kv.set(3, "k", vec![], 0);
+        assert_eq!(kv.get("k").unwrap().create_index, 3);
     }
 
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            (0u8..6, any::<u8>()).prop_map(|(k, v)| Op::Set(k, v)),
-            (0u8..6, any::<u8>(), proptest::option::of(0u8..20)).prop_map(|(k, v, i)| Op::Cas(k, v, i)),
-            (0u8..6).prop_map(Op::Delete),
-            (0u8..3).prop_map(Op::DeleteTree),
-        ]
+    #[test]
+    fn list_is_prefix_match_in_key_order() {
+        let kv = store_with(&["b", "a/2", "a/1", "a", "a0"]);
+        let listed: Vec<_> = kv.list("a/").iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(listed, ["a/1", "a/2"]);
+        assert_eq!(kv.list("").len(), 5);
+        assert!(kv.list("c").is_empty());
     }
 
-    fn key(k: u8) -> String {
-        format!("{}/{}", k % 3, k)
+    #[test]
+    fn keys_rolls_up_at_first_separator_after_prefix() {
+        let kv = store_with(&["a/b", "a/c/d", "a/c/e", "x"]);
+        assert_eq!(kv.keys("a/", Some("/")), ["a/b", "a/c/"]);
+        assert_eq!(kv.keys("", Some("/")), ["a/", "x"]);
+        assert_eq!(kv.keys("a/", None), ["a/b", "a/c/d", "a/c/e"]);
+        assert_eq!(kv.keys("a/", Some("")), ["a/b", "a/c/d", "a/c/e"]);
+        // A multi-char separator, and the prefix itself containing it.
+        let kv = store_with(&["p::q::r", "p::s"]);
+        assert_eq!(kv.keys("p::", Some("::")), ["p::q::", "p::s"]);
+        assert_eq!(kv.keys("", Some("::")), ["p::"]);
     }
 
-    proptest! {
-        /// The store against a plain map model.
-        #[test]
-        fn matches_model(ops in proptest::collection::vec(op(), 0..60)) {
-            let mut kv = KvStore::default();
-            let mut model: BTreeMap<String, (Vec<u8>, u64, u64)> = BTreeMap::new();
-            for (i, op) in ops.into_iter().enumerate() {
-                let index = i as u64 + 1;
-                match op {
-                    Op::Set(k, v) => {
-                        kv.set(index, &key(k), vec![v], 0);
-                        let create = model.get(&key(k)).map_or(index, |e| e.1);
-                        model.insert(key(k), (vec![v], create, index));
-                    }
-                    Op::Cas(k, v, i) => {
-                        // Half the time use the real modify index.
-                        let expected = match i {
-                            Some(i) => u64::from(i),
-                            None => model.get(&key(k)).map_or(0, |e| e.2),
-                        };
-                        let ok = kv.cas(index, &key(k), vec![v], 0, expected);
-                        let want = match model.get(&key(k)) {
-                            None => expected == 0,
-                            Some(e) => expected != 0 && e.2 == expected,
-                        };
-                        prop_assert_eq!(ok, want);
-                        if want {
-                            let create = model.get(&key(k)).map_or(index, |e| e.1);
-                            model.insert(key(k), (vec![v], create, index));
-                        }
-                    }
-                    Op::Delete(k) => {
-                        kv.delete(index, &key(k));
-                        model.remove(&key(k));
-                    }
-                    Op::DeleteTree(p) => {
-                        kv.delete_tree(index, &format!("{p}/"));
-                        model.retain(|k, _| !k.starts_with(&format!("{p}/")));
-                    }
-                }
-                kv.check_invariants();
-            }
-            let got: BTreeMap<String, (Vec<u8>, u64, u64)> = kv
-                .list("")
-                .into_iter()
-                .map(|e| (e.key.clone(), (e.value.clone(), e.create_index, e.modify_index)))
-                .collect();
-            prop_assert_eq!(got, model);
-        }
+    #[test]
+    fn keys_handle_non_ascii_and_empty_keys() {
+        let kv = store_with(&["", "é/ü", "é/ü/ß"]);
+        assert_eq!(kv.keys("", Some("/")), ["", "é/"]);
+        assert_eq!(kv.keys("é", Some("ü")), ["é/ü"]);
+        assert!(kv.get("").is_some());
+    }
+
+    #[test]
+    #[should_panic(expected = "Raft indexes must increase")]
+    fn index_must_increase_even_after_a_failed_cas() {
+        let mut kv = KvStore::default();
+        assert!(!kv.cas(5, "k", vec![], 0, 3));
+        kv.set(5, "k", vec![], 0);
+    }
+
+    #[test]
+    fn entry_value_serializes_as_base64() {
+        let kv = store_with(&["k"]);
+        let json = serde_json::to_string(kv.get("k").unwrap()).unwrap();
+        assert!(json.contains(r#""value":"aw==""#), "{json}");
+        let back: KvEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(&back, kv.get("k").unwrap());
+        let bad = json.replace("aw==", "a*==");
+        assert!(serde_json::from_str::<KvEntry>(&bad).is_err());
+    }
+
+    #[test]
+    fn validate_reports_each_broken_invariant() {
+        let good = store_with(&["a", "b"]);
+        assert_eq!(good.validate(), Ok(()));
+
+        let mut bad = good.clone();
+        bad.entries.get_mut("a").unwrap().key = "z".into();
+        assert!(bad.validate().unwrap_err().contains("names key"));
+
+        let mut bad = good.clone();
+        bad.entries.get_mut("a").unwrap().create_index = 2;
+        assert!(bad.validate().is_err());
+
+        let mut bad = good.clone();
+        bad.entries.get_mut("b").unwrap().modify_index = 3;
+        assert!(bad.validate().is_err());
+
+        let mut bad = good.clone();
+        bad.table_index = 9;
+        assert!(bad.validate().unwrap_err().contains("last applied"));
+
+        let mut bad = good;
+        bad.entries.get_mut("a").unwrap().lock_index = 1;
+        assert!(bad.validate().is_err());
     }
 }

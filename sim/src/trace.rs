@@ -60,16 +60,12 @@ struct SpanFields(String);
 /// The tracing layer that feeds a [`Trace`].
 pub struct TraceLayer {
     trace: TraceHandle,
-    start: std::time::Instant,
 }
 
 impl TraceLayer {
     /// A layer feeding `trace`.
     pub fn new(trace: TraceHandle) -> Self {
-        Self {
-            trace,
-            start: std::time::Instant::now(),
-        }
+        Self { trace }
     }
 }
 
@@ -84,8 +80,8 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TraceLayer {
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let mut line = String::new();
-        // Simulated time: std's clock is the simulator's inside madsim.
-        let t = self.start.elapsed();
+        // Simulated time since the run began.
+        let t = madsim::time::TimeHandle::try_current().map_or(Default::default(), |h| h.elapsed());
         let _ = write!(line, "{:>6}.{:06} ", t.as_secs(), t.subsec_micros());
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {

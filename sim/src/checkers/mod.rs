@@ -22,7 +22,7 @@ impl Observers {
         for i in cluster.running() {
             let Some(server) = cluster.server(i) else { continue };
             let m = server.metrics();
-            if m.state == openraft::ServerState::Leader {
+            if server.is_leader() {
                 self.election.observe(m.current_term, &cluster.servers[i].name)?;
             }
             let (applied, digest) = server.view().digest();

@@ -1,0 +1,155 @@
+//! Bad input gets a clear error and loses nothing: wrong flags, garbage on
+//! the RPC port, malformed HTTP, corrupt storage.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mesh_net::http_client::HttpClient;
+
+const MESH: &str = env!("CARGO_BIN_EXE_mesh");
+
+fn mesh(args: &[&str]) -> Output {
+    Command::new(MESH).args(args).output().expect("run mesh")
+}
+
+fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mesh-it-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["agent", "-server", "-bogus"], "flag provided but not defined: -bogus"),
+        (&["agent", "-server", "-bootstrap-expect", "three", "-data-dir", "/tmp/x"], "invalid value \"three\""),
+        (&["agent", "-server", "-node", "a"], "-data-dir is required"),
+        (&["agent", "-server", "-bootstrap", "-bootstrap-expect=3", "-data-dir", "/tmp/x"], "mutually exclusive"),
+        (&["agent", "-server", "-bind", "not-an-ip", "-data-dir", "/tmp/x", "-bootstrap"], "invalid -bind address"),
+        (&["kv", "put"], "Usage: mesh kv put"),
+        (&["frobnicate"], "unknown command"),
+    ];
+    for (args, expected) in cases {
+        let out = mesh(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+    }
+    let out = mesh(&["kv", "get", "x", "-http-addr", "127.0.0.1:1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the agent"));
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_single(ip: &str, dir: &Path) -> Agent {
+    let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
+    let child = Command::new(MESH)
+        .args(["agent", "-server", "-bootstrap", "-node", "solo", "-bind", ip, "-client", ip])
+        .args(["-server-port", "18301", "-http-port", "18501"])
+        .arg(format!("-data-dir={}", dir.display()))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn agent");
+    Agent(child)
+}
+
+async fn wait_leader(http: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = HttpClient::new(http, Duration::from_secs(1));
+        if let Ok(r) = c.request("GET", "/v1/status/leader", vec![]).await {
+            if r.status == 200 && r.text().contains(':') {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "single server never became leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_malformed_requests_hurt_nothing_and_corruption_stops_startup() {
+    let ip = "127.0.0.20";
+    let http = format!("{ip}:18501");
+    let dir = test_dir("bad-input");
+    let agent = start_single(ip, &dir);
+    wait_leader(&http).await;
+    let mut c = HttpClient::new(http.clone(), Duration::from_secs(5));
+    let r = c.request("PUT", "/v1/kv/keep", b"safe".to_vec()).await.expect("put");
+    assert_eq!(r.status, 200);
+
+    // Garbage on the RPC port: that connection is closed, nothing else.
+    let mut s = TcpStream::connect(format!("{ip}:18301")).expect("rpc port");
+    s.write_all(b"\xff\xff\xff\xffGET / HTTP/1.1\r\n\r\n").expect("write garbage");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "server should close a garbage connection");
+    let mut s = TcpStream::connect(format!("{ip}:18301")).expect("rpc port");
+    s.write_all(&[0, 0, 0, 9, 1, 0, 0, 0, 0, b'{', b'x', b'}', b'!']).expect("bad checksum frame");
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+
+    // Malformed HTTP: clear 4xx answers.
+    let cases: &[(&str, &str, u16)] = &[
+        ("GET", "/v1/kv/keep?index=abc", 400),
+        ("GET", "/v1/kv/keep?wait=forever", 400),
+        ("GET", "/v1/kv/keep?stale&consistent", 400),
+        ("PUT", "/v1/kv/keep?cas=-1", 400),
+        ("PUT", "/v1/kv/%zz", 400),
+        ("GET", "/v1/nope", 404),
+        ("POST", "/v1/kv/keep", 405),
+    ];
+    for (method, path, status) in cases {
+        let r = c.request(method, path, vec![]).await.expect("answer");
+        assert_eq!(r.status, *status, "{method} {path}: {}", r.text());
+    }
+    let big = vec![b'x'; 600 * 1024];
+    let r = c.request("PUT", "/v1/kv/big", big).await.expect("answer");
+    assert_eq!(r.status, 413);
+    let mut raw = TcpStream::connect(&http).expect("http port");
+    raw.write_all(b"NOT HTTP AT ALL\r\n\r\n").unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = raw.read_to_string(&mut answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // Nothing was lost.
+    let mut c = HttpClient::new(http.clone(), Duration::from_secs(5));
+    let r = c.request("GET", "/v1/kv/keep?raw", vec![]).await.expect("get");
+    assert_eq!((r.status, r.text()), (200, "safe".to_string()));
+    for i in 0..5 {
+        let r = c.request("PUT", &format!("/v1/kv/more{i}"), b"x".to_vec()).await.expect("put");
+        assert_eq!(r.status, 200);
+    }
+    drop(agent);
+
+    // A flipped byte in the middle of the Raft log: startup refuses with
+    // the file and offset, and the file is left as it was.
+    let log = dir.join("raft.log");
+    let mut bytes = std::fs::read(&log).expect("raft.log exists");
+    let before = bytes.clone();
+    let mid = 12;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&log, &bytes).unwrap();
+    let out = Command::new(MESH)
+        .args(["agent", "-server", "-bootstrap", "-node", "solo", "-bind", ip, "-client", ip])
+        .args(["-server-port", "18301", "-http-port", "18501"])
+        .arg(format!("-data-dir={}", dir.display()))
+        .output()
+        .expect("run agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("raft.log") && stderr.contains("offset"), "{stderr}");
+    assert_eq!(std::fs::read(&log).unwrap().len(), before.len(), "corrupt file must not be truncated");
+    let _ = std::fs::remove_dir_all(&dir);
+}
