@@ -12,33 +12,93 @@ use tracing::{error, info};
 use mesh_bins::flags::{usage, Flags, Kind, Spec};
 
 const SPECS: &[Spec] = &[
-    ("server", Kind::Bool, "Run in server mode (client agents arrive with the service catalog)."),
-    ("dev", Kind::Bool, "Single-node in-memory server on 127.0.0.1 for trying things out."),
-    ("node", Kind::Value, "Node name; must be unique in the cluster. Default: the hostname."),
-    ("bind", Kind::Value, "Address for server RPC. Default: 127.0.0.1."),
-    ("advertise", Kind::Value, "Address other servers use to reach this one. Default: -bind."),
-    ("client", Kind::Value, "Address the HTTP API binds. Default: 127.0.0.1."),
-    ("data-dir", Kind::Value, "Directory for Raft state (required unless -dev)."),
-    ("bootstrap", Kind::Bool, "This server alone bootstraps the cluster (then others join it)."),
-    ("bootstrap-expect", Kind::Value, "Bootstrap once this many servers have found each other."),
-    ("join", Kind::Multi, "Address of a server to join at startup (repeatable)."),
-    ("retry-join", Kind::Multi, "Like -join, but keep retrying until it succeeds (repeatable)."),
-    ("server-port", Kind::Value, "Server RPC port. Default: 8300."),
+    (
+        "server",
+        Kind::Bool,
+        "Run in server mode (client agents arrive with the service catalog).",
+    ),
+    (
+        "dev",
+        Kind::Bool,
+        "Single-node in-memory server on 127.0.0.1 for trying things out.",
+    ),
+    (
+        "node",
+        Kind::Value,
+        "Node name; must be unique in the cluster. Default: the hostname.",
+    ),
+    (
+        "bind",
+        Kind::Value,
+        "Address for server RPC. Default: 127.0.0.1.",
+    ),
+    (
+        "advertise",
+        Kind::Value,
+        "Address other servers use to reach this one. Default: -bind.",
+    ),
+    (
+        "client",
+        Kind::Value,
+        "Address the HTTP API binds. Default: 127.0.0.1.",
+    ),
+    (
+        "data-dir",
+        Kind::Value,
+        "Directory for Raft state (required unless -dev).",
+    ),
+    (
+        "bootstrap",
+        Kind::Bool,
+        "This server alone bootstraps the cluster (then others join it).",
+    ),
+    (
+        "bootstrap-expect",
+        Kind::Value,
+        "Bootstrap once this many servers have found each other.",
+    ),
+    (
+        "join",
+        Kind::Multi,
+        "Address of a server to join at startup (repeatable).",
+    ),
+    (
+        "retry-join",
+        Kind::Multi,
+        "Like -join, but keep retrying until it succeeds (repeatable).",
+    ),
+    (
+        "server-port",
+        Kind::Value,
+        "Server RPC port. Default: 8300.",
+    ),
     ("http-port", Kind::Value, "HTTP API port. Default: 8500."),
-    ("log-level", Kind::Value, "trace, debug, info, warn or err. Default: info."),
+    (
+        "log-level",
+        Kind::Value,
+        "trace, debug, info, warn or err. Default: info.",
+    ),
     ("log-json", Kind::Bool, "Log as JSON lines."),
-    ("snapshot-threshold", Kind::Value, "Raft entries between snapshots. Default: 8192."),
+    (
+        "snapshot-threshold",
+        Kind::Value,
+        "Raft entries between snapshots. Default: 8192.",
+    ),
 ];
 
 /// Help text for `mesh agent -h`.
 pub fn help() -> String {
-    format!("Usage: mesh agent [options]\n\n  Starts a mesh agent.\n\nOptions:\n\n{}", usage(SPECS))
+    format!(
+        "Usage: mesh agent [options]\n\n  Starts a mesh agent.\n\nOptions:\n\n{}",
+        usage(SPECS)
+    )
 }
 
 fn ip(flags: &Flags, name: &str, default: &str) -> Result<IpAddr, String> {
     let raw = flags.get(name).unwrap_or(default);
-    raw.parse()
-        .map_err(|_| format!("invalid -{name} address {raw:?}: expected an IP address such as 127.0.0.10"))
+    raw.parse().map_err(|_| {
+        format!("invalid -{name} address {raw:?}: expected an IP address such as 127.0.0.10")
+    })
 }
 
 /// Runs the agent; returns the process exit code.
@@ -52,8 +112,14 @@ pub fn run(args: &[String]) -> i32 {
     };
     match build(&flags) {
         Ok((config, disk)) => {
-            crate::init_logging(flags.get("log-level").unwrap_or("info"), flags.bool("log-json"));
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            crate::init_logging(
+                flags.get("log-level").unwrap_or("info"),
+                flags.bool("log-json"),
+            );
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -79,7 +145,9 @@ fn build(flags: &Flags) -> Result<(AgentConfig, Arc<dyn Disk>), String> {
     }
     let expect = flags.number::<u32>("bootstrap-expect")?;
     let bootstrap = match (dev || flags.bool("bootstrap"), expect) {
-        (true, Some(_)) => return Err("-bootstrap and -bootstrap-expect are mutually exclusive".into()),
+        (true, Some(_)) => {
+            return Err("-bootstrap and -bootstrap-expect are mutually exclusive".into())
+        }
         (true, None) => BootstrapMode::Manual,
         (false, Some(0)) => return Err("-bootstrap-expect must be at least 1".into()),
         (false, Some(n)) => BootstrapMode::Expect(n),
@@ -91,7 +159,9 @@ fn build(flags: &Flags) -> Result<(AgentConfig, Arc<dyn Disk>), String> {
         None => bind,
     };
     if bind.is_unspecified() && flags.get("advertise").is_none() {
-        return Err("-bind 0.0.0.0 needs -advertise with an address other servers can reach".into());
+        return Err(
+            "-bind 0.0.0.0 needs -advertise with an address other servers can reach".into(),
+        );
     }
     let client = ip(flags, "client", "127.0.0.1")?;
     let server_port = flags.number::<u16>("server-port")?.unwrap_or(8300);
@@ -132,7 +202,10 @@ fn build(flags: &Flags) -> Result<(AgentConfig, Arc<dyn Disk>), String> {
             join,
             retry_join,
             timing: RaftTiming::default(),
-            snapshot_threshold: flags.number::<u64>("snapshot-threshold")?.unwrap_or(8192).max(16),
+            snapshot_threshold: flags
+                .number::<u64>("snapshot-threshold")?
+                .unwrap_or(8192)
+                .max(16),
         },
         http_bind: SocketAddr::new(client, http_port),
     };

@@ -34,7 +34,8 @@ fn specs(extra: &[Spec]) -> Vec<Spec> {
 }
 
 fn parse(args: &[String], extra: &[Spec], help: &str) -> Result<Flags, String> {
-    Flags::parse(args, &specs(extra)).map_err(|e| format!("{e}\n\n{help}\n\nOptions:\n\n{}", usage(&specs(extra))))
+    Flags::parse(args, &specs(extra))
+        .map_err(|e| format!("{e}\n\n{help}\n\nOptions:\n\n{}", usage(&specs(extra))))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -49,7 +50,10 @@ fn call(flags: &Flags, method: &str, path: &str, body: Vec<u8>) -> Result<HttpRe
     let addr = agent_addr(flags);
     runtime()?.block_on(async {
         let mut client = HttpClient::new(addr, Duration::from_secs(30));
-        client.request(method, path, body).await.map_err(|e| e.to_string())
+        client
+            .request(method, path, body)
+            .await
+            .map_err(|e| e.to_string())
     })
 }
 
@@ -57,7 +61,11 @@ fn expect_ok(resp: HttpResponse, what: &str) -> Result<HttpResponse, String> {
     if (200..300).contains(&resp.status) {
         Ok(resp)
     } else {
-        Err(format!("Error {what}: Unexpected response code: {} ({})", resp.status, resp.text().trim()))
+        Err(format!(
+            "Error {what}: Unexpected response code: {} ({})",
+            resp.status,
+            resp.text().trim()
+        ))
     }
 }
 
@@ -69,7 +77,9 @@ fn encode_path(key: &str) -> String {
     let mut out = String::new();
     for b in key.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -83,9 +93,20 @@ pub fn join(args: &[String]) -> Result<(), String> {
         return Err("At least one address to join must be specified.".into());
     }
     for addr in &flags.positional {
-        expect_ok(call(&flags, "PUT", &format!("/v1/agent/join/{}", encode_path(addr)), vec![])?, "joining the cluster")?;
+        expect_ok(
+            call(
+                &flags,
+                "PUT",
+                &format!("/v1/agent/join/{}", encode_path(addr)),
+                vec![],
+            )?,
+            "joining the cluster",
+        )?;
     }
-    println!("Successfully joined cluster by contacting {} nodes.", flags.positional.len());
+    println!(
+        "Successfully joined cluster by contacting {} nodes.",
+        flags.positional.len()
+    );
     Ok(())
 }
 
@@ -100,9 +121,18 @@ pub fn leave(args: &[String]) -> Result<(), String> {
 /// `mesh members`
 pub fn members(args: &[String]) -> Result<(), String> {
     let flags = parse(args, &[], "Usage: mesh members [options]")?;
-    let resp = expect_ok(call(&flags, "GET", "/v1/agent/members", vec![])?, "retrieving members")?;
+    let resp = expect_ok(
+        call(&flags, "GET", "/v1/agent/members", vec![])?,
+        "retrieving members",
+    )?;
     let members = json(&resp)?;
-    let mut rows = vec![vec!["Node".to_string(), "Address".into(), "Status".into(), "Type".into(), "DC".into()]];
+    let mut rows = vec![vec![
+        "Node".to_string(),
+        "Address".into(),
+        "Status".into(),
+        "Type".into(),
+        "DC".into(),
+    ]];
     for m in members.as_array().into_iter().flatten() {
         let status = match m["Status"].as_u64() {
             Some(1) => "alive",
@@ -112,7 +142,11 @@ pub fn members(args: &[String]) -> Result<(), String> {
         };
         rows.push(vec![
             m["Name"].as_str().unwrap_or("").to_string(),
-            format!("{}:{}", m["Addr"].as_str().unwrap_or(""), m["Port"].as_u64().unwrap_or(0)),
+            format!(
+                "{}:{}",
+                m["Addr"].as_str().unwrap_or(""),
+                m["Port"].as_u64().unwrap_or(0)
+            ),
             status.into(),
             "server".into(),
             "dc1".into(),
@@ -124,11 +158,25 @@ pub fn members(args: &[String]) -> Result<(), String> {
 
 /// `mesh operator raft list-peers`
 pub fn operator(args: &[String]) -> Result<(), String> {
-    match (args.first().map(String::as_str), args.get(1).map(String::as_str)) {
+    match (
+        args.first().map(String::as_str),
+        args.get(1).map(String::as_str),
+    ) {
         (Some("raft"), Some("list-peers")) => {
-            let flags = parse(&args[2..], &[("stale", Kind::Bool, "Read from any server.")], "Usage: mesh operator raft list-peers [options]")?;
-            let path = if flags.bool("stale") { "/v1/operator/raft/configuration?stale" } else { "/v1/operator/raft/configuration" };
-            let resp = expect_ok(call(&flags, "GET", path, vec![])?, "retrieving the Raft configuration")?;
+            let flags = parse(
+                &args[2..],
+                &[("stale", Kind::Bool, "Read from any server.")],
+                "Usage: mesh operator raft list-peers [options]",
+            )?;
+            let path = if flags.bool("stale") {
+                "/v1/operator/raft/configuration?stale"
+            } else {
+                "/v1/operator/raft/configuration"
+            };
+            let resp = expect_ok(
+                call(&flags, "GET", path, vec![])?,
+                "retrieving the Raft configuration",
+            )?;
             let config = json(&resp)?;
             let mut rows = vec![vec![
                 "Node".to_string(),
@@ -143,7 +191,12 @@ pub fn operator(args: &[String]) -> Result<(), String> {
                     s["Node"].as_str().unwrap_or("").to_string(),
                     s["ID"].as_str().unwrap_or("").to_string(),
                     s["Address"].as_str().unwrap_or("").to_string(),
-                    if s["Leader"].as_bool() == Some(true) { "leader" } else { "follower" }.into(),
+                    if s["Leader"].as_bool() == Some(true) {
+                        "leader"
+                    } else {
+                        "follower"
+                    }
+                    .into(),
                     s["Voter"].as_bool().unwrap_or(false).to_string(),
                     s["LastIndex"].as_u64().unwrap_or(0).to_string(),
                 ]);
@@ -154,7 +207,10 @@ pub fn operator(args: &[String]) -> Result<(), String> {
         (Some("raft"), Some("remove-peer")) => {
             let flags = parse(
                 &args[2..],
-                &[("id", Kind::Value, "Raft ID of the server."), ("address", Kind::Value, "RPC address of the server.")],
+                &[
+                    ("id", Kind::Value, "Raft ID of the server."),
+                    ("address", Kind::Value, "RPC address of the server."),
+                ],
                 "Usage: mesh operator raft remove-peer -id=ID | -address=IP:port",
             )?;
             let path = match (flags.get("id"), flags.get("address")) {
@@ -179,9 +235,21 @@ pub fn kv(args: &[String]) -> Result<(), String> {
             let flags = parse(
                 rest,
                 &[
-                    ("cas", Kind::Bool, "Check-and-set: write only if -modify-index matches (0: only if absent)."),
-                    ("modify-index", Kind::Value, "Expected ModifyIndex for -cas."),
-                    ("flags", Kind::Value, "Unsigned integer flags stored with the key."),
+                    (
+                        "cas",
+                        Kind::Bool,
+                        "Check-and-set: write only if -modify-index matches (0: only if absent).",
+                    ),
+                    (
+                        "modify-index",
+                        Kind::Value,
+                        "Expected ModifyIndex for -cas.",
+                    ),
+                    (
+                        "flags",
+                        Kind::Value,
+                        "Unsigned integer flags stored with the key.",
+                    ),
                     ("base64", Kind::Bool, "The value is base64-encoded."),
                 ],
                 "Usage: mesh kv put [options] KEY [DATA]",
@@ -203,11 +271,16 @@ pub fn kv(args: &[String]) -> Result<(), String> {
                 query.push(format!("flags={f}"));
             }
             if flags.bool("cas") {
-                let idx = flags.number::<u64>("modify-index")?.ok_or("Must specify -modify-index with -cas!")?;
+                let idx = flags
+                    .number::<u64>("modify-index")?
+                    .ok_or("Must specify -modify-index with -cas!")?;
                 query.push(format!("cas={idx}"));
             }
             let path = with_query(&format!("/v1/kv/{}", encode_path(&key)), &query);
-            let resp = expect_ok(call(&flags, "PUT", &path, value)?, &format!("writing {key}"))?;
+            let resp = expect_ok(
+                call(&flags, "PUT", &path, value)?,
+                &format!("writing {key}"),
+            )?;
             if resp.body.starts_with(b"true") {
                 println!("Success! Data written to: {key}");
                 Ok(())
@@ -221,7 +294,11 @@ pub fn kv(args: &[String]) -> Result<(), String> {
                 &[
                     ("recurse", Kind::Bool, "Get every key under the prefix."),
                     ("keys", Kind::Bool, "List keys only."),
-                    ("separator", Kind::Value, "With -keys, roll keys up to this separator."),
+                    (
+                        "separator",
+                        Kind::Value,
+                        "With -keys, roll keys up to this separator.",
+                    ),
                     ("detailed", Kind::Bool, "Show the metadata of each entry."),
                     ("stale", Kind::Bool, "Read from any server."),
                 ],
@@ -247,13 +324,15 @@ pub fn kv(args: &[String]) -> Result<(), String> {
             }
             let resp = expect_ok(resp, &format!("querying {key}"))?;
             if flags.bool("keys") {
-                let keys: Vec<String> = serde_json::from_slice(&resp.body).map_err(|e| e.to_string())?;
+                let keys: Vec<String> =
+                    serde_json::from_slice(&resp.body).map_err(|e| e.to_string())?;
                 for k in keys {
                     println!("{k}");
                 }
                 return Ok(());
             }
-            let pairs: Vec<KvPair> = serde_json::from_slice(&resp.body).map_err(|e| format!("agent sent malformed JSON: {e}"))?;
+            let pairs: Vec<KvPair> = serde_json::from_slice(&resp.body)
+                .map_err(|e| format!("agent sent malformed JSON: {e}"))?;
             for p in &pairs {
                 let value = p.decoded_value().map_err(|e| e.to_string())?;
                 let value = String::from_utf8_lossy(&value);
@@ -273,7 +352,11 @@ pub fn kv(args: &[String]) -> Result<(), String> {
                 &[
                     ("recurse", Kind::Bool, "Delete every key under the prefix."),
                     ("cas", Kind::Bool, "Delete only if -modify-index matches."),
-                    ("modify-index", Kind::Value, "Expected ModifyIndex for -cas."),
+                    (
+                        "modify-index",
+                        Kind::Value,
+                        "Expected ModifyIndex for -cas.",
+                    ),
                 ],
                 "Usage: mesh kv delete [options] KEY_OR_PREFIX",
             )?;
@@ -286,11 +369,16 @@ pub fn kv(args: &[String]) -> Result<(), String> {
                 query.push("recurse".to_string());
             }
             if flags.bool("cas") {
-                let idx = flags.number::<u64>("modify-index")?.ok_or("Must specify -modify-index with -cas!")?;
+                let idx = flags
+                    .number::<u64>("modify-index")?
+                    .ok_or("Must specify -modify-index with -cas!")?;
                 query.push(format!("cas={idx}"));
             }
             let path = with_query(&format!("/v1/kv/{}", encode_path(&key)), &query);
-            let resp = expect_ok(call(&flags, "DELETE", &path, vec![])?, &format!("deleting {key}"))?;
+            let resp = expect_ok(
+                call(&flags, "DELETE", &path, vec![])?,
+                &format!("deleting {key}"),
+            )?;
             if resp.body.starts_with(b"true") {
                 println!("Success! Deleted key: {key}");
                 Ok(())
@@ -313,10 +401,20 @@ fn with_query(path: &str, query: &[String]) -> String {
 fn print_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(String::len).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         println!("{}", line.join("  ").trim_end());
     }
 }

@@ -9,9 +9,21 @@ use mesh_bins::flags::{Flags, Kind, Spec};
 use mesh_bins::process_cluster::ProcessCluster;
 
 const SPECS: &[Spec] = &[
-    ("server-port", Kind::Value, "RPC port of the demo servers. Default: 8300."),
-    ("http-port", Kind::Value, "HTTP port of the demo servers. Default: 8500."),
-    ("data-dir", Kind::Value, "Where the demo keeps data and logs. Default: a fresh temp dir."),
+    (
+        "server-port",
+        Kind::Value,
+        "RPC port of the demo servers. Default: 8300.",
+    ),
+    (
+        "http-port",
+        Kind::Value,
+        "HTTP port of the demo servers. Default: 8500.",
+    ),
+    (
+        "data-dir",
+        Kind::Value,
+        "Where the demo keeps data and logs. Default: a fresh temp dir.",
+    ),
     ("keep", Kind::Bool, "Keep the data dir afterwards."),
 ];
 
@@ -40,21 +52,35 @@ fn step(msg: &str) {
 }
 
 async fn put(c: &ProcessCluster, i: usize, key: &str, value: &str) -> Result<(), String> {
-    let resp = c.request(i, "PUT", &format!("/v1/kv/{key}"), value.as_bytes()).await?;
+    let resp = c
+        .request(i, "PUT", &format!("/v1/kv/{key}"), value.as_bytes())
+        .await?;
     if resp.status == 200 && resp.body.starts_with(b"true") {
         Ok(())
     } else {
-        Err(format!("write of {key} via {} failed: {} {}", c.nodes[i].name, resp.status, resp.text()))
+        Err(format!(
+            "write of {key} via {} failed: {} {}",
+            c.nodes[i].name,
+            resp.status,
+            resp.text()
+        ))
     }
 }
 
 async fn get_raw(c: &ProcessCluster, i: usize, key: &str, stale: bool) -> Result<String, String> {
     let q = if stale { "raw&stale" } else { "raw" };
-    let resp = c.request(i, "GET", &format!("/v1/kv/{key}?{q}"), b"").await?;
+    let resp = c
+        .request(i, "GET", &format!("/v1/kv/{key}?{q}"), b"")
+        .await?;
     if resp.status == 200 {
         Ok(resp.text())
     } else {
-        Err(format!("read of {key} via {} failed: {} {}", c.nodes[i].name, resp.status, resp.text()))
+        Err(format!(
+            "read of {key} via {} failed: {} {}",
+            c.nodes[i].name,
+            resp.status,
+            resp.text()
+        ))
     }
 }
 
@@ -66,7 +92,8 @@ async fn demo(flags: &Flags) -> Result<(), String> {
         None => std::env::temp_dir().join(format!("mesh-demo-{}", std::process::id())),
     };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the mesh binary: {e}"))?;
-    let mut c = ProcessCluster::new(&exe, &dir, &IPS, rpc_port, http_port).map_err(|e| e.to_string())?;
+    let mut c =
+        ProcessCluster::new(&exe, &dir, &IPS, rpc_port, http_port).map_err(|e| e.to_string())?;
     let outcome = story(&mut c).await;
     step("stopping all servers (SIGTERM)");
     c.stop_all();
@@ -84,21 +111,32 @@ async fn demo(flags: &Flags) -> Result<(), String> {
 async fn story(c: &mut ProcessCluster) -> Result<(), String> {
     step("starting consul00-02 on 127.0.0.10-12 with -bootstrap-expect=3");
     for i in 0..3 {
-        c.start(i).map_err(|e| format!("starting {}: {e}", c.nodes[i].name))?;
+        c.start(i)
+            .map_err(|e| format!("starting {}: {e}", c.nodes[i].name))?;
     }
     let t0 = Instant::now();
     let leader = c
         .wait_for_leader(Duration::from_secs(15))
         .await
         .ok_or("no leader elected within 15 s (are 127.0.0.10-12 and the ports free?)")?;
-    println!("    {} is leader after {} ms", c.nodes[leader].name, t0.elapsed().as_millis());
+    println!(
+        "    {} is leader after {} ms",
+        c.nodes[leader].name,
+        t0.elapsed().as_millis()
+    );
 
     let follower = (leader + 1) % 3;
-    step(&format!("writing 10 keys through follower {}", c.nodes[follower].name));
+    step(&format!(
+        "writing 10 keys through follower {}",
+        c.nodes[follower].name
+    ));
     for n in 0..10 {
         put(c, follower, &format!("demo/key{n}"), &format!("value{n}")).await?;
     }
-    println!("    demo/key9 = {}", get_raw(c, leader, "demo/key9", false).await?);
+    println!(
+        "    demo/key9 = {}",
+        get_raw(c, leader, "demo/key9", false).await?
+    );
 
     step(&format!("kill -9 the leader {}", c.nodes[leader].name));
     c.kill(leader);
@@ -107,19 +145,29 @@ async fn story(c: &mut ProcessCluster) -> Result<(), String> {
         .wait_for_leader(Duration::from_secs(10))
         .await
         .ok_or("no new leader within 10 s")?;
-    println!("    {} took over after {} ms", c.nodes[new_leader].name, t1.elapsed().as_millis());
+    println!(
+        "    {} took over after {} ms",
+        c.nodes[new_leader].name,
+        t1.elapsed().as_millis()
+    );
 
     step("writing 10 more keys with the old leader down");
     for n in 10..20 {
         put(c, new_leader, &format!("demo/key{n}"), &format!("value{n}")).await?;
     }
 
-    step(&format!("restarting {} from its data dir", c.nodes[leader].name));
+    step(&format!(
+        "restarting {} from its data dir",
+        c.nodes[leader].name
+    ));
     c.start(leader).map_err(|e| e.to_string())?;
     let t2 = Instant::now();
     loop {
         if let Ok(v) = get_raw(c, leader, "demo/key19", true).await {
-            println!("    caught up after {} ms: demo/key19 = {v} (stale read on the restarted server)", t2.elapsed().as_millis());
+            println!(
+                "    caught up after {} ms: demo/key19 = {v} (stale read on the restarted server)",
+                t2.elapsed().as_millis()
+            );
             break;
         }
         if t2.elapsed() > Duration::from_secs(15) {

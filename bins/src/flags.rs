@@ -86,7 +86,10 @@ impl Flags {
 
     /// A value flag.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).and_then(|v| v.last()).map(String::as_str)
+        self.values
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
     }
 
     /// All values of a repeatable flag.
@@ -131,12 +134,25 @@ mod tests {
     ];
 
     fn parse(args: &[&str]) -> Result<Flags, String> {
-        Flags::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>(), SPECS)
+        Flags::parse(
+            &args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            SPECS,
+        )
     }
 
     #[test]
     fn consul_spellings_all_work() {
-        let f = parse(&["-server", "--node", "consul00", "-bootstrap-expect=3", "--join=a", "-join", "b", "pos"]).unwrap();
+        let f = parse(&[
+            "-server",
+            "--node",
+            "consul00",
+            "-bootstrap-expect=3",
+            "--join=a",
+            "-join",
+            "b",
+            "pos",
+        ])
+        .unwrap();
         assert!(f.bool("server"));
         assert_eq!(f.get("node"), Some("consul00"));
         assert_eq!(f.number::<u32>("bootstrap-expect"), Ok(Some(3)));
@@ -147,10 +163,21 @@ mod tests {
 
     #[test]
     fn bad_flags_get_go_style_errors() {
-        assert_eq!(parse(&["-nope"]).unwrap_err(), "flag provided but not defined: -nope");
-        assert_eq!(parse(&["-node"]).unwrap_err(), "flag needs an argument: -node");
-        assert!(parse(&["-server=maybe"]).unwrap_err().contains("invalid boolean"));
+        assert_eq!(
+            parse(&["-nope"]).unwrap_err(),
+            "flag provided but not defined: -nope"
+        );
+        assert_eq!(
+            parse(&["-node"]).unwrap_err(),
+            "flag needs an argument: -node"
+        );
+        assert!(parse(&["-server=maybe"])
+            .unwrap_err()
+            .contains("invalid boolean"));
         let f = parse(&["-bootstrap-expect", "three"]).unwrap();
-        assert!(f.number::<u32>("bootstrap-expect").unwrap_err().contains("three"));
+        assert!(f
+            .number::<u32>("bootstrap-expect")
+            .unwrap_err()
+            .contains("three"));
     }
 }

@@ -27,10 +27,11 @@ pub(crate) fn init_logging(level: &str, json: bool) {
         "trace" => "trace",
         _ => "info",
     };
-    let filter = EnvFilter::try_from_env("MESH_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(format!("{level},openraft=warn,hyper=warn"))
-    });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_env("MESH_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},openraft=warn,hyper=warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

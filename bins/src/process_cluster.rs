@@ -37,7 +37,13 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Plans servers `consul00..` on `ips`, storing data and logs under
     /// `dir` (created). Nothing starts until [`ProcessCluster::start`].
-    pub fn new(exe: &Path, dir: &Path, ips: &[&str], rpc_port: u16, http_port: u16) -> io::Result<Self> {
+    pub fn new(
+        exe: &Path,
+        dir: &Path,
+        ips: &[&str],
+        rpc_port: u16,
+        http_port: u16,
+    ) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let nodes = ips
             .iter()
@@ -94,7 +100,10 @@ impl ProcessCluster {
     pub fn start(&mut self, i: usize) -> io::Result<()> {
         assert!(self.nodes[i].child.is_none(), "server {i} already runs");
         let node = &self.nodes[i];
-        let log = File::options().create(true).append(true).open(self.log_path(i))?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg("agent")
             .arg("-server")
@@ -130,7 +139,10 @@ impl ProcessCluster {
     /// SIGTERM server `i` and wait (up to 10 s, then kill -9) for it to exit.
     pub fn terminate(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -144,9 +156,17 @@ impl ProcessCluster {
     }
 
     /// One HTTP request to server `i`.
-    pub async fn request(&self, i: usize, method: &str, path: &str, body: &[u8]) -> Result<HttpResponse, String> {
+    pub async fn request(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<HttpResponse, String> {
         let mut c = HttpClient::new(self.http_addr(i), Duration::from_secs(10));
-        c.request(method, path, body.to_vec()).await.map_err(|e| e.to_string())
+        c.request(method, path, body.to_vec())
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The leader server `i` reports, as a server index.

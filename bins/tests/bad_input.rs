@@ -24,11 +24,45 @@ fn test_dir(name: &str) -> PathBuf {
 #[test]
 fn bad_flags_are_clear_errors() {
     let cases: &[(&[&str], &str)] = &[
-        (&["agent", "-server", "-bogus"], "flag provided but not defined: -bogus"),
-        (&["agent", "-server", "-bootstrap-expect", "three", "-data-dir", "/tmp/x"], "invalid value \"three\""),
+        (
+            &["agent", "-server", "-bogus"],
+            "flag provided but not defined: -bogus",
+        ),
+        (
+            &[
+                "agent",
+                "-server",
+                "-bootstrap-expect",
+                "three",
+                "-data-dir",
+                "/tmp/x",
+            ],
+            "invalid value \"three\"",
+        ),
         (&["agent", "-server", "-node", "a"], "-data-dir is required"),
-        (&["agent", "-server", "-bootstrap", "-bootstrap-expect=3", "-data-dir", "/tmp/x"], "mutually exclusive"),
-        (&["agent", "-server", "-bind", "not-an-ip", "-data-dir", "/tmp/x", "-bootstrap"], "invalid -bind address"),
+        (
+            &[
+                "agent",
+                "-server",
+                "-bootstrap",
+                "-bootstrap-expect=3",
+                "-data-dir",
+                "/tmp/x",
+            ],
+            "mutually exclusive",
+        ),
+        (
+            &[
+                "agent",
+                "-server",
+                "-bind",
+                "not-an-ip",
+                "-data-dir",
+                "/tmp/x",
+                "-bootstrap",
+            ],
+            "invalid -bind address",
+        ),
         (&["kv", "put"], "Usage: mesh kv put"),
         (&["frobnicate"], "unknown command"),
     ];
@@ -36,7 +70,10 @@ fn bad_flags_are_clear_errors() {
         let out = mesh(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
-        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
     }
     let out = mesh(&["kv", "get", "x", "-http-addr", "127.0.0.1:1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the agent"));
@@ -54,7 +91,17 @@ impl Drop for Agent {
 fn start_single(ip: &str, dir: &Path) -> Agent {
     let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
     let child = Command::new(MESH)
-        .args(["agent", "-server", "-bootstrap", "-node", "solo", "-bind", ip, "-client", ip])
+        .args([
+            "agent",
+            "-server",
+            "-bootstrap",
+            "-node",
+            "solo",
+            "-bind",
+            ip,
+            "-client",
+            ip,
+        ])
         .args(["-server-port", "18301", "-http-port", "18501"])
         .arg(format!("-data-dir={}", dir.display()))
         .stdout(Stdio::null())
@@ -73,7 +120,10 @@ async fn wait_leader(http: &str) {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "single server never became leader");
+        assert!(
+            Instant::now() < deadline,
+            "single server never became leader"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -86,17 +136,26 @@ async fn garbage_and_malformed_requests_hurt_nothing_and_corruption_stops_startu
     let agent = start_single(ip, &dir);
     wait_leader(&http).await;
     let mut c = HttpClient::new(http.clone(), Duration::from_secs(5));
-    let r = c.request("PUT", "/v1/kv/keep", b"safe".to_vec()).await.expect("put");
+    let r = c
+        .request("PUT", "/v1/kv/keep", b"safe".to_vec())
+        .await
+        .expect("put");
     assert_eq!(r.status, 200);
 
     // Garbage on the RPC port: that connection is closed, nothing else.
     let mut s = TcpStream::connect(format!("{ip}:18301")).expect("rpc port");
-    s.write_all(b"\xff\xff\xff\xffGET / HTTP/1.1\r\n\r\n").expect("write garbage");
+    s.write_all(b"\xff\xff\xff\xffGET / HTTP/1.1\r\n\r\n")
+        .expect("write garbage");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 16];
-    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "server should close a garbage connection");
+    assert_eq!(
+        s.read(&mut buf).unwrap_or(0),
+        0,
+        "server should close a garbage connection"
+    );
     let mut s = TcpStream::connect(format!("{ip}:18301")).expect("rpc port");
-    s.write_all(&[0, 0, 0, 9, 1, 0, 0, 0, 0, b'{', b'x', b'}', b'!']).expect("bad checksum frame");
+    s.write_all(&[0, 0, 0, 9, 1, 0, 0, 0, 0, b'{', b'x', b'}', b'!'])
+        .expect("bad checksum frame");
     assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
 
     // Malformed HTTP: clear 4xx answers.
@@ -121,14 +180,23 @@ async fn garbage_and_malformed_requests_hurt_nothing_and_corruption_stops_startu
     raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut answer = String::new();
     let _ = raw.read_to_string(&mut answer);
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
 
     // Nothing was lost.
     let mut c = HttpClient::new(http.clone(), Duration::from_secs(5));
-    let r = c.request("GET", "/v1/kv/keep?raw", vec![]).await.expect("get");
+    let r = c
+        .request("GET", "/v1/kv/keep?raw", vec![])
+        .await
+        .expect("get");
     assert_eq!((r.status, r.text()), (200, "safe".to_string()));
     for i in 0..5 {
-        let r = c.request("PUT", &format!("/v1/kv/more{i}"), b"x".to_vec()).await.expect("put");
+        let r = c
+            .request("PUT", &format!("/v1/kv/more{i}"), b"x".to_vec())
+            .await
+            .expect("put");
         assert_eq!(r.status, 200);
     }
     drop(agent);
@@ -142,14 +210,31 @@ async fn garbage_and_malformed_requests_hurt_nothing_and_corruption_stops_startu
     bytes[mid] ^= 0x40;
     std::fs::write(&log, &bytes).unwrap();
     let out = Command::new(MESH)
-        .args(["agent", "-server", "-bootstrap", "-node", "solo", "-bind", ip, "-client", ip])
+        .args([
+            "agent",
+            "-server",
+            "-bootstrap",
+            "-node",
+            "solo",
+            "-bind",
+            ip,
+            "-client",
+            ip,
+        ])
         .args(["-server-port", "18301", "-http-port", "18501"])
         .arg(format!("-data-dir={}", dir.display()))
         .output()
         .expect("run agent");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("raft.log") && stderr.contains("offset"), "{stderr}");
-    assert_eq!(std::fs::read(&log).unwrap().len(), before.len(), "corrupt file must not be truncated");
+    assert!(
+        stderr.contains("raft.log") && stderr.contains("offset"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&log).unwrap().len(),
+        before.len(),
+        "corrupt file must not be truncated"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,11 +24,19 @@ async fn put(c: &ProcessCluster, i: usize, key: &str, value: &str) -> bool {
 }
 
 /// Writes through any running server until `n` writes were acknowledged.
-async fn write_batch(c: &ProcessCluster, acked: &mut BTreeMap<String, String>, prefix: &str, n: usize) {
+async fn write_batch(
+    c: &ProcessCluster,
+    acked: &mut BTreeMap<String, String>,
+    prefix: &str,
+    n: usize,
+) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut i = 0;
     while acked.keys().filter(|k| k.starts_with(prefix)).count() < n {
-        assert!(Instant::now() < deadline, "writes did not succeed within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "writes did not succeed within 30 s"
+        );
         let key = format!("{prefix}{i}");
         let target = (0..3).filter(|s| c.is_running(*s)).nth(i % 2).unwrap_or(0);
         if put(c, target, &key, &format!("value-{i}")).await {
@@ -40,8 +48,16 @@ async fn write_batch(c: &ProcessCluster, acked: &mut BTreeMap<String, String>, p
 
 async fn assert_all_present(c: &ProcessCluster, acked: &BTreeMap<String, String>) {
     for (k, v) in acked {
-        let resp = c.request(0, "GET", &format!("/v1/kv/{k}?raw"), b"").await.expect("read");
-        assert_eq!(resp.status, 200, "acknowledged key {k} missing: {}", resp.text());
+        let resp = c
+            .request(0, "GET", &format!("/v1/kv/{k}?raw"), b"")
+            .await
+            .expect("read");
+        assert_eq!(
+            resp.status,
+            200,
+            "acknowledged key {k} missing: {}",
+            resp.text()
+        );
         assert_eq!(resp.text(), *v, "acknowledged key {k} has the wrong value");
     }
 }
@@ -49,9 +65,15 @@ async fn assert_all_present(c: &ProcessCluster, acked: &BTreeMap<String, String>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_fail_over_and_survive_a_full_restart() {
     let dir = test_dir("cluster");
-    let mut c = ProcessCluster::new(env!("CARGO_BIN_EXE_mesh").as_ref(), &dir, &IPS, 18300, 18500)
-        .expect("cluster dir")
-        .with_args(&["-log-level", "debug"]);
+    let mut c = ProcessCluster::new(
+        env!("CARGO_BIN_EXE_mesh").as_ref(),
+        &dir,
+        &IPS,
+        18300,
+        18500,
+    )
+    .expect("cluster dir")
+    .with_args(&["-log-level", "debug"]);
     let mut acked = BTreeMap::new();
 
     // phase: bootstrap
@@ -59,28 +81,49 @@ async fn three_servers_fail_over_and_survive_a_full_restart() {
         c.start(i).expect("start server");
     }
     let t = Instant::now();
-    let leader = c.wait_for_leader(Duration::from_secs(20)).await.expect("a leader");
-    println!("leader {} elected after {} ms", c.nodes[leader].name, t.elapsed().as_millis());
+    let leader = c
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    println!(
+        "leader {} elected after {} ms",
+        c.nodes[leader].name,
+        t.elapsed().as_millis()
+    );
     write_batch(&c, &mut acked, "before/", 20).await;
 
     // phase: kill -9 the leader
     c.kill(leader);
     let t = Instant::now();
-    let new_leader = c.wait_for_leader(Duration::from_secs(20)).await.expect("a new leader");
+    let new_leader = c
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a new leader");
     assert_ne!(new_leader, leader);
-    println!("failover to {} took {} ms", c.nodes[new_leader].name, t.elapsed().as_millis());
+    println!(
+        "failover to {} took {} ms",
+        c.nodes[new_leader].name,
+        t.elapsed().as_millis()
+    );
     write_batch(&c, &mut acked, "during/", 20).await;
 
     // phase: the old leader restarts and catches up
     c.start(leader).expect("restart");
-    c.wait_for_leader(Duration::from_secs(20)).await.expect("leader after restart");
+    c.wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader after restart");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = c.request(leader, "GET", "/v1/kv/during/19?stale&raw", b"").await;
+        let r = c
+            .request(leader, "GET", "/v1/kv/during/19?stale&raw", b"")
+            .await;
         if matches!(&r, Ok(r) if r.status == 200) {
             break;
         }
-        assert!(Instant::now() < deadline, "restarted server did not catch up: {r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "restarted server did not catch up: {r:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -91,7 +134,9 @@ async fn three_servers_fail_over_and_survive_a_full_restart() {
     for i in 0..3 {
         c.start(i).expect("restart");
     }
-    c.wait_for_leader(Duration::from_secs(20)).await.expect("leader after full restart");
+    c.wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("leader after full restart");
     assert_all_present(&c, &acked).await;
     write_batch(&c, &mut acked, "after/", 5).await;
     c.stop_all();

@@ -13,13 +13,9 @@ use crate::kv::KvEntry;
 /// request-line limits.
 pub const MAX_KEY_BYTES: usize = 8 * 1024;
 
-/// Largest value accepted, in bytes: Consul's default `kv_max_value_size`
-/// (512 KiB). Every value is replicated through the Raft log, so large values
-/// slow down every server.
-pub const MAX_VALUE_BYTES: usize = 512 * 1024;
-
-/// A request the client must fix; the HTTP layer answers 400 (413 for
-/// [`ApiError::ValueTooLarge`]). Nothing was stored.
+/// A request the client must fix; the HTTP layer answers 400. Nothing was
+/// stored. (Value size is limited by the HTTP layer while it reads the body,
+/// before a large value is buffered.)
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// The key is empty. Message as Consul's.
@@ -36,9 +32,6 @@ pub enum ApiError {
     /// one would create a key no Consul client can address.
     #[error("Key must not start with '/'; drop the leading slash")]
     LeadingSlash,
-    /// The value is larger than [`MAX_VALUE_BYTES`].
-    #[error("Value too large: {0} bytes, the limit is {MAX_VALUE_BYTES}")]
-    ValueTooLarge(usize),
     /// A `Value` field is not standard, padded base64.
     #[error("Value is not valid base64: {0}")]
     BadBase64(String),
@@ -88,7 +81,9 @@ impl KvPair {
     pub fn decoded_value(&self) -> Result<Vec<u8>, ApiError> {
         match &self.value {
             None => Ok(Vec::new()),
-            Some(text) => STANDARD.decode(text).map_err(|e| ApiError::BadBase64(e.to_string())),
+            Some(text) => STANDARD
+                .decode(text)
+                .map_err(|e| ApiError::BadBase64(e.to_string())),
         }
     }
 }
@@ -111,14 +106,6 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
     }
     if key.contains('\0') {
         return Err(ApiError::NulInKey);
-    }
-    Ok(())
-}
-
-/// Checks a PUT body against [`MAX_VALUE_BYTES`].
-pub fn validate_value(value: &[u8]) -> Result<(), ApiError> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(ApiError::ValueTooLarge(value.len()));
     }
     Ok(())
 }
@@ -177,7 +164,10 @@ mod tests {
                 value: Some(bad.into()),
                 ..KvPair::from(&entry(b""))
             };
-            assert!(matches!(pair.decoded_value(), Err(ApiError::BadBase64(_))), "{bad:?}");
+            assert!(
+                matches!(pair.decoded_value(), Err(ApiError::BadBase64(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -190,19 +180,16 @@ mod tests {
             validate_key(&"k".repeat(MAX_KEY_BYTES + 1)),
             Err(ApiError::KeyTooLong(MAX_KEY_BYTES + 1))
         );
-        for ok in ["a", "a/b c", "a//b/", "é/ü", "k".repeat(MAX_KEY_BYTES).as_str()] {
+        for ok in [
+            "a",
+            "a/b c",
+            "a//b/",
+            "é/ü",
+            "k".repeat(MAX_KEY_BYTES).as_str(),
+        ] {
             assert_eq!(validate_key(ok), Ok(()), "{ok:?}");
         }
         assert_eq!(ApiError::EmptyKey.to_string(), "Missing key name");
-    }
-
-    #[test]
-    fn values_are_bounded() {
-        assert_eq!(validate_value(&vec![0; MAX_VALUE_BYTES]), Ok(()));
-        assert_eq!(
-            validate_value(&vec![0; MAX_VALUE_BYTES + 1]),
-            Err(ApiError::ValueTooLarge(MAX_VALUE_BYTES + 1))
-        );
     }
 
     proptest! {

@@ -153,7 +153,14 @@ impl KvStore {
     /// # Panics
     ///
     /// As [`KvStore::set`].
-    pub fn cas(&mut self, index: u64, key: &str, value: Vec<u8>, flags: u64, expected_modify_index: u64) -> bool {
+    pub fn cas(
+        &mut self,
+        index: u64,
+        key: &str,
+        value: Vec<u8>,
+        flags: u64,
+        expected_modify_index: u64,
+    ) -> bool {
         self.advance(index);
         let current = self.entries.get(key).map(|e| e.modify_index);
         let matches = match current {
@@ -266,7 +273,10 @@ impl KvStore {
             }
             // Sessions (the only source of locks) do not exist yet.
             if e.lock_index != 0 {
-                return Err(format!("{key:?} has lock index {} without sessions", e.lock_index));
+                return Err(format!(
+                    "{key:?} has lock index {} without sessions",
+                    e.lock_index
+                ));
             }
         }
         Ok(())
@@ -275,7 +285,9 @@ impl KvStore {
     /// Entries whose key starts with `prefix`, in key order.
     fn under<'a, 'p>(&'a self, prefix: &'p str) -> Under<'a, 'p> {
         Under {
-            range: self.entries.range::<str, _>((Bound::Included(prefix), Bound::Unbounded)),
+            range: self
+                .entries
+                .range::<str, _>((Bound::Included(prefix), Bound::Unbounded)),
             prefix,
         }
     }
@@ -372,7 +384,10 @@ mod tests {
         assert_eq!(kv.table_index(), 0);
         kv.set(3, "foo", b"bar".to_vec(), 7);
         let e = kv.get("foo").unwrap();
-        assert_eq!((e.create_index, e.modify_index, e.flags, e.lock_index), (3, 3, 7, 0));
+        assert_eq!(
+            (e.create_index, e.modify_index, e.flags, e.lock_index),
+            (3, 3, 7, 0)
+        );
         kv.set(5, "foo", b"baz".to_vec(), 0);
         let e = kv.get("foo").unwrap();
         assert_eq!((e.create_index, e.modify_index, e.flags), (3, 5, 0));
@@ -396,7 +411,10 @@ mod tests {
     #[test]
     fn cas_nonzero_needs_matching_modify_index() {
         let mut kv = KvStore::default();
-        assert!(!kv.cas(1, "k", b"a".to_vec(), 0, 1), "absent key with cas!=0");
+        assert!(
+            !kv.cas(1, "k", b"a".to_vec(), 0, 1),
+            "absent key with cas!=0"
+        );
         assert!(kv.is_empty());
         kv.set(2, "k", b"a".to_vec(), 0);
         assert!(!kv.cas(3, "k", b"b".to_vec(), 0, 1));
@@ -421,7 +439,10 @@ mod tests {
     fn delete_cas_follows_consul() {
         let mut kv = store_with(&["a"]);
         assert!(kv.delete_cas(2, "missing", 0));
-        assert!(kv.delete_cas(3, "missing", 42), "Consul: absent key is a successful CAS delete");
+        assert!(
+            kv.delete_cas(3, "missing", 42),
+            "Consul: absent key is a successful CAS delete"
+        );
         assert!(!kv.delete_cas(4, "a", 0));
         assert!(!kv.delete_cas(5, "a", 2));
         assert_eq!(kv.table_index(), 1);

@@ -146,7 +146,10 @@ impl StateMachine {
                 index: expected,
             } => self.kv.cas(index, key, value.clone(), *flags, *expected),
             Command::KvDelete { key } => self.kv.delete(index, key),
-            Command::KvDeleteCas { key, index: expected } => self.kv.delete_cas(index, key, *expected),
+            Command::KvDeleteCas {
+                key,
+                index: expected,
+            } => self.kv.delete_cas(index, key, *expected),
             Command::KvDeleteTree { prefix } => self.kv.delete_tree(index, prefix),
         };
         CommandResult::Bool(ok)
@@ -218,14 +221,17 @@ impl StateMachine {
     /// trusted state: this never panics, and a decoded state that breaks an
     /// invariant is [`SnapshotError::Malformed`] rather than an assertion.
     pub fn restore(bytes: &[u8]) -> Result<StateMachine, SnapshotError> {
-        let rest = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()).ok_or(SnapshotError::BadMagic)?;
-        let (&version, json) = rest
-            .split_first()
-            .ok_or_else(|| SnapshotError::Malformed("truncated after the magic, no version byte".into()))?;
+        let rest = bytes
+            .strip_prefix(SNAPSHOT_MAGIC.as_slice())
+            .ok_or(SnapshotError::BadMagic)?;
+        let (&version, json) = rest.split_first().ok_or_else(|| {
+            SnapshotError::Malformed("truncated after the magic, no version byte".into())
+        })?;
         if version != SNAPSHOT_VERSION {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
-        let body: SnapshotBody = serde_json::from_slice(json).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+        let body: SnapshotBody =
+            serde_json::from_slice(json).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
         let sm = StateMachine {
             kv: body.kv,
             last_applied: body.last_applied,
@@ -324,9 +330,20 @@ mod tests {
                 index: 0,
             },
         );
-        sm.apply(5, &Command::KvDeleteCas { key: "a/x".into(), index: 2 });
+        sm.apply(
+            5,
+            &Command::KvDeleteCas {
+                key: "a/x".into(),
+                index: 2,
+            },
+        );
         sm.apply(6, &Command::KvDelete { key: "nope".into() });
-        sm.apply(7, &Command::KvDeleteTree { prefix: "zz".into() });
+        sm.apply(
+            7,
+            &Command::KvDeleteTree {
+                prefix: "zz".into(),
+            },
+        );
         sm.check_invariants();
         sm
     }
@@ -343,10 +360,17 @@ mod tests {
         };
         assert_eq!(sm.apply(2, &cas(0)), CommandResult::Bool(false));
         assert_eq!(sm.apply(3, &cas(1)), CommandResult::Bool(true));
-        let del_cas = |index| Command::KvDeleteCas { key: "k".into(), index };
+        let del_cas = |index| Command::KvDeleteCas {
+            key: "k".into(),
+            index,
+        };
         assert_eq!(sm.apply(4, &del_cas(1)), CommandResult::Bool(false));
         assert_eq!(sm.apply(5, &del_cas(3)), CommandResult::Bool(true));
-        assert_eq!(sm.apply(6, &del_cas(3)), CommandResult::Bool(true), "absent key");
+        assert_eq!(
+            sm.apply(6, &del_cas(3)),
+            CommandResult::Bool(true),
+            "absent key"
+        );
         assert_eq!(sm.last_applied(), 6);
         assert_eq!(sm.kv().table_index(), 5);
         sm.check_invariants();
@@ -413,24 +437,45 @@ mod tests {
         let back = StateMachine::restore(&bytes).unwrap();
         assert_eq!(back, sm);
         assert_eq!(back.digest(), sm.digest());
-        assert_eq!(StateMachine::restore(&StateMachine::new().snapshot()), Ok(StateMachine::new()));
+        assert_eq!(
+            StateMachine::restore(&StateMachine::new().snapshot()),
+            Ok(StateMachine::new())
+        );
     }
 
     #[test]
     fn restore_classifies_bad_input() {
         assert_eq!(StateMachine::restore(b""), Err(SnapshotError::BadMagic));
         assert_eq!(StateMachine::restore(b"MSS"), Err(SnapshotError::BadMagic));
-        assert_eq!(StateMachine::restore(b"{\"last_applied\":0}"), Err(SnapshotError::BadMagic));
-        assert!(matches!(StateMachine::restore(b"MSSM"), Err(SnapshotError::Malformed(_))));
-        assert_eq!(StateMachine::restore(b"MSSM\x02{}"), Err(SnapshotError::UnsupportedVersion(2)));
-        assert!(matches!(StateMachine::restore(b"MSSM\x01{}"), Err(SnapshotError::Malformed(_))));
+        assert_eq!(
+            StateMachine::restore(b"{\"last_applied\":0}"),
+            Err(SnapshotError::BadMagic)
+        );
+        assert!(matches!(
+            StateMachine::restore(b"MSSM"),
+            Err(SnapshotError::Malformed(_))
+        ));
+        assert_eq!(
+            StateMachine::restore(b"MSSM\x02{}"),
+            Err(SnapshotError::UnsupportedVersion(2))
+        );
+        assert!(matches!(
+            StateMachine::restore(b"MSSM\x01{}"),
+            Err(SnapshotError::Malformed(_))
+        ));
 
         let good = sample().snapshot();
         let truncated = &good[..good.len() - 1];
-        assert!(matches!(StateMachine::restore(truncated), Err(SnapshotError::Malformed(_))));
+        assert!(matches!(
+            StateMachine::restore(truncated),
+            Err(SnapshotError::Malformed(_))
+        ));
         let mut trailing = good.clone();
         trailing.extend_from_slice(b"x");
-        assert!(matches!(StateMachine::restore(&trailing), Err(SnapshotError::Malformed(_))));
+        assert!(matches!(
+            StateMachine::restore(&trailing),
+            Err(SnapshotError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -438,7 +483,10 @@ mod tests {
         let text = String::from_utf8(sample().snapshot()).unwrap();
         let extra = text.replacen("{\"last_applied\"", "{\"services\":[],\"last_applied\"", 1);
         let err = StateMachine::restore(extra.as_bytes()).unwrap_err();
-        assert!(matches!(err, SnapshotError::Malformed(ref m) if m.contains("services")), "{err}");
+        assert!(
+            matches!(err, SnapshotError::Malformed(ref m) if m.contains("services")),
+            "{err}"
+        );
     }
 
     /// Consistent JSON describing an impossible state must be refused, not
@@ -449,7 +497,10 @@ mod tests {
         let rewound = text.replace("\"last_applied\":7", "\"last_applied\":3");
         assert_ne!(rewound, text);
         let err = StateMachine::restore(rewound.as_bytes()).unwrap_err();
-        assert!(matches!(err, SnapshotError::Malformed(ref m) if m.contains("applied only up to 3")), "{err}");
+        assert!(
+            matches!(err, SnapshotError::Malformed(ref m) if m.contains("applied only up to 3")),
+            "{err}"
+        );
 
         let forged = text.replace("\"create_index\":4", "\"create_index\":5");
         assert_ne!(forged, text);
@@ -463,6 +514,9 @@ mod tests {
     fn command_json_carries_values_as_base64() {
         let json = serde_json::to_string(&set("k", b"bar")).unwrap();
         assert_eq!(json, r#"{"KvSet":{"key":"k","value":"YmFy","flags":0}}"#);
-        assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), set("k", b"bar"));
+        assert_eq!(
+            serde_json::from_str::<Command>(&json).unwrap(),
+            set("k", b"bar")
+        );
     }
 }

@@ -25,13 +25,34 @@ enum CasIndex {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Set { key: String, value: Vec<u8>, flags: u64 },
-    Cas { key: String, value: Vec<u8>, flags: u64, cas: CasIndex },
-    Delete { key: String },
-    DeleteCas { key: String, cas: CasIndex },
-    DeleteTree { prefix: String },
-    List { prefix: String },
-    Keys { prefix: String, separator: Option<String> },
+    Set {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+    },
+    Cas {
+        key: String,
+        value: Vec<u8>,
+        flags: u64,
+        cas: CasIndex,
+    },
+    Delete {
+        key: String,
+    },
+    DeleteCas {
+        key: String,
+        cas: CasIndex,
+    },
+    DeleteTree {
+        prefix: String,
+    },
+    List {
+        prefix: String,
+    },
+    Keys {
+        prefix: String,
+        separator: Option<String>,
+    },
 }
 
 fn key() -> impl Strategy<Value = String> {
@@ -102,7 +123,11 @@ impl Model {
     }
 
     fn keys_under(&self, prefix: &str) -> Vec<String> {
-        self.rows.keys().filter(|k| k.starts_with(prefix)).cloned().collect()
+        self.rows
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 }
 
@@ -112,7 +137,10 @@ fn model_keys(all: &[String], prefix: &str, separator: Option<&str>) -> Vec<Stri
     let mut out = BTreeSet::new();
     for k in all.iter().filter(|k| k.starts_with(prefix)) {
         let rest = &k[prefix.len()..];
-        match separator.filter(|s| !s.is_empty()).and_then(|s| rest.find(s).map(|at| (at, s))) {
+        match separator
+            .filter(|s| !s.is_empty())
+            .and_then(|s| rest.find(s).map(|at| (at, s)))
+        {
             Some((at, s)) => out.insert(format!("{prefix}{}{s}", &rest[..at])),
             None => out.insert(k.clone()),
         };

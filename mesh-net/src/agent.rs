@@ -75,7 +75,9 @@ impl Agent {
     /// server stays in the Raft configuration (Consul's default for
     /// servers: `leave_on_terminate = false`).
     pub async fn terminate(self) {
-        self.server.hand_off_leadership(Duration::from_secs(3)).await;
+        self.server
+            .hand_off_leadership(Duration::from_secs(3))
+            .await;
         self.stop().await;
     }
 

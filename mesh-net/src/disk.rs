@@ -45,7 +45,10 @@ impl FileDisk {
     pub fn open(dir: impl AsRef<Path>) -> io::Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(|e| {
-            io::Error::new(e.kind(), format!("creating data dir {}: {e}", dir.display()))
+            io::Error::new(
+                e.kind(),
+                format!("creating data dir {}: {e}", dir.display()),
+            )
         })?;
         Ok(Self {
             dir,
@@ -53,7 +56,11 @@ impl FileDisk {
         })
     }
 
-    fn with_file<T>(&self, name: &str, f: impl FnOnce(&mut File) -> io::Result<T>) -> io::Result<T> {
+    fn with_file<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut File) -> io::Result<T>,
+    ) -> io::Result<T> {
         let mut open = self.open.lock().expect("disk lock poisoned");
         if !open.contains_key(name) {
             let file = OpenOptions::new()
@@ -170,7 +177,10 @@ impl MemDisk {
     /// Names and lengths of the stored files.
     pub fn listing(&self) -> Vec<(String, usize)> {
         let files = self.files.lock().expect("disk lock poisoned");
-        files.iter().map(|(n, f)| (n.clone(), f.data.len())).collect()
+        files
+            .iter()
+            .map(|(n, f)| (n.clone(), f.data.len()))
+            .collect()
     }
 }
 
@@ -182,7 +192,11 @@ impl Disk for MemDisk {
 
     fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let mut files = self.files.lock().expect("disk lock poisoned");
-        files.entry(name.to_string()).or_default().data.extend_from_slice(bytes);
+        files
+            .entry(name.to_string())
+            .or_default()
+            .data
+            .extend_from_slice(bytes);
         Ok(())
     }
 

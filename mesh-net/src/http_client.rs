@@ -55,7 +55,10 @@ impl HttpResponse {
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as text (lossy).
@@ -106,7 +109,12 @@ impl HttpClient {
     }
 
     /// Sends one request; `path` includes the query string.
-    pub async fn request(&mut self, method: &str, path: &str, body: Vec<u8>) -> Result<HttpResponse, HttpClientError> {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<HttpResponse, HttpClientError> {
         let timeout = self.timeout;
         match tokio::time::timeout(timeout, self.request_inner(method, path, body)).await {
             Ok(r) => r,
@@ -120,7 +128,12 @@ impl HttpClient {
         }
     }
 
-    async fn request_inner(&mut self, method: &str, path: &str, body: Vec<u8>) -> Result<HttpResponse, HttpClientError> {
+    async fn request_inner(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<HttpResponse, HttpClientError> {
         let reusable = match &mut self.conn {
             Some(c) => c.ready().await.is_ok(),
             None => false,
@@ -150,7 +163,12 @@ impl HttpClient {
         let headers = resp
             .headers()
             .iter()
-            .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let body = match resp.into_body().collect().await {
             Ok(b) => b.to_bytes().to_vec(),
@@ -159,6 +177,10 @@ impl HttpClient {
                 return Err(failed(e.to_string()));
             }
         };
-        Ok(HttpResponse { status, headers, body })
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
     }
 }

@@ -274,7 +274,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.lock().vote)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -343,8 +347,7 @@ mod tests {
 
     fn write_direct(disk: &MemDisk, entries: &[Entry]) {
         for e in entries {
-            disk.append(LOG_FILE, &json_record(KIND_ENTRY, e))
-                .unwrap();
+            disk.append(LOG_FILE, &json_record(KIND_ENTRY, e)).unwrap();
         }
         disk.sync(LOG_FILE).unwrap();
     }
@@ -387,6 +390,9 @@ mod tests {
         assert!(disk.flip_bit(LOG_FILE, 20, 3));
         let err = LogStore::open(Arc::new(disk)).err().expect("must refuse");
         let msg = err.to_string();
-        assert!(msg.contains("raft.log") && msg.contains("offset 0"), "{msg}");
+        assert!(
+            msg.contains("raft.log") && msg.contains("offset 0"),
+            "{msg}"
+        );
     }
 }

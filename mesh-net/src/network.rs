@@ -68,7 +68,10 @@ fn unexpected<E: std::error::Error>(what: &str) -> RPCError<u64, ServerNode, E> 
 
 impl PeerNetwork {
     async fn call(&self, req: RaftRequest, timeout: Duration) -> Result<RaftReply, CallError> {
-        let resp = self.rpc.call(&self.node.rpc_addr, &RpcRequest::Raft(req), timeout).await?;
+        let resp = self
+            .rpc
+            .call(&self.node.rpc_addr, &RpcRequest::Raft(req), timeout)
+            .await?;
         match resp {
             Response::Raft(reply) => Ok(reply),
             other => Err(CallError::Failed {
@@ -91,11 +94,9 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             .map_err(transport_error)?
         {
             RaftReply::AppendEntries(Ok(r)) => Ok(r),
-            RaftReply::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
-                self.target,
-                self.node.clone(),
-                e,
-            ))),
+            RaftReply::AppendEntries(Err(e)) => Err(RPCError::RemoteError(
+                RemoteError::new_with_node(self.target, self.node.clone(), e),
+            )),
             _ => Err(unexpected("append_entries")),
         }
     }
@@ -107,10 +108,16 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
         // Snapshots travel whole through `full_snapshot`; openraft only
         // calls this chunked variant when `full_snapshot` is not overridden.
-        Err(unexpected("install_snapshot (chunked snapshots are not used)"))
+        Err(unexpected(
+            "install_snapshot (chunked snapshots are not used)",
+        ))
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Result<VoteResponse<u64>, RpcErr> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RpcErr> {
         match self
             .call(RaftRequest::Vote(rpc), option.hard_ttl())
             .await
@@ -146,11 +153,9 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         };
         match reply {
             Ok(RaftReply::Snapshot(Ok(r))) => Ok(r),
-            Ok(RaftReply::Snapshot(Err(e))) => Err(StreamingError::RemoteError(RemoteError::new_with_node(
-                self.target,
-                self.node.clone(),
-                e,
-            ))),
+            Ok(RaftReply::Snapshot(Err(e))) => Err(StreamingError::RemoteError(
+                RemoteError::new_with_node(self.target, self.node.clone(), e),
+            )),
             Ok(_) => {
                 let err = AnyError::error("unexpected answer to full_snapshot");
                 Err(StreamingError::Network(NetworkError::new(&err)))

@@ -86,7 +86,10 @@ fn frame_err(e: FrameError) -> io::Error {
 }
 
 /// Writes one message as a frame and flushes it (simulated TCP sends on flush).
-pub async fn write_message<S: AsyncWrite + Unpin, T: Serialize>(stream: &mut S, msg: &T) -> io::Result<()> {
+pub async fn write_message<S: AsyncWrite + Unpin, T: Serialize>(
+    stream: &mut S,
+    msg: &T,
+) -> io::Result<()> {
     let mut out = Vec::new();
     wire::encode(msg, &mut out);
     stream.write_all(&out).await?;
@@ -94,7 +97,9 @@ pub async fn write_message<S: AsyncWrite + Unpin, T: Serialize>(stream: &mut S, 
 }
 
 /// Reads one message; `Ok(None)` on a clean end of stream.
-pub async fn read_message<S: AsyncRead + Unpin, T: DeserializeOwned>(stream: &mut S) -> io::Result<Option<T>> {
+pub async fn read_message<S: AsyncRead + Unpin, T: DeserializeOwned>(
+    stream: &mut S,
+) -> io::Result<Option<T>> {
     match read_frame(stream).await? {
         None => Ok(None),
         Some(payload) => wire::decode(&payload)
@@ -183,8 +188,18 @@ impl RpcClient {
     }
 
     /// Sends `req` to `addr` and waits up to `timeout` for the answer.
-    pub async fn call(&self, addr: &str, req: &RpcRequest, timeout: Duration) -> Result<RpcResponse, CallError> {
-        let pooled = self.idle.lock().expect("rpc pool poisoned").get_mut(addr).and_then(Vec::pop);
+    pub async fn call(
+        &self,
+        addr: &str,
+        req: &RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse, CallError> {
+        let pooled = self
+            .idle
+            .lock()
+            .expect("rpc pool poisoned")
+            .get_mut(addr)
+            .and_then(Vec::pop);
         let fresh = pooled.is_none();
         let mut stream = match pooled {
             Some(s) => s,
@@ -238,7 +253,10 @@ impl RpcClient {
         write_message(stream, req).await?;
         match read_message(stream).await? {
             Some(resp) => Ok(resp),
-            None => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before the answer")),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the answer",
+            )),
         }
     }
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};
 use mesh_core::state::{Command, CommandResult};
 use mesh_core::wire::{
-    evaluate, ClusterStatus, Consistency, PeerStatus, ReadRequest, ReadResponse, Request, Response, RpcError,
+    evaluate, ClusterStatus, Consistency, PeerStatus, ReadRequest, ReadResponse, Request, Response,
+    RpcError,
 };
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::storage::Snapshot;
@@ -50,9 +51,9 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
         }
     }
 }
@@ -169,7 +170,11 @@ fn to_node(info: &ServerInfo) -> ServerNode {
 
 /// Normalizes a join address: a missing port means Consul's 8300.
 pub fn rpc_target(addr: &str) -> String {
-    if addr.parse::<SocketAddr>().is_ok() || addr.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    if addr.parse::<SocketAddr>().is_ok()
+        || addr
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         addr.to_string()
     } else {
         format!("{addr}:8300")
@@ -181,7 +186,9 @@ impl Server {
     /// cluster formation in the background.
     pub async fn start(config: ServerConfig, disk: Arc<dyn Disk>) -> Result<Arc<Self>, StartError> {
         if let BootstrapMode::Expect(0) = config.bootstrap {
-            return Err(StartError::Config("-bootstrap-expect must be at least 1".into()));
+            return Err(StartError::Config(
+                "-bootstrap-expect must be at least 1".into(),
+            ));
         }
         let node_id = load_or_create_node_id(disk.as_ref())?;
         let log_store = LogStore::open(disk.clone())?;
@@ -213,12 +220,13 @@ impl Server {
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
         let rpc = RpcClient::new();
-        let listener = TcpListener::bind(config.rpc_bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.rpc_bind,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.rpc_bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.rpc_bind,
+                    source,
+                })?;
         let raft = Raft::new(
             node_id,
             Arc::new(raft_config),
@@ -247,7 +255,11 @@ impl Server {
             async move { s.handle_rpc(req).await }
         }));
         let formation = tokio::spawn(server.clone().formation_loop());
-        server.tasks.lock().expect("tasks lock").extend([serve, formation]);
+        server
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .extend([serve, formation]);
         Ok(server)
     }
 
@@ -280,7 +292,11 @@ impl Server {
     pub fn leader(&self) -> Option<ServerInfo> {
         let m = self.metrics();
         let id = m.current_leader?;
-        let leader = m.membership_config.nodes().find(|(nid, _)| **nid == id).map(|(nid, n)| to_info(*nid, n));
+        let leader = m
+            .membership_config
+            .nodes()
+            .find(|(nid, _)| **nid == id)
+            .map(|(nid, n)| to_info(*nid, n));
         leader
     }
 
@@ -310,7 +326,11 @@ impl Server {
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             peers,
-            known_servers: self.formation.lock().expect("formation lock").known_servers(),
+            known_servers: self
+                .formation
+                .lock()
+                .expect("formation lock")
+                .known_servers(),
             config_index: m.membership_config.log_id().map_or(0, |l| l.index),
         }
     }
@@ -392,7 +412,10 @@ impl Server {
             Request::Write(cmd) => self.write_here(cmd).await,
             Request::Read(r) => self.read_here(r).await.map(Response::Read),
             Request::Join(info) => self.add_server_here(info).await.map(|()| Response::Done),
-            Request::RemovePeer { node_id } => self.remove_server_here(node_id).await.map(|()| Response::Done),
+            Request::RemovePeer { node_id } => self
+                .remove_server_here(node_id)
+                .await
+                .map(|()| Response::Done),
             other => Err(RpcError::Rejected(format!("unexpected request {other:?}"))),
         };
         result.unwrap_or_else(Response::Error)
@@ -404,7 +427,9 @@ impl Server {
                 index: resp.log_id.index,
                 result: resp.data,
             }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(self.not_leader()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(self.not_leader())
+            }
             Err(e) => Err(RpcError::Internal(e.to_string())),
         }
     }
@@ -444,8 +469,12 @@ impl Server {
         // reading: a leader deposed meanwhile must not answer.
         match tokio::time::timeout(LINEARIZE_TIMEOUT, self.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(self.read_local(&r)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(self.not_leader()),
-            Ok(Err(e)) => Err(RpcError::Internal(format!("cannot confirm leadership: {e}"))),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(self.not_leader())
+            }
+            Ok(Err(e)) => Err(RpcError::Internal(format!(
+                "cannot confirm leadership: {e}"
+            ))),
             Err(_) => Err(RpcError::NoLeader),
         }
     }
@@ -457,7 +486,11 @@ impl Server {
         let m = self.metrics();
         let voters: BTreeSet<u64> = m.membership_config.voter_ids().collect();
         let node = to_node(&info);
-        let known = m.membership_config.nodes().find(|(id, _)| **id == info.node_id).map(|(_, n)| n.clone());
+        let known = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == info.node_id)
+            .map(|(_, n)| n.clone());
         if voters.contains(&info.node_id) && known.as_ref() == Some(&node) {
             return Ok(());
         }
@@ -466,7 +499,9 @@ impl Server {
         let stale: BTreeSet<u64> = m
             .membership_config
             .nodes()
-            .filter(|(id, n)| **id != info.node_id && (n.name == info.name || n.rpc_addr == info.rpc_addr))
+            .filter(|(id, n)| {
+                **id != info.node_id && (n.name == info.name || n.rpc_addr == info.rpc_addr)
+            })
             .map(|(id, _)| *id)
             .collect();
         info!(joining = %node, ?stale, "adding server to the cluster");
@@ -491,7 +526,9 @@ impl Server {
         let voters: BTreeSet<u64> = m.membership_config.voter_ids().collect();
         let in_config = m.membership_config.nodes().any(|(id, _)| *id == node_id);
         if !in_config {
-            return Err(RpcError::Rejected(format!("no server with id {node_id} in the Raft configuration")));
+            return Err(RpcError::Rejected(format!(
+                "no server with id {node_id} in the Raft configuration"
+            )));
         }
         let remaining: BTreeSet<u64> = voters.iter().copied().filter(|id| *id != node_id).collect();
         if remaining.is_empty() {
@@ -518,7 +555,9 @@ impl Server {
                 Some(l) => match self.rpc.call(&l.rpc_addr, &req, timeout).await {
                     Ok(resp) => resp,
                     Err(e) if e.not_delivered() => Response::Error(RpcError::NoLeader),
-                    Err(e) => return Err(RpcError::Internal(format!("{e}; the outcome is unknown"))),
+                    Err(e) => {
+                        return Err(RpcError::Internal(format!("{e}; the outcome is unknown")))
+                    }
                 },
                 None => Response::Error(RpcError::NoLeader),
             };
@@ -558,7 +597,9 @@ impl Server {
 
     /// Removes a server from the Raft configuration (through the leader).
     pub async fn remove_peer(&self, node_id: u64) -> Result<(), RpcError> {
-        self.on_leader(Request::RemovePeer { node_id }, FORWARD_TIMEOUT).await.map(|_| ())
+        self.on_leader(Request::RemovePeer { node_id }, FORWARD_TIMEOUT)
+            .await
+            .map(|_| ())
     }
 
     /// `mesh join ADDR`: asks the server at `addr` about its cluster and
@@ -573,7 +614,10 @@ impl Server {
     }
 
     fn is_voter(&self) -> bool {
-        self.metrics().membership_config.voter_ids().any(|id| id == self.node_id)
+        self.metrics()
+            .membership_config
+            .voter_ids()
+            .any(|id| id == self.node_id)
     }
 
     async fn hello(&self, addr: &str) -> Result<ClusterStatus, RpcError> {
@@ -583,7 +627,9 @@ impl Server {
             .await
             .map_err(|e| RpcError::Internal(e.to_string()))?;
         let Response::Status(st) = resp else {
-            return Err(RpcError::Internal(format!("unexpected answer to hello from {addr}")));
+            return Err(RpcError::Internal(format!(
+                "unexpected answer to hello from {addr}"
+            )));
         };
         self.observe_server(st.me.clone());
         for s in &st.known_servers {
@@ -592,7 +638,10 @@ impl Server {
             }
         }
         if st.initialized {
-            self.formation.lock().expect("formation lock").observe_formed_cluster();
+            self.formation
+                .lock()
+                .expect("formation lock")
+                .observe_formed_cluster();
         }
         Ok(st)
     }
@@ -603,7 +652,11 @@ impl Server {
         for _ in 0..5 {
             let resp = self
                 .rpc
-                .call(&target, &Request::Join(self.info.clone()), Duration::from_secs(30))
+                .call(
+                    &target,
+                    &Request::Join(self.info.clone()),
+                    Duration::from_secs(30),
+                )
                 .await
                 .map_err(|e| RpcError::Internal(e.to_string()))?;
             match resp {
@@ -613,7 +666,11 @@ impl Server {
                 }
                 Response::Error(RpcError::NotLeader { leader: Some(l) }) => target = l.rpc_addr,
                 Response::Error(e) => return Err(e),
-                other => return Err(RpcError::Internal(format!("unexpected answer to join: {other:?}"))),
+                other => {
+                    return Err(RpcError::Internal(format!(
+                        "unexpected answer to join: {other:?}"
+                    )))
+                }
             }
         }
         Err(RpcError::NoLeader)
@@ -623,7 +680,11 @@ impl Server {
         if peer.node_id == self.node_id {
             return;
         }
-        let res = self.formation.lock().expect("formation lock").observe_server(peer);
+        let res = self
+            .formation
+            .lock()
+            .expect("formation lock")
+            .observe_server(peer);
         if let Err(e) = res {
             let msg = e.to_string();
             let mut last = self.formation_error.lock().expect("formation lock");
@@ -647,7 +708,12 @@ impl Server {
             }
             // Discovery: learn who else is out there and whether a cluster exists.
             let mut known: Vec<String> = targets.clone();
-            for s in self.formation.lock().expect("formation lock").known_servers() {
+            for s in self
+                .formation
+                .lock()
+                .expect("formation lock")
+                .known_servers()
+            {
                 if s.node_id != self.node_id && !known.contains(&s.rpc_addr) {
                     known.push(s.rpc_addr);
                 }
@@ -670,7 +736,10 @@ impl Server {
                         // Another server's configuration reached us first.
                         info!(error = %e, "bootstrap not needed");
                     }
-                    self.formation.lock().expect("formation lock").observe_formed_cluster();
+                    self.formation
+                        .lock()
+                        .expect("formation lock")
+                        .observe_formed_cluster();
                 }
                 Decision::AlreadyFormed | Decision::Bootstrap(_) | Decision::Wait => {
                     if let Some(addr) = formed_at {
@@ -683,7 +752,8 @@ impl Server {
                 }
             }
             attempts = attempts.saturating_add(1);
-            if !self.config.retry_join && !targets.is_empty() && attempts == 30 && !self.is_voter() {
+            if !self.config.retry_join && !targets.is_empty() && attempts == 30 && !self.is_voter()
+            {
                 error!(join = ?targets, "could not join any of the -join addresses; keep trying with -retry-join");
             }
             let pause = if attempts < 50 { 200 } else { 1000 };
@@ -713,14 +783,21 @@ impl Server {
                 continue;
             }
             let idx = matched.map(|l| l.index);
-            if best.is_none_or(|(b, bid)| (idx, std::cmp::Reverse(*id)) > (b, std::cmp::Reverse(bid))) {
+            if best
+                .is_none_or(|(b, bid)| (idx, std::cmp::Reverse(*id)) > (b, std::cmp::Reverse(bid)))
+            {
                 best = Some((idx, *id));
             }
         }
         let Some((_, target)) = best else {
             return false;
         };
-        let Some(node) = m.membership_config.nodes().find(|(id, _)| **id == target).map(|(_, n)| n.clone()) else {
+        let Some(node) = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == target)
+            .map(|(_, n)| n.clone())
+        else {
             return false;
         };
         // Let the target catch up to our last entry first, so it can win.
@@ -737,7 +814,11 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         info!(to = %node, "handing off leadership");
-        if let Err(e) = self.rpc.call(&node.rpc_addr, &Request::TimeoutNow, Duration::from_secs(1)).await {
+        if let Err(e) = self
+            .rpc
+            .call(&node.rpc_addr, &Request::TimeoutNow, Duration::from_secs(1))
+            .await
+        {
             warn!(error = %e, "hand-off request failed");
         }
         while Instant::now() < deadline {

@@ -16,9 +16,7 @@ use tracing::info;
 
 use crate::disk::Disk;
 use crate::log_store::{read_records, OpenError};
-use crate::raft_types::{
-    Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-};
+use crate::raft_types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const KIND_SNAPSHOT: u8 = 6;
@@ -89,7 +87,9 @@ fn decode_snapshot(payload: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
         .ok_or("snapshot record too short")?;
     let meta_len = u32::from_le_bytes(len_bytes) as usize;
     let meta_end = 4usize.checked_add(meta_len).ok_or("bad meta length")?;
-    let meta_json = payload.get(4..meta_end).ok_or("snapshot meta overruns record")?;
+    let meta_json = payload
+        .get(4..meta_end)
+        .ok_or("snapshot meta overruns record")?;
     let meta = serde_json::from_slice(meta_json).map_err(|e| e.to_string())?;
     Ok((meta, payload[meta_end..].to_vec()))
 }
@@ -183,8 +183,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .disk
             .write_atomic(SNAPSHOT_FILE, &encode_snapshot(&meta, &data))
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.store.inner.write().expect("state lock poisoned").snapshot =
-            Some((meta.clone(), data.clone()));
+        self.store
+            .inner
+            .write()
+            .expect("state lock poisoned")
+            .snapshot = Some((meta.clone(), data.clone()));
         info!(last_log_id = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
@@ -244,7 +247,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         Ok(Box::default())
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Vec<u8>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Vec<u8>>,
+    ) -> Result<(), StorageError> {
         let sm = StateMachine::restore(&snapshot)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         self.save_snapshot(meta, &snapshot)?;

@@ -108,9 +108,15 @@ impl SimCluster {
             Formation::Bootstrap => (BootstrapMode::Manual, vec![]),
             Formation::Expect(e) => (
                 BootstrapMode::Expect(*e),
-                (0..n).filter(|j| *j != i).map(|j| self.rpc_addr(j)).collect(),
+                (0..n)
+                    .filter(|j| *j != i)
+                    .map(|j| self.rpc_addr(j))
+                    .collect(),
             ),
-            Formation::Join(targets) => (BootstrapMode::JoinOnly, targets.iter().map(|j| self.rpc_addr(*j)).collect()),
+            Formation::Join(targets) => (
+                BootstrapMode::JoinOnly,
+                targets.iter().map(|j| self.rpc_addr(*j)).collect(),
+            ),
         };
         AgentConfig {
             server: ServerConfig {
@@ -190,7 +196,9 @@ impl SimCluster {
 
     /// Indexes of running servers.
     pub fn running(&self) -> Vec<usize> {
-        (0..self.servers.len()).filter(|i| self.servers[*i].running).collect()
+        (0..self.servers.len())
+            .filter(|i| self.servers[*i].running)
+            .collect()
     }
 
     /// The leader every running server agrees on, if any.

@@ -18,4 +18,9 @@ pub mod trace;
 pub mod workload;
 
 /// The scenarios, by name.
-pub const SCENARIOS: &[&str] = &["manual_bootstrap", "bootstrap_expect", "failover", "full_restart"];
+pub const SCENARIOS: &[&str] = &[
+    "manual_bootstrap",
+    "bootstrap_expect",
+    "failover",
+    "full_restart",
+];

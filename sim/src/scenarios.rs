@@ -97,9 +97,12 @@ impl Run {
 
     fn start_workload(&self, clients: usize) {
         self.stop.store(false, Ordering::SeqCst);
-        let servers: Vec<String> = (0..self.cluster.servers.len()).map(|i| self.cluster.http_addr(i)).collect();
+        let servers: Vec<String> = (0..self.cluster.servers.len())
+            .map(|i| self.cluster.http_addr(i))
+            .collect();
         for id in 0..clients {
-            let (servers, history, stop) = (servers.clone(), self.history.clone(), self.stop.clone());
+            let (servers, history, stop) =
+                (servers.clone(), self.history.clone(), self.stop.clone());
             self.cluster.client.spawn(async move {
                 workload::run_client(id, servers, history, stop, Duration::from_millis(20)).await;
             });
@@ -150,7 +153,9 @@ impl Run {
         }
         for i in all {
             let s = self.cluster.server(i).ok_or("server vanished")?;
-            s.view().read(|sm| acked_writes::check(&self.cluster.servers[i].name, sm, &history.acked))?;
+            s.view().read(|sm| {
+                acked_writes::check(&self.cluster.servers[i].name, sm, &history.acked)
+            })?;
         }
         self.report.acked = history.acked.len();
         self.report.unacked = history.unacked;
@@ -164,7 +169,10 @@ impl Run {
             let s = self.cluster.server(i).ok_or("not started")?;
             let voters = s.metrics().membership_config.voter_ids().count();
             if voters != n {
-                return Err(format!("{} has {voters} voters, want {n}", self.cluster.servers[i].name));
+                return Err(format!(
+                    "{} has {voters} voters, want {n}",
+                    self.cluster.servers[i].name
+                ));
             }
         }
         Ok(())
@@ -199,7 +207,14 @@ impl Run {
 
 /// Manual bootstrap: consul00 with `-bootstrap`, then consul01 and consul02 join it.
 async fn manual_bootstrap() -> Result<Report, String> {
-    let mut run = Run::new(vec![Formation::Bootstrap, Formation::Join(vec![0]), Formation::Join(vec![0])], 200);
+    let mut run = Run::new(
+        vec![
+            Formation::Bootstrap,
+            Formation::Join(vec![0]),
+            Formation::Join(vec![0]),
+        ],
+        200,
+    );
     info!("phase: bootstrap consul00");
     run.cluster.start(0);
     run.leader_among(&[0], ELECTION_BOUND).await?;
@@ -225,7 +240,10 @@ async fn bootstrap_expect() -> Result<Report, String> {
     let all = [0, 1, 2];
     let t = Instant::now();
     run.leader_among(&all, ELECTION_BOUND).await?;
-    info!(elapsed_ms = t.elapsed().as_millis() as u64, "leader elected");
+    info!(
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "leader elected"
+    );
     run.wait_voters(3, Duration::from_secs(5)).await?;
     info!("phase: writes");
     run.start_workload(2);
@@ -260,7 +278,10 @@ async fn failover() -> Result<Report, String> {
     let t = Instant::now();
     run.leader_among(&others, ELECTION_BOUND).await?;
     run.report.failover_ms.push(t.elapsed().as_millis() as u64);
-    info!(failover_ms = t.elapsed().as_millis() as u64, "phase: new leader; writes continue");
+    info!(
+        failover_ms = t.elapsed().as_millis() as u64,
+        "phase: new leader; writes continue"
+    );
     run.settle(rand_ms(1000, 3000)).await?;
     info!("phase: old leader returns");
     if kill {
@@ -308,12 +329,16 @@ async fn full_restart() -> Result<Report, String> {
 pub async fn run(name: &str) -> Result<Report, String> {
     // The seed also draws the network: per-packet latency up to 1-10 ms.
     let max_latency = rand_ms(1, 10);
-    madsim::net::NetSim::current().update_config(|c| c.send_latency = Duration::from_micros(100)..max_latency);
+    madsim::net::NetSim::current()
+        .update_config(|c| c.send_latency = Duration::from_micros(100)..max_latency);
     match name {
         "manual_bootstrap" => manual_bootstrap().await,
         "bootstrap_expect" => bootstrap_expect().await,
         "failover" => failover().await,
         "full_restart" => full_restart().await,
-        other => Err(format!("unknown scenario {other:?}; known: {:?}", crate::SCENARIOS)),
+        other => Err(format!(
+            "unknown scenario {other:?}; known: {:?}",
+            crate::SCENARIOS
+        )),
     }
 }

@@ -74,7 +74,8 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TraceLayer {
         let mut fields = Fields(String::new());
         attrs.record(&mut fields);
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(SpanFields(format!("{}{}", span.name(), fields.0)));
+            span.extensions_mut()
+                .insert(SpanFields(format!("{}{}", span.name(), fields.0)));
         }
     }
 

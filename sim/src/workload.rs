@@ -35,7 +35,13 @@ pub type SharedHistory = Arc<Mutex<History>>;
 
 /// Runs `clients` clients against `servers` (HTTP addresses) until `stop`
 /// is set; each pauses `pause` between operations.
-pub async fn run_client(id: usize, servers: Vec<String>, history: SharedHistory, stop: Arc<std::sync::atomic::AtomicBool>, pause: Duration) {
+pub async fn run_client(
+    id: usize,
+    servers: Vec<String>,
+    history: SharedHistory,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pause: Duration,
+) {
     let mut n = 0u64;
     let mut last_index = 0u64;
     let mut clients: Vec<HttpClient> = servers
@@ -48,33 +54,53 @@ pub async fn run_client(id: usize, servers: Vec<String>, history: SharedHistory,
         let key = format!("w/{id}/{n}");
         let value = format!("v{n}").into_bytes();
         n += 1;
-        match clients[target].request("PUT", &format!("/v1/kv/{key}"), value.clone()).await {
+        match clients[target]
+            .request("PUT", &format!("/v1/kv/{key}"), value.clone())
+            .await
+        {
             Ok(r) if r.status == 200 && r.body.starts_with(b"true") => {
-                history.lock().expect("history").acked.insert(key.clone(), value.clone());
+                history
+                    .lock()
+                    .expect("history")
+                    .acked
+                    .insert(key.clone(), value.clone());
                 last_acked = Some((key, value));
             }
             _ => history.lock().expect("history").unacked += 1,
         }
         if let Some((key, value)) = &last_acked {
             let target = madsim::rand::thread_rng().gen_range(0..clients.len());
-            match clients[target].request("GET", &format!("/v1/kv/{key}?raw"), vec![]).await {
+            match clients[target]
+                .request("GET", &format!("/v1/kv/{key}?raw"), vec![])
+                .await
+            {
                 Ok(r) if r.status == 200 => {
                     let mut h = history.lock().expect("history");
                     h.reads_ok += 1;
                     if r.body != *value {
-                        h.violations.push(format!("client {id}: read of {key} returned {:?}", r.text()));
+                        h.violations.push(format!(
+                            "client {id}: read of {key} returned {:?}",
+                            r.text()
+                        ));
                     }
-                    if let Some(idx) = r.header("x-consul-index").and_then(|v| v.parse::<u64>().ok()) {
+                    if let Some(idx) = r
+                        .header("x-consul-index")
+                        .and_then(|v| v.parse::<u64>().ok())
+                    {
                         if idx < last_index {
-                            h.violations.push(format!("client {id}: X-Consul-Index went back from {last_index} to {idx}"));
+                            h.violations.push(format!(
+                                "client {id}: X-Consul-Index went back from {last_index} to {idx}"
+                            ));
                         }
                         last_index = idx;
                     }
                 }
-                Ok(r) if r.status == 404 => history.lock().expect("history").violations.push(format!(
-                    "client {id}: stale read: acknowledged key {key} not found via {}",
-                    servers[target]
-                )),
+                Ok(r) if r.status == 404 => {
+                    history.lock().expect("history").violations.push(format!(
+                        "client {id}: stale read: acknowledged key {key} not found via {}",
+                        servers[target]
+                    ))
+                }
                 _ => history.lock().expect("history").reads_failed += 1,
             }
         }

@@ -12,10 +12,13 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Seeds per scenario; override with MESH_SIM_SEEDS (e.g. `0..500`).
-const DEFAULT_SEEDS: &str = "0..50";
+const DEFAULT_SEEDS: &str = "0..200";
 
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn sim_binary() -> PathBuf {
@@ -23,12 +26,23 @@ fn sim_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "--locked", "-p", "sim", "--bin", "sim"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "sim",
+            "--bin",
+            "sim",
+        ])
         .env("RUSTFLAGS", "--cfg madsim")
         .env("CARGO_TARGET_DIR", root.join("target/sim"))
         .status()
         .expect("run cargo build for the simulator");
-    assert!(status.success(), "building the simulator with --cfg madsim failed");
+    assert!(
+        status.success(),
+        "building the simulator with --cfg madsim failed"
+    );
     root.join("target/sim/release/sim")
 }
 
@@ -43,11 +57,24 @@ fn run(sim: &PathBuf, args: &[&str]) -> (bool, String) {
 fn seeded_cluster_simulations_pass_and_replay_exactly() {
     let sim = sim_binary();
     let seeds = std::env::var("MESH_SIM_SEEDS").unwrap_or_else(|_| DEFAULT_SEEDS.into());
-    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()).to_string();
+    let jobs = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .to_string();
     let mut total = 0u64;
     let mut failures = Vec::new();
     for scenario in sim::SCENARIOS {
-        let (ok, text) = run(&sim, &["sweep", "--scenario", scenario, "--seeds", &seeds, "--jobs", &jobs]);
+        let (ok, text) = run(
+            &sim,
+            &[
+                "sweep",
+                "--scenario",
+                scenario,
+                "--seeds",
+                &seeds,
+                "--jobs",
+                &jobs,
+            ],
+        );
         let passed: u64 = text
             .split("passed=")
             .nth(1)
@@ -59,17 +86,31 @@ fn seeded_cluster_simulations_pass_and_replay_exactly() {
             failures.push(scenario.to_string());
         }
     }
-    println!("simulations: {total} seeded runs passed across {} scenarios", sim::SCENARIOS.len());
-    assert!(failures.is_empty(), "scenarios with failing seeds: {failures:?} (replay commands above)");
+    println!(
+        "simulations: {total} seeded runs passed across {} scenarios",
+        sim::SCENARIOS.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "scenarios with failing seeds: {failures:?} (replay commands above)"
+    );
     assert!(total > 0, "no simulation ran");
 
     // Determinism: the same seed twice gives the same trace hash.
     for scenario in ["failover", "full_restart"] {
-        let hash = |text: &str| text.split("trace_hash=").nth(1).map(|h| h[..16].to_string());
+        let hash = |text: &str| {
+            text.split("trace_hash=")
+                .nth(1)
+                .map(|h| h[..16].to_string())
+        };
         let (ok1, a) = run(&sim, &["run", "--scenario", scenario, "--seed", "7"]);
         let (ok2, b) = run(&sim, &["run", "--scenario", scenario, "--seed", "7"]);
         assert!(ok1 && ok2, "{scenario} seed 7 failed");
-        assert_eq!(hash(&a), hash(&b), "{scenario} seed 7 replayed with a different trace");
+        assert_eq!(
+            hash(&a),
+            hash(&b),
+            "{scenario} seed 7 replayed with a different trace"
+        );
         assert!(hash(&a).is_some());
     }
 }

@@ -37,7 +37,10 @@ pub async fn serve(listener: TcpListener, api: Arc<HttpApi>) {
                 let api = api.clone();
                 async move { Ok::<_, Infallible>(api.handle(req).await) }
             });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
                 // Malformed requests end here: hyper answers 400 and closes.
                 debug!(%peer, error = %e, "http connection ended");
             }

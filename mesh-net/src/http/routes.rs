@@ -33,8 +33,10 @@ pub struct HttpApi {
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_str(content_type).expect("static content type"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_str(content_type).expect("static content type"),
+    );
     resp
 }
 
@@ -60,7 +62,9 @@ fn bad_request(msg: impl Into<String>) -> Reply {
 fn rpc_error(e: RpcError) -> Reply {
     match e {
         RpcError::Rejected(m) => bad_request(m),
-        RpcError::NoLeader | RpcError::NotLeader { .. } => text(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader"),
+        RpcError::NoLeader | RpcError::NotLeader { .. } => {
+            text(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader")
+        }
         RpcError::Internal(m) => text(StatusCode::INTERNAL_SERVER_ERROR, m),
     }
 }
@@ -90,7 +94,10 @@ impl HttpApi {
         };
         let path = req.uri().path().to_string();
         let method = req.method().clone();
-        if let Some(raw_key) = path.strip_prefix("/v1/kv/").or(if path == "/v1/kv" { Some("") } else { None }) {
+        if let Some(raw_key) =
+            path.strip_prefix("/v1/kv/")
+                .or(if path == "/v1/kv" { Some("") } else { None })
+        {
             let key = match percent_decode(raw_key, false) {
                 Ok(k) => k,
                 Err(e) => return bad_request(e),
@@ -126,7 +133,12 @@ impl HttpApi {
             }
             (Method::GET, "/v1/status/peers") => {
                 let st = self.server.status();
-                let peers: Vec<String> = st.peers.iter().filter(|p| p.voter).map(|p| p.info.rpc_addr.clone()).collect();
+                let peers: Vec<String> = st
+                    .peers
+                    .iter()
+                    .filter(|p| p.voter)
+                    .map(|p| p.info.rpc_addr.clone())
+                    .collect();
                 json_reply(&peers)
             }
             (Method::GET, "/v1/operator/raft/configuration") => self.raft_configuration(),
@@ -143,14 +155,18 @@ impl HttpApi {
             },
             (Method::GET, "/v1/agent/members") => self.members(),
             (Method::GET, "/v1/agent/self") => self.agent_self(),
-            (_, p) if p.starts_with("/v1/") => text(StatusCode::NOT_FOUND, format!("unknown endpoint {p}")),
+            (_, p) if p.starts_with("/v1/") => {
+                text(StatusCode::NOT_FOUND, format!("unknown endpoint {p}"))
+            }
             _ => text(StatusCode::NOT_FOUND, "not found"),
         }
     }
 
     fn consistency(query: &Query) -> Result<Consistency, Reply> {
         match (query.has("stale"), query.has("consistent")) {
-            (true, true) => Err(bad_request("cannot specify ?stale with ?consistent, conflicting semantics")),
+            (true, true) => Err(bad_request(
+                "cannot specify ?stale with ?consistent, conflicting semantics",
+            )),
             (true, false) => Ok(Consistency::Stale),
             (false, true) => Ok(Consistency::Consistent),
             (false, false) => Ok(Consistency::Default),
@@ -176,7 +192,10 @@ impl HttpApi {
         let kv_query = if query.has("keys") {
             KvQuery::Keys {
                 prefix: key,
-                separator: query.get("separator").filter(|s| !s.is_empty()).map(str::to_string),
+                separator: query
+                    .get("separator")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
             }
         } else if query.has("recurse") {
             KvQuery::List { prefix: key }
@@ -206,7 +225,11 @@ impl HttpApi {
         } else if resp.entries.is_empty() {
             text(StatusCode::NOT_FOUND, "")
         } else if query.has("raw") {
-            reply(StatusCode::OK, "application/octet-stream", resp.entries[0].value.clone())
+            reply(
+                StatusCode::OK,
+                "application/octet-stream",
+                resp.entries[0].value.clone(),
+            )
         } else {
             let pairs: Vec<KvPair> = resp.entries.iter().map(KvPair::from).collect();
             json_reply(&pairs)
@@ -220,7 +243,9 @@ impl HttpApi {
         }
         for unsupported in ["acquire", "release"] {
             if query.has(unsupported) {
-                return bad_request(format!("?{unsupported} needs sessions, which this server does not support yet"));
+                return bad_request(format!(
+                    "?{unsupported} needs sessions, which this server does not support yet"
+                ));
             }
         }
         let (flags, cas) = match (query.u64("flags"), query.u64("cas")) {
@@ -266,7 +291,8 @@ impl HttpApi {
         match self.server.write(cmd).await {
             Ok((index, CommandResult::Bool(ok))) => {
                 let mut resp = json_reply(&ok);
-                resp.headers_mut().insert("X-Consul-Index", HeaderValue::from(index));
+                resp.headers_mut()
+                    .insert("X-Consul-Index", HeaderValue::from(index));
                 resp
             }
             Err(e) => rpc_error(e),
@@ -324,7 +350,10 @@ impl HttpApi {
         let out: Vec<_> = members
             .iter()
             .map(|m| {
-                let (addr, port) = m.rpc_addr.rsplit_once(':').unwrap_or((m.rpc_addr.as_str(), "8300"));
+                let (addr, port) = m
+                    .rpc_addr
+                    .rsplit_once(':')
+                    .unwrap_or((m.rpc_addr.as_str(), "8300"));
                 let in_config = st.peers.iter().any(|p| p.info.node_id == m.node_id);
                 json!({
                     "Name": m.name,
@@ -367,7 +396,10 @@ fn method_not_allowed() -> Reply {
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Reply> {
-    match Limited::new(req.into_body(), MAX_VALUE_BYTES).collect().await {
+    match Limited::new(req.into_body(), MAX_VALUE_BYTES)
+        .collect()
+        .await
+    {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -23,7 +23,10 @@ mod imp {
     }
 
     fn arg(args: &[String], name: &str) -> Option<String> {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
     }
 
     fn run_one(scenario: &str, seed: u64, print_trace: bool) -> i32 {
@@ -94,13 +97,20 @@ mod imp {
                     .expect("spawn sim run");
                 running.push((seed, child));
             }
-            if let Some(pos) = running.iter_mut().position(|(_, c)| matches!(c.try_wait(), Ok(Some(_)))) {
+            if let Some(pos) = running
+                .iter_mut()
+                .position(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
+            {
                 let (seed, child) = running.remove(pos);
                 let out = child.wait_with_output().expect("child output");
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();
                 if out.status.success() {
                     passed += 1;
-                    if let Some(f) = text.split("failover_ms=[").nth(1).and_then(|r| r.split(']').next()) {
+                    if let Some(f) = text
+                        .split("failover_ms=[")
+                        .nth(1)
+                        .and_then(|r| r.split(']').next())
+                    {
                         failover.extend(f.split(',').filter_map(|x| x.trim().parse::<u64>().ok()));
                     }
                 } else {
@@ -112,7 +122,12 @@ mod imp {
             }
         }
         failover.sort_unstable();
-        let pct = |p: f64| failover.get(((failover.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+        let pct = |p: f64| {
+            failover
+                .get(((failover.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
         println!(
             "SWEEP scenario={scenario} seeds={}..{} passed={passed} failed={} wall_s={:.1} failover_ms(min/p50/p99/max)={}/{}/{}/{}",
             from,
@@ -153,7 +168,9 @@ mod imp {
                     eprintln!("{usage}");
                     std::process::exit(2)
                 };
-                let jobs = arg(&args, "--jobs").and_then(|j| j.parse().ok()).unwrap_or(2);
+                let jobs = arg(&args, "--jobs")
+                    .and_then(|j| j.parse().ok())
+                    .unwrap_or(2);
                 sweep(&scenario, a, b, jobs)
             }
             _ => {

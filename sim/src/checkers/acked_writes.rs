@@ -10,7 +10,11 @@ use std::collections::BTreeMap;
 use mesh_core::state::StateMachine;
 
 /// Checks `state` (one server's applied state) against the acknowledged writes.
-pub fn check(server: &str, state: &StateMachine, acked: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
+pub fn check(
+    server: &str,
+    state: &StateMachine,
+    acked: &BTreeMap<String, Vec<u8>>,
+) -> Result<(), String> {
     for (key, value) in acked {
         match state.kv().get(key) {
             Some(e) if e.value == *value => {}
@@ -21,7 +25,11 @@ pub fn check(server: &str, state: &StateMachine, acked: &BTreeMap<String, Vec<u8
                     String::from_utf8_lossy(value)
                 ))
             }
-            None => return Err(format!("acknowledged write lost on {server}: {key} is missing")),
+            None => {
+                return Err(format!(
+                    "acknowledged write lost on {server}: {key} is missing"
+                ))
+            }
         }
     }
     Ok(())

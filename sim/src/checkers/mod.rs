@@ -20,13 +20,17 @@ impl Observers {
     /// Samples every live server once.
     pub fn sample(&mut self, cluster: &SimCluster) -> Result<(), String> {
         for i in cluster.running() {
-            let Some(server) = cluster.server(i) else { continue };
+            let Some(server) = cluster.server(i) else {
+                continue;
+            };
             let m = server.metrics();
             if server.is_leader() {
-                self.election.observe(m.current_term, &cluster.servers[i].name)?;
+                self.election
+                    .observe(m.current_term, &cluster.servers[i].name)?;
             }
             let (applied, digest) = server.view().digest();
-            self.state_machine.observe(&cluster.servers[i].name, applied, digest)?;
+            self.state_machine
+                .observe(&cluster.servers[i].name, applied, digest)?;
         }
         Ok(())
     }
