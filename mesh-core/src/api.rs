@@ -13,9 +13,11 @@ use crate::kv::KvEntry;
 /// request-line limits.
 pub const MAX_KEY_BYTES: usize = 8 * 1024;
 
-/// A request the client must fix; the HTTP layer answers 400. Nothing was
-/// stored. (Value size is limited by the HTTP layer while it reads the body,
-/// before a large value is buffered.)
+/// Bad input at the API boundary. The key variants are requests the client
+/// must fix (the HTTP layer answers 400; nothing was stored);
+/// [`ApiError::BadBase64`] is a response body the CLI cannot decode. Value
+/// size is limited by the HTTP layer while it reads the body, before a large
+/// value is buffered, so it has no variant here.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     /// The key is empty. Message as Consul's.
@@ -27,9 +29,9 @@ pub enum ApiError {
     /// The key contains a NUL character.
     #[error("Key contains a NUL character; keys must be NUL-free text")]
     NulInKey,
-    /// The key starts with `/`, e.g. from `/v1/kv//foo`. Consul never stores
-    /// such keys (its router redirects the doubled slash away), so accepting
-    /// one would create a key no Consul client can address.
+    /// The key starts with `/`, e.g. from `/v1/kv//foo`. Consul's Go router
+    /// cleans such paths (redirecting to `/v1/kv/foo`), so Consul clients
+    /// never create these keys and could not address one.
     #[error("Key must not start with '/'; drop the leading slash")]
     LeadingSlash,
     /// A `Value` field is not standard, padded base64.
