@@ -200,8 +200,18 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
 pub fn evaluate(kv: &crate::kv::KvStore, query: &KvQuery) -> (u64, Vec<KvEntry>, Vec<String>) {
     let index = kv.table_index().max(1);
     match query {
-        KvQuery::Get { key } => (index, kv.get(key).cloned().into_iter().collect(), Vec::new()),
-        KvQuery::List { prefix } => (index, kv.list(prefix).into_iter().cloned().collect(), Vec::new()),
-        KvQuery::Keys { prefix, separator } => (index, Vec::new(), kv.keys(prefix, separator.as_deref())),
+        KvQuery::Get { key } => (
+            index,
+            kv.get(key).cloned().into_iter().collect(),
+            Vec::new(),
+        ),
+        KvQuery::List { prefix } => (
+            index,
+            kv.list(prefix).into_iter().cloned().collect(),
+            Vec::new(),
+        ),
+        KvQuery::Keys { prefix, separator } => {
+            (index, Vec::new(), kv.keys(prefix, separator.as_deref()))
+        }
     }
 }

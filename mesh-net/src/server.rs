@@ -255,11 +255,12 @@ impl Server {
             async move { s.handle_rpc(req).await }
         }));
         let formation = tokio::spawn(server.clone().formation_loop());
+        let watchdog = tokio::spawn(server.clone().election_watchdog());
         server
             .tasks
             .lock()
             .expect("tasks lock")
-            .extend([serve, formation]);
+            .extend([serve, formation, watchdog]);
         Ok(server)
     }
 
@@ -758,6 +759,33 @@ impl Server {
             }
             let pause = if attempts < 50 { 200 } else { 1000 };
             tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+
+    /// Breaks split votes. openraft 0.9 draws each server's election timeout
+    /// once at startup and fires elections on its tick, so two candidates
+    /// can stay in lockstep and split every vote forever (the simulator
+    /// found such a seed). Raft's remedy is a fresh random timeout per
+    /// round; this task supplies it: while no leader is known, each voter
+    /// starts an election after its own random pause.
+    async fn election_watchdog(self: Arc<Self>) {
+        use openraft::AsyncRuntime;
+        use rand::Rng;
+        let timing = self.config.timing;
+        loop {
+            let pause_ms = crate::runtime::MeshRuntime::thread_rng()
+                .gen_range(timing.election_timeout_min_ms..=timing.election_timeout_max_ms * 2);
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            let m = self.metrics();
+            let leaderless = m.current_leader.is_none() && m.state != ServerState::Leader;
+            let voter = m.membership_config.voter_ids().any(|id| id == self.node_id);
+            if leaderless && voter && m.state == ServerState::Candidate {
+                debug!(
+                    term = m.current_term,
+                    "no leader: starting a fresh randomized election"
+                );
+                let _ = self.raft.trigger().elect().await;
+            }
         }
     }
 
