@@ -46,10 +46,22 @@ fn sim_binary() -> PathBuf {
     root.join("target/sim/release/sim")
 }
 
+/// Shows a line even when libtest captures the test's output (it captures
+/// the print macros, not direct writes), so `cargo test` reports the count.
+fn show(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn run(sim: &PathBuf, args: &[&str]) -> (bool, String) {
     let out = Command::new(sim).args(args).output().expect("run sim");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    print!("{text}");
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("SWEEP") || l.starts_with("FAIL") || l.contains("replay:"))
+    {
+        show(line);
+    }
     (out.status.success(), text)
 }
 
