@@ -132,6 +132,9 @@ pub struct PeerStatus {
     pub voter: bool,
     /// Whether it is the leader.
     pub leader: bool,
+    /// Its last log index as the answering server knows it (the leader
+    /// knows every peer's matched index; others know only their own).
+    pub last_index: u64,
 }
 
 /// Cluster status as one server sees it.

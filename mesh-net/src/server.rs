@@ -317,6 +317,14 @@ impl Server {
                 info: to_info(*id, n),
                 voter: voters.contains(id),
                 leader: m.current_leader == Some(*id),
+                last_index: if *id == self.node_id {
+                    m.last_log_index.unwrap_or(0)
+                } else {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .map_or(0, |l| l.index)
+                },
             })
             .collect::<Vec<_>>();
         ClusterStatus {
@@ -333,6 +341,33 @@ impl Server {
                 .expect("formation lock")
                 .known_servers(),
             config_index: m.membership_config.log_id().map_or(0, |l| l.index),
+        }
+    }
+
+    /// Status as the leader sees it (it knows every peer's log index).
+    pub async fn leader_status(&self) -> Result<ClusterStatus, RpcError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.leader() {
+                Some(l) if l.node_id == self.node_id => return Ok(self.status()),
+                Some(l) => match self
+                    .rpc
+                    .call(&l.rpc_addr, &Request::Status, FORWARD_TIMEOUT)
+                    .await
+                {
+                    Ok(Response::Status(st)) => return Ok(st),
+                    Ok(other) => {
+                        return Err(RpcError::Internal(format!("unexpected answer {other:?}")))
+                    }
+                    Err(e) if !e.not_delivered() => return Err(RpcError::Internal(e.to_string())),
+                    Err(_) => {}
+                },
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(RpcError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

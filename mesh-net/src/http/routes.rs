@@ -9,7 +9,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use mesh_core::api::{validate_key, KvPair};
 use mesh_core::state::{Command, CommandResult};
-use mesh_core::wire::{Consistency, KvQuery, ReadRequest, ReadResponse, RpcError};
+use mesh_core::wire::{ClusterStatus, Consistency, KvQuery, ReadRequest, ReadResponse, RpcError};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -141,7 +141,18 @@ impl HttpApi {
                     .collect();
                 json_reply(&peers)
             }
-            (Method::GET, "/v1/operator/raft/configuration") => self.raft_configuration(),
+            (Method::GET, "/v1/operator/raft/configuration") => {
+                // Served by the leader (it knows every peer's index) unless ?stale.
+                let st = if query.has("stale") {
+                    Ok(self.server.status())
+                } else {
+                    self.server.leader_status().await
+                };
+                match st {
+                    Ok(st) => raft_configuration(&st),
+                    Err(e) => rpc_error(e),
+                }
+            }
             (Method::DELETE, "/v1/operator/raft/peer") => self.remove_peer(&query).await,
             (Method::PUT, "/v1/agent/leave") => match self.server.leave().await {
                 Ok(()) => {
@@ -299,26 +310,6 @@ impl HttpApi {
         }
     }
 
-    fn raft_configuration(&self) -> Reply {
-        let st = self.server.status();
-        let servers: Vec<_> = st
-            .peers
-            .iter()
-            .map(|p| {
-                json!({
-                    "ID": p.info.node_id.to_string(),
-                    "Node": p.info.name,
-                    "Address": p.info.rpc_addr,
-                    "Leader": p.leader,
-                    "Voter": p.voter,
-                    "ProtocolVersion": "3",
-                    "LastIndex": if p.info.node_id == st.me.node_id { st.last_log_index } else { 0 },
-                })
-            })
-            .collect();
-        json_reply(&json!({ "Servers": servers, "Index": st.config_index }))
-    }
-
     async fn remove_peer(&self, query: &Query) -> Reply {
         let st = self.server.status();
         let target = match (query.get("id"), query.get("address")) {
@@ -389,6 +380,25 @@ impl HttpApi {
             },
         }))
     }
+}
+
+fn raft_configuration(st: &ClusterStatus) -> Reply {
+    let servers: Vec<_> = st
+        .peers
+        .iter()
+        .map(|p| {
+            json!({
+                "ID": p.info.node_id.to_string(),
+                "Node": p.info.name,
+                "Address": p.info.rpc_addr,
+                "Leader": p.leader,
+                "Voter": p.voter,
+                "ProtocolVersion": "3",
+                "LastIndex": p.last_index,
+            })
+        })
+        .collect();
+    json_reply(&json!({ "Servers": servers, "Index": st.config_index }))
 }
 
 fn method_not_allowed() -> Reply {
