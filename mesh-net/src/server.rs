@@ -876,21 +876,29 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // This server is going away: it must not win the election back.
+        self.raft.runtime_config().elect(false);
         info!(to = %node, "handing off leadership");
-        if let Err(e) = self
-            .rpc
-            .call(&node.rpc_addr, &Request::TimeoutNow, Duration::from_secs(1))
-            .await
-        {
-            warn!(error = %e, "hand-off request failed");
-        }
+        // The target's first election can fail (a follower still inside its
+        // leader lease refuses to vote); ask again until it wins.
+        let round = Duration::from_millis(self.config.timing.election_timeout_max_ms * 2);
         while Instant::now() < deadline {
-            let m = self.metrics();
-            if m.current_leader.is_some_and(|l| l != self.node_id) {
-                info!(new_leader = ?m.current_leader, "leadership handed off");
-                return true;
+            if let Err(e) = self
+                .rpc
+                .call(&node.rpc_addr, &Request::TimeoutNow, Duration::from_secs(1))
+                .await
+            {
+                warn!(error = %e, "hand-off request failed");
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let round_end = (Instant::now() + round).min(deadline);
+            while Instant::now() < round_end {
+                let m = self.metrics();
+                if m.current_leader.is_some_and(|l| l != self.node_id) {
+                    info!(new_leader = ?m.current_leader, "leadership handed off");
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         warn!("leadership hand-off did not complete in time");
         false

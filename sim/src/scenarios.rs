@@ -265,17 +265,35 @@ async fn failover() -> Result<Report, String> {
     info!("phase: workload");
     run.start_workload(3);
     run.settle(rand_ms(500, 2500)).await?;
-    let kill = madsim::rand::thread_rng().gen_bool(0.5);
+    // The fault: 0 = kill, 1 = isolate, 2 = graceful stop (SIGTERM: hand-off).
+    let fault = madsim::rand::thread_rng().gen_range(0..3);
+    let kill = fault != 1;
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    if kill {
-        info!(leader, "phase: kill the leader");
-        let torn = madsim::rand::thread_rng().gen_range(0..64);
-        run.cluster.crash(leader, torn);
-    } else {
-        info!(leader, "phase: isolate the leader");
-        run.cluster.isolate(leader);
-    }
     let t = Instant::now();
+    match fault {
+        0 => {
+            info!(leader, "phase: kill the leader");
+            let torn = madsim::rand::thread_rng().gen_range(0..64);
+            run.cluster.crash(leader, torn);
+        }
+        1 => {
+            info!(leader, "phase: isolate the leader");
+            run.cluster.isolate(leader);
+        }
+        _ => {
+            info!(leader, "phase: stop the leader gracefully (hand-off)");
+            let server = run.cluster.server(leader).ok_or("leader not running")?;
+            let node = run.cluster.servers[leader].node.as_ref().ok_or("no node")?;
+            let handed_off = node
+                .spawn(async move { server.hand_off_leadership(Duration::from_secs(3)).await })
+                .await
+                .map_err(|e| format!("hand-off task failed: {e}"))?;
+            if !handed_off {
+                return Err("graceful stop: leadership hand-off did not complete".into());
+            }
+            run.cluster.crash(leader, 0);
+        }
+    }
     run.leader_among(&others, ELECTION_BOUND).await?;
     run.report.failover_ms.push(t.elapsed().as_millis() as u64);
     info!(
