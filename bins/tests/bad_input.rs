@@ -88,22 +88,28 @@ impl Drop for Agent {
     }
 }
 
+/// `mesh agent` for a single bootstrapping server on `ip`.
+fn single_server(ip: &str, dir: &Path) -> Command {
+    let mut cmd = Command::new(MESH);
+    cmd.args([
+        "agent",
+        "-server",
+        "-bootstrap",
+        "-node",
+        "solo",
+        "-bind",
+        ip,
+        "-client",
+        ip,
+    ])
+    .args(["-server-port", "18301", "-http-port", "18501"])
+    .arg(format!("-data-dir={}", dir.display()));
+    cmd
+}
+
 fn start_single(ip: &str, dir: &Path) -> Agent {
     let log = std::fs::File::create(dir.with_extension("log")).expect("log file");
-    let child = Command::new(MESH)
-        .args([
-            "agent",
-            "-server",
-            "-bootstrap",
-            "-node",
-            "solo",
-            "-bind",
-            ip,
-            "-client",
-            ip,
-        ])
-        .args(["-server-port", "18301", "-http-port", "18501"])
-        .arg(format!("-data-dir={}", dir.display()))
+    let child = single_server(ip, dir)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -209,22 +215,7 @@ async fn garbage_and_malformed_requests_hurt_nothing_and_corruption_stops_startu
     let mid = 12;
     bytes[mid] ^= 0x40;
     std::fs::write(&log, &bytes).unwrap();
-    let out = Command::new(MESH)
-        .args([
-            "agent",
-            "-server",
-            "-bootstrap",
-            "-node",
-            "solo",
-            "-bind",
-            ip,
-            "-client",
-            ip,
-        ])
-        .args(["-server-port", "18301", "-http-port", "18501"])
-        .arg(format!("-data-dir={}", dir.display()))
-        .output()
-        .expect("run agent");
+    let out = single_server(ip, &dir).output().expect("run agent");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -205,7 +205,19 @@ impl RpcClient {
             Some(s) => s,
             None => Self::connect(addr).await?,
         };
-        match tokio::time::timeout(timeout, Self::exchange(&mut stream, req)).await {
+        let first = tokio::time::timeout(timeout, Self::exchange(&mut stream, req)).await;
+        let result = match first {
+            Ok(Err(e)) if !fresh && is_idempotent(req) && is_stale_connection(&e) => {
+                // Most likely a pooled connection the peer had already closed
+                // (it restarted). The request may still have been processed,
+                // so only idempotent requests are sent again.
+                self.forget(addr);
+                stream = Self::connect(addr).await?;
+                tokio::time::timeout(timeout, Self::exchange(&mut stream, req)).await
+            }
+            other => other,
+        };
+        match result {
             Ok(Ok(resp)) => {
                 let mut idle = self.idle.lock().expect("rpc pool poisoned");
                 let conns = idle.entry(addr.to_string()).or_default();
@@ -213,25 +225,6 @@ impl RpcClient {
                     conns.push(stream);
                 }
                 Ok(resp)
-            }
-            Ok(Err(e)) if !fresh && is_idempotent(req) && is_stale_connection(&e) => {
-                // Most likely a pooled connection the peer had already closed
-                // (it restarted). The request may still have been processed,
-                // so only idempotent requests are sent again.
-                drop(stream);
-                self.forget(addr);
-                let mut stream = Self::connect(addr).await?;
-                match tokio::time::timeout(timeout, Self::exchange(&mut stream, req)).await {
-                    Ok(Ok(resp)) => Ok(resp),
-                    Ok(Err(e)) => Err(CallError::Failed {
-                        addr: addr.to_string(),
-                        reason: e.to_string(),
-                    }),
-                    Err(_) => Err(CallError::Timeout {
-                        addr: addr.to_string(),
-                        timeout,
-                    }),
-                }
             }
             Ok(Err(e)) => Err(CallError::Failed {
                 addr: addr.to_string(),

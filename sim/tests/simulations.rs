@@ -98,10 +98,10 @@ fn seeded_cluster_simulations_pass_and_replay_exactly() {
             failures.push(scenario.to_string());
         }
     }
-    println!(
+    show(&format!(
         "simulations: {total} seeded runs passed across {} scenarios",
         sim::SCENARIOS.len()
-    );
+    ));
     assert!(
         failures.is_empty(),
         "scenarios with failing seeds: {failures:?} (replay commands above)"
