@@ -236,6 +236,21 @@ impl SimCluster {
         }
     }
 
+    /// Freezes server `i` (a long GC-like stall): its connections stay open
+    /// but nothing it sends or answers moves until [`SimCluster::resume`].
+    pub fn pause(&self, i: usize) {
+        if let Some(node) = &self.servers[i].node {
+            Handle::current().pause(node.id());
+        }
+    }
+
+    /// Undoes [`SimCluster::pause`].
+    pub fn resume(&self, i: usize) {
+        if let Some(node) = &self.servers[i].node {
+            Handle::current().resume(node.id());
+        }
+    }
+
     /// Undoes [`SimCluster::isolate`].
     pub fn heal(&self, i: usize) {
         if let Some(node) = &self.servers[i].node {

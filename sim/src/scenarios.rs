@@ -253,7 +253,8 @@ async fn bootstrap_expect() -> Result<Report, String> {
     Ok(run.report)
 }
 
-/// Leader failover under a KV workload: the leader is killed or isolated,
+/// Leader failover under a KV workload: the leader is killed, isolated,
+/// paused or stopped gracefully,
 /// a new one takes over, writes continue, the old leader comes back and
 /// catches up.
 async fn failover() -> Result<Report, String> {
@@ -265,9 +266,9 @@ async fn failover() -> Result<Report, String> {
     info!("phase: workload");
     run.start_workload(3);
     run.settle(rand_ms(500, 2500)).await?;
-    // The fault: 0 = kill, 1 = isolate, 2 = graceful stop (SIGTERM: hand-off).
-    let fault = madsim::rand::thread_rng().gen_range(0..3);
-    let kill = fault != 1;
+    // The fault: 0 = kill, 1 = isolate, 2 = graceful stop (SIGTERM:
+    // hand-off), 3 = pause (a long stall: open connections go silent).
+    let fault = madsim::rand::thread_rng().gen_range(0..4);
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let t = Instant::now();
     match fault {
@@ -279,6 +280,10 @@ async fn failover() -> Result<Report, String> {
         1 => {
             info!(leader, "phase: isolate the leader");
             run.cluster.isolate(leader);
+        }
+        3 => {
+            info!(leader, "phase: pause the leader");
+            run.cluster.pause(leader);
         }
         _ => {
             info!(leader, "phase: stop the leader gracefully (hand-off)");
@@ -302,10 +307,10 @@ async fn failover() -> Result<Report, String> {
     );
     run.settle(rand_ms(1000, 3000)).await?;
     info!("phase: old leader returns");
-    if kill {
-        run.cluster.start(leader);
-    } else {
-        run.cluster.heal(leader);
+    match fault {
+        1 => run.cluster.heal(leader),
+        3 => run.cluster.resume(leader),
+        _ => run.cluster.start(leader),
     }
     run.settle(Duration::from_secs(1)).await?;
     run.stop_workload().await?;
