@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mesh_core::formation::BootstrapMode;
 use mesh_net::agent::{Agent, AgentConfig};
@@ -212,7 +213,12 @@ fn build(flags: &Flags) -> Result<(AgentConfig, Arc<dyn Disk>), String> {
     Ok((config, disk))
 }
 
+/// How long `-join` (without retry) may take before startup fails.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+
 async fn serve(config: AgentConfig, disk: Arc<dyn Disk>) -> i32 {
+    let must_join = !config.server.retry_join && !config.server.join.is_empty();
+    let join = config.server.join.clone();
     let agent = match Agent::start(config, disk).await {
         Ok(a) => a,
         Err(e) => {
@@ -221,6 +227,14 @@ async fn serve(config: AgentConfig, disk: Arc<dyn Disk>) -> i32 {
             return 1;
         }
     };
+    // Consul: "If Consul is unable to join with any of the specified
+    // addresses, agent startup will fail." (-retry-join keeps trying.)
+    if must_join && !agent.server().wait_joined(JOIN_TIMEOUT).await {
+        error!(join = ?join, "could not join the cluster");
+        eprintln!("==> Error starting agent: failed to join any of {join:?} within {JOIN_TIMEOUT:?}; use -retry-join to keep trying");
+        agent.stop().await;
+        return 1;
+    }
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

@@ -649,6 +649,18 @@ impl Server {
         Ok(())
     }
 
+    /// Waits until this server is a voter of a formed cluster.
+    pub async fn wait_joined(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.is_voter() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.is_voter()
+    }
+
     fn is_voter(&self) -> bool {
         self.metrics()
             .membership_config
