@@ -750,11 +750,14 @@ impl Server {
         let mut attempts: u32 = 0;
         loop {
             let initialized = self.raft.is_initialized().await.unwrap_or(false);
-            if initialized && (self.is_voter() || targets.is_empty()) {
-                debug!("formation done: this server is a voter");
+            if initialized && targets.is_empty() {
+                debug!("formation done: initialized, nothing to join");
                 return;
             }
-            // Discovery: learn who else is out there and whether a cluster exists.
+            // Discovery: learn who else is out there and whether a cluster
+            // exists. Membership is confirmed by the cluster, not by our own
+            // log: a server that left may still find itself in a stale
+            // configuration it stored before it was removed.
             let mut known: Vec<String> = targets.clone();
             for s in self
                 .formation
@@ -767,12 +770,23 @@ impl Server {
                 }
             }
             let mut formed_at = None;
+            let mut confirmed = false;
             for addr in &known {
                 match self.hello(addr).await {
-                    Ok(st) if st.initialized => formed_at = Some(addr.clone()),
+                    Ok(st) if st.initialized => {
+                        confirmed |= st
+                            .peers
+                            .iter()
+                            .any(|p| p.voter && p.info.node_id == self.node_id);
+                        formed_at = Some(addr.clone());
+                    }
                     Ok(_) => {}
                     Err(e) => debug!(%addr, error = %e, "discovery: peer not reachable yet"),
                 }
+            }
+            if confirmed && self.is_voter() {
+                debug!("formation done: the cluster lists this server as a voter");
+                return;
             }
             let decision = self.formation.lock().expect("formation lock").decide();
             match decision {
@@ -791,7 +805,7 @@ impl Server {
                 }
                 Decision::AlreadyFormed | Decision::Bootstrap(_) | Decision::Wait => {
                     if let Some(addr) = formed_at {
-                        if !self.is_voter() {
+                        if !confirmed {
                             if let Err(e) = self.send_join(&addr).await {
                                 warn!(via = %addr, error = %e, "join failed; will retry");
                             }

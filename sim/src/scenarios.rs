@@ -348,6 +348,47 @@ async fn full_restart() -> Result<Report, String> {
     Ok(run.report)
 }
 
+/// Graceful leave and rejoin under a KV workload: a seed-chosen server
+/// (the leader or a follower) runs `mesh leave` (hand-off, removal from the
+/// peer set, stop), the remaining two keep serving, then the server starts
+/// again from its data dir and `-retry-join` brings it back as a voter.
+async fn leave_rejoin() -> Result<Report, String> {
+    let mut run = Run::new(vec![Formation::Expect(3); 3], 200);
+    run.start_all_shuffled(500).await?;
+    let leader = run.leader_among(&[0, 1, 2], ELECTION_BOUND).await?;
+    run.wait_voters(3, Duration::from_secs(5)).await?;
+    run.start_workload(2);
+    run.settle(rand_ms(300, 1500)).await?;
+    let leaver = if madsim::rand::thread_rng().gen_bool(0.5) {
+        leader
+    } else {
+        (leader + 1) % 3
+    };
+    info!(
+        leaver,
+        is_leader = leaver == leader,
+        "phase: graceful leave"
+    );
+    let server = run.cluster.server(leaver).ok_or("leaver not running")?;
+    let node = run.cluster.servers[leaver].node.as_ref().ok_or("no node")?;
+    node.spawn(async move { server.leave().await })
+        .await
+        .map_err(|e| format!("leave task failed: {e}"))?
+        .map_err(|e| format!("leave failed: {e}"))?;
+    run.cluster.crash(leaver, 0);
+    let rest: Vec<usize> = (0..3).filter(|i| *i != leaver).collect();
+    run.leader_among(&rest, ELECTION_BOUND).await?;
+    run.wait_voters(2, Duration::from_secs(5)).await?;
+    run.settle(rand_ms(500, 1500)).await?;
+    info!("phase: rejoin");
+    run.cluster.start(leaver);
+    run.wait_voters(3, Duration::from_secs(20)).await?;
+    run.settle(Duration::from_secs(1)).await?;
+    run.stop_workload().await?;
+    run.converge().await?;
+    Ok(run.report)
+}
+
 /// Runs scenario `name` in the current simulation.
 pub async fn run(name: &str) -> Result<Report, String> {
     // The seed also draws the network: per-packet latency up to 1-10 ms.
@@ -359,6 +400,7 @@ pub async fn run(name: &str) -> Result<Report, String> {
         "bootstrap_expect" => bootstrap_expect().await,
         "failover" => failover().await,
         "full_restart" => full_restart().await,
+        "leave_rejoin" => leave_rejoin().await,
         other => Err(format!(
             "unknown scenario {other:?}; known: {:?}",
             crate::SCENARIOS
