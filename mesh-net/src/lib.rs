@@ -15,6 +15,7 @@ pub mod disk;
 pub mod http;
 pub mod http_client;
 pub mod log_store;
+pub mod mutants;
 pub mod network;
 pub mod raft_types;
 pub mod rpc;

@@ -27,6 +27,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::disk::Disk;
+use crate::mutants::{self, Mutant};
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const LOG_FILE: &str = "raft.log";
@@ -181,6 +182,9 @@ impl LogStore {
                 }
             }
         }
+        if mutants::enabled(Mutant::DropLastLogEntry) {
+            entries.pop_last();
+        }
         let vote = match read_records(d, VOTE_FILE, &[KIND_VOTE])?.pop() {
             Some(rec) => Some(decode_record::<Vote>(d, VOTE_FILE, &rec)?),
             None => None,
@@ -229,6 +233,9 @@ impl LogStore {
 
     fn append_durably(inner: &LogInner, bytes: &[u8]) -> io::Result<()> {
         inner.disk.append(LOG_FILE, bytes)?;
+        if mutants::enabled(Mutant::SkipFsync) {
+            return Ok(());
+        }
         inner.disk.sync(LOG_FILE)
     }
 }
@@ -262,10 +269,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let mut inner = self.lock();
         let bytes = json_record(KIND_VOTE, vote);
-        inner
-            .disk
-            .write_atomic(VOTE_FILE, &bytes)
-            .map_err(|e| StorageIOError::write_vote(&e))?;
+        if !mutants::enabled(Mutant::ForgetVote) {
+            inner
+                .disk
+                .write_atomic(VOTE_FILE, &bytes)
+                .map_err(|e| StorageIOError::write_vote(&e))?;
+        }
         inner.vote = Some(*vote);
         Ok(())
     }

@@ -30,6 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::disk::Disk;
 use crate::log_store::{decode_record, json_record, read_records, LogStore, OpenError};
+use crate::mutants::{self, Mutant};
 use crate::network::NetworkFactory;
 use crate::raft_types::{Raft, RaftReply, RaftRequest, ServerNode};
 use crate::rpc::{self, RpcClient, RpcRequest, RpcResponse};
@@ -458,6 +459,16 @@ impl Server {
     }
 
     async fn write_here(&self, cmd: Command) -> Result<RpcResponse, RpcError> {
+        if mutants::enabled(Mutant::AckBeforeCommit) && self.is_leader() {
+            let index = self.metrics().last_log_index.unwrap_or(0) + 1;
+            return match self.raft.client_write_ff(cmd).await {
+                Ok(_) => Ok(Response::Written {
+                    index,
+                    result: CommandResult::Bool(true),
+                }),
+                Err(e) => Err(RpcError::Internal(e.to_string())),
+            };
+        }
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(Response::Written {
                 index: resp.log_id.index,
@@ -503,6 +514,9 @@ impl Server {
         self.wait_for_index(r.min_index, r.wait_ms).await;
         // Confirm leadership with a quorum *after* waiting, right before
         // reading: a leader deposed meanwhile must not answer.
+        if mutants::enabled(Mutant::SkipReadQuorum) {
+            return Ok(self.read_local(&r));
+        }
         match tokio::time::timeout(LINEARIZE_TIMEOUT, self.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(self.read_local(&r)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {

@@ -8,7 +8,7 @@
 use std::sync::{Arc, RwLock};
 
 use mesh_core::record;
-use mesh_core::state::{CommandResult, StateMachine};
+use mesh_core::state::{Command, CommandResult, StateMachine};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::watch;
@@ -16,6 +16,7 @@ use tracing::info;
 
 use crate::disk::Disk;
 use crate::log_store::{read_records, OpenError};
+use crate::mutants::{self, Mutant};
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
@@ -215,7 +216,17 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             for entry in entries {
                 let index = entry.log_id.index;
                 match entry.payload {
-                    EntryPayload::Normal(cmd) => results.push(inner.sm.apply(index, &cmd)),
+                    EntryPayload::Normal(cmd) => {
+                        let cmd = match cmd {
+                            Command::KvCas {
+                                key, value, flags, ..
+                            } if mutants::enabled(Mutant::CasWithoutCompare) => {
+                                Command::KvSet { key, value, flags }
+                            }
+                            cmd => cmd,
+                        };
+                        results.push(inner.sm.apply(index, &cmd))
+                    }
                     EntryPayload::Blank => {
                         skip(&mut inner.sm, index);
                         results.push(CommandResult::Bool(true));

@@ -64,6 +64,22 @@ pub async fn run_client(
                     .expect("history")
                     .acked
                     .insert(key.clone(), value.clone());
+                // Check-and-set with index 0 means "only if absent": on a
+                // key that exists it must fail and change nothing.
+                if n.is_multiple_of(3) {
+                    let target = madsim::rand::thread_rng().gen_range(0..clients.len());
+                    let path = format!("/v1/kv/{key}?cas=0");
+                    if let Ok(r) = clients[target]
+                        .request("PUT", &path, b"clobbered".to_vec())
+                        .await
+                    {
+                        if r.status == 200 && r.body.starts_with(b"true") {
+                            history.lock().expect("history").violations.push(format!(
+                                "client {id}: PUT {key}?cas=0 overwrote an existing key"
+                            ));
+                        }
+                    }
+                }
                 last_acked = Some((key, value));
             }
             _ => history.lock().expect("history").unacked += 1,

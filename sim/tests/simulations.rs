@@ -126,3 +126,49 @@ fn seeded_cluster_simulations_pass_and_replay_exactly() {
         assert!(hash(&a).is_some());
     }
 }
+
+/// Each planted bug (see `mesh_net::mutants`) must be caught by some
+/// checker within its seed budget: this is how we know the checkers can fail.
+#[test]
+fn planted_bugs_are_caught() {
+    let sim = sim_binary();
+    let jobs = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .to_string();
+    let hunts = [
+        ("skip_read_quorum", "failover", "0..400"),
+        ("ack_before_commit", "failover", "0..50"),
+        ("skip_fsync", "full_restart", "0..50"),
+        ("forget_vote", "full_restart", "0..50"),
+        ("cas_without_compare", "bootstrap_expect", "0..50"),
+        ("drop_last_log_entry", "full_restart", "0..50"),
+    ];
+    let mut missed = Vec::new();
+    for (mutant, scenario, seeds) in hunts {
+        let out = Command::new(&sim)
+            .args([
+                "hunt",
+                "--scenario",
+                scenario,
+                "--seeds",
+                seeds,
+                "--jobs",
+                &jobs,
+                "--mutant",
+                mutant,
+            ])
+            .output()
+            .expect("run sim hunt");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for line in text.lines() {
+            show(line);
+        }
+        if !out.status.success() {
+            missed.push(mutant);
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "planted bugs not caught within their budget: {missed:?}"
+    );
+}

@@ -1,25 +1,33 @@
-//! `sim`: run, replay and sweep seeded simulations.
+//! `sim`: run, replay, sweep and hunt seeded simulations.
 //!
 //! ```text
-//! sim run --scenario failover --seed 7 [--trace]
-//! sim sweep --scenario failover --seeds 0..50 [--jobs 2]
+//! sim run --scenario failover --seed 7 [--trace] [--mutant NAME]
+//! sim sweep --scenario failover --seeds 0..50 [--jobs 2] [--mutant NAME]
+//! sim hunt --scenario full_restart --seeds 0..100 --mutant skip_fsync
 //! ```
 //!
 //! `run` executes one seed in this process and prints its trace hash;
 //! `sweep` runs each seed in a child process (one simulation per process
 //! keeps replays exact) and prints a summary with a replay command for
-//! every failure.
+//! every failure; `hunt` is a sweep that stops at the first failing seed and
+//! succeeds only if there is one: it proves a planted bug gets caught.
 
 #[cfg(madsim)]
 mod imp {
-    use std::process::{Command, Stdio};
+    use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
+    use mesh_net::mutants::{self, Mutant};
     use sim::trace::{new_trace, TraceLayer};
     use tracing_subscriber::layer::SubscriberExt;
 
-    fn replay_command(scenario: &str, seed: u64) -> String {
-        format!("cargo sim run --scenario {scenario} --seed {seed} --trace")
+    const USAGE: &str = "usage: sim run --scenario NAME --seed N [--trace] [--mutant M]
+       sim sweep --scenario NAME --seeds A..B [--jobs J] [--mutant M]
+       sim hunt --scenario NAME --seeds A..B --mutant M [--jobs J]   (succeeds when a seed fails)";
+
+    fn replay_command(scenario: &str, seed: u64, mutant: Option<&str>) -> String {
+        let mutant = mutant.map(|m| format!(" --mutant {m}")).unwrap_or_default();
+        format!("cargo sim run --scenario {scenario} --seed {seed}{mutant} --trace")
     }
 
     fn arg(args: &[String], name: &str) -> Option<String> {
@@ -29,7 +37,15 @@ mod imp {
             .cloned()
     }
 
-    fn run_one(scenario: &str, seed: u64, print_trace: bool) -> i32 {
+    fn run_one(scenario: &str, seed: u64, print_trace: bool, mutant: Option<&str>) -> i32 {
+        if let Some(name) = mutant {
+            let Some(m) = Mutant::by_name(name) else {
+                let known: Vec<&str> = Mutant::ALL.iter().map(|(n, _)| *n).collect();
+                eprintln!("unknown mutant {name:?}; known: {known:?}");
+                return 2;
+            };
+            mutants::activate(m);
+        }
         let trace = new_trace(print_trace);
         let subscriber = tracing_subscriber::registry()
             .with(tracing_subscriber::filter::LevelFilter::INFO)
@@ -67,7 +83,7 @@ mod imp {
                 println!(
                     "FAIL scenario={scenario} seed={seed} trace_hash={:016x}: {e}\n  replay: {}",
                     t.hash,
-                    replay_command(scenario, seed)
+                    replay_command(scenario, seed, mutant)
                 );
                 1
             }
@@ -79,59 +95,93 @@ mod imp {
         Some((a.parse().ok()?, b.parse().ok()?))
     }
 
-    fn sweep(scenario: &str, from: u64, to: u64, jobs: usize) -> i32 {
+    fn spawn_run(scenario: &str, seed: u64, mutant: Option<&str>) -> Child {
         let exe = std::env::current_exe().expect("own path");
+        let mut cmd = Command::new(exe);
+        cmd.args(["run", "--scenario", scenario, "--seed", &seed.to_string()]);
+        if let Some(m) = mutant {
+            cmd.args(["--mutant", m]);
+        }
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sim run")
+    }
+
+    /// Runs seeds `from..to`, `jobs` at a time. With `hunt`, stops at the
+    /// first failure and succeeds only if there was one.
+    fn sweep(
+        scenario: &str,
+        (from, to): (u64, u64),
+        jobs: usize,
+        mutant: Option<&str>,
+        hunt: bool,
+    ) -> i32 {
         let wall = Instant::now();
         let mut pending: Vec<u64> = (from..to).rev().collect();
-        let mut running: Vec<(u64, std::process::Child)> = Vec::new();
+        let mut running: Vec<(u64, Child)> = Vec::new();
         let (mut passed, mut failed) = (0u64, Vec::new());
         let mut failover = Vec::new();
         while !pending.is_empty() || !running.is_empty() {
             while running.len() < jobs.max(1) {
                 let Some(seed) = pending.pop() else { break };
-                let child = Command::new(&exe)
-                    .args(["run", "--scenario", scenario, "--seed", &seed.to_string()])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("spawn sim run");
-                running.push((seed, child));
+                running.push((seed, spawn_run(scenario, seed, mutant)));
             }
-            if let Some(pos) = running
+            let Some(pos) = running
                 .iter_mut()
                 .position(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
-            {
-                let (seed, child) = running.remove(pos);
-                let out = child.wait_with_output().expect("child output");
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                if out.status.success() {
-                    passed += 1;
-                    if let Some(f) = text
-                        .split("failover_ms=[")
-                        .nth(1)
-                        .and_then(|r| r.split(']').next())
-                    {
-                        failover.extend(f.split(',').filter_map(|x| x.trim().parse::<u64>().ok()));
-                    }
-                } else {
-                    eprint!("{text}");
-                    failed.push(seed);
-                }
-            } else {
+            else {
                 std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let (seed, child) = running.remove(pos);
+            let out = child.wait_with_output().expect("child output");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() {
+                passed += 1;
+                if let Some(f) = text
+                    .split("failover_ms=[")
+                    .nth(1)
+                    .and_then(|r| r.split(']').next())
+                {
+                    failover.extend(f.split(',').filter_map(|x| x.trim().parse::<u64>().ok()));
+                }
+                continue;
             }
+            failed.push(seed);
+            if hunt {
+                let reason = text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split_once(": "))
+                    .map_or("", |(_, r)| r);
+                println!(
+                    "CAUGHT mutant={} scenario={scenario} seed={seed} seeds_run={} by: {reason}",
+                    mutant.unwrap_or("none"),
+                    passed + failed.len() as u64
+                );
+                for (_, mut c) in running.drain(..) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return 0;
+            }
+            eprint!("{text}");
+        }
+        if hunt {
+            println!(
+                "MISSED mutant={} scenario={scenario} seeds={from}..{to}",
+                mutant.unwrap_or("none")
+            );
+            return 1;
         }
         failover.sort_unstable();
         let pct = |p: f64| {
-            failover
-                .get(((failover.len() as f64 - 1.0) * p).round() as usize)
-                .copied()
-                .unwrap_or(0)
+            let i = ((failover.len() as f64 - 1.0) * p).round() as usize;
+            failover.get(i).copied().unwrap_or(0)
         };
         println!(
-            "SWEEP scenario={scenario} seeds={}..{} passed={passed} failed={} wall_s={:.1} failover_ms(min/p50/p99/max)={}/{}/{}/{}",
-            from,
-            to,
+            "SWEEP scenario={scenario} seeds={from}..{to} passed={passed} failed={} wall_s={:.1} failover_ms(min/p50/p99/max)={}/{}/{}/{}",
             failed.len(),
             wall.elapsed().as_secs_f64(),
             failover.first().copied().unwrap_or(0),
@@ -140,43 +190,46 @@ mod imp {
             failover.last().copied().unwrap_or(0),
         );
         for seed in &failed {
-            println!("  replay: {}", replay_command(scenario, *seed));
+            println!("  replay: {}", replay_command(scenario, *seed, mutant));
         }
         i32::from(!failed.is_empty())
     }
 
+    fn usage_exit() -> ! {
+        eprintln!("{USAGE}\nscenarios: {:?}", sim::SCENARIOS);
+        std::process::exit(2)
+    }
+
     pub fn main() {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        let usage = "usage: sim run --scenario NAME --seed N [--trace] | sim sweep --scenario NAME --seeds A..B [--jobs J]";
-        let scenario = arg(&args, "--scenario").unwrap_or_else(|| {
-            eprintln!("{usage}\nscenarios: {:?}", sim::SCENARIOS);
-            std::process::exit(2)
-        });
+        let scenario = arg(&args, "--scenario").unwrap_or_else(|| usage_exit());
+        let mutant = arg(&args, "--mutant");
         let code = match args.first().map(String::as_str) {
             Some("run") => {
                 let seed = arg(&args, "--seed")
                     .or_else(|| std::env::var("MADSIM_TEST_SEED").ok())
                     .and_then(|s| s.parse().ok())
-                    .unwrap_or_else(|| {
-                        eprintln!("{usage}");
-                        std::process::exit(2)
-                    });
-                run_one(&scenario, seed, args.iter().any(|a| a == "--trace"))
+                    .unwrap_or_else(|| usage_exit());
+                run_one(
+                    &scenario,
+                    seed,
+                    args.iter().any(|a| a == "--trace"),
+                    mutant.as_deref(),
+                )
             }
-            Some("sweep") => {
-                let Some((a, b)) = arg(&args, "--seeds").and_then(|s| parse_range(&s)) else {
-                    eprintln!("{usage}");
-                    std::process::exit(2)
-                };
+            Some(verb @ ("sweep" | "hunt")) => {
+                let range = arg(&args, "--seeds")
+                    .and_then(|s| parse_range(&s))
+                    .unwrap_or_else(|| usage_exit());
                 let jobs = arg(&args, "--jobs")
                     .and_then(|j| j.parse().ok())
                     .unwrap_or(2);
-                sweep(&scenario, a, b, jobs)
+                if verb == "hunt" && mutant.is_none() {
+                    usage_exit();
+                }
+                sweep(&scenario, range, jobs, mutant.as_deref(), verb == "hunt")
             }
-            _ => {
-                eprintln!("{usage}");
-                2
-            }
+            _ => usage_exit(),
         };
         std::process::exit(code);
     }

@@ -1,0 +1,65 @@
+//! Planted bugs, to prove the simulator's checkers can fail.
+//!
+//! Each mutant is a deliberate bug at a place where real systems break. They
+//! exist only in simulation builds (`--cfg madsim`) and are switched on by
+//! name at run time (`sim run --mutant NAME`); in production builds
+//! [`enabled`] is a constant `false` and the bug code is compiled out.
+
+/// A planted bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mutant {
+    /// The leader answers default-mode reads without confirming its
+    /// leadership with a quorum (stale reads after a partition).
+    SkipReadQuorum,
+    /// The leader acknowledges a write as soon as it is proposed, before it
+    /// is committed.
+    AckBeforeCommit,
+    /// Log appends are not fsynced before they are acknowledged.
+    SkipFsync,
+    /// The vote is not persisted: a restarted server forgets whom it voted for.
+    ForgetVote,
+    /// Check-and-set writes without comparing the index.
+    CasWithoutCompare,
+    /// On restart, the last log entry is dropped even though it was synced
+    /// (and may have been acknowledged).
+    DropLastLogEntry,
+}
+
+impl Mutant {
+    /// Every mutant, with its command-line name.
+    pub const ALL: &'static [(&'static str, Mutant)] = &[
+        ("skip_read_quorum", Mutant::SkipReadQuorum),
+        ("ack_before_commit", Mutant::AckBeforeCommit),
+        ("skip_fsync", Mutant::SkipFsync),
+        ("forget_vote", Mutant::ForgetVote),
+        ("cas_without_compare", Mutant::CasWithoutCompare),
+        ("drop_last_log_entry", Mutant::DropLastLogEntry),
+    ];
+
+    /// The mutant called `name`.
+    pub fn by_name(name: &str) -> Option<Mutant> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
+    }
+}
+
+#[cfg(madsim)]
+static ACTIVE: std::sync::Mutex<Option<Mutant>> = std::sync::Mutex::new(None);
+
+/// Switches `mutant` on for this process (simulation builds only).
+#[cfg(madsim)]
+pub fn activate(mutant: Mutant) {
+    *ACTIVE.lock().expect("mutant lock") = Some(mutant);
+}
+
+/// Whether `mutant` is switched on.
+#[cfg(madsim)]
+pub fn enabled(mutant: Mutant) -> bool {
+    *ACTIVE.lock().expect("mutant lock") == Some(mutant)
+}
+
+/// Whether `mutant` is switched on: never, outside the simulator.
+#[cfg(not(madsim))]
+#[inline(always)]
+pub const fn enabled(_mutant: Mutant) -> bool {
+    false
+}
