@@ -23,4 +23,5 @@ pub const SCENARIOS: &[&str] = &[
     "bootstrap_expect",
     "failover",
     "full_restart",
+    "leave_rejoin",
 ];
