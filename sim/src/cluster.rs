@@ -251,6 +251,20 @@ impl SimCluster {
         }
     }
 
+    /// Drops everything server `from` sends to server `to` (one direction).
+    pub fn clog_link(&self, from: usize, to: usize) {
+        if let (Some(a), Some(b)) = (&self.servers[from].node, &self.servers[to].node) {
+            madsim::net::NetSim::current().clog_link(a.id(), b.id());
+        }
+    }
+
+    /// Undoes [`SimCluster::clog_link`].
+    pub fn unclog_link(&self, from: usize, to: usize) {
+        if let (Some(a), Some(b)) = (&self.servers[from].node, &self.servers[to].node) {
+            madsim::net::NetSim::current().unclog_link(a.id(), b.id());
+        }
+    }
+
     /// Undoes [`SimCluster::isolate`].
     pub fn heal(&self, i: usize) {
         if let Some(node) = &self.servers[i].node {

@@ -13,6 +13,8 @@ pub mod cluster;
 #[cfg(madsim)]
 pub mod scenarios;
 #[cfg(madsim)]
+pub mod swarm;
+#[cfg(madsim)]
 pub mod trace;
 #[cfg(madsim)]
 pub mod workload;
@@ -24,4 +26,5 @@ pub const SCENARIOS: &[&str] = &[
     "failover",
     "full_restart",
     "leave_rejoin",
+    "swarm",
 ];

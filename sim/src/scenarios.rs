@@ -33,22 +33,25 @@ pub struct Report {
     pub failover_ms: Vec<u64>,
     /// Terms in which a leader was observed.
     pub terms: usize,
+    /// Fault pairs injected (swarm).
+    pub faults: usize,
 }
 
-struct Run {
-    cluster: SimCluster,
-    observers: Observers,
-    history: SharedHistory,
-    stop: Arc<AtomicBool>,
-    report: Report,
+/// One scenario run: the cluster, its observers and the workload's history.
+pub(crate) struct Run {
+    pub(crate) cluster: SimCluster,
+    pub(crate) observers: Observers,
+    pub(crate) history: SharedHistory,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) report: Report,
 }
 
-fn rand_ms(lo: u64, hi: u64) -> Duration {
+pub(crate) fn rand_ms(lo: u64, hi: u64) -> Duration {
     Duration::from_millis(madsim::rand::thread_rng().gen_range(lo..=hi))
 }
 
 impl Run {
-    fn new(formations: Vec<Formation>, snapshot_threshold: u64) -> Self {
+    pub(crate) fn new(formations: Vec<Formation>, snapshot_threshold: u64) -> Self {
         Self {
             cluster: SimCluster::new(formations, snapshot_threshold),
             observers: Observers::default(),
@@ -59,7 +62,7 @@ impl Run {
     }
 
     /// Lets simulated time pass, sampling the checkers every 5 ms.
-    async fn settle(&mut self, d: Duration) -> Result<(), String> {
+    pub(crate) async fn settle(&mut self, d: Duration) -> Result<(), String> {
         let deadline = Instant::now() + d;
         while Instant::now() < deadline {
             self.observers.sample(&self.cluster)?;
@@ -69,7 +72,11 @@ impl Run {
     }
 
     /// Waits for a leader agreed by the running servers in `among`.
-    async fn leader_among(&mut self, among: &[usize], bound: Duration) -> Result<usize, String> {
+    pub(crate) async fn leader_among(
+        &mut self,
+        among: &[usize],
+        bound: Duration,
+    ) -> Result<usize, String> {
         let deadline = Instant::now() + bound;
         while Instant::now() < deadline {
             self.observers.sample(&self.cluster)?;
@@ -81,7 +88,7 @@ impl Run {
         Err(format!("no leader agreed by {among:?} within {bound:?}"))
     }
 
-    fn agreed(&self, among: &[usize]) -> Option<usize> {
+    pub(crate) fn agreed(&self, among: &[usize]) -> Option<usize> {
         let mut leader = None;
         for &i in among {
             let l = self.cluster.server(i)?.leader()?;
@@ -95,7 +102,7 @@ impl Run {
         (among.contains(&l) && self.cluster.server(l)?.is_leader()).then_some(l)
     }
 
-    fn start_workload(&self, clients: usize) {
+    pub(crate) fn start_workload(&self, clients: usize) {
         self.stop.store(false, Ordering::SeqCst);
         let servers: Vec<String> = (0..self.cluster.servers.len())
             .map(|i| self.cluster.http_addr(i))
@@ -109,7 +116,7 @@ impl Run {
         }
     }
 
-    async fn stop_workload(&mut self) -> Result<(), String> {
+    pub(crate) async fn stop_workload(&mut self) -> Result<(), String> {
         self.stop.store(true, Ordering::SeqCst);
         // In-flight requests finish within their 10 s client timeout.
         self.settle(Duration::from_secs(11)).await
@@ -117,7 +124,7 @@ impl Run {
 
     /// Liveness phase: every server runs and is healed; one leader, every
     /// server converges to the same state, every acknowledged write is there.
-    async fn converge(&mut self) -> Result<(), String> {
+    pub(crate) async fn converge(&mut self) -> Result<(), String> {
         info!("phase: liveness (faults healed)");
         let all: Vec<usize> = (0..self.cluster.servers.len()).collect();
         let leader = self.leader_among(&all, ELECTION_BOUND * 2).await?;
@@ -164,7 +171,7 @@ impl Run {
         Ok(())
     }
 
-    fn voters_everywhere(&self, n: usize) -> Result<(), String> {
+    pub(crate) fn voters_everywhere(&self, n: usize) -> Result<(), String> {
         for i in self.cluster.running() {
             let s = self.cluster.server(i).ok_or("not started")?;
             let voters = s.metrics().membership_config.voter_ids().count();
@@ -178,7 +185,7 @@ impl Run {
         Ok(())
     }
 
-    async fn wait_voters(&mut self, n: usize, bound: Duration) -> Result<(), String> {
+    pub(crate) async fn wait_voters(&mut self, n: usize, bound: Duration) -> Result<(), String> {
         let deadline = Instant::now() + bound;
         loop {
             self.observers.sample(&self.cluster)?;
@@ -191,7 +198,7 @@ impl Run {
     }
 
     /// Starts all servers in a seed-chosen order with seed-chosen delays.
-    async fn start_all_shuffled(&mut self, max_delay_ms: u64) -> Result<(), String> {
+    pub(crate) async fn start_all_shuffled(&mut self, max_delay_ms: u64) -> Result<(), String> {
         let mut order: Vec<usize> = (0..self.cluster.servers.len()).collect();
         for i in (1..order.len()).rev() {
             let j = madsim::rand::thread_rng().gen_range(0..=i);
@@ -401,6 +408,7 @@ pub async fn run(name: &str) -> Result<Report, String> {
         "failover" => failover().await,
         "full_restart" => full_restart().await,
         "leave_rejoin" => leave_rejoin().await,
+        "swarm" => crate::swarm::run().await,
         other => Err(format!(
             "unknown scenario {other:?}; known: {:?}",
             crate::SCENARIOS

@@ -1,0 +1,218 @@
+//! Swarm testing: the seed first draws a fault profile (cluster size,
+//! which fault kinds are on, how many faults, the workload), then a fault
+//! schedule from it; the run has a safety phase with the faults and a
+//! liveness phase with everything healed.
+//!
+//! Faults come in pairs (inject, heal), numbered in drawing order. A run can
+//! keep only some pairs (`--keep 0,3`), which is what `sim minimize` uses
+//! to shrink a failing schedule by delta debugging: the schedule is drawn
+//! in full first and masked afterwards, so the kept faults stay the same.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use madsim::rand::Rng;
+use madsim::time::{sleep, Instant};
+use tracing::info;
+
+use crate::cluster::Formation;
+use crate::scenarios::{Report, Run, ELECTION_BOUND};
+
+static KEEP: Mutex<Option<BTreeSet<usize>>> = Mutex::new(None);
+
+/// Restricts the next swarm run to the fault pairs in `keep` (all if `None`).
+pub fn set_keep(keep: Option<BTreeSet<usize>>) {
+    *KEEP.lock().expect("keep lock") = keep;
+}
+
+/// What the seed chose for this run.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Servers in the cluster (3 or 5).
+    pub servers: usize,
+    /// Fault kinds switched on.
+    pub kinds: Vec<Kind>,
+    /// Fault pairs to draw.
+    pub faults: usize,
+    /// Concurrent KV clients.
+    pub clients: usize,
+    /// Length of the safety phase.
+    pub safety: Duration,
+}
+
+/// A fault kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Power loss (unsynced bytes lost, maybe a torn tail), later restart.
+    Crash,
+    /// Cut a server off in both directions, later heal.
+    Isolate,
+    /// Freeze a server (GC-like stall), later resume.
+    Pause,
+    /// Drop one direction of one link, later restore.
+    OneWay,
+    /// Raise network latency for everyone, later restore.
+    Latency,
+}
+
+const ALL_KINDS: [Kind; 5] = [
+    Kind::Crash,
+    Kind::Isolate,
+    Kind::Pause,
+    Kind::OneWay,
+    Kind::Latency,
+];
+
+/// One scheduled fault and its healing.
+#[derive(Debug, Clone)]
+pub struct FaultPair {
+    /// Pair number (stable for a seed).
+    pub id: usize,
+    /// What.
+    pub kind: Kind,
+    /// Target server (the link's source for `OneWay`).
+    pub target: usize,
+    /// The link's destination for `OneWay`.
+    pub peer: usize,
+    /// Torn bytes for `Crash`, max latency in ms for `Latency`.
+    pub amount: u64,
+    /// When it strikes, from the start of the safety phase.
+    pub at: Duration,
+    /// How long until it heals.
+    pub lasts: Duration,
+}
+
+fn draw_profile() -> Profile {
+    let mut rng = madsim::rand::thread_rng();
+    let servers = if rng.gen_bool(0.3) { 5 } else { 3 };
+    let mut kinds: Vec<Kind> = ALL_KINDS
+        .iter()
+        .copied()
+        .filter(|_| rng.gen_bool(0.5))
+        .collect();
+    if kinds.is_empty() {
+        kinds.push(ALL_KINDS[rng.gen_range(0..ALL_KINDS.len())]);
+    }
+    Profile {
+        servers,
+        kinds,
+        faults: rng.gen_range(1..=8),
+        clients: rng.gen_range(1..=4),
+        safety: Duration::from_millis(rng.gen_range(4_000..=10_000)),
+    }
+}
+
+/// Draws the schedule. A server hosts one node-level fault (crash,
+/// isolate, pause) at a time, so every pair can be undone on its own.
+fn draw_schedule(p: &Profile) -> Vec<FaultPair> {
+    let mut rng = madsim::rand::thread_rng();
+    let mut busy: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); p.servers];
+    let mut out = Vec::new();
+    for id in 0..p.faults {
+        let kind = p.kinds[rng.gen_range(0..p.kinds.len())];
+        let target = rng.gen_range(0..p.servers);
+        let peer = (target + rng.gen_range(1..p.servers)) % p.servers;
+        let at = Duration::from_millis(rng.gen_range(0..p.safety.as_millis() as u64));
+        let lasts = Duration::from_millis(rng.gen_range(200..=3_000));
+        let amount = match kind {
+            Kind::Crash => rng.gen_range(0..64),
+            Kind::Latency => rng.gen_range(20..=300),
+            _ => 0,
+        };
+        if matches!(kind, Kind::Crash | Kind::Isolate | Kind::Pause) {
+            let overlaps = busy[target]
+                .iter()
+                .any(|(s, e)| at < *e + Duration::from_millis(50) && *s < at + lasts);
+            if overlaps {
+                continue;
+            }
+            busy[target].push((at, at + lasts));
+        }
+        out.push(FaultPair {
+            id,
+            kind,
+            target,
+            peer,
+            amount,
+            at,
+            lasts,
+        });
+    }
+    out
+}
+
+enum Step {
+    Inject,
+    Heal,
+}
+
+fn apply(run: &mut Run, f: &FaultPair, step: Step) {
+    let c = &mut run.cluster;
+    match (f.kind, step) {
+        (Kind::Crash, Step::Inject) => c.crash(f.target, f.amount as usize),
+        (Kind::Crash, Step::Heal) => c.start(f.target),
+        (Kind::Isolate, Step::Inject) => c.isolate(f.target),
+        (Kind::Isolate, Step::Heal) => c.heal(f.target),
+        (Kind::Pause, Step::Inject) => c.pause(f.target),
+        (Kind::Pause, Step::Heal) => c.resume(f.target),
+        (Kind::OneWay, Step::Inject) => c.clog_link(f.target, f.peer),
+        (Kind::OneWay, Step::Heal) => c.unclog_link(f.target, f.peer),
+        (Kind::Latency, Step::Inject) => set_latency(f.amount),
+        (Kind::Latency, Step::Heal) => set_latency(10),
+    }
+}
+
+fn set_latency(max_ms: u64) {
+    madsim::net::NetSim::current().update_config(|c| {
+        c.send_latency = Duration::from_micros(100)..Duration::from_millis(max_ms.max(1))
+    });
+}
+
+/// The swarm scenario.
+pub async fn run() -> Result<Report, String> {
+    let profile = draw_profile();
+    let schedule = draw_schedule(&profile);
+    let keep = KEEP.lock().expect("keep lock").clone();
+    let schedule: Vec<FaultPair> = schedule
+        .into_iter()
+        .filter(|f| keep.as_ref().is_none_or(|k| k.contains(&f.id)))
+        .collect();
+    info!(servers = profile.servers, kinds = ?profile.kinds, clients = profile.clients, safety_ms = profile.safety.as_millis() as u64, "swarm profile");
+    for f in &schedule {
+        info!(id = f.id, kind = ?f.kind, target = f.target, peer = f.peer, amount = f.amount, at_ms = f.at.as_millis() as u64, lasts_ms = f.lasts.as_millis() as u64, "fault");
+    }
+    let n = profile.servers;
+    let mut run = Run::new(vec![Formation::Expect(n as u32); n], 100);
+    run.start_all_shuffled(500).await?;
+    let all: Vec<usize> = (0..n).collect();
+    run.leader_among(&all, ELECTION_BOUND).await?;
+    run.wait_voters(n, Duration::from_secs(10)).await?;
+
+    info!("phase: safety (faults on)");
+    run.start_workload(profile.clients);
+    let mut events: Vec<(Duration, usize, bool)> = Vec::new();
+    for (i, f) in schedule.iter().enumerate() {
+        events.push((f.at, i, true));
+        events.push((f.at + f.lasts, i, false));
+    }
+    events.sort_by_key(|(t, i, inject)| (*t, !*inject, *i));
+    let start = Instant::now();
+    for (t, i, inject) in events {
+        let due = start + t;
+        while Instant::now() < due {
+            run.observers.sample(&run.cluster)?;
+            sleep(Duration::from_millis(5).min(due - Instant::now())).await;
+        }
+        let f = schedule[i].clone();
+        info!(id = f.id, kind = ?f.kind, inject, "fault step");
+        apply(&mut run, &f, if inject { Step::Inject } else { Step::Heal });
+    }
+    let rest = profile.safety.saturating_sub(start.elapsed());
+    run.settle(rest).await?;
+    set_latency(10);
+    run.stop_workload().await?;
+    run.converge().await?;
+    run.report.faults = schedule.len();
+    Ok(run.report)
+}
