@@ -20,6 +20,13 @@ use crate::cluster::Formation;
 use crate::scenarios::{Report, Run, ELECTION_BOUND};
 
 static KEEP: Mutex<Option<BTreeSet<usize>>> = Mutex::new(None);
+static DRAWN: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// The ids of every fault pair the last run drew (before masking), for
+/// `sim minimize`.
+pub fn drawn() -> Vec<usize> {
+    DRAWN.lock().expect("drawn lock").clone()
+}
 
 /// Restricts the next swarm run to the fault pairs in `keep` (all if `None`).
 pub fn set_keep(keep: Option<BTreeSet<usize>>) {
@@ -173,6 +180,7 @@ fn set_latency(max_ms: u64) {
 pub async fn run() -> Result<Report, String> {
     let profile = draw_profile();
     let schedule = draw_schedule(&profile);
+    *DRAWN.lock().expect("drawn lock") = schedule.iter().map(|f| f.id).collect();
     let keep = KEEP.lock().expect("keep lock").clone();
     let schedule: Vec<FaultPair> = schedule
         .into_iter()

@@ -21,9 +21,11 @@ mod imp {
     use sim::trace::{new_trace, TraceLayer};
     use tracing_subscriber::layer::SubscriberExt;
 
-    const USAGE: &str = "usage: sim run --scenario NAME --seed N [--trace] [--mutant M]
+    const USAGE: &str = "usage: sim run --scenario NAME --seed N [--trace] [--mutant M] [--keep IDS|none]
        sim sweep --scenario NAME --seeds A..B [--jobs J] [--mutant M]
-       sim hunt --scenario NAME --seeds A..B --mutant M [--jobs J]   (succeeds when a seed fails)";
+       sim soak --scenario NAME --seeds A..B [--jobs J] [--mutant M]   (sweep with a progress bar)
+       sim hunt --scenario NAME --seeds A..B --mutant M [--jobs J]   (succeeds when a seed fails)
+       sim minimize --scenario swarm --seed N [--mutant M]            (shrink a failing fault schedule)";
 
     fn replay_command(scenario: &str, seed: u64, mutant: Option<&str>) -> String {
         let mutant = mutant.map(|m| format!(" --mutant {m}")).unwrap_or_default();
@@ -37,7 +39,37 @@ mod imp {
             .cloned()
     }
 
-    fn run_one(scenario: &str, seed: u64, print_trace: bool, mutant: Option<&str>) -> i32 {
+    fn parse_keep(raw: &str) -> Option<std::collections::BTreeSet<usize>> {
+        if raw == "none" {
+            return Some(Default::default());
+        }
+        raw.split(',').map(|x| x.trim().parse().ok()).collect()
+    }
+
+    fn keep_arg(keep: &std::collections::BTreeSet<usize>) -> String {
+        if keep.is_empty() {
+            return "none".into();
+        }
+        keep.iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn run_one(
+        scenario: &str,
+        seed: u64,
+        print_trace: bool,
+        mutant: Option<&str>,
+        keep: Option<&str>,
+    ) -> i32 {
+        if let Some(raw) = keep {
+            let Some(set) = parse_keep(raw) else {
+                eprintln!("--keep takes fault ids like 0,3,5 or none");
+                return 2;
+            };
+            sim::swarm::set_keep(Some(set));
+        }
         if let Some(name) = mutant {
             let Some(m) = Mutant::by_name(name) else {
                 let known: Vec<&str> = Mutant::ALL.iter().map(|(n, _)| *n).collect();
@@ -63,6 +95,10 @@ mod imp {
             (r, t.elapsed())
         });
         let t = trace.lock().expect("trace");
+        let drawn = sim::swarm::drawn();
+        if !drawn.is_empty() {
+            println!("SCHEDULE {}", keep_arg(&drawn.into_iter().collect()));
+        }
         match result {
             Ok(report) => {
                 println!(
@@ -81,9 +117,10 @@ mod imp {
             }
             Err(e) => {
                 println!(
-                    "FAIL scenario={scenario} seed={seed} trace_hash={:016x}: {e}\n  replay: {}",
+                    "FAIL scenario={scenario} seed={seed} trace_hash={:016x}: {e}\n  replay: {}{}",
                     t.hash,
-                    replay_command(scenario, seed, mutant)
+                    replay_command(scenario, seed, mutant),
+                    keep.map(|k| format!(" --keep {k}")).unwrap_or_default()
                 );
                 1
             }
@@ -96,11 +133,23 @@ mod imp {
     }
 
     fn spawn_run(scenario: &str, seed: u64, mutant: Option<&str>) -> Child {
+        spawn_run_keep(scenario, seed, mutant, None)
+    }
+
+    fn spawn_run_keep(
+        scenario: &str,
+        seed: u64,
+        mutant: Option<&str>,
+        keep: Option<&str>,
+    ) -> Child {
         let exe = std::env::current_exe().expect("own path");
         let mut cmd = Command::new(exe);
         cmd.args(["run", "--scenario", scenario, "--seed", &seed.to_string()]);
         if let Some(m) = mutant {
             cmd.args(["--mutant", m]);
+        }
+        if let Some(k) = keep {
+            cmd.args(["--keep", k]);
         }
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -115,9 +164,12 @@ mod imp {
         (from, to): (u64, u64),
         jobs: usize,
         mutant: Option<&str>,
-        hunt: bool,
+        mode: Mode,
     ) -> i32 {
+        let hunt = mode == Mode::Hunt;
         let wall = Instant::now();
+        let mut sim_ms_total = 0u64;
+        let total = to.saturating_sub(from);
         let mut pending: Vec<u64> = (from..to).rev().collect();
         let mut running: Vec<(u64, Child)> = Vec::new();
         let (mut passed, mut failed) = (0u64, Vec::new());
@@ -137,6 +189,26 @@ mod imp {
             let (seed, child) = running.remove(pos);
             let out = child.wait_with_output().expect("child output");
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Some(ms) = text
+                .split("sim_ms=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                sim_ms_total += ms;
+            }
+            if mode == Mode::Soak {
+                let done = passed + failed.len() as u64 + 1;
+                let width = 30;
+                let filled = (done * width / total.max(1)) as usize;
+                eprint!(
+                    "\r[{}{}] {done}/{total} seeds  {:.1} seeds/s  failures {}   ",
+                    "=".repeat(filled),
+                    " ".repeat(width as usize - filled),
+                    done as f64 / wall.elapsed().as_secs_f64().max(1e-3),
+                    failed.len() + usize::from(!out.status.success())
+                );
+            }
             if out.status.success() {
                 passed += 1;
                 if let Some(f) = text
@@ -152,7 +224,7 @@ mod imp {
             if hunt {
                 let reason = text
                     .lines()
-                    .next()
+                    .find(|l| l.starts_with("FAIL"))
                     .and_then(|l| l.split_once(": "))
                     .map_or("", |(_, r)| r);
                 println!(
@@ -180,10 +252,15 @@ mod imp {
             let i = ((failover.len() as f64 - 1.0) * p).round() as usize;
             failover.get(i).copied().unwrap_or(0)
         };
+        if mode == Mode::Soak {
+            eprintln!();
+        }
+        let wall_s = wall.elapsed().as_secs_f64().max(1e-3);
         println!(
-            "SWEEP scenario={scenario} seeds={from}..{to} passed={passed} failed={} wall_s={:.1} failover_ms(min/p50/p99/max)={}/{}/{}/{}",
+            "SWEEP scenario={scenario} seeds={from}..{to} passed={passed} failed={} wall_s={wall_s:.1} seeds_per_s={:.1} sim_s_per_wall_s={:.0} failover_ms(min/p50/p99/max)={}/{}/{}/{}",
             failed.len(),
-            wall.elapsed().as_secs_f64(),
+            total as f64 / wall_s,
+            sim_ms_total as f64 / 1000.0 / wall_s,
             failover.first().copied().unwrap_or(0),
             pct(0.5),
             pct(0.99),
@@ -193,6 +270,91 @@ mod imp {
             println!("  replay: {}", replay_command(scenario, *seed, mutant));
         }
         i32::from(!failed.is_empty())
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        Sweep,
+        Soak,
+        Hunt,
+    }
+
+    /// Runs one seed with only the fault pairs in `keep`; returns whether it
+    /// failed, and its output.
+    fn fails_with(
+        scenario: &str,
+        seed: u64,
+        mutant: Option<&str>,
+        keep: Option<&str>,
+    ) -> (bool, String) {
+        let out = spawn_run_keep(scenario, seed, mutant, keep)
+            .wait_with_output()
+            .expect("child output");
+        (
+            !out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Delta debugging (ddmin, complement removal) over the fault pairs of
+    /// a failing swarm seed: the smallest schedule that still fails.
+    fn minimize(scenario: &str, seed: u64, mutant: Option<&str>) -> i32 {
+        let (failed, text) = fails_with(scenario, seed, mutant, None);
+        if !failed {
+            println!("seed {seed} passes; nothing to minimize");
+            return 1;
+        }
+        let Some(all) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SCHEDULE "))
+            .and_then(parse_keep)
+        else {
+            println!("scenario {scenario} has no fault schedule to minimize (use swarm)");
+            return 1;
+        };
+        println!(
+            "failing schedule: {} fault pairs ({})",
+            all.len(),
+            keep_arg(&all)
+        );
+        let mut current: Vec<usize> = all.into_iter().collect();
+        let mut runs = 1;
+        let mut chunks = 2usize;
+        while !current.is_empty() {
+            let size = current.len().div_ceil(chunks.min(current.len()));
+            let mut reduced = false;
+            for start in (0..current.len()).step_by(size.max(1)) {
+                let candidate: Vec<usize> = current
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i < start || *i >= start + size)
+                    .map(|(_, v)| *v)
+                    .collect();
+                let keep = keep_arg(&candidate.iter().copied().collect());
+                runs += 1;
+                if fails_with(scenario, seed, mutant, Some(&keep)).0 {
+                    println!("  still fails with {} pairs: {keep}", candidate.len());
+                    current = candidate;
+                    chunks = chunks.saturating_sub(1).max(2);
+                    reduced = true;
+                    break;
+                }
+            }
+            if !reduced {
+                if chunks >= current.len() {
+                    break;
+                }
+                chunks = (chunks * 2).min(current.len());
+            }
+        }
+        let keep = keep_arg(&current.iter().copied().collect());
+        let mutant_arg = mutant.map(|m| format!(" --mutant {m}")).unwrap_or_default();
+        println!(
+            "MINIMAL seed={seed} pairs={} runs={runs} keep={keep}",
+            current.len()
+        );
+        println!("  replay: cargo sim run --scenario {scenario} --seed {seed}{mutant_arg} --keep {keep} --trace");
+        0
     }
 
     fn usage_exit() -> ! {
@@ -210,24 +372,30 @@ mod imp {
                     .or_else(|| std::env::var("MADSIM_TEST_SEED").ok())
                     .and_then(|s| s.parse().ok())
                     .unwrap_or_else(|| usage_exit());
-                run_one(
-                    &scenario,
-                    seed,
-                    args.iter().any(|a| a == "--trace"),
-                    mutant.as_deref(),
-                )
+                let trace = args.iter().any(|a| a == "--trace");
+                let keep = arg(&args, "--keep");
+                run_one(&scenario, seed, trace, mutant.as_deref(), keep.as_deref())
             }
-            Some(verb @ ("sweep" | "hunt")) => {
+            Some(verb @ ("sweep" | "hunt" | "soak")) => {
                 let range = arg(&args, "--seeds")
                     .and_then(|s| parse_range(&s))
                     .unwrap_or_else(|| usage_exit());
                 let jobs = arg(&args, "--jobs")
                     .and_then(|j| j.parse().ok())
                     .unwrap_or(2);
-                if verb == "hunt" && mutant.is_none() {
-                    usage_exit();
-                }
-                sweep(&scenario, range, jobs, mutant.as_deref(), verb == "hunt")
+                let mode = match verb {
+                    "hunt" if mutant.is_none() => usage_exit(),
+                    "hunt" => Mode::Hunt,
+                    "soak" => Mode::Soak,
+                    _ => Mode::Sweep,
+                };
+                sweep(&scenario, range, jobs, mutant.as_deref(), mode)
+            }
+            Some("minimize") => {
+                let seed = arg(&args, "--seed")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| usage_exit());
+                minimize(&scenario, seed, mutant.as_deref())
             }
             _ => usage_exit(),
         };
