@@ -178,4 +178,29 @@ fn planted_bugs_are_caught() {
         missed.is_empty(),
         "planted bugs not caught within their budget: {missed:?}"
     );
+
+    // A failing seed shrinks to a smaller fault schedule that still fails.
+    let out = Command::new(&sim)
+        .args([
+            "minimize",
+            "--scenario",
+            "swarm",
+            "--seed",
+            "2",
+            "--mutant",
+            "drop_last_log_entry",
+        ])
+        .output()
+        .expect("run sim minimize");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("failing") || l.starts_with("MINIMAL") || l.contains("replay:"))
+    {
+        show(line);
+    }
+    assert!(
+        out.status.success() && text.contains("MINIMAL"),
+        "minimize failed: {text}"
+    );
 }
