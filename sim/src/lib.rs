@@ -6,10 +6,11 @@
 //! carries the launcher that builds and runs the simulations (see
 //! `tests/simulations.rs`).
 
-#[cfg(madsim)]
 pub mod checkers;
 #[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod observers;
 #[cfg(madsim)]
 pub mod scenarios;
 #[cfg(madsim)]

@@ -11,8 +11,9 @@ use madsim::rand::Rng;
 use madsim::time::{sleep, Instant};
 use tracing::info;
 
-use crate::checkers::{acked_writes, Observers};
+use crate::checkers::{acked_writes, linearizable};
 use crate::cluster::{Formation, SimCluster};
+use crate::observers::Observers;
 use crate::workload::{self, History, SharedHistory};
 
 /// Bound on electing a leader once a fault is healed or a leader died.
@@ -35,6 +36,10 @@ pub struct Report {
     pub terms: usize,
     /// Fault pairs injected (swarm).
     pub faults: usize,
+    /// Register operations checked for linearizability.
+    pub register_ops: usize,
+    /// The linearizability search ran out of budget (no verdict).
+    pub linearizability_unknown: bool,
 }
 
 /// One scenario run: the cluster, its observers and the workload's history.
@@ -158,6 +163,14 @@ impl Run {
         if let Some(v) = history.violations.first() {
             return Err(v.clone());
         }
+        match linearizable::check(&history.registers) {
+            linearizable::Verdict::Linearizable => {}
+            linearizable::Verdict::Unknown => self.report.linearizability_unknown = true,
+            linearizable::Verdict::Violation(why) => {
+                return Err(format!("not linearizable: {why}"))
+            }
+        }
+        self.report.register_ops = history.registers.values().map(Vec::len).sum();
         for i in all {
             let s = self.cluster.server(i).ok_or("server vanished")?;
             s.view().read(|sm| {

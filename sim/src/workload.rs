@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::rand::Rng;
+
+use crate::checkers::linearizable::{Op, OpKind};
 use mesh_net::http_client::HttpClient;
 
 /// What the workload observed.
@@ -28,6 +30,56 @@ pub struct History {
     pub reads_failed: u64,
     /// Violations seen by clients.
     pub violations: Vec<String>,
+    /// Operations on the shared registers, per key, for the
+    /// linearizability checker.
+    pub registers: BTreeMap<String, Vec<Op>>,
+}
+
+/// Shared register keys every client reads and overwrites.
+const REGISTERS: u64 = 3;
+
+fn now_ns() -> u64 {
+    madsim::time::TimeHandle::current().elapsed().as_nanos() as u64
+}
+
+/// One read or write of a shared register, recorded with its timing.
+async fn register_op(id: usize, n: u64, client: &mut HttpClient, history: &SharedHistory) {
+    let mut rng = madsim::rand::thread_rng();
+    let key = format!("reg/{}", rng.gen_range(0..REGISTERS));
+    let write = rng.gen_bool(0.5);
+    drop(rng);
+    let call = now_ns();
+    let kind = if write {
+        let value = format!("c{id}-{n}");
+        let r = client
+            .request("PUT", &format!("/v1/kv/{key}"), value.clone().into_bytes())
+            .await;
+        let ret = match r {
+            Ok(r) if r.status == 200 && r.body.starts_with(b"true") => now_ns(),
+            // Failed or timed out: it may still take effect later.
+            _ => u64::MAX,
+        };
+        Some((ret, OpKind::Write(value)))
+    } else {
+        match client
+            .request("GET", &format!("/v1/kv/{key}?raw"), vec![])
+            .await
+        {
+            Ok(r) if r.status == 200 => Some((now_ns(), OpKind::Read(Some(r.text())))),
+            Ok(r) if r.status == 404 => Some((now_ns(), OpKind::Read(None))),
+            // A failed read had no effect.
+            _ => None,
+        }
+    };
+    if let Some((ret, kind)) = kind {
+        let mut h = history.lock().expect("history");
+        h.registers.entry(key).or_default().push(Op {
+            client: id,
+            call,
+            ret,
+            kind,
+        });
+    }
 }
 
 /// Shared history.
@@ -51,6 +103,12 @@ pub async fn run_client(
     let mut last_acked: Option<(String, Vec<u8>)> = None;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let target = madsim::rand::thread_rng().gen_range(0..clients.len());
+        if madsim::rand::thread_rng().gen_bool(0.5) {
+            register_op(id, n, &mut clients[target], &history).await;
+            n += 1;
+            madsim::time::sleep(pause).await;
+            continue;
+        }
         let key = format!("w/{id}/{n}");
         let value = format!("v{n}").into_bytes();
         n += 1;

@@ -1,37 +1,8 @@
-//! Cluster properties, one per file, each checked from observations the
-//! harness makes while the simulation runs.
+//! Cluster properties, one per file, each citing where it comes from.
+//! They are pure (no simulator types) so their own unit tests run in a
+//! plain `cargo test`.
 
 pub mod acked_writes;
 pub mod election;
+pub mod linearizable;
 pub mod state_machine;
-
-use crate::cluster::SimCluster;
-
-/// Every checker fed by periodic sampling of the live servers.
-#[derive(Default)]
-pub struct Observers {
-    /// Election safety.
-    pub election: election::ElectionSafety,
-    /// State-machine safety.
-    pub state_machine: state_machine::StateMachineSafety,
-}
-
-impl Observers {
-    /// Samples every live server once.
-    pub fn sample(&mut self, cluster: &SimCluster) -> Result<(), String> {
-        for i in cluster.running() {
-            let Some(server) = cluster.server(i) else {
-                continue;
-            };
-            let m = server.metrics();
-            if server.is_leader() {
-                self.election
-                    .observe(m.current_term, &cluster.servers[i].name)?;
-            }
-            let (applied, digest) = server.view().digest();
-            self.state_machine
-                .observe(&cluster.servers[i].name, applied, digest)?;
-        }
-        Ok(())
-    }
-}

@@ -1,0 +1,231 @@
+//! Linearizability of KV registers (Herlihy & Wing 1990), checked with the
+//! Wing–Gong search and Lowe's memoization (as in Porcupine), one key at a
+//! time (P-compositionality: a history is linearizable iff each key's
+//! sub-history is).
+//!
+//! Each operation has an invocation and a response time. A write whose
+//! outcome is unknown (timeout, "outcome unknown" error) may have taken
+//! effect at any point after its invocation, or never: it gets an infinite
+//! response time and may be left out. Reads that failed had no effect and
+//! are not recorded. The search has a state budget; past it the answer is
+//! "unknown", never a loop.
+
+use std::collections::{BTreeMap, HashSet};
+
+/// One operation on one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    /// Which client (for messages).
+    pub client: usize,
+    /// Invocation time (ns of simulated time).
+    pub call: u64,
+    /// Response time; `u64::MAX` when the outcome is unknown.
+    pub ret: u64,
+    /// What it did and saw.
+    pub kind: OpKind,
+}
+
+/// A register operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpKind {
+    /// A write of this value (acknowledged, or unknown if `ret == u64::MAX`).
+    Write(String),
+    /// A read that returned this value (`None`: key absent).
+    Read(Option<String>),
+}
+
+/// The verdict for one history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A linearization exists.
+    Linearizable,
+    /// None exists.
+    Violation(String),
+    /// The search budget ran out.
+    Unknown,
+}
+
+/// Search states explored per key before giving up.
+pub const STATE_BUDGET: usize = 200_000;
+
+/// Checks every key's history; the first violation wins, otherwise
+/// `Unknown` if any key ran out of budget.
+pub fn check(histories: &BTreeMap<String, Vec<Op>>) -> Verdict {
+    let mut unknown = false;
+    for (key, ops) in histories {
+        match check_key(ops, STATE_BUDGET) {
+            Verdict::Linearizable => {}
+            Verdict::Unknown => unknown = true,
+            Verdict::Violation(why) => return Verdict::Violation(format!("key {key}: {why}")),
+        }
+    }
+    if unknown {
+        Verdict::Unknown
+    } else {
+        Verdict::Linearizable
+    }
+}
+
+/// Checks one register's history.
+pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
+    let n = ops.len();
+    let words = n.div_ceil(64);
+    let mut done = vec![0u64; words];
+    let required: usize = ops.iter().filter(|o| o.ret != u64::MAX).count();
+    let mut seen: HashSet<(Vec<u64>, Option<String>)> = HashSet::new();
+    let mut explored = 0usize;
+    // Explicit DFS stack: (chosen op, state before it).
+    let mut stack: Vec<(usize, Option<String>)> = Vec::new();
+    let mut state: Option<String> = None;
+    let mut linearized_required = 0usize;
+    let mut next_start = 0usize;
+    loop {
+        if linearized_required == required {
+            return Verdict::Linearizable;
+        }
+        // The earliest response among pending ops bounds what may go next.
+        let min_ret = (0..n)
+            .filter(|i| done[i / 64] & (1 << (i % 64)) == 0)
+            .map(|i| ops[i].ret)
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut advanced = false;
+        for i in next_start..n {
+            if done[i / 64] & (1 << (i % 64)) != 0 || ops[i].call > min_ret {
+                continue;
+            }
+            let next_state = match &ops[i].kind {
+                OpKind::Write(v) => Some(v.clone()),
+                OpKind::Read(v) if *v == state => state.clone(),
+                OpKind::Read(_) => continue,
+            };
+            done[i / 64] |= 1 << (i % 64);
+            if !seen.insert((done.clone(), next_state.clone())) {
+                done[i / 64] &= !(1 << (i % 64));
+                continue;
+            }
+            explored += 1;
+            if explored > budget {
+                return Verdict::Unknown;
+            }
+            stack.push((i, state.clone()));
+            if ops[i].ret != u64::MAX {
+                linearized_required += 1;
+            }
+            state = next_state;
+            next_start = 0;
+            advanced = true;
+            break;
+        }
+        if advanced {
+            continue;
+        }
+        // Dead end: undo the last choice and try the next candidate.
+        let Some((i, prev)) = stack.pop() else {
+            return Verdict::Violation(explain(ops));
+        };
+        done[i / 64] &= !(1 << (i % 64));
+        if ops[i].ret != u64::MAX {
+            linearized_required -= 1;
+        }
+        state = prev;
+        next_start = i + 1;
+    }
+}
+
+fn explain(ops: &[Op]) -> String {
+    // Point at a read that returned a value no write could have produced
+    // at that moment, if there is an obvious one.
+    for r in ops {
+        if let OpKind::Read(Some(v)) = &r.kind {
+            let written = ops
+                .iter()
+                .any(|w| w.kind == OpKind::Write(v.clone()) && w.call <= r.ret);
+            if !written {
+                return format!(
+                    "client {} read {v:?}, which no write had produced",
+                    r.client
+                );
+            }
+        }
+    }
+    format!("no linearization of {} operations exists", ops.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(client: usize, call: u64, ret: u64, v: &str) -> Op {
+        Op {
+            client,
+            call,
+            ret,
+            kind: OpKind::Write(v.into()),
+        }
+    }
+
+    fn r(client: usize, call: u64, ret: u64, v: Option<&str>) -> Op {
+        Op {
+            client,
+            call,
+            ret,
+            kind: OpKind::Read(v.map(str::to_string)),
+        }
+    }
+
+    #[test]
+    fn sequential_history_is_linearizable() {
+        let h = vec![
+            r(0, 0, 1, None),
+            w(0, 2, 3, "a"),
+            r(1, 4, 5, Some("a")),
+            w(1, 6, 7, "b"),
+            r(0, 8, 9, Some("b")),
+        ];
+        assert_eq!(check_key(&h, 1000), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn concurrent_ops_may_order_either_way() {
+        // The write overlaps both reads: old-then-new is fine.
+        let h = vec![w(0, 0, 10, "a"), r(1, 1, 2, None), r(2, 3, 4, Some("a"))];
+        assert_eq!(check_key(&h, 1000), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn stale_read_after_acknowledged_write_is_a_violation() {
+        let h = vec![w(0, 0, 1, "a"), w(0, 2, 3, "b"), r(1, 4, 5, Some("a"))];
+        assert!(matches!(check_key(&h, 1000), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn reads_must_not_go_back_in_time() {
+        // New value seen, then the old one again, with no write in between.
+        let h = vec![
+            w(0, 0, 1, "a"),
+            w(0, 2, 20, "b"),
+            r(1, 3, 4, Some("b")),
+            r(2, 5, 6, Some("a")),
+        ];
+        assert!(matches!(check_key(&h, 1000), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn unknown_writes_may_or_may_not_apply() {
+        let took = vec![w(0, 0, u64::MAX, "a"), r(1, 5, 6, Some("a"))];
+        assert_eq!(check_key(&took, 1000), Verdict::Linearizable);
+        let lost = vec![w(0, 0, u64::MAX, "a"), r(1, 5, 6, None)];
+        assert_eq!(check_key(&lost, 1000), Verdict::Linearizable);
+        let phantom = vec![r(1, 0, 1, Some("zzz"))];
+        assert!(matches!(check_key(&phantom, 1000), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn budget_exhaustion_says_unknown() {
+        // Many fully concurrent writes and a read that matches none.
+        let mut h: Vec<Op> = (0..40).map(|i| w(i, 0, 100, &format!("v{i}"))).collect();
+        h.push(r(99, 200, 201, Some("nope")));
+        assert_eq!(check_key(&h, 500), Verdict::Unknown);
+    }
+}
