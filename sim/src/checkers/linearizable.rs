@@ -89,7 +89,7 @@ pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
             .map(|i| ops[i].ret)
             .min()
             .unwrap_or(u64::MAX);
-        let mut advanced = false;
+        let mut chosen = None;
         for i in next_start..n {
             if done[i / 64] & (1 << (i % 64)) != 0 || ops[i].call > min_ret {
                 continue;
@@ -100,24 +100,25 @@ pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
                 OpKind::Read(_) => continue,
             };
             done[i / 64] |= 1 << (i % 64);
-            if !seen.insert((done.clone(), next_state.clone())) {
-                done[i / 64] &= !(1 << (i % 64));
-                continue;
+            let fresh = seen.insert((done.clone(), next_state.clone()));
+            done[i / 64] &= !(1 << (i % 64));
+            if fresh {
+                chosen = Some((i, next_state));
+                break;
             }
+        }
+        if let Some((i, next_state)) = chosen {
             explored += 1;
             if explored > budget {
                 return Verdict::Unknown;
             }
+            done[i / 64] |= 1 << (i % 64);
             stack.push((i, state.clone()));
             if ops[i].ret != u64::MAX {
                 linearized_required += 1;
             }
             state = next_state;
             next_start = 0;
-            advanced = true;
-            break;
-        }
-        if advanced {
             continue;
         }
         // Dead end: undo the last choice and try the next candidate.
