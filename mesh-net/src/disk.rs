@@ -141,6 +141,11 @@ struct MemFile {
 #[derive(Debug, Clone, Default)]
 pub struct MemDisk {
     files: Arc<Mutex<BTreeMap<String, MemFile>>>,
+    full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn disk_full() -> io::Error {
+    io::Error::new(io::ErrorKind::StorageFull, "No space left on device")
 }
 
 impl MemDisk {
@@ -174,6 +179,24 @@ impl MemDisk {
         }
     }
 
+    /// Makes every later write fail with "No space left on device" (or
+    /// stop failing).
+    pub fn set_full(&self, full: bool) {
+        self.full.store(full, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check_space(&self) -> io::Result<()> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(disk_full());
+        }
+        Ok(())
+    }
+
+    /// Loses every file (an operator wiping a data dir).
+    pub fn wipe(&self) {
+        self.files.lock().expect("disk lock poisoned").clear();
+    }
+
     /// Names and lengths of the stored files.
     pub fn listing(&self) -> Vec<(String, usize)> {
         let files = self.files.lock().expect("disk lock poisoned");
@@ -191,6 +214,7 @@ impl Disk for MemDisk {
     }
 
     fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.check_space()?;
         let mut files = self.files.lock().expect("disk lock poisoned");
         files
             .entry(name.to_string())
@@ -217,6 +241,7 @@ impl Disk for MemDisk {
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.check_space()?;
         let mut files = self.files.lock().expect("disk lock poisoned");
         files.insert(
             name.to_string(),

@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod agent;
+pub mod buggify;
 pub mod disk;
 pub mod http;
 pub mod http_client;

@@ -85,11 +85,22 @@ pub(crate) struct StoredRecord {
     pub payload: Vec<u8>,
 }
 
-/// Reads all records of `name`, truncating a torn tail. Unknown kinds are an
-/// error: they mean a newer or broken writer.
+/// How a file is written, which decides what a damaged tail means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    /// Appended to: a crash can tear the last record, which is cut off.
+    AppendOnly,
+    /// Replaced whole with `Disk::write_atomic`: a crash leaves the old or
+    /// the new content, never a torn one, so any damage is corruption.
+    Atomic,
+}
+
+/// Reads all records of `name`, truncating a torn tail of an append-only
+/// file. Unknown kinds are an error: they mean a newer or broken writer.
 pub(crate) fn read_records(
     disk: &dyn Disk,
     name: &str,
+    file_kind: FileKind,
     expected_kinds: &[u8],
 ) -> Result<Vec<StoredRecord>, OpenError> {
     let file = disk.describe(name);
@@ -117,6 +128,17 @@ pub(crate) fn read_records(
             kind: rec.kind,
             offset: rec.offset,
             payload: rec.payload.to_vec(),
+        });
+    }
+    if let (Some(torn), FileKind::Atomic) = (&scan.torn_tail, file_kind) {
+        // The simulator found this: a flipped length bit in the single vote
+        // record looked like a torn write, and the vote was silently lost.
+        return Err(OpenError::Corrupt {
+            file,
+            source: CorruptRecord {
+                offset: torn.offset,
+                reason: format!("{} in an atomically written file", torn.reason),
+            },
         });
     }
     if let Some(torn) = &scan.torn_tail {
@@ -165,7 +187,12 @@ impl LogStore {
         let mut entries = BTreeMap::new();
         let mut last_purged = None;
         let d = disk.as_ref();
-        for rec in read_records(d, LOG_FILE, &[KIND_ENTRY, KIND_TRUNCATE, KIND_PURGE])? {
+        for rec in read_records(
+            d,
+            LOG_FILE,
+            FileKind::AppendOnly,
+            &[KIND_ENTRY, KIND_TRUNCATE, KIND_PURGE],
+        )? {
             match rec.kind {
                 KIND_ENTRY => {
                     let e: Entry = decode_record(d, LOG_FILE, &rec)?;
@@ -185,7 +212,7 @@ impl LogStore {
         if mutants::enabled(Mutant::DropLastLogEntry) {
             entries.pop_last();
         }
-        let vote = match read_records(d, VOTE_FILE, &[KIND_VOTE])?.pop() {
+        let vote = match read_records(d, VOTE_FILE, FileKind::Atomic, &[KIND_VOTE])?.pop() {
             Some(rec) => Some(decode_record::<Vote>(d, VOTE_FILE, &rec)?),
             None => None,
         };
@@ -390,6 +417,20 @@ mod tests {
         write_direct(&disk, &[entry(1, 3)]);
         let store = LogStore::open(Arc::new(disk)).unwrap();
         assert_eq!(indexes(&store), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn damaged_vote_is_corruption_never_a_torn_tail() {
+        let disk = MemDisk::new();
+        let vote = Vote::new(3, 7);
+        disk.write_atomic(VOTE_FILE, &json_record(KIND_VOTE, &vote))
+            .unwrap();
+        assert!(LogStore::open(Arc::new(disk.clone())).is_ok());
+        // A flipped high bit of the length makes the record overrun the
+        // file: in an append-only file that reads as a torn write.
+        assert!(disk.flip_bit(VOTE_FILE, 3, 7));
+        let err = LogStore::open(Arc::new(disk)).err().expect("must refuse");
+        assert!(err.to_string().contains("raft.vote"), "{err}");
     }
 
     #[test]

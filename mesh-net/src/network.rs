@@ -16,7 +16,7 @@ use openraft::raft::{
 use openraft::storage::Snapshot;
 use openraft::AnyError;
 
-use crate::raft_types::{RaftReply, RaftRequest, ServerNode, TypeConfig, Vote};
+use crate::raft_types::{RaftEnvelope, RaftReply, RaftRequest, ServerNode, TypeConfig, Vote};
 use crate::rpc::{CallError, RpcClient, RpcRequest};
 
 /// Creates a [`PeerNetwork`] per replication target.
@@ -70,7 +70,14 @@ impl PeerNetwork {
     async fn call(&self, req: RaftRequest, timeout: Duration) -> Result<RaftReply, CallError> {
         let resp = self
             .rpc
-            .call(&self.node.rpc_addr, &RpcRequest::Raft(req), timeout)
+            .call(
+                &self.node.rpc_addr,
+                &RpcRequest::Raft(RaftEnvelope {
+                    to: self.target,
+                    msg: req,
+                }),
+                timeout,
+            )
             .await?;
         match resp {
             Response::Raft(reply) => Ok(reply),

@@ -20,10 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::raft_types::{RaftReply, RaftRequest};
+use crate::raft_types::{RaftEnvelope, RaftReply};
 
 /// A request on the mesh's RPC port.
-pub type RpcRequest = Request<RaftRequest>;
+pub type RpcRequest = Request<RaftEnvelope>;
 /// A response on the mesh's RPC port.
 pub type RpcResponse = Response<RaftReply>;
 
@@ -243,6 +243,12 @@ impl RpcClient {
     }
 
     async fn exchange(stream: &mut TcpStream, req: &RpcRequest) -> io::Result<RpcResponse> {
+        if crate::buggify::fires("rpc_send") {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "buggify: rpc send failed",
+            ));
+        }
         write_message(stream, req).await?;
         match read_message(stream).await? {
             Some(resp) => Ok(resp),

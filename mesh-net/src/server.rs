@@ -29,10 +29,10 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::disk::Disk;
-use crate::log_store::{decode_record, json_record, read_records, LogStore, OpenError};
+use crate::log_store::{decode_record, json_record, read_records, FileKind, LogStore, OpenError};
 use crate::mutants::{self, Mutant};
 use crate::network::NetworkFactory;
-use crate::raft_types::{Raft, RaftReply, RaftRequest, ServerNode};
+use crate::raft_types::{Raft, RaftEnvelope, RaftReply, RaftRequest, ServerNode};
 use crate::rpc::{self, RpcClient, RpcRequest, RpcResponse};
 use crate::state_store::{StateStore, StateView};
 
@@ -138,7 +138,7 @@ pub struct Server {
 }
 
 fn load_or_create_node_id(disk: &dyn Disk) -> Result<u64, StartError> {
-    if let Some(rec) = read_records(disk, NODE_ID_FILE, &[KIND_NODE_ID])?.pop() {
+    if let Some(rec) = read_records(disk, NODE_ID_FILE, FileKind::Atomic, &[KIND_NODE_ID])?.pop() {
         return Ok(decode_record(disk, NODE_ID_FILE, &rec)?);
     }
     // Seeded in the simulator (see the getrandom patch); never 0.
@@ -399,7 +399,21 @@ impl Server {
     /// Answers one request that arrived on the RPC port.
     pub async fn handle_rpc(self: Arc<Self>, req: RpcRequest) -> RpcResponse {
         match req {
-            Request::Raft(raft_req) => Response::Raft(self.handle_raft(raft_req).await),
+            Request::Raft(RaftEnvelope { to, .. }) if to != self.node_id => Response::Error(RpcError::Rejected(format!(
+                "raft message for node {to} reached node {} (the server at this address was replaced)",
+                self.node_id
+            ))),
+            Request::Raft(RaftEnvelope {
+                msg: RaftRequest::Snapshot { .. },
+                ..
+            }) if crate::buggify::fires("snapshot_install") =>
+            {
+                // The transfer breaks before the install; the leader retries.
+                Response::Error(RpcError::Internal(
+                    "buggify: snapshot install interrupted".into(),
+                ))
+            }
+            Request::Raft(env) => Response::Raft(self.handle_raft(env.msg).await),
             Request::Hello(peer) => {
                 self.observe_server(peer);
                 Response::Status(self.status())
@@ -554,6 +568,11 @@ impl Server {
             })
             .map(|(id, _)| *id)
             .collect();
+        if crate::buggify::fires("membership_change") {
+            return Err(RpcError::Internal(
+                "buggify: membership change aborted".into(),
+            ));
+        }
         info!(joining = %node, ?stale, "adding server to the cluster");
         self.raft
             .add_learner(info.node_id, node, true)
@@ -923,7 +942,9 @@ impl Server {
         // leader lease refuses to vote); ask again until it wins.
         let round = Duration::from_millis(self.config.timing.election_timeout_max_ms * 2);
         while Instant::now() < deadline {
-            if let Err(e) = self
+            if crate::buggify::fires("leader_hand_off") {
+                warn!("buggify: hand-off request dropped");
+            } else if let Err(e) = self
                 .rpc
                 .call(&node.rpc_addr, &Request::TimeoutNow, Duration::from_secs(1))
                 .await

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::disk::Disk;
-use crate::log_store::{read_records, OpenError};
+use crate::log_store::{read_records, FileKind, OpenError};
 use crate::mutants::{self, Mutant};
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -28,6 +28,9 @@ struct Inner {
     membership: StoredMembership,
     snapshot: Option<(SnapshotMeta, Vec<u8>)>,
     snapshots_built: u64,
+    /// `(applied index, digest)` computed last; the digest walks the whole
+    /// state, and checkers ask for it often.
+    digest_cache: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 /// Shared, read-only access to the applied state for the HTTP API and the
@@ -52,7 +55,18 @@ impl StateView {
     /// The applied index and the state digest at that index, read atomically.
     pub fn digest(&self) -> (u64, u64) {
         let inner = self.inner.read().expect("state lock poisoned");
-        (inner.sm.last_applied(), inner.sm.digest())
+        let applied = inner.sm.last_applied();
+        let mut cache = inner.digest_cache.lock().expect("digest cache poisoned");
+        match *cache {
+            // The state changes only by applying (which advances the index)
+            // or by installing a snapshot (which clears the cache).
+            Some((index, digest)) if index == applied => (index, digest),
+            _ => {
+                let digest = inner.sm.digest();
+                *cache = Some((applied, digest));
+                (applied, digest)
+            }
+        }
     }
 
     /// Resolves once the applied index changes (or immediately if it changed
@@ -113,8 +127,16 @@ impl StateStore {
             membership: StoredMembership::default(),
             snapshot: None,
             snapshots_built: 0,
+            digest_cache: std::sync::Mutex::new(None),
         };
-        if let Some(rec) = read_records(disk.as_ref(), SNAPSHOT_FILE, &[KIND_SNAPSHOT])?.pop() {
+        if let Some(rec) = read_records(
+            disk.as_ref(),
+            SNAPSHOT_FILE,
+            FileKind::Atomic,
+            &[KIND_SNAPSHOT],
+        )?
+        .pop()
+        {
             let undecodable = |reason: String| OpenError::Undecodable {
                 file: disk.describe(SNAPSHOT_FILE),
                 offset: rec.offset,
@@ -269,6 +291,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let applied = {
             let mut inner = self.inner.write().expect("state lock poisoned");
             inner.sm = sm;
+            *inner.digest_cache.lock().expect("digest cache poisoned") = None;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             inner.snapshot = Some((meta.clone(), *snapshot));

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
 use mesh_core::formation::BootstrapMode;
 use mesh_net::agent::{Agent, AgentConfig};
@@ -39,6 +40,8 @@ pub struct SimServer {
     pub disk: MemDisk,
     /// The running server, published by the node's init task.
     pub live: Arc<Mutex<Option<Arc<Server>>>>,
+    /// Why the agent refused to start (e.g. corrupt storage), if it did.
+    pub start_error: Arc<Mutex<Option<String>>>,
     /// The madsim node, once created.
     pub node: Option<NodeHandle>,
     /// Whether it is up.
@@ -78,6 +81,7 @@ impl SimCluster {
                 ip: server_ip(i),
                 disk: MemDisk::new(),
                 live: Arc::new(Mutex::new(None)),
+                start_error: Arc::new(Mutex::new(None)),
                 node: None,
                 running: false,
                 formation,
@@ -148,6 +152,7 @@ impl SimCluster {
         let s = &mut self.servers[i];
         let disk = s.disk.clone();
         let live = s.live.clone();
+        let start_error = s.start_error.clone();
         let name = s.name.clone();
         let node = Handle::current()
             .create_node()
@@ -157,11 +162,18 @@ impl SimCluster {
                 let config = config.clone();
                 let disk = disk.clone();
                 let live = live.clone();
+                let start_error = start_error.clone();
                 let span = tracing::info_span!("node", name = %name);
                 async move {
-                    let agent = Agent::start(config, Arc::new(disk))
-                        .await
-                        .expect("agent failed to start on a healthy sim disk");
+                    let agent = match Agent::start(config, Arc::new(disk)).await {
+                        Ok(agent) => agent,
+                        Err(e) => {
+                            // As `mesh agent` exits: refuse to serve.
+                            tracing::error!(error = %e, "agent refused to start");
+                            *start_error.lock().expect("start error lock") = Some(e.to_string());
+                            return;
+                        }
+                    };
                     *live.lock().expect("live lock") = Some(agent.server().clone());
                     agent.left().await;
                     agent.stop().await;
@@ -184,6 +196,57 @@ impl SimCluster {
         *s.live.lock().expect("live lock") = None;
         s.disk.crash(torn_bytes);
         s.running = false;
+    }
+
+    /// Why server `i` refused to start, if it did.
+    pub fn start_error(&self, i: usize) -> Option<String> {
+        self.servers[i]
+            .start_error
+            .lock()
+            .expect("start error lock")
+            .clone()
+    }
+
+    /// Flips one seed-chosen bit in the first three quarters of one of
+    /// server `i`'s files (a media fault). The tail is spared: a damaged
+    /// last record is indistinguishable from a torn write by design.
+    pub fn flip_bit(&self, i: usize) -> Option<(String, usize)> {
+        let files: Vec<(String, usize)> = self.servers[i]
+            .disk
+            .listing()
+            .into_iter()
+            .filter(|(_, len)| *len >= 16)
+            .collect();
+        if files.is_empty() {
+            return None;
+        }
+        let mut rng = madsim::rand::thread_rng();
+        let (name, len) = files[rng.gen_range(0..files.len())].clone();
+        let byte = rng.gen_range(0..len * 3 / 4);
+        let bit = rng.gen_range(0..8u8);
+        self.servers[i].disk.flip_bit(&name, byte, bit);
+        Some((name, byte))
+    }
+
+    /// The operator's answer to a server that refuses to start on corrupt
+    /// storage: wipe its data dir and start it fresh; it rejoins under a new
+    /// id and replaces its stale entry.
+    pub fn wipe_and_restart(&mut self, i: usize) {
+        info!(server = %self.servers[i].name, "wiping data dir and restarting");
+        if self.servers[i].running {
+            self.crash(i, 0);
+        }
+        self.servers[i].disk.wipe();
+        *self.servers[i]
+            .start_error
+            .lock()
+            .expect("start error lock") = None;
+        self.start(i);
+    }
+
+    /// Fills (or frees) server `i`'s disk.
+    pub fn set_disk_full(&self, i: usize, full: bool) {
+        self.servers[i].disk.set_full(full);
     }
 
     /// The live server `i`, if it runs and finished starting.

@@ -28,4 +28,5 @@ pub const SCENARIOS: &[&str] = &[
     "full_restart",
     "leave_rejoin",
     "swarm",
+    "scale",
 ];

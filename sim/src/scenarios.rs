@@ -36,6 +36,10 @@ pub struct Report {
     pub terms: usize,
     /// Fault pairs injected (swarm).
     pub faults: usize,
+    /// Restarts that refused corrupt storage (then wiped and rejoined).
+    pub refused_corrupt: usize,
+    /// Simulated ms from healing every fault to a converged cluster.
+    pub converge_ms: u64,
     /// Register operations checked for linearizability.
     pub register_ops: usize,
     /// The linearizability search ran out of budget (no verdict).
@@ -108,6 +112,11 @@ impl Run {
     }
 
     pub(crate) fn start_workload(&self, clients: usize) {
+        self.start_workload_sized(clients, 0);
+    }
+
+    /// Starts `clients` KV clients writing values of at least `value_bytes`.
+    pub(crate) fn start_workload_sized(&self, clients: usize, value_bytes: usize) {
         self.stop.store(false, Ordering::SeqCst);
         let servers: Vec<String> = (0..self.cluster.servers.len())
             .map(|i| self.cluster.http_addr(i))
@@ -116,7 +125,8 @@ impl Run {
             let (servers, history, stop) =
                 (servers.clone(), self.history.clone(), self.stop.clone());
             self.cluster.client.spawn(async move {
-                workload::run_client(id, servers, history, stop, Duration::from_millis(20)).await;
+                let pause = Duration::from_millis(20);
+                workload::run_client(id, servers, history, stop, pause, value_bytes).await;
             });
         }
     }
@@ -131,6 +141,7 @@ impl Run {
     /// server converges to the same state, every acknowledged write is there.
     pub(crate) async fn converge(&mut self) -> Result<(), String> {
         info!("phase: liveness (faults healed)");
+        let healed_at = Instant::now();
         let all: Vec<usize> = (0..self.cluster.servers.len()).collect();
         let leader = self.leader_among(&all, ELECTION_BOUND * 2).await?;
         // A write through the leader commits everything before it.
@@ -159,6 +170,7 @@ impl Run {
             }
             sleep(Duration::from_millis(10)).await;
         }
+        self.report.converge_ms = healed_at.elapsed().as_millis() as u64;
         let history = self.history.lock().expect("history");
         if let Some(v) = history.violations.first() {
             return Err(v.clone());
@@ -409,6 +421,63 @@ async fn leave_rejoin() -> Result<Report, String> {
     Ok(run.report)
 }
 
+/// Scale: five servers under a write-heavy workload of many keys with
+/// 16 KiB values, snapshots and log compaction every 64 entries, while
+/// servers crash (with torn tails) or get cut off; then everything heals
+/// and the cluster must converge. Reports the convergence time.
+async fn scale() -> Result<Report, String> {
+    let mut run = Run::new(vec![Formation::Expect(5); 5], 64);
+    run.start_all_shuffled(500).await?;
+    let all: Vec<usize> = (0..5).collect();
+    run.leader_among(&all, ELECTION_BOUND).await?;
+    run.wait_voters(5, Duration::from_secs(10)).await?;
+    info!("phase: write-heavy workload under faults");
+    run.start_workload_sized(8, 16 * 1024);
+    for _ in 0..4 {
+        run.settle(rand_ms(300, 1500)).await?;
+        let target = madsim::rand::thread_rng().gen_range(0..5);
+        let crash = madsim::rand::thread_rng().gen_bool(0.5);
+        if crash {
+            let torn = madsim::rand::thread_rng().gen_range(0..4096);
+            run.cluster.crash(target, torn);
+        } else {
+            run.cluster.isolate(target);
+        }
+        run.settle(rand_ms(500, 3000)).await?;
+        if crash {
+            run.cluster.start(target);
+        } else {
+            run.cluster.heal(target);
+        }
+    }
+    info!("phase: healed; measuring convergence");
+    let healed = Instant::now();
+    run.stop.store(true, Ordering::SeqCst);
+    loop {
+        run.observers.sample(&run.cluster)?;
+        let digests: Vec<(u64, u64)> = all
+            .iter()
+            .filter_map(|i| run.cluster.server(*i).map(|s| s.view().digest()))
+            .collect();
+        let same = digests.len() == all.len() && digests.windows(2).all(|w| w[0] == w[1]);
+        if same && run.agreed(&all).is_some() {
+            break;
+        }
+        if healed.elapsed() > CONVERGE_BOUND {
+            return Err(format!(
+                "scale: no convergence within {CONVERGE_BOUND:?} of healing: {digests:?}"
+            ));
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    let converge_ms = healed.elapsed().as_millis() as u64;
+    info!(converge_ms, "converged");
+    run.stop_workload().await?;
+    run.converge().await?;
+    run.report.converge_ms = converge_ms;
+    Ok(run.report)
+}
+
 /// Runs scenario `name` in the current simulation.
 pub async fn run(name: &str) -> Result<Report, String> {
     // The seed also draws the network: per-packet latency up to 1-10 ms.
@@ -422,6 +491,7 @@ pub async fn run(name: &str) -> Result<Report, String> {
         "full_restart" => full_restart().await,
         "leave_rejoin" => leave_rejoin().await,
         "swarm" => crate::swarm::run().await,
+        "scale" => scale().await,
         other => Err(format!(
             "unknown scenario {other:?}; known: {:?}",
             crate::SCENARIOS

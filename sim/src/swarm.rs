@@ -46,6 +46,8 @@ pub struct Profile {
     pub clients: usize,
     /// Length of the safety phase.
     pub safety: Duration,
+    /// Fault points inside production code (`mesh_net::buggify`) are on.
+    pub buggify: bool,
 }
 
 /// A fault kind.
@@ -61,14 +63,23 @@ pub enum Kind {
     OneWay,
     /// Raise network latency for everyone, later restore.
     Latency,
+    /// Power loss plus a flipped bit in a stored record; on restart the
+    /// server must refuse its corrupt data (the operator then wipes it and
+    /// it rejoins) or recover from a clean torn tail.
+    Corrupt,
+    /// The disk fills up: writes fail; later space returns and the server
+    /// is restarted.
+    DiskFull,
 }
 
-const ALL_KINDS: [Kind; 5] = [
+const ALL_KINDS: [Kind; 7] = [
     Kind::Crash,
     Kind::Isolate,
     Kind::Pause,
     Kind::OneWay,
     Kind::Latency,
+    Kind::Corrupt,
+    Kind::DiskFull,
 ];
 
 /// One scheduled fault and its healing.
@@ -107,6 +118,7 @@ fn draw_profile() -> Profile {
         faults: rng.gen_range(1..=8),
         clients: rng.gen_range(1..=4),
         safety: Duration::from_millis(rng.gen_range(4_000..=10_000)),
+        buggify: rng.gen_bool(0.5),
     }
 }
 
@@ -127,7 +139,15 @@ fn draw_schedule(p: &Profile) -> Vec<FaultPair> {
             Kind::Latency => rng.gen_range(20..=300),
             _ => 0,
         };
-        if matches!(kind, Kind::Crash | Kind::Isolate | Kind::Pause) {
+        // Wiping more than one server's data could destroy a majority's
+        // copy of acknowledged writes, which no Raft cluster survives.
+        if kind == Kind::Corrupt && out.iter().any(|f: &FaultPair| f.kind == Kind::Corrupt) {
+            continue;
+        }
+        if matches!(
+            kind,
+            Kind::Crash | Kind::Isolate | Kind::Pause | Kind::Corrupt | Kind::DiskFull
+        ) {
             let overlaps = busy[target]
                 .iter()
                 .any(|(s, e)| at < *e + Duration::from_millis(50) && *s < at + lasts);
@@ -167,6 +187,18 @@ fn apply(run: &mut Run, f: &FaultPair, step: Step) {
         (Kind::OneWay, Step::Heal) => c.unclog_link(f.target, f.peer),
         (Kind::Latency, Step::Inject) => set_latency(f.amount),
         (Kind::Latency, Step::Heal) => set_latency(10),
+        (Kind::Corrupt, Step::Inject) => {
+            c.crash(f.target, 0);
+            let flipped = c.flip_bit(f.target);
+            info!(server = f.target, ?flipped, "flipped a stored bit");
+        }
+        (Kind::Corrupt, Step::Heal) => c.start(f.target),
+        (Kind::DiskFull, Step::Inject) => c.set_disk_full(f.target, true),
+        (Kind::DiskFull, Step::Heal) => {
+            c.set_disk_full(f.target, false);
+            c.crash(f.target, 0);
+            c.start(f.target);
+        }
     }
 }
 
@@ -186,9 +218,12 @@ pub async fn run() -> Result<Report, String> {
         .into_iter()
         .filter(|f| keep.as_ref().is_none_or(|k| k.contains(&f.id)))
         .collect();
-    info!(servers = profile.servers, kinds = ?profile.kinds, clients = profile.clients, safety_ms = profile.safety.as_millis() as u64, "swarm profile");
+    info!(servers = profile.servers, kinds = ?profile.kinds, clients = profile.clients, buggify = profile.buggify, safety_ms = profile.safety.as_millis() as u64, "swarm profile");
     for f in &schedule {
         info!(id = f.id, kind = ?f.kind, target = f.target, peer = f.peer, amount = f.amount, at_ms = f.at.as_millis() as u64, lasts_ms = f.lasts.as_millis() as u64, "fault");
+    }
+    if profile.buggify {
+        mesh_net::buggify::enable(true);
     }
     let n = profile.servers;
     let mut run = Run::new(vec![Formation::Expect(n as u32); n], 100);
@@ -215,10 +250,19 @@ pub async fn run() -> Result<Report, String> {
         let f = schedule[i].clone();
         info!(id = f.id, kind = ?f.kind, inject, "fault step");
         apply(&mut run, &f, if inject { Step::Inject } else { Step::Heal });
+        if f.kind == Kind::Corrupt && !inject {
+            run.settle(Duration::from_millis(200)).await?;
+            if let Some(e) = run.cluster.start_error(f.target) {
+                info!(server = f.target, error = %e, "server refused corrupt storage");
+                run.report.refused_corrupt += 1;
+                run.cluster.wipe_and_restart(f.target);
+            }
+        }
     }
     let rest = profile.safety.saturating_sub(start.elapsed());
     run.settle(rest).await?;
     set_latency(10);
+    mesh_net::buggify::enable(false);
     run.stop_workload().await?;
     run.converge().await?;
     run.report.faults = schedule.len();

@@ -93,6 +93,7 @@ pub async fn run_client(
     history: SharedHistory,
     stop: Arc<std::sync::atomic::AtomicBool>,
     pause: Duration,
+    value_bytes: usize,
 ) {
     let mut n = 0u64;
     let mut last_index = 0u64;
@@ -110,7 +111,8 @@ pub async fn run_client(
             continue;
         }
         let key = format!("w/{id}/{n}");
-        let value = format!("v{n}").into_bytes();
+        let mut value = format!("v{n}").into_bytes();
+        value.resize(value.len().max(value_bytes), b'x');
         n += 1;
         match clients[target]
             .request("PUT", &format!("/v1/kv/{key}"), value.clone())

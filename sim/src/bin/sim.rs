@@ -102,7 +102,7 @@ mod imp {
         match result {
             Ok(report) => {
                 println!(
-                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} reads={} register_ops={} lin_unknown={} terms={} failover_ms={:?}",
+                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} reads={} register_ops={} lin_unknown={} terms={} converge_ms={} failover_ms={:?}",
                     t.hash,
                     t.lines,
                     sim_elapsed.as_millis(),
@@ -113,6 +113,7 @@ mod imp {
                     report.register_ops,
                     report.linearizability_unknown,
                     report.terms,
+                    report.converge_ms,
                     report.failover_ms
                 );
                 0
