@@ -270,12 +270,7 @@ pub fn kv(args: &[String]) -> Result<(), String> {
             if let Some(f) = flags.number::<u64>("flags")? {
                 query.push(format!("flags={f}"));
             }
-            if flags.bool("cas") {
-                let idx = flags
-                    .number::<u64>("modify-index")?
-                    .ok_or("Must specify -modify-index with -cas!")?;
-                query.push(format!("cas={idx}"));
-            }
+            query.extend(cas_param(&flags)?);
             let path = with_query(&format!("/v1/kv/{}", encode_path(&key)), &query);
             let resp = expect_ok(
                 call(&flags, "PUT", &path, value)?,
@@ -368,12 +363,7 @@ pub fn kv(args: &[String]) -> Result<(), String> {
             if flags.bool("recurse") {
                 query.push("recurse".to_string());
             }
-            if flags.bool("cas") {
-                let idx = flags
-                    .number::<u64>("modify-index")?
-                    .ok_or("Must specify -modify-index with -cas!")?;
-                query.push(format!("cas={idx}"));
-            }
+            query.extend(cas_param(&flags)?);
             let path = with_query(&format!("/v1/kv/{}", encode_path(&key)), &query);
             let resp = expect_ok(
                 call(&flags, "DELETE", &path, vec![])?,
@@ -388,6 +378,17 @@ pub fn kv(args: &[String]) -> Result<(), String> {
         }
         _ => Err("Usage: mesh kv <put|get|delete> [options] KEY".into()),
     }
+}
+
+/// `-cas -modify-index N` as Consul's `?cas=N`.
+fn cas_param(flags: &Flags) -> Result<Option<String>, String> {
+    if !flags.bool("cas") {
+        return Ok(None);
+    }
+    let idx = flags
+        .number::<u64>("modify-index")?
+        .ok_or("Must specify -modify-index with -cas!")?;
+    Ok(Some(format!("cas={idx}")))
 }
 
 fn with_query(path: &str, query: &[String]) -> String {

@@ -31,6 +31,12 @@ pub trait Disk: Send + Sync + 'static {
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
     /// A human-readable location, for error messages.
     fn describe(&self, name: &str) -> String;
+    /// Extra time a sync takes beyond the call itself. Real disks spend it
+    /// inside `sync`; the simulated disk reports it so the caller can wait
+    /// on the simulated clock (a slow-fsync fault).
+    fn sync_latency(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// Files in one directory on a real filesystem.
@@ -142,6 +148,7 @@ struct MemFile {
 pub struct MemDisk {
     files: Arc<Mutex<BTreeMap<String, MemFile>>>,
     full: Arc<std::sync::atomic::AtomicBool>,
+    sync_latency_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn disk_full() -> io::Error {
@@ -190,6 +197,14 @@ impl MemDisk {
             return Err(disk_full());
         }
         Ok(())
+    }
+
+    /// Makes every sync take `latency` longer (a slow or overloaded disk).
+    pub fn set_sync_latency(&self, latency: std::time::Duration) {
+        self.sync_latency_us.store(
+            latency.as_micros() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     /// Loses every file (an operator wiping a data dir).
@@ -251,6 +266,13 @@ impl Disk for MemDisk {
             },
         );
         Ok(())
+    }
+
+    fn sync_latency(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(
+            self.sync_latency_us
+                .load(std::sync::atomic::Ordering::SeqCst),
+        )
     }
 
     fn describe(&self, name: &str) -> String {

@@ -319,21 +319,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut inner = self.lock();
         let entries: Vec<Entry> = entries.into_iter().collect();
         let mut bytes = Vec::new();
         for e in &entries {
             bytes.extend_from_slice(&json_record(KIND_ENTRY, e));
         }
-        if let Err(e) = Self::append_durably(&inner, &bytes) {
-            let err = StorageIOError::write_logs(&e);
-            callback.log_io_completed(Err(e));
-            return Err(err.into());
+        // The lock guard must not live across the await below.
+        let written = {
+            let mut inner = self.lock();
+            match Self::append_durably(&inner, &bytes) {
+                Ok(()) => {
+                    for e in entries {
+                        inner.entries.insert(e.log_id.index, e);
+                    }
+                    Ok(inner.disk.sync_latency())
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let latency = match written {
+            Ok(latency) => latency,
+            Err(e) => {
+                let err = StorageIOError::write_logs(&e);
+                callback.log_io_completed(Err(e));
+                return Err(err.into());
+            }
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
-        for e in entries {
-            inner.entries.insert(e.log_id.index, e);
-        }
-        drop(inner);
         callback.log_io_completed(Ok(()));
         Ok(())
     }

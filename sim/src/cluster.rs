@@ -244,6 +244,11 @@ impl SimCluster {
         self.start(i);
     }
 
+    /// Makes server `i`'s fsyncs take `latency` longer.
+    pub fn set_sync_latency(&self, i: usize, latency: Duration) {
+        self.servers[i].disk.set_sync_latency(latency);
+    }
+
     /// Fills (or frees) server `i`'s disk.
     pub fn set_disk_full(&self, i: usize, full: bool) {
         self.servers[i].disk.set_full(full);

@@ -70,9 +70,17 @@ pub enum Kind {
     /// The disk fills up: writes fail; later space returns and the server
     /// is restarted.
     DiskFull,
+    /// Every fsync on one server takes `amount` ms longer.
+    SlowFsync,
+    /// Split the servers into a minority (`target` and the servers below it
+    /// in a seed-chosen rotation) and a majority, both directions.
+    Split,
+    /// Two halves that cannot see each other, plus `target` as a bridge
+    /// that sees both.
+    Bridge,
 }
 
-const ALL_KINDS: [Kind; 7] = [
+const ALL_KINDS: [Kind; 10] = [
     Kind::Crash,
     Kind::Isolate,
     Kind::Pause,
@@ -80,6 +88,9 @@ const ALL_KINDS: [Kind; 7] = [
     Kind::Latency,
     Kind::Corrupt,
     Kind::DiskFull,
+    Kind::SlowFsync,
+    Kind::Split,
+    Kind::Bridge,
 ];
 
 /// One scheduled fault and its healing.
@@ -137,6 +148,7 @@ fn draw_schedule(p: &Profile) -> Vec<FaultPair> {
         let amount = match kind {
             Kind::Crash => rng.gen_range(0..64),
             Kind::Latency => rng.gen_range(20..=300),
+            Kind::SlowFsync => rng.gen_range(5..=200),
             _ => 0,
         };
         // Wiping more than one server's data could destroy a majority's
@@ -193,6 +205,22 @@ fn apply(run: &mut Run, f: &FaultPair, step: Step) {
             info!(server = f.target, ?flipped, "flipped a stored bit");
         }
         (Kind::Corrupt, Step::Heal) => c.start(f.target),
+        (Kind::SlowFsync, Step::Inject) => {
+            c.set_sync_latency(f.target, Duration::from_millis(f.amount))
+        }
+        (Kind::SlowFsync, Step::Heal) => c.set_sync_latency(f.target, Duration::ZERO),
+        (Kind::Split | Kind::Bridge, step) => {
+            let inject = matches!(step, Step::Inject);
+            for (a, b) in cut_links(f, c.servers.len()) {
+                if inject {
+                    c.clog_link(a, b);
+                    c.clog_link(b, a);
+                } else {
+                    c.unclog_link(a, b);
+                    c.unclog_link(b, a);
+                }
+            }
+        }
         (Kind::DiskFull, Step::Inject) => c.set_disk_full(f.target, true),
         (Kind::DiskFull, Step::Heal) => {
             c.set_disk_full(f.target, false);
@@ -200,6 +228,24 @@ fn apply(run: &mut Run, f: &FaultPair, step: Step) {
             c.start(f.target);
         }
     }
+}
+
+/// The links a `Split` or `Bridge` cuts. Servers are rotated so `target`
+/// comes first; a split puts the first `n/2` (a minority) on one side; a
+/// bridge puts `target` on both sides and splits the rest in two.
+fn cut_links(f: &FaultPair, n: usize) -> Vec<(usize, usize)> {
+    let order: Vec<usize> = (0..n).map(|k| (f.target + k) % n).collect();
+    let (left, right): (Vec<usize>, Vec<usize>) = match f.kind {
+        Kind::Bridge => {
+            let rest = &order[1..];
+            let half = rest.len() / 2;
+            (rest[..half].to_vec(), rest[half..].to_vec())
+        }
+        _ => (order[..n / 2].to_vec(), order[n / 2..].to_vec()),
+    };
+    left.iter()
+        .flat_map(|a| right.iter().map(move |b| (*a, *b)))
+        .collect()
 }
 
 fn set_latency(max_ms: u64) {
