@@ -78,9 +78,12 @@ pub enum Kind {
     /// Two halves that cannot see each other, plus `target` as a bridge
     /// that sees both.
     Bridge,
+    /// Drop `amount` percent of packets everywhere; madsim's TCP retransmits
+    /// them with exponential backoff (up to 10 s), like real TCP.
+    Loss,
 }
 
-const ALL_KINDS: [Kind; 10] = [
+const ALL_KINDS: [Kind; 11] = [
     Kind::Crash,
     Kind::Isolate,
     Kind::Pause,
@@ -91,6 +94,7 @@ const ALL_KINDS: [Kind; 10] = [
     Kind::SlowFsync,
     Kind::Split,
     Kind::Bridge,
+    Kind::Loss,
 ];
 
 /// One scheduled fault and its healing.
@@ -149,6 +153,7 @@ fn draw_schedule(p: &Profile) -> Vec<FaultPair> {
             Kind::Crash => rng.gen_range(0..64),
             Kind::Latency => rng.gen_range(20..=300),
             Kind::SlowFsync => rng.gen_range(5..=200),
+            Kind::Loss => rng.gen_range(1..=20),
             _ => 0,
         };
         // Wiping more than one server's data could destroy a majority's
@@ -205,6 +210,8 @@ fn apply(run: &mut Run, f: &FaultPair, step: Step) {
             info!(server = f.target, ?flipped, "flipped a stored bit");
         }
         (Kind::Corrupt, Step::Heal) => c.start(f.target),
+        (Kind::Loss, Step::Inject) => set_loss(f.amount as f64 / 100.0),
+        (Kind::Loss, Step::Heal) => set_loss(0.0),
         (Kind::SlowFsync, Step::Inject) => {
             c.set_sync_latency(f.target, Duration::from_millis(f.amount))
         }
@@ -246,6 +253,10 @@ fn cut_links(f: &FaultPair, n: usize) -> Vec<(usize, usize)> {
     left.iter()
         .flat_map(|a| right.iter().map(move |b| (*a, *b)))
         .collect()
+}
+
+fn set_loss(rate: f64) {
+    madsim::net::NetSim::current().update_config(|c| c.packet_loss_rate = rate);
 }
 
 fn set_latency(max_ms: u64) {
@@ -308,6 +319,7 @@ pub async fn run() -> Result<Report, String> {
     let rest = profile.safety.saturating_sub(start.elapsed());
     run.settle(rest).await?;
     set_latency(10);
+    set_loss(0.0);
     mesh_net::buggify::enable(false);
     run.stop_workload().await?;
     run.converge().await?;
