@@ -151,7 +151,7 @@ fn planted_bugs_are_caught() {
         .map_or(2, |n| n.get())
         .to_string();
     let hunts = [
-        ("skip_read_quorum", "swarm", "0..200"),
+        ("skip_read_quorum", "swarm", "0..500"),
         ("ack_before_commit", "failover", "0..50"),
         ("skip_fsync", "full_restart", "0..50"),
         ("forget_vote", "full_restart", "0..50"),
