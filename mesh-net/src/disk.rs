@@ -43,7 +43,15 @@ pub trait Disk: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct FileDisk {
     dir: PathBuf,
-    open: Mutex<BTreeMap<String, File>>,
+    open: Mutex<BTreeMap<String, OpenFile>>,
+}
+
+/// An append handle, and whether the directory entry that names the file
+/// still has to be made durable (the file was created by this handle).
+#[derive(Debug)]
+struct OpenFile {
+    file: File,
+    dir_entry_unsynced: bool,
 }
 
 impl FileDisk {
@@ -65,16 +73,24 @@ impl FileDisk {
     fn with_file<T>(
         &self,
         name: &str,
-        f: impl FnOnce(&mut File) -> io::Result<T>,
+        f: impl FnOnce(&mut OpenFile) -> io::Result<T>,
     ) -> io::Result<T> {
         let mut open = self.open.lock().expect("disk lock poisoned");
         if !open.contains_key(name) {
+            let path = self.dir.join(name);
+            let existed = path.exists();
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .read(true)
-                .open(self.dir.join(name))?;
-            open.insert(name.to_string(), file);
+                .open(path)?;
+            open.insert(
+                name.to_string(),
+                OpenFile {
+                    file,
+                    dir_entry_unsynced: !existed,
+                },
+            );
         }
         f(open.get_mut(name).expect("inserted above"))
     }
@@ -98,22 +114,26 @@ impl Disk for FileDisk {
     }
 
     fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.with_file(name, |f| f.write_all(bytes))
+        self.with_file(name, |f| f.file.write_all(bytes))
     }
 
     fn sync(&self, name: &str) -> io::Result<()> {
-        let created = !self.dir.join(name).exists();
-        self.with_file(name, |f| f.sync_data())?;
-        if created {
-            self.sync_dir()?;
-        }
-        Ok(())
+        // A new file's name lives in the directory: sync that too, once,
+        // or a crash can lose the whole (synced) file.
+        self.with_file(name, |f| {
+            f.file.sync_data()?;
+            if f.dir_entry_unsynced {
+                self.sync_dir()?;
+                f.dir_entry_unsynced = false;
+            }
+            Ok(())
+        })
     }
 
     fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
         self.with_file(name, |f| {
-            f.set_len(len)?;
-            f.sync_all()
+            f.file.set_len(len)?;
+            f.file.sync_all()
         })
     }
 
