@@ -30,7 +30,6 @@ pub struct Agent {
     server: Arc<Server>,
     http_task: JoinHandle<()>,
     left: Arc<Notify>,
-    http_addr: SocketAddr,
 }
 
 impl Agent {
@@ -52,18 +51,12 @@ impl Agent {
             server,
             http_task,
             left,
-            http_addr: config.http_bind,
         })
     }
 
     /// The server of this agent.
     pub fn server(&self) -> &Arc<Server> {
         &self.server
-    }
-
-    /// The HTTP API address.
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
     }
 
     /// Resolves when the agent left the cluster through the API and must exit.
@@ -78,12 +71,6 @@ impl Agent {
         self.server
             .hand_off_leadership(Duration::from_secs(3))
             .await;
-        self.stop().await;
-    }
-
-    /// `mesh leave`: hand off leadership, leave the configuration, stop.
-    pub async fn leave(self) {
-        let _ = self.server.leave().await;
         self.stop().await;
     }
 

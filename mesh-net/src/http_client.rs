@@ -84,11 +84,6 @@ impl HttpClient {
         }
     }
 
-    /// The agent address.
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, HttpClientError> {
         let unreachable = |reason: String| HttpClientError::Unreachable {
             addr: self.addr.clone(),

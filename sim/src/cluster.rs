@@ -269,34 +269,6 @@ impl SimCluster {
             .collect()
     }
 
-    /// The leader every running server agrees on, if any.
-    pub fn agreed_leader(&self) -> Option<usize> {
-        let mut leader = None;
-        for i in self.running() {
-            let s = self.server(i)?;
-            let l = s.leader()?;
-            let idx = self.servers.iter().position(|x| x.name == l.name)?;
-            if leader.is_some_and(|x| x != idx) || !self.servers[idx].running {
-                return None;
-            }
-            leader = Some(idx);
-        }
-        let l = leader?;
-        self.server(l).filter(|s| s.is_leader()).map(|_| l)
-    }
-
-    /// Waits (simulated time) until running servers agree on a leader.
-    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<usize> {
-        let deadline = madsim::time::Instant::now() + timeout;
-        while madsim::time::Instant::now() < deadline {
-            if let Some(l) = self.agreed_leader() {
-                return Some(l);
-            }
-            madsim::time::sleep(Duration::from_millis(5)).await;
-        }
-        None
-    }
-
     /// Isolates server `i` from everyone (both directions).
     pub fn isolate(&self, i: usize) {
         if let Some(node) = &self.servers[i].node {
