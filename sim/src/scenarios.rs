@@ -157,10 +157,7 @@ impl Run {
         let deadline = Instant::now() + CONVERGE_BOUND;
         loop {
             self.observers.sample(&self.cluster)?;
-            let states: Vec<(u64, u64)> = all
-                .iter()
-                .filter_map(|i| self.cluster.server(*i).map(|s| s.view().digest()))
-                .collect();
+            let states = self.digests(&all);
             let target = leader_server.view().digest();
             if states.len() == all.len() && states.iter().all(|s| *s == target) {
                 break;
@@ -194,6 +191,14 @@ impl Run {
         self.report.reads_ok = history.reads_ok;
         self.report.terms = self.observers.election.terms_with_leader();
         Ok(())
+    }
+
+    /// `(applied index, state digest)` of each running server in `among`.
+    pub(crate) fn digests(&self, among: &[usize]) -> Vec<(u64, u64)> {
+        among
+            .iter()
+            .filter_map(|i| self.cluster.server(*i).map(|s| s.view().digest()))
+            .collect()
     }
 
     pub(crate) fn voters_everywhere(&self, n: usize) -> Result<(), String> {
@@ -455,10 +460,7 @@ async fn scale() -> Result<Report, String> {
     run.stop.store(true, Ordering::SeqCst);
     loop {
         run.observers.sample(&run.cluster)?;
-        let digests: Vec<(u64, u64)> = all
-            .iter()
-            .filter_map(|i| run.cluster.server(*i).map(|s| s.view().digest()))
-            .collect();
+        let digests = run.digests(&all);
         let same = digests.len() == all.len() && digests.windows(2).all(|w| w[0] == w[1]);
         if same && run.agreed(&all).is_some() {
             break;

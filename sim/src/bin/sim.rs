@@ -78,6 +78,19 @@ mod imp {
             };
             mutants::activate(m);
         }
+        // A panic (a violated assertion in production code, say) must also
+        // end with the seed and the command that replays it.
+        let replay = format!(
+            "{}{}",
+            replay_command(scenario, seed, mutant),
+            keep.map(|k| format!(" --keep {k}")).unwrap_or_default()
+        );
+        let (scenario_for_hook, replay_for_hook) = (scenario.to_string(), replay.clone());
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default_hook(info);
+            println!("FAIL scenario={scenario_for_hook} seed={seed}: panicked: {info}\n  replay: {replay_for_hook}");
+        }));
         let trace = new_trace(print_trace);
         let subscriber = tracing_subscriber::registry()
             .with(tracing_subscriber::filter::LevelFilter::INFO)
@@ -120,10 +133,8 @@ mod imp {
             }
             Err(e) => {
                 println!(
-                    "FAIL scenario={scenario} seed={seed} trace_hash={:016x}: {e}\n  replay: {}{}",
-                    t.hash,
-                    replay_command(scenario, seed, mutant),
-                    keep.map(|k| format!(" --keep {k}")).unwrap_or_default()
+                    "FAIL scenario={scenario} seed={seed} trace_hash={:016x}: {e}\n  replay: {replay}",
+                    t.hash
                 );
                 1
             }
