@@ -150,7 +150,13 @@ async fn kv_api_behaves_like_consul() {
         .await;
         (r, t.elapsed())
     });
+    // Give the query time to reach the server; it must still be blocked
+    // then (an immediate answer would be a blocking query that does not block).
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "blocking query returned before any write"
+    );
     assert_eq!(call("PUT", "/v1/kv/app/web", b"changed").await.status, 200);
     let (r, waited) = waiter.await.unwrap();
     assert_eq!(r.text(), "changed");
