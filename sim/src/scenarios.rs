@@ -52,6 +52,8 @@ pub(crate) struct Run {
     pub(crate) observers: Observers,
     pub(crate) history: SharedHistory,
     pub(crate) stop: Arc<AtomicBool>,
+    /// Workload clients still running.
+    pub(crate) active_clients: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) report: Report,
 }
 
@@ -66,6 +68,7 @@ impl Run {
             observers: Observers::default(),
             history: Arc::new(Mutex::new(History::default())),
             stop: Arc::new(AtomicBool::new(false)),
+            active_clients: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             report: Report::default(),
         }
     }
@@ -124,17 +127,27 @@ impl Run {
         for id in 0..clients {
             let (servers, history, stop) =
                 (servers.clone(), self.history.clone(), self.stop.clone());
+            let active = self.active_clients.clone();
+            active.fetch_add(1, Ordering::SeqCst);
             self.cluster.client.spawn(async move {
                 let pause = Duration::from_millis(20);
                 workload::run_client(id, servers, history, stop, pause, value_bytes).await;
+                active.fetch_sub(1, Ordering::SeqCst);
             });
         }
     }
 
     pub(crate) async fn stop_workload(&mut self) -> Result<(), String> {
         self.stop.store(true, Ordering::SeqCst);
-        // In-flight requests finish within their 10 s client timeout.
-        self.settle(Duration::from_secs(11)).await
+        // Clients finish their in-flight request (10 s client timeout at most).
+        let deadline = Instant::now() + Duration::from_secs(11);
+        while self.active_clients.load(Ordering::SeqCst) > 0 {
+            if Instant::now() > deadline {
+                return Err("workload clients did not stop within 11 s".into());
+            }
+            self.settle(Duration::from_millis(10)).await?;
+        }
+        Ok(())
     }
 
     /// Liveness phase: every server runs and is healed; one leader, every
