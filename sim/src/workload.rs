@@ -15,7 +15,8 @@ use std::time::Duration;
 use madsim::rand::Rng;
 
 use crate::checkers::linearizable::{Op, OpKind};
-use mesh_net::http_client::HttpClient;
+use mesh_core::api::KvPair;
+use mesh_net::http_client::{HttpClient, HttpClientError, HttpResponse};
 
 /// What the workload observed.
 #[derive(Default, Debug)]
@@ -42,43 +43,105 @@ fn now_ns() -> u64 {
     madsim::time::TimeHandle::current().elapsed().as_nanos() as u64
 }
 
-/// One read or write of a shared register, recorded with its timing.
+/// One operation on a shared register, recorded with its timing: a
+/// default-mode read (40%), a write (25%), a read-then-CAS against the
+/// ModifyIndex just read (20%), or a delete (15%).
 async fn register_op(id: usize, n: u64, client: &mut HttpClient, history: &SharedHistory) {
     let mut rng = madsim::rand::thread_rng();
     let key = format!("reg/{}", rng.gen_range(0..REGISTERS));
-    let write = rng.gen_bool(0.5);
+    let pick = rng.gen_range(0..100u32);
     drop(rng);
-    let call = now_ns();
-    let kind = if write {
-        let value = format!("c{id}-{n}");
-        let r = client
-            .request("PUT", &format!("/v1/kv/{key}"), value.clone().into_bytes())
-            .await;
-        let ret = match r {
-            Ok(r) if r.status == 200 && r.body.starts_with(b"true") => now_ns(),
-            // Failed or timed out: it may still take effect later.
-            _ => u64::MAX,
-        };
-        Some((ret, OpKind::Write(value)))
-    } else {
-        match client
-            .request("GET", &format!("/v1/kv/{key}?raw"), vec![])
-            .await
-        {
-            Ok(r) if r.status == 200 => Some((now_ns(), OpKind::Read(Some(r.text())))),
-            Ok(r) if r.status == 404 => Some((now_ns(), OpKind::Read(None))),
-            // A failed read had no effect.
-            _ => None,
-        }
-    };
-    if let Some((ret, kind)) = kind {
+    let path = format!("/v1/kv/{key}");
+    let value = format!("c{id}-{n}");
+    let record = |call: u64, ret: u64, kind: OpKind| {
         let mut h = history.lock().expect("history");
-        h.registers.entry(key).or_default().push(Op {
+        h.registers.entry(key.clone()).or_default().push(Op {
             client: id,
             call,
             ret,
             kind,
         });
+    };
+    let call = now_ns();
+    match pick {
+        0..40 => {
+            if let Some(seen) = read_register(client, &path).await {
+                record(call, now_ns(), OpKind::Read(seen.map(|(v, _)| v)));
+            }
+        }
+        40..65 => {
+            let r = client
+                .request("PUT", &path, value.clone().into_bytes())
+                .await;
+            record(call, acked_at(&r), OpKind::Write(value));
+        }
+        65..85 => {
+            let Some(seen) = read_register(client, &path).await else {
+                return;
+            };
+            record(call, now_ns(), OpKind::Read(seen.clone().map(|(v, _)| v)));
+            let (expected, index) = match seen {
+                Some((v, index)) => (Some(v), index),
+                None => (None, 0),
+            };
+            let call = now_ns();
+            let r = client
+                .request(
+                    "PUT",
+                    &format!("{path}?cas={index}"),
+                    value.clone().into_bytes(),
+                )
+                .await;
+            let swapped = match &r {
+                Ok(r) if r.status == 200 => Some(r.body.starts_with(b"true")),
+                // Failed or timed out: it may still take effect later.
+                _ => None,
+            };
+            let ret = if swapped.is_some() {
+                now_ns()
+            } else {
+                u64::MAX
+            };
+            record(
+                call,
+                ret,
+                OpKind::Cas {
+                    expected,
+                    new: value,
+                    swapped,
+                },
+            );
+        }
+        _ => {
+            let r = client.request("DELETE", &path, vec![]).await;
+            record(call, acked_at(&r), OpKind::Delete);
+        }
+    }
+}
+
+/// When an update was acknowledged: now if the server said `true`, else
+/// never (it failed or timed out, and may still take effect later).
+fn acked_at(r: &Result<HttpResponse, HttpClientError>) -> u64 {
+    match r {
+        Ok(r) if r.status == 200 && r.body.starts_with(b"true") => now_ns(),
+        _ => u64::MAX,
+    }
+}
+
+/// A default-mode read of one register: `Some(None)` if absent,
+/// `Some(Some((value, ModifyIndex)))` if present, `None` if the read failed
+/// (which had no effect).
+async fn read_register(client: &mut HttpClient, path: &str) -> Option<Option<(String, u64)>> {
+    let r = client.request("GET", path, vec![]).await.ok()?;
+    match r.status {
+        404 => Some(None),
+        200 => {
+            let pairs: Vec<KvPair> = serde_json::from_slice(&r.body).ok()?;
+            let pair = pairs.first()?;
+            let value = String::from_utf8(pair.decoded_value().ok()?).ok()?;
+            Some(Some((value, pair.modify_index)))
+        }
+        _ => None,
     }
 }
 

@@ -3,12 +3,20 @@
 //! time (P-compositionality: a history is linearizable iff each key's
 //! sub-history is).
 //!
-//! Each operation has an invocation and a response time. A write whose
+//! The model is a register that is either absent or holds a value, with the
+//! four operations Consul's KV API offers on one key: read, write, delete
+//! and check-and-set (`PUT ?cas=<ModifyIndex>`; `cas=0` means "only if
+//! absent", per Consul's KV API docs). The workload writes a value at most
+//! once, so a ModifyIndex names exactly one value: a CAS against the index
+//! a client read is a CAS against the value it read.
+//!
+//! Each operation has an invocation and a response time. An update whose
 //! outcome is unknown (timeout, "outcome unknown" error) may have taken
 //! effect at any point after its invocation, or never: it gets an infinite
-//! response time and may be left out. Reads that failed had no effect and
-//! are not recorded. The search has a state budget; past it the answer is
-//! "unknown", never a loop.
+//! response time and may be left out; an unknown CAS, if it took effect,
+//! did whatever the register's state at that point dictates. Reads that
+//! failed had no effect and are not recorded. The search has a state
+//! budget; past it the answer is "unknown", never a loop.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -32,6 +40,54 @@ pub enum OpKind {
     Write(String),
     /// A read that returned this value (`None`: key absent).
     Read(Option<String>),
+    /// A delete (acknowledged, or unknown if `ret == u64::MAX`).
+    Delete,
+    /// Check-and-set: write `new` only if the register holds `expected`
+    /// (`None`: only if absent).
+    Cas {
+        /// The value the client read, whose ModifyIndex it sent.
+        expected: Option<String>,
+        /// The value to write.
+        new: String,
+        /// What the server answered; `None` when the outcome is unknown.
+        swapped: Option<bool>,
+    },
+}
+
+/// A register's state: absent, or a value.
+type State = Option<String>;
+
+impl OpKind {
+    /// The state after this operation runs on `state`, or `None` if its
+    /// recorded result is impossible from `state`.
+    fn step(&self, state: &State) -> Option<State> {
+        match self {
+            OpKind::Write(v) => Some(Some(v.clone())),
+            OpKind::Read(seen) => (seen == state).then(|| state.clone()),
+            OpKind::Delete => Some(None),
+            OpKind::Cas {
+                expected,
+                new,
+                swapped,
+            } => {
+                let matches = expected == state;
+                match swapped {
+                    Some(reported) if *reported != matches => None,
+                    _ if matches => Some(Some(new.clone())),
+                    _ => Some(state.clone()),
+                }
+            }
+        }
+    }
+
+    /// The value this operation may have stored.
+    fn stores(&self) -> Option<&str> {
+        match self {
+            OpKind::Write(v) => Some(v),
+            OpKind::Cas { new, .. } => Some(new),
+            OpKind::Read(_) | OpKind::Delete => None,
+        }
+    }
 }
 
 /// The verdict for one history.
@@ -72,11 +128,11 @@ pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
     let words = n.div_ceil(64);
     let mut done = vec![0u64; words];
     let required: usize = ops.iter().filter(|o| o.ret != u64::MAX).count();
-    let mut seen: HashSet<(Vec<u64>, Option<String>)> = HashSet::new();
+    let mut seen: HashSet<(Vec<u64>, State)> = HashSet::new();
     let mut explored = 0usize;
     // Explicit DFS stack: (chosen op, state before it).
-    let mut stack: Vec<(usize, Option<String>)> = Vec::new();
-    let mut state: Option<String> = None;
+    let mut stack: Vec<(usize, State)> = Vec::new();
+    let mut state: State = None;
     let mut linearized_required = 0usize;
     let mut next_start = 0usize;
     loop {
@@ -94,10 +150,8 @@ pub fn check_key(ops: &[Op], budget: usize) -> Verdict {
             if done[i / 64] & (1 << (i % 64)) != 0 || ops[i].call > min_ret {
                 continue;
             }
-            let next_state = match &ops[i].kind {
-                OpKind::Write(v) => Some(v.clone()),
-                OpKind::Read(v) if *v == state => state.clone(),
-                OpKind::Read(_) => continue,
+            let Some(next_state) = ops[i].kind.step(&state) else {
+                continue;
             };
             done[i / 64] |= 1 << (i % 64);
             let fresh = seen.insert((done.clone(), next_state.clone()));
@@ -141,7 +195,7 @@ fn explain(ops: &[Op]) -> String {
         if let OpKind::Read(Some(v)) = &r.kind {
             let written = ops
                 .iter()
-                .any(|w| w.kind == OpKind::Write(v.clone()) && w.call <= r.ret);
+                .any(|w| w.kind.stores() == Some(v.as_str()) && w.call <= r.ret);
             if !written {
                 return format!(
                     "client {} read {v:?}, which no write had produced",
@@ -220,6 +274,98 @@ mod tests {
         assert_eq!(check_key(&lost, 1000), Verdict::Linearizable);
         let phantom = vec![r(1, 0, 1, Some("zzz"))];
         assert!(matches!(check_key(&phantom, 1000), Verdict::Violation(_)));
+    }
+
+    fn d(client: usize, call: u64, ret: u64) -> Op {
+        Op {
+            client,
+            call,
+            ret,
+            kind: OpKind::Delete,
+        }
+    }
+
+    fn cas(call: u64, ret: u64, expected: Option<&str>, new: &str, swapped: Option<bool>) -> Op {
+        Op {
+            client: 3,
+            call,
+            ret,
+            kind: OpKind::Cas {
+                expected: expected.map(str::to_string),
+                new: new.into(),
+                swapped,
+            },
+        }
+    }
+
+    #[test]
+    fn delete_empties_the_register() {
+        let ok = vec![w(0, 0, 1, "a"), d(0, 2, 3), r(1, 4, 5, None)];
+        assert_eq!(check_key(&ok, 1000), Verdict::Linearizable);
+        let resurrected = vec![w(0, 0, 1, "a"), d(0, 2, 3), r(1, 4, 5, Some("a"))];
+        assert!(matches!(
+            check_key(&resurrected, 1000),
+            Verdict::Violation(_)
+        ));
+        let maybe = vec![w(0, 0, 1, "a"), d(0, 2, u64::MAX), r(1, 4, 5, Some("a"))];
+        assert_eq!(check_key(&maybe, 1000), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn cas_must_compare() {
+        // The register holds "b" when the CAS expecting "a" runs: it must fail.
+        let ok = vec![
+            w(0, 0, 1, "a"),
+            w(0, 2, 3, "b"),
+            cas(4, 5, Some("a"), "c", Some(false)),
+            r(1, 6, 7, Some("b")),
+        ];
+        assert_eq!(check_key(&ok, 1000), Verdict::Linearizable);
+        let swapped_anyway = vec![
+            w(0, 0, 1, "a"),
+            w(0, 2, 3, "b"),
+            cas(4, 5, Some("a"), "c", Some(true)),
+        ];
+        assert!(matches!(
+            check_key(&swapped_anyway, 1000),
+            Verdict::Violation(_)
+        ));
+        let wrongly_refused = vec![w(0, 0, 1, "a"), cas(2, 3, Some("a"), "c", Some(false))];
+        assert!(matches!(
+            check_key(&wrongly_refused, 1000),
+            Verdict::Violation(_)
+        ));
+    }
+
+    #[test]
+    fn cas_zero_only_creates() {
+        let created = vec![cas(0, 1, None, "a", Some(true)), r(1, 2, 3, Some("a"))];
+        assert_eq!(check_key(&created, 1000), Verdict::Linearizable);
+        let clobbered = vec![w(0, 0, 1, "a"), cas(2, 3, None, "b", Some(true))];
+        assert!(matches!(check_key(&clobbered, 1000), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn unknown_cas_does_what_the_state_dictates() {
+        // Took effect: the read may see its value.
+        let took = vec![
+            w(0, 0, 1, "a"),
+            cas(2, u64::MAX, Some("a"), "c", None),
+            r(1, 4, 5, Some("c")),
+        ];
+        assert_eq!(check_key(&took, 1000), Verdict::Linearizable);
+        // It could only have swapped while "a" was there; "b" replaced "a"
+        // before the CAS was sent, so "c" can never appear.
+        let impossible = vec![
+            w(0, 0, 1, "a"),
+            w(0, 2, 3, "b"),
+            cas(4, u64::MAX, Some("a"), "c", None),
+            r(1, 6, 7, Some("c")),
+        ];
+        assert!(matches!(
+            check_key(&impossible, 1000),
+            Verdict::Violation(_)
+        ));
     }
 
     #[test]
