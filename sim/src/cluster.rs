@@ -2,6 +2,7 @@
 //! production agent (`mesh_net::agent::Agent`), each with a [`MemDisk`]
 //! that outlives crashes, plus a client host for workloads.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,6 +59,10 @@ pub struct SimCluster {
     pub client: NodeHandle,
     timing: RaftTiming,
     snapshot_threshold: u64,
+    /// How many injected faults currently cut each directed link: a link
+    /// carries traffic again only when the last of them heals, so
+    /// overlapping faults on one link cannot heal each other early.
+    link_cuts: BTreeMap<(usize, usize), u32>,
 }
 
 fn server_ip(i: usize) -> IpAddr {
@@ -92,6 +97,7 @@ impl SimCluster {
             client,
             timing: RaftTiming::default(),
             snapshot_threshold,
+            link_cuts: BTreeMap::new(),
         }
     }
 
@@ -291,17 +297,37 @@ impl SimCluster {
         }
     }
 
-    /// Drops everything server `from` sends to server `to` (one direction).
-    pub fn clog_link(&self, from: usize, to: usize) {
-        if let (Some(a), Some(b)) = (&self.servers[from].node, &self.servers[to].node) {
-            madsim::net::NetSim::current().clog_link(a.id(), b.id());
+    /// Drops everything server `from` sends to server `to` (one direction)
+    /// until every fault that cut this link has called
+    /// [`SimCluster::unclog_link`].
+    pub fn clog_link(&mut self, from: usize, to: usize) {
+        let cuts = self.link_cuts.entry((from, to)).or_default();
+        *cuts += 1;
+        if *cuts == 1 {
+            self.set_link(from, to, false);
         }
     }
 
-    /// Undoes [`SimCluster::clog_link`].
-    pub fn unclog_link(&self, from: usize, to: usize) {
+    /// Undoes one [`SimCluster::clog_link`].
+    pub fn unclog_link(&mut self, from: usize, to: usize) {
+        let Some(cuts) = self.link_cuts.get_mut(&(from, to)) else {
+            return;
+        };
+        *cuts -= 1;
+        if *cuts == 0 {
+            self.link_cuts.remove(&(from, to));
+            self.set_link(from, to, true);
+        }
+    }
+
+    fn set_link(&self, from: usize, to: usize, up: bool) {
         if let (Some(a), Some(b)) = (&self.servers[from].node, &self.servers[to].node) {
-            madsim::net::NetSim::current().unclog_link(a.id(), b.id());
+            let net = madsim::net::NetSim::current();
+            if up {
+                net.unclog_link(a.id(), b.id());
+            } else {
+                net.clog_link(a.id(), b.id());
+            }
         }
     }
 
