@@ -7,6 +7,7 @@
 pub mod api;
 pub mod codec;
 pub mod formation;
+pub mod hash;
 pub mod kv;
 pub mod record;
 pub mod state;

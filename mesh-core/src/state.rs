@@ -17,6 +17,7 @@
 //! is state it would silently drop. Adding state therefore means bumping
 //! [`SNAPSHOT_VERSION`].
 
+use crate::hash::Fnv1a64;
 use serde::{Deserialize, Serialize};
 
 use crate::kv::{base64_bytes, KvStore};
@@ -267,39 +268,6 @@ impl StateMachine {
             self.last_applied
         );
         self.last_applied = index;
-    }
-}
-
-/// 64-bit FNV-1a (Fowler–Noll–Vo): tiny, seedless, identical everywhere.
-struct Fnv1a64(u64);
-
-impl Fnv1a64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    fn new() -> Self {
-        Self(Self::OFFSET_BASIS)
-    }
-
-    fn bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-    }
-
-    fn u64(&mut self, v: u64) {
-        self.bytes(&v.to_le_bytes());
-    }
-
-    /// Length first, so ("ab", "c") and ("a", "bc") hash differently.
-    fn len_prefixed(&mut self, bytes: &[u8]) {
-        self.u64(bytes.len() as u64);
-        self.bytes(bytes);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

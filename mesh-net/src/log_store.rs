@@ -19,6 +19,7 @@ use std::io;
 use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex};
 
+use mesh_core::hash::fnv1a64;
 use mesh_core::record::{self, CorruptRecord};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError};
@@ -170,6 +171,9 @@ pub(crate) fn decode_record<T: DeserializeOwned>(
 struct LogInner {
     disk: Arc<dyn Disk>,
     entries: BTreeMap<u64, Entry>,
+    /// FNV-1a of each entry's stored encoding, by index, for the
+    /// simulator's log-matching checker.
+    fingerprints: BTreeMap<u64, u64>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
 }
@@ -185,6 +189,7 @@ impl LogStore {
     /// Opens the log and vote stored on `disk`, recovering from a torn tail.
     pub fn open(disk: Arc<dyn Disk>) -> Result<Self, OpenError> {
         let mut entries = BTreeMap::new();
+        let mut fingerprints = BTreeMap::new();
         let mut last_purged = None;
         let d = disk.as_ref();
         for rec in read_records(
@@ -196,21 +201,25 @@ impl LogStore {
             match rec.kind {
                 KIND_ENTRY => {
                     let e: Entry = decode_record(d, LOG_FILE, &rec)?;
+                    fingerprints.insert(e.log_id.index, fnv1a64(&rec.payload));
                     entries.insert(e.log_id.index, e);
                 }
                 KIND_TRUNCATE => {
                     let since: u64 = decode_record(d, LOG_FILE, &rec)?;
                     entries.split_off(&since);
+                    fingerprints.split_off(&since);
                 }
                 _ => {
                     let upto: LogId = decode_record(d, LOG_FILE, &rec)?;
                     entries = entries.split_off(&(upto.index + 1));
+                    fingerprints = fingerprints.split_off(&(upto.index + 1));
                     last_purged = Some(upto);
                 }
             }
         }
         if mutants::enabled(Mutant::DropLastLogEntry) {
             entries.pop_last();
+            fingerprints.pop_last();
         }
         let vote = match read_records(d, VOTE_FILE, FileKind::Atomic, &[KIND_VOTE])?.pop() {
             Some(rec) => Some(decode_record::<Vote>(d, VOTE_FILE, &rec)?),
@@ -226,6 +235,7 @@ impl LogStore {
             inner: Arc::new(Mutex::new(LogInner {
                 disk,
                 entries,
+                fingerprints,
                 last_purged,
                 vote,
             })),
@@ -245,9 +255,26 @@ impl LogStore {
         self.inner.lock().expect("log store lock poisoned")
     }
 
+    /// `(index, term, fingerprint)` of every entry held, in index order:
+    /// what a log-matching checker compares across servers. Entries with
+    /// equal fingerprints have identical stored encodings.
+    pub fn fingerprints(&self) -> Vec<(u64, u64, u64)> {
+        let inner = self.lock();
+        inner
+            .entries
+            .iter()
+            .zip(inner.fingerprints.values())
+            .map(|((index, entry), fp)| (*index, entry.log_id.leader_id.term, *fp))
+            .collect()
+    }
+
     /// Entries are contiguous and follow the purge point.
     pub fn check_invariants(&self) {
         let inner = self.lock();
+        assert!(
+            inner.entries.keys().eq(inner.fingerprints.keys()),
+            "raft log fingerprints out of step with its entries"
+        );
         let mut expected = inner.last_purged.map(|l| l.index + 1);
         for (index, entry) in &inner.entries {
             assert_eq!(*index, entry.log_id.index);
@@ -321,15 +348,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let mut bytes = Vec::new();
+        let mut fingerprints = Vec::with_capacity(entries.len());
         for e in &entries {
-            bytes.extend_from_slice(&json_record(KIND_ENTRY, e));
+            let rec = json_record(KIND_ENTRY, e);
+            fingerprints.push(fnv1a64(&rec[record::RECORD_HEADER_LEN..]));
+            bytes.extend_from_slice(&rec);
         }
         // The lock guard must not live across the await below.
         let written = {
             let mut inner = self.lock();
             match Self::append_durably(&inner, &bytes) {
                 Ok(()) => {
-                    for e in entries {
+                    for (e, fp) in entries.into_iter().zip(fingerprints) {
+                        inner.fingerprints.insert(e.log_id.index, fp);
                         inner.entries.insert(e.log_id.index, e);
                     }
                     Ok(inner.disk.sync_latency())
@@ -357,6 +388,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = json_record(KIND_TRUNCATE, &log_id.index);
         Self::append_durably(&inner, &bytes).map_err(|e| StorageIOError::write_logs(&e))?;
         inner.entries.split_off(&log_id.index);
+        inner.fingerprints.split_off(&log_id.index);
         Ok(())
     }
 
@@ -373,6 +405,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .write_atomic(LOG_FILE, &bytes)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         inner.entries = live;
+        inner.fingerprints = inner.fingerprints.split_off(&(log_id.index + 1));
         inner.last_purged = Some(log_id);
         Ok(())
     }
@@ -416,6 +449,27 @@ mod tests {
         let store = LogStore::open(Arc::new(disk.clone())).unwrap();
         assert_eq!(indexes(&store), vec![1, 2, 3, 4]);
         assert_eq!(store.lock().entries[&4].log_id.leader_id.term, 2);
+    }
+
+    #[test]
+    fn fingerprints_follow_entries_through_truncation() {
+        let disk = MemDisk::new();
+        write_direct(&disk, &(1..=3).map(|i| entry(1, i)).collect::<Vec<_>>());
+        disk.append(LOG_FILE, &json_record(KIND_TRUNCATE, &3u64))
+            .unwrap();
+        let replacement = entry(2, 3);
+        write_direct(&disk, &[replacement.clone()]);
+        let store = LogStore::open(Arc::new(disk)).unwrap();
+        let fp = |e: &Entry| fnv1a64(&serde_json::to_vec(e).unwrap());
+        assert_eq!(
+            store.fingerprints(),
+            vec![
+                (1, 1, fp(&entry(1, 1))),
+                (2, 1, fp(&entry(1, 2))),
+                (3, 2, fp(&replacement)),
+            ]
+        );
+        assert_ne!(fp(&entry(1, 3)), fp(&replacement));
     }
 
     #[test]

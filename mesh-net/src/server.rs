@@ -129,6 +129,8 @@ pub struct Server {
     info: ServerInfo,
     raft: Raft,
     view: StateView,
+    /// A reader of the log openraft owns; clones share state.
+    log: LogStore,
     rpc: RpcClient,
     formation: Mutex<Formation>,
     formation_error: Mutex<Option<String>>,
@@ -193,6 +195,7 @@ impl Server {
         }
         let node_id = load_or_create_node_id(disk.as_ref())?;
         let log_store = LogStore::open(disk.clone())?;
+        let log = log_store.clone();
         let has_state = log_store.has_state();
         let (state_store, view) = StateStore::open(disk.clone())?;
         let info = ServerInfo {
@@ -243,6 +246,7 @@ impl Server {
             info,
             raft,
             view,
+            log,
             rpc,
             formation: Mutex::new(formation),
             formation_error: Mutex::new(None),
@@ -278,6 +282,12 @@ impl Server {
     /// The applied state (for stale reads and checkers).
     pub fn view(&self) -> &StateView {
         &self.view
+    }
+
+    /// `(index, term, fingerprint)` of every Raft log entry this server
+    /// holds (for the log-matching checker).
+    pub fn log_fingerprints(&self) -> Vec<(u64, u64, u64)> {
+        self.log.fingerprints()
     }
 
     /// The latest Raft metrics.

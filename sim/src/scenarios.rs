@@ -44,6 +44,8 @@ pub struct Report {
     pub register_ops: usize,
     /// The linearizability search ran out of budget (no verdict).
     pub linearizability_unknown: bool,
+    /// Distinct (index, term) log entries the log-matching checker saw.
+    pub log_entries: usize,
 }
 
 /// One scenario run: the cluster, its observers and the workload's history.
@@ -181,6 +183,8 @@ impl Run {
             sleep(Duration::from_millis(10)).await;
         }
         self.report.converge_ms = healed_at.elapsed().as_millis() as u64;
+        self.observers.compare_logs(&self.cluster)?;
+        self.report.log_entries = self.observers.log_matching.entries_seen();
         let history = self.history.lock().expect("history");
         if let Some(v) = history.violations.first() {
             return Err(v.clone());

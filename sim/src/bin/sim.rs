@@ -115,7 +115,7 @@ mod imp {
         match result {
             Ok(report) => {
                 println!(
-                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} reads={} register_ops={} lin_unknown={} terms={} converge_ms={} failover_ms={:?}",
+                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} reads={} register_ops={} lin_unknown={} log_entries={} terms={} converge_ms={} failover_ms={:?}",
                     t.hash,
                     t.lines,
                     sim_elapsed.as_millis(),
@@ -125,6 +125,7 @@ mod imp {
                     report.reads_ok,
                     report.register_ops,
                     report.linearizability_unknown,
+                    report.log_entries,
                     report.terms,
                     report.converge_ms,
                     report.failover_ms

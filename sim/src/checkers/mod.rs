@@ -5,4 +5,5 @@
 pub mod acked_writes;
 pub mod election;
 pub mod linearizable;
+pub mod log_matching;
 pub mod state_machine;
