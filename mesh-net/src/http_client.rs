@@ -11,6 +11,8 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::clock;
+
 /// Why a request got no HTTP answer.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpClientError {
@@ -89,7 +91,7 @@ impl HttpClient {
             addr: self.addr.clone(),
             reason,
         };
-        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&self.addr))
+        let stream = clock::timeout(Duration::from_secs(2), TcpStream::connect(&self.addr))
             .await
             .map_err(|_| unreachable("connect timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
@@ -111,7 +113,7 @@ impl HttpClient {
         body: Vec<u8>,
     ) -> Result<HttpResponse, HttpClientError> {
         let timeout = self.timeout;
-        match tokio::time::timeout(timeout, self.request_inner(method, path, body)).await {
+        match clock::timeout(timeout, self.request_inner(method, path, body)).await {
             Ok(r) => r,
             Err(_) => {
                 self.conn = None;

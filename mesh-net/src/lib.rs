@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod buggify;
+pub mod clock;
 pub mod disk;
 pub mod http;
 pub mod http_client;

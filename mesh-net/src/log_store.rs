@@ -377,6 +377,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         };
         if !latency.is_zero() {
+            // The disk's own latency, in true time: not a timer on this
+            // host's (possibly drifting) clock, so not `clock::sleep`.
             tokio::time::sleep(latency).await;
         }
         callback.log_io_completed(Ok(()));
@@ -458,7 +460,7 @@ mod tests {
         disk.append(LOG_FILE, &json_record(KIND_TRUNCATE, &3u64))
             .unwrap();
         let replacement = entry(2, 3);
-        write_direct(&disk, &[replacement.clone()]);
+        write_direct(&disk, std::slice::from_ref(&replacement));
         let store = LogStore::open(Arc::new(disk)).unwrap();
         let fp = |e: &Entry| fnv1a64(&serde_json::to_vec(e).unwrap());
         assert_eq!(

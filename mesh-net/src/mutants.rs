@@ -23,6 +23,12 @@ pub enum Mutant {
     /// On restart, the last log entry is dropped even though it was synced
     /// (and may have been acknowledged).
     DropLastLogEntry,
+    /// Default-mode reads are served on a time-based leader lease, as
+    /// Consul's default mode does: after a quorum round the leader answers
+    /// reads locally for one minimum election timeout, measured on its own
+    /// clock. Safe while clocks agree; stale when the leader's clock runs
+    /// slow and it is cut off.
+    LeaseRead,
 }
 
 impl Mutant {
@@ -34,6 +40,7 @@ impl Mutant {
         ("forget_vote", Mutant::ForgetVote),
         ("cas_without_compare", Mutant::CasWithoutCompare),
         ("drop_last_log_entry", Mutant::DropLastLogEntry),
+        ("lease_read", Mutant::LeaseRead),
     ];
 
     /// The mutant called `name`.
@@ -63,3 +70,34 @@ pub fn enabled(mutant: Mutant) -> bool {
 pub const fn enabled(_mutant: Mutant) -> bool {
     false
 }
+
+/// The read lease of [`Mutant::LeaseRead`], per server: when it ends on
+/// that server's clock.
+#[cfg(madsim)]
+static LEASES: std::sync::Mutex<std::collections::BTreeMap<u64, crate::clock::Instant>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Whether server `node`'s read lease still runs ([`Mutant::LeaseRead`]).
+#[cfg(madsim)]
+pub fn lease_valid(node: u64) -> bool {
+    let leases = LEASES.lock().expect("lease lock");
+    leases
+        .get(&node)
+        .is_some_and(|until| crate::clock::Instant::now() < *until)
+}
+
+/// Extends server `node`'s read lease to `until` ([`Mutant::LeaseRead`]).
+#[cfg(madsim)]
+pub fn extend_lease(node: u64, until: crate::clock::Instant) {
+    LEASES.lock().expect("lease lock").insert(node, until);
+}
+
+/// Never valid outside the simulator.
+#[cfg(not(madsim))]
+pub fn lease_valid(_node: u64) -> bool {
+    false
+}
+
+/// A no-op outside the simulator.
+#[cfg(not(madsim))]
+pub fn extend_lease(_node: u64, _until: crate::clock::Instant) {}

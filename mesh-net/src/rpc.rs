@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+use crate::clock;
 use crate::raft_types::{RaftEnvelope, RaftReply};
 
 /// A request on the mesh's RPC port.
@@ -120,7 +121,7 @@ where
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "rpc accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                clock::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -179,7 +180,7 @@ impl RpcClient {
             addr: addr.to_string(),
             source,
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let stream = clock::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| connect_err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(connect_err)?;
@@ -205,7 +206,7 @@ impl RpcClient {
             Some(s) => s,
             None => Self::connect(addr).await?,
         };
-        let first = tokio::time::timeout(timeout, Self::exchange(&mut stream, req)).await;
+        let first = clock::timeout(timeout, Self::exchange(&mut stream, req)).await;
         let result = match first {
             Ok(Err(e)) if !fresh && is_idempotent(req) && is_stale_connection(&e) => {
                 // Most likely a pooled connection the peer had already closed
@@ -213,7 +214,7 @@ impl RpcClient {
                 // so only idempotent requests are sent again.
                 self.forget(addr);
                 stream = Self::connect(addr).await?;
-                tokio::time::timeout(timeout, Self::exchange(&mut stream, req)).await
+                clock::timeout(timeout, Self::exchange(&mut stream, req)).await
             }
             other => other,
         };

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::clock::{self, Instant};
 use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};
 use mesh_core::state::{Command, CommandResult};
 use mesh_core::wire::{
@@ -25,7 +26,6 @@ use openraft::storage::Snapshot;
 use openraft::{RaftMetrics, ServerState};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::disk::Disk;
@@ -378,7 +378,7 @@ impl Server {
             if Instant::now() >= deadline {
                 return Err(RpcError::NoLeader);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            clock::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -512,7 +512,7 @@ impl Server {
         let mut view = self.view.clone();
         let current = || self.view.read(|sm| sm.kv().table_index());
         let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
-        let _ = tokio::time::timeout(wait, async {
+        let _ = clock::timeout(wait, async {
             while current() <= min_index {
                 view.changed().await;
             }
@@ -538,11 +538,20 @@ impl Server {
         self.wait_for_index(r.min_index, r.wait_ms).await;
         // Confirm leadership with a quorum *after* waiting, right before
         // reading: a leader deposed meanwhile must not answer.
-        if mutants::enabled(Mutant::SkipReadQuorum) {
+        if mutants::enabled(Mutant::SkipReadQuorum)
+            || (mutants::enabled(Mutant::LeaseRead) && mutants::lease_valid(self.node_id))
+        {
             return Ok(self.read_local(&r));
         }
-        match tokio::time::timeout(LINEARIZE_TIMEOUT, self.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => Ok(self.read_local(&r)),
+        let round_start = Instant::now();
+        match clock::timeout(LINEARIZE_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {
+                if mutants::enabled(Mutant::LeaseRead) {
+                    let lease = Duration::from_millis(self.config.timing.election_timeout_min_ms);
+                    mutants::extend_lease(self.node_id, round_start + lease);
+                }
+                Ok(self.read_local(&r))
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
                 Err(self.not_leader())
             }
@@ -649,7 +658,7 @@ impl Server {
             if Instant::now() >= deadline {
                 return Err(RpcError::NoLeader);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            clock::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -699,7 +708,7 @@ impl Server {
             if self.is_voter() {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            clock::sleep(Duration::from_millis(50)).await;
         }
         self.is_voter()
     }
@@ -862,7 +871,7 @@ impl Server {
                 error!(join = ?targets, "could not join any of the -join addresses; keep trying with -retry-join");
             }
             let pause = if attempts < 50 { 200 } else { 1000 };
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+            clock::sleep(Duration::from_millis(pause)).await;
         }
     }
 
@@ -879,7 +888,7 @@ impl Server {
         loop {
             let pause_ms = crate::runtime::MeshRuntime::thread_rng()
                 .gen_range(timing.election_timeout_min_ms..=timing.election_timeout_max_ms * 2);
-            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            clock::sleep(Duration::from_millis(pause_ms)).await;
             let m = self.metrics();
             let leaderless = m.current_leader.is_none() && m.state != ServerState::Leader;
             let voter = m.membership_config.voter_ids().any(|id| id == self.node_id);
@@ -943,7 +952,7 @@ impl Server {
             if caught_up {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            clock::sleep(Duration::from_millis(10)).await;
         }
         // This server is going away: it must not win the election back.
         self.raft.runtime_config().elect(false);
@@ -968,7 +977,7 @@ impl Server {
                     info!(new_leader = ?m.current_leader, "leadership handed off");
                     return true;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                clock::sleep(Duration::from_millis(10)).await;
             }
         }
         warn!("leadership hand-off did not complete in time");

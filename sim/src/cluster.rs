@@ -11,9 +11,10 @@ use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
 use mesh_core::formation::BootstrapMode;
 use mesh_net::agent::{Agent, AgentConfig};
+use mesh_net::clock::ClockSim;
 use mesh_net::disk::MemDisk;
 use mesh_net::server::{RaftTiming, Server, ServerConfig};
-use tracing::{info, Instrument};
+use tracing::info;
 
 /// Server RPC port (Consul's 8300).
 pub const RPC_PORT: u16 = 8300;
@@ -159,7 +160,6 @@ impl SimCluster {
         let disk = s.disk.clone();
         let live = s.live.clone();
         let start_error = s.start_error.clone();
-        let name = s.name.clone();
         let node = Handle::current()
             .create_node()
             .name(&s.name)
@@ -169,7 +169,10 @@ impl SimCluster {
                 let disk = disk.clone();
                 let live = live.clone();
                 let start_error = start_error.clone();
-                let span = tracing::info_span!("node", name = %name);
+                // No span of our own: one created here would take the
+                // caller's (the supervisor's) span as parent, and every line
+                // logged on this node would be labelled with node 0. madsim
+                // labels the node's tasks itself.
                 async move {
                     let agent = match Agent::start(config, Arc::new(disk)).await {
                         Ok(agent) => agent,
@@ -184,7 +187,6 @@ impl SimCluster {
                     agent.left().await;
                     agent.stop().await;
                 }
-                .instrument(span)
             })
             .build();
         s.node = Some(node);
@@ -255,6 +257,16 @@ impl SimCluster {
         self.servers[i].disk.set_sync_latency(latency);
     }
 
+    /// Makes server `i`'s clock run at `rate_ppm` millionths of true time
+    /// (1_000_000 is exact) and its wall clock `wall_offset_ms` off.
+    pub fn set_clock(&self, i: usize, rate_ppm: u64, wall_offset_ms: i64) {
+        if let Some(node) = &self.servers[i].node {
+            let clocks = madsim::plugin::simulator::<ClockSim>();
+            clocks.set_rate(node.id(), rate_ppm);
+            clocks.set_wall_offset(node.id(), wall_offset_ms * 1_000_000);
+        }
+    }
+
     /// Fills (or frees) server `i`'s disk.
     pub fn set_disk_full(&self, i: usize, full: bool) {
         self.servers[i].disk.set_full(full);
@@ -305,6 +317,24 @@ impl SimCluster {
         *cuts += 1;
         if *cuts == 1 {
             self.set_link(from, to, false);
+        }
+    }
+
+    /// Cuts server `i` off from the other servers in both directions;
+    /// clients can still reach it (the partition that lets a deposed leader
+    /// keep answering clients).
+    pub fn cut_from_peers(&mut self, i: usize) {
+        for j in (0..self.servers.len()).filter(|j| *j != i) {
+            self.clog_link(i, j);
+            self.clog_link(j, i);
+        }
+    }
+
+    /// Undoes [`SimCluster::cut_from_peers`].
+    pub fn reconnect_to_peers(&mut self, i: usize) {
+        for j in (0..self.servers.len()).filter(|j| *j != i) {
+            self.unclog_link(i, j);
+            self.unclog_link(j, i);
         }
     }
 

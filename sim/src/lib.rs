@@ -27,6 +27,7 @@ pub const SCENARIOS: &[&str] = &[
     "failover",
     "full_restart",
     "leave_rejoin",
+    "clock_drift",
     "swarm",
     "scale",
 ];

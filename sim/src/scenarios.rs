@@ -14,7 +14,7 @@ use tracing::info;
 use crate::checkers::{acked_writes, linearizable};
 use crate::cluster::{Formation, SimCluster};
 use crate::observers::Observers;
-use crate::workload::{self, History, SharedHistory};
+use crate::workload::{self, ClientOptions, History, SharedHistory};
 
 /// Bound on electing a leader once a fault is healed or a leader died.
 pub const ELECTION_BOUND: Duration = Duration::from_secs(5);
@@ -56,6 +56,8 @@ pub(crate) struct Run {
     pub(crate) stop: Arc<AtomicBool>,
     /// Workload clients still running.
     pub(crate) active_clients: Arc<std::sync::atomic::AtomicUsize>,
+    /// How workload clients behave.
+    pub(crate) client_options: ClientOptions,
     pub(crate) report: Report,
 }
 
@@ -71,6 +73,7 @@ impl Run {
             history: Arc::new(Mutex::new(History::default())),
             stop: Arc::new(AtomicBool::new(false)),
             active_clients: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            client_options: ClientOptions::default(),
             report: Report::default(),
         }
     }
@@ -116,12 +119,9 @@ impl Run {
         (among.contains(&l) && self.cluster.server(l)?.is_leader()).then_some(l)
     }
 
+    /// Starts `clients` KV clients with the run's client options.
     pub(crate) fn start_workload(&self, clients: usize) {
-        self.start_workload_sized(clients, 0);
-    }
-
-    /// Starts `clients` KV clients writing values of at least `value_bytes`.
-    pub(crate) fn start_workload_sized(&self, clients: usize, value_bytes: usize) {
+        let options = self.client_options;
         self.stop.store(false, Ordering::SeqCst);
         let servers: Vec<String> = (0..self.cluster.servers.len())
             .map(|i| self.cluster.http_addr(i))
@@ -132,8 +132,7 @@ impl Run {
             let active = self.active_clients.clone();
             active.fetch_add(1, Ordering::SeqCst);
             self.cluster.client.spawn(async move {
-                let pause = Duration::from_millis(20);
-                workload::run_client(id, servers, history, stop, pause, value_bytes).await;
+                workload::run_client(id, servers, history, stop, options).await;
                 active.fetch_sub(1, Ordering::SeqCst);
             });
         }
@@ -454,7 +453,8 @@ async fn scale() -> Result<Report, String> {
     run.leader_among(&all, ELECTION_BOUND).await?;
     run.wait_voters(5, Duration::from_secs(10)).await?;
     info!("phase: write-heavy workload under faults");
-    run.start_workload_sized(8, 16 * 1024);
+    run.client_options.value_bytes = 16 * 1024;
+    run.start_workload(8);
     for _ in 0..4 {
         run.settle(rand_ms(300, 1500)).await?;
         let target = madsim::rand::thread_rng().gen_range(0..5);
@@ -497,6 +497,83 @@ async fn scale() -> Result<Report, String> {
     Ok(run.report)
 }
 
+/// Clock faults, each held for a few seconds under the KV workload, with
+/// the wall clock also stepped by up to an hour:
+/// 1. the leader's clock crawls (5-10% of true speed): its heartbeat timer
+///    fires ten times too late, and it would keep a time-based read lease
+///    ten times too long. It is then cut off; the others elect a new
+///    leader, and any read the old one answers from its own state is stale
+///    (the `lease_read` planted bug is caught here, and only with drift);
+/// 2. a follower's clock races (1.5-3x): it times out early and campaigns.
+///
+/// In each phase the cluster must keep committing writes, and every
+/// checker (stale reads, linearizability, election and log safety) runs
+/// throughout.
+async fn clock_drift() -> Result<Report, String> {
+    let mut run = Run::new(vec![Formation::Expect(3); 3], 64);
+    run.start_all_shuffled(500).await?;
+    let all = [0, 1, 2];
+    run.leader_among(&all, ELECTION_BOUND).await?;
+    run.wait_voters(3, Duration::from_secs(5)).await?;
+    // Clients that give up after a second, as a load balancer would, so a
+    // write stuck on the cut-off leader does not stop its client reading.
+    run.client_options.request_timeout = Duration::from_secs(1);
+    run.start_workload(4);
+    run.settle(rand_ms(500, 1500)).await?;
+    for phase in ["the leader's clock crawls", "a follower's clock races"] {
+        let leader = run.leader_among(&all, ELECTION_BOUND).await?;
+        let (target, rate, skew) = {
+            let mut rng = madsim::rand::thread_rng();
+            let skew = rng.gen_range(-3_600_000..=3_600_000);
+            if phase.starts_with("the leader") {
+                (leader, rng.gen_range(50_000..=100_000), skew)
+            } else {
+                let follower = (leader + rng.gen_range(1..3)) % 3;
+                (follower, rng.gen_range(1_500_000..=3_000_000), skew)
+            }
+        };
+        info!(
+            server = target,
+            rate_ppm = rate,
+            skew_ms = skew,
+            "phase: {phase}"
+        );
+        run.cluster.set_clock(target, rate, skew);
+        let acked_before = run.history.lock().expect("history").acked.len();
+        if target == leader {
+            // Cut the slow leader off from its peers (not from clients)
+            // while it may still think it leads: the others elect a new
+            // leader and take writes, and any read it still answers from
+            // its own state would be stale.
+            run.settle(rand_ms(200, 1000)).await?;
+            info!(
+                server = target,
+                "cutting the slow leader off from its peers"
+            );
+            run.cluster.cut_from_peers(target);
+            let others: Vec<usize> = all.iter().copied().filter(|i| *i != target).collect();
+            let t = Instant::now();
+            run.leader_among(&others, ELECTION_BOUND).await?;
+            run.report.failover_ms.push(t.elapsed().as_millis() as u64);
+            run.settle(rand_ms(1000, 2000)).await?;
+            run.cluster.reconnect_to_peers(target);
+        }
+        run.settle(rand_ms(2000, 4000)).await?;
+        let acked = run.history.lock().expect("history").acked.len() - acked_before;
+        if acked == 0 {
+            return Err(format!(
+                "no write committed while {phase} (consul{target:02} at {rate} ppm)"
+            ));
+        }
+        info!(acked, "clock restored");
+        run.cluster.set_clock(target, 1_000_000, 0);
+    }
+    run.settle(Duration::from_secs(1)).await?;
+    run.stop_workload().await?;
+    run.converge().await?;
+    Ok(run.report)
+}
+
 /// Runs scenario `name` in the current simulation.
 pub async fn run(name: &str) -> Result<Report, String> {
     // The seed also draws the network: per-packet latency up to 1-10 ms.
@@ -511,6 +588,7 @@ pub async fn run(name: &str) -> Result<Report, String> {
         "leave_rejoin" => leave_rejoin().await,
         "swarm" => crate::swarm::run().await,
         "scale" => scale().await,
+        "clock_drift" => clock_drift().await,
         other => Err(format!(
             "unknown scenario {other:?}; known: {:?}",
             crate::SCENARIOS

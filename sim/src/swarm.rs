@@ -81,9 +81,14 @@ pub enum Kind {
     /// Drop `amount` percent of packets everywhere; madsim's TCP retransmits
     /// them with exponential backoff (up to 10 s), like real TCP.
     Loss,
+    /// One server's clock runs at `amount` ppm of true time (its timers
+    /// fire early or late) and its wall clock is stepped by `skew_ms`;
+    /// healing restores the true rate and steps the wall clock back, as NTP
+    /// would.
+    Clock,
 }
 
-const ALL_KINDS: [Kind; 11] = [
+const ALL_KINDS: [Kind; 12] = [
     Kind::Crash,
     Kind::Isolate,
     Kind::Pause,
@@ -95,6 +100,7 @@ const ALL_KINDS: [Kind; 11] = [
     Kind::Split,
     Kind::Bridge,
     Kind::Loss,
+    Kind::Clock,
 ];
 
 /// One scheduled fault and its healing.
@@ -108,8 +114,11 @@ pub struct FaultPair {
     pub target: usize,
     /// The link's destination for `OneWay`.
     pub peer: usize,
-    /// Torn bytes for `Crash`, max latency in ms for `Latency`.
+    /// Torn bytes for `Crash`, max latency in ms for `Latency`, clock rate
+    /// in ppm for `Clock`, ...
     pub amount: u64,
+    /// Wall-clock step in ms for `Clock`.
+    pub skew_ms: i64,
     /// When it strikes, from the start of the safety phase.
     pub at: Duration,
     /// How long until it heals.
@@ -138,10 +147,11 @@ fn draw_profile() -> Profile {
 }
 
 /// Draws the schedule. A server hosts one node-level fault (crash,
-/// isolate, pause) at a time, so every pair can be undone on its own.
+/// isolate, pause, ...) and one clock fault at a time, so every pair can be
+/// undone on its own.
 fn draw_schedule(p: &Profile) -> Vec<FaultPair> {
     let mut rng = madsim::rand::thread_rng();
-    let mut busy: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); p.servers];
+    let mut busy: Vec<Vec<(u8, Duration, Duration)>> = vec![Vec::new(); p.servers];
     let mut out = Vec::new();
     for id in 0..p.faults {
         let kind = p.kinds[rng.gen_range(0..p.kinds.len())];
@@ -154,6 +164,15 @@ fn draw_schedule(p: &Profile) -> Vec<FaultPair> {
             Kind::Latency => rng.gen_range(20..=300),
             Kind::SlowFsync => rng.gen_range(5..=200),
             Kind::Loss => rng.gen_range(1..=20),
+            // Mostly a realistic bad oscillator (±5%), sometimes a host
+            // whose timers run at half or double speed (a VM starved of
+            // CPU, a broken TSC).
+            Kind::Clock if rng.gen_bool(0.7) => rng.gen_range(950_000..=1_050_000),
+            Kind::Clock => rng.gen_range(500_000..=2_000_000),
+            _ => 0,
+        };
+        let skew_ms = match kind {
+            Kind::Clock => rng.gen_range(-3_600_000..=3_600_000),
             _ => 0,
         };
         // Wiping more than one server's data could destroy a majority's
@@ -161,17 +180,21 @@ fn draw_schedule(p: &Profile) -> Vec<FaultPair> {
         if kind == Kind::Corrupt && out.iter().any(|f: &FaultPair| f.kind == Kind::Corrupt) {
             continue;
         }
-        if matches!(
-            kind,
-            Kind::Crash | Kind::Isolate | Kind::Pause | Kind::Corrupt | Kind::DiskFull
-        ) {
-            let overlaps = busy[target]
-                .iter()
-                .any(|(s, e)| at < *e + Duration::from_millis(50) && *s < at + lasts);
+        // Faults of one class on one server must not overlap, or one's
+        // healing would undo the other early.
+        let class = match kind {
+            Kind::Crash | Kind::Isolate | Kind::Pause | Kind::Corrupt | Kind::DiskFull => Some(0),
+            Kind::Clock => Some(1),
+            _ => None,
+        };
+        if let Some(class) = class {
+            let overlaps = busy[target].iter().any(|(c, s, e)| {
+                *c == class && at < *e + Duration::from_millis(50) && *s < at + lasts
+            });
             if overlaps {
                 continue;
             }
-            busy[target].push((at, at + lasts));
+            busy[target].push((class, at, at + lasts));
         }
         out.push(FaultPair {
             id,
@@ -179,6 +202,7 @@ fn draw_schedule(p: &Profile) -> Vec<FaultPair> {
             target,
             peer,
             amount,
+            skew_ms,
             at,
             lasts,
         });
@@ -228,6 +252,8 @@ fn apply(run: &mut Run, f: &FaultPair, step: Step) {
                 }
             }
         }
+        (Kind::Clock, Step::Inject) => c.set_clock(f.target, f.amount, f.skew_ms),
+        (Kind::Clock, Step::Heal) => c.set_clock(f.target, 1_000_000, 0),
         (Kind::DiskFull, Step::Inject) => c.set_disk_full(f.target, true),
         (Kind::DiskFull, Step::Heal) => {
             c.set_disk_full(f.target, false);
@@ -277,7 +303,7 @@ pub async fn run() -> Result<Report, String> {
         .collect();
     info!(servers = profile.servers, kinds = ?profile.kinds, clients = profile.clients, buggify = profile.buggify, safety_ms = profile.safety.as_millis() as u64, "swarm profile");
     for f in &schedule {
-        info!(id = f.id, kind = ?f.kind, target = f.target, peer = f.peer, amount = f.amount, at_ms = f.at.as_millis() as u64, lasts_ms = f.lasts.as_millis() as u64, "fault");
+        info!(id = f.id, kind = ?f.kind, target = f.target, peer = f.peer, amount = f.amount, skew_ms = f.skew_ms, at_ms = f.at.as_millis() as u64, lasts_ms = f.lasts.as_millis() as u64, "fault");
     }
     if profile.buggify {
         mesh_net::buggify::enable(true);

@@ -148,21 +148,46 @@ async fn read_register(client: &mut HttpClient, path: &str) -> Option<Option<(St
 /// Shared history.
 pub type SharedHistory = Arc<Mutex<History>>;
 
-/// Runs `clients` clients against `servers` (HTTP addresses) until `stop`
-/// is set; each pauses `pause` between operations.
+/// How a workload client behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// Pause between operations.
+    pub pause: Duration,
+    /// Minimum size of the values of unique-key writes.
+    pub value_bytes: usize,
+    /// How long a request may take before the client gives up on it
+    /// (a write's outcome is then unknown).
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            pause: Duration::from_millis(20),
+            value_bytes: 0,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs one client against `servers` (HTTP addresses) until `stop` is set.
 pub async fn run_client(
     id: usize,
     servers: Vec<String>,
     history: SharedHistory,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    pause: Duration,
-    value_bytes: usize,
+    options: ClientOptions,
 ) {
+    let ClientOptions {
+        pause,
+        value_bytes,
+        request_timeout,
+    } = options;
     let mut n = 0u64;
     let mut last_index = 0u64;
     let mut clients: Vec<HttpClient> = servers
         .iter()
-        .map(|a| HttpClient::new(a.clone(), Duration::from_secs(10)))
+        .map(|a| HttpClient::new(a.clone(), request_timeout))
         .collect();
     let mut last_acked: Option<(String, Vec<u8>)> = None;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {

@@ -157,6 +157,7 @@ fn planted_bugs_are_caught() {
         ("forget_vote", "full_restart", "0..50"),
         ("cas_without_compare", "bootstrap_expect", "0..50"),
         ("drop_last_log_entry", "full_restart", "0..50"),
+        ("lease_read", "clock_drift", "0..50"),
     ];
     let mut missed = Vec::new();
     for (mutant, scenario, seeds) in hunts {

@@ -14,6 +14,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+
+use crate::clock;
 use tracing::{debug, warn};
 
 pub use params::{parse_duration_ms, percent_decode, Query};
@@ -26,7 +28,7 @@ pub async fn serve(listener: TcpListener, api: Arc<HttpApi>) {
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "http accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                clock::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };

@@ -100,6 +100,8 @@ mod imp {
         config.net.send_latency = Duration::from_millis(1)..Duration::from_millis(5);
         let mut rt = madsim::runtime::Runtime::with_seed_and_config(seed, config);
         rt.set_time_limit(Duration::from_secs(3600));
+        // Each host's own clock (drift and skew faults).
+        rt.add_simulator::<mesh_net::clock::ClockSim>();
         let wall = Instant::now();
         let scenario_name = scenario.to_string();
         let (result, sim_elapsed) = rt.block_on(async move {
