@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -136,6 +137,8 @@ pub struct Server {
     formation_error: Mutex<Option<String>>,
     config: ServerConfig,
     last_leader_contact: Mutex<Option<Instant>>,
+    /// Leadership is being handed off: new writes are refused (not run).
+    handing_off: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -252,6 +255,7 @@ impl Server {
             formation_error: Mutex::new(None),
             config,
             last_leader_contact: Mutex::new(None),
+            handing_off: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         });
         let handler_server = server.clone();
@@ -440,7 +444,7 @@ impl Server {
         }
     }
 
-    async fn handle_raft(&self, req: RaftRequest) -> RaftReply {
+    async fn handle_raft(self: &Arc<Self>, req: RaftRequest) -> RaftReply {
         match req {
             RaftRequest::AppendEntries(r) => {
                 let res = self.raft.append_entries(r).await;
@@ -449,7 +453,16 @@ impl Server {
                 }
                 RaftReply::AppendEntries(res)
             }
-            RaftRequest::Vote(r) => RaftReply::Vote(self.raft.vote(r).await),
+            RaftRequest::Vote(r) => {
+                let (term, their_log) = (r.vote.leader_id().term, r.last_log_id);
+                let res = self.raft.vote(r).await;
+                if let Ok(resp) = &res {
+                    if !resp.vote_granted && resp.last_log_id > their_log {
+                        tokio::spawn(self.clone().outbid_stale_candidate(term));
+                    }
+                }
+                RaftReply::Vote(res)
+            }
             RaftRequest::Snapshot { vote, meta, data } => {
                 let snapshot = Snapshot {
                     meta,
@@ -483,6 +496,10 @@ impl Server {
     }
 
     async fn write_here(&self, cmd: Command) -> Result<RpcResponse, RpcError> {
+        if self.handing_off.load(Ordering::SeqCst) {
+            // Not run: the caller retries and finds the new leader.
+            return Err(RpcError::NoLeader);
+        }
         if mutants::enabled(Mutant::AckBeforeCommit) && self.is_leader() {
             let index = self.metrics().last_log_index.unwrap_or(0) + 1;
             return match self.raft.client_write_ff(cmd).await {
@@ -876,30 +893,79 @@ impl Server {
     }
 
     /// Breaks split votes. openraft 0.9 draws each server's election timeout
-    /// once at startup and fires elections on its tick, so two candidates
-    /// can stay in lockstep and split every vote forever (the simulator
-    /// found such a seed). Raft's remedy is a fresh random timeout per
-    /// round; this task supplies it: while no leader is known, each voter
-    /// starts an election after its own random pause.
+    /// once at startup and retries elections on that fixed timeout, so two
+    /// candidates can collide term after term: the one with the shorter
+    /// timeout always campaigns first in each new term, the other (even with
+    /// the longer log, which the first can never beat) finds that term's
+    /// vote taken (the simulator found such seeds, with elections stuck for
+    /// seconds). Raft's remedy is a fresh random timeout per round (§5.2);
+    /// this task supplies it. A server's first election after losing its
+    /// leader still comes from openraft's timer; once it is a candidate,
+    /// that timer is silenced and each retry waits a newly drawn timeout.
     async fn election_watchdog(self: Arc<Self>) {
         use openraft::AsyncRuntime;
         use rand::Rng;
         let timing = self.config.timing;
         loop {
+            if !self.campaigning() {
+                // Leaving servers keep their timer off for good.
+                if !self.handing_off.load(Ordering::SeqCst) {
+                    self.raft.runtime_config().elect(true);
+                }
+                clock::sleep(Duration::from_millis(timing.heartbeat_ms)).await;
+                continue;
+            }
+            self.raft.runtime_config().elect(false);
             let pause_ms = crate::runtime::MeshRuntime::thread_rng()
-                .gen_range(timing.election_timeout_min_ms..=timing.election_timeout_max_ms * 2);
+                .gen_range(timing.election_timeout_min_ms..=timing.election_timeout_max_ms);
             clock::sleep(Duration::from_millis(pause_ms)).await;
-            let m = self.metrics();
-            let leaderless = m.current_leader.is_none() && m.state != ServerState::Leader;
-            let voter = m.membership_config.voter_ids().any(|id| id == self.node_id);
-            if leaderless && voter && m.state == ServerState::Candidate {
+            if self.campaigning() {
                 debug!(
-                    term = m.current_term,
-                    "no leader: starting a fresh randomized election"
+                    term = self.metrics().current_term,
+                    "no leader: retrying the election after a fresh random timeout"
                 );
                 let _ = self.raft.trigger().elect().await;
             }
         }
+    }
+
+    /// Raft §5.1: a server that sees a higher term adopts it. openraft 0.9
+    /// does not when it refuses a vote because the candidate's log is
+    /// behind its own, so the stale candidate stays ahead in terms and
+    /// takes each new term's vote first, while the servers that could win
+    /// stay a term behind it (the simulator found elections stuck this way
+    /// for seconds). Such a server campaigns past the stale candidate's
+    /// term instead, when no leader is known.
+    async fn outbid_stale_candidate(self: Arc<Self>, stale_term: u64) {
+        // Bounded: each step persists a vote and asks every peer.
+        for _ in 0..16 {
+            let m = self.metrics();
+            let leaderless = m.current_leader.is_none() && m.state != ServerState::Leader;
+            let voter = m.membership_config.voter_ids().any(|id| id == self.node_id);
+            if m.current_term > stale_term
+                || !leaderless
+                || !voter
+                || self.handing_off.load(Ordering::SeqCst)
+            {
+                return;
+            }
+            debug!(
+                term = m.current_term,
+                stale_term, "campaigning past a candidate with a stale log"
+            );
+            if self.raft.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A voter that is campaigning for leadership (and not leaving).
+    fn campaigning(&self) -> bool {
+        let m = self.metrics();
+        m.state == ServerState::Candidate
+            && m.current_leader.is_none()
+            && m.membership_config.voter_ids().any(|id| id == self.node_id)
+            && !self.handing_off.load(Ordering::SeqCst)
     }
 
     // ---- leaving ---------------------------------------------------------
@@ -908,15 +974,28 @@ impl Server {
     /// leads), waiting up to `wait` for another server to take over.
     /// Returns whether leadership moved.
     pub async fn hand_off_leadership(&self, wait: Duration) -> bool {
-        let m = self.metrics();
-        if m.state != ServerState::Leader {
+        if self.metrics().state != ServerState::Leader {
             return true;
         }
+        // Raft thesis §3.10: the leader stops taking writes while it hands
+        // off, or the target can never catch up with its log and loses the
+        // election it was asked to win.
+        self.handing_off.store(true, Ordering::SeqCst);
+        let handed_off = self.transfer_leadership(wait).await;
+        if !handed_off {
+            warn!("leadership hand-off did not complete in time");
+            self.handing_off.store(false, Ordering::SeqCst);
+            self.raft.runtime_config().elect(true);
+        }
+        handed_off
+    }
+
+    async fn transfer_leadership(&self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let m = self.metrics();
         let Some(replication) = m.replication.clone() else {
             return false;
         };
-        let last = m.last_log_index;
-        let deadline = Instant::now() + wait;
         // Pick the follower with the longest matched log; ties by id.
         let mut best: Option<(Option<u64>, u64)> = None;
         for (id, matched) in replication.iter() {
@@ -941,19 +1020,6 @@ impl Server {
         else {
             return false;
         };
-        // Let the target catch up to our last entry first, so it can win.
-        while Instant::now() < deadline {
-            let caught_up = self
-                .metrics()
-                .replication
-                .and_then(|r| r.get(&target).cloned().flatten())
-                .map(|l| l.index)
-                >= last;
-            if caught_up {
-                break;
-            }
-            clock::sleep(Duration::from_millis(10)).await;
-        }
         // This server is going away: it must not win the election back.
         self.raft.runtime_config().elect(false);
         info!(to = %node, "handing off leadership");
@@ -961,6 +1027,19 @@ impl Server {
         // leader lease refuses to vote); ask again until it wins.
         let round = Duration::from_millis(self.config.timing.election_timeout_max_ms * 2);
         while Instant::now() < deadline {
+            // Let the target catch up to our last entry first (writes
+            // accepted before the hand-off began may still be appending).
+            while Instant::now() < deadline {
+                let m = self.metrics();
+                let matched = m
+                    .replication
+                    .and_then(|r| r.get(&target).cloned().flatten())
+                    .map(|l| l.index);
+                if matched >= m.last_log_index {
+                    break;
+                }
+                clock::sleep(Duration::from_millis(10)).await;
+            }
             if crate::buggify::fires("leader_hand_off") {
                 warn!("buggify: hand-off request dropped");
             } else if let Err(e) = self
@@ -980,7 +1059,6 @@ impl Server {
                 clock::sleep(Duration::from_millis(10)).await;
             }
         }
-        warn!("leadership hand-off did not complete in time");
         false
     }
 

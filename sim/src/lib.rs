@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod observers;
 #[cfg(madsim)]
 pub mod scenarios;
+pub mod seeds;
 #[cfg(madsim)]
 pub mod swarm;
 #[cfg(madsim)]

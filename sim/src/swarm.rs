@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use madsim::rand::Rng;
 use madsim::time::{sleep, Instant};
+use rand::Rng;
 use tracing::info;
 
 use crate::cluster::Formation;
@@ -126,7 +126,7 @@ pub struct FaultPair {
 }
 
 fn draw_profile() -> Profile {
-    let mut rng = madsim::rand::thread_rng();
+    let mut rng = crate::seeds::rng("swarm-profile", 0);
     let servers = if rng.gen_bool(0.3) { 5 } else { 3 };
     let mut kinds: Vec<Kind> = ALL_KINDS
         .iter()
@@ -150,7 +150,7 @@ fn draw_profile() -> Profile {
 /// isolate, pause, ...) and one clock fault at a time, so every pair can be
 /// undone on its own.
 fn draw_schedule(p: &Profile) -> Vec<FaultPair> {
-    let mut rng = madsim::rand::thread_rng();
+    let mut rng = crate::seeds::rng("swarm-schedule", 0);
     let mut busy: Vec<Vec<(u8, Duration, Duration)>> = vec![Vec::new(); p.servers];
     let mut out = Vec::new();
     for id in 0..p.faults {

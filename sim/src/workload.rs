@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use madsim::rand::Rng;
+use rand::rngs::StdRng;
+use rand::Rng;
 
 use crate::checkers::linearizable::{Op, OpKind};
 use mesh_core::api::KvPair;
@@ -46,11 +47,15 @@ fn now_ns() -> u64 {
 /// One operation on a shared register, recorded with its timing: a
 /// default-mode read (40%), a write (25%), a read-then-CAS against the
 /// ModifyIndex just read (20%), or a delete (15%).
-async fn register_op(id: usize, n: u64, client: &mut HttpClient, history: &SharedHistory) {
-    let mut rng = madsim::rand::thread_rng();
+async fn register_op(
+    id: usize,
+    n: u64,
+    rng: &mut StdRng,
+    client: &mut HttpClient,
+    history: &SharedHistory,
+) {
     let key = format!("reg/{}", rng.gen_range(0..REGISTERS));
     let pick = rng.gen_range(0..100u32);
-    drop(rng);
     let path = format!("/v1/kv/{key}");
     let value = format!("c{id}-{n}");
     let record = |call: u64, ret: u64, kind: OpKind| {
@@ -190,10 +195,11 @@ pub async fn run_client(
         .map(|a| HttpClient::new(a.clone(), request_timeout))
         .collect();
     let mut last_acked: Option<(String, Vec<u8>)> = None;
+    let mut rng = crate::seeds::rng("client", id as u64);
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let target = madsim::rand::thread_rng().gen_range(0..clients.len());
-        if madsim::rand::thread_rng().gen_bool(0.5) {
-            register_op(id, n, &mut clients[target], &history).await;
+        let target = rng.gen_range(0..clients.len());
+        if rng.gen_bool(0.5) {
+            register_op(id, n, &mut rng, &mut clients[target], &history).await;
             n += 1;
             madsim::time::sleep(pause).await;
             continue;
@@ -215,7 +221,7 @@ pub async fn run_client(
                 // Check-and-set with index 0 means "only if absent": on a
                 // key that exists it must fail and change nothing.
                 if n.is_multiple_of(3) {
-                    let target = madsim::rand::thread_rng().gen_range(0..clients.len());
+                    let target = rng.gen_range(0..clients.len());
                     let path = format!("/v1/kv/{key}?cas=0");
                     if let Ok(r) = clients[target]
                         .request("PUT", &path, b"clobbered".to_vec())
@@ -233,7 +239,7 @@ pub async fn run_client(
             _ => history.lock().expect("history").unacked += 1,
         }
         if let Some((key, value)) = &last_acked {
-            let target = madsim::rand::thread_rng().gen_range(0..clients.len());
+            let target = rng.gen_range(0..clients.len());
             match clients[target]
                 .request("GET", &format!("/v1/kv/{key}?raw"), vec![])
                 .await
