@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::checkers::linearizable::{Op, OpKind};
+use crate::checkers::monotonic_index::MonotonicIndex;
 use mesh_core::api::KvPair;
 use mesh_net::http_client::{HttpClient, HttpClientError, HttpResponse};
 
@@ -189,7 +190,7 @@ pub async fn run_client(
         request_timeout,
     } = options;
     let mut n = 0u64;
-    let mut last_index = 0u64;
+    let mut index_check = MonotonicIndex::default();
     let mut clients: Vec<HttpClient> = servers
         .iter()
         .map(|a| HttpClient::new(a.clone(), request_timeout))
@@ -257,12 +258,9 @@ pub async fn run_client(
                         .header("x-consul-index")
                         .and_then(|v| v.parse::<u64>().ok())
                     {
-                        if idx < last_index {
-                            h.violations.push(format!(
-                                "client {id}: X-Consul-Index went back from {last_index} to {idx}"
-                            ));
+                        if let Err(e) = index_check.observe(id, idx) {
+                            h.violations.push(e);
                         }
-                        last_index = idx;
                     }
                 }
                 Ok(r) if r.status == 404 => {

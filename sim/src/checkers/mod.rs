@@ -6,4 +6,5 @@ pub mod acked_writes;
 pub mod election;
 pub mod linearizable;
 pub mod log_matching;
+pub mod monotonic_index;
 pub mod state_machine;
