@@ -333,8 +333,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// openraft reads the vote once, at startup. A committed vote is
+    /// reported as merely cast: with a committed vote for itself, openraft
+    /// 0.9 resumes leadership in the same term without an election
+    /// (`Engine::startup`). If the crash lost entries from the end of its
+    /// log that followers already hold (they are sent before the leader's
+    /// own fsync completes), the resumed leader reuses their indexes for
+    /// new entries in the same term: two entries with one (index, term),
+    /// and acknowledged writes overwritten (the simulator found it: swarm
+    /// seed 1033, a stale read). Raft restarts every server as a follower;
+    /// leading again takes a new election.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        Ok(self.lock().vote)
+        Ok(self.lock().vote.map(|mut vote| {
+            vote.committed = false;
+            vote
+        }))
     }
 
     async fn append<I>(
@@ -472,6 +485,22 @@ mod tests {
             ]
         );
         assert_ne!(fp(&entry(1, 3)), fp(&replacement));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_leader_does_not_resume_leadership() {
+        let disk = MemDisk::new();
+        let mut vote = Vote::new(3, 7);
+        vote.commit();
+        disk.write_atomic(VOTE_FILE, &json_record(KIND_VOTE, &vote))
+            .unwrap();
+        let mut store = LogStore::open(Arc::new(disk)).unwrap();
+        let read = store.read_vote().await.unwrap().unwrap();
+        assert_eq!(
+            read,
+            Vote::new(3, 7),
+            "same term and candidate, not committed"
+        );
     }
 
     #[test]
