@@ -198,7 +198,7 @@ fn planted_bugs_are_caught() {
             "--seeds",
             "0..100",
             "--mutant",
-            "drop_last_log_entry",
+            "skip_fsync",
         ])
         .output()
         .expect("run sim hunt");
@@ -217,7 +217,7 @@ fn planted_bugs_are_caught() {
             "--seed",
             &seed,
             "--mutant",
-            "drop_last_log_entry",
+            "skip_fsync",
         ])
         .output()
         .expect("run sim minimize");
