@@ -29,6 +29,7 @@ pub const SCENARIOS: &[&str] = &[
     "full_restart",
     "leave_rejoin",
     "clock_drift",
+    "slow_clients",
     "swarm",
     "scale",
 ];

@@ -574,6 +574,113 @@ async fn clock_drift() -> Result<Report, String> {
     Ok(run.report)
 }
 
+/// Slow and silent HTTP clients cannot hold the API hostage. Against a
+/// random server, the client host opens connections that send half a
+/// request head, that go idle after one request, and that send half a
+/// body. While they hang, the workload must still get answers; within the
+/// read timeouts (plus a margin), the server must close the first two and
+/// answer the third with 408.
+async fn slow_clients() -> Result<Report, String> {
+    use mesh_net::http::{BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let mut run = Run::new(vec![Formation::Expect(3); 3], 200);
+    run.start_all_shuffled(500).await?;
+    run.leader_among(&[0, 1, 2], ELECTION_BOUND).await?;
+    run.wait_voters(3, Duration::from_secs(5)).await?;
+    let target = madsim::rand::thread_rng().gen_range(0..3);
+    let addr = run.cluster.http_addr(target);
+    info!(server = target, "phase: slow clients connect");
+    let key = "slow/body";
+    let openings: [(&str, String); 3] = [
+        (
+            "half a head",
+            "GET /v1/status/leader HTTP/1.1\r\nHost: x\r\n".into(),
+        ),
+        (
+            "idle keep-alive",
+            "GET /v1/status/leader HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+        ),
+        (
+            "half a body",
+            format!(
+                "PUT /v1/kv/{key} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789"
+            ),
+        ),
+    ];
+    let bound = HEADER_READ_TIMEOUT.max(BODY_READ_TIMEOUT) + Duration::from_secs(5);
+    let mut watchers = Vec::new();
+    for (what, opening) in openings {
+        let addr = addr.clone();
+        watchers.push(run.cluster.client.spawn(async move {
+            let mut stream = TcpStream::connect(&addr)
+                .await
+                .map_err(|e| format!("{what}: connect: {e}"))?;
+            stream
+                .write_all(opening.as_bytes())
+                .await
+                .map_err(|e| format!("{what}: write: {e}"))?;
+            stream
+                .flush()
+                .await
+                .map_err(|e| format!("{what}: flush: {e}"))?;
+            // Read until the server closes the connection, keeping what it
+            // said; give up after the bound.
+            let mut said = Vec::new();
+            let mut buf = [0u8; 1024];
+            let closed = madsim::time::timeout(bound, async {
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => said.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await
+            .is_ok();
+            if !closed {
+                return Err(format!("{what}: connection still open after {bound:?}"));
+            }
+            Ok((what, String::from_utf8_lossy(&said).into_owned()))
+        }));
+    }
+    // The API keeps answering while they hang.
+    run.start_workload(2);
+    run.settle(Duration::from_secs(3)).await?;
+    let acked = run.history.lock().expect("history").acked.len();
+    if acked == 0 {
+        return Err("no write was acknowledged while slow clients held connections".into());
+    }
+    let mut replies = Vec::new();
+    for w in watchers {
+        let (what, said) = w.await.map_err(|e| format!("watcher task: {e}"))??;
+        info!(what, reply = %said.lines().next().unwrap_or(""), bytes = said.len(), "server closed the slow connection");
+        replies.push((what, said));
+    }
+    for (what, said) in replies {
+        let first_line = said.lines().next().unwrap_or("");
+        let expected = match what {
+            "half a head" => "",
+            "idle keep-alive" => "HTTP/1.1 200 OK",
+            _ => "HTTP/1.1 408 Request Timeout",
+        };
+        if first_line != expected {
+            return Err(format!(
+                "{what}: server answered {first_line:?}, expected {expected:?}"
+            ));
+        }
+    }
+    // The half-sent value must not have been written.
+    let server = run.cluster.server(target).ok_or("target server vanished")?;
+    if server.view().read(|sm| sm.kv().get(key).is_some()) {
+        return Err(format!("the half-sent body of {key} was stored"));
+    }
+    run.stop_workload().await?;
+    run.converge().await?;
+    Ok(run.report)
+}
+
 /// Runs scenario `name` in the current simulation.
 pub async fn run(name: &str) -> Result<Report, String> {
     // The seed also draws the network: per-packet latency up to 1-10 ms.
@@ -589,6 +696,7 @@ pub async fn run(name: &str) -> Result<Report, String> {
         "swarm" => crate::swarm::run().await,
         "scale" => scale().await,
         "clock_drift" => clock_drift().await,
+        "slow_clients" => slow_clients().await,
         other => Err(format!(
             "unknown scenario {other:?}; known: {:?}",
             crate::SCENARIOS

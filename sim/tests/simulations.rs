@@ -13,8 +13,11 @@ use std::process::Command;
 
 /// Seeds per scenario; override with MESH_SIM_SEEDS (e.g. `0..500`).
 const DEFAULT_SEEDS: &str = "0..200";
-/// Seeds of the `scale` scenario.
-const SCALE_SEEDS: &str = "0..10";
+/// Seeds of the scenarios that cost more per seed: `scale` moves megabytes
+/// (~3 s each), `slow_clients` waits out 30 s read timeouts, and neither
+/// depends much on the seed.
+const FEW_SEEDS: &str = "0..10";
+const FEW_SEED_SCENARIOS: &[&str] = &["scale", "slow_clients"];
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -77,9 +80,8 @@ fn seeded_cluster_simulations_pass_and_replay_exactly() {
     let mut total = 0u64;
     let mut failures = Vec::new();
     for scenario in sim::SCENARIOS {
-        // `scale` moves megabytes per run (~3 s each); it gets fewer seeds.
-        let seeds = if *scenario == "scale" {
-            SCALE_SEEDS.to_string()
+        let seeds = if FEW_SEED_SCENARIOS.contains(scenario) {
+            FEW_SEEDS.to_string()
         } else {
             seeds.clone()
         };

@@ -1,14 +1,23 @@
 //! The agent's HTTP API: Consul's paths, parameters, JSON shapes, headers
 //! and status codes.
 //!
-//! Served with hyper's connection API over our own accept loop (no hyper
-//! timer or executor), so the same code runs on tokio and in madsim.
+//! Served with hyper's connection API over our own accept loop, with a
+//! hyper timer built on [`crate::clock`] (hyper-util's would call real
+//! tokio), so the same code runs on tokio and in madsim.
+//!
+//! Slow or silent clients cannot hold a connection forever: a request head
+//! (and the next one on an idle keep-alive connection) must arrive within
+//! [`HEADER_READ_TIMEOUT`], a body within [`routes::BODY_READ_TIMEOUT`].
 
 mod params;
 mod routes;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -19,7 +28,38 @@ use crate::clock;
 use tracing::{debug, warn};
 
 pub use params::{parse_duration_ms, percent_decode, Query};
-pub use routes::HttpApi;
+pub use routes::{HttpApi, BODY_READ_TIMEOUT};
+
+/// How long a client may take to send a request head, and how long an idle
+/// keep-alive connection stays open waiting for the next one (Go's
+/// `http.Server` calls these `ReadHeaderTimeout` and `IdleTimeout`).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// hyper's timer on this host's clock.
+#[derive(Clone, Copy, Debug)]
+struct ClockTimer;
+
+/// A hyper sleep on this host's clock.
+struct ClockSleep(Pin<Box<tokio::time::Sleep>>);
+
+impl Future for ClockSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for ClockSleep {}
+
+impl hyper::rt::Timer for ClockTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(ClockSleep(Box::pin(clock::sleep(duration))))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(deadline.saturating_duration_since(Instant::now()))
+    }
+}
 
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, api: Arc<HttpApi>) {
@@ -40,10 +80,13 @@ pub async fn serve(listener: TcpListener, api: Arc<HttpApi>) {
                 async move { Ok::<_, Infallible>(api.handle(req).await) }
             });
             if let Err(e) = http1::Builder::new()
+                .timer(ClockTimer)
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
-                // Malformed requests end here: hyper answers 400 and closes.
+                // Malformed requests end here (hyper answers 400 and
+                // closes), and so do heads that arrive too slowly.
                 debug!(%peer, error = %e, "http connection ended");
             }
         });

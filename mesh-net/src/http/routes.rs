@@ -14,10 +14,14 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::params::{parse_duration_ms, percent_decode, Query};
+use crate::clock;
 use crate::server::{Server, MAX_WAIT_MS};
 
 /// Consul's limit on a KV value.
 pub const MAX_VALUE_BYTES: usize = 512 * 1024;
+/// How long a client may take to send a request body once its head has
+/// arrived (512 KiB at the limit is 17 KiB/s, far below any real link).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Consul's default blocking-query wait.
 const DEFAULT_WAIT_MS: u64 = 300_000;
 
@@ -406,10 +410,17 @@ fn method_not_allowed() -> Reply {
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Reply> {
-    match Limited::new(req.into_body(), MAX_VALUE_BYTES)
-        .collect()
-        .await
-    {
+    let body = Limited::new(req.into_body(), MAX_VALUE_BYTES).collect();
+    let Ok(body) = clock::timeout(BODY_READ_TIMEOUT, body).await else {
+        return Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    match body {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
             StatusCode::PAYLOAD_TOO_LARGE,
