@@ -33,6 +33,12 @@ pub enum Request<R> {
     Read(ReadRequest),
     /// Leadership hand-off: the leader is leaving, start an election now.
     TimeoutNow,
+    /// PreVote (Raft thesis §9.6): "would you vote for me in the next
+    /// term?" Answered with [`Response::PreVote`]; changes nothing.
+    PreVote {
+        /// The asker's last log entry as `(term, index)`.
+        last_log: Option<(u64, u64)>,
+    },
     /// Cluster status as the receiver sees it.
     Status,
 }
@@ -53,6 +59,13 @@ pub enum Response<R> {
     },
     /// Answer to [`Request::Read`].
     Read(ReadResponse),
+    /// Answer to [`Request::PreVote`]: yes if the receiver has not heard
+    /// from a leader for a full election timeout and the asker's log is at
+    /// least as up to date as its own.
+    PreVote {
+        /// Whether the receiver would grant its vote.
+        granted: bool,
+    },
     /// The request was carried out.
     Done,
     /// The request failed.

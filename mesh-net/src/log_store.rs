@@ -255,6 +255,17 @@ impl LogStore {
         self.inner.lock().expect("log store lock poisoned")
     }
 
+    /// The id of the last entry, held or purged.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        let inner = self.lock();
+        inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(inner.last_purged)
+    }
+
     /// `(index, term, fingerprint)` of every entry held, in index order:
     /// what a log-matching checker compares across servers. Entries with
     /// equal fingerprints have identical stored encodings.
@@ -308,11 +319,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let inner = self.lock();
-        let last = inner.entries.values().next_back().map(|e| e.log_id);
+        let last_log_id = self.last_log_id();
         Ok(LogState {
-            last_purged_log_id: inner.last_purged,
-            last_log_id: last.or(inner.last_purged),
+            last_purged_log_id: self.lock().last_purged,
+            last_log_id,
         })
     }
 

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::{self, Instant};
+use futures::StreamExt;
 use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};
 use mesh_core::state::{Command, CommandResult};
 use mesh_core::wire::{
@@ -217,6 +218,8 @@ impl Server {
             cluster_name: "mesh".into(),
             heartbeat_interval: config.timing.heartbeat_ms,
             election_timeout_min: config.timing.election_timeout_min_ms,
+            // Elections start from `election_watchdog`, after a PreVote.
+            enable_elect: false,
             election_timeout_max: config.timing.election_timeout_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
             max_in_snapshot_log_to_keep: config.snapshot_threshold.min(1000),
@@ -433,6 +436,9 @@ impl Server {
                 Response::Status(self.status())
             }
             Request::Status => Response::Status(self.status()),
+            Request::PreVote { last_log } => Response::PreVote {
+                granted: self.would_vote_for(last_log),
+            },
             Request::TimeoutNow => {
                 info!("leadership hand-off requested: starting an election");
                 match self.raft.trigger().elect().await {
@@ -457,6 +463,11 @@ impl Server {
                 let (term, their_log) = (r.vote.leader_id().term, r.last_log_id);
                 let res = self.raft.vote(r).await;
                 if let Ok(resp) = &res {
+                    if resp.vote_granted {
+                        // Raft §5.2: granting a vote restarts the election timer.
+                        *self.last_leader_contact.lock().expect("contact lock") =
+                            Some(Instant::now());
+                    }
                     if !resp.vote_granted && resp.last_log_id > their_log {
                         tokio::spawn(self.clone().outbid_stale_candidate(term));
                     }
@@ -892,41 +903,128 @@ impl Server {
         }
     }
 
-    /// Breaks split votes. openraft 0.9 draws each server's election timeout
-    /// once at startup and retries elections on that fixed timeout, so two
-    /// candidates can collide term after term: the one with the shorter
-    /// timeout always campaigns first in each new term, the other (even with
-    /// the longer log, which the first can never beat) finds that term's
-    /// vote taken (the simulator found such seeds, with elections stuck for
-    /// seconds). Raft's remedy is a fresh random timeout per round (§5.2);
-    /// this task supplies it. A server's first election after losing its
-    /// leader still comes from openraft's timer; once it is a candidate,
-    /// that timer is silenced and each retry waits a newly drawn timeout.
+    /// Starts elections: Raft §5.2 with PreVote (Raft thesis §9.6).
+    /// openraft's own election timer is off (`enable_elect: false`): openraft
+    /// 0.9 draws its timeout once per server, so two candidates could
+    /// collide term after term (the simulator found such seeds), and it
+    /// campaigns without asking first, so a server that cannot win (cut off,
+    /// stale log, a racing clock) keeps raising its term and deposes a
+    /// healthy leader when it reconnects. Here each round waits a freshly
+    /// drawn timeout after the last sign of a leader, then asks every voter
+    /// whether it would vote for this server ([`Server::would_vote_for`]);
+    /// only with a majority does a real election start.
     async fn election_watchdog(self: Arc<Self>) {
         use openraft::AsyncRuntime;
         use rand::Rng;
         let timing = self.config.timing;
+        // Peers refuse votes for a lease of one maximum election timeout
+        // after hearing from a leader; waiting less only wastes a round.
+        let lease = timing.election_timeout_max_ms;
+        let spread = timing.election_timeout_max_ms - timing.election_timeout_min_ms;
+        // After a split vote the candidates have no leader lease to wait
+        // out: retry after a plain election timeout.
+        let draw = |candidate: bool| {
+            let (lo, hi) = if candidate {
+                (
+                    timing.election_timeout_min_ms,
+                    timing.election_timeout_max_ms,
+                )
+            } else {
+                (lease, lease + spread)
+            };
+            Duration::from_millis(crate::runtime::MeshRuntime::thread_rng().gen_range(lo..=hi))
+        };
+        let mut timeout = draw(false);
+        let mut round_start = Instant::now();
         loop {
-            if !self.campaigning() {
-                // Leaving servers keep their timer off for good.
-                if !self.handing_off.load(Ordering::SeqCst) {
-                    self.raft.runtime_config().elect(true);
-                }
-                clock::sleep(Duration::from_millis(timing.heartbeat_ms)).await;
+            clock::sleep(Duration::from_millis(timing.heartbeat_ms / 2)).await;
+            if !self.may_campaign() {
+                round_start = Instant::now();
                 continue;
             }
-            self.raft.runtime_config().elect(false);
-            let pause_ms = crate::runtime::MeshRuntime::thread_rng()
-                .gen_range(timing.election_timeout_min_ms..=timing.election_timeout_max_ms);
-            clock::sleep(Duration::from_millis(pause_ms)).await;
-            if self.campaigning() {
+            let contact = *self.last_leader_contact.lock().expect("contact lock");
+            let quiet_since = contact.map_or(round_start, |c| c.max(round_start));
+            if quiet_since.elapsed() < timeout {
+                continue;
+            }
+            round_start = Instant::now();
+            let candidate = self.metrics().state == ServerState::Candidate;
+            timeout = draw(candidate);
+            // The round takes up to an RPC timeout: if a leader appeared or
+            // this server voted meanwhile, that answer is stale.
+            let heard_meanwhile = || {
+                self.last_leader_contact
+                    .lock()
+                    .expect("contact lock")
+                    .is_some_and(|c| c >= round_start)
+            };
+            if self.pre_vote().await && self.may_campaign() && !heard_meanwhile() {
                 debug!(
                     term = self.metrics().current_term,
-                    "no leader: retrying the election after a fresh random timeout"
+                    "a majority would vote for this server: starting an election"
                 );
                 let _ = self.raft.trigger().elect().await;
             }
         }
+    }
+
+    /// A voter that is not leading and not leaving.
+    fn may_campaign(&self) -> bool {
+        let m = self.metrics();
+        m.state != ServerState::Leader
+            && m.membership_config.voter_ids().any(|id| id == self.node_id)
+            && !self.handing_off.load(Ordering::SeqCst)
+    }
+
+    /// The PreVote round: whether a majority of voters (this one included)
+    /// would vote for this server in the next term.
+    async fn pre_vote(&self) -> bool {
+        let m = self.metrics();
+        let voters: Vec<(u64, ServerNode)> = m
+            .membership_config
+            .nodes()
+            .filter(|(id, _)| m.membership_config.voter_ids().any(|v| v == **id))
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        let needed = voters.len() / 2 + 1;
+        let last_log = self.log.last_log_id().map(|l| (l.leader_id.term, l.index));
+        let ask = Request::PreVote { last_log };
+        let timeout = Duration::from_millis(self.config.timing.election_timeout_min_ms);
+        let mut answers: futures::stream::FuturesUnordered<_> = voters
+            .iter()
+            .filter(|(id, _)| *id != self.node_id)
+            .map(|(_, n)| self.rpc.call(&n.rpc_addr, &ask, timeout))
+            .collect();
+        // This server's own vote; stop as soon as a majority said yes,
+        // without waiting out the timeout of a dead or cut-off peer.
+        let mut granted = 1;
+        while granted < needed {
+            match answers.next().await {
+                Some(Ok(Response::PreVote { granted: true })) => granted += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        debug!(granted, needed, "pre-vote round");
+        granted >= needed
+    }
+
+    /// PreVote's rule: grant if this server has not heard from a leader for
+    /// a full lease (so a real vote would be granted too, and a healthy
+    /// leader is never disturbed) and the asker's log is at least as up to
+    /// date as this server's (§5.4.1).
+    fn would_vote_for(&self, their_last: Option<(u64, u64)>) -> bool {
+        if self.is_leader() {
+            return false;
+        }
+        let lease = Duration::from_millis(self.config.timing.election_timeout_max_ms);
+        let heard = self
+            .last_leader_contact
+            .lock()
+            .expect("contact lock")
+            .is_some_and(|t| t.elapsed() < lease);
+        let ours = self.log.last_log_id().map(|l| (l.leader_id.term, l.index));
+        !heard && their_last >= ours
     }
 
     /// Raft §5.1: a server that sees a higher term adopts it. openraft 0.9
@@ -959,15 +1057,6 @@ impl Server {
         }
     }
 
-    /// A voter that is campaigning for leadership (and not leaving).
-    fn campaigning(&self) -> bool {
-        let m = self.metrics();
-        m.state == ServerState::Candidate
-            && m.current_leader.is_none()
-            && m.membership_config.voter_ids().any(|id| id == self.node_id)
-            && !self.handing_off.load(Ordering::SeqCst)
-    }
-
     // ---- leaving ---------------------------------------------------------
 
     /// Hands leadership to the most up-to-date follower (if this server
@@ -985,7 +1074,6 @@ impl Server {
         if !handed_off {
             warn!("leadership hand-off did not complete in time");
             self.handing_off.store(false, Ordering::SeqCst);
-            self.raft.runtime_config().elect(true);
         }
         handed_off
     }
@@ -1020,8 +1108,9 @@ impl Server {
         else {
             return false;
         };
-        // This server is going away: it must not win the election back.
-        self.raft.runtime_config().elect(false);
+        // This server is going away: it must not win the election back
+        // (`may_campaign` is false while handing off, and openraft's own
+        // timer is off).
         info!(to = %node, "handing off leadership");
         // The target's first election can fail (a follower still inside its
         // leader lease refuses to vote); ask again until it wins.

@@ -529,7 +529,7 @@ async fn clock_drift() -> Result<Report, String> {
                 (leader, rng.gen_range(50_000..=100_000), skew)
             } else {
                 let follower = (leader + rng.gen_range(1..3)) % 3;
-                (follower, rng.gen_range(1_500_000..=3_000_000), skew)
+                (follower, rng.gen_range(1_500_000..=10_000_000), skew)
             }
         };
         info!(
