@@ -30,6 +30,7 @@ pub const SCENARIOS: &[&str] = &[
     "leave_rejoin",
     "clock_drift",
     "slow_clients",
+    "isolated_follower",
     "swarm",
     "scale",
 ];

@@ -681,6 +681,39 @@ async fn slow_clients() -> Result<Report, String> {
     Ok(run.report)
 }
 
+/// A follower cut off from everyone for a few seconds, then healed, must
+/// not disturb the leader: with PreVote it never raises its term while it
+/// cannot win, so on its return the same leader keeps the same term (without
+/// PreVote it would come back with a higher term and force an election).
+async fn isolated_follower() -> Result<Report, String> {
+    let mut run = Run::new(vec![Formation::Expect(3); 3], 200);
+    run.start_all_shuffled(500).await?;
+    let all = [0, 1, 2];
+    let leader = run.leader_among(&all, ELECTION_BOUND).await?;
+    run.wait_voters(3, Duration::from_secs(5)).await?;
+    run.start_workload(2);
+    run.settle(rand_ms(500, 1500)).await?;
+    let term = |run: &Run, i: usize| run.cluster.server(i).map(|s| s.metrics().current_term);
+    let before = term(&run, leader).ok_or("leader vanished")?;
+    let follower = (leader + madsim::rand::thread_rng().gen_range(1..3)) % 3;
+    info!(follower, "phase: isolate a follower");
+    run.cluster.isolate(follower);
+    run.settle(rand_ms(2000, 5000)).await?;
+    info!(follower, "phase: heal it");
+    run.cluster.heal(follower);
+    run.settle(Duration::from_secs(2)).await?;
+    let now_leader = run.agreed(&all);
+    let after = term(&run, leader).ok_or("leader vanished")?;
+    if now_leader != Some(leader) || after != before {
+        return Err(format!(
+            "a returning follower disturbed the leader: leader {leader} term {before} before, leader {now_leader:?} term {after} after"
+        ));
+    }
+    run.stop_workload().await?;
+    run.converge().await?;
+    Ok(run.report)
+}
+
 /// Runs scenario `name` in the current simulation.
 pub async fn run(name: &str) -> Result<Report, String> {
     // The seed also draws the network: per-packet latency up to 1-10 ms.
@@ -697,6 +730,7 @@ pub async fn run(name: &str) -> Result<Report, String> {
         "scale" => scale().await,
         "clock_drift" => clock_drift().await,
         "slow_clients" => slow_clients().await,
+        "isolated_follower" => isolated_follower().await,
         other => Err(format!(
             "unknown scenario {other:?}; known: {:?}",
             crate::SCENARIOS
