@@ -78,6 +78,23 @@ impl Run {
         }
     }
 
+    /// The common start: three servers with `-bootstrap-expect=3`, started
+    /// in seed order, an agreed leader (returned) and three voters.
+    pub(crate) async fn three_servers(snapshot_threshold: u64) -> Result<(Self, usize), String> {
+        let mut run = Self::new(vec![Formation::Expect(3); 3], snapshot_threshold);
+        run.start_all_shuffled(500).await?;
+        let leader = run.leader_among(&[0, 1, 2], ELECTION_BOUND).await?;
+        run.wait_voters(3, Duration::from_secs(5)).await?;
+        Ok((run, leader))
+    }
+
+    /// The common end: stop the workload, then the liveness phase.
+    pub(crate) async fn finish(mut self) -> Result<Report, String> {
+        self.stop_workload().await?;
+        self.converge().await?;
+        Ok(self.report)
+    }
+
     /// Lets simulated time pass, sampling the checkers every 5 ms.
     pub(crate) async fn settle(&mut self, d: Duration) -> Result<(), String> {
         let deadline = Instant::now() + d;
@@ -280,9 +297,7 @@ async fn manual_bootstrap() -> Result<Report, String> {
     info!("phase: writes");
     run.start_workload(2);
     run.settle(Duration::from_secs(3)).await?;
-    run.stop_workload().await?;
-    run.converge().await?;
-    Ok(run.report)
+    run.finish().await
 }
 
 /// All three with `-bootstrap-expect=3`, started in seed-chosen order.
@@ -301,9 +316,7 @@ async fn bootstrap_expect() -> Result<Report, String> {
     info!("phase: writes");
     run.start_workload(2);
     run.settle(Duration::from_secs(2)).await?;
-    run.stop_workload().await?;
-    run.converge().await?;
-    Ok(run.report)
+    run.finish().await
 }
 
 /// Leader failover under a KV workload: the leader is killed, isolated,
@@ -312,10 +325,7 @@ async fn bootstrap_expect() -> Result<Report, String> {
 /// catches up.
 async fn failover() -> Result<Report, String> {
     // A low snapshot threshold so the returning server may need a snapshot.
-    let mut run = Run::new(vec![Formation::Expect(3); 3], 64);
-    run.start_all_shuffled(500).await?;
-    let leader = run.leader_among(&[0, 1, 2], ELECTION_BOUND).await?;
-    run.wait_voters(3, Duration::from_secs(5)).await?;
+    let (mut run, leader) = Run::three_servers(64).await?;
     info!("phase: workload");
     run.start_workload(3);
     run.settle(rand_ms(500, 2500)).await?;
@@ -366,18 +376,13 @@ async fn failover() -> Result<Report, String> {
         _ => run.cluster.start(leader),
     }
     run.settle(Duration::from_secs(1)).await?;
-    run.stop_workload().await?;
-    run.converge().await?;
-    Ok(run.report)
+    run.finish().await
 }
 
 /// Full-cluster restart: all three lose power (unsynced bytes lost, torn
 /// tails) and come back; every acknowledged write survives.
 async fn full_restart() -> Result<Report, String> {
-    let mut run = Run::new(vec![Formation::Expect(3); 3], 100);
-    run.start_all_shuffled(500).await?;
-    run.leader_among(&[0, 1, 2], ELECTION_BOUND).await?;
-    run.wait_voters(3, Duration::from_secs(5)).await?;
+    let (mut run, _) = Run::three_servers(100).await?;
     info!("phase: workload");
     run.start_workload(3);
     run.settle(rand_ms(1000, 3000)).await?;
@@ -396,9 +401,7 @@ async fn full_restart() -> Result<Report, String> {
     run.leader_among(&[0, 1, 2], ELECTION_BOUND * 2).await?;
     run.report.failover_ms.push(t.elapsed().as_millis() as u64);
     run.settle(Duration::from_secs(1)).await?;
-    run.stop_workload().await?;
-    run.converge().await?;
-    Ok(run.report)
+    run.finish().await
 }
 
 /// Graceful leave and rejoin under a KV workload: a seed-chosen server
@@ -406,10 +409,7 @@ async fn full_restart() -> Result<Report, String> {
 /// peer set, stop), the remaining two keep serving, then the server starts
 /// again from its data dir and `-retry-join` brings it back as a voter.
 async fn leave_rejoin() -> Result<Report, String> {
-    let mut run = Run::new(vec![Formation::Expect(3); 3], 200);
-    run.start_all_shuffled(500).await?;
-    let leader = run.leader_among(&[0, 1, 2], ELECTION_BOUND).await?;
-    run.wait_voters(3, Duration::from_secs(5)).await?;
+    let (mut run, leader) = Run::three_servers(200).await?;
     run.start_workload(2);
     run.settle(rand_ms(300, 1500)).await?;
     let leaver = if madsim::rand::thread_rng().gen_bool(0.5) {
@@ -437,9 +437,7 @@ async fn leave_rejoin() -> Result<Report, String> {
     run.cluster.start(leaver);
     run.wait_voters(3, Duration::from_secs(20)).await?;
     run.settle(Duration::from_secs(1)).await?;
-    run.stop_workload().await?;
-    run.converge().await?;
-    Ok(run.report)
+    run.finish().await
 }
 
 /// Scale: five servers under a write-heavy workload of many keys with
@@ -510,11 +508,8 @@ async fn scale() -> Result<Report, String> {
 /// checker (stale reads, linearizability, election and log safety) runs
 /// throughout.
 async fn clock_drift() -> Result<Report, String> {
-    let mut run = Run::new(vec![Formation::Expect(3); 3], 64);
-    run.start_all_shuffled(500).await?;
+    let (mut run, _) = Run::three_servers(64).await?;
     let all = [0, 1, 2];
-    run.leader_among(&all, ELECTION_BOUND).await?;
-    run.wait_voters(3, Duration::from_secs(5)).await?;
     // Clients that give up after a second, as a load balancer would, so a
     // write stuck on the cut-off leader does not stop its client reading.
     run.client_options.request_timeout = Duration::from_secs(1);
@@ -569,9 +564,7 @@ async fn clock_drift() -> Result<Report, String> {
         run.cluster.set_clock(target, 1_000_000, 0);
     }
     run.settle(Duration::from_secs(1)).await?;
-    run.stop_workload().await?;
-    run.converge().await?;
-    Ok(run.report)
+    run.finish().await
 }
 
 /// Slow and silent HTTP clients cannot hold the API hostage. Against a
@@ -585,10 +578,7 @@ async fn slow_clients() -> Result<Report, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    let mut run = Run::new(vec![Formation::Expect(3); 3], 200);
-    run.start_all_shuffled(500).await?;
-    run.leader_among(&[0, 1, 2], ELECTION_BOUND).await?;
-    run.wait_voters(3, Duration::from_secs(5)).await?;
+    let (mut run, _) = Run::three_servers(200).await?;
     let target = madsim::rand::thread_rng().gen_range(0..3);
     let addr = run.cluster.http_addr(target);
     info!(server = target, "phase: slow clients connect");
@@ -676,9 +666,7 @@ async fn slow_clients() -> Result<Report, String> {
     if server.view().read(|sm| sm.kv().get(key).is_some()) {
         return Err(format!("the half-sent body of {key} was stored"));
     }
-    run.stop_workload().await?;
-    run.converge().await?;
-    Ok(run.report)
+    run.finish().await
 }
 
 /// A follower cut off from everyone for a few seconds, then healed, must
@@ -686,11 +674,8 @@ async fn slow_clients() -> Result<Report, String> {
 /// cannot win, so on its return the same leader keeps the same term (without
 /// PreVote it would come back with a higher term and force an election).
 async fn isolated_follower() -> Result<Report, String> {
-    let mut run = Run::new(vec![Formation::Expect(3); 3], 200);
-    run.start_all_shuffled(500).await?;
+    let (mut run, leader) = Run::three_servers(200).await?;
     let all = [0, 1, 2];
-    let leader = run.leader_among(&all, ELECTION_BOUND).await?;
-    run.wait_voters(3, Duration::from_secs(5)).await?;
     run.start_workload(2);
     run.settle(rand_ms(500, 1500)).await?;
     let term = |run: &Run, i: usize| run.cluster.server(i).map(|s| s.metrics().current_term);
@@ -709,9 +694,7 @@ async fn isolated_follower() -> Result<Report, String> {
             "a returning follower disturbed the leader: leader {leader} term {before} before, leader {now_leader:?} term {after} after"
         ));
     }
-    run.stop_workload().await?;
-    run.converge().await?;
-    Ok(run.report)
+    run.finish().await
 }
 
 /// Runs scenario `name` in the current simulation.
