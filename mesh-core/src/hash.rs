@@ -2,6 +2,7 @@
 //! be equal on every host (the std hashers are seeded per process).
 
 /// 64-bit FNV-1a (Fowler–Noll–Vo): tiny, seedless, identical everywhere.
+#[derive(Debug, Clone, Copy)]
 pub struct Fnv1a64(u64);
 
 impl Fnv1a64 {

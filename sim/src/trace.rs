@@ -5,34 +5,30 @@
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
+use mesh_core::hash::Fnv1a64;
+
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-/// FNV-1a, 64 bit.
-pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    let mut h = hash;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// FNV-1a's starting value.
-pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
 /// The shared trace state.
 #[derive(Debug)]
 pub struct Trace {
     /// Hash of every line so far.
-    pub hash: u64,
+    hash: Fnv1a64,
     /// Number of lines.
     pub lines: u64,
     /// Print lines to stderr.
     pub print: bool,
+}
+
+impl Trace {
+    /// FNV-1a of every line so far.
+    pub fn hash(&self) -> u64 {
+        self.hash.finish()
+    }
 }
 
 /// A handle to the trace.
@@ -41,7 +37,7 @@ pub type TraceHandle = Arc<Mutex<Trace>>;
 /// A new, empty trace.
 pub fn new_trace(print: bool) -> TraceHandle {
     Arc::new(Mutex::new(Trace {
-        hash: FNV_OFFSET,
+        hash: Fnv1a64::new(),
         lines: 0,
         print,
     }))
@@ -97,7 +93,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TraceLayer {
         event.record(&mut fields);
         line.push_str(&fields.0);
         let mut trace = self.trace.lock().expect("trace lock");
-        trace.hash = fnv1a(trace.hash, line.as_bytes());
+        trace.hash.bytes(line.as_bytes());
         trace.lines += 1;
         if trace.print {
             eprintln!("{line}");

@@ -118,7 +118,7 @@ mod imp {
             Ok(report) => {
                 println!(
                     "PASS scenario={scenario} seed={seed} trace_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} reads={} register_ops={} lin_unknown={} log_entries={} terms={} converge_ms={} failover_ms={:?}",
-                    t.hash,
+                    t.hash(),
                     t.lines,
                     sim_elapsed.as_millis(),
                     wall.elapsed().as_millis(),
@@ -137,7 +137,7 @@ mod imp {
             Err(e) => {
                 println!(
                     "FAIL scenario={scenario} seed={seed} trace_hash={:016x}: {e}\n  replay: {replay}",
-                    t.hash
+                    t.hash()
                 );
                 1
             }
@@ -183,6 +183,11 @@ mod imp {
         mutant: Option<&str>,
         mode: Mode,
     ) -> i32 {
+        if !sim::SCENARIOS.contains(&scenario)
+            || mutant.is_some_and(|m| Mutant::by_name(m).is_none())
+        {
+            usage_exit();
+        }
         let hunt = mode == Mode::Hunt;
         let wall = Instant::now();
         let mut sim_ms_total = 0u64;
@@ -239,16 +244,23 @@ mod imp {
             }
             failed.push(seed);
             if hunt {
-                let reason = text
+                // Only a failure the run reported (a checker, a bound, a
+                // panic) counts as caught, never a usage error.
+                let Some(reason) = text
                     .lines()
                     .find(|l| l.starts_with("FAIL"))
                     .and_then(|l| l.split_once(": "))
-                    .map_or("", |(_, r)| r);
+                    .map(|(_, r)| r)
+                else {
+                    eprintln!("sim run for seed {seed} failed without reporting a FAIL line");
+                    return 2;
+                };
                 println!(
                     "CAUGHT mutant={} scenario={scenario} seed={seed} seeds_run={} by: {reason}",
                     mutant.unwrap_or("none"),
                     passed + failed.len() as u64
                 );
+                println!("  replay: {}", replay_command(scenario, seed, mutant));
                 for (_, mut c) in running.drain(..) {
                     let _ = c.kill();
                     let _ = c.wait();
@@ -365,12 +377,14 @@ mod imp {
             }
         }
         let keep = keep_arg(&current.iter().copied().collect());
-        let mutant_arg = mutant.map(|m| format!(" --mutant {m}")).unwrap_or_default();
         println!(
             "MINIMAL seed={seed} pairs={} runs={runs} keep={keep}",
             current.len()
         );
-        println!("  replay: cargo sim run --scenario {scenario} --seed {seed}{mutant_arg} --keep {keep} --trace");
+        println!(
+            "  replay: {} --keep {keep}",
+            replay_command(scenario, seed, mutant)
+        );
         0
     }
 
