@@ -257,7 +257,10 @@ impl LogStore {
 
     /// The id of the last entry, held or purged.
     pub fn last_log_id(&self) -> Option<LogId> {
-        let inner = self.lock();
+        Self::last_of(&self.lock())
+    }
+
+    fn last_of(inner: &LogInner) -> Option<LogId> {
         inner
             .entries
             .values()
@@ -319,10 +322,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_log_id = self.last_log_id();
+        let inner = self.lock();
         Ok(LogState {
-            last_purged_log_id: self.lock().last_purged,
-            last_log_id,
+            last_purged_log_id: inner.last_purged,
+            last_log_id: Self::last_of(&inner),
         })
     }
 

@@ -138,6 +138,8 @@ pub struct Server {
     formation_error: Mutex<Option<String>>,
     config: ServerConfig,
     last_leader_contact: Mutex<Option<Instant>>,
+    /// When this server last granted a vote (restarts its election timer).
+    last_vote_granted: Mutex<Option<Instant>>,
     /// Leadership is being handed off: new writes are refused (not run).
     handing_off: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -258,6 +260,7 @@ impl Server {
             formation_error: Mutex::new(None),
             config,
             last_leader_contact: Mutex::new(None),
+            last_vote_granted: Mutex::new(None),
             handing_off: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         });
@@ -450,7 +453,7 @@ impl Server {
         }
     }
 
-    async fn handle_raft(self: &Arc<Self>, req: RaftRequest) -> RaftReply {
+    async fn handle_raft(&self, req: RaftRequest) -> RaftReply {
         match req {
             RaftRequest::AppendEntries(r) => {
                 let res = self.raft.append_entries(r).await;
@@ -460,17 +463,10 @@ impl Server {
                 RaftReply::AppendEntries(res)
             }
             RaftRequest::Vote(r) => {
-                let (term, their_log) = (r.vote.leader_id().term, r.last_log_id);
                 let res = self.raft.vote(r).await;
-                if let Ok(resp) = &res {
-                    if resp.vote_granted {
-                        // Raft §5.2: granting a vote restarts the election timer.
-                        *self.last_leader_contact.lock().expect("contact lock") =
-                            Some(Instant::now());
-                    }
-                    if !resp.vote_granted && resp.last_log_id > their_log {
-                        tokio::spawn(self.clone().outbid_stale_candidate(term));
-                    }
+                if res.as_ref().is_ok_and(|resp| resp.vote_granted) {
+                    // Raft §5.2: granting a vote restarts the election timer.
+                    *self.last_vote_granted.lock().expect("vote lock") = Some(Instant::now());
                 }
                 RaftReply::Vote(res)
             }
@@ -942,8 +938,9 @@ impl Server {
                 round_start = Instant::now();
                 continue;
             }
-            let contact = *self.last_leader_contact.lock().expect("contact lock");
-            let quiet_since = contact.map_or(round_start, |c| c.max(round_start));
+            let quiet_since = self
+                .last_election_signal()
+                .map_or(round_start, |t| t.max(round_start));
             if quiet_since.elapsed() < timeout {
                 continue;
             }
@@ -953,10 +950,8 @@ impl Server {
             // The round takes up to an RPC timeout: if a leader appeared or
             // this server voted meanwhile, that answer is stale.
             let heard_meanwhile = || {
-                self.last_leader_contact
-                    .lock()
-                    .expect("contact lock")
-                    .is_some_and(|c| c >= round_start)
+                self.last_election_signal()
+                    .is_some_and(|t| t >= round_start)
             };
             if self.pre_vote().await && self.may_campaign() && !heard_meanwhile() {
                 debug!(
@@ -966,6 +961,14 @@ impl Server {
                 let _ = self.raft.trigger().elect().await;
             }
         }
+    }
+
+    /// The last event that restarts the election timer: hearing from a
+    /// leader, or granting a vote.
+    fn last_election_signal(&self) -> Option<Instant> {
+        let contact = *self.last_leader_contact.lock().expect("contact lock");
+        let vote = *self.last_vote_granted.lock().expect("vote lock");
+        contact.max(vote)
     }
 
     /// A voter that is not leading and not leaving.
@@ -1025,36 +1028,6 @@ impl Server {
             .is_some_and(|t| t.elapsed() < lease);
         let ours = self.log.last_log_id().map(|l| (l.leader_id.term, l.index));
         !heard && their_last >= ours
-    }
-
-    /// Raft §5.1: a server that sees a higher term adopts it. openraft 0.9
-    /// does not when it refuses a vote because the candidate's log is
-    /// behind its own, so the stale candidate stays ahead in terms and
-    /// takes each new term's vote first, while the servers that could win
-    /// stay a term behind it (the simulator found elections stuck this way
-    /// for seconds). Such a server campaigns past the stale candidate's
-    /// term instead, when no leader is known.
-    async fn outbid_stale_candidate(self: Arc<Self>, stale_term: u64) {
-        // Bounded: each step persists a vote and asks every peer.
-        for _ in 0..16 {
-            let m = self.metrics();
-            let leaderless = m.current_leader.is_none() && m.state != ServerState::Leader;
-            let voter = m.membership_config.voter_ids().any(|id| id == self.node_id);
-            if m.current_term > stale_term
-                || !leaderless
-                || !voter
-                || self.handing_off.load(Ordering::SeqCst)
-            {
-                return;
-            }
-            debug!(
-                term = m.current_term,
-                stale_term, "campaigning past a candidate with a stale log"
-            );
-            if self.raft.trigger().elect().await.is_err() {
-                return;
-            }
-        }
     }
 
     // ---- leaving ---------------------------------------------------------

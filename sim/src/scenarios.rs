@@ -157,11 +157,14 @@ impl Run {
 
     pub(crate) async fn stop_workload(&mut self) -> Result<(), String> {
         self.stop.store(true, Ordering::SeqCst);
-        // Clients finish their in-flight request (10 s client timeout at most).
-        let deadline = Instant::now() + Duration::from_secs(11);
+        // Clients finish their current pass: at most three requests in a
+        // row (write, `cas=0` check, read back), each bounded by the client
+        // timeout.
+        let bound = self.client_options.request_timeout * 3 + Duration::from_secs(1);
+        let deadline = Instant::now() + bound;
         while self.active_clients.load(Ordering::SeqCst) > 0 {
             if Instant::now() > deadline {
-                return Err("workload clients did not stop within 11 s".into());
+                return Err(format!("workload clients did not stop within {bound:?}"));
             }
             self.settle(Duration::from_millis(10)).await?;
         }
