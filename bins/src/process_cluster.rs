@@ -136,6 +136,30 @@ impl ProcessCluster {
         }
     }
 
+    /// SIGSTOP server `i`: it stays up but answers nothing (a hung host).
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// SIGCONT server `i` after [`ProcessCluster::pause`].
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        if let Some(child) = &self.nodes[i].child {
+            let status = Command::new("kill")
+                .arg(sig)
+                .arg(child.id().to_string())
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "kill {sig} {} failed",
+                self.nodes[i].name
+            );
+        }
+    }
+
     /// SIGTERM server `i` and wait (up to 10 s, then kill -9) for it to exit.
     pub fn terminate(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {

@@ -350,16 +350,18 @@ impl<'a> Iterator for Under<'a, '_> {
 }
 
 /// Serde adapter: `Vec<u8>` as a standard-alphabet, padded base64 string.
-pub(crate) mod base64_bytes {
+pub mod base64_bytes {
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    /// Serializes as base64.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(bytes))
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    /// Deserializes from base64.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         STANDARD.decode(text).map_err(serde::de::Error::custom)
     }

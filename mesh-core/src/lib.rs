@@ -10,5 +10,6 @@ pub mod formation;
 pub mod hash;
 pub mod kv;
 pub mod record;
+pub mod snapshot_transfer;
 pub mod state;
 pub mod wire;

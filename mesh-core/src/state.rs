@@ -72,6 +72,27 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// An upper bound on the size of this command in the wire's JSON
+    /// encoding, computed without encoding it. Replication uses it to keep
+    /// each AppendEntries batch within a byte budget.
+    pub fn encoded_len_bound(&self) -> usize {
+        // JSON may escape each key byte as `\u00XX` (6 bytes); base64 takes
+        // 4 bytes per 3; the rest (field names, numbers, braces) is small.
+        const OVERHEAD: usize = 160;
+        let key_bound = |k: &str| k.len() * 6;
+        let value_bound = |v: &[u8]| v.len().div_ceil(3) * 4;
+        OVERHEAD
+            + match self {
+                Command::KvSet { key, value, .. } | Command::KvCas { key, value, .. } => {
+                    key_bound(key) + value_bound(value)
+                }
+                Command::KvDelete { key } | Command::KvDeleteCas { key, .. } => key_bound(key),
+                Command::KvDeleteTree { prefix } => key_bound(prefix),
+            }
+    }
+}
+
 /// What applying a command returned to the client that proposed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
@@ -273,6 +294,37 @@ impl StateMachine {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn encoded_len_bound_is_an_upper_bound() {
+        let cmds = [
+            Command::KvSet {
+                key: "k\u{0}\"\\é".into(),
+                value: vec![0xff; 1000],
+                flags: u64::MAX,
+            },
+            Command::KvCas {
+                key: String::new(),
+                value: Vec::new(),
+                flags: 0,
+                index: u64::MAX,
+            },
+            Command::KvDelete {
+                key: "\n".repeat(50),
+            },
+            Command::KvDeleteCas {
+                key: "a".into(),
+                index: u64::MAX,
+            },
+            Command::KvDeleteTree {
+                prefix: "p/".into(),
+            },
+        ];
+        for cmd in cmds {
+            let len = serde_json::to_vec(&cmd).unwrap().len();
+            assert!(len <= cmd.encoded_len_bound(), "{cmd:?}: {len}");
+        }
+    }
+
     use super::*;
 
     fn set(key: &str, value: &[u8]) -> Command {

@@ -199,10 +199,33 @@ pub enum RpcError {
 #[error("malformed message: {0}")]
 pub struct WireError(String);
 
-/// Encodes `msg` as one frame appended to `out`.
-pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+/// Why a message could not be encoded: it is larger than one frame may
+/// carry. Nothing was sent; the sender must split the message (Raft log
+/// batches, snapshot chunks) or refuse the request that produced it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "message of {len} bytes exceeds the {max}-byte frame limit; it was not sent \
+     (narrow the request, or split it)"
+)]
+pub struct TooLarge {
+    /// Encoded size of the message.
+    pub len: usize,
+    /// The limit, [`codec::MAX_PAYLOAD_LEN`].
+    pub max: usize,
+}
+
+/// Encodes `msg` as one frame appended to `out`, or says it is too large
+/// for a frame (then `out` is unchanged).
+pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), TooLarge> {
     let payload = serde_json::to_vec(msg).expect("wire messages always serialize");
+    if payload.len() > codec::MAX_PAYLOAD_LEN {
+        return Err(TooLarge {
+            len: payload.len(),
+            max: codec::MAX_PAYLOAD_LEN,
+        });
+    }
     codec::encode_frame(&payload, out);
+    Ok(())
 }
 
 /// Decodes a frame payload.

@@ -3,10 +3,11 @@
 use std::future::Future;
 use std::time::Duration;
 
+use mesh_core::snapshot_transfer::CHUNK_LEN;
 use mesh_core::wire::Response;
 use openraft::error::{
-    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
-    StreamingError, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    ReplicationClosed, StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -14,9 +15,12 @@ use openraft::raft::{
     SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::Snapshot;
-use openraft::AnyError;
+use openraft::{AnyError, EntryPayload};
 
-use crate::raft_types::{RaftEnvelope, RaftReply, RaftRequest, ServerNode, TypeConfig, Vote};
+use crate::raft_types::{
+    ChunkAck, Entry, RaftEnvelope, RaftReply, RaftRequest, ServerNode, SnapshotChunk, TypeConfig,
+    Vote,
+};
 use crate::rpc::{CallError, RpcClient, RpcRequest};
 
 /// Creates a [`PeerNetwork`] per replication target.
@@ -95,6 +99,14 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        if let Some(fit) = entries_within_budget(&rpc.entries, APPEND_BUDGET_BYTES) {
+            // openraft retries at once with at most `fit` entries (for its
+            // next few batches), so one batch never outgrows a frame however
+            // large the values are.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
         match self
             .call(RaftRequest::AppendEntries(rpc), option.hard_ttl())
             .await
@@ -147,28 +159,132 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
-        let req = RaftRequest::Snapshot {
-            vote,
-            meta: snapshot.meta,
-            data: *snapshot.snapshot,
-        };
-        let call = self.call(req, option.hard_ttl());
-        let reply = tokio::select! {
-            biased;
-            closed = cancel => return Err(StreamingError::Closed(closed)),
-            reply = call => reply,
-        };
-        match reply {
-            Ok(RaftReply::Snapshot(Ok(r))) => Ok(r),
-            Ok(RaftReply::Snapshot(Err(e))) => Err(StreamingError::RemoteError(
-                RemoteError::new_with_node(self.target, self.node.clone(), e),
-            )),
-            Ok(_) => {
-                let err = AnyError::error("unexpected answer to full_snapshot");
-                Err(StreamingError::Network(NetworkError::new(&err)))
+        let data = *snapshot.snapshot;
+        let total_len = data.len() as u64;
+        let mut cancel = std::pin::pin!(cancel);
+        let mut offset: u64 = 0;
+        // Each chunk moves the transfer forward or tells where the follower
+        // is; bound the exchanges anyway so a confused peer cannot keep the
+        // replication task here forever.
+        let max_exchanges = 2 * (data.len() / CHUNK_LEN + 2);
+        for _ in 0..max_exchanges {
+            let start = usize::try_from(offset).expect("offset within the snapshot");
+            let end = (start + CHUNK_LEN).min(data.len());
+            let last = end == data.len();
+            // The last chunk makes the follower install the snapshot, which
+            // takes time in proportion to its size.
+            let timeout = if last {
+                option.hard_ttl() + Duration::from_millis(total_len / INSTALL_BYTES_PER_MS)
+            } else {
+                option.hard_ttl()
+            };
+            let req = RaftRequest::SnapshotChunk(SnapshotChunk {
+                vote,
+                meta: snapshot.meta.clone(),
+                total_len,
+                offset,
+                data: data[start..end].to_vec(),
+            });
+            let reply = tokio::select! {
+                biased;
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                reply = self.call(req, timeout) => reply,
+            };
+            match reply {
+                Ok(RaftReply::SnapshotChunk(Ok(ChunkAck::Installed(r)))) => return Ok(r),
+                Ok(RaftReply::SnapshotChunk(Ok(ChunkAck::Held(held)))) if held <= total_len => {
+                    offset = held;
+                }
+                Ok(RaftReply::SnapshotChunk(Err(e))) => {
+                    return Err(StreamingError::RemoteError(RemoteError::new_with_node(
+                        self.target,
+                        self.node.clone(),
+                        e,
+                    )))
+                }
+                Ok(other) => {
+                    let err = AnyError::error(format!(
+                        "unexpected answer to a snapshot chunk: {other:?}"
+                    ));
+                    return Err(StreamingError::Network(NetworkError::new(&err)));
+                }
+                Err(e) if e.not_delivered() => {
+                    return Err(StreamingError::Unreachable(Unreachable::new(&e)))
+                }
+                Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
             }
-            Err(e) if e.not_delivered() => Err(StreamingError::Unreachable(Unreachable::new(&e))),
-            Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
         }
+        let err = AnyError::error("snapshot transfer made no progress");
+        Err(StreamingError::Network(NetworkError::new(&err)))
+    }
+}
+
+/// Bytes of log entries per AppendEntries: large enough that small writes
+/// batch freely (256 entries of a few KiB), small enough that a batch of
+/// maximum-size values (512 KiB each) stays far below the frame limit.
+pub const APPEND_BUDGET_BYTES: usize = 2 << 20;
+
+/// Assumed install speed for the last chunk's deadline (20 MB/s: restoring
+/// state is slower than copying it).
+const INSTALL_BYTES_PER_MS: u64 = 20_000;
+
+/// `None` if `entries` fit in `budget` bytes (by an upper bound of their
+/// encoded size), else how many leading entries do (at least one: a single
+/// entry is at most one maximum-size value, far below the frame limit).
+fn entries_within_budget(entries: &[Entry], budget: usize) -> Option<u64> {
+    let mut total = 0usize;
+    for (i, entry) in entries.iter().enumerate() {
+        total += entry_len_bound(entry);
+        if total > budget {
+            return Some(i.max(1) as u64);
+        }
+    }
+    None
+}
+
+fn entry_len_bound(entry: &Entry) -> usize {
+    const ENTRY_OVERHEAD: usize = 256;
+    ENTRY_OVERHEAD
+        + match &entry.payload {
+            EntryPayload::Blank => 0,
+            EntryPayload::Normal(cmd) => cmd.encoded_len_bound(),
+            // A few addresses per server.
+            EntryPayload::Membership(m) => 1024 * (m.nodes().count() + 1),
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::state::Command;
+    use openraft::{CommittedLeaderId, LogId};
+
+    fn entry(index: u64, value_len: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::KvSet {
+                key: format!("k{index}"),
+                value: vec![7; value_len],
+                flags: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn small_batches_pass_whole() {
+        let entries: Vec<Entry> = (1..=256).map(|i| entry(i, 1024)).collect();
+        assert_eq!(entries_within_budget(&entries, APPEND_BUDGET_BYTES), None);
+        assert_eq!(entries_within_budget(&[], APPEND_BUDGET_BYTES), None);
+    }
+
+    #[test]
+    fn large_values_are_split_and_the_hint_fits_the_budget() {
+        let entries: Vec<Entry> = (1..=256).map(|i| entry(i, 512 * 1024)).collect();
+        let fit = entries_within_budget(&entries, APPEND_BUDGET_BYTES).expect("too large");
+        assert_eq!(fit, 2);
+        let encoded = serde_json::to_vec(&entries[..fit as usize]).unwrap().len();
+        assert!(encoded <= APPEND_BUDGET_BYTES, "{encoded}");
+        // The hint never drops to zero, even for one entry over the budget.
+        assert_eq!(entries_within_budget(&entries[..2], 1000), Some(1));
     }
 }

@@ -64,15 +64,48 @@ pub enum RaftRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     /// A candidate asks for a vote.
     Vote(VoteRequest<u64>),
-    /// The leader sends a whole snapshot to a lagging follower.
-    Snapshot {
-        /// The leader's vote.
-        vote: Vote,
-        /// What the snapshot covers.
-        meta: SnapshotMeta,
-        /// The state machine bytes (`mesh_core::state::StateMachine::snapshot`).
-        data: Vec<u8>,
-    },
+    /// One chunk of a snapshot for a lagging or new follower (see
+    /// `mesh_core::snapshot_transfer`).
+    SnapshotChunk(SnapshotChunk),
+}
+
+/// A piece of a snapshot. Chunks keep every frame small however large the
+/// state grows, and make a transfer resumable after a dropped connection.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The leader's vote.
+    pub vote: Vote,
+    /// What the snapshot covers.
+    pub meta: SnapshotMeta,
+    /// Total snapshot length in bytes.
+    pub total_len: u64,
+    /// Where `data` starts in the snapshot.
+    pub offset: u64,
+    /// The bytes (base64 in JSON).
+    #[serde(with = "mesh_core::kv::base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for SnapshotChunk {
+    // The bytes would flood any log line that shows a request.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotChunk")
+            .field("vote", &self.vote)
+            .field("snapshot_id", &self.meta.snapshot_id)
+            .field("total_len", &self.total_len)
+            .field("offset", &self.offset)
+            .field("data_len", &self.data.len())
+            .finish()
+    }
+}
+
+/// The follower's answer to a [`SnapshotChunk`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ChunkAck {
+    /// The follower holds the first `held` bytes: continue from there.
+    Held(u64),
+    /// The last chunk arrived and the snapshot was installed.
+    Installed(SnapshotResponse<u64>),
 }
 
 /// A Raft message with the Raft id it is meant for. A server only answers
@@ -96,6 +129,6 @@ pub enum RaftReply {
     AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     /// Answer to [`RaftRequest::Vote`].
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
-    /// Answer to [`RaftRequest::Snapshot`].
-    Snapshot(Result<SnapshotResponse<u64>, Fatal<u64>>),
+    /// Answer to [`RaftRequest::SnapshotChunk`].
+    SnapshotChunk(Result<ChunkAck, Fatal<u64>>),
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_core::codec::{self, FrameError, LEN_PREFIX};
-use mesh_core::wire::{self, Request, Response};
+use mesh_core::wire::{self, Request, Response, RpcError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -34,6 +34,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Why an RPC call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// The request is larger than one frame; it was not sent.
+    #[error("request to {addr} not sent: {source}")]
+    TooLarge {
+        /// Target.
+        addr: String,
+        /// Sizes.
+        source: wire::TooLarge,
+    },
     /// The request was never delivered (connect failed): safe to retry.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
@@ -63,7 +71,7 @@ pub enum CallError {
 impl CallError {
     /// Whether the request certainly did not reach the server.
     pub fn not_delivered(&self) -> bool {
-        matches!(self, CallError::Connect { .. })
+        matches!(self, CallError::Connect { .. } | CallError::TooLarge { .. })
     }
 }
 
@@ -86,15 +94,27 @@ fn frame_err(e: FrameError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// Writes one message as a frame and flushes it (simulated TCP sends on flush).
+/// Encodes one message as a frame, or says it exceeds the frame limit.
+pub fn encode_message<T: Serialize>(msg: &T) -> Result<Vec<u8>, wire::TooLarge> {
+    let mut out = Vec::new();
+    wire::encode(msg, &mut out)?;
+    Ok(out)
+}
+
+/// Writes encoded frames and flushes them (simulated TCP sends on flush).
+pub async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, frame: &[u8]) -> io::Result<()> {
+    stream.write_all(frame).await?;
+    stream.flush().await
+}
+
+/// Writes one message as a frame and flushes it. A message over the frame
+/// limit is not sent and fails with `InvalidInput`.
 pub async fn write_message<S: AsyncWrite + Unpin, T: Serialize>(
     stream: &mut S,
     msg: &T,
 ) -> io::Result<()> {
-    let mut out = Vec::new();
-    wire::encode(msg, &mut out);
-    stream.write_all(&out).await?;
-    stream.flush().await
+    let frame = encode_message(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    write_frame(stream, &frame).await
 }
 
 /// Reads one message; `Ok(None)` on a clean end of stream.
@@ -143,7 +163,15 @@ where
 {
     while let Some(req) = read_message::<_, RpcRequest>(&mut stream).await? {
         let resp = handler(req).await;
-        write_message(&mut stream, &resp).await?;
+        let frame = encode_message(&resp).unwrap_or_else(|too_large| {
+            // An answer larger than a frame (a huge recursive read) is
+            // refused as a whole; the caller learns why.
+            let refusal: RpcResponse = Response::Error(RpcError::Rejected(format!(
+                "the answer cannot be sent: {too_large}"
+            )));
+            encode_message(&refusal).expect("a refusal fits in a frame")
+        });
+        write_frame(&mut stream, &frame).await?;
     }
     Ok(())
 }
@@ -195,6 +223,10 @@ impl RpcClient {
         req: &RpcRequest,
         timeout: Duration,
     ) -> Result<RpcResponse, CallError> {
+        let frame = encode_message(req).map_err(|source| CallError::TooLarge {
+            addr: addr.to_string(),
+            source,
+        })?;
         let pooled = self
             .idle
             .lock()
@@ -206,7 +238,7 @@ impl RpcClient {
             Some(s) => s,
             None => Self::connect(addr).await?,
         };
-        let first = clock::timeout(timeout, Self::exchange(&mut stream, req)).await;
+        let first = clock::timeout(timeout, Self::exchange(&mut stream, &frame)).await;
         let result = match first {
             Ok(Err(e)) if !fresh && is_idempotent(req) && is_stale_connection(&e) => {
                 // Most likely a pooled connection the peer had already closed
@@ -214,7 +246,7 @@ impl RpcClient {
                 // so only idempotent requests are sent again.
                 self.forget(addr);
                 stream = Self::connect(addr).await?;
-                clock::timeout(timeout, Self::exchange(&mut stream, req)).await
+                clock::timeout(timeout, Self::exchange(&mut stream, &frame)).await
             }
             other => other,
         };
@@ -243,14 +275,14 @@ impl RpcClient {
         self.idle.lock().expect("rpc pool poisoned").remove(addr);
     }
 
-    async fn exchange(stream: &mut TcpStream, req: &RpcRequest) -> io::Result<RpcResponse> {
+    async fn exchange(stream: &mut TcpStream, frame: &[u8]) -> io::Result<RpcResponse> {
         if crate::buggify::fires("rpc_send") {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 "buggify: rpc send failed",
             ));
         }
-        write_message(stream, req).await?;
+        write_frame(stream, frame).await?;
         match read_message(stream).await? {
             Some(resp) => Ok(resp),
             None => Err(io::Error::new(

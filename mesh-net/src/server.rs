@@ -18,12 +18,13 @@ use std::time::Duration;
 use crate::clock::{self, Instant};
 use futures::StreamExt;
 use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};
+use mesh_core::snapshot_transfer::{Progress, Reassembly, TransferId};
 use mesh_core::state::{Command, CommandResult};
 use mesh_core::wire::{
     evaluate, ClusterStatus, Consistency, PeerStatus, ReadRequest, ReadResponse, Request, Response,
     RpcError,
 };
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
 use openraft::storage::Snapshot;
 use openraft::{RaftMetrics, ServerState};
 use tokio::net::TcpListener;
@@ -34,7 +35,9 @@ use crate::disk::Disk;
 use crate::log_store::{decode_record, json_record, read_records, FileKind, LogStore, OpenError};
 use crate::mutants::{self, Mutant};
 use crate::network::NetworkFactory;
-use crate::raft_types::{Raft, RaftEnvelope, RaftReply, RaftRequest, ServerNode};
+use crate::raft_types::{
+    ChunkAck, Raft, RaftEnvelope, RaftReply, RaftRequest, ServerNode, SnapshotChunk,
+};
 use crate::rpc::{self, RpcClient, RpcRequest, RpcResponse};
 use crate::state_store::{StateStore, StateView};
 
@@ -143,6 +146,8 @@ pub struct Server {
     /// Leadership is being handed off: new writes are refused (not run).
     handing_off: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The snapshot being received from the leader, chunk by chunk.
+    snapshot_in: Mutex<Reassembly>,
 }
 
 fn load_or_create_node_id(disk: &dyn Disk) -> Result<u64, StartError> {
@@ -263,6 +268,7 @@ impl Server {
             last_vote_granted: Mutex::new(None),
             handing_off: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            snapshot_in: Mutex::new(Reassembly::new()),
         });
         let handler_server = server.clone();
         let serve = tokio::spawn(rpc::serve(listener, move |req| {
@@ -424,13 +430,13 @@ impl Server {
                 self.node_id
             ))),
             Request::Raft(RaftEnvelope {
-                msg: RaftRequest::Snapshot { .. },
+                msg: RaftRequest::SnapshotChunk(_),
                 ..
             }) if crate::buggify::fires("snapshot_install") =>
             {
-                // The transfer breaks before the install; the leader retries.
+                // The transfer breaks mid-way; the leader resumes it.
                 Response::Error(RpcError::Internal(
-                    "buggify: snapshot install interrupted".into(),
+                    "buggify: snapshot transfer interrupted".into(),
                 ))
             }
             Request::Raft(env) => Response::Raft(self.handle_raft(env.msg).await),
@@ -470,12 +476,40 @@ impl Server {
                 }
                 RaftReply::Vote(res)
             }
-            RaftRequest::Snapshot { vote, meta, data } => {
+            RaftRequest::SnapshotChunk(chunk) => {
+                RaftReply::SnapshotChunk(self.receive_chunk(chunk).await)
+            }
+        }
+    }
+
+    /// Takes one snapshot chunk; installs the snapshot with the last one.
+    async fn receive_chunk(&self, chunk: SnapshotChunk) -> Result<ChunkAck, Fatal<u64>> {
+        let id = TransferId {
+            snapshot_id: chunk.meta.snapshot_id.clone(),
+            term: chunk.vote.leader_id().term,
+            total_len: chunk.total_len,
+        };
+        let progress =
+            self.snapshot_in
+                .lock()
+                .expect("snapshot lock")
+                .accept(id, chunk.offset, &chunk.data);
+        match progress {
+            Ok(Progress::Partial { held }) => Ok(ChunkAck::Held(held)),
+            Ok(Progress::Complete(data)) => {
                 let snapshot = Snapshot {
-                    meta,
+                    meta: chunk.meta,
                     snapshot: Box::new(data),
                 };
-                RaftReply::Snapshot(self.raft.install_full_snapshot(vote, snapshot).await)
+                self.raft
+                    .install_full_snapshot(chunk.vote, snapshot)
+                    .await
+                    .map(ChunkAck::Installed)
+            }
+            Err(e) => {
+                // A broken sender; keep nothing of this chunk and say so.
+                warn!(error = %e, "refused a snapshot chunk");
+                Ok(ChunkAck::Held(0))
             }
         }
     }
