@@ -1,5 +1,12 @@
-//! Tests of [`Elections`], as stories with exact outputs: one server alone,
-//! driven by hand.
+//! Tests of [`Elections`], as stories with exact outputs.
+//!
+//! First one server alone, driven by hand. Then [`Cluster`], a runtime-free
+//! harness in the style of quinn's `Pair`: it jumps to the earliest
+//! deadline, delivers PreVote questions to the other servers'
+//! `would_vote_for` with zero latency, and plays out real elections and
+//! heartbeats with a minimal Raft model (term, vote, log, role).
+
+use std::collections::BTreeMap;
 
 use super::*;
 
@@ -427,4 +434,565 @@ fn split_mix_64_matches_the_reference() {
         assert!((400..=600).contains(&rng.range_inclusive(400, 600)));
     }
     assert_eq!(rng.range_inclusive(7, 7), 7);
+}
+
+// ---- a cluster -------------------------------------------------------------
+
+/// An output, at the cluster's true time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Emitted {
+    at_ms: u64,
+    node: u64,
+    output: Output,
+}
+
+/// A PreVote answer the harness delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Answer {
+    at_ms: u64,
+    asker: u64,
+    round: u64,
+    from: u64,
+    /// `None`: the question could not be delivered.
+    granted: Option<bool>,
+}
+
+/// One server: its [`Elections`] and the bits of Raft needed to play out
+/// elections and heartbeats.
+struct Server {
+    elections: Elections,
+    up: bool,
+    /// Its clock reads true time × `.0 / .1`.
+    clock_rate: (u64, u64),
+    role: Role,
+    term: u64,
+    /// The vote cast in `term`.
+    voted_for: Option<u64>,
+    last_log: Option<(u64, u64)>,
+}
+
+/// A few servers with zero-latency links (quinn's `Pair`, for more than
+/// two). Server 1 starts as the leader of term 1; every log is `(1, 1)`.
+struct Cluster {
+    now_ms: u64,
+    servers: BTreeMap<u64, Server>,
+    voters: Vec<u64>,
+    /// `(from, to)`: requests from `from` do not reach `to`.
+    blocked: BTreeSet<(u64, u64)>,
+    next_heartbeat_ms: u64,
+    pending: VecDeque<(u64, Output)>,
+    emitted: Vec<Emitted>,
+    answers: Vec<Answer>,
+}
+
+impl Cluster {
+    fn new(n: u64, seed: u64) -> Self {
+        let voters: Vec<u64> = (1..=n).collect();
+        let servers = voters
+            .iter()
+            .map(|&id| {
+                let server = Server {
+                    elections: Elections::new(id, TIMING, seed, 0),
+                    up: true,
+                    clock_rate: (1, 1),
+                    role: Role::Follower,
+                    term: 1,
+                    voted_for: Some(1),
+                    last_log: Some((1, 1)),
+                };
+                (id, server)
+            })
+            .collect();
+        let mut c = Self {
+            now_ms: 0,
+            servers,
+            voters,
+            blocked: BTreeSet::new(),
+            next_heartbeat_ms: 0,
+            pending: VecDeque::new(),
+            emitted: Vec::new(),
+            answers: Vec::new(),
+        };
+        for id in c.voters.clone() {
+            let r = if id == 1 {
+                Role::Leader
+            } else {
+                Role::Follower
+            };
+            c.set_role(id, r, 1);
+            c.feed(id, Input::LastLog(Some((1, 1))));
+        }
+        c.settle();
+        c
+    }
+
+    fn local_ms(&self, id: u64) -> u64 {
+        let (num, den) = self.servers[&id].clock_rate;
+        self.now_ms * num / den
+    }
+
+    /// The first true time at which `id`'s clock reads `local_ms`.
+    fn true_ms(&self, id: u64, local_ms: u64) -> u64 {
+        let (num, den) = self.servers[&id].clock_rate;
+        (local_ms * den).div_ceil(num)
+    }
+
+    fn reachable(&self, from: u64, to: u64) -> bool {
+        self.servers[&to].up && !self.blocked.contains(&(from, to))
+    }
+
+    fn feed(&mut self, id: u64, input: Input) {
+        let now_ms = self.local_ms(id);
+        let s = self.servers.get_mut(&id).expect("server");
+        s.elections.handle(now_ms, input);
+        s.elections.check_invariants();
+        while let Some(o) = s.elections.poll_output() {
+            self.pending.push_back((id, o));
+        }
+    }
+
+    fn set_role(&mut self, id: u64, role: Role, term: u64) {
+        let s = self.servers.get_mut(&id).expect("server");
+        if term > s.term {
+            s.voted_for = None;
+        }
+        s.role = role;
+        s.term = term;
+        let voters = self.voters.clone();
+        self.feed(id, Input::Role { role, voters, term });
+    }
+
+    /// Carries out every pending output, and whatever that causes.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let Some((id, output)) = self.pending.pop_front() else {
+                return;
+            };
+            self.emitted.push(Emitted {
+                at_ms: self.now_ms,
+                node: id,
+                output: output.clone(),
+            });
+            match output {
+                Output::AskPreVote {
+                    round,
+                    to,
+                    last_log,
+                } => {
+                    // Every peer answers before any answer is handled, as
+                    // concurrent RPCs would.
+                    let answers: Vec<(u64, Option<bool>)> = to
+                        .iter()
+                        .map(|&p| {
+                            let granted = self.reachable(id, p).then(|| {
+                                self.servers[&p]
+                                    .elections
+                                    .would_vote_for(self.local_ms(p), last_log)
+                            });
+                            (p, granted)
+                        })
+                        .collect();
+                    for (from, granted) in answers {
+                        self.answers.push(Answer {
+                            at_ms: self.now_ms,
+                            asker: id,
+                            round,
+                            from,
+                            granted,
+                        });
+                        let input = match granted {
+                            Some(granted) => reply(round, from, granted),
+                            None => Input::PreVoteFailed { round, from },
+                        };
+                        self.feed(id, input);
+                    }
+                }
+                Output::StartElection { .. } => self.elect(id),
+            }
+        }
+        panic!("outputs keep causing outputs");
+    }
+
+    /// openraft's `elect`: a new term, a vote for itself, RequestVote to
+    /// every reachable voter (§5.2, with §5.4.1's log check); a majority
+    /// makes it the leader, which heartbeats at once.
+    fn elect(&mut self, x: u64) {
+        let term = self.servers[&x].term + 1;
+        self.set_role(x, Role::Candidate, term);
+        self.servers.get_mut(&x).unwrap().voted_for = Some(x);
+        let their_log = self.servers[&x].last_log;
+        let mut votes = 1;
+        for v in self.voters.clone() {
+            if v == x || !self.reachable(x, v) {
+                continue;
+            }
+            if term > self.servers[&v].term {
+                self.set_role(v, Role::Follower, term);
+            }
+            let s = self.servers.get_mut(&v).unwrap();
+            if s.term == term && s.voted_for.is_none() && their_log >= s.last_log {
+                s.voted_for = Some(x);
+                votes += 1;
+                self.feed(v, Input::VoteGranted);
+            }
+        }
+        if votes >= majority(self.voters.len()) {
+            self.set_role(x, Role::Leader, term);
+            self.heartbeat_from(x);
+            self.next_heartbeat_ms = self.now_ms + HEARTBEAT_MS;
+        }
+    }
+
+    /// AppendEntries from `l` to every reachable server: it steps down on
+    /// a higher term; otherwise followers adopt its term and log.
+    fn heartbeat_from(&mut self, l: u64) {
+        for v in self.voters.clone() {
+            let (term, log) = (self.servers[&l].term, self.servers[&l].last_log);
+            if v == l || !self.reachable(l, v) || self.servers[&l].role != Role::Leader {
+                continue;
+            }
+            let theirs = &self.servers[&v];
+            if theirs.term > term {
+                let t = theirs.term;
+                self.set_role(l, Role::Follower, t);
+                continue;
+            }
+            if theirs.term < term || theirs.role != Role::Follower {
+                self.set_role(v, Role::Follower, term);
+            }
+            if self.servers[&v].last_log != log {
+                self.servers.get_mut(&v).unwrap().last_log = log;
+                self.feed(v, Input::LastLog(log));
+            }
+            self.feed(v, Input::LeaderContact);
+        }
+    }
+
+    fn leaders_up(&self) -> Vec<u64> {
+        (self.servers.iter())
+            .filter(|(_, s)| s.up && s.role == Role::Leader)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Jumps from deadline to deadline (and heartbeat to heartbeat) until
+    /// `end_ms`.
+    fn run_until(&mut self, end_ms: u64) {
+        for _ in 0..1_000_000 {
+            self.settle();
+            let leaders = self.leaders_up();
+            let mut next_ms = (!leaders.is_empty()).then_some(self.next_heartbeat_ms);
+            for (&id, s) in &self.servers {
+                if let Some(d) = s.elections.poll_timeout().filter(|_| s.up) {
+                    let t = self.true_ms(id, d);
+                    next_ms = Some(next_ms.map_or(t, |n| n.min(t)));
+                }
+            }
+            let Some(next_ms) = next_ms.filter(|&t| t <= end_ms) else {
+                self.now_ms = self.now_ms.max(end_ms);
+                return;
+            };
+            self.now_ms = self.now_ms.max(next_ms);
+            if !leaders.is_empty() && self.next_heartbeat_ms <= self.now_ms {
+                for l in leaders {
+                    self.heartbeat_from(l);
+                }
+                self.settle();
+                self.next_heartbeat_ms += HEARTBEAT_MS;
+            }
+            for id in self.voters.clone() {
+                let now_ms = self.local_ms(id);
+                let s = self.servers.get_mut(&id).unwrap();
+                if !s.up || s.elections.poll_timeout().is_none_or(|d| d > now_ms) {
+                    continue;
+                }
+                s.elections.handle_timeout(now_ms);
+                s.elections.check_invariants();
+                while let Some(o) = s.elections.poll_output() {
+                    self.pending.push_back((id, o));
+                }
+                self.settle();
+                let s = &self.servers[&id];
+                assert!(
+                    s.elections.poll_timeout().is_none_or(|d| d > now_ms),
+                    "server {id}: the deadline did not move past {now_ms}"
+                );
+            }
+        }
+        panic!("run_until({end_ms}) did not reach its end");
+    }
+
+    fn crash(&mut self, id: u64) {
+        self.servers.get_mut(&id).unwrap().up = false;
+    }
+
+    fn isolate(&mut self, id: u64) {
+        for &other in &self.voters {
+            if other != id {
+                self.blocked.insert((id, other));
+                self.blocked.insert((other, id));
+            }
+        }
+    }
+
+    /// The leader appends entries (replicated by its heartbeats).
+    fn append(&mut self, leader: u64, last_log: (u64, u64)) {
+        self.servers.get_mut(&leader).unwrap().last_log = Some(last_log);
+        self.feed(leader, Input::LastLog(Some(last_log)));
+        self.settle();
+    }
+
+    fn asks_by(&self, node: u64) -> Vec<&Emitted> {
+        (self.emitted.iter())
+            .filter(|e| e.node == node && matches!(e.output, Output::AskPreVote { .. }))
+            .collect()
+    }
+
+    fn elections_started(&self) -> Vec<&Emitted> {
+        (self.emitted.iter())
+            .filter(|e| matches!(e.output, Output::StartElection { .. }))
+            .collect()
+    }
+
+    fn assert_leader(&self, leader: u64, term: u64) {
+        for (&id, s) in self.servers.iter().filter(|(_, s)| s.up) {
+            let expected = if id == leader {
+                Role::Leader
+            } else {
+                Role::Follower
+            };
+            assert_eq!((s.role, s.term), (expected, term), "server {id}");
+        }
+    }
+}
+
+/// Gaps between consecutive times, starting from `from_ms`.
+fn gaps(from_ms: u64, asks: &[&Emitted]) -> Vec<u64> {
+    let mut last_ms = from_ms;
+    (asks.iter())
+        .map(|e| {
+            let gap = e.at_ms - last_ms;
+            last_ms = e.at_ms;
+            gap
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_with_a_live_leader_is_silent() {
+    let mut c = Cluster::new(3, 1);
+    c.run_until(60_000);
+    assert_eq!(c.emitted, []);
+    c.assert_leader(1, 1);
+}
+
+#[test]
+fn leader_crash_exactly_one_follower_takes_over() {
+    let mut c = Cluster::new(3, 2);
+    c.run_until(1_000);
+    // The last heartbeat went out at 1000.
+    c.crash(1);
+    let d2 = c.servers[&2].elections.poll_timeout().unwrap();
+    let d3 = c.servers[&3].elections.poll_timeout().unwrap();
+    let (winner, other, at_ms) = if d2 <= d3 { (2, 3, d2) } else { (3, 2, d3) };
+    assert!((1_000 + LEASE_MS..=1_000 + LEASE_MS + SPREAD_MS).contains(&at_ms));
+    c.run_until(20_000);
+    assert_eq!(
+        c.emitted,
+        [
+            Emitted {
+                at_ms,
+                node: winner,
+                output: Output::AskPreVote {
+                    round: 1,
+                    to: vec![1, other],
+                    last_log: Some((1, 1)),
+                },
+            },
+            Emitted {
+                at_ms,
+                node: winner,
+                output: Output::StartElection { round: 1 },
+            },
+        ]
+    );
+    assert_eq!(
+        c.answers,
+        [
+            Answer {
+                at_ms,
+                asker: winner,
+                round: 1,
+                from: 1,
+                granted: None
+            },
+            Answer {
+                at_ms,
+                asker: winner,
+                round: 1,
+                from: other,
+                granted: Some(true)
+            },
+        ]
+    );
+    c.assert_leader(winner, 2);
+}
+
+#[test]
+fn split_vote_candidates_retry_from_min_max_and_one_wins() {
+    let mut c = Cluster::new(3, 3);
+    c.run_until(1_000);
+    c.crash(1);
+    // The harness delivers instantly, so it cannot interleave two
+    // elections: set up the split by hand. Both started an election for
+    // term 2 at 1000 and each voted for itself.
+    for id in [2, 3] {
+        c.set_role(id, Role::Candidate, 2);
+        c.servers.get_mut(&id).unwrap().voted_for = Some(id);
+        let wait_ms = c.servers[&id].elections.poll_timeout().unwrap() - 1_000;
+        assert!((MIN_MS..=MAX_MS).contains(&wait_ms), "candidate {id}");
+    }
+    c.settle();
+    c.run_until(20_000);
+    let started = c.elections_started();
+    assert_eq!(started.len(), 1, "{:?}", c.emitted);
+    let (winner, won_ms) = (started[0].node, started[0].at_ms);
+    // The other candidate refused while it had heard from leader 1 within
+    // a lease.
+    assert!(won_ms >= 1_000 + LEASE_MS);
+    let loser = 5 - winner;
+    for id in [2, 3] {
+        let asks = c.asks_by(id);
+        let other = 5 - id;
+        // Every retry of a candidate came after a plain election timeout.
+        for gap in gaps(1_000, &asks) {
+            assert!((MIN_MS..=MAX_MS).contains(&gap), "candidate {id}: {gap}");
+        }
+        for (i, e) in asks.iter().enumerate() {
+            let round = i as u64 + 1;
+            let expected = Output::AskPreVote {
+                round,
+                to: vec![1, other],
+                last_log: Some((1, 1)),
+            };
+            assert_eq!(e.output, expected);
+            assert!(e.at_ms <= won_ms, "nobody asked after the election");
+        }
+    }
+    let winner_asks = c.asks_by(winner);
+    let last = winner_asks.last().unwrap();
+    assert_eq!(last.at_ms, won_ms);
+    assert_eq!(
+        started[0].output,
+        Output::StartElection {
+            round: winner_asks.len() as u64
+        }
+    );
+    assert_eq!(c.emitted.last().unwrap(), started[0], "silence afterwards");
+    c.assert_leader(winner, 3);
+    assert_eq!(c.servers[&loser].voted_for, Some(winner));
+}
+
+#[test]
+fn stale_candidate_gets_no_grants() {
+    let mut c = Cluster::new(3, 4);
+    c.run_until(500);
+    // Server 3 stops hearing the leader, and misses its new entries.
+    c.blocked.insert((1, 3));
+    c.append(1, (1, 7));
+    c.run_until(1_000);
+    assert_eq!(c.servers[&2].last_log, Some((1, 7)));
+    assert_eq!(c.servers[&3].last_log, Some((1, 1)));
+    c.crash(1);
+    // One-way fault: 2 cannot reach 3, so 2 cannot win either; 3 keeps
+    // asking 2, whose lease has long run out.
+    c.blocked.insert((2, 3));
+    c.run_until(20_000);
+    assert_eq!(c.elections_started(), Vec::<&Emitted>::new());
+    let asks = c.asks_by(3);
+    assert!(asks.len() >= 20, "server 3 asked {} times", asks.len());
+    for e in &asks {
+        assert!(matches!(
+            e.output,
+            Output::AskPreVote {
+                last_log: Some((1, 1)),
+                ..
+            }
+        ));
+    }
+    let to_3: Vec<&Answer> = c.answers.iter().filter(|a| a.asker == 3).collect();
+    assert!(to_3.iter().all(|a| a.granted != Some(true)), "{to_3:?}");
+    // Server 2 answered after its lease, so only the log made it refuse
+    // (§5.4.1): it would grant an up-to-date asker.
+    let late_refusals = (to_3.iter())
+        .filter(|a| a.from == 2 && a.at_ms >= 1_000 + LEASE_MS && a.granted == Some(false))
+        .count();
+    assert!(late_refusals >= 20);
+    assert!(c.servers[&2].elections.would_vote_for(20_000, Some((1, 7))));
+
+    // Heal: the up-to-date server wins; the stale one never starts one.
+    c.blocked.clear();
+    c.run_until(40_000);
+    let started = c.elections_started();
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].node, 2);
+    c.assert_leader(2, 2);
+    assert_eq!(c.servers[&3].last_log, Some((1, 7)), "caught up");
+}
+
+#[test]
+fn isolated_follower_never_starts_an_election_and_rejoins_quietly() {
+    let mut c = Cluster::new(3, 5);
+    c.run_until(1_000);
+    c.isolate(3);
+    c.run_until(31_000);
+    assert_eq!(c.elections_started(), Vec::<&Emitted>::new());
+    let asks = c.asks_by(3);
+    assert_eq!(asks.len(), c.emitted.len(), "only server 3 spoke");
+    assert!(asks.len() >= 30_000 / (LEASE_MS + SPREAD_MS) as usize);
+    for (i, e) in asks.iter().enumerate() {
+        let expected = Output::AskPreVote {
+            round: i as u64 + 1,
+            to: vec![1, 2],
+            last_log: Some((1, 1)),
+        };
+        assert_eq!(e.output, expected);
+    }
+    // A follower's wait, from its last contact (1000) and then round to
+    // round.
+    for gap in gaps(1_000, &asks) {
+        assert!((LEASE_MS..=LEASE_MS + SPREAD_MS).contains(&gap), "{gap}");
+    }
+    assert!(c.answers.iter().all(|a| a.granted.is_none()));
+    c.assert_leader(1, 1);
+
+    c.blocked.clear();
+    let emitted_before = c.emitted.len();
+    c.run_until(61_000);
+    let after_heal: Vec<&Emitted> = (c.emitted[emitted_before..].iter())
+        .filter(|e| e.at_ms > 31_000 + HEARTBEAT_MS)
+        .collect();
+    assert_eq!(after_heal, Vec::<&Emitted>::new());
+    assert_eq!(c.elections_started(), Vec::<&Emitted>::new());
+    c.assert_leader(1, 1);
+}
+
+#[test]
+fn racing_clock_cannot_depose_a_live_leader() {
+    let mut c = Cluster::new(3, 6);
+    // Server 2's clock runs 10x fast: a heartbeat every 50 ms of true time
+    // is every 500 ms of its time, longer than many of its waits.
+    c.servers.get_mut(&2).unwrap().clock_rate = (10, 1);
+    c.run_until(60_000);
+    let asks = c.asks_by(2);
+    assert!(
+        asks.len() >= 10,
+        "the fast timer fired {} times",
+        asks.len()
+    );
+    assert_eq!(asks.len(), c.emitted.len(), "only server 2 spoke");
+    // The leader refuses; server 3 heard from it within a lease.
+    assert!(c.answers.iter().all(|a| a.granted == Some(false)));
+    assert!(c.answers.iter().any(|a| a.from == 3));
+    c.assert_leader(1, 1);
 }
