@@ -4,9 +4,12 @@
 //! harness in the style of quinn's `Pair`: it jumps to the earliest
 //! deadline, delivers PreVote questions to the other servers'
 //! `would_vote_for` with zero latency, and plays out real elections and
-//! heartbeats with a minimal Raft model (term, vote, log, role).
+//! heartbeats with a minimal Raft model (term, vote, log, role). Last, a
+//! property test feeding random inputs to one server.
 
 use std::collections::BTreeMap;
+
+use proptest::prelude::*;
 
 use super::*;
 
@@ -995,4 +998,235 @@ fn racing_clock_cannot_depose_a_live_leader() {
     assert!(c.answers.iter().all(|a| a.granted == Some(false)));
     assert!(c.answers.iter().any(|a| a.from == 3));
     c.assert_leader(1, 1);
+}
+
+// ---- properties --------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    Advance(u64),
+    Rewind(u64),
+    Timeout,
+    ToDeadline,
+    Contact,
+    VoteGranted,
+    Role {
+        role: Role,
+        voters: Vec<u64>,
+        term_step: i64,
+    },
+    LastLog(Option<(u64, u64)>),
+    HandingOff(bool),
+    Reply {
+        back: u64,
+        from: u64,
+        granted: bool,
+    },
+    Failed {
+        back: u64,
+        from: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let role = prop_oneof![
+        Just(Role::Follower),
+        Just(Role::Candidate),
+        Just(Role::Leader),
+        Just(Role::Learner)
+    ];
+    // Voters among 1..=5; server 1 is listed three times in four.
+    let voters = (0u8..32, 0u8..4).prop_map(|(mask, k)| {
+        let mask = if k > 0 { mask | 1 } else { mask };
+        (1..=5)
+            .filter(|i| mask & (1 << (i - 1)) != 0)
+            .collect::<Vec<u64>>()
+    });
+    prop_oneof![
+        3 => (0u64..700).prop_map(Op::Advance),
+        1 => (0u64..100).prop_map(Op::Rewind),
+        2 => Just(Op::Timeout),
+        3 => Just(Op::ToDeadline),
+        2 => Just(Op::Contact),
+        1 => Just(Op::VoteGranted),
+        2 => (role, voters, -1i64..=2).prop_map(|(role, voters, term_step)| Op::Role { role, voters, term_step }),
+        1 => proptest::option::of((0u64..3, 0u64..4)).prop_map(Op::LastLog),
+        1 => any::<bool>().prop_map(Op::HandingOff),
+        4 => (0u64..3, 1u64..=6, any::<bool>()).prop_map(|(back, from, granted)| Op::Reply { back, from, granted }),
+        2 => (0u64..3, 1u64..=6).prop_map(|(back, from)| Op::Failed { back, from }),
+    ]
+}
+
+/// What the inputs so far allow, from the outside.
+struct Model {
+    now_ms: u64,
+    role: Role,
+    term: u64,
+    voters: BTreeSet<u64>,
+    handing_off: bool,
+    last_log: Option<(u64, u64)>,
+    last_round: u64,
+    /// Per asked round: who was asked, who ever said yes, and whether a
+    /// later event made its answers stale.
+    asks: BTreeMap<u64, (Vec<u64>, BTreeSet<u64>, bool)>,
+    elected: BTreeSet<u64>,
+}
+
+impl Model {
+    fn may_campaign(&self) -> bool {
+        matches!(self.role, Role::Follower | Role::Candidate)
+            && self.voters.contains(&1)
+            && !self.handing_off
+    }
+
+    fn spoil(&mut self) {
+        for ask in self.asks.values_mut() {
+            ask.2 = true;
+        }
+    }
+
+    fn check(&mut self, outputs: Vec<Output>) {
+        for output in outputs {
+            assert!(self.may_campaign(), "{output:?} while unable to campaign");
+            match output {
+                Output::AskPreVote {
+                    round,
+                    to,
+                    last_log,
+                } => {
+                    assert_eq!(round, self.last_round + 1);
+                    self.last_round = round;
+                    let others: Vec<u64> =
+                        self.voters.iter().copied().filter(|&v| v != 1).collect();
+                    assert!(!others.is_empty());
+                    assert_eq!(to, others);
+                    assert_eq!(last_log, self.last_log);
+                    self.asks.insert(round, (to, BTreeSet::new(), false));
+                }
+                Output::StartElection { round } => {
+                    assert!(self.elected.insert(round), "round {round} elected twice");
+                    match self.asks.get(&round) {
+                        Some((_, granted, stale)) => {
+                            assert!(!stale, "round {round}: answers were stale");
+                            assert!(granted.len() + 1 >= majority(self.voters.len()));
+                        }
+                        None => {
+                            assert_eq!(self.voters, BTreeSet::from([1]));
+                            assert_eq!(round, self.last_round + 1);
+                            self.last_round = round;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn random_inputs_keep_the_invariants(seed in any::<u64>(), ops in proptest::collection::vec(op(), 0..200)) {
+        let mut e = Elections::new(1, TIMING, seed, 0);
+        let mut m = Model {
+            now_ms: 0,
+            role: Role::Learner,
+            term: 0,
+            voters: BTreeSet::new(),
+            handing_off: false,
+            last_log: None,
+            last_round: 0,
+            asks: BTreeMap::new(),
+            elected: BTreeSet::new(),
+        };
+        for op in ops {
+            let mut timed_out = false;
+            match op {
+                Op::Advance(ms) => m.now_ms += ms,
+                Op::Rewind(ms) => e.handle_timeout(m.now_ms.saturating_sub(ms)),
+                Op::Timeout => {
+                    e.handle_timeout(m.now_ms);
+                    timed_out = true;
+                }
+                Op::ToDeadline => {
+                    if let Some(d) = e.poll_timeout() {
+                        m.now_ms = m.now_ms.max(d);
+                    }
+                    e.handle_timeout(m.now_ms);
+                    timed_out = true;
+                }
+                Op::Contact => {
+                    e.handle(m.now_ms, Input::LeaderContact);
+                    m.spoil();
+                }
+                Op::VoteGranted => {
+                    e.handle(m.now_ms, Input::VoteGranted);
+                    m.spoil();
+                }
+                Op::Role { role, voters, term_step } => {
+                    let term = m.term.saturating_add_signed(term_step);
+                    e.handle(m.now_ms, Input::Role { role, voters: voters.clone(), term });
+                    let voters: BTreeSet<u64> = voters.into_iter().collect();
+                    if term >= m.term && (role, term, &voters) != (m.role, m.term, &m.voters) {
+                        (m.role, m.term, m.voters) = (role, term, voters);
+                        m.spoil();
+                    }
+                }
+                Op::LastLog(last_log) => {
+                    e.handle(m.now_ms, Input::LastLog(last_log));
+                    m.last_log = last_log;
+                }
+                Op::HandingOff(on) => {
+                    e.handle(m.now_ms, Input::HandingOff(on));
+                    if on != m.handing_off {
+                        m.handing_off = on;
+                        m.spoil();
+                    }
+                }
+                Op::Reply { back, from, granted } => {
+                    let round = m.last_round.saturating_sub(back);
+                    e.handle(m.now_ms, Input::PreVoteReply { round, from, granted });
+                    if let Some((to, yes, _)) = m.asks.get_mut(&round) {
+                        if granted && to.contains(&from) {
+                            yes.insert(from);
+                        }
+                    }
+                }
+                Op::Failed { back, from } => {
+                    let round = m.last_round.saturating_sub(back);
+                    e.handle(m.now_ms, Input::PreVoteFailed { round, from });
+                }
+            }
+            e.check_invariants();
+            m.check(drain(&mut e));
+            prop_assert_eq!(e.poll_timeout().is_some(), m.may_campaign());
+            if timed_out {
+                prop_assert!(e.poll_timeout().is_none_or(|d| d > m.now_ms), "deadline did not move");
+            }
+        }
+    }
+
+    #[test]
+    fn hand_off_target_is_the_best_eligible_voter(
+        my_id in 1u64..6,
+        voters in proptest::collection::btree_set(1u64..8, 0..6),
+        matched in proptest::collection::btree_map(1u64..8, proptest::option::of(0u64..4), 0..7),
+    ) {
+        let voters: Vec<u64> = voters.into_iter().collect();
+        let matched: Vec<(u64, Option<u64>)> = matched.into_iter().collect();
+        let target = hand_off_target(my_id, &voters, &matched);
+        let eligible: Vec<(u64, Option<u64>)> = (matched.iter().copied())
+            .filter(|(id, _)| *id != my_id && voters.contains(id))
+            .collect();
+        match target {
+            None => prop_assert!(eligible.is_empty()),
+            Some(t) => {
+                let (_, t_idx) = *eligible.iter().find(|(id, _)| *id == t).expect("eligible");
+                for (id, idx) in &eligible {
+                    prop_assert!((*idx, Reverse(*id)) <= (t_idx, Reverse(t)));
+                }
+            }
+        }
+        let mut reversed = matched.clone();
+        reversed.reverse();
+        prop_assert_eq!(hand_off_target(my_id, &voters, &reversed), target);
+    }
 }
