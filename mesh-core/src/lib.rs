@@ -1,11 +1,12 @@
 //! Sans-IO protocol logic of the mesh: the replicated KV state machine,
-//! cluster-formation decisions, wire messages and their frame codec, and
-//! the storage record format with its crash recovery. No sockets, clocks,
-//! threads or OS randomness: time and input come in as arguments.
+//! cluster-formation and election decisions, wire messages and their frame
+//! codec, and the storage record format with its crash recovery. No sockets,
+//! clocks, threads or OS randomness: time and input come in as arguments.
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod codec;
+pub mod election;
 pub mod formation;
 pub mod hash;
 pub mod kv;
