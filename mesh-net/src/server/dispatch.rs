@@ -1,0 +1,101 @@
+//! The server's RPC port: every request that arrives is answered here,
+//! Raft messages (with the addressee check and chunked snapshots) first,
+//! then discovery, PreVote and hand-off, then leader-only requests.
+
+use super::*;
+
+impl Server {
+    // ---- RPC -------------------------------------------------------------
+
+    /// Answers one request that arrived on the RPC port.
+    pub async fn handle_rpc(self: Arc<Self>, req: RpcRequest) -> RpcResponse {
+        match req {
+            Request::Raft(RaftEnvelope { to, .. }) if to != self.node_id => Response::Error(RpcError::Rejected(format!(
+                "raft message for node {to} reached node {} (the server at this address was replaced)",
+                self.node_id
+            ))),
+            Request::Raft(RaftEnvelope {
+                msg: RaftRequest::SnapshotChunk(_),
+                ..
+            }) if crate::buggify::fires("snapshot_install") =>
+            {
+                // The transfer breaks mid-way; the leader resumes it.
+                Response::Error(RpcError::Internal(
+                    "buggify: snapshot transfer interrupted".into(),
+                ))
+            }
+            Request::Raft(env) => Response::Raft(self.handle_raft(env.msg).await),
+            Request::Hello(peer) => {
+                self.observe_server(peer);
+                Response::Status(self.status())
+            }
+            Request::Status => Response::Status(self.status()),
+            Request::PreVote { last_log } => Response::PreVote {
+                granted: self.would_vote_for(last_log),
+            },
+            Request::TimeoutNow => {
+                info!("leadership hand-off requested: starting an election");
+                match self.raft.trigger().elect().await {
+                    Ok(()) => Response::Done,
+                    Err(e) => Response::Error(RpcError::Internal(e.to_string())),
+                }
+            }
+            other => self.handle_as_leader(other).await,
+        }
+    }
+
+    pub(super) async fn handle_raft(&self, req: RaftRequest) -> RaftReply {
+        match req {
+            RaftRequest::AppendEntries(r) => {
+                let res = self.raft.append_entries(r).await;
+                if res.as_ref().is_ok_and(|r| r.is_success()) {
+                    *self.last_leader_contact.lock().expect("contact lock") = Some(Instant::now());
+                }
+                RaftReply::AppendEntries(res)
+            }
+            RaftRequest::Vote(r) => {
+                let res = self.raft.vote(r).await;
+                if res.as_ref().is_ok_and(|resp| resp.vote_granted) {
+                    // Raft §5.2: granting a vote restarts the election timer.
+                    *self.last_vote_granted.lock().expect("vote lock") = Some(Instant::now());
+                }
+                RaftReply::Vote(res)
+            }
+            RaftRequest::SnapshotChunk(chunk) => {
+                RaftReply::SnapshotChunk(self.receive_chunk(chunk).await)
+            }
+        }
+    }
+
+    /// Takes one snapshot chunk; installs the snapshot with the last one.
+    pub(super) async fn receive_chunk(&self, chunk: SnapshotChunk) -> Result<ChunkAck, Fatal<u64>> {
+        let id = TransferId {
+            snapshot_id: chunk.meta.snapshot_id.clone(),
+            term: chunk.vote.leader_id().term,
+            total_len: chunk.total_len,
+        };
+        let progress =
+            self.snapshot_in
+                .lock()
+                .expect("snapshot lock")
+                .accept(id, chunk.offset, &chunk.data);
+        match progress {
+            Ok(Progress::Partial { held }) => Ok(ChunkAck::Held(held)),
+            Ok(Progress::Complete(data)) => {
+                let snapshot = Snapshot {
+                    meta: chunk.meta,
+                    snapshot: Box::new(data),
+                };
+                self.raft
+                    .install_full_snapshot(chunk.vote, snapshot)
+                    .await
+                    .map(ChunkAck::Installed)
+            }
+            Err(e) => {
+                // A broken sender; keep nothing of this chunk and say so.
+                warn!(error = %e, "refused a snapshot chunk");
+                Ok(ChunkAck::Held(0))
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Leaving: leadership hand-off (SIGTERM, `mesh leave`) and leaving the
+//! Raft configuration.
+
+use super::*;
+
+impl Server {
+    // ---- leaving ---------------------------------------------------------
+
+    /// Hands leadership to the most up-to-date follower (if this server
+    /// leads), waiting up to `wait` for another server to take over.
+    /// Returns whether leadership moved.
+    pub async fn hand_off_leadership(&self, wait: Duration) -> bool {
+        if self.metrics().state != ServerState::Leader {
+            return true;
+        }
+        // Raft thesis §3.10: the leader stops taking writes while it hands
+        // off, or the target can never catch up with its log and loses the
+        // election it was asked to win.
+        self.handing_off.store(true, Ordering::SeqCst);
+        let handed_off = self.transfer_leadership(wait).await;
+        if !handed_off {
+            warn!("leadership hand-off did not complete in time");
+            self.handing_off.store(false, Ordering::SeqCst);
+        }
+        handed_off
+    }
+
+    pub(super) async fn transfer_leadership(&self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let m = self.metrics();
+        let Some(replication) = m.replication.clone() else {
+            return false;
+        };
+        // Pick the follower with the longest matched log; ties by id.
+        let mut best: Option<(Option<u64>, u64)> = None;
+        for (id, matched) in replication.iter() {
+            if *id == self.node_id || !m.membership_config.voter_ids().any(|v| v == *id) {
+                continue;
+            }
+            let idx = matched.map(|l| l.index);
+            if best
+                .is_none_or(|(b, bid)| (idx, std::cmp::Reverse(*id)) > (b, std::cmp::Reverse(bid)))
+            {
+                best = Some((idx, *id));
+            }
+        }
+        let Some((_, target)) = best else {
+            return false;
+        };
+        let Some(node) = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == target)
+            .map(|(_, n)| n.clone())
+        else {
+            return false;
+        };
+        // This server is going away: it must not win the election back
+        // (`may_campaign` is false while handing off, and openraft's own
+        // timer is off).
+        info!(to = %node, "handing off leadership");
+        // The target's first election can fail (a follower still inside its
+        // leader lease refuses to vote); ask again until it wins.
+        let round = Duration::from_millis(self.config.timing.election_timeout_max_ms * 2);
+        while Instant::now() < deadline {
+            // Let the target catch up to our last entry first (writes
+            // accepted before the hand-off began may still be appending).
+            while Instant::now() < deadline {
+                let m = self.metrics();
+                let matched = m
+                    .replication
+                    .and_then(|r| r.get(&target).cloned().flatten())
+                    .map(|l| l.index);
+                if matched >= m.last_log_index {
+                    break;
+                }
+                clock::sleep(Duration::from_millis(10)).await;
+            }
+            if crate::buggify::fires("leader_hand_off") {
+                warn!("buggify: hand-off request dropped");
+            } else if let Err(e) = self
+                .rpc
+                .call(&node.rpc_addr, &Request::TimeoutNow, Duration::from_secs(1))
+                .await
+            {
+                warn!(error = %e, "hand-off request failed");
+            }
+            let round_end = (Instant::now() + round).min(deadline);
+            while Instant::now() < round_end {
+                let m = self.metrics();
+                if m.current_leader.is_some_and(|l| l != self.node_id) {
+                    info!(new_leader = ?m.current_leader, "leadership handed off");
+                    return true;
+                }
+                clock::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        false
+    }
+
+    /// `mesh leave`: hand off leadership, leave the Raft configuration,
+    /// stop.
+    pub async fn leave(&self) -> Result<(), RpcError> {
+        self.hand_off_leadership(Duration::from_secs(3)).await;
+        let result = self.remove_peer(self.node_id).await;
+        if let Err(e) = &result {
+            warn!(error = %e, "could not leave the Raft configuration");
+        }
+        self.shutdown().await;
+        result
+    }
+}

@@ -1,0 +1,180 @@
+//! Leader-side operations: writes, consistent reads, and membership
+//! changes, carried out only by the leader (anyone else says who leads).
+
+use super::*;
+
+impl Server {
+    pub(super) fn not_leader(&self) -> RpcError {
+        match self.leader() {
+            Some(l) if l.node_id != self.node_id => RpcError::NotLeader { leader: Some(l) },
+            _ => RpcError::NoLeader,
+        }
+    }
+
+    /// Carries out a leader-only request here, or says who leads.
+    pub(super) async fn handle_as_leader(&self, req: RpcRequest) -> RpcResponse {
+        let result = match req {
+            Request::Write(cmd) => self.write_here(cmd).await,
+            Request::Read(r) => self.read_here(r).await.map(Response::Read),
+            Request::Join(info) => self.add_server_here(info).await.map(|()| Response::Done),
+            Request::RemovePeer { node_id } => self
+                .remove_server_here(node_id)
+                .await
+                .map(|()| Response::Done),
+            other => Err(RpcError::Rejected(format!("unexpected request {other:?}"))),
+        };
+        result.unwrap_or_else(Response::Error)
+    }
+
+    pub(super) async fn write_here(&self, cmd: Command) -> Result<RpcResponse, RpcError> {
+        if self.handing_off.load(Ordering::SeqCst) {
+            // Not run: the caller retries and finds the new leader.
+            return Err(RpcError::NoLeader);
+        }
+        if mutants::enabled(Mutant::AckBeforeCommit) && self.is_leader() {
+            let index = self.metrics().last_log_index.unwrap_or(0) + 1;
+            return match self.raft.client_write_ff(cmd).await {
+                Ok(_) => Ok(Response::Written {
+                    index,
+                    result: CommandResult::Bool(true),
+                }),
+                Err(e) => Err(RpcError::Internal(e.to_string())),
+            };
+        }
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(Response::Written {
+                index: resp.log_id.index,
+                result: resp.data,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(self.not_leader())
+            }
+            Err(e) => Err(RpcError::Internal(e.to_string())),
+        }
+    }
+
+    pub(super) async fn wait_for_index(&self, min_index: u64, wait_ms: u64) {
+        if min_index == 0 {
+            return;
+        }
+        let mut view = self.view.clone();
+        let current = || self.view.read(|sm| sm.kv().table_index());
+        let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+        let _ = clock::timeout(wait, async {
+            while current() <= min_index {
+                view.changed().await;
+            }
+        })
+        .await;
+    }
+
+    pub(super) fn read_local(&self, r: &ReadRequest) -> ReadResponse {
+        let (index, entries, keys) = self.view.read(|sm| evaluate(sm.kv(), &r.query));
+        ReadResponse {
+            index,
+            entries,
+            keys,
+            known_leader: self.leader().is_some(),
+            last_contact_ms: self.last_contact_ms(),
+        }
+    }
+
+    pub(super) async fn read_here(&self, r: ReadRequest) -> Result<ReadResponse, RpcError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        self.wait_for_index(r.min_index, r.wait_ms).await;
+        // Confirm leadership with a quorum *after* waiting, right before
+        // reading: a leader deposed meanwhile must not answer.
+        if mutants::enabled(Mutant::SkipReadQuorum)
+            || (mutants::enabled(Mutant::LeaseRead) && mutants::lease_valid(self.node_id))
+        {
+            return Ok(self.read_local(&r));
+        }
+        let round_start = Instant::now();
+        match clock::timeout(LINEARIZE_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {
+                if mutants::enabled(Mutant::LeaseRead) {
+                    let lease = Duration::from_millis(self.config.timing.election_timeout_min_ms);
+                    mutants::extend_lease(self.node_id, round_start + lease);
+                }
+                Ok(self.read_local(&r))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(self.not_leader())
+            }
+            Ok(Err(e)) => Err(RpcError::Internal(format!(
+                "cannot confirm leadership: {e}"
+            ))),
+            Err(_) => Err(RpcError::NoLeader),
+        }
+    }
+
+    pub(super) async fn add_server_here(&self, info: ServerInfo) -> Result<(), RpcError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let m = self.metrics();
+        let voters: BTreeSet<u64> = m.membership_config.voter_ids().collect();
+        let node = to_node(&info);
+        let known = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == info.node_id)
+            .map(|(_, n)| n.clone());
+        if voters.contains(&info.node_id) && known.as_ref() == Some(&node) {
+            return Ok(());
+        }
+        // A server that lost its data comes back with a new id under the
+        // same name: replace the stale entry (Consul does the same by address).
+        let stale: BTreeSet<u64> = m
+            .membership_config
+            .nodes()
+            .filter(|(id, n)| {
+                **id != info.node_id && (n.name == info.name || n.rpc_addr == info.rpc_addr)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if crate::buggify::fires("membership_change") {
+            return Err(RpcError::Internal(
+                "buggify: membership change aborted".into(),
+            ));
+        }
+        info!(joining = %node, ?stale, "adding server to the cluster");
+        self.raft
+            .add_learner(info.node_id, node, true)
+            .await
+            .map_err(|e| RpcError::Internal(format!("adding learner: {e}")))?;
+        let mut new_voters: BTreeSet<u64> = voters.difference(&stale).copied().collect();
+        new_voters.insert(info.node_id);
+        self.raft
+            .change_membership(new_voters, false)
+            .await
+            .map_err(|e| RpcError::Internal(format!("changing membership: {e}")))?;
+        Ok(())
+    }
+
+    pub(super) async fn remove_server_here(&self, node_id: u64) -> Result<(), RpcError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let m = self.metrics();
+        let voters: BTreeSet<u64> = m.membership_config.voter_ids().collect();
+        let in_config = m.membership_config.nodes().any(|(id, _)| *id == node_id);
+        if !in_config {
+            return Err(RpcError::Rejected(format!(
+                "no server with id {node_id} in the Raft configuration"
+            )));
+        }
+        let remaining: BTreeSet<u64> = voters.iter().copied().filter(|id| *id != node_id).collect();
+        if remaining.is_empty() {
+            return Err(RpcError::Rejected("cannot remove the last voter".into()));
+        }
+        info!(node_id, "removing server from the cluster");
+        self.raft
+            .change_membership(remaining, false)
+            .await
+            .map_err(|e| RpcError::Internal(format!("changing membership: {e}")))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,338 @@
+//! A Consul server: one Raft voter with its storage, RPC endpoint, cluster
+//! formation (bootstrap, bootstrap-expect, join) and the leader-side
+//! handling of writes, consistent reads and membership changes.
+//!
+//! Entry points used by the HTTP API (`write`, `read`, `join_cluster`, ...)
+//! route a request to the leader: locally if this server leads, else over
+//! RPC, retrying only while the request provably was not carried out
+//! (no leader known, a "not the leader" answer, a refused connection).
+//! Requests that arrive over RPC are answered by the leader only, so a
+//! request is forwarded at most once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod dispatch;
+mod election;
+mod formation;
+mod hand_off;
+mod leader;
+mod requests;
+mod status;
+
+use crate::clock::{self, Instant};
+use futures::StreamExt;
+use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};
+use mesh_core::snapshot_transfer::{Progress, Reassembly, TransferId};
+use mesh_core::state::{Command, CommandResult};
+use mesh_core::wire::{
+    evaluate, ClusterStatus, Consistency, PeerStatus, ReadRequest, ReadResponse, Request, Response,
+    RpcError,
+};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
+use openraft::storage::Snapshot;
+use openraft::{RaftMetrics, ServerState};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::disk::Disk;
+use crate::log_store::{decode_record, json_record, read_records, FileKind, LogStore, OpenError};
+use crate::mutants::{self, Mutant};
+use crate::network::NetworkFactory;
+use crate::raft_types::{
+    ChunkAck, Raft, RaftEnvelope, RaftReply, RaftRequest, ServerNode, SnapshotChunk,
+};
+use crate::rpc::{self, RpcClient, RpcRequest, RpcResponse};
+use crate::state_store::{StateStore, StateView};
+
+/// Raft timing. Shorter than Consul's defaults (1 s heartbeat timeout):
+/// failover is bounded by `election_timeout_max_ms` (the leader lease).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// Leader heartbeat period.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout; also the leader lease
+    /// during which followers refuse to vote for another candidate.
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
+        }
+    }
+}
+
+/// How a server is configured (the server half of `mesh agent -server`).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Node name (`-node`).
+    pub node_name: String,
+    /// Address the RPC listener binds (`-bind` + `-server-port`).
+    pub rpc_bind: SocketAddr,
+    /// Address other servers reach this one at (`-advertise`, default `-bind`).
+    pub rpc_advertise: String,
+    /// HTTP address other tools should use for this node.
+    pub http_addr: String,
+    /// `-bootstrap`, `-bootstrap-expect=N`, or neither.
+    pub bootstrap: BootstrapMode,
+    /// `-join` / `-retry-join` addresses (RPC addresses of other servers).
+    pub join: Vec<String>,
+    /// Keep trying to join forever (`-retry-join`) instead of giving up.
+    pub retry_join: bool,
+    /// Raft timing.
+    pub timing: RaftTiming,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_threshold: u64,
+}
+
+/// Why a server could not start. Each variant says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Stored state could not be read; the data dir needs attention.
+    #[error("cannot open stored state: {0}")]
+    Storage(#[from] OpenError),
+    /// The disk failed while writing the node id.
+    #[error("cannot write node id to {file}: {source}")]
+    NodeId {
+        /// File.
+        file: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The RPC address could not be bound.
+    #[error("cannot bind server RPC address {addr}: {source} (is another agent running, or is -bind wrong?)")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Bad configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// openraft refused to start.
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+const NODE_ID_FILE: &str = "node-id";
+const KIND_NODE_ID: u8 = 5;
+/// How long entry points keep looking for a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(7);
+/// RPC deadline for forwarded requests (writes include replication).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on a quorum check for a consistent read.
+const LINEARIZE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Consul's maximum blocking-query wait.
+pub const MAX_WAIT_MS: u64 = 600_000;
+
+/// A running server.
+pub struct Server {
+    node_id: u64,
+    info: ServerInfo,
+    raft: Raft,
+    view: StateView,
+    /// A reader of the log openraft owns; clones share state.
+    log: LogStore,
+    rpc: RpcClient,
+    formation: Mutex<Formation>,
+    formation_error: Mutex<Option<String>>,
+    config: ServerConfig,
+    last_leader_contact: Mutex<Option<Instant>>,
+    /// When this server last granted a vote (restarts its election timer).
+    last_vote_granted: Mutex<Option<Instant>>,
+    /// Leadership is being handed off: new writes are refused (not run).
+    handing_off: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The snapshot being received from the leader, chunk by chunk.
+    snapshot_in: Mutex<Reassembly>,
+}
+
+fn load_or_create_node_id(disk: &dyn Disk) -> Result<u64, StartError> {
+    if let Some(rec) = read_records(disk, NODE_ID_FILE, FileKind::Atomic, &[KIND_NODE_ID])?.pop() {
+        return Ok(decode_record(disk, NODE_ID_FILE, &rec)?);
+    }
+    // Seeded in the simulator (see the getrandom patch); never 0.
+    let id = rand::random::<u64>() >> 1 | 1;
+    disk.write_atomic(NODE_ID_FILE, &json_record(KIND_NODE_ID, &id))
+        .map_err(|source| StartError::NodeId {
+            file: disk.describe(NODE_ID_FILE),
+            source,
+        })?;
+    Ok(id)
+}
+
+fn to_info(id: u64, node: &ServerNode) -> ServerInfo {
+    ServerInfo {
+        node_id: id,
+        name: node.name.clone(),
+        rpc_addr: node.rpc_addr.clone(),
+        http_addr: node.http_addr.clone(),
+        bootstrap_expect: None,
+    }
+}
+
+fn to_node(info: &ServerInfo) -> ServerNode {
+    ServerNode {
+        name: info.name.clone(),
+        rpc_addr: info.rpc_addr.clone(),
+        http_addr: info.http_addr.clone(),
+    }
+}
+
+/// Normalizes a join address: a missing port means Consul's 8300.
+pub fn rpc_target(addr: &str) -> String {
+    if addr.parse::<SocketAddr>().is_ok()
+        || addr
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        addr.to_string()
+    } else {
+        format!("{addr}:8300")
+    }
+}
+
+impl Server {
+    /// Opens storage on `disk`, starts Raft and the RPC listener, and begins
+    /// cluster formation in the background.
+    pub async fn start(config: ServerConfig, disk: Arc<dyn Disk>) -> Result<Arc<Self>, StartError> {
+        if let BootstrapMode::Expect(0) = config.bootstrap {
+            return Err(StartError::Config(
+                "-bootstrap-expect must be at least 1".into(),
+            ));
+        }
+        let node_id = load_or_create_node_id(disk.as_ref())?;
+        let log_store = LogStore::open(disk.clone())?;
+        let log = log_store.clone();
+        let has_state = log_store.has_state();
+        let (state_store, view) = StateStore::open(disk.clone())?;
+        let info = ServerInfo {
+            node_id,
+            name: config.node_name.clone(),
+            rpc_addr: config.rpc_advertise.clone(),
+            http_addr: config.http_addr.clone(),
+            bootstrap_expect: match config.bootstrap {
+                BootstrapMode::Expect(n) => Some(n),
+                _ => None,
+            },
+        };
+        let formation = Formation::new(info.clone(), config.bootstrap, has_state)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let raft_config = openraft::Config {
+            cluster_name: "mesh".into(),
+            heartbeat_interval: config.timing.heartbeat_ms,
+            election_timeout_min: config.timing.election_timeout_min_ms,
+            // Elections start from `election_watchdog`, after a PreVote.
+            enable_elect: false,
+            election_timeout_max: config.timing.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
+            max_in_snapshot_log_to_keep: config.snapshot_threshold.min(1000),
+            max_payload_entries: 256,
+            install_snapshot_timeout: 5_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let rpc = RpcClient::new();
+        let listener =
+            TcpListener::bind(config.rpc_bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.rpc_bind,
+                    source,
+                })?;
+        let raft = Raft::new(
+            node_id,
+            Arc::new(raft_config),
+            NetworkFactory::new(rpc.clone()),
+            log_store,
+            state_store,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        info!(node = %config.node_name, node_id, rpc = %config.rpc_bind, has_state, "server started");
+        let server = Arc::new(Self {
+            node_id,
+            info,
+            raft,
+            view,
+            log,
+            rpc,
+            formation: Mutex::new(formation),
+            formation_error: Mutex::new(None),
+            config,
+            last_leader_contact: Mutex::new(None),
+            last_vote_granted: Mutex::new(None),
+            handing_off: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+            snapshot_in: Mutex::new(Reassembly::new()),
+        });
+        let handler_server = server.clone();
+        let serve = tokio::spawn(rpc::serve(listener, move |req| {
+            let s = handler_server.clone();
+            async move { s.handle_rpc(req).await }
+        }));
+        let formation = tokio::spawn(server.clone().formation_loop());
+        let watchdog = tokio::spawn(server.clone().election_watchdog());
+        server
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .extend([serve, formation, watchdog]);
+        Ok(server)
+    }
+
+    /// This server's Raft id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// This server's identity.
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// The applied state (for stale reads and checkers).
+    pub fn view(&self) -> &StateView {
+        &self.view
+    }
+
+    /// `(index, term, fingerprint)` of every Raft log entry this server
+    /// holds (for the log-matching checker).
+    pub fn log_fingerprints(&self) -> Vec<(u64, u64, u64)> {
+        self.log.fingerprints()
+    }
+
+    /// The latest Raft metrics.
+    pub fn metrics(&self) -> RaftMetrics<u64, ServerNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The last formation problem (e.g. a bootstrap-expect mismatch), if any.
+    pub fn formation_error(&self) -> Option<String> {
+        self.formation_error.lock().expect("formation lock").clone()
+    }
+
+    /// The leader this server knows of.
+    /// Stops Raft and every task of this server.
+    pub async fn shutdown(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for t in tasks {
+            t.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            warn!(error = %e, "raft shutdown");
+        }
+    }
+}

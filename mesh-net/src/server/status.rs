@@ -1,0 +1,106 @@
+//! What a server knows about the cluster: the leader, the peers and their
+//! progress, as `/v1/status/*` and `/v1/operator/raft/configuration` show it.
+
+use super::*;
+
+impl Server {
+    /// The leader this server knows of.
+    pub fn leader(&self) -> Option<ServerInfo> {
+        let m = self.metrics();
+        let id = m.current_leader?;
+        let leader = m
+            .membership_config
+            .nodes()
+            .find(|(nid, _)| **nid == id)
+            .map(|(nid, n)| to_info(*nid, n));
+        leader
+    }
+
+    /// Whether this server is the leader right now (by its own view).
+    pub fn is_leader(&self) -> bool {
+        self.metrics().state == ServerState::Leader
+    }
+
+    /// Status as this server sees it.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.metrics();
+        let voters: BTreeSet<u64> = m.membership_config.voter_ids().collect();
+        let peers = m
+            .membership_config
+            .nodes()
+            .map(|(id, n)| PeerStatus {
+                info: to_info(*id, n),
+                voter: voters.contains(id),
+                leader: m.current_leader == Some(*id),
+                last_index: if *id == self.node_id {
+                    m.last_log_index.unwrap_or(0)
+                } else {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .map_or(0, |l| l.index)
+                },
+            })
+            .collect::<Vec<_>>();
+        ClusterStatus {
+            me: self.info.clone(),
+            initialized: !peers.is_empty(),
+            leader: self.leader(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            peers,
+            known_servers: self
+                .formation
+                .lock()
+                .expect("formation lock")
+                .known_servers(),
+            config_index: m.membership_config.log_id().map_or(0, |l| l.index),
+        }
+    }
+
+    /// Status as the leader sees it (it knows every peer's log index).
+    pub async fn leader_status(&self) -> Result<ClusterStatus, RpcError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.leader() {
+                Some(l) if l.node_id == self.node_id => return Ok(self.status()),
+                Some(l) => match self
+                    .rpc
+                    .call(&l.rpc_addr, &Request::Status, FORWARD_TIMEOUT)
+                    .await
+                {
+                    Ok(Response::Status(st)) => return Ok(st),
+                    Ok(other) => {
+                        return Err(RpcError::Internal(format!("unexpected answer {other:?}")))
+                    }
+                    Err(e) if !e.not_delivered() => return Err(RpcError::Internal(e.to_string())),
+                    Err(_) => {}
+                },
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(RpcError::NoLeader);
+            }
+            clock::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Milliseconds since the leader was last heard from (0 on the leader).
+    pub fn last_contact_ms(&self) -> u64 {
+        if self.is_leader() {
+            return 0;
+        }
+        match *self.last_leader_contact.lock().expect("contact lock") {
+            Some(t) => t.elapsed().as_millis() as u64,
+            None => 0,
+        }
+    }
+
+    pub(super) fn is_voter(&self) -> bool {
+        self.metrics()
+            .membership_config
+            .voter_ids()
+            .any(|id| id == self.node_id)
+    }
+}
