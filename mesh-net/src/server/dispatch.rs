@@ -2,6 +2,8 @@
 //! Raft messages (with the addressee check and chunked snapshots) first,
 //! then discovery, PreVote and hand-off, then leader-only requests.
 
+use mesh_core::election::Input;
+
 use super::*;
 
 impl Server {
@@ -50,6 +52,7 @@ impl Server {
                 let res = self.raft.append_entries(r).await;
                 if res.as_ref().is_ok_and(|r| r.is_success()) {
                     *self.last_leader_contact.lock().expect("contact lock") = Some(Instant::now());
+                    self.election_input(Input::LeaderContact);
                 }
                 RaftReply::AppendEntries(res)
             }
@@ -57,7 +60,7 @@ impl Server {
                 let res = self.raft.vote(r).await;
                 if res.as_ref().is_ok_and(|resp| resp.vote_granted) {
                     // Raft §5.2: granting a vote restarts the election timer.
-                    *self.last_vote_granted.lock().expect("vote lock") = Some(Instant::now());
+                    self.election_input(Input::VoteGranted);
                 }
                 RaftReply::Vote(res)
             }

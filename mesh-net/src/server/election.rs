@@ -1,136 +1,184 @@
-//! The election driver: I/O for `mesh_core::election`.
+//! The election driver: the I/O around `mesh_core::election`, which decides
+//! when this server asks for PreVotes and when it starts an election
+//! (Raft §5.2 with PreVote, Raft thesis §9.6; see that module for why
+//! openraft's own election timer is off).
+//!
+//! The driver feeds the machine openraft's role changes, leader contact and
+//! granted votes (from the RPC handlers), and PreVote answers; it sends the
+//! PreVote questions the machine asks for, calls openraft's `elect` when it
+//! says so, and otherwise sleeps until the machine's next deadline.
+
+use mesh_core::election::{ElectionTiming, Elections, Input, Output, Role};
+use tokio::sync::mpsc;
 
 use super::*;
 
+/// What of openraft's metrics the election machine is told about.
+type RoleReport = (Role, Vec<u64>, u64);
+
 impl Server {
-    /// Starts elections: Raft §5.2 with PreVote (Raft thesis §9.6).
-    /// openraft's own election timer is off (`enable_elect: false`): openraft
-    /// 0.9 draws its timeout once per server, so two candidates could
-    /// collide term after term (the simulator found such seeds), and it
-    /// campaigns without asking first, so a server that cannot win (cut off,
-    /// stale log, a racing clock) keeps raising its term and deposes a
-    /// healthy leader when it reconnects. Here each round waits a freshly
-    /// drawn timeout after the last sign of a leader, then asks every voter
-    /// whether it would vote for this server ([`Server::would_vote_for`]);
-    /// only with a majority does a real election start.
-    pub(super) async fn election_watchdog(self: Arc<Self>) {
+    /// The election machine of a server with this configuration.
+    pub(super) fn new_elections(node_id: u64, timing: RaftTiming) -> Elections {
         use openraft::AsyncRuntime;
         use rand::Rng;
-        let timing = self.config.timing;
-        // Peers refuse votes for a lease of one maximum election timeout
-        // after hearing from a leader; waiting less only wastes a round.
-        let lease = timing.election_timeout_max_ms;
-        let spread = timing.election_timeout_max_ms - timing.election_timeout_min_ms;
-        // After a split vote the candidates have no leader lease to wait
-        // out: retry after a plain election timeout.
-        let draw = |candidate: bool| {
-            let (lo, hi) = if candidate {
-                (
-                    timing.election_timeout_min_ms,
-                    timing.election_timeout_max_ms,
-                )
-            } else {
-                (lease, lease + spread)
-            };
-            Duration::from_millis(crate::runtime::MeshRuntime::thread_rng().gen_range(lo..=hi))
+        let timing = ElectionTiming {
+            heartbeat_ms: timing.heartbeat_ms,
+            election_timeout_min_ms: timing.election_timeout_min_ms,
+            election_timeout_max_ms: timing.election_timeout_max_ms,
         };
-        let mut timeout = draw(false);
-        let mut round_start = Instant::now();
-        loop {
-            clock::sleep(Duration::from_millis(timing.heartbeat_ms / 2)).await;
-            if !self.may_campaign() {
-                round_start = Instant::now();
-                continue;
-            }
-            let quiet_since = self
-                .last_election_signal()
-                .map_or(round_start, |t| t.max(round_start));
-            if quiet_since.elapsed() < timeout {
-                continue;
-            }
-            round_start = Instant::now();
-            let candidate = self.metrics().state == ServerState::Candidate;
-            timeout = draw(candidate);
-            // The round takes up to an RPC timeout: if a leader appeared or
-            // this server voted meanwhile, that answer is stale.
-            let heard_meanwhile = || {
-                self.last_election_signal()
-                    .is_some_and(|t| t >= round_start)
-            };
-            if self.pre_vote().await && self.may_campaign() && !heard_meanwhile() {
-                debug!(
-                    term = self.metrics().current_term,
-                    "a majority would vote for this server: starting an election"
-                );
-                let _ = self.raft.trigger().elect().await;
-            }
-        }
+        // Seeded by the simulator (through the getrandom patch).
+        let seed = crate::runtime::MeshRuntime::thread_rng().gen::<u64>();
+        Elections::new(node_id, timing, seed, 0)
     }
 
-    /// The last event that restarts the election timer: hearing from a
-    /// leader, or granting a vote.
-    pub(super) fn last_election_signal(&self) -> Option<Instant> {
-        let contact = *self.last_leader_contact.lock().expect("contact lock");
-        let vote = *self.last_vote_granted.lock().expect("vote lock");
-        contact.max(vote)
+    /// Milliseconds on this host's monotonic clock since the server started:
+    /// the election machine's time.
+    pub(super) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
-    /// A voter that is not leading and not leaving.
-    pub(super) fn may_campaign(&self) -> bool {
-        let m = self.metrics();
-        m.state != ServerState::Leader
-            && m.membership_config.voter_ids().any(|id| id == self.node_id)
-            && !self.handing_off.load(Ordering::SeqCst)
+    /// Feeds one input to the election machine and wakes the driver, which
+    /// drains its outputs.
+    pub(super) fn election_input(&self, input: Input) {
+        let now = self.now_ms();
+        self.elections
+            .lock()
+            .expect("elections lock")
+            .handle(now, input);
+        self.election_wake.notify_one();
     }
 
-    /// The PreVote round: whether a majority of voters (this one included)
-    /// would vote for this server in the next term.
-    pub(super) async fn pre_vote(&self) -> bool {
-        let m = self.metrics();
-        let voters: Vec<(u64, ServerNode)> = m
-            .membership_config
-            .nodes()
-            .filter(|(id, _)| m.membership_config.voter_ids().any(|v| v == **id))
-            .map(|(id, n)| (*id, n.clone()))
-            .collect();
-        let needed = voters.len() / 2 + 1;
-        let last_log = self.log.last_log_id().map(|l| (l.leader_id.term, l.index));
-        let ask = Request::PreVote { last_log };
-        let timeout = Duration::from_millis(self.config.timing.election_timeout_min_ms);
-        let mut answers: futures::stream::FuturesUnordered<_> = voters
-            .iter()
-            .filter(|(id, _)| *id != self.node_id)
-            .map(|(_, n)| self.rpc.call(&n.rpc_addr, &ask, timeout))
-            .collect();
-        // This server's own vote; stop as soon as a majority said yes,
-        // without waiting out the timeout of a dead or cut-off peer.
-        let mut granted = 1;
-        while granted < needed {
-            match answers.next().await {
-                Some(Ok(Response::PreVote { granted: true })) => granted += 1,
-                Some(_) => {}
-                None => break,
-            }
-        }
-        debug!(granted, needed, "pre-vote round");
-        granted >= needed
+    /// This server's last log entry as `(term, index)`.
+    pub(super) fn last_log(&self) -> Option<(u64, u64)> {
+        self.log.last_log_id().map(|l| (l.leader_id.term, l.index))
     }
 
-    /// PreVote's rule: grant if this server has not heard from a leader for
-    /// a full lease (so a real vote would be granted too, and a healthy
-    /// leader is never disturbed) and the asker's log is at least as up to
-    /// date as this server's (§5.4.1).
+    /// PreVote's rule for a question from a peer (see
+    /// `Elections::would_vote_for`): no leader heard for a lease, and the
+    /// asker's log at least as up to date as ours (§5.4.1).
     pub(super) fn would_vote_for(&self, their_last: Option<(u64, u64)>) -> bool {
         if self.is_leader() {
             return false;
         }
-        let lease = Duration::from_millis(self.config.timing.election_timeout_max_ms);
-        let heard = self
-            .last_leader_contact
-            .lock()
-            .expect("contact lock")
-            .is_some_and(|t| t.elapsed() < lease);
-        let ours = self.log.last_log_id().map(|l| (l.leader_id.term, l.index));
-        !heard && their_last >= ours
+        let now = self.now_ms();
+        let mut elections = self.elections.lock().expect("elections lock");
+        elections.handle(now, Input::LastLog(self.last_log()));
+        elections.would_vote_for(now, their_last)
+    }
+
+    fn role_report(m: &RaftMetrics<u64, ServerNode>) -> RoleReport {
+        let role = match m.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Follower => Role::Follower,
+            ServerState::Learner | ServerState::Shutdown => Role::Learner,
+        };
+        (
+            role,
+            m.membership_config.voter_ids().collect(),
+            m.current_term,
+        )
+    }
+
+    /// Runs until Raft shuts down.
+    pub(super) async fn election_driver(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let (answers_tx, mut answers_rx) = mpsc::unbounded_channel::<Input>();
+        let mut reported: Option<RoleReport> = None;
+        loop {
+            let report = Self::role_report(&metrics.borrow());
+            if reported.as_ref() != Some(&report) {
+                let (role, voters, term) = report.clone();
+                self.election_input(Input::Role { role, voters, term });
+                reported = Some(report);
+            }
+            self.run_election_outputs(&answers_tx).await;
+            let deadline_ms = self
+                .elections
+                .lock()
+                .expect("elections lock")
+                .poll_timeout();
+            let due = async {
+                match deadline_ms {
+                    Some(at) => {
+                        clock::sleep(Duration::from_millis(at.saturating_sub(self.now_ms()))).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return; // Raft shut down.
+                    }
+                }
+                Some(answer) = answers_rx.recv() => self.election_input(answer),
+                () = self.election_wake.notified() => {}
+                () = due => {
+                    let now = self.now_ms();
+                    let mut elections = self.elections.lock().expect("elections lock");
+                    elections.handle(now, Input::LastLog(self.last_log()));
+                    elections.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    /// Drains the machine's outputs: PreVote questions go out concurrently
+    /// (answers come back through `answers`), an election starts at once.
+    async fn run_election_outputs(&self, answers: &mpsc::UnboundedSender<Input>) {
+        loop {
+            let output = self.elections.lock().expect("elections lock").poll_output();
+            match output {
+                None => return,
+                Some(Output::AskPreVote {
+                    round,
+                    to,
+                    last_log,
+                }) => {
+                    let m = self.metrics();
+                    let timeout = Duration::from_millis(self.config.timing.election_timeout_min_ms);
+                    for peer in to {
+                        let addr = m
+                            .membership_config
+                            .nodes()
+                            .find(|(id, _)| **id == peer)
+                            .map(|(_, n)| n.rpc_addr.clone());
+                        let rpc = self.rpc.clone();
+                        let answers = answers.clone();
+                        tokio::spawn(async move {
+                            let reply = match addr {
+                                Some(addr) => rpc
+                                    .call(&addr, &Request::PreVote { last_log }, timeout)
+                                    .await
+                                    .ok(),
+                                None => None,
+                            };
+                            let input = match reply {
+                                Some(Response::PreVote { granted }) => Input::PreVoteReply {
+                                    round,
+                                    from: peer,
+                                    granted,
+                                },
+                                _ => Input::PreVoteFailed { round, from: peer },
+                            };
+                            // The driver may have stopped; then nobody needs it.
+                            let _ = answers.send(input);
+                        });
+                    }
+                }
+                Some(Output::StartElection { round }) => {
+                    debug!(
+                        round,
+                        term = self.metrics().current_term,
+                        "a majority would vote for this server: starting an election"
+                    );
+                    if let Err(e) = self.raft.trigger().elect().await {
+                        warn!(error = %e, "could not start an election");
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Leaving: leadership hand-off (SIGTERM, `mesh leave`) and leaving the
 //! Raft configuration.
 
+use mesh_core::election::{hand_off_target, Input};
+
 use super::*;
 
 impl Server {
@@ -17,10 +19,12 @@ impl Server {
         // off, or the target can never catch up with its log and loses the
         // election it was asked to win.
         self.handing_off.store(true, Ordering::SeqCst);
+        self.election_input(Input::HandingOff(true));
         let handed_off = self.transfer_leadership(wait).await;
         if !handed_off {
             warn!("leadership hand-off did not complete in time");
             self.handing_off.store(false, Ordering::SeqCst);
+            self.election_input(Input::HandingOff(false));
         }
         handed_off
     }
@@ -31,20 +35,12 @@ impl Server {
         let Some(replication) = m.replication.clone() else {
             return false;
         };
-        // Pick the follower with the longest matched log; ties by id.
-        let mut best: Option<(Option<u64>, u64)> = None;
-        for (id, matched) in replication.iter() {
-            if *id == self.node_id || !m.membership_config.voter_ids().any(|v| v == *id) {
-                continue;
-            }
-            let idx = matched.map(|l| l.index);
-            if best
-                .is_none_or(|(b, bid)| (idx, std::cmp::Reverse(*id)) > (b, std::cmp::Reverse(bid)))
-            {
-                best = Some((idx, *id));
-            }
-        }
-        let Some((_, target)) = best else {
+        let voters: Vec<u64> = m.membership_config.voter_ids().collect();
+        let matched: Vec<(u64, Option<u64>)> = replication
+            .iter()
+            .map(|(id, l)| (*id, l.map(|l| l.index)))
+            .collect();
+        let Some(target) = hand_off_target(self.node_id, &voters, &matched) else {
             return false;
         };
         let Some(node) = m

@@ -24,7 +24,6 @@ mod requests;
 mod status;
 
 use crate::clock::{self, Instant};
-use futures::StreamExt;
 use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};
 use mesh_core::snapshot_transfer::{Progress, Reassembly, TransferId};
 use mesh_core::state::{Command, CommandResult};
@@ -149,8 +148,12 @@ pub struct Server {
     formation_error: Mutex<Option<String>>,
     config: ServerConfig,
     last_leader_contact: Mutex<Option<Instant>>,
-    /// When this server last granted a vote (restarts its election timer).
-    last_vote_granted: Mutex<Option<Instant>>,
+    /// When this server campaigns (sans-IO; driven by `election_driver`).
+    elections: Mutex<mesh_core::election::Elections>,
+    /// Wakes the election driver after an input from another task.
+    election_wake: tokio::sync::Notify,
+    /// When this server started: the origin of the election machine's time.
+    started: Instant,
     /// Leadership is being handed off: new writes are refused (not run).
     handing_off: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -233,7 +236,7 @@ impl Server {
             cluster_name: "mesh".into(),
             heartbeat_interval: config.timing.heartbeat_ms,
             election_timeout_min: config.timing.election_timeout_min_ms,
-            // Elections start from `election_watchdog`, after a PreVote.
+            // Elections start from `election_driver`, after a PreVote.
             enable_elect: false,
             election_timeout_max: config.timing.election_timeout_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
@@ -262,6 +265,7 @@ impl Server {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
         info!(node = %config.node_name, node_id, rpc = %config.rpc_bind, has_state, "server started");
+        let elections = Self::new_elections(node_id, config.timing);
         let server = Arc::new(Self {
             node_id,
             info,
@@ -273,7 +277,9 @@ impl Server {
             formation_error: Mutex::new(None),
             config,
             last_leader_contact: Mutex::new(None),
-            last_vote_granted: Mutex::new(None),
+            elections: Mutex::new(elections),
+            election_wake: tokio::sync::Notify::new(),
+            started: Instant::now(),
             handing_off: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             snapshot_in: Mutex::new(Reassembly::new()),
@@ -284,7 +290,7 @@ impl Server {
             async move { s.handle_rpc(req).await }
         }));
         let formation = tokio::spawn(server.clone().formation_loop());
-        let watchdog = tokio::spawn(server.clone().election_watchdog());
+        let watchdog = tokio::spawn(server.clone().election_driver());
         server
             .tasks
             .lock()
