@@ -27,8 +27,16 @@ pub(crate) fn init_logging(level: &str, json: bool) {
         "trace" => "trace",
         _ => "info",
     };
-    let filter = EnvFilter::try_from_env("MESH_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},openraft=warn,hyper=warn")));
+    // openraft's replication tasks log every failed attempt to reach a peer
+    // (five lines per peer every 500 ms while it is down); the mesh's
+    // network layer logs a peer going down once and its return once, so
+    // those two targets are off unless MESH_LOG asks for them.
+    let filter = EnvFilter::try_from_env("MESH_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{level},openraft=warn,openraft::replication=off,\
+             openraft::engine::handler::replication_handler=off,hyper=warn"
+        ))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

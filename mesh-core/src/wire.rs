@@ -188,6 +188,11 @@ pub enum RpcError {
     /// The request was malformed or not allowed; do not retry.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The request reached a leader that then lost its leadership or fell
+    /// silent: it may or may not have been carried out. Read before
+    /// retrying a write that must not apply twice.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// The server failed; the outcome of a write is unknown.
     #[error("server error: {0}")]
     Internal(String),

@@ -20,6 +20,7 @@ pub mod log_store;
 pub mod mutants;
 pub mod network;
 pub mod raft_types;
+pub mod routing;
 pub mod rpc;
 pub mod runtime;
 pub mod server;

@@ -1,6 +1,8 @@
 //! openraft's network over the mesh RPC client.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_core::snapshot_transfer::CHUNK_LEN;
@@ -16,6 +18,7 @@ use openraft::raft::{
 };
 use openraft::storage::Snapshot;
 use openraft::{AnyError, EntryPayload};
+use tracing::{info, warn};
 
 use crate::raft_types::{
     ChunkAck, Entry, RaftEnvelope, RaftReply, RaftRequest, ServerNode, SnapshotChunk, TypeConfig,
@@ -27,12 +30,51 @@ use crate::rpc::{CallError, RpcClient, RpcRequest};
 #[derive(Clone)]
 pub struct NetworkFactory {
     rpc: RpcClient,
+    health: PeerHealth,
 }
 
 impl NetworkFactory {
     /// A factory sharing `rpc`'s connection pool.
     pub fn new(rpc: RpcClient) -> Self {
-        Self { rpc }
+        Self {
+            rpc,
+            health: PeerHealth::default(),
+        }
+    }
+}
+
+/// Whether each peer answers Raft messages, so that a peer going down is
+/// logged once (and its return once), not on every failed heartbeat or
+/// read confirmation.
+#[derive(Clone, Default)]
+pub struct PeerHealth {
+    consecutive_failures: Arc<Mutex<BTreeMap<u64, u32>>>,
+}
+
+/// Failures in a row before a peer is reported down: one slow answer (a
+/// large batch, a slow fsync) is not an outage.
+const FAILURES_BEFORE_DOWN: u32 = 3;
+
+impl PeerHealth {
+    fn succeeded(&self, peer: u64, node: &ServerNode) {
+        let before = self
+            .consecutive_failures
+            .lock()
+            .expect("peer health lock")
+            .remove(&peer)
+            .unwrap_or(0);
+        if before >= FAILURES_BEFORE_DOWN {
+            info!(peer = %node, failures = before, "peer answers again");
+        }
+    }
+
+    fn failed(&self, peer: u64, node: &ServerNode, error: &CallError) {
+        let mut failures = self.consecutive_failures.lock().expect("peer health lock");
+        let n = failures.entry(peer).or_insert(0);
+        *n = n.saturating_add(1);
+        if *n == FAILURES_BEFORE_DOWN {
+            warn!(peer = %node, %error, "peer does not answer; logging again when it does");
+        }
     }
 }
 
@@ -44,6 +86,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             rpc: self.rpc.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -53,6 +96,7 @@ pub struct PeerNetwork {
     target: u64,
     node: ServerNode,
     rpc: RpcClient,
+    health: PeerHealth,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, ServerNode, RaftError<u64, E>>;
@@ -72,6 +116,15 @@ fn unexpected<E: std::error::Error>(what: &str) -> RPCError<u64, ServerNode, E> 
 
 impl PeerNetwork {
     async fn call(&self, req: RaftRequest, timeout: Duration) -> Result<RaftReply, CallError> {
+        let result = self.call_once(req, timeout).await;
+        match &result {
+            Ok(_) => self.health.succeeded(self.target, &self.node),
+            Err(e) => self.health.failed(self.target, &self.node, e),
+        }
+        result
+    }
+
+    async fn call_once(&self, req: RaftRequest, timeout: Duration) -> Result<RaftReply, CallError> {
         let resp = self
             .rpc
             .call(

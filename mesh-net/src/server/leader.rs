@@ -41,7 +41,22 @@ impl Server {
                 Err(e) => Err(RpcError::Internal(e.to_string())),
             };
         }
-        match self.raft.client_write(cmd).await {
+        // A leader cut off from its quorum never learns that it lost (no
+        // higher term reaches it); without this the client would wait out
+        // its own timeout. Consul's leader steps down after a lease without
+        // a quorum; we answer within one.
+        let written = tokio::select! {
+            biased;
+            written = self.raft.client_write(cmd) => written,
+            () = self.leadership_lost() => {
+                return Err(RpcError::OutcomeUnknown(
+                    "this server lost its leadership (or its quorum) with the write in flight; \
+                     it may or may not commit"
+                        .into(),
+                ))
+            }
+        };
+        match written {
             Ok(resp) => Ok(Response::Written {
                 index: resp.log_id.index,
                 result: resp.data,
@@ -92,7 +107,13 @@ impl Server {
             return Ok(self.read_local(&r));
         }
         let round_start = Instant::now();
-        match clock::timeout(LINEARIZE_TIMEOUT, self.raft.ensure_linearizable()).await {
+        let confirmed = tokio::select! {
+            biased;
+            confirmed = clock::timeout(LINEARIZE_TIMEOUT, self.raft.ensure_linearizable()) => confirmed,
+            // Not run: the reader retries at whoever leads next.
+            () = self.leadership_lost() => return Err(RpcError::NoLeader),
+        };
+        match confirmed {
             Ok(Ok(_)) => {
                 if mutants::enabled(Mutant::LeaseRead) {
                     let lease = Duration::from_millis(self.config.timing.election_timeout_min_ms);

@@ -154,6 +154,8 @@ pub struct Server {
     election_wake: tokio::sync::Notify,
     /// When this server started: the origin of the election machine's time.
     started: Instant,
+    /// Who leads, for routing (see `publish_leader_view`).
+    leader_view: tokio::sync::watch::Sender<crate::routing::LeaderView>,
     /// Leadership is being handed off: new writes are refused (not run).
     handing_off: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -280,6 +282,7 @@ impl Server {
             elections: Mutex::new(elections),
             election_wake: tokio::sync::Notify::new(),
             started: Instant::now(),
+            leader_view: tokio::sync::watch::Sender::new(Default::default()),
             handing_off: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             snapshot_in: Mutex::new(Reassembly::new()),
@@ -291,11 +294,12 @@ impl Server {
         }));
         let formation = tokio::spawn(server.clone().formation_loop());
         let watchdog = tokio::spawn(server.clone().election_driver());
+        let leader_view = tokio::spawn(server.clone().publish_leader_view());
         server
             .tasks
             .lock()
             .expect("tasks lock")
-            .extend([serve, formation, watchdog]);
+            .extend([serve, formation, watchdog, leader_view]);
         Ok(server)
     }
 

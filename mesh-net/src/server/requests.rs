@@ -1,48 +1,49 @@
 //! Entry points of the HTTP API: each routes its request to the leader
 //! (locally if this server leads) through [`crate::routing`].
 
+use crate::routing::{Idempotence, RouteLimits, Router};
+
 use super::*;
 
 impl Server {
-    // ---- entry points (route to the leader) ------------------------------
-
     /// Routes a leader-only request to the leader and returns its answer.
     pub(super) async fn on_leader(
         &self,
         req: RpcRequest,
+        idempotence: Idempotence,
         timeout: Duration,
     ) -> Result<RpcResponse, RpcError> {
-        let deadline = Instant::now() + LEADER_WAIT;
-        let mut hint: Option<ServerInfo> = None;
-        loop {
-            let leader = hint.take().or_else(|| self.leader());
-            let resp = match leader {
-                Some(l) if l.node_id == self.node_id => self.handle_as_leader(req.clone()).await,
-                Some(l) => match self.rpc.call(&l.rpc_addr, &req, timeout).await {
-                    Ok(resp) => resp,
-                    Err(e) if e.not_delivered() => Response::Error(RpcError::NoLeader),
-                    Err(e) => {
-                        return Err(RpcError::Internal(format!("{e}; the outcome is unknown")))
-                    }
-                },
-                None => Response::Error(RpcError::NoLeader),
-            };
-            match resp {
-                Response::Error(RpcError::NotLeader { leader }) => hint = leader,
-                Response::Error(RpcError::NoLeader) => {}
-                Response::Error(e) => return Err(e),
-                ok => return Ok(ok),
-            }
-            if Instant::now() >= deadline {
-                return Err(RpcError::NoLeader);
-            }
-            clock::sleep(Duration::from_millis(50)).await;
+        self.router()
+            .forward(req, idempotence, timeout, |req| self.handle_as_leader(req))
+            .await
+    }
+
+    fn router(&self) -> Router<'_> {
+        let max = self.config.timing.election_timeout_max_ms;
+        Router {
+            source: self,
+            rpc: &self.rpc,
+            me: Some(self.node_id),
+            limits: RouteLimits {
+                leader_wait: LEADER_WAIT,
+                leader_silent_ms: max,
+                // A lease, a drawn wait of up to another, and the PreVote and
+                // vote rounds: an election that takes longer has failed.
+                leaderless_give_up_ms: 3 * max,
+            },
         }
     }
 
     /// Commits a write through the leader.
     pub async fn write(&self, cmd: Command) -> Result<(u64, CommandResult), RpcError> {
-        match self.on_leader(Request::Write(cmd), FORWARD_TIMEOUT).await? {
+        match self
+            .on_leader(
+                Request::Write(cmd),
+                Idempotence::AtMostOnce,
+                FORWARD_TIMEOUT,
+            )
+            .await?
+        {
             Response::Written { index, result } => Ok((index, result)),
             other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
         }
@@ -55,7 +56,10 @@ impl Server {
             return Ok(self.read_local(&r));
         }
         let timeout = FORWARD_TIMEOUT + Duration::from_millis(r.wait_ms.min(MAX_WAIT_MS));
-        match self.on_leader(Request::Read(r), timeout).await? {
+        match self
+            .on_leader(Request::Read(r), Idempotence::Idempotent, timeout)
+            .await?
+        {
             Response::Read(resp) => Ok(resp),
             other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
         }
@@ -63,8 +67,12 @@ impl Server {
 
     /// Removes a server from the Raft configuration (through the leader).
     pub async fn remove_peer(&self, node_id: u64) -> Result<(), RpcError> {
-        self.on_leader(Request::RemovePeer { node_id }, FORWARD_TIMEOUT)
-            .await
-            .map(|_| ())
+        self.on_leader(
+            Request::RemovePeer { node_id },
+            Idempotence::AtMostOnce,
+            FORWARD_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
     }
 }

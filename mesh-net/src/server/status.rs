@@ -1,6 +1,8 @@
 //! What a server knows about the cluster: the leader, the peers and their
 //! progress, as `/v1/status/*` and `/v1/operator/raft/configuration` show it.
 
+use crate::routing::{LeaderSource, LeaderView};
+
 use super::*;
 
 impl Server {
@@ -102,5 +104,67 @@ impl Server {
             .membership_config
             .voter_ids()
             .any(|id| id == self.node_id)
+    }
+}
+
+impl LeaderSource for Server {
+    fn leader_view(&self) -> tokio::sync::watch::Receiver<LeaderView> {
+        self.leader_view.subscribe()
+    }
+
+    fn leaderless_ms(&self) -> u64 {
+        let m = self.metrics();
+        if m.state == ServerState::Leader {
+            // A leader without a quorum's acknowledgement is no leader.
+            return m.millis_since_quorum_ack.unwrap_or(0);
+        }
+        match *self.last_leader_contact.lock().expect("contact lock") {
+            Some(t) => t.elapsed().as_millis() as u64,
+            None => self.started.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+impl Server {
+    /// Publishes every change of leader or term to [`LeaderSource`]
+    /// subscribers (routing), until Raft shuts down.
+    pub(super) async fn publish_leader_view(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let view = LeaderView {
+                leader: self.leader(),
+                term: metrics.borrow_and_update().current_term,
+            };
+            self.leader_view.send_if_modified(|v| {
+                let changed = *v != view;
+                *v = view;
+                changed
+            });
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Resolves when this server stops leading, or has not heard from a
+    /// quorum for a lease (so a write in flight here may never commit).
+    pub(super) async fn leadership_lost(&self) {
+        let lease_ms = self.config.timing.election_timeout_max_ms;
+        let mut metrics = self.raft.metrics();
+        let term = metrics.borrow().current_term;
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state != ServerState::Leader
+                    || m.current_term != term
+                    || m.millis_since_quorum_ack.is_some_and(|ms| ms > lease_ms)
+                {
+                    return;
+                }
+            }
+            // Metrics are reported on every tick of openraft's loop; the
+            // timeout only bounds the wait if they stop.
+            let _ = clock::timeout(Duration::from_millis(25), metrics.changed()).await;
+        }
     }
 }
