@@ -32,10 +32,20 @@ pub enum Request<R> {
     /// A KV read in a given consistency mode.
     Read(ReadRequest),
     /// Leadership hand-off: the leader is leaving, start an election now.
-    TimeoutNow,
+    TimeoutNow {
+        /// The Raft id of the server meant to campaign.
+        to: u64,
+    },
     /// PreVote (Raft thesis §9.6): "would you vote for me in the next
     /// term?" Answered with [`Response::PreVote`]; changes nothing.
     PreVote {
+        /// The Raft id of the voter asked. A server refuses questions for
+        /// another id: after a data dir is wiped, the server at a voter's
+        /// address is a new member with an empty log, and its yes would
+        /// count as the old voter's (swarm seed 177: a server with a stale
+        /// log passed every PreVote this way and kept deposing candidates
+        /// that could win, so no leader was elected for 10 s).
+        to: u64,
         /// The asker's last log entry as `(term, index)`.
         last_log: Option<(u64, u64)>,
     },

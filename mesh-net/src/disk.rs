@@ -39,6 +39,18 @@ pub trait Disk: Send + Sync + 'static {
     }
 }
 
+/// Waits until a sync or atomic replacement issued on `disk` just now is
+/// durable. Real disks are done when the call returns; the simulated disk
+/// completes it `sync_latency` later, in true (not host-clock) time, and
+/// a crash before then loses it. Call before acknowledging anything the
+/// write protects.
+pub async fn wait_durable(disk: &dyn Disk) {
+    let latency = disk.sync_latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+}
+
 /// Files in one directory on a real filesystem.
 #[derive(Debug)]
 pub struct FileDisk {
@@ -159,16 +171,45 @@ impl Disk for FileDisk {
 #[derive(Debug, Clone, Default)]
 struct MemFile {
     data: Vec<u8>,
+    /// Bytes that survive a crash for certain.
     synced_len: usize,
+    /// Syncs issued but not yet complete: `(completes_at, len)`. A crash
+    /// before `completes_at` loses (or tears) what they would have saved.
+    syncs_in_flight: Vec<(tokio::time::Instant, usize)>,
+    /// An atomic replacement not yet durable: `(completes_at, old content)`;
+    /// a crash before `completes_at` brings the old content back.
+    replaced: Option<(tokio::time::Instant, Option<Vec<u8>>)>,
+}
+
+impl MemFile {
+    /// Applies every sync and replacement that completed by `now`.
+    fn settle(&mut self, now: tokio::time::Instant) {
+        let data_len = self.data.len();
+        for (_, len) in self.syncs_in_flight.iter().filter(|(at, _)| *at <= now) {
+            self.synced_len = self.synced_len.max((*len).min(data_len));
+        }
+        self.syncs_in_flight.retain(|(at, _)| *at > now);
+        if self.replaced.as_ref().is_some_and(|(at, _)| *at <= now) {
+            self.replaced = None;
+        }
+    }
 }
 
 /// An in-memory disk for the simulator and tests. Clones share the same
 /// files, so the harness keeps a handle across a node's crash and restart.
+///
+/// A sync (and an atomic replacement) completes `sync_latency` after it is
+/// issued, on the simulated clock, and the stores wait that long before
+/// they acknowledge anything: a crash in between loses or tears what the
+/// sync would have saved, as a power cut during a real `fsync` does.
 #[derive(Debug, Clone, Default)]
 pub struct MemDisk {
     files: Arc<Mutex<BTreeMap<String, MemFile>>>,
     full: Arc<std::sync::atomic::AtomicBool>,
-    sync_latency_us: Arc<std::sync::atomic::AtomicU64>,
+    /// Every sync takes at least this long (the disk's own speed).
+    base_sync_latency_us: Arc<std::sync::atomic::AtomicU64>,
+    /// A slow-fsync fault's extra latency.
+    extra_sync_latency_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn disk_full() -> io::Error {
@@ -176,21 +217,50 @@ fn disk_full() -> io::Error {
 }
 
 impl MemDisk {
-    /// An empty disk.
+    /// An empty disk whose syncs complete at once.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Power loss: every file keeps only its synced prefix. `torn_bytes`
-    /// keeps that many extra unsynced bytes per file, as a torn write does.
-    pub fn crash(&self, torn_bytes: usize) {
+    /// An empty disk whose syncs take `latency`: crashes can fall inside
+    /// them.
+    pub fn with_sync_latency(latency: std::time::Duration) -> Self {
+        let disk = Self::default();
+        disk.base_sync_latency_us.store(
+            latency.as_micros() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        disk
+    }
+
+    /// Power loss: every file keeps only what completed syncs saved.
+    /// `torn_bytes` keeps that many extra unsynced bytes per file, as a
+    /// torn write does. Returns how many files lost or tore bytes.
+    pub fn crash(&self, torn_bytes: usize) -> usize {
+        let now = tokio::time::Instant::now();
         let mut files = self.files.lock().expect("disk lock poisoned");
+        let mut damaged = 0;
         for file in files.values_mut() {
+            file.settle(now);
+            if let Some((_, old)) = file.replaced.take() {
+                // The replacement never became durable.
+                damaged += 1;
+                let old = old.unwrap_or_default();
+                file.synced_len = old.len();
+                file.data = old;
+                file.syncs_in_flight.clear();
+                continue;
+            }
             let keep = (file.synced_len + torn_bytes).min(file.data.len());
+            if keep < file.data.len() || keep > file.synced_len {
+                damaged += 1;
+            }
             file.data.truncate(keep);
             file.synced_len = keep;
+            file.syncs_in_flight.clear();
         }
         files.retain(|_, f| !f.data.is_empty() || f.synced_len > 0);
+        damaged
     }
 
     /// Flips one bit of a stored file (a media fault). Returns false if the
@@ -219,9 +289,10 @@ impl MemDisk {
         Ok(())
     }
 
-    /// Makes every sync take `latency` longer (a slow or overloaded disk).
+    /// Makes every sync take `latency` longer than the disk's own speed (a
+    /// slow or overloaded disk); `ZERO` ends the fault.
     pub fn set_sync_latency(&self, latency: std::time::Duration) {
-        self.sync_latency_us.store(
+        self.extra_sync_latency_us.store(
             latency.as_micros() as u64,
             std::sync::atomic::Ordering::SeqCst,
         );
@@ -239,6 +310,10 @@ impl MemDisk {
             .iter()
             .map(|(n, f)| (n.clone(), f.data.len()))
             .collect()
+    }
+
+    fn completes_at(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.sync_latency()
     }
 }
 
@@ -260,9 +335,12 @@ impl Disk for MemDisk {
     }
 
     fn sync(&self, name: &str) -> io::Result<()> {
+        let completes_at = self.completes_at();
         let mut files = self.files.lock().expect("disk lock poisoned");
         let f = files.entry(name.to_string()).or_default();
-        f.synced_len = f.data.len();
+        let len = f.data.len();
+        f.syncs_in_flight.push((completes_at, len));
+        f.settle(tokio::time::Instant::now());
         Ok(())
     }
 
@@ -271,28 +349,50 @@ impl Disk for MemDisk {
         let f = files.entry(name.to_string()).or_default();
         let len = usize::try_from(len).unwrap_or(usize::MAX).min(f.data.len());
         f.data.truncate(len);
+        f.synced_len = f.synced_len.min(len);
+        for (_, l) in &mut f.syncs_in_flight {
+            *l = (*l).min(len);
+        }
+        // Durable on return (the trait's contract; recovery relies on it).
         f.synced_len = len;
         Ok(())
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         self.check_space()?;
+        let completes_at = self.completes_at();
+        let now = tokio::time::Instant::now();
         let mut files = self.files.lock().expect("disk lock poisoned");
+        let old = files.remove(name).map(|mut f| {
+            f.settle(now);
+            match f.replaced {
+                // Replaced again before the last replacement was durable:
+                // a crash now brings back what was durable before both.
+                Some((_, older)) => older,
+                None => Some(f.data[..f.synced_len].to_vec()),
+            }
+        });
+        let replaced = (completes_at > now).then(|| (completes_at, old.flatten()));
         files.insert(
             name.to_string(),
             MemFile {
                 data: bytes.to_vec(),
                 synced_len: bytes.len(),
+                syncs_in_flight: Vec::new(),
+                replaced,
             },
         );
         Ok(())
     }
 
     fn sync_latency(&self) -> std::time::Duration {
-        std::time::Duration::from_micros(
-            self.sync_latency_us
-                .load(std::sync::atomic::Ordering::SeqCst),
-        )
+        let us = self
+            .base_sync_latency_us
+            .load(std::sync::atomic::Ordering::SeqCst)
+            + self
+                .extra_sync_latency_us
+                .load(std::sync::atomic::Ordering::SeqCst);
+        std::time::Duration::from_micros(us)
     }
 
     fn describe(&self, name: &str) -> String {
@@ -340,5 +440,42 @@ mod tests {
         disk.append("log", b"-torn").unwrap();
         disk.crash(2);
         assert_eq!(disk.read("log").unwrap().unwrap(), b"durable-t");
+    }
+
+    #[tokio::test]
+    async fn a_crash_during_a_sync_loses_or_tears_its_bytes() {
+        let latency = std::time::Duration::from_millis(200);
+        let disk = MemDisk::with_sync_latency(latency);
+        disk.append("log", b"durable").unwrap();
+        disk.sync("log").unwrap();
+        tokio::time::sleep(latency).await;
+        disk.append("log", b"-in-flight").unwrap();
+        disk.sync("log").unwrap();
+        // Power fails during the sync.
+        assert_eq!(disk.crash(3), 1);
+        assert_eq!(disk.read("log").unwrap().unwrap(), b"durable-in");
+        // A sync that completed survives.
+        disk.append("log", b"+ok").unwrap();
+        disk.sync("log").unwrap();
+        tokio::time::sleep(latency).await;
+        assert_eq!(disk.crash(100), 0);
+        assert_eq!(disk.read("log").unwrap().unwrap(), b"durable-in+ok");
+    }
+
+    #[tokio::test]
+    async fn a_crash_during_an_atomic_replacement_keeps_the_old_content() {
+        let latency = std::time::Duration::from_millis(200);
+        let disk = MemDisk::with_sync_latency(latency);
+        disk.write_atomic("vote", b"old").unwrap();
+        tokio::time::sleep(latency).await;
+        disk.write_atomic("vote", b"new").unwrap();
+        disk.write_atomic("vote", b"newer").unwrap();
+        assert_eq!(disk.read("vote").unwrap().unwrap(), b"newer");
+        assert_eq!(disk.crash(0), 1);
+        assert_eq!(disk.read("vote").unwrap().unwrap(), b"old");
+        // A file created and lost before its replacement was durable.
+        disk.write_atomic("node-id", b"7").unwrap();
+        disk.crash(0);
+        assert_eq!(disk.read("node-id").unwrap(), None);
     }
 }

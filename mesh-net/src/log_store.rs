@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::disk::Disk;
+use crate::disk::{wait_durable, Disk};
 use crate::mutants::{self, Mutant};
 use crate::raft_types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -334,15 +334,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        let bytes = json_record(KIND_VOTE, vote);
-        if !mutants::enabled(Mutant::ForgetVote) {
-            inner
-                .disk
-                .write_atomic(VOTE_FILE, &bytes)
-                .map_err(|e| StorageIOError::write_vote(&e))?;
-        }
-        inner.vote = Some(*vote);
+        let disk = {
+            let mut inner = self.lock();
+            let bytes = json_record(KIND_VOTE, vote);
+            if !mutants::enabled(Mutant::ForgetVote) {
+                inner
+                    .disk
+                    .write_atomic(VOTE_FILE, &bytes)
+                    .map_err(|e| StorageIOError::write_vote(&e))?;
+            }
+            inner.vote = Some(*vote);
+            inner.disk.clone()
+        };
+        // A vote is cast once it is durable: a crash must not forget it.
+        wait_durable(disk.as_ref()).await;
         Ok(())
     }
 
@@ -389,52 +394,56 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         inner.fingerprints.insert(e.log_id.index, fp);
                         inner.entries.insert(e.log_id.index, e);
                     }
-                    Ok(inner.disk.sync_latency())
+                    Ok(inner.disk.clone())
                 }
                 Err(e) => Err(e),
             }
         };
-        let latency = match written {
-            Ok(latency) => latency,
+        let disk = match written {
+            Ok(disk) => disk,
             Err(e) => {
                 let err = StorageIOError::write_logs(&e);
                 callback.log_io_completed(Err(e));
                 return Err(err.into());
             }
         };
-        if !latency.is_zero() {
-            // The disk's own latency, in true time: not a timer on this
-            // host's (possibly drifting) clock, so not `clock::sleep`.
-            tokio::time::sleep(latency).await;
-        }
+        wait_durable(disk.as_ref()).await;
         callback.log_io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        let bytes = json_record(KIND_TRUNCATE, &log_id.index);
-        Self::append_durably(&inner, &bytes).map_err(|e| StorageIOError::write_logs(&e))?;
-        inner.entries.split_off(&log_id.index);
-        inner.fingerprints.split_off(&log_id.index);
+        let disk = {
+            let mut inner = self.lock();
+            let bytes = json_record(KIND_TRUNCATE, &log_id.index);
+            Self::append_durably(&inner, &bytes).map_err(|e| StorageIOError::write_logs(&e))?;
+            inner.entries.split_off(&log_id.index);
+            inner.fingerprints.split_off(&log_id.index);
+            inner.disk.clone()
+        };
+        wait_durable(disk.as_ref()).await;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        let live = inner.entries.split_off(&(log_id.index + 1));
-        // Compact: rewrite the file with the purge point and the live entries.
-        let mut bytes = json_record(KIND_PURGE, &log_id);
-        for e in live.values() {
-            bytes.extend_from_slice(&json_record(KIND_ENTRY, e));
-        }
-        inner
-            .disk
-            .write_atomic(LOG_FILE, &bytes)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        inner.entries = live;
-        inner.fingerprints = inner.fingerprints.split_off(&(log_id.index + 1));
-        inner.last_purged = Some(log_id);
+        let disk = {
+            let mut inner = self.lock();
+            let live = inner.entries.split_off(&(log_id.index + 1));
+            // Compact: rewrite the file with the purge point and the live entries.
+            let mut bytes = json_record(KIND_PURGE, &log_id);
+            for e in live.values() {
+                bytes.extend_from_slice(&json_record(KIND_ENTRY, e));
+            }
+            inner
+                .disk
+                .write_atomic(LOG_FILE, &bytes)
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+            inner.entries = live;
+            inner.fingerprints = inner.fingerprints.split_off(&(log_id.index + 1));
+            inner.last_purged = Some(log_id);
+            inner.disk.clone()
+        };
+        wait_durable(disk.as_ref()).await;
         Ok(())
     }
 }

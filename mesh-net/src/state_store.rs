@@ -14,7 +14,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::disk::Disk;
+use crate::disk::{wait_durable, Disk};
 use crate::log_store::{read_records, FileKind, OpenError};
 use crate::mutants::{self, Mutant};
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -206,6 +206,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .disk
             .write_atomic(SNAPSHOT_FILE, &encode_snapshot(&meta, &data))
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        wait_durable(self.store.disk.as_ref()).await;
         self.store
             .inner
             .write()
@@ -288,6 +289,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let sm = StateMachine::restore(&snapshot)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         self.save_snapshot(meta, &snapshot)?;
+        wait_durable(self.disk.as_ref()).await;
         let applied = {
             let mut inner = self.inner.write().expect("state lock poisoned");
             inner.sm = sm;

@@ -85,7 +85,11 @@ impl SimCluster {
             .map(|(i, formation)| SimServer {
                 name: format!("consul{i:02}"),
                 ip: server_ip(i),
-                disk: MemDisk::new(),
+                // Each disk's own fsync time, drawn by the seed: a crash
+                // can fall inside any sync, losing or tearing its bytes.
+                disk: MemDisk::with_sync_latency(Duration::from_micros(
+                    madsim::rand::thread_rng().gen_range(100..3000),
+                )),
                 live: Arc::new(Mutex::new(None)),
                 start_error: Arc::new(Mutex::new(None)),
                 node: None,
@@ -202,7 +206,10 @@ impl SimCluster {
             Handle::current().kill(node.id());
         }
         *s.live.lock().expect("live lock") = None;
-        s.disk.crash(torn_bytes);
+        let damaged_files = s.disk.crash(torn_bytes);
+        if damaged_files > 0 {
+            info!(server = %s.name, damaged_files, "crash cut writes in flight");
+        }
         s.running = false;
     }
 

@@ -32,10 +32,14 @@ impl Server {
                 Response::Status(self.status())
             }
             Request::Status => Response::Status(self.status()),
-            Request::PreVote { last_log } => Response::PreVote {
-                granted: self.would_vote_for(last_log),
+            Request::PreVote { to, last_log } => Response::PreVote {
+                granted: to == self.node_id && self.would_vote_for(last_log),
             },
-            Request::TimeoutNow => {
+            Request::TimeoutNow { to } if to != self.node_id => Response::Error(RpcError::Rejected(format!(
+                "hand-off meant for node {to} reached node {} (the server at this address was replaced)",
+                self.node_id
+            ))),
+            Request::TimeoutNow { .. } => {
                 info!("leadership hand-off requested: starting an election");
                 match self.raft.trigger().elect().await {
                     Ok(()) => Response::Done,

@@ -150,7 +150,7 @@ impl Server {
                         tokio::spawn(async move {
                             let reply = match addr {
                                 Some(addr) => rpc
-                                    .call(&addr, &Request::PreVote { last_log }, timeout)
+                                    .call(&addr, &Request::PreVote { to: peer, last_log }, timeout)
                                     .await
                                     .ok(),
                                 None => None,

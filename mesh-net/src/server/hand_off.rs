@@ -76,7 +76,11 @@ impl Server {
                 warn!("buggify: hand-off request dropped");
             } else if let Err(e) = self
                 .rpc
-                .call(&node.rpc_addr, &Request::TimeoutNow, Duration::from_secs(1))
+                .call(
+                    &node.rpc_addr,
+                    &Request::TimeoutNow { to: target },
+                    Duration::from_secs(1),
+                )
                 .await
             {
                 warn!(error = %e, "hand-off request failed");
