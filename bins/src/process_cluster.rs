@@ -236,3 +236,78 @@ impl Drop for ProcessCluster {
         }
     }
 }
+
+/// Network partitions between loopback addresses with nftables: packets
+/// from one address to another are dropped, so the peers see silence and
+/// time out, as across a real partition (not the instant "connection
+/// refused" of a dead process). Needs root and `nft`; the rules live in a
+/// table of their own, removed on drop.
+#[derive(Debug)]
+pub struct Partitions {
+    table: String,
+}
+
+impl Partitions {
+    /// Creates an empty rule table, or says why it cannot.
+    pub fn new() -> Result<Self, String> {
+        let table = format!("mesh_test_{}", std::process::id());
+        nft(&["add", "table", "inet", &table])?;
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            &table,
+            "input",
+            "{ type filter hook input priority 0 ; policy accept ; }",
+        ])?;
+        Ok(Self { table })
+    }
+
+    /// Drops every packet between `a` and `b`, both ways.
+    pub fn cut(&self, a: &str, b: &str) -> Result<(), String> {
+        for (from, to) in [(a, b), (b, a)] {
+            nft(&[
+                "add",
+                "rule",
+                "inet",
+                &self.table,
+                "input",
+                "ip",
+                "saddr",
+                from,
+                "ip",
+                "daddr",
+                to,
+                "drop",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Removes every cut.
+    pub fn heal(&self) -> Result<(), String> {
+        nft(&["flush", "chain", "inet", &self.table, "input"])
+    }
+}
+
+impl Drop for Partitions {
+    fn drop(&mut self) {
+        let _ = nft(&["delete", "table", "inet", &self.table]);
+    }
+}
+
+fn nft(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("nft")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run nft (install nftables): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}

@@ -192,6 +192,10 @@ fn is_stale_connection(e: &io::Error) -> bool {
 #[derive(Clone, Default)]
 pub struct RpcClient {
     idle: Arc<Mutex<BTreeMap<String, Vec<TcpStream>>>>,
+    /// The address outgoing connections come from (a server's `-bind`),
+    /// so peers and firewalls see this server's own address, not whichever
+    /// one the kernel picks (127.0.0.1 for every loopback address).
+    source_ip: Option<std::net::IpAddr>,
 }
 
 /// Idle connections kept per address; more are closed after use.
@@ -203,12 +207,47 @@ impl RpcClient {
         Self::default()
     }
 
-    async fn connect(addr: &str) -> Result<TcpStream, CallError> {
+    /// A client whose connections come from `ip` (unless it is unspecified).
+    pub fn with_source_ip(ip: std::net::IpAddr) -> Self {
+        Self {
+            source_ip: (!ip.is_unspecified()).then_some(ip),
+            ..Self::default()
+        }
+    }
+
+    #[cfg(not(madsim))]
+    async fn open(&self, addr: &str) -> io::Result<TcpStream> {
+        let Some(ip) = self.source_ip else {
+            return TcpStream::connect(addr).await;
+        };
+        let target = match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => tokio::net::lookup_host(addr)
+                .await?
+                .find(|a| a.is_ipv4() == ip.is_ipv4())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?,
+        };
+        let socket = if ip.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(ip, 0))?;
+        socket.connect(target).await
+    }
+
+    /// The simulator gives each host one address; its sockets need no bind.
+    #[cfg(madsim)]
+    async fn open(&self, addr: &str) -> io::Result<TcpStream> {
+        TcpStream::connect(addr).await
+    }
+
+    async fn connect(&self, addr: &str) -> Result<TcpStream, CallError> {
         let connect_err = |source| CallError::Connect {
             addr: addr.to_string(),
             source,
         };
-        let stream = clock::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let stream = clock::timeout(CONNECT_TIMEOUT, self.open(addr))
             .await
             .map_err(|_| connect_err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(connect_err)?;
@@ -236,7 +275,7 @@ impl RpcClient {
         let fresh = pooled.is_none();
         let mut stream = match pooled {
             Some(s) => s,
-            None => Self::connect(addr).await?,
+            None => self.connect(addr).await?,
         };
         let first = clock::timeout(timeout, Self::exchange(&mut stream, &frame)).await;
         let result = match first {
@@ -245,7 +284,7 @@ impl RpcClient {
                 // (it restarted). The request may still have been processed,
                 // so only idempotent requests are sent again.
                 self.forget(addr);
-                stream = Self::connect(addr).await?;
+                stream = self.connect(addr).await?;
                 clock::timeout(timeout, Self::exchange(&mut stream, &frame)).await
             }
             other => other,

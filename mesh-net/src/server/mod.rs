@@ -249,7 +249,7 @@ impl Server {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let rpc = RpcClient::new();
+        let rpc = RpcClient::with_source_ip(config.rpc_bind.ip());
         let listener =
             TcpListener::bind(config.rpc_bind)
                 .await
