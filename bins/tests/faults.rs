@@ -188,8 +188,10 @@ async fn writes_survive_pause_partition_and_kill_of_the_leader() {
         .expect("a leader at the end");
 
     phase("judge the history");
-    let shared = shared.lock().unwrap();
-    let history = &shared.history;
+    let (history, exempt_until) = {
+        let s = shared.lock().unwrap();
+        (s.history.clone(), s.exempt_until.clone())
+    };
     let acked: Vec<&Op> = history
         .iter()
         .filter(|o| o.outcome == Outcome::Ok)
@@ -248,8 +250,7 @@ async fn writes_survive_pause_partition_and_kill_of_the_leader() {
 
     // Answer bound: clients of a paused server wait by nature.
     let exempt = |op: &Op| {
-        shared
-            .exempt_until
+        exempt_until
             .get(&op.server)
             .is_some_and(|until| op.start <= *until)
     };
@@ -291,7 +292,6 @@ async fn writes_survive_pause_partition_and_kill_of_the_leader() {
             gap.as_millis()
         );
     }
-    drop(shared);
     c.stop_all();
     let _ = std::fs::remove_dir_all(&dir);
 }
