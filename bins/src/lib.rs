@@ -2,5 +2,6 @@
 //! harness shared by `mesh demo` and the real-network integration tests.
 #![warn(missing_docs)]
 
-pub mod flags;
+/// Consul-style flags (shared with the agent entry point in mesh-net).
+pub use mesh_net::flags;
 pub mod process_cluster;

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod buggify;
 pub mod clock;
 pub mod disk;
+pub mod flags;
 pub mod http;
 pub mod http_client;
 pub mod log_store;

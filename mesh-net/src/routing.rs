@@ -8,7 +8,7 @@
 //! - no leader known, a "not the leader" answer, or a refused connection:
 //!   the request provably did not run; try again (at the hinted leader, or
 //!   when the view changes) until a leader answers or the wait runs out;
-//! - the leader changes, or falls silent for a lease, while the request is
+//! - the leader changes, or falls silent for an election's length, while the request is
 //!   in flight: an idempotent request is sent again to the new leader; a
 //!   request that must run at most once (a write, a CAS) is answered
 //!   "outcome unknown" at once, because the old leader may still have
@@ -61,7 +61,7 @@ pub enum Idempotence {
 pub struct RouteLimits {
     /// Longest wait for a leader (Consul's `rpc_hold_timeout`, 7 s).
     pub leader_wait: Duration,
-    /// A leader not heard from for this long is presumed gone (the lease).
+    /// A leader not heard from for this long is presumed gone.
     pub leader_silent_ms: u64,
     /// Without a working leader for this long, answer "no leader" at once.
     pub leaderless_give_up_ms: u64,
@@ -185,7 +185,7 @@ impl Router<'_> {
     }
 
     /// Resolves when the view names another leader or a later term, or the
-    /// leader has been silent for a lease.
+    /// leader has been silent for `leader_silent_ms`.
     async fn leader_moved(&self, leader: u64, term: u64) {
         let mut views = self.source.leader_view();
         loop {

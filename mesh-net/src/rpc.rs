@@ -195,6 +195,7 @@ pub struct RpcClient {
     /// The address outgoing connections come from (a server's `-bind`),
     /// so peers and firewalls see this server's own address, not whichever
     /// one the kernel picks (127.0.0.1 for every loopback address).
+    #[cfg_attr(madsim, allow(dead_code))]
     source_ip: Option<std::net::IpAddr>,
 }
 

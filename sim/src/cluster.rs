@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
-use mesh_core::formation::BootstrapMode;
-use mesh_net::agent::{Agent, AgentConfig};
+use mesh_net::agent::command::{self, Signal};
 use mesh_net::clock::ClockSim;
 use mesh_net::disk::MemDisk;
-use mesh_net::server::{RaftTiming, Server, ServerConfig};
+use mesh_net::server::Server;
+use tokio::sync::mpsc;
 use tracing::info;
 
 /// Server RPC port (Consul's 8300).
@@ -44,6 +44,8 @@ pub struct SimServer {
     pub live: Arc<Mutex<Option<Arc<Server>>>>,
     /// Why the agent refused to start (e.g. corrupt storage), if it did.
     pub start_error: Arc<Mutex<Option<String>>>,
+    /// Delivers signals (SIGTERM) to the running agent.
+    pub signals: Arc<Mutex<Option<mpsc::Sender<Signal>>>>,
     /// The madsim node, once created.
     pub node: Option<NodeHandle>,
     /// Whether it is up.
@@ -58,7 +60,6 @@ pub struct SimCluster {
     pub servers: Vec<SimServer>,
     /// The host that runs workloads and checkers' HTTP calls.
     pub client: NodeHandle,
-    timing: RaftTiming,
     snapshot_threshold: u64,
     /// How many injected faults currently cut each directed link: a link
     /// carries traffic again only when the last of them heals, so
@@ -92,6 +93,7 @@ impl SimCluster {
                 )),
                 live: Arc::new(Mutex::new(None)),
                 start_error: Arc::new(Mutex::new(None)),
+                signals: Arc::new(Mutex::new(None)),
                 node: None,
                 running: false,
                 formation,
@@ -100,7 +102,6 @@ impl SimCluster {
         Self {
             servers,
             client,
-            timing: RaftTiming::default(),
             snapshot_threshold,
             link_cuts: BTreeMap::new(),
         }
@@ -116,37 +117,44 @@ impl SimCluster {
         SocketAddr::new(self.servers[i].ip, RPC_PORT).to_string()
     }
 
-    fn config(&self, i: usize) -> AgentConfig {
+    /// The `mesh agent` flags of server `i`, as an operator would pass them
+    /// (README "Deploying consul00–02 on bare metal").
+    fn agent_args(&self, i: usize) -> Vec<String> {
         let s = &self.servers[i];
+        let ip = s.ip.to_string();
+        let mut args: Vec<String> = [
+            "-server",
+            "-node",
+            &s.name,
+            "-bind",
+            &ip,
+            "-client",
+            &ip,
+            "-data-dir",
+            "/var/lib/mesh",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.push(format!("-server-port={RPC_PORT}"));
+        args.push(format!("-http-port={HTTP_PORT}"));
+        args.push(format!("-snapshot-threshold={}", self.snapshot_threshold));
         let n = self.servers.len();
-        let (bootstrap, join) = match &s.formation {
-            Formation::Bootstrap => (BootstrapMode::Manual, vec![]),
-            Formation::Expect(e) => (
-                BootstrapMode::Expect(*e),
-                (0..n)
-                    .filter(|j| *j != i)
-                    .map(|j| self.rpc_addr(j))
-                    .collect(),
-            ),
-            Formation::Join(targets) => (
-                BootstrapMode::JoinOnly,
-                targets.iter().map(|j| self.rpc_addr(*j)).collect(),
-            ),
-        };
-        AgentConfig {
-            server: ServerConfig {
-                node_name: s.name.clone(),
-                rpc_bind: SocketAddr::new(s.ip, RPC_PORT),
-                rpc_advertise: self.rpc_addr(i),
-                http_addr: self.http_addr(i),
-                bootstrap,
-                join,
-                retry_join: true,
-                timing: self.timing,
-                snapshot_threshold: self.snapshot_threshold,
-            },
-            http_bind: SocketAddr::new(s.ip, HTTP_PORT),
+        match &s.formation {
+            Formation::Bootstrap => args.push("-bootstrap".into()),
+            Formation::Expect(e) => {
+                args.push(format!("-bootstrap-expect={e}"));
+                for j in (0..n).filter(|j| *j != i) {
+                    args.push(format!("-retry-join={}", self.rpc_addr(j)));
+                }
+            }
+            Formation::Join(targets) => {
+                for j in targets {
+                    args.push(format!("-retry-join={}", self.rpc_addr(*j)));
+                }
+            }
         }
+        args
     }
 
     /// Starts server `i` (first boot or after [`SimCluster::crash`]).
@@ -159,41 +167,61 @@ impl SimCluster {
             Handle::current().restart(node.id());
             return;
         }
-        let config = self.config(i);
+        let launch = command::parse(&self.agent_args(i))
+            .unwrap_or_else(|e| panic!("the harness passed bad agent flags: {e}"));
         let s = &mut self.servers[i];
         let disk = s.disk.clone();
         let live = s.live.clone();
         let start_error = s.start_error.clone();
+        let signals = s.signals.clone();
         let node = Handle::current()
             .create_node()
             .name(&s.name)
             .ip(s.ip)
             .init(move || {
-                let config = config.clone();
+                let config = launch.config.clone();
                 let disk = disk.clone();
                 let live = live.clone();
                 let start_error = start_error.clone();
+                let (tx, rx) = mpsc::channel(4);
+                *signals.lock().expect("signals lock") = Some(tx);
                 // No span of our own: one created here would take the
                 // caller's (the supervisor's) span as parent, and every line
                 // logged on this node would be labelled with node 0. madsim
                 // labels the node's tasks itself.
                 async move {
-                    let agent = match Agent::start(config, Arc::new(disk)).await {
-                        Ok(agent) => agent,
-                        Err(e) => {
-                            // As `mesh agent` exits: refuse to serve.
-                            tracing::error!(error = %e, "agent refused to start");
-                            *start_error.lock().expect("start error lock") = Some(e.to_string());
-                            return;
-                        }
-                    };
-                    *live.lock().expect("live lock") = Some(agent.server().clone());
-                    agent.left().await;
-                    agent.stop().await;
+                    // The same entry point as `mesh agent`, with simulated
+                    // signals.
+                    let result = command::run(config, Arc::new(disk), rx, |agent| {
+                        *live.lock().expect("live lock") = Some(agent.server().clone());
+                    })
+                    .await;
+                    if let Err(e) = result {
+                        // As `mesh agent` exits: refuse to serve.
+                        *start_error.lock().expect("start error lock") = Some(e);
+                    }
+                    *live.lock().expect("live lock") = None;
                 }
             })
             .build();
         s.node = Some(node);
+    }
+
+    /// SIGTERM to server `i`: the agent hands off leadership (if it leads)
+    /// and stops, as `systemctl stop` does to `mesh agent`. The node stays
+    /// up but serves nothing; [`SimCluster::finish_stop`] marks it down.
+    pub fn terminate(&self, i: usize) {
+        let s = &self.servers[i];
+        info!(server = %s.name, "SIGTERM");
+        if let Some(tx) = s.signals.lock().expect("signals lock").as_ref() {
+            // A full queue means a signal is already pending.
+            let _ = tx.try_send(Signal::Terminate);
+        }
+    }
+
+    /// Whether server `i`'s agent has stopped (after a signal or a leave).
+    pub fn agent_stopped(&self, i: usize) -> bool {
+        self.servers[i].live.lock().expect("live lock").is_none()
     }
 
     /// Power loss on server `i`: the node dies, unsynced bytes are lost

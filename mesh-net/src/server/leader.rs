@@ -44,7 +44,7 @@ impl Server {
         // A leader cut off from its quorum never learns that it lost (no
         // higher term reaches it); without this the client would wait out
         // its own timeout. Consul's leader steps down after a lease without
-        // a quorum; we answer within one.
+        // a quorum; we answer within the election bound.
         let written = tokio::select! {
             biased;
             written = self.raft.client_write(cmd) => written,

@@ -147,9 +147,10 @@ impl Server {
     }
 
     /// Resolves when this server stops leading, or has not heard from a
-    /// quorum for a lease (so a write in flight here may never commit).
+    /// quorum within the election bound (so a write in flight here may
+    /// never commit: the others may have elected a new leader).
     pub(super) async fn leadership_lost(&self) {
-        let lease_ms = self.config.timing.election_timeout_max_ms;
+        let lease_ms = self.election_bound_ms();
         let mut metrics = self.raft.metrics();
         let term = metrics.borrow().current_term;
         loop {

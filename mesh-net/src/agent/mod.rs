@@ -14,6 +14,8 @@ use tracing::info;
 
 use crate::disk::Disk;
 use crate::http::{self, HttpApi};
+pub mod command;
+
 use crate::server::{Server, ServerConfig, StartError};
 
 /// Everything `mesh agent -server ...` configures.
