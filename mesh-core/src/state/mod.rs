@@ -20,7 +20,9 @@
 use crate::hash::Fnv1a64;
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{base64_bytes, KvStore};
+pub mod kv;
+
+use kv::{base64_bytes, KvStore};
 
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"MSSM";
