@@ -29,11 +29,98 @@
 //! key (the HTTP layer rejects bad keys with [`crate::api::validate_key`]).
 //! Every method is total on its string inputs; the only panics are the
 //! index-monotonicity assertion (a caller bug) and [`KvStore::check_invariants`].
+//!
+//! As a table of the state machine (see [`super`]), the store is changed by
+//! [`KvCommand`]s, and snapshots carry it as the binary section whose layout
+//! is documented on its `encode`.
 
 use std::collections::{btree_map, BTreeMap};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
+
+use super::binary::{put_bytes32, put_u64, Reader};
+use super::{CommandResult, Table, TableState};
+use crate::hash::Fnv1a64;
+
+/// A command that changes the KV table; one Raft log entry's worth.
+///
+/// The JSON names are the ones the log has always stored (`{"KvSet":{..}}`),
+/// so entries written before the state machine had tables decode unchanged;
+/// [`super::Command`] dispatches on them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCommand {
+    /// `PUT /v1/kv/<key>`. Result: always `Bool(true)`.
+    #[serde(rename = "KvSet")]
+    Set {
+        /// The key.
+        key: String,
+        /// The value (base64 in JSON, to keep log entries compact).
+        #[serde(with = "base64_bytes")]
+        value: Vec<u8>,
+        /// Opaque client flags.
+        flags: u64,
+    },
+    /// `PUT /v1/kv/<key>?cas=<index>`. Result: whether the write happened.
+    #[serde(rename = "KvCas")]
+    Cas {
+        /// The key.
+        key: String,
+        /// The value (base64 in JSON).
+        #[serde(with = "base64_bytes")]
+        value: Vec<u8>,
+        /// Opaque client flags.
+        flags: u64,
+        /// Expected ModifyIndex; 0 means "only if absent".
+        index: u64,
+    },
+    /// `DELETE /v1/kv/<key>`. Result: always `Bool(true)`.
+    #[serde(rename = "KvDelete")]
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// `DELETE /v1/kv/<key>?cas=<index>`. Result: see [`KvStore::delete_cas`]
+    /// (true if the key is gone afterwards for a matching or absent key).
+    #[serde(rename = "KvDeleteCas")]
+    DeleteCas {
+        /// The key.
+        key: String,
+        /// Expected ModifyIndex.
+        index: u64,
+    },
+    /// `DELETE /v1/kv/<prefix>?recurse`. Result: always `Bool(true)`.
+    #[serde(rename = "KvDeleteTree")]
+    DeleteTree {
+        /// Every key starting with this is deleted; "" deletes all keys.
+        prefix: String,
+    },
+}
+
+impl KvCommand {
+    /// The JSON names of the variants, the keys `Command` dispatches on.
+    /// Must list exactly the `rename`s above (a unit test checks).
+    pub const JSON_NAMES: &'static [&'static str] =
+        &["KvSet", "KvCas", "KvDelete", "KvDeleteCas", "KvDeleteTree"];
+
+    /// An upper bound on this command's JSON size, computed without
+    /// encoding it (see `Command::encoded_len_bound`).
+    pub fn encoded_len_bound(&self) -> usize {
+        // JSON may escape each key byte as `\u00XX` (6 bytes); base64 takes
+        // 4 bytes per 3; the rest (field names, numbers, braces) is small.
+        const OVERHEAD: usize = 160;
+        let key_bound = |k: &str| k.len() * 6;
+        let value_bound = |v: &[u8]| v.len().div_ceil(3) * 4;
+        OVERHEAD
+            + match self {
+                KvCommand::Set { key, value, .. } | KvCommand::Cas { key, value, .. } => {
+                    key_bound(key) + value_bound(value)
+                }
+                KvCommand::Delete { key } | KvCommand::DeleteCas { key, .. } => key_bound(key),
+                KvCommand::DeleteTree { prefix } => key_bound(prefix),
+            }
+    }
+}
 
 /// One key as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -346,6 +433,136 @@ impl<'a> Iterator for Under<'a, '_> {
             self.range = btree_map::Range::default();
             None
         }
+    }
+}
+
+/// Smallest encoded entry: two empty strings' lengths and four `u64`s. An
+/// entry count above `remaining / MIN_ENTRY_LEN` is refused before the
+/// entries are read.
+const MIN_ENTRY_LEN: usize = 4 + 4 + 4 * 8;
+
+impl TableState for KvStore {
+    const TABLE: Table = Table::Kv;
+    type Command = KvCommand;
+
+    fn apply(&mut self, index: u64, cmd: &KvCommand) -> CommandResult {
+        let ok = match cmd {
+            KvCommand::Set { key, value, flags } => {
+                self.set(index, key, value.clone(), *flags);
+                true
+            }
+            KvCommand::Cas {
+                key,
+                value,
+                flags,
+                index: expected,
+            } => self.cas(index, key, value.clone(), *flags, *expected),
+            KvCommand::Delete { key } => self.delete(index, key),
+            KvCommand::DeleteCas {
+                key,
+                index: expected,
+            } => self.delete_cas(index, key, *expected),
+            KvCommand::DeleteTree { prefix } => self.delete_tree(index, prefix),
+        };
+        CommandResult::Bool(ok)
+    }
+
+    fn table_index(&self) -> u64 {
+        self.table_index
+    }
+
+    fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// The same bytes the single-table state machine hashed, so digests of
+    /// KV-only states did not change when tables arrived.
+    fn digest(&self, h: &mut Fnv1a64) {
+        h.u64(self.table_index);
+        h.u64(self.last_index);
+        h.u64(self.entries.len() as u64);
+        for e in self.entries.values() {
+            h.len_prefixed(e.key.as_bytes());
+            h.len_prefixed(&e.value);
+            h.u64(e.flags);
+            h.u64(e.create_index);
+            h.u64(e.modify_index);
+            h.u64(e.lock_index);
+        }
+    }
+
+    /// ```text
+    /// [table_index u64][last_index u64][entry count u64]
+    /// entry × count, keys strictly increasing:
+    ///   [key len u32][key UTF-8][value len u32][value]
+    ///   [flags u64][create_index u64][modify_index u64][lock_index u64]
+    /// ```
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.table_index);
+        put_u64(out, self.last_index);
+        put_u64(out, self.entries.len() as u64);
+        for e in self.entries.values() {
+            put_bytes32(out, e.key.as_bytes());
+            put_bytes32(out, &e.value);
+            put_u64(out, e.flags);
+            put_u64(out, e.create_index);
+            put_u64(out, e.modify_index);
+            put_u64(out, e.lock_index);
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, String> {
+        let table_index = r.u64(&|| "KV table index".into())?;
+        let last_index = r.u64(&|| "KV last index".into())?;
+        let count_at = r.offset();
+        let count = r.u64(&|| "KV entry count".into())?;
+        let max_count = r.remaining() / MIN_ENTRY_LEN;
+        if count > max_count as u64 {
+            return Err(format!(
+                "at byte {count_at}: KV entry count {count} cannot fit in the {} bytes that \
+                 remain (at most {max_count} entries)",
+                r.remaining()
+            ));
+        }
+        // Bounded by the input length just above.
+        let mut entries: Vec<(String, KvEntry)> = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let key = r.str32(&|| format!("key of KV entry #{i}"))?;
+            if let Some((prev, _)) = entries.last() {
+                if prev.as_str() >= key {
+                    return Err(format!(
+                        "KV entry #{i}: key {key:?} does not follow {prev:?} (keys must be \
+                         strictly increasing)"
+                    ));
+                }
+            }
+            let what = |field: &str| format!("{field} of KV key {key:?}");
+            let value = r.bytes32(&|| what("value"))?.to_vec();
+            let flags = r.u64(&|| what("flags"))?;
+            let create_index = r.u64(&|| what("create index"))?;
+            let modify_index = r.u64(&|| what("modify index"))?;
+            let lock_index = r.u64(&|| what("lock index"))?;
+            let entry = KvEntry {
+                key: key.to_string(),
+                value,
+                flags,
+                create_index,
+                modify_index,
+                lock_index,
+            };
+            entries.push((key.to_string(), entry));
+        }
+        Ok(KvStore {
+            // Sorted and unique (checked above), so `collect` builds the
+            // tree in one pass.
+            entries: entries.into_iter().collect(),
+            table_index,
+            last_index,
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        KvStore::validate(self)
     }
 }
 

@@ -5,93 +5,192 @@
 //! (Raft paper §5.4.3, State Machine Safety), whether they got there by
 //! applying entries or by restoring a snapshot and applying the rest.
 //!
+//! # Tables
+//!
+//! The state is a set of tables, one file each, named by [`Table`]. Today
+//! there is one, the KV store ([`kv`]). Each table has its own command enum
+//! (wrapped by one [`Command`] variant), its own modify index
+//! ([`StateMachine::table_index`]; Consul's per-table index that blocking
+//! queries watch), and implements the crate-private `TableState` trait:
+//! apply a command, feed the digest, encode and decode its snapshot
+//! section, validate decoded data. The state machine itself only routes.
+//!
+//! Adding a table: a new file with its command enum and `TableState` impl, a
+//! [`Table`] variant with a new id, a [`Command`] variant, a field here and
+//! one line in each of `apply`, `digest`, `snapshot` and `restore`.
+//!
+//! # Log encoding of commands
+//!
+//! Commands are stored in the Raft log, and sent between servers, as JSON.
+//! [`Command`] serializes as its table's command, whose variants keep the
+//! names the log has always used (`{"KvSet":{"key":..,"value":<base64>,..}}`),
+//! so logs written before tables existed decode unchanged. Command names must
+//! therefore be unique across tables (each table's names start with its
+//! own prefix: `Kv…`).
+//!
 //! # Snapshot format
 //!
+//! Version 2, written by this build (integers little-endian):
+//!
 //! ```text
-//! [magic: "MSSM"][version: u8 = 1][JSON: {"last_applied": u64, "kv": KvStore}]
+//! [magic "MSSM"][version u8 = 2][last_applied u64][section count u8]
+//! section × count, table ids strictly increasing:
+//!   [table id u8][body length u64][body]
+//! ```
+//!
+//! Each body is the table's own binary encoding (the KV layout is on its
+//! `encode`); values are raw bytes, so a snapshot is about the size of the
+//! data. A table without a section is empty; a table id this build does not
+//! know is refused (the snapshot holds state it would silently drop). Every
+//! length is checked against the bytes that remain before anything is
+//! allocated, and trailing bytes are refused, so damage is
+//! [`SnapshotError::Malformed`], never a panic.
+//!
+//! Version 1, still read so an upgraded server can load the snapshot an
+//! older build left on disk (or a leader still on that build sends):
+//!
+//! ```text
+//! [magic "MSSM"][version u8 = 1][JSON: {"last_applied": u64, "kv": KvStore}]
 //! ```
 //!
 //! The magic and version come first so a reader can tell "not ours" and "from
-//! a newer build" apart from damage before parsing anything. Unknown JSON
-//! fields are rejected rather than ignored: a field this build does not know
-//! is state it would silently drop. Adding state therefore means bumping
-//! [`SNAPSHOT_VERSION`].
+//! a newer build" apart from damage before parsing anything.
+
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::hash::Fnv1a64;
-use serde::{Deserialize, Serialize};
 
+mod binary;
 pub mod kv;
+mod snapshot;
+#[cfg(test)]
+mod tests;
 
-use kv::{base64_bytes, KvStore};
+pub use kv::KvCommand;
+use kv::KvStore;
 
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"MSSM";
-/// The snapshot format version this build writes and reads.
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// The snapshot format version this build writes. It also reads every
+/// older version (1, JSON).
+pub const SNAPSHOT_VERSION: u8 = 2;
 
-/// A replicated command: one Raft log entry's worth of state change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The tables of the state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// Keys and values (`/v1/kv`).
+    Kv,
+}
+
+impl Table {
+    /// Every table, in id order.
+    pub const ALL: [Table; 1] = [Table::Kv];
+
+    /// The table's id in snapshot sections. Never reuse an id: an old
+    /// snapshot's section would be read as the wrong table. 0 is reserved
+    /// so zeroed bytes are not a table.
+    pub fn id(self) -> u8 {
+        match self {
+            Table::Kv => 1,
+        }
+    }
+
+    /// The table with this snapshot id, if this build has it.
+    pub fn from_id(id: u8) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.id() == id)
+    }
+}
+
+/// What every table is, for the state machine that routes to it.
+pub(crate) trait TableState: Default + Sized {
+    /// Which table this is.
+    const TABLE: Table;
+    /// The commands that change this table.
+    type Command;
+
+    /// Applies `cmd`, the command of the log entry at `index`.
+    ///
+    /// Panics if `index` is not above [`TableState::last_index`].
+    fn apply(&mut self, index: u64, cmd: &Self::Command) -> CommandResult;
+    /// Index of the last command that changed this table; 0 if none did.
+    fn table_index(&self) -> u64;
+    /// Index of the last command applied to this table, whether it changed
+    /// anything or not; 0 if none was.
+    fn last_index(&self) -> u64;
+    /// Feeds the table's canonical encoding: equal tables feed equal bytes,
+    /// and the encoding is self-delimiting, so tables can follow each other.
+    fn digest(&self, h: &mut Fnv1a64);
+    /// Appends the table's snapshot section body.
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Reads a section body written by `encode`. The caller refuses bytes
+    /// left over.
+    fn decode(r: &mut binary::Reader<'_>) -> Result<Self, String>;
+    /// The table's invariants as a value, naming the first violation.
+    fn validate(&self) -> Result<(), String>;
+}
+
+/// A replicated command: one Raft log entry's worth of state change, for
+/// one table.
+///
+/// JSON: the table's command itself (`{"KvSet":{..}}`), see the module docs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
 pub enum Command {
-    /// `PUT /v1/kv/<key>`. Result: always `Bool(true)`.
-    KvSet {
-        /// The key.
-        key: String,
-        /// The value (base64 in JSON, to keep log entries compact).
-        #[serde(with = "base64_bytes")]
-        value: Vec<u8>,
-        /// Opaque client flags.
-        flags: u64,
-    },
-    /// `PUT /v1/kv/<key>?cas=<index>`. Result: whether the write happened.
-    KvCas {
-        /// The key.
-        key: String,
-        /// The value (base64 in JSON).
-        #[serde(with = "base64_bytes")]
-        value: Vec<u8>,
-        /// Opaque client flags.
-        flags: u64,
-        /// Expected ModifyIndex; 0 means "only if absent".
-        index: u64,
-    },
-    /// `DELETE /v1/kv/<key>`. Result: always `Bool(true)`.
-    KvDelete {
-        /// The key.
-        key: String,
-    },
-    /// `DELETE /v1/kv/<key>?cas=<index>`. Result: see [`KvStore::delete_cas`]
-    /// (true if the key is gone afterwards for a matching or absent key).
-    KvDeleteCas {
-        /// The key.
-        key: String,
-        /// Expected ModifyIndex.
-        index: u64,
-    },
-    /// `DELETE /v1/kv/<prefix>?recurse`. Result: always `Bool(true)`.
-    KvDeleteTree {
-        /// Every key starting with this is deleted; "" deletes all keys.
-        prefix: String,
-    },
+    /// A change to the KV table.
+    Kv(KvCommand),
 }
 
 impl Command {
+    /// The table this command changes.
+    pub fn table(&self) -> Table {
+        match self {
+            Command::Kv(_) => Table::Kv,
+        }
+    }
+
     /// An upper bound on the size of this command in the wire's JSON
     /// encoding, computed without encoding it. Replication uses it to keep
     /// each AppendEntries batch within a byte budget.
     pub fn encoded_len_bound(&self) -> usize {
-        // JSON may escape each key byte as `\u00XX` (6 bytes); base64 takes
-        // 4 bytes per 3; the rest (field names, numbers, braces) is small.
-        const OVERHEAD: usize = 160;
-        let key_bound = |k: &str| k.len() * 6;
-        let value_bound = |v: &[u8]| v.len().div_ceil(3) * 4;
-        OVERHEAD
-            + match self {
-                Command::KvSet { key, value, .. } | Command::KvCas { key, value, .. } => {
-                    key_bound(key) + value_bound(value)
-                }
-                Command::KvDelete { key } | Command::KvDeleteCas { key, .. } => key_bound(key),
-                Command::KvDeleteTree { prefix } => key_bound(prefix),
+        match self {
+            Command::Kv(c) => c.encoded_len_bound(),
+        }
+    }
+}
+
+impl From<KvCommand> for Command {
+    fn from(c: KvCommand) -> Self {
+        Command::Kv(c)
+    }
+}
+
+/// Reads the single key naming the command, then lets that table's derived
+/// decoder read the whole value, so a table's field errors come through
+/// unchanged ("missing field `flags`") and an unknown name says it is
+/// unknown rather than "did not match any variant".
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = serde_json::Value::deserialize(d)?;
+        let name = match &value {
+            serde_json::Value::Object(m) if m.len() == 1 => {
+                m.keys().next().expect("one key").clone()
             }
+            _ => {
+                return Err(D::Error::custom(
+                    "a command is an object with one key naming it, like {\"KvSet\":{..}}",
+                ))
+            }
+        };
+        if KvCommand::JSON_NAMES.contains(&name.as_str()) {
+            return KvCommand::deserialize(value)
+                .map(Command::Kv)
+                .map_err(D::Error::custom);
+        }
+        Err(D::Error::custom(format!(
+            "unknown command {name:?} (written by a newer release? run the same release on \
+             every server)"
+        )))
     }
 }
 
@@ -110,10 +209,12 @@ pub enum SnapshotError {
     /// The bytes do not start with [`SNAPSHOT_MAGIC`].
     #[error("not a mesh state machine snapshot (bad magic): the data is from another program or damaged")]
     BadMagic,
-    /// Written in a format version this build does not read.
+    /// Written in a format version this build does not read: by a newer
+    /// release (or damaged in the version byte).
     #[error(
-        "snapshot format version {0} is not supported (this build reads version {SNAPSHOT_VERSION}); \
-         run the same release on every server"
+        "snapshot format version {0} is not supported: this build reads versions 1 to \
+         {SNAPSHOT_VERSION}. A higher version was written by a newer release: upgrade this \
+         server to the release the others run (every server must run the same release)"
     )]
     UnsupportedVersion(u8),
     /// Right header, but the body does not parse or describes an
@@ -122,26 +223,11 @@ pub enum SnapshotError {
     Malformed(String),
 }
 
-/// Snapshot body as written; borrows so `snapshot` does not clone the state.
-#[derive(Serialize)]
-struct SnapshotBodyRef<'a> {
-    last_applied: u64,
-    kv: &'a KvStore,
-}
-
-/// Snapshot body as read.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SnapshotBody {
-    last_applied: u64,
-    kv: KvStore,
-}
-
-/// The replicated state: the KV table and how far into the log it is.
+/// The replicated state: its tables and how far into the log it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateMachine {
-    kv: KvStore,
     last_applied: u64,
+    kv: KvStore,
 }
 
 impl StateMachine {
@@ -158,25 +244,9 @@ impl StateMachine {
     /// each entry once, in order, so anything else is a bug in the caller.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> CommandResult {
         self.advance(index);
-        let ok = match cmd {
-            Command::KvSet { key, value, flags } => {
-                self.kv.set(index, key, value.clone(), *flags);
-                true
-            }
-            Command::KvCas {
-                key,
-                value,
-                flags,
-                index: expected,
-            } => self.kv.cas(index, key, value.clone(), *flags, *expected),
-            Command::KvDelete { key } => self.kv.delete(index, key),
-            Command::KvDeleteCas {
-                key,
-                index: expected,
-            } => self.kv.delete_cas(index, key, *expected),
-            Command::KvDeleteTree { prefix } => self.kv.delete_tree(index, prefix),
-        };
-        CommandResult::Bool(ok)
+        match cmd {
+            Command::Kv(c) => self.kv.apply(index, c),
+        }
     }
 
     /// Records a log entry that changes no state (Raft blank or membership
@@ -199,73 +269,52 @@ impl StateMachine {
         &self.kv
     }
 
+    /// Index of the last command that changed `table` (0 if none did): the
+    /// `X-Consul-Index` of reads from it. Commands that changed nothing (a
+    /// failed CAS, deleting a missing key) and other tables' commands do not
+    /// move it.
+    pub fn table_index(&self, table: Table) -> u64 {
+        match table {
+            Table::Kv => TableState::table_index(&self.kv),
+        }
+    }
+
     /// A 64-bit digest of the whole state, equal for equal states on every
     /// machine, build and run.
     ///
     /// FNV-1a over a hand-written canonical encoding (fixed-width
     /// little-endian integers, length-prefixed strings and byte strings,
-    /// entries in key order), not over the snapshot JSON: the digest must not
-    /// change when a serde or serde_json upgrade changes formatting. It is a
-    /// checksum for comparing replicas, not a cryptographic hash.
+    /// entries in key order, tables in [`Table`] order), not over the
+    /// snapshot bytes: the digest must not change when the snapshot format
+    /// does. It is a checksum for comparing replicas, not a cryptographic
+    /// hash.
     pub fn digest(&self) -> u64 {
         let mut h = Fnv1a64::new();
         h.bytes(b"mesh-core/state/v1");
         h.u64(self.last_applied);
-        h.u64(self.kv.table_index());
-        h.u64(self.kv.last_index());
-        h.u64(self.kv.len() as u64);
-        for e in self.kv.iter() {
-            h.len_prefixed(e.key.as_bytes());
-            h.len_prefixed(&e.value);
-            h.u64(e.flags);
-            h.u64(e.create_index);
-            h.u64(e.modify_index);
-            h.u64(e.lock_index);
-        }
+        self.kv.digest(&mut h);
         h.finish()
     }
 
-    /// The whole state as self-describing bytes (see the module docs);
+    /// The whole state as self-describing bytes (format version
+    /// [`SNAPSHOT_VERSION`], see the module docs);
     /// [`StateMachine::restore`] turns them back into an equal state.
     pub fn snapshot(&self) -> Vec<u8> {
-        let body = SnapshotBodyRef {
-            last_applied: self.last_applied,
-            kv: &self.kv,
-        };
-        let mut out = SNAPSHOT_MAGIC.to_vec();
-        out.push(SNAPSHOT_VERSION);
-        // Strings, integers and string-keyed maps always serialize.
-        serde_json::to_writer(&mut out, &body).expect("state machine serializes to JSON");
-        out
+        snapshot::encode(self)
     }
 
-    /// Rebuilds a state from [`StateMachine::snapshot`] bytes.
+    /// Rebuilds a state from [`StateMachine::snapshot`] bytes of this build
+    /// or of an older one (format versions 1 to [`SNAPSHOT_VERSION`]).
     ///
     /// The bytes come from disk or from the leader, so they are input, not
     /// trusted state: this never panics, and a decoded state that breaks an
     /// invariant is [`SnapshotError::Malformed`] rather than an assertion.
     pub fn restore(bytes: &[u8]) -> Result<StateMachine, SnapshotError> {
-        let rest = bytes
-            .strip_prefix(SNAPSHOT_MAGIC.as_slice())
-            .ok_or(SnapshotError::BadMagic)?;
-        let (&version, json) = rest.split_first().ok_or_else(|| {
-            SnapshotError::Malformed("truncated after the magic, no version byte".into())
-        })?;
-        if version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::UnsupportedVersion(version));
-        }
-        let body: SnapshotBody =
-            serde_json::from_slice(json).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
-        let sm = StateMachine {
-            kv: body.kv,
-            last_applied: body.last_applied,
-        };
-        sm.validate().map_err(SnapshotError::Malformed)?;
-        Ok(sm)
+        snapshot::decode(bytes)
     }
 
-    /// Panics if the state is inconsistent: the KV table's own invariants,
-    /// and no KV write after [`StateMachine::last_applied`].
+    /// Panics if the state is inconsistent: each table's own invariants,
+    /// and no table write after [`StateMachine::last_applied`].
     pub fn check_invariants(&self) {
         if let Err(violation) = self.validate() {
             panic!("StateMachine invariant violated: {violation}");
@@ -273,15 +322,7 @@ impl StateMachine {
     }
 
     fn validate(&self) -> Result<(), String> {
-        self.kv.validate()?;
-        if self.kv.last_index() > self.last_applied {
-            return Err(format!(
-                "KV table saw index {} but the state machine applied only up to {}",
-                self.kv.last_index(),
-                self.last_applied
-            ));
-        }
-        Ok(())
+        check_table(&self.kv, self.last_applied)
     }
 
     fn advance(&mut self, index: u64) {
@@ -294,251 +335,17 @@ impl StateMachine {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn encoded_len_bound_is_an_upper_bound() {
-        let cmds = [
-            Command::KvSet {
-                key: "k\u{0}\"\\é".into(),
-                value: vec![0xff; 1000],
-                flags: u64::MAX,
-            },
-            Command::KvCas {
-                key: String::new(),
-                value: Vec::new(),
-                flags: 0,
-                index: u64::MAX,
-            },
-            Command::KvDelete {
-                key: "\n".repeat(50),
-            },
-            Command::KvDeleteCas {
-                key: "a".into(),
-                index: u64::MAX,
-            },
-            Command::KvDeleteTree {
-                prefix: "p/".into(),
-            },
-        ];
-        for cmd in cmds {
-            let len = serde_json::to_vec(&cmd).unwrap().len();
-            assert!(len <= cmd.encoded_len_bound(), "{cmd:?}: {len}");
-        }
-    }
-
-    use super::*;
-
-    fn set(key: &str, value: &[u8]) -> Command {
-        Command::KvSet {
-            key: key.into(),
-            value: value.to_vec(),
-            flags: 0,
-        }
-    }
-
-    /// A small state touching every command, for the fixed-value tests.
-    fn sample() -> StateMachine {
-        let mut sm = StateMachine::new();
-        sm.skip(1);
-        sm.apply(2, &set("a/x", b"1"));
-        sm.apply(3, &set("a/y", b""));
-        sm.apply(
-            4,
-            &Command::KvCas {
-                key: "b".into(),
-                value: vec![0, 255],
-                flags: 42,
-                index: 0,
-            },
-        );
-        sm.apply(
-            5,
-            &Command::KvDeleteCas {
-                key: "a/x".into(),
-                index: 2,
-            },
-        );
-        sm.apply(6, &Command::KvDelete { key: "nope".into() });
-        sm.apply(
-            7,
-            &Command::KvDeleteTree {
-                prefix: "zz".into(),
-            },
-        );
-        sm.check_invariants();
-        sm
-    }
-
-    #[test]
-    fn apply_returns_consul_answers() {
-        let mut sm = StateMachine::new();
-        assert_eq!(sm.apply(1, &set("k", b"v")), CommandResult::Bool(true));
-        let cas = |index| Command::KvCas {
-            key: "k".into(),
-            value: b"w".to_vec(),
-            flags: 0,
-            index,
-        };
-        assert_eq!(sm.apply(2, &cas(0)), CommandResult::Bool(false));
-        assert_eq!(sm.apply(3, &cas(1)), CommandResult::Bool(true));
-        let del_cas = |index| Command::KvDeleteCas {
-            key: "k".into(),
-            index,
-        };
-        assert_eq!(sm.apply(4, &del_cas(1)), CommandResult::Bool(false));
-        assert_eq!(sm.apply(5, &del_cas(3)), CommandResult::Bool(true));
-        assert_eq!(
-            sm.apply(6, &del_cas(3)),
-            CommandResult::Bool(true),
-            "absent key"
-        );
-        assert_eq!(sm.last_applied(), 6);
-        assert_eq!(sm.kv().table_index(), 5);
-        sm.check_invariants();
-    }
-
-    #[test]
-    fn skip_moves_only_last_applied() {
-        let mut sm = sample();
-        let kv_before = sm.kv().clone();
-        sm.skip(10);
-        assert_eq!(sm.last_applied(), 10);
-        assert_eq!(sm.kv(), &kv_before);
-        sm.check_invariants();
-    }
-
-    #[test]
-    #[should_panic(expected = "applied once, in order")]
-    fn applying_an_old_index_is_a_bug() {
-        let mut sm = sample();
-        sm.apply(7, &set("k", b"v"));
-    }
-
-    /// Pins the digest so a change to the encoding (or to FNV constants) is a
-    /// deliberate, visible decision: replicas running different builds during
-    /// a rolling upgrade compare these values. The expected values were
-    /// computed independently (a 20-line Python FNV-1a over the documented
-    /// encoding), not copied from this implementation.
-    #[test]
-    fn digest_is_pinned() {
-        assert_eq!(StateMachine::new().digest(), 0x7be2_f90c_7d7a_8572);
-        assert_eq!(sample().digest(), 0xcbee_b2df_6cc2_f6a7);
-    }
-
-    #[test]
-    fn digest_tells_apart_states_that_differ_in_one_field() {
-        let with = |flags, value: &[u8], key: &str| {
-            let mut sm = sample();
-            sm.apply(
-                8,
-                &Command::KvSet {
-                    key: key.into(),
-                    value: value.to_vec(),
-                    flags,
-                },
-            );
-            sm.digest()
-        };
-        let base = with(0, b"v", "k");
-        assert_ne!(base, with(1, b"v", "k"), "flags");
-        assert_ne!(base, with(0, b"w", "k"), "value");
-        assert_ne!(base, with(0, b"v", "j"), "key");
-        // Same key/value bytes, split differently.
-        assert_ne!(with(0, b"bc", "a"), with(0, b"c", "ab"), "length prefixes");
-        let mut skipped = sample();
-        skipped.skip(8);
-        assert_ne!(sample().digest(), skipped.digest(), "last_applied");
-    }
-
-    #[test]
-    fn snapshot_round_trips_and_is_self_describing() {
-        let sm = sample();
-        let bytes = sm.snapshot();
-        assert!(bytes.starts_with(b"MSSM\x01{"));
-        let back = StateMachine::restore(&bytes).unwrap();
-        assert_eq!(back, sm);
-        assert_eq!(back.digest(), sm.digest());
-        assert_eq!(
-            StateMachine::restore(&StateMachine::new().snapshot()),
-            Ok(StateMachine::new())
-        );
-    }
-
-    #[test]
-    fn restore_classifies_bad_input() {
-        assert_eq!(StateMachine::restore(b""), Err(SnapshotError::BadMagic));
-        assert_eq!(StateMachine::restore(b"MSS"), Err(SnapshotError::BadMagic));
-        assert_eq!(
-            StateMachine::restore(b"{\"last_applied\":0}"),
-            Err(SnapshotError::BadMagic)
-        );
-        assert!(matches!(
-            StateMachine::restore(b"MSSM"),
-            Err(SnapshotError::Malformed(_))
-        ));
-        assert_eq!(
-            StateMachine::restore(b"MSSM\x02{}"),
-            Err(SnapshotError::UnsupportedVersion(2))
-        );
-        assert!(matches!(
-            StateMachine::restore(b"MSSM\x01{}"),
-            Err(SnapshotError::Malformed(_))
-        ));
-
-        let good = sample().snapshot();
-        let truncated = &good[..good.len() - 1];
-        assert!(matches!(
-            StateMachine::restore(truncated),
-            Err(SnapshotError::Malformed(_))
-        ));
-        let mut trailing = good.clone();
-        trailing.extend_from_slice(b"x");
-        assert!(matches!(
-            StateMachine::restore(&trailing),
-            Err(SnapshotError::Malformed(_))
+/// A table's own invariants, and none of its writes after `last_applied`.
+fn check_table<T: TableState>(table: &T, last_applied: u64) -> Result<(), String> {
+    table
+        .validate()
+        .map_err(|e| format!("{:?} table: {e}", T::TABLE))?;
+    if table.last_index() > last_applied {
+        return Err(format!(
+            "{:?} table saw index {} but the state machine applied only up to {last_applied}",
+            T::TABLE,
+            table.last_index(),
         ));
     }
-
-    #[test]
-    fn restore_rejects_unknown_fields() {
-        let text = String::from_utf8(sample().snapshot()).unwrap();
-        let extra = text.replacen("{\"last_applied\"", "{\"services\":[],\"last_applied\"", 1);
-        let err = StateMachine::restore(extra.as_bytes()).unwrap_err();
-        assert!(
-            matches!(err, SnapshotError::Malformed(ref m) if m.contains("services")),
-            "{err}"
-        );
-    }
-
-    /// Consistent JSON describing an impossible state must be refused, not
-    /// asserted on: `last_applied` below the KV table's indexes.
-    #[test]
-    fn restore_rejects_inconsistent_state() {
-        let text = String::from_utf8(sample().snapshot()).unwrap();
-        let rewound = text.replace("\"last_applied\":7", "\"last_applied\":3");
-        assert_ne!(rewound, text);
-        let err = StateMachine::restore(rewound.as_bytes()).unwrap_err();
-        assert!(
-            matches!(err, SnapshotError::Malformed(ref m) if m.contains("applied only up to 3")),
-            "{err}"
-        );
-
-        let forged = text.replace("\"create_index\":4", "\"create_index\":5");
-        assert_ne!(forged, text);
-        assert!(matches!(
-            StateMachine::restore(forged.as_bytes()),
-            Err(SnapshotError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn command_json_carries_values_as_base64() {
-        let json = serde_json::to_string(&set("k", b"bar")).unwrap();
-        assert_eq!(json, r#"{"KvSet":{"key":"k","value":"YmFy","flags":0}}"#);
-        assert_eq!(
-            serde_json::from_str::<Command>(&json).unwrap(),
-            set("k", b"bar")
-        );
-    }
+    Ok(())
 }
