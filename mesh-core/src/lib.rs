@@ -9,8 +9,9 @@ pub mod codec;
 pub mod election;
 pub mod formation;
 pub mod hash;
-pub mod kv;
 pub mod record;
 pub mod snapshot_transfer;
 pub mod state;
+/// The KV table, at its historical path.
+pub use state::kv;
 pub mod wire;

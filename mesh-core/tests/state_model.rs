@@ -5,9 +5,11 @@
 
 use mesh_core::kv::KvStore;
 use mesh_core::state::{
-    Command, CommandResult, SnapshotError, StateMachine, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
+    Command, CommandResult, KvCommand, SnapshotError, StateMachine, Table, SNAPSHOT_MAGIC,
+    SNAPSHOT_VERSION,
 };
 use proptest::prelude::*;
+use serde::Serialize;
 
 /// A log entry: a command, or an entry with no state change (blank or
 /// membership), which the server passes to `skip`.
@@ -18,15 +20,17 @@ enum Entry {
 }
 
 fn command() -> impl Strategy<Value = Command> {
-    let key = "[ab/]{0,2}";
+    // A non-ASCII letter so snapshots carry multi-byte UTF-8 keys.
+    let key = "[ab/é]{0,2}";
     let value = proptest::collection::vec(any::<u8>(), 0..4);
     prop_oneof![
-        3 => (key, value.clone(), 0u64..3).prop_map(|(key, value, flags)| Command::KvSet { key, value, flags }),
-        3 => (key, value, 0u64..3, 0u64..30).prop_map(|(key, value, flags, index)| Command::KvCas { key, value, flags, index }),
-        1 => key.prop_map(|key| Command::KvDelete { key }),
-        2 => (key, 0u64..30).prop_map(|(key, index)| Command::KvDeleteCas { key, index }),
-        1 => "[ab/]{0,1}".prop_map(|prefix| Command::KvDeleteTree { prefix }),
+        3 => (key, value.clone(), 0u64..3).prop_map(|(key, value, flags)| KvCommand::Set { key, value, flags }),
+        3 => (key, value, 0u64..3, 0u64..30).prop_map(|(key, value, flags, index)| KvCommand::Cas { key, value, flags, index }),
+        1 => key.prop_map(|key| KvCommand::Delete { key }),
+        2 => (key, 0u64..30).prop_map(|(key, index)| KvCommand::DeleteCas { key, index }),
+        1 => "[ab/é]{0,1}".prop_map(|prefix| KvCommand::DeleteTree { prefix }),
     ]
+    .prop_map(Command::Kv)
 }
 
 /// Entries with the Raft index each lands at (gaps stand for entries of
@@ -43,6 +47,25 @@ fn log() -> impl Strategy<Value = Vec<(u64, Entry)>> {
             })
             .collect()
     })
+}
+
+/// The version 1 snapshot body (JSON), as builds before the binary format
+/// wrote it.
+#[derive(Serialize)]
+struct SnapshotV1<'a> {
+    last_applied: u64,
+    kv: &'a KvStore,
+}
+
+fn snapshot_v1(sm: &StateMachine) -> Vec<u8> {
+    let mut out = SNAPSHOT_MAGIC.to_vec();
+    out.push(1);
+    let body = SnapshotV1 {
+        last_applied: sm.last_applied(),
+        kv: sm.kv(),
+    };
+    serde_json::to_writer(&mut out, &body).unwrap();
+    out
 }
 
 fn run(sm: &mut StateMachine, entries: &[(u64, Entry)]) -> Vec<Option<CommandResult>> {
@@ -79,15 +102,16 @@ proptest! {
         let mut kv = KvStore::default();
         for (index, e) in &entries {
             match e {
-                Entry::Command(Command::KvSet { key, value, flags }) => kv.set(*index, key, value.clone(), *flags),
-                Entry::Command(Command::KvCas { key, value, flags, index: n }) => { kv.cas(*index, key, value.clone(), *flags, *n); }
-                Entry::Command(Command::KvDelete { key }) => { kv.delete(*index, key); }
-                Entry::Command(Command::KvDeleteCas { key, index: n }) => { kv.delete_cas(*index, key, *n); }
-                Entry::Command(Command::KvDeleteTree { prefix }) => { kv.delete_tree(*index, prefix); }
+                Entry::Command(Command::Kv(KvCommand::Set { key, value, flags })) => kv.set(*index, key, value.clone(), *flags),
+                Entry::Command(Command::Kv(KvCommand::Cas { key, value, flags, index: n })) => { kv.cas(*index, key, value.clone(), *flags, *n); }
+                Entry::Command(Command::Kv(KvCommand::Delete { key })) => { kv.delete(*index, key); }
+                Entry::Command(Command::Kv(KvCommand::DeleteCas { key, index: n })) => { kv.delete_cas(*index, key, *n); }
+                Entry::Command(Command::Kv(KvCommand::DeleteTree { prefix })) => { kv.delete_tree(*index, prefix); }
                 Entry::Skip => {}
             }
         }
         prop_assert_eq!(a.kv(), &kv);
+        prop_assert_eq!(a.table_index(Table::Kv), kv.table_index());
     }
 
     /// A replica that restores a snapshot taken after any prefix of the log
@@ -121,6 +145,19 @@ proptest! {
         prop_assert_eq!(&restored, &full);
     }
 
+    /// A server upgraded from the JSON build restores the snapshot that
+    /// build left to the same state (and digest) as today's binary one.
+    #[test]
+    fn v1_and_v2_snapshots_restore_to_the_same_state(entries in log()) {
+        let mut sm = StateMachine::new();
+        run(&mut sm, &entries);
+        let from_v1 = StateMachine::restore(&snapshot_v1(&sm)).expect("v1 restores");
+        from_v1.check_invariants();
+        prop_assert_eq!(&from_v1, &sm);
+        prop_assert_eq!(from_v1.digest(), sm.digest());
+        prop_assert_eq!(from_v1.snapshot(), sm.snapshot());
+    }
+
     /// Different states at the same applied index (the case the simulator's
     /// checker exists to catch) get different digests.
     #[test]
@@ -129,19 +166,22 @@ proptest! {
         run(&mut a, &entries);
         let mut b = a.clone();
         let next = a.last_applied() + 1;
-        a.apply(next, &Command::KvSet { key: "x".into(), value: vec![value], flags: 0 });
-        b.apply(next, &Command::KvSet { key: "x".into(), value: vec![value ^ 1], flags: 0 });
+        a.apply(next, &Command::Kv(KvCommand::Set { key: "x".into(), value: vec![value], flags: 0 }));
+        b.apply(next, &Command::Kv(KvCommand::Set { key: "x".into(), value: vec![value ^ 1], flags: 0 }));
         prop_assert_ne!(a.digest(), b.digest());
     }
 
     /// No input makes `restore` panic; whatever it accepts is consistent.
     #[test]
     fn restore_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let mut framed = SNAPSHOT_MAGIC.to_vec();
-        framed.push(SNAPSHOT_VERSION);
-        framed.extend_from_slice(&bytes);
-        for input in [&bytes, &framed] {
-            if let Ok(sm) = StateMachine::restore(input) {
+        let framed = |version: u8| {
+            let mut out = SNAPSHOT_MAGIC.to_vec();
+            out.push(version);
+            out.extend_from_slice(&bytes);
+            out
+        };
+        for input in [bytes.clone(), framed(1), framed(SNAPSHOT_VERSION)] {
+            if let Ok(sm) = StateMachine::restore(&input) {
                 sm.check_invariants();
             }
         }

@@ -457,11 +457,13 @@ mod tests {
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Normal(mesh_core::state::Command::KvSet {
-                key: format!("k{index}"),
-                value: vec![index as u8],
-                flags: 0,
-            }),
+            payload: EntryPayload::Normal(mesh_core::state::Command::Kv(
+                mesh_core::state::KvCommand::Set {
+                    key: format!("k{index}"),
+                    value: vec![index as u8],
+                    flags: 0,
+                },
+            )),
         }
     }
 

@@ -309,17 +309,17 @@ fn entry_len_bound(entry: &Entry) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::state::Command;
+    use mesh_core::state::{Command, KvCommand};
     use openraft::{CommittedLeaderId, LogId};
 
     fn entry(index: u64, value_len: usize) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command::KvSet {
+            payload: EntryPayload::Normal(Command::Kv(KvCommand::Set {
                 key: format!("k{index}"),
                 value: vec![7; value_len],
                 flags: 0,
-            }),
+            })),
         }
     }
 

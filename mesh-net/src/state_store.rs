@@ -8,7 +8,7 @@
 use std::sync::{Arc, RwLock};
 
 use mesh_core::record;
-use mesh_core::state::{Command, CommandResult, StateMachine};
+use mesh_core::state::{Command, CommandResult, KvCommand, StateMachine};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::watch;
@@ -241,10 +241,10 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 match entry.payload {
                     EntryPayload::Normal(cmd) => {
                         let cmd = match cmd {
-                            Command::KvCas {
+                            Command::Kv(KvCommand::Cas {
                                 key, value, flags, ..
-                            } if mutants::enabled(Mutant::CasWithoutCompare) => {
-                                Command::KvSet { key, value, flags }
+                            }) if mutants::enabled(Mutant::CasWithoutCompare) => {
+                                Command::Kv(KvCommand::Set { key, value, flags })
                             }
                             cmd => cmd,
                         };

@@ -181,11 +181,13 @@ impl Run {
         // A write through the leader commits everything before it.
         let leader_server = self.cluster.server(leader).ok_or("leader vanished")?;
         leader_server
-            .write(mesh_core::state::Command::KvSet {
-                key: "liveness/marker".into(),
-                value: b"1".to_vec(),
-                flags: 0,
-            })
+            .write(mesh_core::state::Command::Kv(
+                mesh_core::state::KvCommand::Set {
+                    key: "liveness/marker".into(),
+                    value: b"1".to_vec(),
+                    flags: 0,
+                },
+            ))
             .await
             .map_err(|e| format!("liveness write failed: {e}"))?;
         let deadline = Instant::now() + CONVERGE_BOUND;

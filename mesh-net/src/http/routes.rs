@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use mesh_core::api::{validate_key, KvPair};
-use mesh_core::state::{Command, CommandResult};
+use mesh_core::state::{Command, CommandResult, KvCommand};
 use mesh_core::wire::{ClusterStatus, Consistency, KvQuery, ReadRequest, ReadResponse, RpcError};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -270,15 +270,15 @@ impl HttpApi {
         };
         let value = value.to_vec();
         let cmd = match cas {
-            Some(index) => Command::KvCas {
+            Some(index) => KvCommand::Cas {
                 key,
                 value,
                 flags,
                 index,
             },
-            None => Command::KvSet { key, value, flags },
+            None => KvCommand::Set { key, value, flags },
         };
-        self.write_bool(cmd).await
+        self.write_bool(cmd.into()).await
     }
 
     async fn kv_delete(&self, key: String, query: &Query) -> Reply {
@@ -290,17 +290,17 @@ impl HttpApi {
             if cas.is_some() {
                 return bad_request("cannot combine ?recurse with ?cas");
             }
-            Command::KvDeleteTree { prefix: key }
+            KvCommand::DeleteTree { prefix: key }
         } else {
             if let Err(e) = validate_key(&key) {
                 return bad_request(e.to_string());
             }
             match cas {
-                Some(index) => Command::KvDeleteCas { key, index },
-                None => Command::KvDelete { key },
+                Some(index) => KvCommand::DeleteCas { key, index },
+                None => KvCommand::Delete { key },
             }
         };
-        self.write_bool(cmd).await
+        self.write_bool(cmd.into()).await
     }
 
     async fn write_bool(&self, cmd: Command) -> Reply {

@@ -29,11 +29,98 @@
 //! key (the HTTP layer rejects bad keys with [`crate::api::validate_key`]).
 //! Every method is total on its string inputs; the only panics are the
 //! index-monotonicity assertion (a caller bug) and [`KvStore::check_invariants`].
+//!
+//! As a table of the state machine (see [`super`]), the store is changed by
+//! [`KvCommand`]s, and snapshots carry it as the binary section whose layout
+//! is documented on its `encode`.
 
 use std::collections::{btree_map, BTreeMap};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
+
+use super::binary::{put_bytes32, put_u64, Reader};
+use super::{CommandResult, Table, TableState};
+use crate::hash::Fnv1a64;
+
+/// A command that changes the KV table; one Raft log entry's worth.
+///
+/// The JSON names are the ones the log has always stored (`{"KvSet":{..}}`),
+/// so entries written before the state machine had tables decode unchanged;
+/// [`super::Command`] dispatches on them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCommand {
+    /// `PUT /v1/kv/<key>`. Result: always `Bool(true)`.
+    #[serde(rename = "KvSet")]
+    Set {
+        /// The key.
+        key: String,
+        /// The value (base64 in JSON, to keep log entries compact).
+        #[serde(with = "base64_bytes")]
+        value: Vec<u8>,
+        /// Opaque client flags.
+        flags: u64,
+    },
+    /// `PUT /v1/kv/<key>?cas=<index>`. Result: whether the write happened.
+    #[serde(rename = "KvCas")]
+    Cas {
+        /// The key.
+        key: String,
+        /// The value (base64 in JSON).
+        #[serde(with = "base64_bytes")]
+        value: Vec<u8>,
+        /// Opaque client flags.
+        flags: u64,
+        /// Expected ModifyIndex; 0 means "only if absent".
+        index: u64,
+    },
+    /// `DELETE /v1/kv/<key>`. Result: always `Bool(true)`.
+    #[serde(rename = "KvDelete")]
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// `DELETE /v1/kv/<key>?cas=<index>`. Result: see [`KvStore::delete_cas`]
+    /// (true if the key is gone afterwards for a matching or absent key).
+    #[serde(rename = "KvDeleteCas")]
+    DeleteCas {
+        /// The key.
+        key: String,
+        /// Expected ModifyIndex.
+        index: u64,
+    },
+    /// `DELETE /v1/kv/<prefix>?recurse`. Result: always `Bool(true)`.
+    #[serde(rename = "KvDeleteTree")]
+    DeleteTree {
+        /// Every key starting with this is deleted; "" deletes all keys.
+        prefix: String,
+    },
+}
+
+impl KvCommand {
+    /// The JSON names of the variants, the keys `Command` dispatches on.
+    /// Must list exactly the `rename`s above (a unit test checks).
+    pub const JSON_NAMES: &'static [&'static str] =
+        &["KvSet", "KvCas", "KvDelete", "KvDeleteCas", "KvDeleteTree"];
+
+    /// An upper bound on this command's JSON size, computed without
+    /// encoding it (see `Command::encoded_len_bound`).
+    pub fn encoded_len_bound(&self) -> usize {
+        // JSON may escape each key byte as `\u00XX` (6 bytes); base64 takes
+        // 4 bytes per 3; the rest (field names, numbers, braces) is small.
+        const OVERHEAD: usize = 160;
+        let key_bound = |k: &str| k.len() * 6;
+        let value_bound = |v: &[u8]| v.len().div_ceil(3) * 4;
+        OVERHEAD
+            + match self {
+                KvCommand::Set { key, value, .. } | KvCommand::Cas { key, value, .. } => {
+                    key_bound(key) + value_bound(value)
+                }
+                KvCommand::Delete { key } | KvCommand::DeleteCas { key, .. } => key_bound(key),
+                KvCommand::DeleteTree { prefix } => key_bound(prefix),
+            }
+    }
+}
 
 /// One key as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,6 +436,136 @@ impl<'a> Iterator for Under<'a, '_> {
     }
 }
 
+/// Smallest encoded entry: two empty strings' lengths and four `u64`s. An
+/// entry count above `remaining / MIN_ENTRY_LEN` is refused before the
+/// entries are read.
+const MIN_ENTRY_LEN: usize = 4 + 4 + 4 * 8;
+
+impl TableState for KvStore {
+    const TABLE: Table = Table::Kv;
+    type Command = KvCommand;
+
+    fn apply(&mut self, index: u64, cmd: &KvCommand) -> CommandResult {
+        let ok = match cmd {
+            KvCommand::Set { key, value, flags } => {
+                self.set(index, key, value.clone(), *flags);
+                true
+            }
+            KvCommand::Cas {
+                key,
+                value,
+                flags,
+                index: expected,
+            } => self.cas(index, key, value.clone(), *flags, *expected),
+            KvCommand::Delete { key } => self.delete(index, key),
+            KvCommand::DeleteCas {
+                key,
+                index: expected,
+            } => self.delete_cas(index, key, *expected),
+            KvCommand::DeleteTree { prefix } => self.delete_tree(index, prefix),
+        };
+        CommandResult::Bool(ok)
+    }
+
+    fn table_index(&self) -> u64 {
+        self.table_index
+    }
+
+    fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// The same bytes the single-table state machine hashed, so digests of
+    /// KV-only states did not change when tables arrived.
+    fn digest(&self, h: &mut Fnv1a64) {
+        h.u64(self.table_index);
+        h.u64(self.last_index);
+        h.u64(self.entries.len() as u64);
+        for e in self.entries.values() {
+            h.len_prefixed(e.key.as_bytes());
+            h.len_prefixed(&e.value);
+            h.u64(e.flags);
+            h.u64(e.create_index);
+            h.u64(e.modify_index);
+            h.u64(e.lock_index);
+        }
+    }
+
+    /// ```text
+    /// [table_index u64][last_index u64][entry count u64]
+    /// entry × count, keys strictly increasing:
+    ///   [key len u32][key UTF-8][value len u32][value]
+    ///   [flags u64][create_index u64][modify_index u64][lock_index u64]
+    /// ```
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.table_index);
+        put_u64(out, self.last_index);
+        put_u64(out, self.entries.len() as u64);
+        for e in self.entries.values() {
+            put_bytes32(out, e.key.as_bytes());
+            put_bytes32(out, &e.value);
+            put_u64(out, e.flags);
+            put_u64(out, e.create_index);
+            put_u64(out, e.modify_index);
+            put_u64(out, e.lock_index);
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, String> {
+        let table_index = r.u64(&|| "KV table index".into())?;
+        let last_index = r.u64(&|| "KV last index".into())?;
+        let count_at = r.offset();
+        let count = r.u64(&|| "KV entry count".into())?;
+        let max_count = r.remaining() / MIN_ENTRY_LEN;
+        if count > max_count as u64 {
+            return Err(format!(
+                "at byte {count_at}: KV entry count {count} cannot fit in the {} bytes that \
+                 remain (at most {max_count} entries)",
+                r.remaining()
+            ));
+        }
+        // Bounded by the input length just above.
+        let mut entries: Vec<(String, KvEntry)> = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let key = r.str32(&|| format!("key of KV entry #{i}"))?;
+            if let Some((prev, _)) = entries.last() {
+                if prev.as_str() >= key {
+                    return Err(format!(
+                        "KV entry #{i}: key {key:?} does not follow {prev:?} (keys must be \
+                         strictly increasing)"
+                    ));
+                }
+            }
+            let what = |field: &str| format!("{field} of KV key {key:?}");
+            let value = r.bytes32(&|| what("value"))?.to_vec();
+            let flags = r.u64(&|| what("flags"))?;
+            let create_index = r.u64(&|| what("create index"))?;
+            let modify_index = r.u64(&|| what("modify index"))?;
+            let lock_index = r.u64(&|| what("lock index"))?;
+            let entry = KvEntry {
+                key: key.to_string(),
+                value,
+                flags,
+                create_index,
+                modify_index,
+                lock_index,
+            };
+            entries.push((key.to_string(), entry));
+        }
+        Ok(KvStore {
+            // Sorted and unique (checked above), so `collect` builds the
+            // tree in one pass.
+            entries: entries.into_iter().collect(),
+            table_index,
+            last_index,
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        KvStore::validate(self)
+    }
+}
+
 /// Serde adapter: `Vec<u8>` as a standard-alphabet, padded base64 string.
 pub mod base64_bytes {
     use base64::engine::general_purpose::STANDARD;
@@ -368,186 +585,4 @@ pub mod base64_bytes {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store_with(keys: &[&str]) -> KvStore {
-        let mut kv = KvStore::default();
-        for (i, k) in keys.iter().enumerate() {
-            kv.set(i as u64 + 1, k, k.as_bytes().to_vec(), 0);
-        }
-        kv.check_invariants();
-        kv
-    }
-
-    #[test]
-    fn set_creates_then_updates_keeping_create_index() {
-        let mut kv = KvStore::default();
-        assert_eq!(kv.table_index(), 0);
-        kv.set(3, "foo", b"bar".to_vec(), 7);
-        let e = kv.get("foo").unwrap();
-        assert_eq!(
-            (e.create_index, e.modify_index, e.flags, e.lock_index),
-            (3, 3, 7, 0)
-        );
-        kv.set(5, "foo", b"baz".to_vec(), 0);
-        let e = kv.get("foo").unwrap();
-        assert_eq!((e.create_index, e.modify_index, e.flags), (3, 5, 0));
-        assert_eq!(e.value, b"baz");
-        assert_eq!(kv.table_index(), 5);
-        kv.check_invariants();
-    }
-
-    #[test]
-    fn cas_zero_creates_only_if_absent() {
-        let mut kv = KvStore::default();
-        assert!(kv.cas(1, "k", b"a".to_vec(), 0, 0));
-        assert!(!kv.cas(2, "k", b"b".to_vec(), 0, 0));
-        assert_eq!(kv.get("k").unwrap().value, b"a");
-        // The failed CAS changed nothing, so blocking readers must not wake.
-        assert_eq!(kv.table_index(), 1);
-        assert_eq!(kv.last_index(), 2);
-        kv.check_invariants();
-    }
-
-    #[test]
-    fn cas_nonzero_needs_matching_modify_index() {
-        let mut kv = KvStore::default();
-        assert!(
-            !kv.cas(1, "k", b"a".to_vec(), 0, 1),
-            "absent key with cas!=0"
-        );
-        assert!(kv.is_empty());
-        kv.set(2, "k", b"a".to_vec(), 0);
-        assert!(!kv.cas(3, "k", b"b".to_vec(), 0, 1));
-        assert!(kv.cas(4, "k", b"b".to_vec(), 9, 2));
-        let e = kv.get("k").unwrap();
-        assert_eq!((e.create_index, e.modify_index, e.flags), (2, 4, 9));
-        kv.check_invariants();
-    }
-
-    #[test]
-    fn delete_returns_true_and_moves_index_only_on_removal() {
-        let mut kv = store_with(&["a"]);
-        assert!(kv.delete(5, "missing"));
-        assert_eq!(kv.table_index(), 1);
-        assert!(kv.delete(6, "a"));
-        assert_eq!(kv.table_index(), 6);
-        assert!(kv.is_empty());
-        kv.check_invariants();
-    }
-
-    #[test]
-    fn delete_cas_follows_consul() {
-        let mut kv = store_with(&["a"]);
-        assert!(kv.delete_cas(2, "missing", 0));
-        assert!(
-            kv.delete_cas(3, "missing", 42),
-            "Consul: absent key is a successful CAS delete"
-        );
-        assert!(!kv.delete_cas(4, "a", 0));
-        assert!(!kv.delete_cas(5, "a", 2));
-        assert_eq!(kv.table_index(), 1);
-        assert!(kv.delete_cas(6, "a", 1));
-        assert!(kv.get("a").is_none());
-        assert_eq!(kv.table_index(), 6);
-        kv.check_invariants();
-    }
-
-    #[test]
-    fn delete_tree_removes_prefix_only() {
-        let mut kv = store_with(&["a", "a/b", "a/c/d", "ab", "b"]);
-        assert!(kv.delete_tree(10, "a/"));
-        assert_eq!(kv.keys("", None), ["a", "ab", "b"]);
-        assert_eq!(kv.table_index(), 10);
-        assert!(kv.delete_tree(11, "zzz"));
-        assert_eq!(kv.table_index(), 10);
-        assert!(kv.delete_tree(12, ""));
-        assert!(kv.is_empty());
-        assert_eq!(kv.table_index(), 12);
-        kv.check_invariants();
-    }
-
-    #[test]
-    fn recreated_key_gets_new_create_index() {
-        let mut kv = store_with(&["k"]);
-        kv.delete(2, "k");
-        kv.set(3, "k", vec![], 0);
-        assert_eq!(kv.get("k").unwrap().create_index, 3);
-    }
-
-    #[test]
-    fn list_is_prefix_match_in_key_order() {
-        let kv = store_with(&["b", "a/2", "a/1", "a", "a0"]);
-        let listed: Vec<_> = kv.list("a/").iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(listed, ["a/1", "a/2"]);
-        assert_eq!(kv.list("").len(), 5);
-        assert!(kv.list("c").is_empty());
-    }
-
-    #[test]
-    fn keys_rolls_up_at_first_separator_after_prefix() {
-        let kv = store_with(&["a/b", "a/c/d", "a/c/e", "x"]);
-        assert_eq!(kv.keys("a/", Some("/")), ["a/b", "a/c/"]);
-        assert_eq!(kv.keys("", Some("/")), ["a/", "x"]);
-        assert_eq!(kv.keys("a/", None), ["a/b", "a/c/d", "a/c/e"]);
-        assert_eq!(kv.keys("a/", Some("")), ["a/b", "a/c/d", "a/c/e"]);
-        // A multi-char separator, and the prefix itself containing it.
-        let kv = store_with(&["p::q::r", "p::s"]);
-        assert_eq!(kv.keys("p::", Some("::")), ["p::q::", "p::s"]);
-        assert_eq!(kv.keys("", Some("::")), ["p::"]);
-    }
-
-    #[test]
-    fn keys_handle_non_ascii_and_empty_keys() {
-        let kv = store_with(&["", "é/ü", "é/ü/ß"]);
-        assert_eq!(kv.keys("", Some("/")), ["", "é/"]);
-        assert_eq!(kv.keys("é", Some("ü")), ["é/ü"]);
-        assert!(kv.get("").is_some());
-    }
-
-    #[test]
-    #[should_panic(expected = "Raft indexes must increase")]
-    fn index_must_increase_even_after_a_failed_cas() {
-        let mut kv = KvStore::default();
-        assert!(!kv.cas(5, "k", vec![], 0, 3));
-        kv.set(5, "k", vec![], 0);
-    }
-
-    #[test]
-    fn entry_value_serializes_as_base64() {
-        let kv = store_with(&["k"]);
-        let json = serde_json::to_string(kv.get("k").unwrap()).unwrap();
-        assert!(json.contains(r#""value":"aw==""#), "{json}");
-        let back: KvEntry = serde_json::from_str(&json).unwrap();
-        assert_eq!(&back, kv.get("k").unwrap());
-        let bad = json.replace("aw==", "a*==");
-        assert!(serde_json::from_str::<KvEntry>(&bad).is_err());
-    }
-
-    #[test]
-    fn validate_reports_each_broken_invariant() {
-        let good = store_with(&["a", "b"]);
-        assert_eq!(good.validate(), Ok(()));
-
-        let mut bad = good.clone();
-        bad.entries.get_mut("a").unwrap().key = "z".into();
-        assert!(bad.validate().unwrap_err().contains("names key"));
-
-        let mut bad = good.clone();
-        bad.entries.get_mut("a").unwrap().create_index = 2;
-        assert!(bad.validate().is_err());
-
-        let mut bad = good.clone();
-        bad.entries.get_mut("b").unwrap().modify_index = 3;
-        assert!(bad.validate().is_err());
-
-        let mut bad = good.clone();
-        bad.table_index = 9;
-        assert!(bad.validate().unwrap_err().contains("last applied"));
-
-        let mut bad = good;
-        bad.entries.get_mut("a").unwrap().lock_index = 1;
-        assert!(bad.validate().is_err());
-    }
-}
+mod tests;
