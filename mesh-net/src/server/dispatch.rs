@@ -76,6 +76,16 @@ impl Server {
 
     /// Takes one snapshot chunk; installs the snapshot with the last one.
     pub(super) async fn receive_chunk(&self, chunk: SnapshotChunk) -> Result<ChunkAck, Fatal<u64>> {
+        if chunk.vote.leader_id().term >= self.metrics().current_term {
+            // Raft §5.2: a snapshot from the current leader is leader contact
+            // like an AppendEntries. Without this a follower receiving a
+            // large snapshot looked leaderless, granted PreVotes to anyone
+            // whose log beat its stale one, and the elections that followed
+            // restarted its transfer again and again (large_values test:
+            // leaders changed every 4 s and the follower never caught up).
+            *self.last_leader_contact.lock().expect("contact lock") = Some(Instant::now());
+            self.election_input(Input::LeaderContact);
+        }
         let id = TransferId {
             snapshot_id: chunk.meta.snapshot_id.clone(),
             term: chunk.vote.leader_id().term,
