@@ -20,6 +20,10 @@ pub enum SimMutant {
     /// Every PUT answer arrives as a 500 "outcome unknown": a broken write
     /// path whose writes may or may not have happened.
     PutFails,
+    /// Every PUT that took effect is answered `500 No cluster leader`, the
+    /// answer for a write no leader ran: a server that reports definite
+    /// failures for writes it applied (`checkers::definite_failures`).
+    AppliedPutSaysNoLeader,
 }
 
 impl SimMutant {
@@ -27,6 +31,10 @@ impl SimMutant {
     pub const ALL: &'static [(&'static str, SimMutant)] = &[
         ("get_fails", SimMutant::GetFails),
         ("put_fails", SimMutant::PutFails),
+        (
+            "applied_put_says_no_leader",
+            SimMutant::AppliedPutSaysNoLeader,
+        ),
     ];
 
     /// The mutant called `name`.

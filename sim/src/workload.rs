@@ -116,6 +116,14 @@ async fn send(
         "PUT" => planted::enabled(SimMutant::PutFails),
         _ => false,
     };
+    let applied = matches!(&r, Ok(r) if r.status == 200 && r.body.starts_with(b"true"));
+    if method == "PUT" && applied && planted::enabled(SimMutant::AppliedPutSaysNoLeader) {
+        return Ok(HttpResponse {
+            status: 500,
+            headers: vec![],
+            body: format!("{}\n", crate::outcome::NO_LEADER_BODY).into_bytes(),
+        });
+    }
     match r {
         Ok(_) if planted => Ok(HttpResponse {
             status: 500,
