@@ -11,6 +11,8 @@ pub mod checkers;
 pub mod cluster;
 #[cfg(madsim)]
 pub mod observers;
+pub mod outcome;
+pub mod planted;
 #[cfg(madsim)]
 pub mod scenarios;
 pub mod seeds;

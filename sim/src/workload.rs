@@ -7,17 +7,28 @@
 //! a default-mode read sees every write acknowledged before it started
 //! (linearizable reads; no stale read from a deposed leader), and the
 //! `X-Consul-Index` of those reads never goes backwards.
+//!
+//! Every update's answer is classified (`crate::outcome`): applied,
+//! definitely failed (recorded so `checkers::definite_failures` can prove
+//! it never took effect, and left out of the linearizability history since
+//! it did not happen), or unknown (it may take effect at any later time).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::Rng;
 
+use crate::checkers::definite_failures::FailedWrite;
 use crate::checkers::linearizable::{Op, OpKind};
 use crate::checkers::monotonic_index::MonotonicIndex;
+use crate::checkers::work_done::WorkDone;
+use crate::outcome::{classify, Outcome};
+use crate::planted::{self, SimMutant};
 use mesh_core::api::KvPair;
+use mesh_core::hash::Fnv1a64;
 use mesh_net::http_client::{HttpClient, HttpClientError, HttpResponse};
 
 /// What the workload observed.
@@ -25,12 +36,16 @@ use mesh_net::http_client::{HttpClient, HttpClientError, HttpResponse};
 pub struct History {
     /// Acknowledged writes: key → value.
     pub acked: BTreeMap<String, Vec<u8>>,
-    /// Writes that failed or whose outcome is unknown.
+    /// Unique-key writes whose outcome is unknown.
     pub unacked: u64,
-    /// Reads that returned data.
-    pub reads_ok: u64,
+    /// Successful operations by kind.
+    pub work: WorkDone,
     /// Reads that failed (no leader etc.), which is allowed.
     pub reads_failed: u64,
+    /// Writes (unique-key, register, CAS) the client saw fail definitely.
+    pub definite_failures: Vec<FailedWrite>,
+    /// What the unique-key reads returned: (client, key, value).
+    pub reads_seen: Vec<(usize, String, Vec<u8>)>,
     /// Violations seen by clients.
     pub violations: Vec<String>,
     /// Operations on the shared registers, per key, for the
@@ -41,26 +56,144 @@ pub struct History {
 /// Shared register keys every client reads and overwrites.
 const REGISTERS: u64 = 3;
 
+impl History {
+    /// A digest of everything the clients did and saw, with simulated
+    /// times: the same seed must give the same digest (a second determinism
+    /// check beside the trace hash, on what the checkers judge).
+    pub fn digest(&self) -> u64 {
+        let mut h = Fnv1a64::new();
+        let text = |h: &mut Fnv1a64, s: &[u8]| h.len_prefixed(s);
+        h.u64(self.acked.len() as u64);
+        for (k, v) in &self.acked {
+            text(&mut h, k.as_bytes());
+            text(&mut h, v);
+        }
+        for n in [self.unacked, self.reads_failed] {
+            h.u64(n);
+        }
+        text(&mut h, self.work.to_string().as_bytes());
+        h.u64(self.definite_failures.len() as u64);
+        for f in &self.definite_failures {
+            h.u64(f.client as u64);
+            text(&mut h, f.key.as_bytes());
+            text(&mut h, &f.value);
+            text(&mut h, f.why.as_bytes());
+        }
+        h.u64(self.reads_seen.len() as u64);
+        for (c, k, v) in &self.reads_seen {
+            h.u64(*c as u64);
+            text(&mut h, k.as_bytes());
+            text(&mut h, v);
+        }
+        h.u64(self.violations.len() as u64);
+        for v in &self.violations {
+            text(&mut h, v.as_bytes());
+        }
+        for (key, ops) in &self.registers {
+            text(&mut h, key.as_bytes());
+            h.u64(ops.len() as u64);
+            for op in ops {
+                h.u64(op.client as u64);
+                h.u64(op.call);
+                h.u64(op.ret);
+                text(&mut h, format!("{:?}", op.kind).as_bytes());
+            }
+        }
+        h.finish()
+    }
+}
+
+/// Sends one request, through the planted bugs of `crate::planted`.
+async fn send(
+    client: &mut HttpClient,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<HttpResponse, HttpClientError> {
+    let r = client.request(method, path, body).await;
+    let planted = match method {
+        "GET" => planted::enabled(SimMutant::GetFails),
+        "PUT" => planted::enabled(SimMutant::PutFails),
+        _ => false,
+    };
+    let applied = matches!(&r, Ok(r) if r.status == 200 && r.body.starts_with(b"true"));
+    if method == "PUT" && applied && planted::enabled(SimMutant::AppliedPutSaysNoLeader) {
+        return Ok(HttpResponse {
+            status: 500,
+            headers: vec![],
+            body: format!("{}\n", crate::outcome::NO_LEADER_BODY).into_bytes(),
+        });
+    }
+    match r {
+        Ok(_) if planted => Ok(HttpResponse {
+            status: 500,
+            headers: vec![],
+            body: format!("planted bug: every {method} fails; the outcome is unknown\n")
+                .into_bytes(),
+        }),
+        r => r,
+    }
+}
+
+/// Why a definitely failed request failed, for messages.
+fn why(r: &Result<HttpResponse, HttpClientError>) -> String {
+    match r {
+        Ok(r) => format!("{} {}", r.status, r.text().trim()),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn now_ns() -> u64 {
     madsim::time::TimeHandle::current().elapsed().as_nanos() as u64
 }
 
+/// A register operation's kind.
+#[derive(Debug, Clone, Copy)]
+enum RegisterOp {
+    Read,
+    Write,
+    Cas,
+    Delete,
+}
+
+/// The kinds of register operation in each deck a client deals from: two
+/// reads, a write, a read-then-CAS and a delete, in a seeded order. Every
+/// five register operations of a client hold each kind, so even a short
+/// run exercises all of them (`checkers::work_done` requires it), where
+/// independent draws left some short runs without a single delete.
+const DECK: [RegisterOp; 5] = [
+    RegisterOp::Read,
+    RegisterOp::Read,
+    RegisterOp::Write,
+    RegisterOp::Cas,
+    RegisterOp::Delete,
+];
+
 /// One operation on a shared register, recorded with its timing: a
-/// default-mode read (40%), a write (25%), a read-then-CAS against the
-/// ModifyIndex just read (20%), or a delete (15%).
+/// default-mode read, a write, a read-then-CAS against the ModifyIndex just
+/// read, or a delete.
 async fn register_op(
     id: usize,
     n: u64,
+    op: RegisterOp,
     rng: &mut StdRng,
     client: &mut HttpClient,
     history: &SharedHistory,
 ) {
     let key = format!("reg/{}", rng.gen_range(0..REGISTERS));
-    let pick = rng.gen_range(0..100u32);
     let path = format!("/v1/kv/{key}");
     let value = format!("c{id}-{n}");
     let record = |call: u64, ret: u64, kind: OpKind| {
         let mut h = history.lock().expect("history");
+        match &kind {
+            OpKind::Read(_) => h.work.register_reads += 1,
+            _ if ret == u64::MAX => {}
+            OpKind::Write(_) => h.work.register_writes += 1,
+            OpKind::Delete => h.work.register_deletes += 1,
+            OpKind::Cas { swapped, .. } => {
+                h.work.register_cas += u64::from(*swapped == Some(true));
+            }
+        }
         h.registers.entry(key.clone()).or_default().push(Op {
             client: id,
             call,
@@ -68,20 +201,38 @@ async fn register_op(
             kind,
         });
     };
+    // A definitely failed update did not happen: it stays out of the
+    // linearizability history, and its value must never be seen.
+    let failed = |r: &Result<HttpResponse, HttpClientError>, value: Option<&str>| {
+        if let Some(value) = value {
+            history
+                .lock()
+                .expect("history")
+                .definite_failures
+                .push(FailedWrite {
+                    client: id,
+                    key: key.clone(),
+                    value: value.as_bytes().to_vec(),
+                    why: why(r),
+                });
+        }
+    };
     let call = now_ns();
-    match pick {
-        0..40 => {
+    match op {
+        RegisterOp::Read => {
             if let Some(seen) = read_register(client, &path).await {
                 record(call, now_ns(), OpKind::Read(seen.map(|(v, _)| v)));
             }
         }
-        40..65 => {
-            let r = client
-                .request("PUT", &path, value.clone().into_bytes())
-                .await;
-            record(call, acked_at(&r), OpKind::Write(value));
+        RegisterOp::Write => {
+            let r = send(client, "PUT", &path, value.clone().into_bytes()).await;
+            match classify(&r) {
+                Outcome::DefiniteFailure => failed(&r, Some(&value)),
+                Outcome::Applied => record(call, now_ns(), OpKind::Write(value)),
+                Outcome::Refused | Outcome::Unknown => record(call, u64::MAX, OpKind::Write(value)),
+            }
         }
-        65..85 => {
+        RegisterOp::Cas => {
             let Some(seen) = read_register(client, &path).await else {
                 return;
             };
@@ -91,22 +242,19 @@ async fn register_op(
                 None => (None, 0),
             };
             let call = now_ns();
-            let r = client
-                .request(
-                    "PUT",
-                    &format!("{path}?cas={index}"),
-                    value.clone().into_bytes(),
-                )
-                .await;
-            let swapped = match &r {
-                Ok(r) if r.status == 200 => Some(r.body.starts_with(b"true")),
-                // Failed or timed out: it may still take effect later.
-                _ => None,
-            };
-            let ret = if swapped.is_some() {
-                now_ns()
-            } else {
-                u64::MAX
+            let r = send(
+                client,
+                "PUT",
+                &format!("{path}?cas={index}"),
+                value.clone().into_bytes(),
+            )
+            .await;
+            let (ret, swapped) = match classify(&r) {
+                Outcome::DefiniteFailure => return failed(&r, Some(&value)),
+                Outcome::Applied => (now_ns(), Some(true)),
+                Outcome::Refused => (now_ns(), Some(false)),
+                // It may still take effect later.
+                Outcome::Unknown => (u64::MAX, None),
             };
             record(
                 call,
@@ -118,19 +266,14 @@ async fn register_op(
                 },
             );
         }
-        _ => {
-            let r = client.request("DELETE", &path, vec![]).await;
-            record(call, acked_at(&r), OpKind::Delete);
+        RegisterOp::Delete => {
+            let r = send(client, "DELETE", &path, vec![]).await;
+            match classify(&r) {
+                Outcome::DefiniteFailure => failed(&r, None),
+                Outcome::Applied => record(call, now_ns(), OpKind::Delete),
+                Outcome::Refused | Outcome::Unknown => record(call, u64::MAX, OpKind::Delete),
+            }
         }
-    }
-}
-
-/// When an update was acknowledged: now if the server said `true`, else
-/// never (it failed or timed out, and may still take effect later).
-fn acked_at(r: &Result<HttpResponse, HttpClientError>) -> u64 {
-    match r {
-        Ok(r) if r.status == 200 && r.body.starts_with(b"true") => now_ns(),
-        _ => u64::MAX,
     }
 }
 
@@ -138,7 +281,7 @@ fn acked_at(r: &Result<HttpResponse, HttpClientError>) -> u64 {
 /// `Some(Some((value, ModifyIndex)))` if present, `None` if the read failed
 /// (which had no effect).
 async fn read_register(client: &mut HttpClient, path: &str) -> Option<Option<(String, u64)>> {
-    let r = client.request("GET", path, vec![]).await.ok()?;
+    let r = send(client, "GET", path, vec![]).await.ok()?;
     match r.status {
         404 => Some(None),
         200 => {
@@ -197,10 +340,16 @@ pub async fn run_client(
         .collect();
     let mut last_acked: Option<(String, Vec<u8>)> = None;
     let mut rng = crate::seeds::rng("client", id as u64);
+    let mut deck: Vec<RegisterOp> = Vec::new();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let target = rng.gen_range(0..clients.len());
         if rng.gen_bool(0.5) {
-            register_op(id, n, &mut rng, &mut clients[target], &history).await;
+            if deck.is_empty() {
+                deck = DECK.to_vec();
+                deck.shuffle(&mut rng);
+            }
+            let op = deck.pop().expect("refilled above");
+            register_op(id, n, op, &mut rng, &mut clients[target], &history).await;
             n += 1;
             madsim::time::sleep(pause).await;
             continue;
@@ -209,24 +358,27 @@ pub async fn run_client(
         let mut value = format!("v{n}").into_bytes();
         value.resize(value.len().max(value_bytes), b'x');
         n += 1;
-        match clients[target]
-            .request("PUT", &format!("/v1/kv/{key}"), value.clone())
-            .await
-        {
-            Ok(r) if r.status == 200 && r.body.starts_with(b"true") => {
-                history
-                    .lock()
-                    .expect("history")
-                    .acked
-                    .insert(key.clone(), value.clone());
+        let r = send(
+            &mut clients[target],
+            "PUT",
+            &format!("/v1/kv/{key}"),
+            value.clone(),
+        )
+        .await;
+        match classify(&r) {
+            Outcome::Applied => {
+                {
+                    let mut h = history.lock().expect("history");
+                    h.acked.insert(key.clone(), value.clone());
+                    h.work.writes += 1;
+                }
                 // Check-and-set with index 0 means "only if absent": on a
                 // key that exists it must fail and change nothing.
                 if n.is_multiple_of(3) {
                     let target = rng.gen_range(0..clients.len());
                     let path = format!("/v1/kv/{key}?cas=0");
-                    if let Ok(r) = clients[target]
-                        .request("PUT", &path, b"clobbered".to_vec())
-                        .await
+                    if let Ok(r) =
+                        send(&mut clients[target], "PUT", &path, b"clobbered".to_vec()).await
                     {
                         if r.status == 200 && r.body.starts_with(b"true") {
                             history.lock().expect("history").violations.push(format!(
@@ -237,17 +389,35 @@ pub async fn run_client(
                 }
                 last_acked = Some((key, value));
             }
-            _ => history.lock().expect("history").unacked += 1,
+            Outcome::DefiniteFailure => {
+                let why = why(&r);
+                history
+                    .lock()
+                    .expect("history")
+                    .definite_failures
+                    .push(FailedWrite {
+                        client: id,
+                        key,
+                        value,
+                        why,
+                    });
+            }
+            Outcome::Refused | Outcome::Unknown => history.lock().expect("history").unacked += 1,
         }
         if let Some((key, value)) = &last_acked {
             let target = rng.gen_range(0..clients.len());
-            match clients[target]
-                .request("GET", &format!("/v1/kv/{key}?raw"), vec![])
-                .await
+            match send(
+                &mut clients[target],
+                "GET",
+                &format!("/v1/kv/{key}?raw"),
+                vec![],
+            )
+            .await
             {
                 Ok(r) if r.status == 200 => {
                     let mut h = history.lock().expect("history");
-                    h.reads_ok += 1;
+                    h.work.reads += 1;
+                    h.reads_seen.push((id, key.clone(), r.body.clone()));
                     if r.body != *value {
                         h.violations.push(format!(
                             "client {id}: read of {key} returned {:?}",

@@ -4,8 +4,9 @@
 //! feature flag can set, so this ordinary test builds the `sim` tool in its
 //! own target dir with that flag and sweeps a fixed seed set of every
 //! scenario, one child process per seed. It fails unless every seed passed
-//! and more than zero ran, and checks that a replayed seed gives the same
-//! trace hash.
+//! with a linearizability verdict (a search that ran out of budget is not a
+//! pass) and more than zero ran, and checks that a replayed seed gives the
+//! same trace hash and the same workload history.
 #![cfg(not(madsim))]
 
 use std::path::PathBuf;
@@ -61,10 +62,12 @@ fn show(line: &str) {
 fn run(sim: &PathBuf, args: &[&str]) -> (bool, String) {
     let out = Command::new(sim).args(args).output().expect("run sim");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("SWEEP") || l.starts_with("FAIL") || l.contains("replay:"))
-    {
+    for line in text.lines().filter(|l| {
+        l.starts_with("SWEEP")
+            || l.starts_with("FAIL")
+            || l.contains("replay:")
+            || l.contains("linearizability unknown:")
+    }) {
         show(line);
     }
     (out.status.success(), text)
@@ -79,6 +82,7 @@ fn seeded_cluster_simulations_pass_and_replay_exactly() {
         .to_string();
     let mut total = 0u64;
     let mut failures = Vec::new();
+    let mut unknown = Vec::new();
     for scenario in sim::SCENARIOS {
         let seeds = if FEW_SEED_SCENARIOS.contains(scenario) {
             FEW_SEEDS.to_string()
@@ -107,6 +111,15 @@ fn seeded_cluster_simulations_pass_and_replay_exactly() {
         if !ok || passed == 0 {
             failures.push(scenario.to_string());
         }
+        let lin_unknown: u64 = text
+            .split("lin_unknown=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("the sweep summary reports lin_unknown");
+        if lin_unknown > 0 {
+            unknown.push(format!("{scenario}: {lin_unknown}"));
+        }
     }
     show(&format!(
         "simulations: {total} seeded runs passed across {} scenarios",
@@ -117,11 +130,16 @@ fn seeded_cluster_simulations_pass_and_replay_exactly() {
         "scenarios with failing seeds: {failures:?} (replay commands above)"
     );
     assert!(total > 0, "no simulation ran");
+    assert!(
+        unknown.is_empty(),
+        "seeds whose linearizability search ran out of budget (no verdict): {unknown:?} (replay commands above)"
+    );
 
-    // Determinism: the same seed twice gives the same trace hash, for a
-    // few seeds of every scenario.
-    let hash = |text: &str| {
-        text.split("trace_hash=")
+    // Determinism: the same seed twice gives the same trace hash and the
+    // same history digest (what the clients did and saw, which the
+    // checkers judge), for a few seeds of every scenario.
+    let hash = |text: &str, field: &str| {
+        text.split(&format!(" {field}="))
             .nth(1)
             .map(|h| h[..16].to_string())
     };
@@ -130,21 +148,23 @@ fn seeded_cluster_simulations_pass_and_replay_exactly() {
             let (ok1, a) = run(&sim, &["run", "--scenario", scenario, "--seed", seed]);
             let (ok2, b) = run(&sim, &["run", "--scenario", scenario, "--seed", seed]);
             assert!(ok1 && ok2, "{scenario} seed {seed} failed");
-            assert!(hash(&a).is_some());
-            assert_eq!(
-                hash(&a),
-                hash(&b),
-                "{scenario} seed {seed} replayed with a different trace"
-            );
+            for field in ["trace_hash", "history_hash"] {
+                assert!(hash(&a, field).is_some(), "{scenario}: no {field}");
+                assert_eq!(
+                    hash(&a, field),
+                    hash(&b, field),
+                    "{scenario} seed {seed} replayed with a different {field}"
+                );
+            }
         }
     }
     show(&format!(
-        "determinism: 2 seeds x {} scenarios replayed with identical trace hashes",
+        "determinism: 2 seeds x {} scenarios replayed with identical trace and history hashes",
         sim::SCENARIOS.len()
     ));
 }
 
-/// Each planted bug (see `mesh_net::mutants`) must be caught by some
+/// Each planted bug (see `mesh_net::mutants` and `sim::planted`) must be caught by some
 /// checker within its seed budget: this is how we know the checkers can fail.
 #[test]
 fn planted_bugs_are_caught() {
@@ -152,7 +172,8 @@ fn planted_bugs_are_caught() {
     let jobs = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .to_string();
-    let hunts = [
+    // A seed counts as caught only if it also passes without the bug.
+    let mut hunts = vec![
         ("skip_read_quorum", "swarm", "0..500"),
         ("ack_before_commit", "failover", "0..50"),
         ("skip_fsync", "full_restart", "0..50"),
@@ -160,7 +181,14 @@ fn planted_bugs_are_caught() {
         ("cas_without_compare", "bootstrap_expect", "0..50"),
         ("drop_last_log_entry", "full_restart", "0..50"),
         ("lease_read", "clock_drift", "0..50"),
+        ("put_fails", "failover", "0..5"),
+        ("applied_put_says_no_leader", "bootstrap_expect", "0..5"),
     ];
+    // A read path that always fails leaves every other checker nothing to
+    // judge; the work minimums of every scenario must notice.
+    for scenario in sim::SCENARIOS {
+        hunts.push(("get_fails", scenario, "0..3"));
+    }
     let mut missed = Vec::new();
     for (mutant, scenario, seeds) in hunts {
         let out = Command::new(&sim)
@@ -182,7 +210,7 @@ fn planted_bugs_are_caught() {
             show(line);
         }
         if !out.status.success() {
-            missed.push(mutant);
+            missed.push(format!("{mutant} on {scenario}"));
         }
     }
     assert!(

@@ -9,8 +9,10 @@
 //! `run` executes one seed in this process and prints its trace hash;
 //! `sweep` runs each seed in a child process (one simulation per process
 //! keeps replays exact) and prints a summary with a replay command for
-//! every failure; `hunt` is a sweep that stops at the first failing seed and
-//! succeeds only if there is one: it proves a planted bug gets caught.
+//! every failure, and how many seeds ended with no linearizability verdict
+//! (`lin_unknown`); `hunt` is a sweep that stops at the first seed that
+//! fails with the planted bug and passes without it, and succeeds only if
+//! there is one: it proves a planted bug gets caught.
 
 #[cfg(madsim)]
 mod imp {
@@ -18,6 +20,7 @@ mod imp {
     use std::time::{Duration, Instant};
 
     use mesh_net::mutants::{self, Mutant};
+    use sim::planted::{self, SimMutant};
     use sim::trace::{new_trace, TraceLayer};
     use tracing_subscriber::layer::SubscriberExt;
 
@@ -26,6 +29,16 @@ mod imp {
        sim soak --scenario NAME --seeds A..B [--jobs J] [--mutant M]   (sweep with a progress bar)
        sim hunt --scenario NAME --seeds A..B --mutant M [--jobs J]   (succeeds when a seed fails)
        sim minimize --scenario swarm --seed N [--mutant M]            (shrink a failing fault schedule)";
+
+    /// Planted bugs by name: the server's (`mesh_net::mutants`), then the
+    /// simulator's own (`sim::planted`).
+    fn known_mutants() -> Vec<&'static str> {
+        Mutant::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .chain(SimMutant::ALL.iter().map(|(n, _)| *n))
+            .collect()
+    }
 
     fn replay_command(scenario: &str, seed: u64, mutant: Option<&str>) -> String {
         let mutant = mutant.map(|m| format!(" --mutant {m}")).unwrap_or_default();
@@ -71,12 +84,14 @@ mod imp {
             sim::swarm::set_keep(Some(set));
         }
         if let Some(name) = mutant {
-            let Some(m) = Mutant::by_name(name) else {
-                let known: Vec<&str> = Mutant::ALL.iter().map(|(n, _)| *n).collect();
-                eprintln!("unknown mutant {name:?}; known: {known:?}");
+            if let Some(m) = Mutant::by_name(name) {
+                mutants::activate(m);
+            } else if let Some(m) = SimMutant::by_name(name) {
+                planted::activate(m);
+            } else {
+                eprintln!("unknown mutant {name:?}; known: {:?}", known_mutants());
                 return 2;
-            };
-            mutants::activate(m);
+            }
         }
         // A panic (a violated assertion in production code, say) must also
         // end with the seed and the command that replays it.
@@ -117,14 +132,16 @@ mod imp {
         match result {
             Ok(report) => {
                 println!(
-                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} reads={} register_ops={} lin_unknown={} log_entries={} terms={} converge_ms={} failover_ms={:?}",
+                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} terms={} converge_ms={} failover_ms={:?}",
                     t.hash(),
+                    report.history_digest,
                     t.lines,
                     sim_elapsed.as_millis(),
                     wall.elapsed().as_millis(),
                     report.acked,
                     report.unacked,
-                    report.reads_ok,
+                    report.definite_failures,
+                    report.work,
                     report.register_ops,
                     report.linearizability_unknown,
                     report.log_entries,
@@ -184,7 +201,7 @@ mod imp {
         mode: Mode,
     ) -> i32 {
         if !sim::SCENARIOS.contains(&scenario)
-            || mutant.is_some_and(|m| Mutant::by_name(m).is_none())
+            || mutant.is_some_and(|m| !known_mutants().contains(&m))
         {
             usage_exit();
         }
@@ -195,6 +212,11 @@ mod imp {
         let mut pending: Vec<u64> = (from..to).rev().collect();
         let mut running: Vec<(u64, Child)> = Vec::new();
         let (mut passed, mut failed) = (0u64, Vec::new());
+        // Passing seeds whose linearizability search ran out of budget on
+        // some key: no verdict, which is not a pass.
+        let mut unknown = Vec::new();
+        // Hunt: failing seeds that also fail without the planted bug.
+        let mut unverified = Vec::new();
         let mut failover = Vec::new();
         while !pending.is_empty() || !running.is_empty() {
             while running.len() < jobs.max(1) {
@@ -233,6 +255,14 @@ mod imp {
             }
             if out.status.success() {
                 passed += 1;
+                if text
+                    .split(" lin_unknown=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .is_some_and(|n| n != "0")
+                {
+                    unknown.push(seed);
+                }
                 if let Some(f) = text
                     .split("failover_ms=[")
                     .nth(1)
@@ -255,8 +285,21 @@ mod imp {
                     eprintln!("sim run for seed {seed} failed without reporting a FAIL line");
                     return 2;
                 };
+                // Caught only if the same seed passes without the planted
+                // bug: otherwise the failure is the baseline's, not the
+                // mutant's.
+                let (baseline_failed, baseline) = fails_with(scenario, seed, None, None);
+                if baseline_failed {
+                    let first = baseline.lines().find(|l| l.starts_with("FAIL"));
+                    println!(
+                        "UNVERIFIED seed={seed}: fails without the mutant too ({}); not counted",
+                        first.unwrap_or("no FAIL line")
+                    );
+                    unverified.push(seed);
+                    continue;
+                }
                 println!(
-                    "CAUGHT mutant={} scenario={scenario} seed={seed} seeds_run={} by: {reason}",
+                    "CAUGHT mutant={} scenario={scenario} seed={seed} seeds_run={} baseline=pass by: {reason}",
                     mutant.unwrap_or("none"),
                     passed + failed.len() as u64
                 );
@@ -271,7 +314,7 @@ mod imp {
         }
         if hunt {
             println!(
-                "MISSED mutant={} scenario={scenario} seeds={from}..{to}",
+                "MISSED mutant={} scenario={scenario} seeds={from}..{to} unverified={unverified:?}",
                 mutant.unwrap_or("none")
             );
             return 1;
@@ -286,8 +329,9 @@ mod imp {
         }
         let wall_s = wall.elapsed().as_secs_f64().max(1e-3);
         println!(
-            "SWEEP scenario={scenario} seeds={from}..{to} passed={passed} failed={} wall_s={wall_s:.1} seeds_per_s={:.1} sim_s_per_wall_s={:.0} failover_ms(min/p50/p99/max)={}/{}/{}/{}",
+            "SWEEP scenario={scenario} seeds={from}..{to} passed={passed} failed={} lin_unknown={} wall_s={wall_s:.1} seeds_per_s={:.1} sim_s_per_wall_s={:.0} failover_ms(min/p50/p99/max)={}/{}/{}/{}",
             failed.len(),
+            unknown.len(),
             total as f64 / wall_s,
             sim_ms_total as f64 / 1000.0 / wall_s,
             failover.first().copied().unwrap_or(0),
@@ -297,6 +341,12 @@ mod imp {
         );
         for seed in &failed {
             println!("  replay: {}", replay_command(scenario, *seed, mutant));
+        }
+        for seed in &unknown {
+            println!(
+                "  linearizability unknown: {}",
+                replay_command(scenario, *seed, mutant)
+            );
         }
         i32::from(!failed.is_empty())
     }

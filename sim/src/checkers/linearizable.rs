@@ -104,22 +104,32 @@ pub enum Verdict {
 /// Search states explored per key before giving up.
 pub const STATE_BUDGET: usize = 200_000;
 
-/// Checks every key's history; the first violation wins, otherwise
-/// `Unknown` if any key ran out of budget.
-pub fn check(histories: &BTreeMap<String, Vec<Op>>) -> Verdict {
-    let mut unknown = false;
+/// What checking every key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Operations checked.
+    pub ops: usize,
+    /// Keys whose search ran out of budget (no verdict).
+    pub unknown_keys: Vec<String>,
+}
+
+/// Checks every key's history: the first violation wins; keys whose search
+/// ran out of budget are listed. An empty history is an error: it would
+/// pass without judging anything.
+pub fn check(histories: &BTreeMap<String, Vec<Op>>) -> Result<Checked, String> {
+    let ops: usize = histories.values().map(Vec::len).sum();
+    if ops == 0 {
+        return Err("linearizability: no register operation was recorded".into());
+    }
+    let mut unknown_keys = Vec::new();
     for (key, ops) in histories {
         match check_key(ops, STATE_BUDGET) {
             Verdict::Linearizable => {}
-            Verdict::Unknown => unknown = true,
-            Verdict::Violation(why) => return Verdict::Violation(format!("key {key}: {why}")),
+            Verdict::Unknown => unknown_keys.push(key.clone()),
+            Verdict::Violation(why) => return Err(format!("key {key}: {why}")),
         }
     }
-    if unknown {
-        Verdict::Unknown
-    } else {
-        Verdict::Linearizable
-    }
+    Ok(Checked { ops, unknown_keys })
 }
 
 /// Checks one register's history.
@@ -366,6 +376,25 @@ mod tests {
             check_key(&impossible, 1000),
             Verdict::Violation(_)
         ));
+    }
+
+    #[test]
+    fn every_key_is_checked_and_unknown_keys_are_named() {
+        let mut h = BTreeMap::new();
+        h.insert(
+            "a".to_string(),
+            vec![w(0, 0, 1, "x"), r(1, 2, 3, Some("x"))],
+        );
+        assert_eq!(
+            check(&h),
+            Ok(Checked {
+                ops: 2,
+                unknown_keys: vec![]
+            })
+        );
+        h.insert("b".to_string(), vec![r(1, 2, 3, Some("never written"))]);
+        assert!(check(&h).unwrap_err().starts_with("key b:"));
+        assert!(check(&BTreeMap::new()).is_err());
     }
 
     #[test]

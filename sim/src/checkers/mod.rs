@@ -3,8 +3,10 @@
 //! plain `cargo test`.
 
 pub mod acked_writes;
+pub mod definite_failures;
 pub mod election;
 pub mod linearizable;
 pub mod log_matching;
 pub mod monotonic_index;
 pub mod state_machine;
+pub mod work_done;
