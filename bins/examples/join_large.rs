@@ -23,7 +23,9 @@ const VALUE_LEN: usize = 512 * 1024;
 fn spawn(mesh: &Path, dir: &Path, name: &str, ip: &str, extra: &[&str]) -> Child {
     let log = File::create(dir.join(format!("{name}.log"))).expect("log file");
     Command::new(mesh)
-        .args(["agent", "-server", "-node", name, "-bind", ip, "-client", ip])
+        .args([
+            "agent", "-server", "-node", name, "-bind", ip, "-client", ip,
+        ])
         .args(["-server-port=38400", "-http-port=38600", "-log-level=warn"])
         .arg(format!("-data-dir={}", dir.join(name).display()))
         .args(["-snapshot-threshold", "256"])
@@ -36,7 +38,8 @@ fn spawn(mesh: &Path, dir: &Path, name: &str, ip: &str, extra: &[&str]) -> Child
 }
 
 fn peak_rss_mib(child: &Child) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -46,7 +49,9 @@ fn peak_rss_mib(child: &Child) -> u64 {
 
 async fn key_count(http: &mut HttpClient) -> usize {
     match http.request("GET", "/v1/kv/big/?keys&stale", vec![]).await {
-        Ok(r) if r.status == 200 => serde_json::from_slice::<Vec<String>>(&r.body).map_or(0, |k| k.len()),
+        Ok(r) if r.status == 200 => {
+            serde_json::from_slice::<Vec<String>>(&r.body).map_or(0, |k| k.len())
+        }
         _ => 0,
     }
 }
@@ -70,7 +75,8 @@ async fn main() {
     let mut leader = spawn(&mesh, &dir, "consul00", "127.0.0.30", &["-bootstrap"]);
     let mut http = HttpClient::new("127.0.0.30:38600".into(), Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(http.request("PUT", "/v1/kv/ready", b"1".to_vec()).await, Ok(r) if r.status == 200) {
+    while !matches!(http.request("PUT", "/v1/kv/ready", b"1".to_vec()).await, Ok(r) if r.status == 200)
+    {
         assert!(Instant::now() < deadline, "consul00 did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -91,7 +97,13 @@ async fn main() {
     );
 
     let t = Instant::now();
-    let mut joiner = spawn(&mesh, &dir, "consul01", "127.0.0.31", &["-join", "127.0.0.30:38400"]);
+    let mut joiner = spawn(
+        &mesh,
+        &dir,
+        "consul01",
+        "127.0.0.31",
+        &["-join", "127.0.0.30:38400"],
+    );
     let mut http1 = HttpClient::new("127.0.0.31:38600".into(), Duration::from_secs(30));
     let deadline = t + Duration::from_secs(1800);
     loop {
@@ -99,10 +111,16 @@ async fn main() {
         if held == count {
             break;
         }
-        assert!(Instant::now() < deadline, "consul01 holds {held} of {count} keys after 30 min");
+        assert!(
+            Instant::now() < deadline,
+            "consul01 holds {held} of {count} keys after 30 min"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    println!("consul01 joined and caught up in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "consul01 joined and caught up in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     println!(
         "peak RSS: sender (consul00) {} MiB, receiver (consul01) {} MiB",
         peak_rss_mib(&leader),

@@ -58,44 +58,79 @@ impl Server {
         // The target's first election can fail (a follower still inside its
         // leader lease refuses to vote); ask again until it wins.
         let round = Duration::from_millis(self.config.timing.election_timeout_max_ms * 2);
+        let mut metrics = self.raft.metrics();
         while Instant::now() < deadline {
-            // Let the target catch up to our last entry first (writes
-            // accepted before the hand-off began may still be appending).
-            while Instant::now() < deadline {
-                let m = self.metrics();
-                let matched = m
+            // Let the target catch up to our last entry first: writes
+            // accepted just before the hand-off began may still be on their
+            // way into our own log (swarm/failover seed 73: the target
+            // campaigned one entry short, lost, and nobody led for 3 s).
+            // Stop waiting if we no longer lead: then only the election
+            // that deposed us matters.
+            let caught_up = Self::wait_metrics(&mut metrics, deadline, |m| {
+                if m.state != ServerState::Leader {
+                    return Some(false);
+                }
+                let ours = m
+                    .last_log_index
+                    .max(self.log.last_log_id().map(|l| l.index));
+                let theirs = m
                     .replication
+                    .as_ref()
                     .and_then(|r| r.get(&target).cloned().flatten())
                     .map(|l| l.index);
-                if matched >= m.last_log_index {
-                    break;
+                (theirs >= ours).then_some(true)
+            })
+            .await;
+            if caught_up == Some(true) {
+                if crate::buggify::fires("leader_hand_off") {
+                    warn!("buggify: hand-off request dropped");
+                } else if let Err(e) = self
+                    .rpc
+                    .call(
+                        &node.rpc_addr,
+                        &Request::TimeoutNow { to: target },
+                        Duration::from_secs(1),
+                    )
+                    .await
+                {
+                    warn!(error = %e, "hand-off request failed");
                 }
-                clock::sleep(Duration::from_millis(10)).await;
-            }
-            if crate::buggify::fires("leader_hand_off") {
-                warn!("buggify: hand-off request dropped");
-            } else if let Err(e) = self
-                .rpc
-                .call(
-                    &node.rpc_addr,
-                    &Request::TimeoutNow { to: target },
-                    Duration::from_secs(1),
-                )
-                .await
-            {
-                warn!(error = %e, "hand-off request failed");
             }
             let round_end = (Instant::now() + round).min(deadline);
-            while Instant::now() < round_end {
-                let m = self.metrics();
-                if m.current_leader.is_some_and(|l| l != self.node_id) {
-                    info!(new_leader = ?m.current_leader, "leadership handed off");
-                    return true;
-                }
-                clock::sleep(Duration::from_millis(10)).await;
+            let me = self.node_id;
+            let new_leader = Self::wait_metrics(&mut metrics, round_end, |m| {
+                m.current_leader.filter(|l| *l != me)
+            })
+            .await;
+            if let Some(l) = new_leader {
+                info!(new_leader = l, "leadership handed off");
+                return true;
             }
         }
         false
+    }
+
+    /// Waits (on openraft's metrics channel) until `pred` gives an answer,
+    /// or `until`.
+    async fn wait_metrics<T>(
+        metrics: &mut tokio::sync::watch::Receiver<RaftMetrics<u64, ServerNode>>,
+        until: Instant,
+        mut pred: impl FnMut(&RaftMetrics<u64, ServerNode>) -> Option<T>,
+    ) -> Option<T> {
+        loop {
+            if let Some(answer) = pred(&metrics.borrow_and_update()) {
+                return Some(answer);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match clock::timeout(left, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or Raft shut down.
+                _ => return None,
+            }
+        }
     }
 
     /// `mesh leave`: hand off leadership, leave the Raft configuration,
