@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::checkers::definite_failures::{self, Seen};
 use crate::checkers::work_done::{self, WorkDone};
+use crate::checkers::write_gap::{self, LeaderFault};
 use crate::checkers::{acked_writes, linearizable};
 use crate::cluster::{Formation, SimCluster};
 use crate::observers::Observers;
@@ -65,6 +66,8 @@ pub(crate) struct Run {
     pub(crate) active_clients: Arc<std::sync::atomic::AtomicUsize>,
     /// How workload clients behave.
     pub(crate) client_options: ClientOptions,
+    /// Servers the workload clients skip (see `workload::Avoid`).
+    pub(crate) avoid: workload::Avoid,
     pub(crate) report: Report,
 }
 
@@ -81,6 +84,7 @@ impl Run {
             stop: Arc::new(AtomicBool::new(false)),
             active_clients: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             client_options: ClientOptions::default(),
+            avoid: Default::default(),
             report: Report::default(),
         }
     }
@@ -151,12 +155,16 @@ impl Run {
             .map(|i| self.cluster.http_addr(i))
             .collect();
         for id in 0..clients {
-            let (servers, history, stop) =
-                (servers.clone(), self.history.clone(), self.stop.clone());
+            let (servers, history, stop, avoid) = (
+                servers.clone(),
+                self.history.clone(),
+                self.stop.clone(),
+                self.avoid.clone(),
+            );
             let active = self.active_clients.clone();
             active.fetch_add(1, Ordering::SeqCst);
             self.cluster.client.spawn(async move {
-                workload::run_client(id, servers, history, stop, options).await;
+                workload::run_client(id, servers, history, stop, options, avoid).await;
                 active.fetch_sub(1, Ordering::SeqCst);
             });
         }
@@ -384,6 +392,13 @@ async fn failover() -> Result<Report, String> {
     let fault = madsim::rand::thread_rng().gen_range(0..4);
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let t = Instant::now();
+    // Clients skip the faulted server (a load balancer's health check),
+    // so the write gap measures the cluster, not a client stuck on it.
+    run.avoid.lock().expect("avoid lock").insert(leader);
+    let fault_at = LeaderFault {
+        at_ns: workload::now_ns(),
+        server: leader,
+    };
     match fault {
         0 => {
             info!(leader, "phase: kill the leader");
@@ -439,9 +454,26 @@ async fn failover() -> Result<Report, String> {
         3 => run.cluster.resume(leader),
         _ => run.cluster.start(leader),
     }
+    run.avoid.lock().expect("avoid lock").clear();
     run.settle(Duration::from_secs(1)).await?;
-    run.finish().await
+    let history = run.history.clone();
+    let report = run.finish().await?;
+    let attempts = history.lock().expect("history").write_attempts.clone();
+    let gaps = write_gap::check(&[fault_at], &attempts, WRITE_GAP_BOUND.as_nanos() as u64)?;
+    for g in gaps {
+        info!(
+            resume_ms = g.resume_ns / 1_000_000,
+            longest_answer_ms = g.longest_answer_ns / 1_000_000,
+            "write gap after the leader fault"
+        );
+    }
+    Ok(report)
 }
+
+/// Writes resume within this long after a leader fault, and no live server
+/// takes longer to answer (`checkers::write_gap`): an election (p99 about
+/// 1 s in `failover`) plus a round trip, with room for the slowest draws.
+const WRITE_GAP_BOUND: Duration = Duration::from_millis(2000);
 
 /// Full-cluster restart: all three lose power (unsynced bytes lost, torn
 /// tails) and come back; every acknowledged write survives.
@@ -475,7 +507,9 @@ async fn full_restart() -> Result<Report, String> {
 async fn leave_rejoin() -> Result<Report, String> {
     let (mut run, leader) = Run::three_servers(200).await?;
     run.start_workload(2);
-    run.settle(rand_ms(300, 1500)).await?;
+    // Long enough for every kind of register operation to succeed before
+    // the leave (0.3 s left seed 38 without a register write).
+    run.settle(rand_ms(1500, 3000)).await?;
     let leaver = if madsim::rand::thread_rng().gen_bool(0.5) {
         leader
     } else {

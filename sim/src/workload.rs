@@ -31,6 +31,8 @@ use mesh_core::api::KvPair;
 use mesh_core::hash::Fnv1a64;
 use mesh_net::http_client::{HttpClient, HttpClientError, HttpResponse};
 
+use crate::checkers::write_gap::WriteAttempt;
+
 /// What the workload observed.
 #[derive(Default, Debug)]
 pub struct History {
@@ -51,6 +53,26 @@ pub struct History {
     /// Operations on the shared registers, per key, for the
     /// linearizability checker.
     pub registers: BTreeMap<String, Vec<Op>>,
+    /// Every unique-key write with its timing (for `checkers::write_gap`).
+    pub write_attempts: Vec<WriteAttempt>,
+}
+
+/// Servers the clients must not pick (the faulted one), as a load balancer
+/// with health checks would skip a dead host.
+pub type Avoid = Arc<std::sync::Mutex<std::collections::BTreeSet<usize>>>;
+
+/// Moves a drawn server off the avoided ones (the draw itself is the same
+/// either way, so runs that avoid nothing replay exactly as before).
+/// Returns the server and whether it is avoided (every server is).
+fn steer(drawn: usize, n: usize, avoid: &Avoid) -> (usize, bool) {
+    let avoided = avoid.lock().expect("avoid lock");
+    match (0..n)
+        .map(|k| (drawn + k) % n)
+        .find(|s| !avoided.contains(s))
+    {
+        Some(s) => (s, false),
+        None => (drawn, true),
+    }
 }
 
 /// Shared register keys every client reads and overwrites.
@@ -143,7 +165,7 @@ fn why(r: &Result<HttpResponse, HttpClientError>) -> String {
     }
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     madsim::time::TimeHandle::current().elapsed().as_nanos() as u64
 }
 
@@ -326,6 +348,7 @@ pub async fn run_client(
     history: SharedHistory,
     stop: Arc<std::sync::atomic::AtomicBool>,
     options: ClientOptions,
+    avoid: Avoid,
 ) {
     let ClientOptions {
         pause,
@@ -349,6 +372,7 @@ pub async fn run_client(
                 deck.shuffle(&mut rng);
             }
             let op = deck.pop().expect("refilled above");
+            let (target, _) = steer(target, clients.len(), &avoid);
             register_op(id, n, op, &mut rng, &mut clients[target], &history).await;
             n += 1;
             madsim::time::sleep(pause).await;
@@ -358,6 +382,8 @@ pub async fn run_client(
         let mut value = format!("v{n}").into_bytes();
         value.resize(value.len().max(value_bytes), b'x');
         n += 1;
+        let (target, avoided) = steer(target, clients.len(), &avoid);
+        let call_ns = now_ns();
         let r = send(
             &mut clients[target],
             "PUT",
@@ -365,6 +391,17 @@ pub async fn run_client(
             value.clone(),
         )
         .await;
+        history
+            .lock()
+            .expect("history")
+            .write_attempts
+            .push(WriteAttempt {
+                server: target,
+                call_ns,
+                ret_ns: now_ns(),
+                acked: classify(&r) == Outcome::Applied,
+                avoided,
+            });
         match classify(&r) {
             Outcome::Applied => {
                 {
@@ -375,7 +412,7 @@ pub async fn run_client(
                 // Check-and-set with index 0 means "only if absent": on a
                 // key that exists it must fail and change nothing.
                 if n.is_multiple_of(3) {
-                    let target = rng.gen_range(0..clients.len());
+                    let (target, _) = steer(rng.gen_range(0..clients.len()), clients.len(), &avoid);
                     let path = format!("/v1/kv/{key}?cas=0");
                     if let Ok(r) =
                         send(&mut clients[target], "PUT", &path, b"clobbered".to_vec()).await
@@ -405,7 +442,7 @@ pub async fn run_client(
             Outcome::Refused | Outcome::Unknown => history.lock().expect("history").unacked += 1,
         }
         if let Some((key, value)) = &last_acked {
-            let target = rng.gen_range(0..clients.len());
+            let (target, _) = steer(rng.gen_range(0..clients.len()), clients.len(), &avoid);
             match send(
                 &mut clients[target],
                 "GET",

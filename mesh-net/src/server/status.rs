@@ -131,9 +131,14 @@ impl Server {
     pub(super) async fn publish_leader_view(self: Arc<Self>) {
         let mut metrics = self.raft.metrics();
         loop {
+            if metrics.borrow_and_update().state == ServerState::Leader {
+                // Leading counts as having a leader: a leader that steps
+                // down (a hand-off) is not leaderless since it started.
+                *self.last_leader_contact.lock().expect("contact lock") = Some(Instant::now());
+            }
             let view = LeaderView {
                 leader: self.leader(),
-                term: metrics.borrow_and_update().current_term,
+                term: metrics.borrow().current_term,
             };
             self.leader_view.send_if_modified(|v| {
                 let changed = *v != view;

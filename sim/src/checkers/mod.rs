@@ -10,3 +10,4 @@ pub mod log_matching;
 pub mod monotonic_index;
 pub mod state_machine;
 pub mod work_done;
+pub mod write_gap;
