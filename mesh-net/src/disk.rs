@@ -298,6 +298,17 @@ impl MemDisk {
         );
     }
 
+    /// Whether a sync or atomic replacement is still in flight: a crash now
+    /// would lose or tear it.
+    pub fn write_in_flight(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let files = self.files.lock().expect("disk lock poisoned");
+        files.values().any(|f| {
+            f.syncs_in_flight.iter().any(|(at, _)| *at > now)
+                || f.replaced.as_ref().is_some_and(|(at, _)| *at > now)
+        })
+    }
+
     /// Loses every file (an operator wiping a data dir).
     pub fn wipe(&self) {
         self.files.lock().expect("disk lock poisoned").clear();

@@ -96,6 +96,15 @@ pub(crate) enum FileKind {
     Atomic,
 }
 
+/// Torn tails cut off by recovery since the process started (a metric,
+/// and how the simulator reports how often its crashes exercised recovery).
+static TORN_TAILS_RECOVERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many torn tails recovery has cut off in this process.
+pub fn torn_tails_recovered() -> u64 {
+    TORN_TAILS_RECOVERED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Reads all records of `name`, truncating a torn tail of an append-only
 /// file. Unknown kinds are an error: they mean a newer or broken writer.
 pub(crate) fn read_records(
@@ -150,6 +159,7 @@ pub(crate) fn read_records(
             reason = torn.reason,
             "discarding torn tail left by a crash mid-write"
         );
+        TORN_TAILS_RECOVERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         disk.truncate(name, scan.valid_len).map_err(io_err)?;
     }
     Ok(out)

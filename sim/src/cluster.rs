@@ -86,10 +86,12 @@ impl SimCluster {
             .map(|(i, formation)| SimServer {
                 name: format!("consul{i:02}"),
                 ip: server_ip(i),
-                // Each disk's own fsync time, drawn by the seed: a crash
-                // can fall inside any sync, losing or tearing its bytes.
+                // Each disk's own fsync time, drawn by the seed (0.5–8 ms,
+                // SSDs to spinning or cloud disks): a crash can fall inside
+                // any sync, losing or tearing its bytes. Shorter windows
+                // fell between the simulator's timer ticks and were never hit.
                 disk: MemDisk::with_sync_latency(Duration::from_micros(
-                    madsim::rand::thread_rng().gen_range(100..3000),
+                    madsim::rand::thread_rng().gen_range(500..8000),
                 )),
                 live: Arc::new(Mutex::new(None)),
                 start_error: Arc::new(Mutex::new(None)),
@@ -222,6 +224,11 @@ impl SimCluster {
     /// Whether server `i`'s agent has stopped (after a signal or a leave).
     pub fn agent_stopped(&self, i: usize) -> bool {
         self.servers[i].live.lock().expect("live lock").is_none()
+    }
+
+    /// Whether server `i`'s disk has a write in flight right now.
+    pub fn write_in_flight(&self, i: usize) -> bool {
+        self.servers[i].disk.write_in_flight()
     }
 
     /// Power loss on server `i`: the node dies, unsynced bytes are lost

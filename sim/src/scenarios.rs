@@ -54,6 +54,8 @@ pub struct Report {
     pub linearizability_unknown: usize,
     /// Distinct (index, term) log entries the log-matching checker saw.
     pub log_entries: usize,
+    /// Torn log tails that recovery cut off after crashes in this run.
+    pub torn_tails: u64,
 }
 
 /// One scenario run: the cluster, its observers and the workload's history.
@@ -843,7 +845,9 @@ const fn min(
 
 /// Runs scenario `name` in the current simulation.
 pub async fn run(name: &str) -> Result<Report, String> {
-    let report = run_scenario(name).await?;
+    let mut report = run_scenario(name).await?;
+    // One run per process, so the process-wide count is this run's.
+    report.torn_tails = mesh_net::log_store::torn_tails_recovered();
     let minimum = MINIMUMS
         .iter()
         .find(|(n, _)| *n == name)

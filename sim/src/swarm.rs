@@ -334,6 +334,23 @@ pub async fn run() -> Result<Report, String> {
             sleep(Duration::from_millis(5).min(due - Instant::now())).await;
         }
         let f = schedule[i].clone();
+        if f.kind == Kind::Crash && inject && f.id % 4 != 0 {
+            // Real power cuts land while the disk is busy: most crashes
+            // wait (up to 300 ms) for a write in flight on the target, so
+            // they lose or tear it and recovery has work to do.
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until
+                && run.cluster.server(f.target).is_some()
+                && !run.cluster.write_in_flight(f.target)
+            {
+                sleep(Duration::from_micros(100)).await;
+            }
+            info!(
+                target = f.target,
+                in_flight = run.cluster.write_in_flight(f.target),
+                "crash lands"
+            );
+        }
         info!(id = f.id, kind = ?f.kind, inject, "fault step");
         apply(&mut run, &f, if inject { Step::Inject } else { Step::Heal });
         if f.kind == Kind::Corrupt && !inject {

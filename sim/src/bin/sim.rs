@@ -132,7 +132,7 @@ mod imp {
         match result {
             Ok(report) => {
                 println!(
-                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} terms={} converge_ms={} failover_ms={:?}",
+                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?}",
                     t.hash(),
                     report.history_digest,
                     t.lines,
@@ -145,6 +145,7 @@ mod imp {
                     report.register_ops,
                     report.linearizability_unknown,
                     report.log_entries,
+                    report.torn_tails,
                     report.terms,
                     report.converge_ms,
                     report.failover_ms
@@ -215,6 +216,7 @@ mod imp {
         // Passing seeds whose linearizability search ran out of budget on
         // some key: no verdict, which is not a pass.
         let mut unknown = Vec::new();
+        let mut torn_seeds = 0u64;
         // Hunt: failing seeds that also fail without the planted bug.
         let mut unverified = Vec::new();
         let mut failover = Vec::new();
@@ -262,6 +264,14 @@ mod imp {
                     .is_some_and(|n| n != "0")
                 {
                     unknown.push(seed);
+                }
+                if text
+                    .split(" torn_tails=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .is_some_and(|n| n != "0")
+                {
+                    torn_seeds += 1;
                 }
                 if let Some(f) = text
                     .split("failover_ms=[")
@@ -329,7 +339,7 @@ mod imp {
         }
         let wall_s = wall.elapsed().as_secs_f64().max(1e-3);
         println!(
-            "SWEEP scenario={scenario} seeds={from}..{to} passed={passed} failed={} lin_unknown={} wall_s={wall_s:.1} seeds_per_s={:.1} sim_s_per_wall_s={:.0} failover_ms(min/p50/p99/max)={}/{}/{}/{}",
+            "SWEEP scenario={scenario} seeds={from}..{to} passed={passed} failed={} lin_unknown={} torn_tail_seeds={torn_seeds} wall_s={wall_s:.1} seeds_per_s={:.1} sim_s_per_wall_s={:.0} failover_ms(min/p50/p99/max)={}/{}/{}/{}",
             failed.len(),
             unknown.len(),
             total as f64 / wall_s,
