@@ -58,6 +58,15 @@ pub fn check(
     faults
         .iter()
         .map(|f| {
+            // Clients whose request was stuck on the faulted server send
+            // nothing until they give up on it; the cluster is judged from
+            // the first write sent to a live server after the fault.
+            let first_sent = attempts
+                .iter()
+                .filter(|a| a.call_ns >= f.at_ns && !a.avoided && a.server != f.server)
+                .map(|a| a.call_ns)
+                .min()
+                .unwrap_or(f.at_ns);
             let resumed = attempts
                 .iter()
                 .filter(|a| a.acked && a.call_ns >= f.at_ns)
@@ -71,10 +80,10 @@ pub fn check(
                     )
                 })?;
             let resume_ns = resumed - f.at_ns;
-            if resume_ns > bound_ns {
+            if resumed - first_sent.max(f.at_ns).min(resumed) > bound_ns {
                 return Err(format!(
                     "write gap: no write acknowledged for {} ms after the fault on server {} (bound {} ms)",
-                    resume_ns / 1_000_000,
+                    (resumed - first_sent.max(f.at_ns)) / 1_000_000,
                     f.server,
                     bound_ns / 1_000_000
                 ));
@@ -173,6 +182,19 @@ mod tests {
             attempt(1, 1_100, 1_200, true),
         ];
         assert!(check(&fault(1_000), &attempts, 2_000 * MS).is_ok());
+    }
+
+    #[test]
+    fn clients_stuck_on_the_faulted_server_do_not_count_as_a_gap() {
+        // Every client waited 2 s on the dead leader, then wrote at once.
+        let attempts = [
+            attempt(0, 990, 3_000, false),
+            attempt(1, 3_000, 3_100, true),
+        ];
+        assert!(check(&fault(1_000), &attempts, 500 * MS).is_ok());
+        // But a live server that sits on the first write still fails.
+        let attempts = [attempt(0, 990, 3_000, false), attempt(1, 3_000, 5_100, true)];
+        assert!(check(&fault(1_000), &attempts, 500 * MS).is_err());
     }
 
     #[test]
