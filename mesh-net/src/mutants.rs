@@ -29,6 +29,9 @@ pub enum Mutant {
     /// clock. Safe while clocks agree; stale when the leader's clock runs
     /// slow and it is cut off.
     LeaseRead,
+    /// A follower answers default-mode reads from its own applied state
+    /// instead of routing them to the leader.
+    StaleFollowerRead,
 }
 
 impl Mutant {
@@ -41,6 +44,7 @@ impl Mutant {
         ("cas_without_compare", Mutant::CasWithoutCompare),
         ("drop_last_log_entry", Mutant::DropLastLogEntry),
         ("lease_read", Mutant::LeaseRead),
+        ("stale_follower_read", Mutant::StaleFollowerRead),
     ];
 
     /// The mutant called `name`.
