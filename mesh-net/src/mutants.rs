@@ -32,6 +32,9 @@ pub enum Mutant {
     /// A follower answers default-mode reads from its own applied state
     /// instead of routing them to the leader.
     StaleFollowerRead,
+    /// Routing sends a write or CAS again after an attempt that may have
+    /// run (the connection failed after sending, or the leader moved).
+    RetryMaybeRan,
 }
 
 impl Mutant {
@@ -45,6 +48,7 @@ impl Mutant {
         ("drop_last_log_entry", Mutant::DropLastLogEntry),
         ("lease_read", Mutant::LeaseRead),
         ("stale_follower_read", Mutant::StaleFollowerRead),
+        ("retry_maybe_ran", Mutant::RetryMaybeRan),
     ];
 
     /// The mutant called `name`.

@@ -182,6 +182,7 @@ fn planted_bugs_are_caught() {
         ("drop_last_log_entry", "full_restart", "0..50"),
         ("lease_read", "clock_drift", "0..50"),
         ("stale_follower_read", "failover", "0..50"),
+        ("retry_maybe_ran", "swarm", "0..50"),
         ("put_fails", "failover", "0..5"),
         ("applied_put_says_no_leader", "bootstrap_expect", "0..5"),
     ];
