@@ -35,6 +35,9 @@ pub enum Mutant {
     /// Routing sends a write or CAS again after an attempt that may have
     /// run (the connection failed after sending, or the leader moved).
     RetryMaybeRan,
+    /// The server accepts Raft messages and PreVotes addressed to another
+    /// node id (a wiped server answering in its predecessor's name).
+    NoAddresseeCheck,
 }
 
 impl Mutant {
@@ -49,6 +52,7 @@ impl Mutant {
         ("lease_read", Mutant::LeaseRead),
         ("stale_follower_read", Mutant::StaleFollowerRead),
         ("retry_maybe_ran", Mutant::RetryMaybeRan),
+        ("no_addressee_check", Mutant::NoAddresseeCheck),
     ];
 
     /// The mutant called `name`.
