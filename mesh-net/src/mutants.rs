@@ -29,6 +29,9 @@ pub enum Mutant {
     /// clock. Safe while clocks agree; stale when the leader's clock runs
     /// slow and it is cut off.
     LeaseRead,
+    /// A follower takes a snapshot from the leader (stores it, reports its
+    /// last log id as applied) but keeps its old state machine.
+    SkipSnapshotInstall,
     /// A follower answers default-mode reads from its own applied state
     /// instead of routing them to the leader.
     StaleFollowerRead,
@@ -50,6 +53,7 @@ impl Mutant {
         ("cas_without_compare", Mutant::CasWithoutCompare),
         ("drop_last_log_entry", Mutant::DropLastLogEntry),
         ("lease_read", Mutant::LeaseRead),
+        ("skip_snapshot_install", Mutant::SkipSnapshotInstall),
         ("stale_follower_read", Mutant::StaleFollowerRead),
         ("retry_maybe_ran", Mutant::RetryMaybeRan),
         ("no_addressee_check", Mutant::NoAddresseeCheck),

@@ -186,6 +186,9 @@ fn planted_bugs_are_caught() {
         // Rare: a Corrupt fault's wipe, then a message for the wiped
         // server's predecessor. First caught at 228 of 0..300.
         ("no_addressee_check", "swarm", "200..250"),
+        // Snapshot installs are rare in every scenario (seed 8 is the only
+        // one in 0..19 of four scenarios); hunting scale 0..9 takes 44 s.
+        ("skip_snapshot_install", "scale", "8..9"),
         ("put_fails", "failover", "0..5"),
         ("applied_put_says_no_leader", "bootstrap_expect", "0..5"),
     ];
