@@ -38,6 +38,9 @@ pub enum Mutant {
     /// Routing sends a write or CAS again after an attempt that may have
     /// run (the connection failed after sending, or the leader moved).
     RetryMaybeRan,
+    /// PreVote is granted without comparing logs (only the leader lease
+    /// is checked).
+    PrevoteIgnoresLog,
     /// The server accepts Raft messages and PreVotes addressed to another
     /// node id (a wiped server answering in its predecessor's name).
     NoAddresseeCheck,
@@ -56,6 +59,7 @@ impl Mutant {
         ("skip_snapshot_install", Mutant::SkipSnapshotInstall),
         ("stale_follower_read", Mutant::StaleFollowerRead),
         ("retry_maybe_ran", Mutant::RetryMaybeRan),
+        ("prevote_ignores_log", Mutant::PrevoteIgnoresLog),
         ("no_addressee_check", Mutant::NoAddresseeCheck),
     ];
 
