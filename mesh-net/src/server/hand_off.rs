@@ -61,7 +61,7 @@ impl Server {
         while Instant::now() < deadline {
             // Let the target catch up to our last entry first (writes
             // accepted before the hand-off began may still be appending).
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && !mutants::enabled(Mutant::HandoffWithoutCatchup) {
                 let m = self.metrics();
                 let matched = m
                     .replication
