@@ -160,7 +160,9 @@ pub(crate) fn read_records(
             "discarding torn tail left by a crash mid-write"
         );
         TORN_TAILS_RECOVERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        disk.truncate(name, scan.valid_len).map_err(io_err)?;
+        if !mutants::enabled(Mutant::TornTailKept) {
+            disk.truncate(name, scan.valid_len).map_err(io_err)?;
+        }
     }
     Ok(out)
 }
@@ -494,7 +496,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let disk = {
             let mut inner = self.lock();
             let bytes = json_record(KIND_TRUNCATE, &log_id.index);
-            Self::append_durably(&mut inner, &bytes).map_err(|e| StorageIOError::write_logs(&e))?;
+            if !mutants::enabled(Mutant::TruncateNotPersisted) {
+                Self::append_durably(&mut inner, &bytes)
+                    .map_err(|e| StorageIOError::write_logs(&e))?;
+            }
             inner.entries.split_off(&log_id.index);
             inner.fingerprints.split_off(&log_id.index);
             inner.spans.split_off(&log_id.index);

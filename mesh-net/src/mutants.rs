@@ -29,6 +29,30 @@ pub enum Mutant {
     /// clock. Safe while clocks agree; stale when the leader's clock runs
     /// slow and it is cut off.
     LeaseRead,
+    /// A conflict truncation drops the entries in memory but never writes
+    /// its record: after a restart the conflicting entries come back.
+    TruncateNotPersisted,
+    /// A follower takes a snapshot from the leader (stores it, reports its
+    /// last log id as applied) but keeps its old state machine.
+    SkipSnapshotInstall,
+    /// A follower answers default-mode reads from its own applied state
+    /// instead of routing them to the leader.
+    StaleFollowerRead,
+    /// Routing sends a write or CAS again after an attempt that may have
+    /// run (the connection failed after sending, or the leader moved).
+    RetryMaybeRan,
+    /// Recovery finds a torn tail in the log but leaves it in the file:
+    /// the next appends land behind the garbage.
+    TornTailKept,
+    /// PreVote is granted without comparing logs (only the leader lease
+    /// is checked).
+    PrevoteIgnoresLog,
+    /// Leadership hand-off sends `TimeoutNow` without waiting for the
+    /// target to match the leader's log.
+    HandoffWithoutCatchup,
+    /// The server accepts Raft messages and PreVotes addressed to another
+    /// node id (a wiped server answering in its predecessor's name).
+    NoAddresseeCheck,
 }
 
 impl Mutant {
@@ -41,6 +65,14 @@ impl Mutant {
         ("cas_without_compare", Mutant::CasWithoutCompare),
         ("drop_last_log_entry", Mutant::DropLastLogEntry),
         ("lease_read", Mutant::LeaseRead),
+        ("truncate_not_persisted", Mutant::TruncateNotPersisted),
+        ("skip_snapshot_install", Mutant::SkipSnapshotInstall),
+        ("stale_follower_read", Mutant::StaleFollowerRead),
+        ("retry_maybe_ran", Mutant::RetryMaybeRan),
+        ("torn_tail_kept", Mutant::TornTailKept),
+        ("prevote_ignores_log", Mutant::PrevoteIgnoresLog),
+        ("handoff_without_catchup", Mutant::HandoffWithoutCatchup),
+        ("no_addressee_check", Mutant::NoAddresseeCheck),
     ];
 
     /// The mutant called `name`.

@@ -27,6 +27,7 @@ use mesh_core::wire::{Response, RpcError};
 use tokio::sync::watch;
 
 use crate::clock::{self, Instant};
+use crate::mutants::{self, Mutant};
 use crate::rpc::{CallError, RpcClient, RpcRequest, RpcResponse};
 
 /// Who leads, as one node believes.
@@ -98,6 +99,9 @@ impl Router<'_> {
         L: Fn(RpcRequest) -> F,
         F: Future<Output = RpcResponse>,
     {
+        // Whether an attempt that may have run can be sent again.
+        let resend_ok =
+            idempotence == Idempotence::Idempotent || mutants::enabled(Mutant::RetryMaybeRan);
         let deadline = Instant::now() + self.limits.leader_wait;
         let mut views = self.source.leader_view();
         let mut hint: Option<ServerInfo> = None;
@@ -110,9 +114,7 @@ impl Router<'_> {
                     Sent::Answer(resp) => *resp,
                     Sent::NotRun => Response::Error(RpcError::NoLeader),
                     // Sent again once a new leader is announced (below).
-                    Sent::LeaderMoved if idempotence == Idempotence::Idempotent => {
-                        Response::Error(RpcError::NoLeader)
-                    }
+                    Sent::LeaderMoved if resend_ok => Response::Error(RpcError::NoLeader),
                     Sent::LeaderMoved => {
                         return Err(RpcError::OutcomeUnknown(format!(
                             "the leader {} changed or fell silent while the request was in \
@@ -120,7 +122,7 @@ impl Router<'_> {
                             l.rpc_addr
                         )))
                     }
-                    Sent::Failed(e) if idempotence == Idempotence::Idempotent => {
+                    Sent::Failed(e) if resend_ok => {
                         tracing::debug!(error = %e, "idempotent request failed; retrying");
                         Response::Error(RpcError::NoLeader)
                     }

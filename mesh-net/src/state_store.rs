@@ -292,7 +292,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         wait_durable(self.disk.as_ref()).await;
         let applied = {
             let mut inner = self.inner.write().expect("state lock poisoned");
-            inner.sm = sm;
+            if !mutants::enabled(Mutant::SkipSnapshotInstall) {
+                inner.sm = sm;
+            }
             *inner.digest_cache.lock().expect("digest cache poisoned") = None;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();

@@ -12,7 +12,8 @@ impl Server {
     /// Answers one request that arrived on the RPC port.
     pub async fn handle_rpc(self: Arc<Self>, req: RpcRequest) -> RpcResponse {
         match req {
-            Request::Raft(RaftEnvelope { to, .. }) if to != self.node_id => Response::Error(RpcError::Rejected(format!(
+            Request::Raft(RaftEnvelope { to, .. })
+                if to != self.node_id && !mutants::enabled(Mutant::NoAddresseeCheck) => Response::Error(RpcError::Rejected(format!(
                 "raft message for node {to} reached node {} (the server at this address was replaced)",
                 self.node_id
             ))),
@@ -33,7 +34,8 @@ impl Server {
             }
             Request::Status => Response::Status(self.status()),
             Request::PreVote { to, last_log } => Response::PreVote {
-                granted: to == self.node_id && self.would_vote_for(last_log),
+                granted: (to == self.node_id || mutants::enabled(Mutant::NoAddresseeCheck))
+                    && self.would_vote_for(last_log),
             },
             Request::TimeoutNow { to } if to != self.node_id => Response::Error(RpcError::Rejected(format!(
                 "hand-off meant for node {to} reached node {} (the server at this address was replaced)",

@@ -62,7 +62,14 @@ impl Server {
         }
         let now = self.now_ms();
         let mut elections = self.elections.lock().expect("elections lock");
-        elections.handle(now, Input::LastLog(self.last_log()));
+        let mine = self.last_log();
+        elections.handle(now, Input::LastLog(mine));
+        // The planted bug treats every asker's log as up to date.
+        let their_last = if mutants::enabled(Mutant::PrevoteIgnoresLog) {
+            their_last.max(mine)
+        } else {
+            their_last
+        };
         elections.would_vote_for(now, their_last)
     }
 

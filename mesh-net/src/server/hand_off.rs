@@ -70,6 +70,9 @@ impl Server {
                 if m.state != ServerState::Leader {
                     return Some(false);
                 }
+                if mutants::enabled(Mutant::HandoffWithoutCatchup) {
+                    return Some(true);
+                }
                 let ours = m
                     .last_log_index
                     .max(self.log.last_log_id().map(|l| l.index));

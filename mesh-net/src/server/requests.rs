@@ -61,7 +61,10 @@ impl Server {
 
     /// Reads in the requested consistency mode.
     pub async fn read(&self, r: ReadRequest) -> Result<ReadResponse, RpcError> {
-        if r.consistency == Consistency::Stale {
+        let local = r.consistency == Consistency::Stale
+            || (mutants::enabled(Mutant::StaleFollowerRead)
+                && r.consistency == Consistency::Default);
+        if local {
             self.wait_for_index(r.min_index, r.wait_ms).await;
             return Ok(self.read_local(&r));
         }

@@ -193,7 +193,10 @@ mod tests {
         ];
         assert!(check(&fault(1_000), &attempts, 500 * MS).is_ok());
         // But a live server that sits on the first write still fails.
-        let attempts = [attempt(0, 990, 3_000, false), attempt(1, 3_000, 5_100, true)];
+        let attempts = [
+            attempt(0, 990, 3_000, false),
+            attempt(1, 3_000, 5_100, true),
+        ];
         assert!(check(&fault(1_000), &attempts, 500 * MS).is_err());
     }
 
