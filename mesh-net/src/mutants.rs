@@ -50,6 +50,10 @@ pub enum Mutant {
     /// Leadership hand-off sends `TimeoutNow` without waiting for the
     /// target to match the leader's log.
     HandoffWithoutCatchup,
+    /// Routing never notices that the leader of a request in flight changed
+    /// or fell silent: the request waits out the RPC timeout (5 s), as
+    /// before routing followed the leader.
+    IgnoreLeaderChange,
     /// The server accepts Raft messages and PreVotes addressed to another
     /// node id (a wiped server answering in its predecessor's name).
     NoAddresseeCheck,
@@ -72,6 +76,7 @@ impl Mutant {
         ("torn_tail_kept", Mutant::TornTailKept),
         ("prevote_ignores_log", Mutant::PrevoteIgnoresLog),
         ("handoff_without_catchup", Mutant::HandoffWithoutCatchup),
+        ("ignore_leader_change", Mutant::IgnoreLeaderChange),
         ("no_addressee_check", Mutant::NoAddresseeCheck),
     ];
 

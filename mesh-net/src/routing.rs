@@ -189,6 +189,9 @@ impl Router<'_> {
     /// Resolves when the view names another leader or a later term, or the
     /// leader has been silent for `leader_silent_ms`.
     async fn leader_moved(&self, leader: u64, term: u64) {
+        if crate::mutants::enabled(crate::mutants::Mutant::IgnoreLeaderChange) {
+            return std::future::pending().await;
+        }
         let mut views = self.source.leader_view();
         loop {
             {
