@@ -73,7 +73,7 @@ async fn main() {
     std::fs::create_dir_all(&dir).expect("dir");
 
     let mut leader = spawn(&mesh, &dir, "consul00", "127.0.0.30", &["-bootstrap"]);
-    let mut http = HttpClient::new("127.0.0.30:38600".into(), Duration::from_secs(30));
+    let mut http = HttpClient::new("127.0.0.30:38600", Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !matches!(http.request("PUT", "/v1/kv/ready", b"1".to_vec()).await, Ok(r) if r.status == 200)
     {
@@ -104,7 +104,7 @@ async fn main() {
         "127.0.0.31",
         &["-join", "127.0.0.30:38400"],
     );
-    let mut http1 = HttpClient::new("127.0.0.31:38600".into(), Duration::from_secs(30));
+    let mut http1 = HttpClient::new("127.0.0.31:38600", Duration::from_secs(30));
     let deadline = t + Duration::from_secs(1800);
     loop {
         let held = key_count(&mut http1).await;

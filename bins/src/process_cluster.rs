@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 
 use mesh_net::http_client::{HttpClient, HttpResponse};
 
+/// A fresh scratch directory for test `name` of this process.
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mesh-it-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// One server process and where it lives.
 #[derive(Debug)]
 pub struct Node {

@@ -3,22 +3,17 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use mesh_bins::process_cluster::test_dir;
 use mesh_net::http_client::HttpClient;
 
 const MESH: &str = env!("CARGO_BIN_EXE_mesh");
 
 fn mesh(args: &[&str]) -> Output {
     Command::new(MESH).args(args).output().expect("run mesh")
-}
-
-fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mesh-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 #[test]

@@ -4,18 +4,11 @@
 //! write.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mesh_bins::process_cluster::ProcessCluster;
+use mesh_bins::process_cluster::{test_dir, ProcessCluster};
 
 const IPS: [&str; 3] = ["127.0.0.10", "127.0.0.11", "127.0.0.12"];
-
-fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mesh-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 /// Writes `key=value` through server `i`; true if acknowledged.
 async fn put(c: &ProcessCluster, i: usize, key: &str, value: &str) -> bool {

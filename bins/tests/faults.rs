@@ -11,11 +11,10 @@
 //! each fault.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mesh_bins::process_cluster::{Partitions, ProcessCluster};
+use mesh_bins::process_cluster::{test_dir, Partitions, ProcessCluster};
 use mesh_net::http_client::HttpClient;
 
 const IPS: [&str; 3] = ["127.0.0.20", "127.0.0.21", "127.0.0.22"];
@@ -54,12 +53,6 @@ struct Shared {
     exempt: Vec<usize>,
     /// When each exemption ended (requests started before it are exempt too).
     exempt_until: BTreeMap<usize, Instant>,
-}
-
-fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mesh-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 async fn client(id: usize, shared: Arc<Mutex<Shared>>, stop: Arc<Mutex<bool>>) {

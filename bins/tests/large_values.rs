@@ -6,19 +6,12 @@
 //! panicked on a 67 MB AppendEntries frame and the follower stayed behind
 //! forever while every process kept running.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mesh_bins::process_cluster::ProcessCluster;
+use mesh_bins::process_cluster::{test_dir, ProcessCluster};
 
 /// The largest value the HTTP API accepts is 512 KiB; stay just below it.
 const VALUE_LEN: usize = 500 * 1024;
-
-fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mesh-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn value(i: usize) -> Vec<u8> {
     let mut v = vec![b'a' + (i % 26) as u8; VALUE_LEN];
