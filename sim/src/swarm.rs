@@ -334,7 +334,7 @@ pub async fn run() -> Result<Report, String> {
             sleep(Duration::from_millis(5).min(due - Instant::now())).await;
         }
         let f = schedule[i].clone();
-        if f.kind == Kind::Crash && inject && f.id % 4 != 0 {
+        if f.kind == Kind::Crash && inject && !f.id.is_multiple_of(4) {
             // Real power cuts land while the disk is busy: most crashes
             // wait (up to 300 ms) for a write in flight on the target, so
             // they lose or tear it and recovery has work to do.
