@@ -156,7 +156,7 @@ mod tests {
         let attempts = [attempt(1, 1_100, 4_000, true)];
         assert!(check(&fault(1_000), &attempts, 2_000 * MS)
             .unwrap_err()
-            .contains("no write acknowledged for 3000 ms"));
+            .contains("no write acknowledged for 2900 ms"));
     }
 
     #[test]
