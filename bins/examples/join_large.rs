@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Starts consul00 alone (`-bootstrap`) on 127.0.0.30, writes `mib` MiB of
-//! KV (512 KiB values), then starts consul01 on 127.0.0.31 with `-join` and
+//! KV (512 KiB values), then starts consul01 on 127.0.0.31 with `-retry-join` and
 //! waits until it holds every key. Prints the load time, the catch-up time
 //! and the peak RSS (`VmHWM`) of the sender and the receiver. Too heavy for
 //! `cargo test` at 1 GiB; a measurement, not a test.
@@ -102,7 +102,7 @@ async fn main() {
         &dir,
         "consul01",
         "127.0.0.31",
-        &["-join", "127.0.0.30:38400"],
+        &["-retry-join", "127.0.0.30:38400"],
     );
     let mut http1 = HttpClient::new("127.0.0.31:38600", Duration::from_secs(30));
     let deadline = t + Duration::from_secs(1800);

@@ -21,6 +21,13 @@ use crate::raft_types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembersh
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const KIND_SNAPSHOT: u8 = 6;
+/// The rest of a snapshot's bytes, after its first record.
+const KIND_SNAPSHOT_MORE: u8 = 7;
+/// Snapshot bytes per record: a state larger than one record may hold
+/// (`record::MAX_RECORD_LEN`, 256 MiB) is stored as several. One record
+/// made every server panic once its state passed 256 MiB (found by
+/// `examples/join_large` at 1 GiB).
+const SNAPSHOT_PART_LEN: usize = 64 << 20;
 
 struct Inner {
     sm: StateMachine,
@@ -86,12 +93,18 @@ pub struct StateStore {
 
 fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
     let meta_json = serde_json::to_vec(meta).expect("snapshot meta serializes");
-    let mut payload = Vec::with_capacity(4 + meta_json.len() + data.len());
+    let (first, rest) = data.split_at(data.len().min(SNAPSHOT_PART_LEN));
+    let mut payload = Vec::with_capacity(4 + meta_json.len() + first.len());
     payload.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
     payload.extend_from_slice(&meta_json);
-    payload.extend_from_slice(data);
-    let mut out = Vec::with_capacity(payload.len() + record::RECORD_HEADER_LEN);
+    payload.extend_from_slice(first);
+    let parts = rest.len().div_ceil(SNAPSHOT_PART_LEN);
+    let mut out =
+        Vec::with_capacity(payload.len() + rest.len() + (parts + 1) * record::RECORD_HEADER_LEN);
     record::encode_record(KIND_SNAPSHOT, &payload, &mut out);
+    for part in rest.chunks(SNAPSHOT_PART_LEN) {
+        record::encode_record(KIND_SNAPSHOT_MORE, part, &mut out);
+    }
     out
 }
 
@@ -129,20 +142,36 @@ impl StateStore {
             snapshots_built: 0,
             digest_cache: std::sync::Mutex::new(None),
         };
-        if let Some(rec) = read_records(
+        let records = read_records(
             disk.as_ref(),
             SNAPSHOT_FILE,
             FileKind::Atomic,
-            &[KIND_SNAPSHOT],
-        )?
-        .pop()
-        {
-            let undecodable = |reason: String| OpenError::Undecodable {
+            &[KIND_SNAPSHOT, KIND_SNAPSHOT_MORE],
+        )?;
+        if let Some((rec, more)) = records.split_first() {
+            let undecodable = |offset: u64, reason: String| OpenError::Undecodable {
                 file: disk.describe(SNAPSHOT_FILE),
-                offset: rec.offset,
+                offset,
                 reason,
             };
-            let (meta, data) = decode_snapshot(&rec.payload).map_err(undecodable)?;
+            if rec.kind != KIND_SNAPSHOT {
+                return Err(undecodable(
+                    rec.offset,
+                    "snapshot file does not start with its header record".into(),
+                ));
+            }
+            let (meta, mut data) =
+                decode_snapshot(&rec.payload).map_err(|e| undecodable(rec.offset, e))?;
+            for part in more {
+                if part.kind != KIND_SNAPSHOT_MORE {
+                    return Err(undecodable(
+                        part.offset,
+                        "a second snapshot header in one file".into(),
+                    ));
+                }
+                data.extend_from_slice(&part.payload);
+            }
+            let undecodable = |reason: String| undecodable(rec.offset, reason);
             inner.sm = StateMachine::restore(&data).map_err(|e| undecodable(e.to_string()))?;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
