@@ -79,6 +79,17 @@ fn steer(drawn: usize, n: usize, avoid: &Avoid) -> (usize, bool) {
 const REGISTERS: u64 = 3;
 
 impl History {
+    /// Records a write the client saw fail definitely: it must never take
+    /// effect (`checkers::definite_failures`).
+    fn definite_failure(&mut self, client: usize, key: String, value: Vec<u8>, why: String) {
+        self.definite_failures.push(FailedWrite {
+            client,
+            key,
+            value,
+            why,
+        });
+    }
+
     /// A digest of everything the clients did and saw, with simulated
     /// times: the same seed must give the same digest (a second determinism
     /// check beside the trace hash, on what the checkers judge).
@@ -227,16 +238,12 @@ async fn register_op(
     // linearizability history, and its value must never be seen.
     let failed = |r: &Result<HttpResponse, HttpClientError>, value: Option<&str>| {
         if let Some(value) = value {
-            history
-                .lock()
-                .expect("history")
-                .definite_failures
-                .push(FailedWrite {
-                    client: id,
-                    key: key.clone(),
-                    value: value.as_bytes().to_vec(),
-                    why: why(r),
-                });
+            history.lock().expect("history").definite_failure(
+                id,
+                key.clone(),
+                value.as_bytes().to_vec(),
+                why(r),
+            );
         }
     };
     let call = now_ns();
@@ -431,13 +438,7 @@ pub async fn run_client(
                 history
                     .lock()
                     .expect("history")
-                    .definite_failures
-                    .push(FailedWrite {
-                        client: id,
-                        key,
-                        value,
-                        why,
-                    });
+                    .definite_failure(id, key, value, why);
             }
             Outcome::Refused | Outcome::Unknown => history.lock().expect("history").unacked += 1,
         }
