@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::formation::ServerInfo;
 use crate::kv::KvEntry;
-use crate::state::{Command, CommandResult};
+use crate::state::catalog::{CatalogQuery, CatalogSlice};
+use crate::state::{Command, CommandResult, StateMachine, Table};
 
 /// A request from an agent or server to a server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,11 +119,56 @@ pub enum KvQuery {
     },
 }
 
+/// What a read asks for, in one table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// Keys and values.
+    Kv(KvQuery),
+    /// Catalog rows.
+    Catalog(CatalogQuery),
+}
+
+impl Query {
+    /// The table the query reads; its index is the answer's index.
+    pub fn table(&self) -> Table {
+        match self {
+            Query::Kv(_) => Table::Kv,
+            Query::Catalog(_) => Table::Catalog,
+        }
+    }
+}
+
+impl From<KvQuery> for Query {
+    fn from(q: KvQuery) -> Self {
+        Query::Kv(q)
+    }
+}
+
+impl From<CatalogQuery> for Query {
+    fn from(q: CatalogQuery) -> Self {
+        Query::Catalog(q)
+    }
+}
+
+/// What a read found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryResult {
+    /// Answer to a [`KvQuery`].
+    Kv {
+        /// Matching entries (`Get`, `List`).
+        entries: Vec<KvEntry>,
+        /// Matching key names (`Keys`).
+        keys: Vec<String>,
+    },
+    /// Answer to a [`CatalogQuery`].
+    Catalog(CatalogSlice),
+}
+
 /// A read with its consistency mode and blocking parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadRequest {
     /// What to read.
-    pub query: KvQuery,
+    pub query: Query,
     /// Consistency mode.
     pub consistency: Consistency,
     /// Blocking query: wait until the result index exceeds this (0: don't).
@@ -136,10 +182,8 @@ pub struct ReadRequest {
 pub struct ReadResponse {
     /// `X-Consul-Index`: the index the result is current as of.
     pub index: u64,
-    /// Matching entries (`Get`, `List`).
-    pub entries: Vec<KvEntry>,
-    /// Matching key names (`Keys`).
-    pub keys: Vec<String>,
+    /// What was found.
+    pub result: QueryResult,
     /// Whether the serving server knew a leader.
     pub known_leader: bool,
     /// Milliseconds since the serving server last heard from the leader (0 on the leader).
@@ -248,24 +292,26 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
     serde_json::from_slice(payload).map_err(|e| WireError(e.to_string()))
 }
 
-/// Evaluates a KV query against the applied state. The index follows Consul:
-/// the KV table's last-modified index, never 0 (blocking clients treat 0 as
-/// "no index").
-pub fn evaluate(kv: &crate::kv::KvStore, query: &KvQuery) -> (u64, Vec<KvEntry>, Vec<String>) {
-    let index = kv.table_index().max(1);
-    match query {
-        KvQuery::Get { key } => (
-            index,
-            kv.get(key).cloned().into_iter().collect(),
-            Vec::new(),
-        ),
-        KvQuery::List { prefix } => (
-            index,
-            kv.list(prefix).into_iter().cloned().collect(),
-            Vec::new(),
-        ),
-        KvQuery::Keys { prefix, separator } => {
-            (index, Vec::new(), kv.keys(prefix, separator.as_deref()))
+/// Evaluates a query against the applied state. The index follows Consul:
+/// the queried table's last-modified index, never 0 (blocking clients treat
+/// 0 as "no index").
+pub fn evaluate(sm: &StateMachine, query: &Query) -> (u64, QueryResult) {
+    let index = sm.table_index(query.table()).max(1);
+    let result = match query {
+        Query::Kv(q) => {
+            let kv = sm.kv();
+            let (entries, keys) = match q {
+                KvQuery::Get { key } => (kv.get(key).cloned().into_iter().collect(), Vec::new()),
+                KvQuery::List { prefix } => {
+                    (kv.list(prefix).into_iter().cloned().collect(), Vec::new())
+                }
+                KvQuery::Keys { prefix, separator } => {
+                    (Vec::new(), kv.keys(prefix, separator.as_deref()))
+                }
+            };
+            QueryResult::Kv { entries, keys }
         }
-    }
+        Query::Catalog(q) => QueryResult::Catalog(sm.catalog().select(q)),
+    };
+    (index, result)
 }

@@ -7,8 +7,8 @@
 //!
 //! # Tables
 //!
-//! The state is a set of tables, one file each, named by [`Table`]. Today
-//! there is one, the KV store ([`kv`]). Each table has its own command enum
+//! The state is a set of tables, one file each, named by [`Table`]. There are
+//! two: the KV store ([`kv`]) and the service catalog ([`catalog`]). Each table has its own command enum
 //! (wrapped by one [`Command`] variant), its own modify index
 //! ([`StateMachine::table_index`]; Consul's per-table index that blocking
 //! queries watch), and implements the crate-private `TableState` trait:
@@ -61,11 +61,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::hash::Fnv1a64;
 
 mod binary;
+pub mod catalog;
 pub mod kv;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
+pub use catalog::CatalogCommand;
+use catalog::CatalogTable;
 pub use kv::KvCommand;
 use kv::KvStore;
 
@@ -80,11 +83,13 @@ pub const SNAPSHOT_VERSION: u8 = 2;
 pub enum Table {
     /// Keys and values (`/v1/kv`).
     Kv,
+    /// Nodes, services and health checks (`/v1/catalog`, `/v1/health`).
+    Catalog,
 }
 
 impl Table {
     /// Every table, in id order.
-    pub const ALL: [Table; 1] = [Table::Kv];
+    pub const ALL: [Table; 2] = [Table::Kv, Table::Catalog];
 
     /// The table's id in snapshot sections. Never reuse an id: an old
     /// snapshot's section would be read as the wrong table. 0 is reserved
@@ -92,6 +97,7 @@ impl Table {
     pub fn id(self) -> u8 {
         match self {
             Table::Kv => 1,
+            Table::Catalog => 2,
         }
     }
 
@@ -138,6 +144,8 @@ pub(crate) trait TableState: Default + Sized {
 pub enum Command {
     /// A change to the KV table.
     Kv(KvCommand),
+    /// A change to the catalog.
+    Catalog(CatalogCommand),
 }
 
 impl Command {
@@ -145,6 +153,7 @@ impl Command {
     pub fn table(&self) -> Table {
         match self {
             Command::Kv(_) => Table::Kv,
+            Command::Catalog(_) => Table::Catalog,
         }
     }
 
@@ -154,6 +163,7 @@ impl Command {
     pub fn encoded_len_bound(&self) -> usize {
         match self {
             Command::Kv(c) => c.encoded_len_bound(),
+            Command::Catalog(c) => c.encoded_len_bound(),
         }
     }
 }
@@ -161,6 +171,12 @@ impl Command {
 impl From<KvCommand> for Command {
     fn from(c: KvCommand) -> Self {
         Command::Kv(c)
+    }
+}
+
+impl From<CatalogCommand> for Command {
+    fn from(c: CatalogCommand) -> Self {
+        Command::Catalog(c)
     }
 }
 
@@ -187,6 +203,11 @@ impl<'de> Deserialize<'de> for Command {
                 .map(Command::Kv)
                 .map_err(D::Error::custom);
         }
+        if CatalogCommand::JSON_NAMES.contains(&name.as_str()) {
+            return CatalogCommand::deserialize(value)
+                .map(Command::Catalog)
+                .map_err(D::Error::custom);
+        }
         Err(D::Error::custom(format!(
             "unknown command {name:?} (written by a newer release? run the same release on \
              every server)"
@@ -197,8 +218,12 @@ impl<'de> Deserialize<'de> for Command {
 /// What applying a command returned to the client that proposed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
-    /// Consul's `true`/`false` body for KV writes.
+    /// Consul's `true`/`false` body for KV writes; `true` for catalog
+    /// writes that succeeded.
     Bool(bool),
+    /// The command was refused by the state it met (a check for an
+    /// unknown service) and changed nothing; the message says why.
+    Failed(String),
 }
 
 /// Why [`StateMachine::restore`] rejected some bytes. Every variant means the
@@ -228,6 +253,7 @@ pub enum SnapshotError {
 pub struct StateMachine {
     last_applied: u64,
     kv: KvStore,
+    catalog: CatalogTable,
 }
 
 impl StateMachine {
@@ -246,6 +272,7 @@ impl StateMachine {
         self.advance(index);
         match cmd {
             Command::Kv(c) => self.kv.apply(index, c),
+            Command::Catalog(c) => self.catalog.apply(index, c),
         }
     }
 
@@ -269,6 +296,11 @@ impl StateMachine {
         &self.kv
     }
 
+    /// The catalog.
+    pub fn catalog(&self) -> &CatalogTable {
+        &self.catalog
+    }
+
     /// Index of the last command that changed `table` (0 if none did): the
     /// `X-Consul-Index` of reads from it. Commands that changed nothing (a
     /// failed CAS, deleting a missing key) and other tables' commands do not
@@ -276,6 +308,7 @@ impl StateMachine {
     pub fn table_index(&self, table: Table) -> u64 {
         match table {
             Table::Kv => TableState::table_index(&self.kv),
+            Table::Catalog => TableState::table_index(&self.catalog),
         }
     }
 
@@ -293,6 +326,11 @@ impl StateMachine {
         h.bytes(b"mesh-core/state/v1");
         h.u64(self.last_applied);
         self.kv.digest(&mut h);
+        // Only a catalog that was ever written feeds the digest, so digests
+        // of KV-only states stayed what they were before the catalog.
+        if self.catalog != CatalogTable::default() {
+            self.catalog.digest(&mut h);
+        }
         h.finish()
     }
 
@@ -322,7 +360,8 @@ impl StateMachine {
     }
 
     fn validate(&self) -> Result<(), String> {
-        check_table(&self.kv, self.last_applied)
+        check_table(&self.kv, self.last_applied)?;
+        check_table(&self.catalog, self.last_applied)
     }
 
     fn advance(&mut self, index: u64) {

@@ -5,6 +5,7 @@
 use serde::Deserialize;
 
 use super::binary::{put_u64, put_u8, Reader};
+use super::catalog::CatalogTable;
 use super::kv::KvStore;
 use super::{SnapshotError, StateMachine, Table, TableState, SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 
@@ -18,9 +19,15 @@ pub(super) fn encode(sm: &StateMachine) -> Vec<u8> {
     out.extend_from_slice(SNAPSHOT_MAGIC);
     put_u8(&mut out, SNAPSHOT_VERSION);
     put_u64(&mut out, sm.last_applied);
-    let sections = u8::try_from(Table::ALL.len()).expect("fewer than 256 tables");
-    put_u8(&mut out, sections);
+    // An empty catalog has no section (a missing section reads as an
+    // empty table), so KV-only states keep the bytes they had before the
+    // catalog existed.
+    let with_catalog = sm.catalog != CatalogTable::default();
+    put_u8(&mut out, 1 + u8::from(with_catalog));
     encode_section(&sm.kv, &mut out);
+    if with_catalog {
+        encode_section(&sm.catalog, &mut out);
+    }
     out
 }
 
@@ -78,6 +85,7 @@ fn decode_v2(body: &[u8]) -> Result<StateMachine, String> {
         let mut section = r.sub(len, &|| format!("body of section #{i} (table id {id})"))?;
         match Table::from_id(id) {
             Some(Table::Kv) => sm.kv = decode_section(&mut section)?,
+            Some(Table::Catalog) => sm.catalog = decode_section(&mut section)?,
             None => {
                 return Err(format!(
                     "at byte {id_at}: section #{i} is for table id {id}, which this build \
@@ -111,6 +119,7 @@ fn decode_v1(json: &[u8]) -> Result<StateMachine, String> {
     Ok(StateMachine {
         last_applied: body.last_applied,
         kv: body.kv,
+        catalog: CatalogTable::default(),
     })
 }
 

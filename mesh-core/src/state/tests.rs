@@ -254,8 +254,8 @@ fn bad_command_json_says_what_is_wrong() {
             .unwrap_err()
             .to_string()
     };
-    let e = err(r#"{"CatalogRegister":{"node":"n"}}"#);
-    assert!(e.contains("unknown command \"CatalogRegister\""), "{e}");
+    let e = err(r#"{"SessionCreate":{"node":"n"}}"#);
+    assert!(e.contains("unknown command \"SessionCreate\""), "{e}");
     assert!(e.contains("newer release"), "{e}");
     let e = err(r#"{"KvSet":{"key":"k","value":"YmFy"}}"#);
     assert!(e.contains("missing field `flags`"), "{e}");

@@ -9,7 +9,9 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use mesh_core::api::{validate_key, KvPair};
 use mesh_core::state::{Command, CommandResult, KvCommand};
-use mesh_core::wire::{ClusterStatus, Consistency, KvQuery, ReadRequest, ReadResponse, RpcError};
+use mesh_core::wire::{
+    ClusterStatus, Consistency, KvQuery, QueryResult, ReadRequest, ReadResponse, RpcError,
+};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -223,7 +225,7 @@ impl HttpApi {
         };
         let keys_mode = matches!(kv_query, KvQuery::Keys { .. });
         let request = ReadRequest {
-            query: kv_query,
+            query: kv_query.into(),
             consistency,
             min_index,
             wait_ms,
@@ -232,22 +234,31 @@ impl HttpApi {
             Ok(r) => r,
             Err(e) => return rpc_error(e),
         };
+        let (entries, keys) = match &resp.result {
+            QueryResult::Kv { entries, keys } => (entries, keys),
+            other => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("a KV read was answered with {other:?}"),
+                )
+            }
+        };
         let body = if keys_mode {
-            if resp.keys.is_empty() {
+            if keys.is_empty() {
                 text(StatusCode::NOT_FOUND, "")
             } else {
-                json_reply(&resp.keys)
+                json_reply(keys)
             }
-        } else if resp.entries.is_empty() {
+        } else if entries.is_empty() {
             text(StatusCode::NOT_FOUND, "")
         } else if query.has("raw") {
             reply(
                 StatusCode::OK,
                 "application/octet-stream",
-                resp.entries[0].value.clone(),
+                entries[0].value.clone(),
             )
         } else {
-            let pairs: Vec<KvPair> = resp.entries.iter().map(KvPair::from).collect();
+            let pairs: Vec<KvPair> = entries.iter().map(KvPair::from).collect();
             json_reply(&pairs)
         };
         with_read_headers(body, &resp)
@@ -311,6 +322,7 @@ impl HttpApi {
                     .insert("X-Consul-Index", HeaderValue::from(index));
                 resp
             }
+            Ok((_, CommandResult::Failed(m))) => bad_request(m),
             Err(e) => rpc_error(e),
         }
     }

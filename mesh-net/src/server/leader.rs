@@ -68,12 +68,12 @@ impl Server {
         }
     }
 
-    pub(super) async fn wait_for_index(&self, min_index: u64, wait_ms: u64) {
+    pub(super) async fn wait_for_index(&self, table: Table, min_index: u64, wait_ms: u64) {
         if min_index == 0 {
             return;
         }
         let mut view = self.view.clone();
-        let current = || self.view.read(|sm| sm.kv().table_index());
+        let current = || self.view.read(|sm| sm.table_index(table));
         let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
         let _ = clock::timeout(wait, async {
             while current() <= min_index {
@@ -84,11 +84,10 @@ impl Server {
     }
 
     pub(super) fn read_local(&self, r: &ReadRequest) -> ReadResponse {
-        let (index, entries, keys) = self.view.read(|sm| evaluate(sm.kv(), &r.query));
+        let (index, result) = self.view.read(|sm| evaluate(sm, &r.query));
         ReadResponse {
             index,
-            entries,
-            keys,
+            result,
             known_leader: self.leader().is_some(),
             last_contact_ms: self.last_contact_ms(),
         }
@@ -98,7 +97,8 @@ impl Server {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
-        self.wait_for_index(r.min_index, r.wait_ms).await;
+        self.wait_for_index(r.query.table(), r.min_index, r.wait_ms)
+            .await;
         // Confirm leadership with a quorum *after* waiting, right before
         // reading: a leader deposed meanwhile must not answer.
         if mutants::enabled(Mutant::SkipReadQuorum)

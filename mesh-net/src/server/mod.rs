@@ -26,7 +26,7 @@ mod status;
 use crate::clock::{self, Instant};
 use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};
 use mesh_core::snapshot_transfer::{Progress, Reassembly, TransferId};
-use mesh_core::state::{Command, CommandResult};
+use mesh_core::state::{Command, CommandResult, Table};
 use mesh_core::wire::{
     evaluate, ClusterStatus, Consistency, PeerStatus, ReadRequest, ReadResponse, Request, Response,
     RpcError,
