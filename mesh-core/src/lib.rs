@@ -4,11 +4,13 @@
 //! clocks, threads or OS randomness: time and input come in as arguments.
 #![warn(missing_docs)]
 
+pub mod anti_entropy;
 pub mod api;
 pub mod codec;
 pub mod election;
 pub mod formation;
 pub mod hash;
+pub mod liveness;
 pub mod record;
 pub mod snapshot_transfer;
 pub mod state;

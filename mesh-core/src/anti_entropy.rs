@@ -1,0 +1,384 @@
+//! Anti-entropy: keeping the catalog's rows for this node equal to what
+//! the agent knows.
+//!
+//! The agent's local services and checks are authoritative (as in
+//! Consul). [`AntiEntropy`] holds them and decides when to send the node's
+//! whole state to the servers ([`Output::Sync`], applied as one
+//! `CatalogSyncNode` command that also removes rows the agent does not
+//! know):
+//!
+//! - after every local change, at most one sync in flight and at least
+//!   [`SyncTiming::min_gap_ms`] between two (a flapping check costs at most
+//!   one write per gap, whatever its rate);
+//! - a change of a check's output alone waits for the next periodic round
+//!   (Consul's `check_update_interval`): outputs change on every run of an
+//!   HTTP check, statuses rarely;
+//! - periodically, every [`SyncTiming::interval_ms`] plus a seeded stagger
+//!   so agents started together do not sync together: first it reads the
+//!   catalog's view of the node ([`Output::Fetch`]) and writes only if it
+//!   differs, so a quiet cluster costs reads, not Raft entries;
+//! - after a failed sync, again after a backoff that doubles up to
+//!   [`SyncTiming::max_backoff_ms`].
+//!
+//! Time is passed in; randomness is a seeded generator; every collection is
+//! ordered. Drain [`AntiEntropy::poll_output`] after each call and wake at
+//! [`AntiEntropy::poll_timeout`].
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::state::catalog::{
+    CatalogSlice, CheckStatus, HealthCheck, Node, NodeService, NodeSync, SERF_HEALTH_CHECK,
+};
+
+/// Timing of anti-entropy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncTiming {
+    /// Period of the full comparison with the catalog (Consul: 1 min for
+    /// small clusters).
+    pub interval_ms: u64,
+    /// Least time between two syncs caused by local changes.
+    pub min_gap_ms: u64,
+    /// First retry delay after a failed sync.
+    pub first_backoff_ms: u64,
+    /// Longest retry delay.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for SyncTiming {
+    fn default() -> Self {
+        SyncTiming {
+            interval_ms: 60_000,
+            min_gap_ms: 100,
+            first_backoff_ms: 250,
+            max_backoff_ms: 5_000,
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Read the catalog's rows for this node (a `CatalogQuery::Node`) and
+    /// pass them to [`AntiEntropy::catalog_view`], or report
+    /// [`AntiEntropy::sync_failed`].
+    Fetch,
+    /// Write this state (a `CatalogSyncNode`) and report the outcome with
+    /// [`AntiEntropy::sync_done`] or [`AntiEntropy::sync_failed`], passing
+    /// `generation` back.
+    Sync {
+        /// The local state's generation this sync carries.
+        generation: u64,
+        /// The node's complete state.
+        sync: NodeSync,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InFlight {
+    Fetch,
+    Sync(u64),
+}
+
+/// The agent's local state and its synchronization with the catalog.
+#[derive(Clone, Debug)]
+pub struct AntiEntropy {
+    timing: SyncTiming,
+    node: Node,
+    services: BTreeMap<String, NodeService>,
+    checks: BTreeMap<String, HealthCheck>,
+    /// Bumped on every change that must reach the catalog soon.
+    generation: u64,
+    /// The generation the catalog is known to hold.
+    synced: u64,
+    /// Output changes are waiting for the periodic round.
+    output_pending: bool,
+    in_flight: Option<InFlight>,
+    last_sync_ms: Option<u64>,
+    next_round_ms: u64,
+    retry_at_ms: Option<u64>,
+    backoff_ms: u64,
+    rng: u64,
+    outputs: VecDeque<Output>,
+    /// Successful writes, for tests and metrics.
+    syncs: u64,
+}
+
+impl AntiEntropy {
+    /// An agent for `node` with no services yet, started at `now_ms`. The
+    /// first round runs at once (a restarted agent re-syncs what it
+    /// loaded); later rounds are staggered by `seed`.
+    pub fn new(timing: SyncTiming, node: Node, seed: u64, now_ms: u64) -> Self {
+        AntiEntropy {
+            timing,
+            node,
+            services: BTreeMap::new(),
+            checks: BTreeMap::new(),
+            generation: 1,
+            synced: 0,
+            output_pending: false,
+            in_flight: None,
+            last_sync_ms: None,
+            next_round_ms: now_ms,
+            retry_at_ms: None,
+            backoff_ms: timing.first_backoff_ms,
+            rng: seed | 1,
+            outputs: VecDeque::new(),
+            syncs: 0,
+        }
+    }
+
+    /// The local services, by id.
+    pub fn services(&self) -> &BTreeMap<String, NodeService> {
+        &self.services
+    }
+
+    /// The local checks, by id.
+    pub fn checks(&self) -> &BTreeMap<String, HealthCheck> {
+        &self.checks
+    }
+
+    /// This node's row.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Whether the catalog holds every change so far (outputs aside).
+    pub fn in_sync(&self) -> bool {
+        self.synced == self.generation
+    }
+
+    /// Successful syncs so far.
+    pub fn sync_count(&self) -> u64 {
+        self.syncs
+    }
+
+    /// Adds or replaces a service.
+    pub fn add_service(&mut self, now_ms: u64, service: NodeService) {
+        if self.services.get(&service.id) != Some(&service) {
+            self.services.insert(service.id.clone(), service);
+            self.changed(now_ms);
+        }
+    }
+
+    /// Removes a service and its checks; whether it existed.
+    pub fn remove_service(&mut self, now_ms: u64, id: &str) -> bool {
+        if self.services.remove(id).is_none() {
+            return false;
+        }
+        self.checks.retain(|_, c| c.service_id != id);
+        self.changed(now_ms);
+        true
+    }
+
+    /// Adds or replaces a check (its node is set to this node's).
+    pub fn add_check(&mut self, now_ms: u64, mut check: HealthCheck) {
+        check.node = self.node.node.clone();
+        if let Some(s) = self.services.get(&check.service_id) {
+            check.service_name = s.service.clone();
+            check.service_tags = s.tags.clone();
+        }
+        if self.checks.get(&check.check_id) != Some(&check) {
+            self.checks.insert(check.check_id.clone(), check);
+            self.changed(now_ms);
+        }
+    }
+
+    /// Removes a check; whether it existed.
+    pub fn remove_check(&mut self, now_ms: u64, id: &str) -> bool {
+        if self.checks.remove(id).is_none() {
+            return false;
+        }
+        self.changed(now_ms);
+        true
+    }
+
+    /// A check ran: a new status syncs soon, a new output alone waits for
+    /// the periodic round. Returns false if there is no such check.
+    pub fn update_check(
+        &mut self,
+        now_ms: u64,
+        id: &str,
+        status: CheckStatus,
+        output: &str,
+    ) -> bool {
+        let Some(c) = self.checks.get_mut(id) else {
+            return false;
+        };
+        if c.status != status {
+            c.status = status;
+            c.output = output.to_string();
+            self.changed(now_ms);
+        } else if c.output != output {
+            c.output = output.to_string();
+            self.output_pending = true;
+        }
+        true
+    }
+
+    /// The catalog's rows for this node arrived (answer to [`Output::Fetch`]).
+    pub fn catalog_view(&mut self, now_ms: u64, view: &CatalogSlice) {
+        if self.in_flight != Some(InFlight::Fetch) {
+            return;
+        }
+        self.in_flight = None;
+        self.retry_at_ms = None;
+        self.backoff_ms = self.timing.first_backoff_ms;
+        if self.differs(view) || self.output_pending {
+            // Force a write even if no local change happened.
+            self.generation += 1;
+        } else {
+            self.synced = self.generation;
+        }
+        self.step(now_ms);
+    }
+
+    /// The sync carrying `generation` was committed.
+    pub fn sync_done(&mut self, now_ms: u64, generation: u64) {
+        if self.in_flight != Some(InFlight::Sync(generation)) {
+            return;
+        }
+        self.in_flight = None;
+        self.synced = self.synced.max(generation);
+        self.retry_at_ms = None;
+        self.backoff_ms = self.timing.first_backoff_ms;
+        self.syncs += 1;
+        self.step(now_ms);
+    }
+
+    /// The fetch or sync in flight failed (no leader, timeout, outcome
+    /// unknown): try again after a backoff.
+    pub fn sync_failed(&mut self, now_ms: u64) {
+        if self.in_flight.is_none() {
+            return;
+        }
+        self.in_flight = None;
+        let jitter = self.next_random() % (self.backoff_ms / 4 + 1);
+        self.retry_at_ms = Some(now_ms + self.backoff_ms + jitter);
+        self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
+    }
+
+    /// Runs what is due.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.step(now_ms);
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`AntiEntropy::handle_timeout`] next has something to do.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        if let Some(at) = self.retry_at_ms {
+            return Some(at);
+        }
+        if self.in_sync() {
+            return Some(self.next_round_ms);
+        }
+        // Out of sync, the next write goes out when the gap is over.
+        Some(self.last_sync_ms.map_or(0, |t| t + self.timing.min_gap_ms))
+    }
+
+    fn changed(&mut self, now_ms: u64) {
+        self.generation += 1;
+        self.step(now_ms);
+    }
+
+    /// Starts a sync or a fetch if one is due and none is in flight.
+    fn step(&mut self, now_ms: u64) {
+        if self.in_flight.is_some() || self.retry_at_ms.is_some_and(|t| now_ms < t) {
+            return;
+        }
+        let retrying = self.retry_at_ms.take().is_some();
+        if !self.in_sync() {
+            let gap_over = match self.last_sync_ms {
+                None => true,
+                Some(t) => now_ms >= t + self.timing.min_gap_ms,
+            };
+            if gap_over || retrying {
+                self.send_sync(now_ms);
+            }
+        } else if now_ms >= self.next_round_ms {
+            self.schedule_round(now_ms);
+            self.in_flight = Some(InFlight::Fetch);
+            self.outputs.push_back(Output::Fetch);
+        }
+    }
+
+    /// A write or a fetch counts as the round: the next is a full
+    /// interval (plus stagger) away.
+    fn schedule_round(&mut self, now_ms: u64) {
+        let stagger = self.next_random() % (self.timing.interval_ms / 8 + 1);
+        self.next_round_ms = now_ms + self.timing.interval_ms + stagger;
+    }
+
+    fn send_sync(&mut self, now_ms: u64) {
+        self.in_flight = Some(InFlight::Sync(self.generation));
+        self.last_sync_ms = Some(now_ms);
+        self.schedule_round(now_ms);
+        self.output_pending = false;
+        self.outputs.push_back(Output::Sync {
+            generation: self.generation,
+            sync: NodeSync {
+                node: self.node.clone(),
+                services: self.services.values().cloned().collect(),
+                checks: self.checks.values().cloned().collect(),
+            },
+        });
+    }
+
+    /// Whether the catalog's rows for this node differ from the local
+    /// state (indexes, and checks the servers own, aside).
+    fn differs(&self, view: &CatalogSlice) -> bool {
+        let strip_node = |n: &Node| Node {
+            create_index: 0,
+            modify_index: 0,
+            ..n.clone()
+        };
+        match view.nodes.first() {
+            Some(n) if strip_node(n) == strip_node(&self.node) => {}
+            _ => return true,
+        }
+        let theirs: Vec<NodeService> = view
+            .services
+            .iter()
+            .map(|e| NodeService {
+                create_index: 0,
+                modify_index: 0,
+                ..e.service.clone()
+            })
+            .collect();
+        let ours: Vec<NodeService> = self.services.values().cloned().collect();
+        if theirs != ours {
+            return true;
+        }
+        let theirs: Vec<HealthCheck> = view
+            .checks
+            .iter()
+            .filter(|c| c.check_id != SERF_HEALTH_CHECK)
+            .map(|c| HealthCheck {
+                create_index: 0,
+                modify_index: 0,
+                ..c.clone()
+            })
+            .collect();
+        let ours: Vec<HealthCheck> = self.checks.values().cloned().collect();
+        theirs != ours
+    }
+
+    /// xorshift64*: deterministic for a seed.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[cfg(test)]
+mod tests;
