@@ -7,6 +7,7 @@
 pub mod api;
 pub mod codec;
 pub mod election;
+pub mod filter;
 pub mod formation;
 pub mod hash;
 pub mod record;
