@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod codec;
+pub mod definitions;
 pub mod election;
 pub mod formation;
 pub mod hash;
