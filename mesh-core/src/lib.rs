@@ -7,6 +7,7 @@
 pub mod anti_entropy;
 pub mod api;
 pub mod codec;
+pub mod definitions;
 pub mod election;
 pub mod filter;
 pub mod formation;
