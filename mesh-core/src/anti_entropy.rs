@@ -69,7 +69,7 @@ pub enum Output {
         /// The local state's generation this sync carries.
         generation: u64,
         /// The node's complete state.
-        sync: NodeSync,
+        sync: Box<NodeSync>,
     },
 }
 
@@ -322,11 +322,11 @@ impl AntiEntropy {
         self.output_pending = false;
         self.outputs.push_back(Output::Sync {
             generation: self.generation,
-            sync: NodeSync {
+            sync: Box::new(NodeSync {
                 node: self.node.clone(),
                 services: self.services.values().cloned().collect(),
                 checks: self.checks.values().cloned().collect(),
-            },
+            }),
         });
     }
 

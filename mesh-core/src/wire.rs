@@ -52,6 +52,13 @@ pub enum Request<R> {
     },
     /// Cluster status as the receiver sees it.
     Status,
+    /// An agent's periodic "I am alive", for the leader's node-liveness
+    /// verdicts (see [`crate::liveness`]). Answered [`Response::Done`] by
+    /// the leader, [`RpcError::NotLeader`] by others.
+    Heartbeat {
+        /// The agent's node name.
+        node: String,
+    },
 }
 
 /// The answer to a [`Request`].

@@ -71,11 +71,11 @@ fn catalog_command() -> impl Strategy<Value = CatalogCommand> {
     });
     prop_oneof![
         3 => (node.clone(), proptest::option::of(instance.clone()), proptest::collection::vec(check.clone(), 0..2), any::<bool>())
-            .prop_map(|(node, service, checks, skip_node_update)| CatalogCommand::Register(Registration { node, skip_node_update, service, checks })),
+            .prop_map(|(node, service, checks, skip_node_update)| CatalogCommand::Register(Box::new(Registration { node, skip_node_update, service, checks }))),
         1 => (node_name, proptest::option::of("s[12]"), proptest::option::of("c[123]"))
             .prop_map(|(node, service_id, check_id)| CatalogCommand::Deregister { node, service_id, check_id }),
         2 => (node, proptest::collection::vec(instance, 0..3), proptest::collection::vec(check, 0..3))
-            .prop_map(|(node, services, checks)| CatalogCommand::SyncNode(NodeSync { node, services, checks })),
+            .prop_map(|(node, services, checks)| CatalogCommand::SyncNode(Box::new(NodeSync { node, services, checks }))),
         1 => (node_name, status, "[a-z]{0,2}").prop_map(|(node, status, output)| CatalogCommand::NodeHealth { node, status, output }),
     ]
 }

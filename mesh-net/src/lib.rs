@@ -11,7 +11,9 @@
 #![allow(clippy::result_large_err)]
 
 pub mod agent;
+pub mod backend;
 pub mod buggify;
+pub mod client;
 pub mod clock;
 pub mod disk;
 pub mod flags;

@@ -195,7 +195,7 @@ impl SimCluster {
                     // The same entry point as `mesh agent`, with simulated
                     // signals.
                     let result = command::run(config, Arc::new(disk), rx, |agent| {
-                        *live.lock().expect("live lock") = Some(agent.server().clone());
+                        *live.lock().expect("live lock") = agent.server().cloned();
                     })
                     .await;
                     if let Err(e) = result {

@@ -274,7 +274,7 @@ pub enum CatalogCommand {
     /// what was wrong (a check for an unknown instance); a failed register
     /// changes nothing.
     #[serde(rename = "CatalogRegister")]
-    Register(Registration),
+    Register(Box<Registration>),
     /// `PUT /v1/catalog/deregister`: one check, one instance (and its
     /// checks), or, with neither, the node and everything on it. Result:
     /// `Bool(true)` (removing something absent is not an error, as in Consul).
@@ -290,7 +290,7 @@ pub enum CatalogCommand {
     /// Anti-entropy: make the node's agent-owned rows equal to these.
     /// Result: `Bool(true)`.
     #[serde(rename = "CatalogSyncNode")]
-    SyncNode(NodeSync),
+    SyncNode(Box<NodeSync>),
     /// The leader's node-liveness verdict: set the node's
     /// [`SERF_HEALTH_CHECK`]. Ignored if the node is not in the catalog (it
     /// was deregistered meanwhile). Result: `Bool(true)`.

@@ -13,7 +13,10 @@ use mesh_core::formation::BootstrapMode;
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use super::{Agent, AgentConfig};
+use mesh_core::definitions::{AgentFileConfig, ServiceDefinition};
+
+use super::checks::CheckSpec;
+use super::{Agent, AgentConfig, Role, ServiceWithChecks};
 use crate::disk::Disk;
 use crate::flags::{usage, Flags, Kind, Spec};
 use crate::server::{RaftTiming, ServerConfig};
@@ -54,7 +57,27 @@ pub const AGENT_FLAGS: &[Spec] = &[
     (
         "server",
         Kind::Bool,
-        "Run in server mode (client agents arrive with the service catalog).",
+        "Run in server mode; without it the agent is a client of the servers it -retry-joins.",
+    ),
+    (
+        "config-file",
+        Kind::Multi,
+        "A configuration file (JSON or HCL) to load (repeatable; later files win).",
+    ),
+    (
+        "config-dir",
+        Kind::Multi,
+        "A directory of .json/.hcl configuration files, loaded in name order (repeatable).",
+    ),
+    (
+        "datacenter",
+        Kind::Value,
+        "Datacenter of the agent. Default: dc1.",
+    ),
+    (
+        "enable-script-checks",
+        Kind::Bool,
+        "Allow health checks that run scripts.",
     ),
     (
         "dev",
@@ -151,23 +174,76 @@ pub fn parse(args: &[String]) -> Result<AgentLaunch, LaunchError> {
     launch_from(&flags).map_err(LaunchError::Config)
 }
 
-fn ip(flags: &Flags, name: &str, default: &str) -> Result<IpAddr, String> {
-    let raw = flags.get(name).unwrap_or(default);
+/// Reads `-config-file`s and the `.json`/`.hcl` files of `-config-dir`s,
+/// merged in order (files in a directory by name).
+fn load_config_files(flags: &Flags) -> Result<AgentFileConfig, String> {
+    let mut paths: Vec<PathBuf> = flags
+        .all("config-file")
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    for dir in flags.all("config-dir") {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| format!("Error reading config directory {dir}: {e}"))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|x| x.to_str()), Some("json" | "hcl"))
+            })
+            .collect();
+        files.sort();
+        paths.extend(files);
+    }
+    let mut merged = AgentFileConfig::default();
+    for path in paths {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("Error reading config file {name}: {e}"))?;
+        let file = AgentFileConfig::parse(&name, &text)
+            .map_err(|e| format!("Error parsing {name}: {e}"))?;
+        merged = merged.merge(file);
+    }
+    Ok(merged)
+}
+
+fn ip_of(name: &str, raw: &str) -> Result<IpAddr, String> {
     raw.parse().map_err(|_| {
-        format!("invalid -{name} address {raw:?}: expected an IP address such as 127.0.0.10")
+        format!("invalid {name} address {raw:?}: expected an IP address such as 127.0.0.10")
     })
+}
+
+/// A service from a config file, with its checks and its sidecar.
+fn services_from(def: &ServiceDefinition, node: &str) -> Result<Vec<ServiceWithChecks>, String> {
+    let mut out = Vec::new();
+    for d in std::iter::once(def.clone()).chain(def.sidecar()) {
+        let checks = d
+            .checks()
+            .iter()
+            .map(|c| {
+                CheckSpec::from_definition(c)
+                    .map(|spec| (c.to_health_check(node), spec))
+                    .map_err(|e| format!("service {:?}: {e}", d.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push((d.to_node_service(), checks));
+    }
+    Ok(out)
 }
 
 fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
     if !flags.positional.is_empty() {
         return Err(format!("unexpected arguments: {:?}", flags.positional));
     }
+    let file = load_config_files(flags)?;
     let dev = flags.bool("dev");
-    if !dev && !flags.bool("server") {
-        return Err("client agents are not supported yet: pass -server (or -dev)".into());
-    }
-    let expect = flags.number::<u32>("bootstrap-expect")?;
-    let bootstrap = match (dev || flags.bool("bootstrap"), expect) {
+    let is_server = dev || flags.bool("server") || file.server == Some(true);
+    let expect = match flags.number::<u32>("bootstrap-expect")? {
+        Some(n) => Some(n),
+        None => file.bootstrap_expect,
+    };
+    let bootstrap_flag = dev || flags.bool("bootstrap") || file.bootstrap == Some(true);
+    let bootstrap = match (bootstrap_flag, expect) {
         (true, Some(_)) => {
             return Err("-bootstrap and -bootstrap-expect are mutually exclusive".into())
         }
@@ -176,20 +252,34 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
         (false, Some(n)) => BootstrapMode::Expect(n),
         (false, None) => BootstrapMode::JoinOnly,
     };
-    let bind = ip(flags, "bind", "127.0.0.1")?;
-    let advertise = match flags.get("advertise") {
-        Some(_) => ip(flags, "advertise", "")?,
+    if !is_server && bootstrap != BootstrapMode::JoinOnly {
+        return Err("-bootstrap and -bootstrap-expect need -server".into());
+    }
+    let bind = match flags.get("bind").or(file.bind_addr.as_deref()) {
+        Some(raw) => ip_of("-bind", raw)?,
+        None => ip_of("-bind", "127.0.0.1")?,
+    };
+    let advertise_raw = flags.get("advertise").or(file.advertise_addr.as_deref());
+    let advertise = match advertise_raw {
+        Some(raw) => ip_of("-advertise", raw)?,
         None => bind,
     };
-    if bind.is_unspecified() && flags.get("advertise").is_none() {
-        return Err(
-            "-bind 0.0.0.0 needs -advertise with an address other servers can reach".into(),
-        );
+    if bind.is_unspecified() && advertise_raw.is_none() {
+        return Err("-bind 0.0.0.0 needs -advertise with an address other agents can reach".into());
     }
-    let client = ip(flags, "client", "127.0.0.1")?;
-    let server_port = flags.number::<u16>("server-port")?.unwrap_or(8300);
-    let http_port = flags.number::<u16>("http-port")?.unwrap_or(8500);
-    let node_name = match flags.get("node") {
+    let client = match flags.get("client").or(file.client_addr.as_deref()) {
+        Some(raw) => ip_of("-client", raw)?,
+        None => ip_of("-client", "127.0.0.1")?,
+    };
+    let server_port = match flags.number::<u16>("server-port")? {
+        Some(p) => p,
+        None => file.ports.server.unwrap_or(8300),
+    };
+    let http_port = match flags.number::<u16>("http-port")? {
+        Some(p) => p,
+        None => file.ports.http.unwrap_or(8500),
+    };
+    let node_name = match flags.get("node").or(file.node_name.as_deref()) {
         Some(n) if !n.is_empty() => n.to_string(),
         Some(_) => return Err("-node must not be empty".into()),
         None if dev => "dev".into(),
@@ -199,23 +289,30 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
             .filter(|h| !h.is_empty())
             .ok_or("cannot determine the hostname; pass -node")?,
     };
-    let storage = match (dev, flags.get("data-dir")) {
+    let datacenter = flags
+        .get("datacenter")
+        .or(file.datacenter.as_deref())
+        .unwrap_or("dc1")
+        .to_string();
+    let storage = match (dev, flags.get("data-dir").or(file.data_dir.as_deref())) {
         (true, _) => Storage::Memory,
         (false, Some(dir)) => Storage::Dir(dir.into()),
-        (false, None) => return Err("-data-dir is required for a server (or use -dev)".into()),
+        (false, None) => return Err("-data-dir is required (or use -dev)".into()),
     };
     let mut join = flags.all("retry-join");
+    join.extend(file.retry_join.iter().cloned());
     let retry_join = !join.is_empty();
     join.extend(flags.all("join"));
-    if bootstrap == BootstrapMode::JoinOnly && join.is_empty() {
-        return Err(
-            "a server needs -bootstrap, -bootstrap-expect=N, or -join/-retry-join to find its cluster".into(),
-        );
-    }
-    let rpc_addr = SocketAddr::new(advertise, server_port);
-    let config = AgentConfig {
-        server: ServerConfig {
-            node_name,
+    join.extend(file.start_join.iter().cloned());
+    let role = if is_server {
+        if bootstrap == BootstrapMode::JoinOnly && join.is_empty() {
+            return Err(
+                "a server needs -bootstrap, -bootstrap-expect=N, or -join/-retry-join to find its cluster".into(),
+            );
+        }
+        let rpc_addr = SocketAddr::new(advertise, server_port);
+        Role::Server(ServerConfig {
+            node_name: node_name.clone(),
             rpc_bind: SocketAddr::new(bind, server_port),
             rpc_advertise: rpc_addr.to_string(),
             http_addr: SocketAddr::new(client, http_port).to_string(),
@@ -227,13 +324,45 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
                 .number::<u64>("snapshot-threshold")?
                 .unwrap_or(8192)
                 .max(16),
-        },
-        http_bind: SocketAddr::new(client, http_port),
+        })
+    } else {
+        if join.is_empty() {
+            return Err(
+                "a client agent needs -retry-join (or -join) with the address of a server".into(),
+            );
+        }
+        Role::Client { servers: join }
     };
+    let mut services = Vec::new();
+    for def in &file.services {
+        services.extend(services_from(def, &node_name)?);
+    }
+    let mut checks = Vec::new();
+    for def in &file.checks {
+        let spec =
+            CheckSpec::from_definition(def).map_err(|e| format!("check {:?}: {e}", def.name))?;
+        checks.push((def.to_health_check(&node_name), spec));
+    }
+    let config = AgentConfig {
+        node_name,
+        datacenter,
+        role,
+        advertise,
+        http_bind: SocketAddr::new(client, http_port),
+        services,
+        checks,
+        enable_script_checks: flags.bool("enable-script-checks")
+            || file.enable_script_checks == Some(true),
+    };
+    let log_level = flags
+        .get("log-level")
+        .or(file.log_level.as_deref())
+        .unwrap_or("info")
+        .to_string();
     Ok(AgentLaunch {
         config,
         storage,
-        log_level: flags.get("log-level").unwrap_or("info").to_string(),
+        log_level,
         log_json: flags.bool("log-json"),
     })
 }
@@ -251,8 +380,10 @@ pub async fn run(
     mut signals: mpsc::Receiver<Signal>,
     started: impl FnOnce(&Agent),
 ) -> Result<(), String> {
-    let must_join = !config.server.retry_join && !config.server.join.is_empty();
-    let join = config.server.join.clone();
+    let (must_join, join) = match config.server() {
+        Some(s) => (!s.retry_join && !s.join.is_empty(), s.join.clone()),
+        None => (false, Vec::new()),
+    };
     let agent = match Agent::start(config, disk).await {
         Ok(a) => a,
         Err(e) => {
@@ -263,7 +394,11 @@ pub async fn run(
     started(&agent);
     // Consul: "If Consul is unable to join with any of the specified
     // addresses, agent startup will fail." (-retry-join keeps trying.)
-    if must_join && !agent.server().wait_joined(JOIN_TIMEOUT).await {
+    let joined = match agent.server() {
+        Some(server) if must_join => server.wait_joined(JOIN_TIMEOUT).await,
+        _ => true,
+    };
+    if !joined {
         error!(join = ?join, "could not join the cluster");
         agent.stop().await;
         return Err(format!(

@@ -1,64 +1,187 @@
 //! An agent: the process-level unit that `mesh agent` runs and the
-//! simulator starts on each host. For now every agent is a server (its
-//! Raft node plus the HTTP API); client agents arrive with the service
-//! catalog.
+//! simulator starts on each host. Every agent has the local state
+//! (services, checks, anti-entropy, heartbeats; [`local`]) and the HTTP
+//! API; a server agent also runs a Raft server, which is its way to the
+//! cluster, while a client agent reaches the servers over RPC
+//! ([`crate::client`]). As in Consul, servers are agents too.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_core::state::catalog::{HealthCheck, Node, NodeService};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::backend::{Cluster, LocalServer};
+use crate::client::RemoteServers;
 use crate::disk::Disk;
 use crate::http::{self, HttpApi};
+pub mod checks;
 pub mod command;
+pub mod local;
 
-use crate::server::{Server, ServerConfig, StartError};
+use crate::server::{load_or_create_node_id, Server, ServerConfig, StartError};
+use checks::CheckSpec;
+use local::LocalAgent;
 
-/// Everything `mesh agent -server ...` configures.
+/// Server or client.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// A Raft server (`-server`, `-dev`).
+    Server(ServerConfig),
+    /// A client agent: reaches the servers over RPC.
+    Client {
+        /// Server addresses (`-retry-join`, `-join`).
+        servers: Vec<String>,
+    },
+}
+
+/// A service registered from a config file, with its checks.
+pub type ServiceWithChecks = (NodeService, Vec<(HealthCheck, CheckSpec)>);
+
+/// Everything `mesh agent ...` configures.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The Raft server.
-    pub server: ServerConfig,
+    /// Node name (`-node`, `node_name`).
+    pub node_name: String,
+    /// Datacenter (`-datacenter`, `datacenter`).
+    pub datacenter: String,
+    /// Server or client.
+    pub role: Role,
+    /// Address of this node in the catalog and source of its connections
+    /// (`-bind`, or `-advertise` when given).
+    pub advertise: IpAddr,
     /// Where the HTTP API listens (`-client` + `-http-port`).
     pub http_bind: SocketAddr,
+    /// Services from config files.
+    pub services: Vec<ServiceWithChecks>,
+    /// Node checks and service checks from config files.
+    pub checks: Vec<(HealthCheck, CheckSpec)>,
+    /// Allow script checks (`enable_script_checks`).
+    pub enable_script_checks: bool,
+}
+
+impl AgentConfig {
+    /// The server configuration, on a server agent.
+    pub fn server(&self) -> Option<&ServerConfig> {
+        match &self.role {
+            Role::Server(s) => Some(s),
+            Role::Client { .. } => None,
+        }
+    }
+}
+
+/// Formats a node id as Consul's UUID-shaped `NodeID`.
+pub fn node_uuid(id: u64) -> String {
+    let hex = format!("{id:016x}");
+    format!(
+        "{}-{}-{}-0000-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        "000000000000"
+    )
 }
 
 /// A running agent.
 pub struct Agent {
-    server: Arc<Server>,
+    server: Option<Arc<Server>>,
+    cluster: Arc<dyn Cluster>,
+    local: Arc<LocalAgent>,
     http_task: JoinHandle<()>,
     left: Arc<Notify>,
 }
 
 impl Agent {
-    /// Starts the server and the HTTP API.
+    /// Starts the server (or the link to the servers), the local state and
+    /// the HTTP API.
     pub async fn start(config: AgentConfig, disk: Arc<dyn Disk>) -> Result<Self, StartError> {
-        // Bind HTTP first so a port clash fails before Raft state is touched.
+        // Bind HTTP first so a port clash fails before any state is touched.
         let http_listener = TcpListener::bind(config.http_bind)
             .await
             .map_err(|source| StartError::Bind {
                 addr: config.http_bind,
                 source,
             })?;
-        let server = Server::start(config.server, disk).await?;
+        let (server, cluster, node_id): (Option<Arc<Server>>, Arc<dyn Cluster>, u64) =
+            match &config.role {
+                Role::Server(s) => {
+                    let server = Server::start(s.clone(), disk.clone()).await?;
+                    let id = server.node_id();
+                    (Some(server.clone()), Arc::new(LocalServer(server)), id)
+                }
+                Role::Client { servers } => {
+                    let id = load_or_create_node_id(disk.as_ref())?;
+                    (None, RemoteServers::start(servers, config.advertise), id)
+                }
+            };
+        let node = Node {
+            id: node_uuid(node_id),
+            node: config.node_name.clone(),
+            address: config.advertise.to_string(),
+            datacenter: config.datacenter.clone(),
+            tagged_addresses: [
+                ("lan".to_string(), config.advertise.to_string()),
+                ("wan".to_string(), config.advertise.to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            meta: [("consul-network-segment".to_string(), String::new())]
+                .into_iter()
+                .collect(),
+            ..Node::default()
+        };
+        let local = LocalAgent::start(
+            node,
+            cluster.clone(),
+            disk,
+            node_id,
+            config.enable_script_checks,
+        )?;
+        for (service, checks) in config.services.clone() {
+            if let Err(e) = local.register_service(service, checks, true) {
+                warn!(error = %e, "a service from the configuration was refused");
+            }
+        }
+        for (check, spec) in config.checks.clone() {
+            if let Err(e) = local.register_check(check, spec) {
+                warn!(error = %e, "a check from the configuration was refused");
+            }
+        }
         let left = Arc::new(Notify::new());
-        let api = Arc::new(HttpApi::new(server.clone(), left.clone()));
+        let api = Arc::new(HttpApi::new(
+            cluster.clone(),
+            local.clone(),
+            left.clone(),
+            config.clone(),
+        ));
         let http_task = tokio::spawn(http::serve(http_listener, api));
-        info!(http = %config.http_bind, "HTTP API listening");
+        info!(http = %config.http_bind, server = server.is_some(), "HTTP API listening");
         Ok(Self {
             server,
+            cluster,
+            local,
             http_task,
             left,
         })
     }
 
-    /// The server of this agent.
-    pub fn server(&self) -> &Arc<Server> {
-        &self.server
+    /// The Raft server of a server agent.
+    pub fn server(&self) -> Option<&Arc<Server>> {
+        self.server.as_ref()
+    }
+
+    /// The agent's way to the cluster.
+    pub fn cluster(&self) -> &Arc<dyn Cluster> {
+        &self.cluster
+    }
+
+    /// The local services and checks.
+    pub fn local(&self) -> &Arc<LocalAgent> {
+        &self.local
     }
 
     /// Resolves when the agent left the cluster through the API and must exit.
@@ -70,15 +193,18 @@ impl Agent {
     /// server stays in the Raft configuration (Consul's default for
     /// servers: `leave_on_terminate = false`).
     pub async fn terminate(self) {
-        self.server
-            .hand_off_leadership(Duration::from_secs(3))
-            .await;
+        if let Some(server) = &self.server {
+            server.hand_off_leadership(Duration::from_secs(3)).await;
+        }
         self.stop().await;
     }
 
     /// Stops at once (tests; a crash is simulated by killing the node).
     pub async fn stop(self) {
         self.http_task.abort();
-        self.server.shutdown().await;
+        self.local.stop();
+        if let Some(server) = &self.server {
+            server.shutdown().await;
+        }
     }
 }

@@ -9,7 +9,12 @@
 //! (and the next one on an idle keep-alive connection) must arrive within
 //! [`HEADER_READ_TIMEOUT`], a body within [`routes::BODY_READ_TIMEOUT`].
 
+mod agent_api;
+mod catalog;
+mod kv;
+mod operator;
 mod params;
+pub mod reply;
 mod routes;
 
 use std::convert::Infallible;
@@ -28,7 +33,8 @@ use crate::clock;
 use tracing::{debug, warn};
 
 pub use params::{parse_duration_ms, percent_decode, Query};
-pub use routes::{HttpApi, BODY_READ_TIMEOUT};
+pub use reply::BODY_READ_TIMEOUT;
+pub use routes::HttpApi;
 
 /// How long a client may take to send a request head, and how long an idle
 /// keep-alive connection stays open waiting for the next one (Go's

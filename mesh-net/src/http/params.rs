@@ -78,7 +78,7 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
 /// A decoded query string. Consul flags such as `?recurse` have no value.
 #[derive(Debug, Default)]
 pub struct Query {
-    params: BTreeMap<String, String>,
+    params: BTreeMap<String, Vec<String>>,
 }
 
 impl Query {
@@ -87,7 +87,10 @@ impl Query {
         let mut params = BTreeMap::new();
         for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            params.insert(percent_decode(k, true)?, percent_decode(v, true)?);
+            params
+                .entry(percent_decode(k, true)?)
+                .or_insert_with(Vec::new)
+                .push(percent_decode(v, true)?);
         }
         Ok(Self { params })
     }
@@ -97,9 +100,22 @@ impl Query {
         self.params.contains_key(key)
     }
 
-    /// The parameter's value, if present.
+    /// The parameter's value, if present (the last, if repeated).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.params.get(key).map(String::as_str)
+        self.params
+            .get(key)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+    }
+
+    /// Every value of a repeatable parameter (`?tag=a&tag=b`), in order.
+    pub fn all(&self, key: &str) -> &[String] {
+        self.params.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// A Consul flag such as `?passing`: present and not `false`.
+    pub fn flag(&self, key: &str) -> bool {
+        self.get(key).is_some_and(|v| v != "false" && v != "0")
     }
 
     /// An unsigned integer parameter; a clear error if malformed.

@@ -15,7 +15,15 @@ impl Server {
     pub(super) async fn handle_as_leader(&self, req: RpcRequest) -> RpcResponse {
         let result = match req {
             Request::Write(cmd) => self.write_here(cmd).await,
+            // Stale reads are served by any server, from its own state
+            // (client agents send them to whichever server they reach).
+            Request::Read(r) if r.consistency == Consistency::Stale => {
+                self.wait_for_index(r.query.table(), r.min_index, r.wait_ms)
+                    .await;
+                Ok(Response::Read(self.read_local(&r)))
+            }
             Request::Read(r) => self.read_here(r).await.map(Response::Read),
+            Request::Heartbeat { node } => self.heartbeat_here(node),
             Request::Join(info) => self.add_server_here(info).await.map(|()| Response::Done),
             Request::RemovePeer { node_id } => self
                 .remove_server_here(node_id)

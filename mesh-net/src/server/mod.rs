@@ -20,6 +20,7 @@ mod election;
 mod formation;
 mod hand_off;
 mod leader;
+mod liveness;
 mod requests;
 mod status;
 
@@ -127,9 +128,9 @@ pub enum StartError {
 const NODE_ID_FILE: &str = "node-id";
 const KIND_NODE_ID: u8 = 5;
 /// How long entry points keep looking for a leader.
-const LEADER_WAIT: Duration = Duration::from_secs(7);
+pub(crate) const LEADER_WAIT: Duration = Duration::from_secs(7);
 /// RPC deadline for forwarded requests (writes include replication).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on a quorum check for a consistent read.
 const LINEARIZE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Consul's maximum blocking-query wait.
@@ -161,9 +162,11 @@ pub struct Server {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The snapshot being received from the leader, chunk by chunk.
     snapshot_in: Mutex<Reassembly>,
+    /// Agents' heartbeats, for the liveness driver while this server leads.
+    heartbeats: tokio::sync::mpsc::Sender<String>,
 }
 
-fn load_or_create_node_id(disk: &dyn Disk) -> Result<u64, StartError> {
+pub(crate) fn load_or_create_node_id(disk: &dyn Disk) -> Result<u64, StartError> {
     if let Some(rec) = read_records(disk, NODE_ID_FILE, FileKind::Atomic, &[KIND_NODE_ID])?.pop() {
         return Ok(decode_record(disk, NODE_ID_FILE, &rec)?);
     }
@@ -268,6 +271,7 @@ impl Server {
         .map_err(|e| StartError::Raft(e.to_string()))?;
         info!(node = %config.node_name, node_id, rpc = %config.rpc_bind, has_state, "server started");
         let elections = Self::new_elections(node_id, config.timing);
+        let (heartbeats, heartbeats_rx) = tokio::sync::mpsc::channel(liveness::HEARTBEAT_QUEUE);
         let server = Arc::new(Self {
             node_id,
             info,
@@ -286,6 +290,7 @@ impl Server {
             handing_off: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             snapshot_in: Mutex::new(Reassembly::new()),
+            heartbeats,
         });
         let handler_server = server.clone();
         let serve = tokio::spawn(rpc::serve(listener, move |req| {
@@ -295,11 +300,14 @@ impl Server {
         let formation = tokio::spawn(server.clone().formation_loop());
         let watchdog = tokio::spawn(server.clone().election_driver());
         let leader_view = tokio::spawn(server.clone().publish_leader_view());
-        server
-            .tasks
-            .lock()
-            .expect("tasks lock")
-            .extend([serve, formation, watchdog, leader_view]);
+        let liveness = tokio::spawn(server.clone().liveness_driver(heartbeats_rx));
+        server.tasks.lock().expect("tasks lock").extend([
+            serve,
+            formation,
+            watchdog,
+            leader_view,
+            liveness,
+        ]);
         Ok(server)
     }
 

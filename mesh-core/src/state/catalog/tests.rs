@@ -29,7 +29,7 @@ fn check(id: &str, service_id: &str, status: CheckStatus) -> HealthCheck {
 }
 
 fn register(t: &mut CatalogTable, index: u64, r: Registration) -> CommandResult {
-    t.apply(index, &CatalogCommand::Register(r))
+    t.apply(index, &CatalogCommand::Register(Box::new(r)))
 }
 
 fn fcs(t: &mut CatalogTable, index: u64) {
@@ -156,14 +156,14 @@ fn sync_node_replaces_agent_rows_and_keeps_serf_health() {
         services: vec![svc("web", "web", 80)],
         checks: vec![check("service:web", "web", CheckStatus::Warning)],
     };
-    t.apply(3, &CatalogCommand::SyncNode(sync.clone()));
+    t.apply(3, &CatalogCommand::SyncNode(Box::new(sync.clone())));
     let services: Vec<_> = t.node_services("fcs00").map(|s| s.id.clone()).collect();
     assert_eq!(services, ["web"]);
     let checks: Vec<_> = t.node_checks("fcs00").map(|c| c.check_id.clone()).collect();
     assert_eq!(checks, [SERF_HEALTH_CHECK, "service:web"]);
     assert_eq!(t.table_index(), 3);
     // The same sync again changes nothing.
-    t.apply(4, &CatalogCommand::SyncNode(sync));
+    t.apply(4, &CatalogCommand::SyncNode(Box::new(sync)));
     assert_eq!(t.table_index(), 3);
     t.validate().unwrap();
 }
@@ -240,11 +240,11 @@ fn snapshot_round_trips_through_the_state_machine() {
     let mut sm = StateMachine::new();
     sm.apply(
         1,
-        &Command::Catalog(CatalogCommand::Register(Registration {
+        &Command::Catalog(CatalogCommand::Register(Box::new(Registration {
             node: node("fcs00"),
             service: Some(svc("fcs", "fcs", 8181)),
             ..Registration::default()
-        })),
+        }))),
     );
     let bytes = sm.snapshot();
     let back = StateMachine::restore(&bytes).unwrap();
@@ -257,16 +257,16 @@ fn snapshot_round_trips_through_the_state_machine() {
 fn commands_round_trip_through_the_log_encoding() {
     use crate::state::Command;
     let cmds = [
-        Command::Catalog(CatalogCommand::Register(Registration {
+        Command::Catalog(CatalogCommand::Register(Box::new(Registration {
             node: node("a"),
             ..Registration::default()
-        })),
+        }))),
         Command::Catalog(CatalogCommand::Deregister {
             node: "a".into(),
             service_id: None,
             check_id: Some("c".into()),
         }),
-        Command::Catalog(CatalogCommand::SyncNode(NodeSync::default())),
+        Command::Catalog(CatalogCommand::SyncNode(Box::default())),
         Command::Catalog(CatalogCommand::NodeHealth {
             node: "a".into(),
             status: CheckStatus::Warning,

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Drives a mesh cluster with an unmodified Consul client library (py-consul).
+
+Usage: consul_client_check.py AGENT_HOST:PORT [OTHER_AGENT_HOST:PORT]
+
+Registers a service with a TTL check through the first agent's API, reads it
+back through the catalog and health endpoints (from the second agent when
+given, so the answer crossed the cluster), blocks on an index until a check
+change wakes it, registers and removes an external node through the catalog,
+filters, and uses KV. Every wait is bounded; any mismatch exits non-zero with
+a message naming the step. Prints one line per step.
+"""
+import sys
+import threading
+import time
+
+import consul
+from consul import Check
+
+
+def fail(step, msg):
+    print(f"FAIL {step}: {msg}", flush=True)
+    sys.exit(1)
+
+
+def client(addr):
+    host, port = addr.rsplit(":", 1)
+    return consul.Consul(host=host, port=int(port), timeout=15)
+
+
+def wait_for(step, fn, timeout=15.0):
+    """Polls fn until it returns a truthy value; fails the step on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except consul.ConsulException as e:  # e.g. no leader during a failover
+            last = e
+        time.sleep(0.1)
+    fail(step, f"not true within {timeout}s (last: {last!r})")
+
+
+def main():
+    a = client(sys.argv[1])
+    b = client(sys.argv[2]) if len(sys.argv) > 2 else a
+
+    leader = wait_for("status.leader", lambda: a.status.leader())
+    print(f"ok status.leader {leader}", flush=True)
+
+    node_name = a.agent.self()["Config"]["NodeName"]
+
+    # Register a service with a TTL check on agent a.
+    assert a.agent.service.register(
+        "pyweb",
+        service_id="pyweb1",
+        port=8080,
+        tags=["v1", "blue"],
+        meta={"Some_Key": "kept"},
+        check=Check.ttl("30s"),
+    )
+    services = a.agent.services()
+    if "pyweb1" not in services or services["pyweb1"]["Port"] != 8080:
+        fail("agent.services", services)
+    checks = a.agent.checks()
+    ttl_ids = [cid for cid, c in checks.items() if c.get("ServiceID") == "pyweb1"]
+    if len(ttl_ids) != 1:
+        fail("agent.checks", checks)
+    ttl_id = ttl_ids[0]
+    print(f"ok agent.service.register (check {ttl_id})", flush=True)
+
+    # The catalog (read through agent b) shows it once anti-entropy ran.
+    def in_catalog():
+        _, nodes = b.catalog.service("pyweb")
+        return nodes
+    nodes = wait_for("catalog.service", in_catalog)
+    row = nodes[0]
+    if row["ServiceID"] != "pyweb1" or row["ServicePort"] != 8080 or row["Node"] != node_name:
+        fail("catalog.service", row)
+    if row["ServiceMeta"].get("Some_Key") != "kept" or "blue" not in row["ServiceTags"]:
+        fail("catalog.service meta/tags", row)
+    _, by_tag = b.catalog.service("pyweb", tag="blue")
+    _, by_other_tag = b.catalog.service("pyweb", tag="green")
+    if len(by_tag) != 1 or by_other_tag:
+        fail("catalog.service ?tag", (by_tag, by_other_tag))
+    _, services = b.catalog.services()
+    if "pyweb" not in services or sorted(services["pyweb"]) != ["blue", "v1"]:
+        fail("catalog.services", services)
+    print("ok catalog.service / catalog.services", flush=True)
+
+    # A new TTL check is critical; passing it shows up in ?passing.
+    _, passing = b.health.service("pyweb", passing=True)
+    if passing:
+        fail("health.service passing before ttl_pass", passing)
+    a.agent.check.ttl_pass(ttl_id, "all good")
+    wait_for("health.service ?passing", lambda: b.health.service("pyweb", passing=True)[1])
+    print("ok agent.check.ttl_pass -> health.service?passing", flush=True)
+
+    # A blocking query wakes when the check fails.
+    index, entries = b.health.service("pyweb")
+    if not entries or entries[0]["Service"]["ID"] != "pyweb1":
+        fail("health.service", entries)
+    result = {}
+
+    def block():
+        t0 = time.monotonic()
+        result["index"], result["entries"] = b.health.service("pyweb", index=index, wait="20s")
+        result["took"] = time.monotonic() - t0
+
+    t = threading.Thread(target=block)
+    t.start()
+    time.sleep(0.5)
+    a.agent.check.ttl_fail(ttl_id, "broken")
+    t.join(30)
+    if t.is_alive() or "index" not in result:
+        fail("blocking health.service", "did not return")
+    if int(result["index"]) <= int(index) or result["took"] > 15:
+        fail("blocking health.service", result)
+    statuses = [c["Status"] for c in result["entries"][0]["Checks"] if c["CheckID"] == ttl_id]
+    if statuses != ["critical"]:
+        fail("blocking health.service status", result["entries"])
+    print(f"ok blocking query woke after {result['took']:.2f}s with index {result['index']}", flush=True)
+
+    _, critical = b.health.state("critical")
+    if not any(c["CheckID"] == ttl_id for c in critical):
+        fail("health.state critical", critical)
+    _, node_checks = b.health.node(node_name)
+    if not any(c["CheckID"] == ttl_id for c in node_checks):
+        fail("health.node", node_checks)
+    print("ok health.state / health.node", flush=True)
+
+    # Filters.
+    filtered = a.agent.services(filter_expr='Service == "pyweb"')
+    if list(filtered) != ["pyweb1"]:
+        fail("agent.services filter", filtered)
+    print("ok ?filter", flush=True)
+
+    # External node through the catalog.
+    assert b.catalog.register(
+        "ext-db",
+        "10.9.9.9",
+        service={"Service": "db", "ID": "db1", "Port": 5432},
+        check={"CheckID": "db-alive", "Name": "db alive", "Status": "passing", "ServiceID": "db1"},
+    )
+    _, nodes = a.catalog.nodes()
+    if "ext-db" not in [n["Node"] for n in nodes]:
+        fail("catalog.nodes", nodes)
+    _, node = a.catalog.node("ext-db")
+    if "db1" not in node["Services"]:
+        fail("catalog.node", node)
+    _, healthy_db = a.health.service("db", passing=True)
+    if len(healthy_db) != 1:
+        fail("health.service db", healthy_db)
+    assert a.catalog.deregister("ext-db")
+    _, nodes = a.catalog.nodes()
+    if "ext-db" in [n["Node"] for n in nodes]:
+        fail("catalog.deregister", nodes)
+    print("ok catalog.register / node / deregister", flush=True)
+
+    # KV through the same client.
+    assert a.kv.put("py/key", "value")
+    _, item = b.kv.get("py/key")
+    if item is None or item["Value"] != b"value":
+        fail("kv", item)
+    print("ok kv.put / kv.get", flush=True)
+
+    # Members lists this agent.
+    members = a.agent.members()
+    if node_name not in [m["Name"] for m in members]:
+        fail("agent.members", members)
+    print(f"ok agent.members ({len(members)} members)", flush=True)
+
+    # Deregistering removes it from the catalog.
+    assert a.agent.service.deregister("pyweb1")
+    wait_for("catalog after deregister", lambda: not b.catalog.service("pyweb")[1])
+    print("ok agent.service.deregister", flush=True)
+    print("PASS", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+//! What an agent's HTTP API and local state need from the cluster, behind
+//! one interface: [`Cluster`]. A server agent answers from its own Raft
+//! server ([`Server`]); a client agent over RPC ([`crate::client::RemoteServers`]).
+//! The HTTP layer does not know which it has.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use mesh_core::state::{Command, CommandResult};
+use mesh_core::wire::{ClusterStatus, ReadRequest, ReadResponse, RpcError};
+
+use crate::server::Server;
+
+/// The cluster as one agent reaches it.
+pub trait Cluster: Send + Sync {
+    /// A read in the request's consistency mode.
+    fn read(&self, r: ReadRequest) -> BoxFuture<'_, Result<ReadResponse, RpcError>>;
+    /// A write committed through the leader.
+    fn write(&self, cmd: Command) -> BoxFuture<'_, Result<(u64, CommandResult), RpcError>>;
+    /// Raft status as a server sees it (this one, or one a client reached).
+    fn status(&self) -> BoxFuture<'_, Result<ClusterStatus, RpcError>>;
+    /// Raft status as the leader sees it (every peer's log index).
+    fn leader_status(&self) -> BoxFuture<'_, Result<ClusterStatus, RpcError>>;
+    /// This agent's liveness heartbeat, to the leader.
+    fn heartbeat(&self, node: String) -> BoxFuture<'_, Result<(), RpcError>>;
+    /// Whether a leader is known (`X-Consul-KnownLeader`).
+    fn known_leader(&self) -> bool;
+    /// Milliseconds since the leader was heard from (`X-Consul-LastContact`).
+    fn last_contact_ms(&self) -> u64;
+    /// The Raft server, on a server agent.
+    fn server(&self) -> Option<&Arc<Server>>;
+}
+
+/// A server agent's cluster is its own server.
+pub struct LocalServer(pub Arc<Server>);
+
+impl Cluster for LocalServer {
+    fn read(&self, r: ReadRequest) -> BoxFuture<'_, Result<ReadResponse, RpcError>> {
+        Box::pin(self.0.read(r))
+    }
+
+    fn write(&self, cmd: Command) -> BoxFuture<'_, Result<(u64, CommandResult), RpcError>> {
+        Box::pin(self.0.write(cmd))
+    }
+
+    fn status(&self) -> BoxFuture<'_, Result<ClusterStatus, RpcError>> {
+        Box::pin(async { Ok(self.0.status()) })
+    }
+
+    fn leader_status(&self) -> BoxFuture<'_, Result<ClusterStatus, RpcError>> {
+        Box::pin(self.0.leader_status())
+    }
+
+    fn heartbeat(&self, node: String) -> BoxFuture<'_, Result<(), RpcError>> {
+        Box::pin(self.0.heartbeat(node))
+    }
+
+    fn known_leader(&self) -> bool {
+        self.0.leader().is_some()
+    }
+
+    fn last_contact_ms(&self) -> u64 {
+        self.0.last_contact_ms()
+    }
+
+    fn server(&self) -> Option<&Arc<Server>> {
+        Some(&self.0)
+    }
+}

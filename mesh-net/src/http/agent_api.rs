@@ -1,0 +1,528 @@
+//! `/v1/agent`: this agent's own services and checks, its view of the
+//! cluster's members, and joining and leaving.
+
+use std::collections::BTreeMap;
+
+use hyper::{Method, StatusCode};
+use mesh_core::definitions::{decode_check, decode_service, CheckDefinition, ServiceDefinition};
+use mesh_core::state::catalog::{
+    CatalogCommand, CatalogQuery, CheckStatus, HealthCheck, NodeService, SERF_HEALTH_CHECK,
+};
+use mesh_core::wire::QueryResult;
+use serde_json::{json, Value};
+
+use super::catalog::filter_rows;
+use super::params::Query;
+use super::reply::{
+    bad_request, json_body, json_reply, method_not_allowed, not_found, ok, read_body, reply,
+    rpc_error, text, Reply,
+};
+use super::routes::{segment, Call, HttpApi};
+use crate::agent::checks::CheckSpec;
+use crate::agent::local::LocalError;
+use crate::agent::node_uuid;
+
+fn local_error(e: LocalError) -> Reply {
+    match e {
+        LocalError::Invalid(m) => bad_request(m),
+        LocalError::NotFound(m) => not_found(m),
+    }
+}
+
+/// A local service as `/v1/agent/services` shows it.
+fn agent_service(s: &NodeService, datacenter: &str) -> Value {
+    let mut v = json!(s);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("Datacenter".into(), json!(datacenter));
+        o.remove("CreateIndex");
+        o.remove("ModifyIndex");
+    }
+    v
+}
+
+/// The worst status among checks: Consul's aggregated status.
+fn aggregate<'a>(checks: impl Iterator<Item = &'a HealthCheck>) -> CheckStatus {
+    checks
+        .map(|c| c.status)
+        .max()
+        .unwrap_or(CheckStatus::Passing)
+}
+
+/// Checks and their specs from a service definition (its `check` and
+/// `checks`, ids defaulted as Consul does).
+fn service_checks(
+    def: &ServiceDefinition,
+    node: &str,
+) -> Result<Vec<(HealthCheck, CheckSpec)>, Reply> {
+    def.checks().iter().map(|c| check_pair(c, node)).collect()
+}
+
+fn check_pair(def: &CheckDefinition, node: &str) -> Result<(HealthCheck, CheckSpec), Reply> {
+    let spec = CheckSpec::from_definition(def).map_err(|e| bad_request(e.to_string()))?;
+    Ok((def.to_health_check(node), spec))
+}
+
+impl HttpApi {
+    pub(super) async fn agent(&self, call: Call, rest: String) -> Reply {
+        let (head, arg) = match rest.split_once('/') {
+            Some((h, a)) => (h.to_string(), Some(a.to_string())),
+            None => (rest.clone(), None),
+        };
+        let m = call.method.clone();
+        match (m, head.as_str(), arg.as_deref()) {
+            (Method::GET, "self", None) => self.agent_self().await,
+            (Method::GET, "members", None) => self.members().await,
+            (Method::GET, "services", None) => {
+                let dc = &self.config.datacenter;
+                let rows: Vec<Value> = self
+                    .local
+                    .services()
+                    .iter()
+                    .map(|s| agent_service(s, dc))
+                    .collect();
+                match filter_rows(&call.query, rows) {
+                    Ok(rows) => json_reply(&keyed(rows, "ID")),
+                    Err(r) => r,
+                }
+            }
+            (Method::GET, "checks", None) => {
+                let rows: Vec<Value> = self.local.checks().iter().map(|c| json!(c)).collect();
+                match filter_rows(&call.query, rows) {
+                    Ok(rows) => json_reply(&keyed(rows, "CheckID")),
+                    Err(r) => r,
+                }
+            }
+            (Method::GET, "service", Some(id)) if !id.contains('/') => {
+                let id = match segment(id) {
+                    Ok(i) => i,
+                    Err(r) => return r,
+                };
+                match self.local.services().iter().find(|s| s.id == id) {
+                    Some(s) => {
+                        let mut v = agent_service(s, &self.config.datacenter);
+                        let hash = mesh_core::hash::fnv1a64(v.to_string().as_bytes());
+                        v["ContentHash"] = json!(format!("{hash:016x}"));
+                        json_reply(&v)
+                    }
+                    None => not_found(format!("unknown service ID: {id}")),
+                }
+            }
+            (Method::PUT, "service", Some("register")) => self.register_service(call).await,
+            (Method::PUT, "service", Some(rest)) if rest.starts_with("deregister/") => {
+                match segment(&rest["deregister/".len()..]) {
+                    Ok(id) => self
+                        .local
+                        .deregister_service(&id)
+                        .map_or_else(local_error, |()| ok()),
+                    Err(r) => r,
+                }
+            }
+            (Method::PUT, "service", Some(rest)) if rest.starts_with("maintenance/") => {
+                let id = match segment(&rest["maintenance/".len()..]) {
+                    Ok(id) => id,
+                    Err(r) => return r,
+                };
+                let Some(enable) = enable_flag(&call.query) else {
+                    return bad_request("Missing value for enable");
+                };
+                let reason = call.query.get("reason").unwrap_or("");
+                self.local
+                    .service_maintenance(&id, enable, reason)
+                    .map_or_else(local_error, |()| ok())
+            }
+            (Method::PUT, "maintenance", None) => {
+                let Some(enable) = enable_flag(&call.query) else {
+                    return bad_request("Missing value for enable");
+                };
+                let reason = call.query.get("reason").unwrap_or("");
+                self.local
+                    .node_maintenance(enable, reason)
+                    .map_or_else(local_error, |()| ok())
+            }
+            (Method::PUT, "check", Some("register")) => self.register_check(call).await,
+            (Method::PUT, "check", Some(rest)) => self.check_verb(call, rest.to_string()).await,
+            (Method::GET, "health", Some(rest)) => self.local_health(&call.query, rest),
+            (Method::PUT, "join", Some(addr)) => match segment(addr) {
+                Ok(addr) => match self.cluster.server() {
+                    Some(server) => server
+                        .join_addr(&addr)
+                        .await
+                        .map_or_else(rpc_error, |()| ok()),
+                    None => bad_request(
+                        "a client agent finds the servers through -retry-join; join servers to each other",
+                    ),
+                },
+                Err(r) => r,
+            },
+            (Method::PUT, "leave", None) => {
+                let result = match self.cluster.server() {
+                    Some(server) => server.leave().await,
+                    None => {
+                        // A client leaves by removing its node from the catalog.
+                        let node = self.local.node_name();
+                        self.local.stop();
+                        self.cluster
+                            .write(
+                                CatalogCommand::Deregister {
+                                    node,
+                                    service_id: None,
+                                    check_id: None,
+                                }
+                                .into(),
+                            )
+                            .await
+                            .map(|_| ())
+                    }
+                };
+                self.left.notify_one();
+                result.map_or_else(rpc_error, |()| ok())
+            }
+            (Method::PUT, "force-leave", Some(node)) => match segment(node) {
+                Ok(node) => self.force_leave(node).await,
+                Err(r) => r,
+            },
+            (Method::PUT, "reload", None) => {
+                // Configuration files are read at start; say so instead of
+                // pretending to reload.
+                text(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "reload is not supported yet: restart the agent to apply configuration changes",
+                )
+            }
+            (_, "self" | "members" | "services" | "checks", None) => method_not_allowed(),
+            _ => not_found(format!("unknown endpoint {}", call.path)),
+        }
+    }
+
+    async fn register_service(&self, call: Call) -> Reply {
+        let replace = call.query.flag("replace-existing-checks");
+        let body = match read_body(call.req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let value = match json_body(&body) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let def = match decode_service(&value) {
+            Ok(d) => d,
+            Err(e) => return bad_request(e.to_string()),
+        };
+        self.register_definition(&def, replace)
+    }
+
+    /// Registers a service definition, and its sidecar if it asks for one.
+    pub(super) fn register_definition(&self, def: &ServiceDefinition, replace: bool) -> Reply {
+        let node = self.local.node_name();
+        let checks = match service_checks(def, &node) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        if let Err(e) = self
+            .local
+            .register_service(def.to_node_service(), checks, replace)
+        {
+            return local_error(e);
+        }
+        if let Some(sidecar) = def.sidecar() {
+            let checks = match service_checks(&sidecar, &node) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            if let Err(e) = self
+                .local
+                .register_service(sidecar.to_node_service(), checks, replace)
+            {
+                return local_error(e);
+            }
+        }
+        ok()
+    }
+
+    async fn register_check(&self, call: Call) -> Reply {
+        let body = match read_body(call.req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let value = match json_body(&body) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let def = match decode_check(&value) {
+            Ok(d) => d,
+            Err(e) => return bad_request(e.to_string()),
+        };
+        let (check, spec) = match check_pair(&def, &self.local.node_name()) {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        self.local
+            .register_check(check, spec)
+            .map_or_else(local_error, |()| ok())
+    }
+
+    /// `deregister/:id`, `pass|warn|fail/:id?note=`, `update/:id`.
+    async fn check_verb(&self, call: Call, rest: String) -> Reply {
+        let Some((verb, id)) = rest.split_once('/') else {
+            return not_found(format!("unknown endpoint {}", call.path));
+        };
+        let id = match segment(id) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        let note = call.query.get("note").unwrap_or("").to_string();
+        let result = match verb {
+            "deregister" => self.local.deregister_check(&id),
+            "pass" => self.local.update_ttl(&id, CheckStatus::Passing, &note),
+            "warn" => self.local.update_ttl(&id, CheckStatus::Warning, &note),
+            "fail" => self.local.update_ttl(&id, CheckStatus::Critical, &note),
+            "update" => {
+                let body = match read_body(call.req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let value = match json_body(&body) {
+                    Ok(v) => mesh_core::definitions::normalize_keys(&v),
+                    Err(r) => return r,
+                };
+                let status = value.get("status").and_then(Value::as_str).unwrap_or("");
+                let Some(status) = CheckStatus::parse(status) else {
+                    return bad_request(format!(
+                        "Invalid check status: {status:?}; use passing, warning or critical"
+                    ));
+                };
+                let output = value.get("output").and_then(Value::as_str).unwrap_or("");
+                self.local.update_ttl(&id, status, output)
+            }
+            _ => return not_found(format!("unknown endpoint {}", call.path)),
+        };
+        result.map_or_else(local_error, |()| ok())
+    }
+
+    /// `/v1/agent/health/service/name/:name` and `.../id/:id`: the local
+    /// instances' aggregated status, as the status code too (200 passing,
+    /// 429 warning, 503 critical, 404 unknown).
+    fn local_health(&self, query: &Query, rest: &str) -> Reply {
+        let (by_name, key) = if let Some(name) = rest.strip_prefix("service/name/") {
+            (true, name)
+        } else if let Some(id) = rest.strip_prefix("service/id/") {
+            (false, id)
+        } else {
+            return not_found(format!("unknown endpoint /v1/agent/health/{rest}"));
+        };
+        let key = match segment(key) {
+            Ok(k) => k,
+            Err(r) => return r,
+        };
+        let checks = self.local.checks();
+        let entry = |s: &NodeService| {
+            let mine: Vec<&HealthCheck> = checks
+                .iter()
+                .filter(|c| c.service_id == s.id || c.service_id.is_empty())
+                .collect();
+            let status = aggregate(mine.iter().copied());
+            (
+                status,
+                json!({
+                    "AggregatedStatus": status.as_str(),
+                    "Service": agent_service(s, &self.config.datacenter),
+                    "Checks": mine,
+                }),
+            )
+        };
+        let services = self.local.services();
+        let matching: Vec<&NodeService> = services
+            .iter()
+            .filter(|s| {
+                if by_name {
+                    s.service == key
+                } else {
+                    s.id == key
+                }
+            })
+            .collect();
+        if matching.is_empty() {
+            let what = if by_name { "name" } else { "ID" };
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("ServiceName {what} {key:?} not found"),
+            );
+        }
+        let entries: Vec<(CheckStatus, Value)> = matching.into_iter().map(entry).collect();
+        let worst = entries
+            .iter()
+            .map(|(s, _)| *s)
+            .max()
+            .unwrap_or(CheckStatus::Passing);
+        let code = match worst {
+            CheckStatus::Passing => StatusCode::OK,
+            CheckStatus::Warning => StatusCode::TOO_MANY_REQUESTS,
+            CheckStatus::Critical => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if query.get("format") == Some("text") {
+            return text(code, worst.as_str());
+        }
+        let body = if by_name {
+            json!(entries.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
+        } else {
+            entries
+                .into_iter()
+                .next()
+                .map(|(_, v)| v)
+                .unwrap_or_default()
+        };
+        let bytes = serde_json::to_vec(&body).expect("JSON values serialize");
+        reply(code, "application/json", bytes)
+    }
+
+    async fn force_leave(&self, node: String) -> Reply {
+        // Consul moves a failed member to "left"; here a member is its
+        // catalog node, so a forced leave removes it from the catalog.
+        self.write_bool(
+            CatalogCommand::Deregister {
+                node,
+                service_id: None,
+                check_id: None,
+            }
+            .into(),
+        )
+        .await
+    }
+
+    async fn agent_self(&self) -> Reply {
+        let status = self.cluster.status().await.ok();
+        let node = self.local.node();
+        let leader_addr = status
+            .as_ref()
+            .and_then(|s| s.leader.as_ref())
+            .map(|l| l.rpc_addr.clone())
+            .unwrap_or_default();
+        let raft = match (self.cluster.server(), &status) {
+            (Some(server), Some(st)) => json!({
+                "term": st.term.to_string(),
+                "last_log_index": st.last_log_index.to_string(),
+                "applied_index": st.applied_index.to_string(),
+                "state": format!("{:?}", server.metrics().state),
+            }),
+            _ => json!({}),
+        };
+        json_reply(&json!({
+            "Config": {
+                "Datacenter": self.config.datacenter,
+                "NodeName": node.node,
+                "NodeID": node.id,
+                "Server": self.cluster.server().is_some(),
+                "Version": env!("CARGO_PKG_VERSION"),
+                "Revision": "",
+            },
+            "Stats": {
+                "consul": {
+                    "server": self.cluster.server().is_some().to_string(),
+                    "leader": self.cluster.server().is_some_and(|s| s.is_leader()).to_string(),
+                    "leader_addr": leader_addr,
+                    "known_servers": status.as_ref().map_or(0, |s| s.peers.len()).to_string(),
+                },
+                "raft": raft,
+                "formation_error": self.cluster.server().and_then(|s| s.formation_error()),
+            },
+            "Member": self.member_row(&node.node, &node.address, self.cluster.server().is_some(), 1, &node.id),
+            "Meta": node.meta,
+        }))
+    }
+
+    fn member_row(&self, name: &str, addr: &str, server: bool, status: u8, id: &str) -> Value {
+        let role = if server { "consul" } else { "node" };
+        json!({
+            "Name": name,
+            "Addr": addr,
+            "Port": 8301,
+            "Tags": { "role": role, "dc": self.config.datacenter, "id": id },
+            // Serf status: 1 alive, 3 left, 4 failed.
+            "Status": status,
+            "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+            "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+        })
+    }
+
+    /// Servers (from the Raft configuration) and every node of the catalog,
+    /// with their liveness (`serfHealth`).
+    async fn members(&self) -> Reply {
+        let status = match self.cluster.status().await {
+            Ok(s) => s,
+            Err(e) => return rpc_error(e),
+        };
+        let mut rows: BTreeMap<String, Value> = BTreeMap::new();
+        // Catalog nodes with their liveness; a stale read is enough for a
+        // membership listing and keeps it available without a leader.
+        let q = Query::parse(Some("stale")).expect("static query");
+        let nodes = self.read(&q, CatalogQuery::Nodes).await;
+        let checks = self
+            .read(&q, CatalogQuery::ChecksInState { state: None })
+            .await;
+        let servers: Vec<String> = status.peers.iter().map(|p| p.info.name.clone()).collect();
+        if let (Ok(nodes), Ok(checks)) = (nodes, checks) {
+            if let (QueryResult::Catalog(nodes), QueryResult::Catalog(checks)) =
+                (&nodes.result, &checks.result)
+            {
+                for n in &nodes.nodes {
+                    let serf = checks
+                        .checks
+                        .iter()
+                        .find(|c| c.node == n.node && c.check_id == SERF_HEALTH_CHECK);
+                    let status = match serf.map(|c| c.status) {
+                        Some(CheckStatus::Critical) => 4,
+                        _ => 1,
+                    };
+                    let server = servers.contains(&n.node);
+                    rows.insert(
+                        n.node.clone(),
+                        self.member_row(&n.node, &n.address, server, status, &n.id),
+                    );
+                }
+            }
+        }
+        for p in &status.peers {
+            if !rows.contains_key(&p.info.name) {
+                let addr = p
+                    .info
+                    .rpc_addr
+                    .rsplit_once(':')
+                    .map_or(p.info.rpc_addr.as_str(), |(a, _)| a);
+                rows.insert(
+                    p.info.name.clone(),
+                    self.member_row(&p.info.name, addr, true, 1, &node_uuid(p.info.node_id)),
+                );
+            }
+        }
+        let me = self.local.node();
+        rows.entry(me.node.clone()).or_insert_with(|| {
+            self.member_row(
+                &me.node,
+                &me.address,
+                self.cluster.server().is_some(),
+                1,
+                &me.id,
+            )
+        });
+        json_reply(&rows.into_values().collect::<Vec<_>>())
+    }
+}
+
+/// `?enable=true|false`, required.
+fn enable_flag(q: &Query) -> Option<bool> {
+    match q.get("enable") {
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        _ => None,
+    }
+}
+
+/// Rows keyed by one of their fields (`/v1/agent/services` is a map).
+fn keyed(rows: Vec<Value>, key: &str) -> BTreeMap<String, Value> {
+    rows.into_iter()
+        .map(|r| {
+            let k = r.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+            (k, r)
+        })
+        .collect()
+}

@@ -1,0 +1,150 @@
+//! `/v1/kv`: Consul's key/value endpoints.
+
+use hyper::header::HeaderValue;
+use hyper::{Method, StatusCode};
+use mesh_core::api::{validate_key, KvPair};
+use mesh_core::state::{Command, CommandResult, KvCommand};
+use mesh_core::wire::{KvQuery, QueryResult};
+
+use super::params::{percent_decode, Query};
+use super::reply::{
+    bad_request, json_reply, method_not_allowed, read_body, reply, rpc_error, text,
+    with_read_headers, Reply,
+};
+use super::routes::{Call, HttpApi};
+
+impl HttpApi {
+    pub(super) async fn kv(&self, call: Call) -> Reply {
+        let raw_key = call.path.strip_prefix("/v1/kv/").unwrap_or("");
+        let key = match percent_decode(raw_key, false) {
+            Ok(k) => k,
+            Err(e) => return bad_request(e),
+        };
+        match call.method {
+            Method::GET => self.kv_get(key, &call.query).await,
+            Method::PUT => {
+                let query = call.query;
+                let body = match read_body(call.req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                self.kv_put(key, &query, body.to_vec()).await
+            }
+            Method::DELETE => self.kv_delete(key, &call.query).await,
+            _ => method_not_allowed(),
+        }
+    }
+
+    async fn kv_get(&self, key: String, query: &Query) -> Reply {
+        let kv_query = if query.has("keys") {
+            KvQuery::Keys {
+                prefix: key,
+                separator: query
+                    .get("separator")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            }
+        } else if query.has("recurse") {
+            KvQuery::List { prefix: key }
+        } else {
+            if let Err(e) = validate_key(&key) {
+                return bad_request(e.to_string());
+            }
+            KvQuery::Get { key }
+        };
+        let keys_mode = matches!(kv_query, KvQuery::Keys { .. });
+        let resp = match self.read(query, kv_query).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let QueryResult::Kv { entries, keys } = &resp.result else {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("a KV read was answered with {:?}", resp.result),
+            );
+        };
+        let body = if keys_mode {
+            if keys.is_empty() {
+                text(StatusCode::NOT_FOUND, "")
+            } else {
+                json_reply(keys)
+            }
+        } else if entries.is_empty() {
+            text(StatusCode::NOT_FOUND, "")
+        } else if query.has("raw") {
+            reply(
+                StatusCode::OK,
+                "application/octet-stream",
+                entries[0].value.clone(),
+            )
+        } else {
+            let pairs: Vec<KvPair> = entries.iter().map(KvPair::from).collect();
+            json_reply(&pairs)
+        };
+        with_read_headers(body, &resp)
+    }
+
+    async fn kv_put(&self, key: String, query: &Query, value: Vec<u8>) -> Reply {
+        if let Err(e) = validate_key(&key) {
+            return bad_request(e.to_string());
+        }
+        for unsupported in ["acquire", "release"] {
+            if query.has(unsupported) {
+                return bad_request(format!(
+                    "?{unsupported} needs sessions, which this server does not support yet"
+                ));
+            }
+        }
+        let (flags, cas) = match (query.u64("flags"), query.u64("cas")) {
+            (Ok(f), Ok(c)) => (f.unwrap_or(0), c),
+            (Err(e), _) | (_, Err(e)) => return bad_request(e),
+        };
+        let cmd = match cas {
+            Some(index) => KvCommand::Cas {
+                key,
+                value,
+                flags,
+                index,
+            },
+            None => KvCommand::Set { key, value, flags },
+        };
+        self.write_bool(cmd.into()).await
+    }
+
+    async fn kv_delete(&self, key: String, query: &Query) -> Reply {
+        let cas = match query.u64("cas") {
+            Ok(c) => c,
+            Err(e) => return bad_request(e),
+        };
+        let cmd = if query.has("recurse") {
+            if cas.is_some() {
+                return bad_request("cannot combine ?recurse with ?cas");
+            }
+            KvCommand::DeleteTree { prefix: key }
+        } else {
+            if let Err(e) = validate_key(&key) {
+                return bad_request(e.to_string());
+            }
+            match cas {
+                Some(index) => KvCommand::DeleteCas { key, index },
+                None => KvCommand::Delete { key },
+            }
+        };
+        self.write_bool(cmd.into()).await
+    }
+
+    /// Commits `cmd` and answers Consul's `true`/`false` body with the
+    /// write's index.
+    pub(super) async fn write_bool(&self, cmd: Command) -> Reply {
+        match self.cluster.write(cmd).await {
+            Ok((index, CommandResult::Bool(ok))) => {
+                let mut resp = json_reply(&ok);
+                resp.headers_mut()
+                    .insert("X-Consul-Index", HeaderValue::from(index));
+                resp
+            }
+            Ok((_, CommandResult::Failed(m))) => bad_request(m),
+            Err(e) => rpc_error(e),
+        }
+    }
+}
