@@ -94,8 +94,11 @@ async fn demo(flags: &Flags) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the mesh binary: {e}"))?;
     let mut c =
         ProcessCluster::new(&exe, &dir, &IPS, rpc_port, http_port).map_err(|e| e.to_string())?;
-    let outcome = story(&mut c).await;
-    step("stopping all servers (SIGTERM)");
+    let mut outcome = story(&mut c).await;
+    if outcome.is_ok() {
+        outcome = agents_story(&mut c).await;
+    }
+    step("stopping every agent (SIGTERM)");
     c.stop_all();
     if !flags.bool("keep") && flags.get("data-dir").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -103,7 +106,7 @@ async fn demo(flags: &Flags) -> Result<(), String> {
         println!("    data and logs kept in {}", dir.display());
     }
     if outcome.is_err() {
-        eprintln!("    server logs: {}/consul0*.log", dir.display());
+        eprintln!("    agent logs: {}/*.log", dir.display());
     }
     outcome
 }
@@ -185,5 +188,158 @@ async fn story(c: &mut ProcessCluster) -> Result<(), String> {
         }
     }
     println!("    all 20 keys present on all 3 servers");
+    Ok(())
+}
+
+/// The example configuration files (`deploy/`), which the demo starts the
+/// client agents from.
+const DEPLOY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+
+/// The stand-in for the fcs application: accepts TCP on 127.0.0.13:8181
+/// until dropped.
+struct FcsApp(tokio::task::JoinHandle<()>);
+
+impl FcsApp {
+    async fn start() -> Result<FcsApp, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.13:8181")
+            .await
+            .map_err(|e| format!("cannot listen on 127.0.0.13:8181 for fcs: {e}"))?;
+        Ok(FcsApp(tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                drop(conn);
+            }
+        })))
+    }
+}
+
+impl Drop for FcsApp {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Polls `probe` every 50 ms until it holds; returns the time it took.
+async fn until<F, Fut>(what: &str, limit: Duration, mut probe: F) -> Result<Duration, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if probe().await {
+            return Ok(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{what}: not within {limit:?}"))
+}
+
+/// Instances of `service` that `/v1/health/service/<service>?passing` lists, as seen by node `i`.
+async fn passing(c: &ProcessCluster, i: usize, service: &str) -> usize {
+    match c
+        .request(
+            i,
+            "GET",
+            &format!("/v1/health/service/{service}?passing"),
+            b"",
+        )
+        .await
+    {
+        Ok(r) if r.status == 200 => {
+            serde_json::from_slice::<Vec<serde_json::Value>>(&r.body).map_or(0, |v| v.len())
+        }
+        _ => 0,
+    }
+}
+
+/// The `serfHealth` status of `node`, as server `i` sees it.
+async fn liveness(c: &ProcessCluster, i: usize, node: &str) -> String {
+    let Ok(r) = c
+        .request(i, "GET", &format!("/v1/health/node/{node}"), b"")
+        .await
+    else {
+        return String::new();
+    };
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap_or_default();
+    checks
+        .iter()
+        .find(|ch| ch["CheckID"] == "serfHealth")
+        .and_then(|ch| ch["Status"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn agents_story(c: &mut ProcessCluster) -> Result<(), String> {
+    let deploy = std::path::Path::new(DEPLOY_DIR);
+    let fcs_file = deploy.join("fcs00.json").display().to_string();
+    let fcc_file = deploy.join("fcc00.json").display().to_string();
+    step("starting the fcs app on 127.0.0.13:8181, and client agents fcs00 and fcc00 from deploy/fcs00.json and deploy/fcc00.json");
+    let mut app = Some(FcsApp::start().await?);
+    let fcs = c.add_client("fcs00", "127.0.0.13", &["-config-file", &fcs_file]);
+    let fcc = c.add_client("fcc00", "127.0.0.14", &["-config-file", &fcc_file]);
+    for i in [fcs, fcc] {
+        c.start(i)
+            .map_err(|e| format!("starting {}: {e}", c.nodes[i].name))?;
+    }
+    let server = c
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .ok_or("no leader")?;
+    let took = until(
+        "fcs registered and passing",
+        Duration::from_secs(15),
+        || async { passing(c, server, "fcs").await == 1 },
+    )
+    .await?;
+    println!(
+        "    fcs is in the catalog and passing its TCP check after {} ms",
+        took.as_millis()
+    );
+    let members = c
+        .request(fcc, "GET", "/v1/agent/members", b"")
+        .await
+        .map(|r| r.text())?;
+    let names: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&members)
+        .unwrap_or_default()
+        .iter()
+        .map(|m| format!("{}({})", m["Name"].as_str().unwrap_or("?"), m["Status"]))
+        .collect();
+    println!("    members seen by fcc00: {}", names.join(" "));
+
+    step("stopping the fcs app: its check turns critical and ?passing drops it");
+    drop(app.take());
+    let took = until("fcs critical", Duration::from_secs(10), || async {
+        passing(c, server, "fcs").await == 0
+    })
+    .await?;
+    println!("    excluded after {} ms", took.as_millis());
+
+    step("starting the fcs app again");
+    app = Some(FcsApp::start().await?);
+    let took = until("fcs passing again", Duration::from_secs(10), || async {
+        passing(c, server, "fcs").await == 1
+    })
+    .await?;
+    println!("    passing again after {} ms", took.as_millis());
+
+    step("kill -9 the fcs00 agent: its node turns critical (serfHealth)");
+    c.kill(fcs);
+    let took = until("fcs00 critical", Duration::from_secs(15), || async {
+        liveness(c, server, "fcs00").await == "critical"
+    })
+    .await?;
+    println!("    fcs00 critical after {} ms", took.as_millis());
+
+    step("restarting fcs00 from its data dir: alive again");
+    c.start(fcs).map_err(|e| e.to_string())?;
+    let took = until("fcs00 passing", Duration::from_secs(15), || async {
+        liveness(c, server, "fcs00").await == "passing" && passing(c, server, "fcs").await == 1
+    })
+    .await?;
+    println!(
+        "    fcs00 alive and fcs passing after {} ms",
+        took.as_millis()
+    );
+    drop(app);
     Ok(())
 }

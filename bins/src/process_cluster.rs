@@ -26,6 +26,8 @@ pub struct Node {
     pub ip: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// `None` for a server; a client agent's extra flags otherwise.
+    client_args: Option<Vec<String>>,
     child: Option<Child>,
 }
 
@@ -59,6 +61,7 @@ impl ProcessCluster {
                 name: format!("consul{i:02}"),
                 ip: ip.to_string(),
                 data_dir: dir.join(format!("consul{i:02}")),
+                client_args: None,
                 child: None,
             })
             .collect();
@@ -76,6 +79,23 @@ impl ProcessCluster {
     pub fn with_args(mut self, args: &[&str]) -> Self {
         self.extra_args = args.iter().map(|s| s.to_string()).collect();
         self
+    }
+
+    /// Plans a client agent `name` on `ip` with extra flags (e.g.
+    /// `-config-file`); it joins the servers. Returns its index.
+    pub fn add_client(&mut self, name: &str, ip: &str, args: &[&str]) -> usize {
+        self.nodes.push(Node {
+            name: name.to_string(),
+            ip: ip.to_string(),
+            data_dir: self.dir.join(name),
+            client_args: Some(args.iter().map(|s| s.to_string()).collect()),
+            child: None,
+        });
+        self.nodes.len() - 1
+    }
+
+    fn is_server(&self, i: usize) -> bool {
+        self.nodes[i].client_args.is_none()
     }
 
     /// The HTTP address of server `i`.
@@ -103,7 +123,8 @@ impl ProcessCluster {
         self.dir.join(format!("{}.log", self.nodes[i].name))
     }
 
-    /// Starts server `i` with `-bootstrap-expect N` and `-retry-join` to all others.
+    /// Starts node `i`: a server with `-bootstrap-expect N` and `-retry-join`
+    /// to the other servers, or a client agent joining every server.
     pub fn start(&mut self, i: usize) -> io::Result<()> {
         assert!(self.nodes[i].child.is_none(), "server {i} already runs");
         let node = &self.nodes[i];
@@ -112,18 +133,28 @@ impl ProcessCluster {
             .append(true)
             .open(self.log_path(i))?;
         let mut cmd = Command::new(&self.exe);
+        let servers: Vec<usize> = (0..self.nodes.len())
+            .filter(|&j| self.is_server(j))
+            .collect();
         cmd.arg("agent")
-            .arg("-server")
             .args(["-node", &node.name])
             .args(["-bind", &node.ip])
             .args(["-client", &node.ip])
             .arg(format!("-server-port={}", self.rpc_port))
             .arg(format!("-http-port={}", self.http_port))
-            .arg(format!("-data-dir={}", node.data_dir.display()))
-            .arg(format!("-bootstrap-expect={}", self.nodes.len()));
-        for (j, other) in self.nodes.iter().enumerate() {
+            .arg(format!("-data-dir={}", node.data_dir.display()));
+        if let Some(args) = &node.client_args {
+            cmd.args(args);
+        } else {
+            cmd.arg("-server")
+                .arg(format!("-bootstrap-expect={}", servers.len()));
+        }
+        for j in servers {
             if j != i {
-                cmd.arg(format!("-retry-join={}:{}", other.ip, self.rpc_port));
+                cmd.arg(format!(
+                    "-retry-join={}:{}",
+                    self.nodes[j].ip, self.rpc_port
+                ));
             }
         }
         cmd.args(&self.extra_args)
@@ -214,7 +245,7 @@ impl ProcessCluster {
         while Instant::now() < deadline {
             let mut seen = Vec::new();
             for i in 0..self.nodes.len() {
-                if self.is_running(i) {
+                if self.is_running(i) && self.is_server(i) {
                     seen.push(self.leader_seen_by(i).await);
                 }
             }

@@ -299,11 +299,19 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
         (false, Some(dir)) => Storage::Dir(dir.into()),
         (false, None) => return Err("-data-dir is required (or use -dev)".into()),
     };
-    let mut join = flags.all("retry-join");
-    join.extend(file.retry_join.iter().cloned());
+    // A list given on the command line replaces the files' list (so one
+    // config file serves with other addresses, as tests and demos do).
+    let pick = |flag: &str, from_file: &[String]| {
+        let given = flags.all(flag);
+        if given.is_empty() {
+            from_file.to_vec()
+        } else {
+            given
+        }
+    };
+    let mut join = pick("retry-join", &file.retry_join);
     let retry_join = !join.is_empty();
-    join.extend(flags.all("join"));
-    join.extend(file.start_join.iter().cloned());
+    join.extend(pick("join", &file.start_join));
     let role = if is_server {
         if bootstrap == BootstrapMode::JoinOnly && join.is_empty() {
             return Err(
