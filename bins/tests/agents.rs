@@ -1,0 +1,260 @@
+//! Real processes: three servers and the client agents fcs00 and fcc00,
+//! started from the checked-in `deploy/` config files with loopback
+//! addresses of their own. Client agents register services, keep them in
+//! the catalog through a leader failover and their own restart, and an
+//! unmodified Consul client library (py-consul, from PyPI) drives the API.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mesh_bins::process_cluster::{test_dir, ProcessCluster};
+use serde_json::Value;
+
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+
+fn cluster(name: &str, ips: &[&str; 5], rpc: u16, http: u16) -> (ProcessCluster, usize, usize) {
+    let dir = test_dir(name);
+    let mut c = ProcessCluster::new(
+        std::path::Path::new(env!("CARGO_BIN_EXE_mesh")),
+        &dir,
+        &ips[..3],
+        rpc,
+        http,
+    )
+    .expect("cluster dir");
+    let fcs_file = format!("{DEPLOY}/fcs00.json");
+    let fcc_file = format!("{DEPLOY}/fcc00.json");
+    let fcs = c.add_client("fcs00", ips[3], &["-config-file", &fcs_file]);
+    let fcc = c.add_client("fcc00", ips[4], &["-config-file", &fcc_file]);
+    for i in 0..5 {
+        c.start(i).expect("start");
+    }
+    (c, fcs, fcc)
+}
+
+async fn get_json(c: &ProcessCluster, i: usize, path: &str) -> Option<Value> {
+    let r = c.request(i, "GET", path, b"").await.ok()?;
+    (r.status == 200).then(|| serde_json::from_slice(&r.body).ok())?
+}
+
+/// Polls until `probe` holds, failing the test after `limit`.
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if probe().await {
+            return t.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+/// The service names and instance ids a server's own (stale) catalog holds.
+async fn catalog_of(c: &ProcessCluster, i: usize) -> Option<Vec<(String, String)>> {
+    let services = get_json(c, i, "/v1/catalog/services?stale").await?;
+    let mut out = Vec::new();
+    for name in services.as_object()?.keys() {
+        let rows = get_json(c, i, &format!("/v1/catalog/service/{name}?stale")).await?;
+        for r in rows.as_array()? {
+            out.push((
+                r["Node"].as_str()?.to_string(),
+                r["ServiceID"].as_str()?.to_string(),
+            ));
+        }
+    }
+    out.sort();
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_agents_keep_their_services_through_failover_and_restart() {
+    let ips = [
+        "127.0.0.50",
+        "127.0.0.51",
+        "127.0.0.52",
+        "127.0.0.53",
+        "127.0.0.54",
+    ];
+    let (mut c, fcs, fcc) = cluster("agents", &ips, 18350, 18550);
+    let leader = c
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    // fcs's TCP check targets 127.0.0.13:8181 (from the file); nothing
+    // listens there in this test, so it is critical, while fcc's TTL check
+    // starts passing. Both are in the catalog.
+    eventually(
+        "both agents' services in the catalog",
+        Duration::from_secs(20),
+        || async {
+            catalog_of(&c, leader).await.is_some_and(|cat| {
+                cat.contains(&("fcs00".into(), "fcs".into()))
+                    && cat.contains(&("fcc00".into(), "fcc".into()))
+            })
+        },
+    )
+    .await;
+
+    // Register a service through fcs00's API, then kill -9 the leader.
+    let body =
+        br#"{"Name":"api","ID":"api1","Port":9000,"Check":{"TTL":"60s","Status":"passing"}}"#;
+    let r = c
+        .request(fcs, "PUT", "/v1/agent/service/register", body)
+        .await
+        .expect("register");
+    assert_eq!(r.status, 200, "{}", r.text());
+    c.kill(leader);
+    let new_leader = c
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("a new leader");
+    assert_ne!(new_leader, leader);
+    // A registration made during or after the failover reaches the catalog.
+    let body = br#"{"name":"late","port":9001}"#;
+    let t = Instant::now();
+    loop {
+        let r = c
+            .request(fcc, "PUT", "/v1/agent/service/register", body)
+            .await
+            .expect("register");
+        if r.status == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", r.text());
+    }
+    eventually(
+        "registrations after failover reach the catalog",
+        Duration::from_secs(15),
+        || async {
+            catalog_of(&c, new_leader).await.is_some_and(|cat| {
+                cat.contains(&("fcs00".into(), "api1".into()))
+                    && cat.contains(&("fcc00".into(), "late".into()))
+            })
+        },
+    )
+    .await;
+
+    // Restart the old leader; every server's catalog converges.
+    c.start(leader).expect("restart");
+    eventually(
+        "catalogs converge on every server",
+        Duration::from_secs(20),
+        || async {
+            let mut views = Vec::new();
+            for i in 0..3 {
+                views.push(catalog_of(&c, i).await);
+            }
+            views[0].is_some() && views.iter().all(|v| *v == views[0])
+        },
+    )
+    .await;
+
+    // kill -9 fcs00: its node turns critical; its registrations persist
+    // across the restart and it turns passing again.
+    c.kill(fcs);
+    let detected = eventually("fcs00 critical", Duration::from_secs(15), || async {
+        get_json(&c, new_leader, "/v1/health/node/fcs00")
+            .await
+            .is_some_and(|checks| {
+                checks.as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|ch| ch["CheckID"] == "serfHealth" && ch["Status"] == "critical")
+                })
+            })
+    })
+    .await;
+    assert!(
+        detected < Duration::from_secs(6),
+        "detected after {detected:?}"
+    );
+    c.start(fcs).expect("restart fcs00");
+    eventually(
+        "fcs00 alive with api1 again",
+        Duration::from_secs(15),
+        || async {
+            let alive = get_json(&c, new_leader, "/v1/health/node/fcs00")
+                .await
+                .is_some_and(|checks| {
+                    checks.as_array().is_some_and(|a| {
+                        a.iter()
+                            .any(|ch| ch["CheckID"] == "serfHealth" && ch["Status"] == "passing")
+                    })
+                });
+            let local = get_json(&c, fcs, "/v1/agent/services").await;
+            alive && local.is_some_and(|s| s.get("api1").is_some())
+        },
+    )
+    .await;
+    // Deregistering through the agent removes it from the catalog.
+    let r = c
+        .request(fcs, "PUT", "/v1/agent/service/deregister/api1", b"")
+        .await
+        .expect("deregister");
+    assert_eq!(r.status, 200);
+    eventually(
+        "api1 gone from the catalog",
+        Duration::from_secs(10),
+        || async {
+            catalog_of(&c, new_leader)
+                .await
+                .is_some_and(|cat| !cat.contains(&("fcs00".into(), "api1".into())))
+        },
+    )
+    .await;
+    c.stop_all();
+}
+
+/// py-consul 1.8.0 from PyPI, unmodified, against a client agent and a
+/// server. `.ci/run` installs it into a virtualenv and sets
+/// `MESH_CONSUL_PYTHON` to that interpreter; without it the test is skipped
+/// (unless `MESH_REQUIRE_CONSUL_CLIENTS` is set, as in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmodified_consul_client_library_works() {
+    let Ok(python) = std::env::var("MESH_CONSUL_PYTHON") else {
+        assert!(
+            std::env::var_os("MESH_REQUIRE_CONSUL_CLIENTS").is_none(),
+            "MESH_CONSUL_PYTHON is not set: run .ci/run, which installs py-consul"
+        );
+        eprintln!("skipped: set MESH_CONSUL_PYTHON to a python with py-consul installed");
+        return;
+    };
+    let ips = [
+        "127.0.0.60",
+        "127.0.0.61",
+        "127.0.0.62",
+        "127.0.0.63",
+        "127.0.0.64",
+    ];
+    let (mut c, fcs, _fcc) = cluster("pyconsul", &ips, 18360, 18560);
+    c.wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../clients/python/consul_client_check.py"
+    );
+    let agent = c.http_addr(fcs);
+    let server = c.http_addr(0);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .arg(agent)
+            .arg(server)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    c.stop_all();
+    assert!(
+        out.status.success() && stdout.contains("PASS"),
+        "py-consul check failed:\n{stdout}\n{stderr}"
+    );
+    println!("{stdout}");
+}
