@@ -57,6 +57,14 @@ pub enum Mutant {
     /// The server accepts Raft messages and PreVotes addressed to another
     /// node id (a wiped server answering in its predecessor's name).
     NoAddresseeCheck,
+    /// Anti-entropy only upserts: instances and checks the agent removed
+    /// stay in the catalog (a missed deregistration).
+    SyncKeepsRemoved,
+    /// The agent drops a check's status change from passing to critical
+    /// (a lost status update): the catalog keeps showing it passing.
+    DropCriticalStatus,
+    /// The leader never declares a silent node failed.
+    LivenessNeverFails,
 }
 
 impl Mutant {
@@ -78,6 +86,9 @@ impl Mutant {
         ("handoff_without_catchup", Mutant::HandoffWithoutCatchup),
         ("ignore_leader_change", Mutant::IgnoreLeaderChange),
         ("no_addressee_check", Mutant::NoAddresseeCheck),
+        ("sync_keeps_removed", Mutant::SyncKeepsRemoved),
+        ("drop_critical_status", Mutant::DropCriticalStatus),
+        ("liveness_never_fails", Mutant::LivenessNeverFails),
     ];
 
     /// The mutant called `name`.

@@ -60,6 +60,9 @@ pub struct SimCluster {
     pub servers: Vec<SimServer>,
     /// The host that runs workloads and checkers' HTTP calls.
     pub client: NodeHandle,
+    /// Client agent hosts (fcs00, fcc00), once added
+    /// (`SimCluster::add_agent_hosts`).
+    pub agents: Vec<crate::agent_hosts::SimAgentHost>,
     snapshot_threshold: u64,
     /// How many injected faults currently cut each directed link: a link
     /// carries traffic again only when the last of them heals, so
@@ -104,6 +107,7 @@ impl SimCluster {
         Self {
             servers,
             client,
+            agents: Vec::new(),
             snapshot_threshold,
             link_cuts: BTreeMap::new(),
         }

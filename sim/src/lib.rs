@@ -6,6 +6,10 @@
 //! carries the launcher that builds and runs the simulations (see
 //! `tests/simulations.rs`).
 
+#[cfg(madsim)]
+pub mod agent_hosts;
+#[cfg(madsim)]
+pub mod agents;
 pub mod checkers;
 #[cfg(madsim)]
 pub mod cluster;
@@ -35,4 +39,6 @@ pub const SCENARIOS: &[&str] = &[
     "isolated_follower",
     "swarm",
     "scale",
+    "agents",
+    "agent_liveness",
 ];

@@ -56,6 +56,18 @@ pub struct Report {
     pub log_entries: usize,
     /// Torn log tails that recovery cut off after crashes in this run.
     pub torn_tails: u64,
+    /// Simulated ms from agents' registrations to every server's catalog.
+    pub agent_sync_ms: Vec<u64>,
+    /// Simulated ms from a check's status change to the leader's catalog.
+    pub check_ms: Vec<u64>,
+    /// Simulated ms from cutting an agent off to its node's critical status.
+    pub detect_ms: Vec<u64>,
+    /// Live nodes declared critical (agent_liveness).
+    pub false_verdicts: u64,
+    /// Catalog reads answered to the X-Consul-Index watch.
+    pub catalog_reads: u64,
+    /// Registrations and deregistrations acknowledged by agents.
+    pub registrations: u64,
 }
 
 /// One scenario run: the cluster, its observers and the workload's history.
@@ -102,9 +114,22 @@ impl Run {
     }
 
     /// The common end: stop the workload, then the liveness phase.
-    pub(crate) async fn finish(mut self) -> Result<Report, String> {
+    pub(crate) async fn finish(self) -> Result<Report, String> {
+        self.finish_with(|_| Box::pin(async { Ok(()) })).await
+    }
+
+    /// [`Run::finish`], then `check` on the converged cluster.
+    pub(crate) async fn finish_with<F>(mut self, check: F) -> Result<Report, String>
+    where
+        F: for<'a> FnOnce(
+            &'a mut Run,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), String>> + 'a>,
+        >,
+    {
         self.stop_workload().await?;
         self.converge().await?;
+        check(&mut self).await?;
         Ok(self.report)
     }
 
@@ -828,6 +853,9 @@ const MINIMUMS: &[(&str, WorkDone)] = &[
     ("isolated_follower", min(5, 5, 3, 1, 1, 1)),
     ("swarm", min(2, 1, 1, 1, 1, 1)),
     ("scale", min(21, 22, 15, 5, 5, 4)),
+    // Two (one) KV clients beside the agents; measured later.
+    ("agents", min(1, 1, 1, 1, 1, 1)),
+    ("agent_liveness", min(1, 1, 1, 1, 1, 1)),
 ];
 
 const fn min(
@@ -878,6 +906,8 @@ async fn run_scenario(name: &str) -> Result<Report, String> {
         "clock_drift" => clock_drift().await,
         "slow_clients" => slow_clients().await,
         "isolated_follower" => isolated_follower().await,
+        "agents" => crate::agents::agents().await,
+        "agent_liveness" => crate::agents::agent_liveness().await,
         other => Err(format!(
             "unknown scenario {other:?}; known: {:?}",
             crate::SCENARIOS

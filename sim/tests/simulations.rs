@@ -16,9 +16,10 @@ use std::process::Command;
 const DEFAULT_SEEDS: &str = "0..200";
 /// Seeds of the scenarios that cost more per seed: `scale` moves megabytes
 /// (~3 s each), `slow_clients` waits out 30 s read timeouts, and neither
-/// depends much on the seed.
+/// depends much on the seed; `agent_liveness` flaps a link for a simulated
+/// minute per seed.
 const FEW_SEEDS: &str = "0..10";
-const FEW_SEED_SCENARIOS: &[&str] = &["scale", "slow_clients"];
+const FEW_SEED_SCENARIOS: &[&str] = &["scale", "slow_clients", "agent_liveness"];
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -192,6 +193,11 @@ fn planted_bugs_are_caught() {
         // A write forwarded to a dead leader waits out the RPC timeout: the
         // write-gap checker's answer bound.
         ("ignore_leader_change", "failover", "0..50"),
+        // Agents and the catalog: a missed deregistration, a lost status
+        // change, a node never declared failed.
+        ("sync_keeps_removed", "agents", "0..5"),
+        ("drop_critical_status", "agents", "0..5"),
+        ("liveness_never_fails", "agents", "0..5"),
         ("put_fails", "failover", "0..5"),
         ("applied_put_says_no_leader", "bootstrap_expect", "0..5"),
     ];

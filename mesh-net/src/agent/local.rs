@@ -407,6 +407,11 @@ impl LocalAgent {
             if inner.generations.get(id) != Some(&generation) {
                 return false;
             }
+            if crate::mutants::enabled(crate::mutants::Mutant::DropCriticalStatus)
+                && status == CheckStatus::Critical
+            {
+                return true;
+            }
             inner.ae.update_check(now, id, status, output);
             Self::track_critical(&mut inner, id, status, now);
         }
@@ -642,6 +647,19 @@ impl LocalAgent {
                     continue;
                 }
                 Some(Output::Sync { generation, sync }) => {
+                    if crate::mutants::enabled(crate::mutants::Mutant::SyncKeepsRemoved) {
+                        for cmd in upsert_only(*sync) {
+                            let _ = agent.cluster.write(cmd.into()).await;
+                        }
+                        let now = agent.now_ms();
+                        agent
+                            .inner
+                            .lock()
+                            .expect("agent lock")
+                            .ae
+                            .sync_done(now, generation);
+                        continue;
+                    }
                     let result = agent
                         .cluster
                         .write(CatalogCommand::SyncNode(sync).into())
@@ -679,10 +697,52 @@ impl LocalAgent {
             let Some(agent) = me.upgrade() else { return };
             let cluster = agent.cluster.clone();
             drop(agent);
-            if let Err(e) = cluster.heartbeat(node.clone()).await {
-                debug!(error = %e, "heartbeat not delivered");
+            // Each heartbeat gets one interval: one stuck on a connection
+            // that stopped answering must not hold back the next (the
+            // leader declares a node failed after five silent intervals).
+            let interval = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
+            let started = Instant::now();
+            match clock::timeout(interval, cluster.heartbeat(node.clone())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(error = %e, "heartbeat not delivered"),
+                Err(_) => debug!("heartbeat timed out"),
             }
-            clock::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS)).await;
+            clock::sleep(interval.saturating_sub(started.elapsed())).await;
         }
     }
+}
+
+/// [`crate::mutants::Mutant::SyncKeepsRemoved`]: the node's state as
+/// registrations, which add and update but never remove.
+fn upsert_only(sync: mesh_core::state::catalog::NodeSync) -> Vec<CatalogCommand> {
+    use mesh_core::state::catalog::Registration;
+    let register = |service, checks| {
+        CatalogCommand::Register(Box::new(Registration {
+            node: sync.node.clone(),
+            skip_node_update: false,
+            service,
+            checks,
+        }))
+    };
+    let mut out: Vec<CatalogCommand> = sync
+        .services
+        .iter()
+        .map(|s| {
+            let checks = sync
+                .checks
+                .iter()
+                .filter(|c| c.service_id == s.id)
+                .cloned()
+                .collect();
+            register(Some(s.clone()), checks)
+        })
+        .collect();
+    let node_checks = sync
+        .checks
+        .iter()
+        .filter(|c| c.service_id.is_empty())
+        .cloned()
+        .collect();
+    out.push(register(None, node_checks));
+    out
 }

@@ -132,7 +132,7 @@ mod imp {
         match result {
             Ok(report) => {
                 println!(
-                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?}",
+                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} false_verdicts={} catalog_reads={}",
                     t.hash(),
                     report.history_digest,
                     t.lines,
@@ -148,7 +148,12 @@ mod imp {
                     report.torn_tails,
                     report.terms,
                     report.converge_ms,
-                    report.failover_ms
+                    report.failover_ms,
+                    report.agent_sync_ms,
+                    report.check_ms,
+                    report.detect_ms,
+                    report.false_verdicts,
+                    report.catalog_reads
                 );
                 0
             }
@@ -220,6 +225,8 @@ mod imp {
         // Hunt: failing seeds that also fail without the planted bug.
         let mut unverified = Vec::new();
         let mut failover = Vec::new();
+        let mut detect: Vec<u64> = Vec::new();
+        let mut false_verdicts = 0u64;
         while !pending.is_empty() || !running.is_empty() {
             while running.len() < jobs.max(1) {
                 let Some(seed) = pending.pop() else { break };
@@ -280,6 +287,19 @@ mod imp {
                 {
                     failover.extend(f.split(',').filter_map(|x| x.trim().parse::<u64>().ok()));
                 }
+                if let Some(f) = text
+                    .split("detect_ms=[")
+                    .nth(1)
+                    .and_then(|r| r.split(']').next())
+                {
+                    detect.extend(f.split(',').filter_map(|x| x.trim().parse::<u64>().ok()));
+                }
+                false_verdicts += text
+                    .split(" false_verdicts=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
                 continue;
             }
             failed.push(seed);
@@ -349,6 +369,18 @@ mod imp {
             pct(0.99),
             failover.last().copied().unwrap_or(0),
         );
+        if !detect.is_empty() {
+            detect.sort_unstable();
+            let at = |p: f64| detect[((detect.len() as f64 - 1.0) * p).round() as usize];
+            println!(
+                "LIVENESS scenario={scenario} failures_detected={} detect_ms(min/p50/p99/max)={}/{}/{}/{} false_verdicts={false_verdicts}",
+                detect.len(),
+                detect[0],
+                at(0.5),
+                at(0.99),
+                detect[detect.len() - 1],
+            );
+        }
         for seed in &failed {
             println!("  replay: {}", replay_command(scenario, *seed, mutant));
         }

@@ -3,11 +3,13 @@
 //! plain `cargo test`.
 
 pub mod acked_writes;
+pub mod check_propagation;
 pub mod definite_failures;
 pub mod election;
 pub mod linearizable;
 pub mod log_matching;
 pub mod monotonic_index;
+pub mod registrations;
 pub mod state_machine;
 pub mod work_done;
 pub mod write_gap;

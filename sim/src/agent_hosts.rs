@@ -1,0 +1,193 @@
+//! The client hosts of the simulated topology: fcs00 (runs the service
+//! `fcs`, a TCP listener on 8181) and fcc00 (runs the consumer `fcc`), each
+//! with a client agent started through the same entry point as
+//! `mesh agent` (`-retry-join` to consul00-02), on its own simulated disk.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::runtime::{Handle, NodeHandle};
+use mesh_net::agent::command::{self, Signal};
+use mesh_net::agent::local::LocalAgent;
+use mesh_net::disk::MemDisk;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::cluster::{SimCluster, HTTP_PORT};
+
+/// The port fcs listens on.
+pub const FCS_PORT: u16 = 8181;
+
+/// One client host.
+pub struct SimAgentHost {
+    /// `fcs00` or `fcc00`.
+    pub name: String,
+    /// Its IP.
+    pub ip: IpAddr,
+    /// Its disk, kept across restarts.
+    pub disk: MemDisk,
+    /// The running agent's local state, published by the node's init task.
+    pub live: Arc<Mutex<Option<Arc<LocalAgent>>>>,
+    /// Whether the host's application (fcs on 8181) accepts connections.
+    pub app_up: Arc<AtomicBool>,
+    /// Whether the host runs an application at all.
+    pub has_app: bool,
+    /// The madsim node, once created.
+    pub node: Option<NodeHandle>,
+    /// Whether it is up.
+    pub running: bool,
+}
+
+impl SimAgentHost {
+    /// The agent's HTTP address.
+    pub fn http_addr(&self) -> String {
+        SocketAddr::new(self.ip, HTTP_PORT).to_string()
+    }
+
+    /// fcs's address.
+    pub fn app_addr(&self) -> String {
+        SocketAddr::new(self.ip, FCS_PORT).to_string()
+    }
+}
+
+/// The fcs stand-in: accepts (and closes) connections on 8181 while `up`;
+/// while down, nothing listens, so connecting is refused.
+async fn fcs_app(up: Arc<AtomicBool>) {
+    let mut listener: Option<tokio::net::TcpListener> = None;
+    loop {
+        if !up.load(Ordering::SeqCst) {
+            listener = None;
+            madsim::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        if listener.is_none() {
+            listener = tokio::net::TcpListener::bind(("0.0.0.0", FCS_PORT))
+                .await
+                .ok();
+        }
+        match &listener {
+            Some(l) => {
+                if let Ok(Ok((conn, _))) =
+                    madsim::time::timeout(Duration::from_millis(50), l.accept()).await
+                {
+                    drop(conn);
+                }
+            }
+            None => madsim::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+impl SimCluster {
+    /// Plans fcs00 (10.0.0.13, with the fcs app) and fcc00 (10.0.0.14);
+    /// starts neither.
+    pub fn add_agent_hosts(&mut self) {
+        for (k, name) in ["fcs00", "fcc00"].into_iter().enumerate() {
+            self.agents.push(SimAgentHost {
+                name: name.into(),
+                ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 13 + k as u8)),
+                disk: MemDisk::new(),
+                live: Arc::new(Mutex::new(None)),
+                app_up: Arc::new(AtomicBool::new(k == 0)),
+                has_app: k == 0,
+                node: None,
+                running: false,
+            });
+        }
+    }
+
+    /// The `mesh agent` flags of client host `k`.
+    fn client_agent_args(&self, k: usize) -> Vec<String> {
+        let a = &self.agents[k];
+        let ip = a.ip.to_string();
+        let mut args: Vec<String> = ["-node", &a.name, "-bind", &ip, "-client", &ip]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push("-data-dir=/var/lib/mesh".into());
+        args.push(format!("-http-port={HTTP_PORT}"));
+        for i in 0..self.servers.len() {
+            args.push(format!("-retry-join={}", self.rpc_addr(i)));
+        }
+        args
+    }
+
+    /// Starts client host `k` (first boot, or after [`SimCluster::crash_agent`]).
+    pub fn start_agent(&mut self, k: usize) {
+        assert!(
+            !self.agents[k].running,
+            "{} already runs",
+            self.agents[k].name
+        );
+        self.agents[k].running = true;
+        if let Some(node) = &self.agents[k].node {
+            info!(agent = %self.agents[k].name, "restarting");
+            Handle::current().restart(node.id());
+            return;
+        }
+        let launch = command::parse(&self.client_agent_args(k))
+            .unwrap_or_else(|e| panic!("the harness passed bad agent flags: {e}"));
+        let a = &mut self.agents[k];
+        let (disk, live, app_up, has_app) =
+            (a.disk.clone(), a.live.clone(), a.app_up.clone(), a.has_app);
+        let node = Handle::current()
+            .create_node()
+            .name(&a.name)
+            .ip(a.ip)
+            .init(move || {
+                let config = launch.config.clone();
+                let (disk, live, app_up) = (disk.clone(), live.clone(), app_up.clone());
+                async move {
+                    if has_app {
+                        tokio::spawn(fcs_app(app_up));
+                    }
+                    // Signals are not used on client hosts; the sender lives
+                    // as long as the agent so `run` waits.
+                    let (_tx, rx) = mpsc::channel::<Signal>(1);
+                    let _ = command::run(config, Arc::new(disk), rx, |agent| {
+                        *live.lock().expect("live lock") = Some(agent.local().clone());
+                    })
+                    .await;
+                    *live.lock().expect("live lock") = None;
+                }
+            })
+            .build();
+        a.node = Some(node);
+    }
+
+    /// Power loss on client host `k` (its agent and app die).
+    pub fn crash_agent(&mut self, k: usize) {
+        let a = &mut self.agents[k];
+        info!(agent = %a.name, "crash");
+        if let Some(node) = &a.node {
+            Handle::current().kill(node.id());
+        }
+        *a.live.lock().expect("live lock") = None;
+        a.disk.crash(0);
+        a.running = false;
+    }
+
+    /// Cuts client host `k` off from everyone.
+    pub fn isolate_agent(&self, k: usize) {
+        if let Some(node) = &self.agents[k].node {
+            madsim::net::NetSim::current().clog_node(node.id());
+        }
+    }
+
+    /// Undoes [`SimCluster::isolate_agent`].
+    pub fn heal_agent(&self, k: usize) {
+        if let Some(node) = &self.agents[k].node {
+            madsim::net::NetSim::current().unclog_node(node.id());
+        }
+    }
+
+    /// The running agent of client host `k`.
+    pub fn agent(&self, k: usize) -> Option<Arc<LocalAgent>> {
+        if !self.agents[k].running {
+            return None;
+        }
+        self.agents[k].live.lock().expect("live lock").clone()
+    }
+}
