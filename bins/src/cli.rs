@@ -1,5 +1,6 @@
 //! CLI verbs that talk to a local agent's HTTP API, as Consul's do:
-//! `join`, `leave`, `members`, `operator raft list-peers`, `kv put|get|delete`.
+//! `join`, `leave`, `members`, `operator raft list-peers`, `kv put|get|delete`
+//! (the catalog verbs are in `catalog_cli`).
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ const HTTP_FLAGS: &[Spec] = &[(
 )];
 
 /// The agent address: flag, then MESH_HTTP_ADDR, then CONSUL_HTTP_ADDR.
-fn agent_addr(flags: &Flags) -> String {
+pub(crate) fn agent_addr(flags: &Flags) -> String {
     let raw = flags
         .get("http-addr")
         .map(str::to_string)
@@ -33,7 +34,7 @@ fn specs(extra: &[Spec]) -> Vec<Spec> {
     HTTP_FLAGS.iter().chain(extra.iter()).copied().collect()
 }
 
-fn parse(args: &[String], extra: &[Spec], help: &str) -> Result<Flags, String> {
+pub(crate) fn parse(args: &[String], extra: &[Spec], help: &str) -> Result<Flags, String> {
     Flags::parse(args, &specs(extra))
         .map_err(|e| format!("{e}\n\n{help}\n\nOptions:\n\n{}", usage(&specs(extra))))
 }
@@ -46,7 +47,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// One API call; a non-2xx answer becomes an error with the agent's message.
-fn call(flags: &Flags, method: &str, path: &str, body: Vec<u8>) -> Result<HttpResponse, String> {
+pub(crate) fn call(
+    flags: &Flags,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<HttpResponse, String> {
     let addr = agent_addr(flags);
     runtime()?.block_on(async {
         let mut client = HttpClient::new(addr, Duration::from_secs(30));
@@ -57,7 +63,7 @@ fn call(flags: &Flags, method: &str, path: &str, body: Vec<u8>) -> Result<HttpRe
     })
 }
 
-fn expect_ok(resp: HttpResponse, what: &str) -> Result<HttpResponse, String> {
+pub(crate) fn expect_ok(resp: HttpResponse, what: &str) -> Result<HttpResponse, String> {
     if (200..300).contains(&resp.status) {
         Ok(resp)
     } else {
@@ -69,11 +75,11 @@ fn expect_ok(resp: HttpResponse, what: &str) -> Result<HttpResponse, String> {
     }
 }
 
-fn json(resp: &HttpResponse) -> Result<Value, String> {
+pub(crate) fn json(resp: &HttpResponse) -> Result<Value, String> {
     serde_json::from_slice(&resp.body).map_err(|e| format!("agent sent malformed JSON: {e}"))
 }
 
-fn encode_path(key: &str) -> String {
+pub(crate) fn encode_path(key: &str) -> String {
     let mut out = String::new();
     for b in key.bytes() {
         match b {
@@ -148,8 +154,12 @@ pub fn members(args: &[String]) -> Result<(), String> {
                 m["Port"].as_u64().unwrap_or(0)
             ),
             status.into(),
-            "server".into(),
-            "dc1".into(),
+            if m["Tags"]["role"] == "consul" {
+                "server".into()
+            } else {
+                "client".into()
+            },
+            m["Tags"]["dc"].as_str().unwrap_or("dc1").to_string(),
         ]);
     }
     print_table(&rows);
@@ -399,7 +409,7 @@ fn with_query(path: &str, query: &[String]) -> String {
     }
 }
 
-fn print_table(rows: &[Vec<String>]) {
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {

@@ -1,6 +1,7 @@
 //! `mesh`: the agent and its CLI, with Consul's verbs and flag spellings.
 
 mod agent_cmd;
+mod catalog_cli;
 mod cli;
 mod demo;
 
@@ -9,13 +10,16 @@ use tracing_subscriber::EnvFilter;
 const USAGE: &str = "Usage: mesh <command> [args]
 
 Commands:
-    agent      Runs a mesh agent (server)
-    demo       Starts consul00-02 on 127.0.0.10-12 and shows election, writes and failover
+    agent      Runs a mesh agent (server with -server, else a client agent)
+    demo       Starts consul00-02, fcs00 and fcc00 on 127.0.0.10-14: election, writes, failover, service health
     join       Tell the local agent to join a cluster
     leave      Gracefully leave the cluster and shut down the local agent
     members    Lists the members of the cluster
     operator   Operator tools (raft list-peers, raft remove-peer)
     kv         Key/value store: put, get, delete
+    catalog    Lists the catalog's services and nodes
+    services   Registers or deregisters services with the local agent
+    watch      Watches a key, prefix, service, nodes or checks for changes
     version    Prints the version";
 
 /// Sets up logging: `-log-level` (Consul spellings) and `-log-json`.
@@ -68,6 +72,9 @@ fn main() {
         Some("members") => report(cli::members(rest)),
         Some("operator") => report(cli::operator(rest)),
         Some("kv") => report(cli::kv(rest)),
+        Some("catalog") => report(catalog_cli::catalog(rest)),
+        Some("services") => report(catalog_cli::services(rest)),
+        Some("watch") => report(catalog_cli::watch(rest)),
         Some("version" | "-version" | "--version") => {
             println!("mesh v{}", env!("CARGO_PKG_VERSION"));
             0

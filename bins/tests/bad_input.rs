@@ -167,6 +167,91 @@ async fn garbage_and_malformed_requests_hurt_nothing_and_corruption_stops_startu
         let r = c.request(method, path, vec![]).await.expect("answer");
         assert_eq!(r.status, *status, "{method} {path}: {}", r.text());
     }
+    // Malformed registrations: 400 naming what is wrong; nothing registered.
+    let bodies: &[(&str, &str, &str)] = &[
+        (
+            "/v1/agent/service/register",
+            "{not json",
+            "Request decode failed",
+        ),
+        (
+            "/v1/agent/service/register",
+            r#"{"Name":"x","Port":"abc"}"#,
+            "Port",
+        ),
+        (
+            "/v1/agent/service/register",
+            r#"{"Port":80}"#,
+            "Missing service name",
+        ),
+        (
+            "/v1/agent/service/register",
+            r#"{"Name":"x","Check":{"TTL":"10s","Interval":"1s"}}"#,
+            "Interval and TTL",
+        ),
+        (
+            "/v1/agent/service/register",
+            r#"{"Name":"x","Check":{"Args":["/bin/true"],"Interval":"1s"}}"#,
+            "Scripts are disabled",
+        ),
+        (
+            "/v1/agent/check/register",
+            r#"{"Name":"c","TTL":"forever"}"#,
+            "TTL",
+        ),
+        (
+            "/v1/catalog/register",
+            r#"{"Address":"10.0.0.1"}"#,
+            "Must provide node",
+        ),
+        (
+            "/v1/catalog/register",
+            r#"{"Node":"n","Address":"a","Check":{"CheckID":"c","Name":"c","ServiceID":"ghost"}}"#,
+            "Unknown service",
+        ),
+    ];
+    for (path, body, expected) in bodies {
+        let r = c
+            .request("PUT", path, body.as_bytes().to_vec())
+            .await
+            .expect("answer");
+        assert_eq!(r.status, 400, "PUT {path} {body}: {}", r.text());
+        assert!(
+            r.text().contains(expected),
+            "PUT {path} {body}: expected {expected:?} in {}",
+            r.text()
+        );
+    }
+    let r = c
+        .request("GET", "/v1/agent/services", vec![])
+        .await
+        .expect("answer");
+    let services: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    let ids: Vec<&String> = services.as_object().expect("a map").keys().collect();
+    assert_eq!(
+        ids,
+        ["consul"],
+        "only the server's own consul service: {services}"
+    );
+    for (path, status) in [
+        ("/v1/agent/check/pass/nope", 404),
+        ("/v1/agent/service/deregister/nope", 404),
+        ("/v1/health/state/sideways", 400),
+        ("/v1/catalog/service/x?filter=Service%20%3D%3D", 400),
+    ] {
+        let method = if path.contains("/agent/") {
+            "PUT"
+        } else {
+            "GET"
+        };
+        let r = c.request(method, path, vec![]).await.expect("answer");
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        assert!(
+            r.header("x-consul-knownleader").is_some(),
+            "{path}: headers on errors too"
+        );
+    }
+
     let big = vec![b'x'; 600 * 1024];
     let r = c.request("PUT", "/v1/kv/big", big).await.expect("answer");
     assert_eq!(r.status, 413);

@@ -7,7 +7,8 @@
 //! `CatalogSyncNode` command that also removes rows the agent does not
 //! know):
 //!
-//! - after every local change, at most one sync in flight and at least
+//! - after local changes (once the caller calls `handle_timeout`), at most
+//!   one sync in flight and at least
 //!   [`SyncTiming::min_gap_ms`] between two (a flapping check costs at most
 //!   one write per gap, whatever its rate);
 //! - a change of a check's output alone waits for the next periodic round
@@ -155,6 +156,15 @@ impl AntiEntropy {
     /// Adds or replaces a service.
     pub fn add_service(&mut self, now_ms: u64, service: NodeService) {
         if self.services.get(&service.id) != Some(&service) {
+            // Its checks carry its name and tags, as the catalog's do.
+            for c in self
+                .checks
+                .values_mut()
+                .filter(|c| c.service_id == service.id)
+            {
+                c.service_name = service.service.clone();
+                c.service_tags = service.tags.clone();
+            }
             self.services.insert(service.id.clone(), service);
             self.changed(now_ms);
         }
@@ -251,9 +261,15 @@ impl AntiEntropy {
         if self.in_flight.is_none() {
             return;
         }
+        let was_fetch = self.in_flight == Some(InFlight::Fetch);
         self.in_flight = None;
         let jitter = self.next_random() % (self.backoff_ms / 4 + 1);
-        self.retry_at_ms = Some(now_ms + self.backoff_ms + jitter);
+        let retry_at = now_ms + self.backoff_ms + jitter;
+        self.retry_at_ms = Some(retry_at);
+        if was_fetch {
+            // The round did not happen: retry it, not a minute later.
+            self.next_round_ms = retry_at;
+        }
         self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
     }
 
@@ -282,9 +298,12 @@ impl AntiEntropy {
         Some(self.last_sync_ms.map_or(0, |t| t + self.timing.min_gap_ms))
     }
 
-    fn changed(&mut self, now_ms: u64) {
+    /// A local change: the catalog is behind. No output yet: a caller
+    /// making several changes (a service and its checks, a restart's
+    /// restore) makes them all, then calls [`AntiEntropy::handle_timeout`],
+    /// so a sync never carries half of them.
+    fn changed(&mut self, _now_ms: u64) {
         self.generation += 1;
-        self.step(now_ms);
     }
 
     /// Starts a sync or a fetch if one is due and none is in flight.

@@ -133,16 +133,6 @@ impl Liveness {
         }
     }
 
-    /// A node appeared in the catalog (registered by hand or by its
-    /// agent): it gets a full timeout if it is not tracked yet.
-    pub fn node_registered(&mut self, now_ms: u64, node: &str) {
-        let deadline_ms = now_ms + self.timing.failure_after_ms;
-        self.nodes.entry(node.to_string()).or_insert(Tracked {
-            deadline_ms,
-            status: None,
-        });
-    }
-
     /// A node left the catalog: stop tracking it.
     pub fn forget(&mut self, node: &str) {
         self.nodes.remove(node);
@@ -277,17 +267,5 @@ mod tests {
         l.write_failed("a");
         l.handle_timeout(101);
         assert_eq!(statuses(drain(&mut l)), [set("a", CheckStatus::Critical)]);
-    }
-
-    #[test]
-    fn registered_nodes_are_timed_once() {
-        let mut l = Liveness::new(timing(), 0, []);
-        l.node_registered(10, "a");
-        l.node_registered(50, "a");
-        assert_eq!(
-            l.poll_timeout(),
-            Some(110),
-            "a second registration does not extend"
-        );
     }
 }

@@ -309,7 +309,14 @@ impl Cluster for RemoteServers {
     }
 
     fn known_leader(&self) -> bool {
+        // A leader not confirmed for the silence bound is not known.
         self.shared.view.borrow().leader.is_some()
+            && self
+                .shared
+                .confirmed
+                .lock()
+                .expect("confirmed lock")
+                .is_some_and(|t| (t.elapsed().as_millis() as u64) < LIMITS.leader_silent_ms)
     }
 
     fn last_contact_ms(&self) -> u64 {

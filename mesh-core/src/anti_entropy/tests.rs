@@ -63,12 +63,14 @@ fn commit(
 fn the_first_round_syncs_at_once_then_changes_sync_after_the_gap() {
     let mut ae = AntiEntropy::new(timing(), node(), 7, 0);
     ae.add_service(0, fcs());
+    ae.handle_timeout(0);
     let outs = drain(&mut ae);
     assert!(
         matches!(outs.as_slice(), [Output::Sync { generation: 2, sync }] if sync.services.len() == 1)
     );
     // A change while the sync is in flight waits for it.
     ae.add_check(10, tcp_check());
+    ae.handle_timeout(10);
     assert!(drain(&mut ae).is_empty());
     assert_eq!(ae.poll_timeout(), None, "in flight");
     ae.sync_done(20, 2);
@@ -90,7 +92,9 @@ fn a_flapping_check_costs_at_most_one_write_per_gap() {
     let mut ae = AntiEntropy::new(timing(), node(), 1, 0);
     let (mut table, mut index) = (CatalogTable::default(), 0);
     ae.add_service(0, fcs());
+    ae.handle_timeout(0);
     ae.add_check(0, tcp_check());
+    ae.handle_timeout(0);
     let outs = drain(&mut ae);
     commit(&mut ae, &mut table, &mut index, 0, outs);
     let mut writes = 0;
@@ -101,6 +105,7 @@ fn a_flapping_check_costs_at_most_one_write_per_gap() {
             CheckStatus::Critical
         };
         ae.update_check(now, "service:fcs", status, "");
+        ae.handle_timeout(now);
         if ae.poll_timeout().is_some_and(|t| t <= now) {
             ae.handle_timeout(now);
         }
@@ -136,6 +141,7 @@ fn output_only_changes_wait_for_the_periodic_round() {
             ..tcp_check()
         },
     );
+    ae.handle_timeout(0);
     let outs = drain(&mut ae);
     commit(&mut ae, &mut table, &mut index, 0, outs);
     ae.update_check(
@@ -165,6 +171,7 @@ fn the_periodic_round_repairs_the_catalog_and_writes_nothing_when_equal() {
     let mut ae = AntiEntropy::new(timing(), node(), 3, 0);
     let (mut table, mut index) = (CatalogTable::default(), 0);
     ae.add_service(0, fcs());
+    ae.handle_timeout(0);
     let outs = drain(&mut ae);
     commit(&mut ae, &mut table, &mut index, 0, outs);
     // Equal: a fetch, no write.
@@ -213,6 +220,7 @@ fn the_periodic_round_repairs_the_catalog_and_writes_nothing_when_equal() {
 fn failures_back_off_with_jitter_up_to_the_limit() {
     let mut ae = AntiEntropy::new(timing(), node(), 9, 0);
     ae.add_service(0, fcs());
+    ae.handle_timeout(0);
     let mut now = 0;
     let mut delays = Vec::new();
     for _ in 0..6 {
@@ -243,7 +251,9 @@ fn failures_back_off_with_jitter_up_to_the_limit() {
 fn removing_a_service_removes_its_checks_and_syncs() {
     let mut ae = AntiEntropy::new(timing(), node(), 3, 0);
     ae.add_service(0, fcs());
+    ae.handle_timeout(0);
     ae.add_check(0, tcp_check());
+    ae.handle_timeout(0);
     assert_eq!(ae.checks()["service:fcs"].service_name, "fcs");
     drain(&mut ae);
     ae.sync_done(0, 2);
@@ -251,6 +261,7 @@ fn removing_a_service_removes_its_checks_and_syncs() {
     assert_eq!(drain(&mut ae).len(), 1);
     ae.sync_done(100, 3);
     assert!(ae.remove_service(200, "fcs"));
+    ae.handle_timeout(200);
     assert!(ae.checks().is_empty());
     let outs = drain(&mut ae);
     assert!(

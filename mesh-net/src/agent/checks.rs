@@ -99,8 +99,8 @@ pub(super) async fn run_periodic(
     spec: CheckSpec,
 ) {
     let interval = Duration::from_millis(spec.interval_ms.max(100));
-    // Consul staggers the first run randomly within the interval; a fixed
-    // small delay keeps runs deterministic per seed in the simulator.
+    // The first run is immediate (Consul staggers it randomly within the
+    // interval): a new registration learns its status at once.
     loop {
         let (status, output) = probe(&spec).await;
         let Some(agent) = agent.upgrade() else { return };
@@ -213,7 +213,8 @@ async fn script_probe(_args: &[String], _timeout: Duration) -> (CheckStatus, Str
     )
 }
 
-fn truncate(output: &mut String) {
+/// Cuts `output` to [`MAX_OUTPUT_BYTES`] on a character boundary.
+pub(super) fn truncate(output: &mut String) {
     if output.len() > MAX_OUTPUT_BYTES {
         let mut cut = MAX_OUTPUT_BYTES;
         while !output.is_char_boundary(cut) {

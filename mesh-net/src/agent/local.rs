@@ -76,6 +76,10 @@ struct Inner {
     /// Checks critical since, for `deregister_critical_service_after`.
     critical_since: BTreeMap<String, u64>,
     runners: BTreeMap<String, JoinHandle<()>>,
+    /// Ids of services and checks that came from config files: the files
+    /// are their source of truth, so they are not persisted (a service
+    /// deleted from the files must not come back from the data dir).
+    from_config: std::collections::BTreeSet<String>,
 }
 
 /// The local state of one agent.
@@ -87,6 +91,11 @@ pub struct LocalAgent {
     inner: Mutex<Inner>,
     wake: Notify,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Held across each API operation (its changes and their persisting),
+    /// and by the sync driver while it takes anti-entropy's next output:
+    /// a sync never carries half a registration, and persisted states are
+    /// written in the order they were made.
+    batch: Mutex<()>,
     /// This agent, for the tasks it starts (they hold it weakly and end
     /// with it).
     me: Weak<LocalAgent>,
@@ -133,9 +142,11 @@ impl LocalAgent {
                 ttl_deadlines: BTreeMap::new(),
                 critical_since: BTreeMap::new(),
                 runners: BTreeMap::new(),
+                from_config: std::collections::BTreeSet::new(),
             }),
             wake: Notify::new(),
             tasks: Mutex::new(Vec::new()),
+            batch: Mutex::new(()),
             me: me.clone(),
         });
         if !persisted.services.is_empty() || !persisted.checks.is_empty() {
@@ -222,12 +233,17 @@ impl LocalAgent {
         checks: Vec<(HealthCheck, CheckSpec)>,
         replace_existing_checks: bool,
     ) -> Result<(), LocalError> {
+        // Everything is checked before anything changes.
         if service.service.is_empty() {
             return Err(LocalError::Invalid("Missing service name".into()));
         }
-        for (_, spec) in &checks {
+        for (check, spec) in &checks {
             self.validate_spec(spec)?;
+            if check.check_id.is_empty() && check.name.is_empty() {
+                return Err(LocalError::Invalid("Missing check name".into()));
+            }
         }
+        let _batch = self.batch.lock().expect("batch lock");
         let id = service.id.clone();
         self.add_service_inner(service);
         if replace_existing_checks {
@@ -250,8 +266,21 @@ impl LocalAgent {
         Ok(())
     }
 
+    /// Marks services and checks as coming from config files (not
+    /// persisted; see `Inner::from_config`).
+    pub fn mark_from_config(&self, ids: impl IntoIterator<Item = String>) {
+        let _batch = self.batch.lock().expect("batch lock");
+        self.inner
+            .lock()
+            .expect("agent lock")
+            .from_config
+            .extend(ids);
+        self.persist();
+    }
+
     /// Removes a service and its checks.
     pub fn deregister_service(&self, id: &str) -> Result<(), LocalError> {
+        let _batch = self.batch.lock().expect("batch lock");
         let now = self.now_ms();
         let removed_checks: Vec<String> = self
             .checks()
@@ -281,6 +310,7 @@ impl LocalAgent {
     /// Registers (or replaces) a check.
     pub fn register_check(&self, check: HealthCheck, spec: CheckSpec) -> Result<(), LocalError> {
         self.validate_spec(&spec)?;
+        let _batch = self.batch.lock().expect("batch lock");
         self.add_check_inner(check, spec)?;
         self.persist();
         Ok(())
@@ -288,6 +318,7 @@ impl LocalAgent {
 
     /// Removes a check.
     pub fn deregister_check(&self, id: &str) -> Result<(), LocalError> {
+        let _batch = self.batch.lock().expect("batch lock");
         if !self.remove_check_inner(id) {
             return Err(LocalError::NotFound(format!("Unknown check ID {id:?}")));
         }
@@ -303,6 +334,9 @@ impl LocalAgent {
         status: CheckStatus,
         output: &str,
     ) -> Result<(), LocalError> {
+        // The note comes from the client: cut it on a character boundary.
+        let mut output = output.to_string();
+        checks::truncate(&mut output);
         let now = self.now_ms();
         {
             let mut inner = self.inner.lock().expect("agent lock");
@@ -316,10 +350,6 @@ impl LocalAgent {
                 None => return Err(LocalError::NotFound(format!("Unknown check ID {id:?}"))),
             };
             inner.ttl_deadlines.insert(id.to_string(), now + ttl_ms);
-            let mut output = output.to_string();
-            if output.len() > checks::MAX_OUTPUT_BYTES {
-                output.truncate(checks::MAX_OUTPUT_BYTES);
-            }
             inner.ae.update_check(now, id, status, &output);
             Self::track_critical(&mut inner, id, status, now);
         }
@@ -362,6 +392,7 @@ impl LocalAgent {
         reason: &str,
         name: &str,
     ) -> Result<(), LocalError> {
+        let _batch = self.batch.lock().expect("batch lock");
         if !enable {
             self.remove_check_inner(&check_id);
             self.persist();
@@ -531,12 +562,20 @@ impl LocalAgent {
     fn persist(&self) {
         let state = {
             let inner = self.inner.lock().expect("agent lock");
+            let own = |id: &str| inner.from_config.contains(id);
             Persisted {
-                services: inner.ae.services().values().cloned().collect(),
+                services: inner
+                    .ae
+                    .services()
+                    .values()
+                    .filter(|s| !own(&s.id))
+                    .cloned()
+                    .collect(),
                 checks: inner
                     .ae
                     .checks()
                     .values()
+                    .filter(|c| !own(&c.check_id) && !own(&c.service_id))
                     .filter_map(|c| {
                         inner.specs.get(&c.check_id).map(|spec| LocalCheck {
                             check: c.clone(),
@@ -618,6 +657,7 @@ impl LocalAgent {
             let now = agent.now_ms();
             let housekeeping_at = agent.housekeeping(now);
             let output = {
+                let _batch = agent.batch.lock().expect("batch lock");
                 let mut inner = agent.inner.lock().expect("agent lock");
                 inner.ae.handle_timeout(now);
                 inner.ae.poll_output()

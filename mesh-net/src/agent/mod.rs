@@ -141,6 +141,19 @@ impl Agent {
             node_id,
             config.enable_script_checks,
         )?;
+        if let Role::Server(s) = &config.role {
+            // Consul lists every server as an instance of the `consul`
+            // service (tools and DNS find the servers that way).
+            let consul = NodeService {
+                id: "consul".into(),
+                service: "consul".into(),
+                port: s.rpc_bind.port(),
+                ..NodeService::default()
+            };
+            if let Err(e) = local.register_service(consul, Vec::new(), true) {
+                warn!(error = %e, "could not register the consul service");
+            }
+        }
         for (service, checks) in config.services.clone() {
             if let Err(e) = local.register_service(service, checks, true) {
                 warn!(error = %e, "a service from the configuration was refused");
@@ -151,6 +164,13 @@ impl Agent {
                 warn!(error = %e, "a check from the configuration was refused");
             }
         }
+        let configured = config
+            .services
+            .iter()
+            .map(|(s, _)| s.id.clone())
+            .chain(config.checks.iter().map(|(c, _)| c.check_id.clone()))
+            .chain(std::iter::once("consul".to_string()));
+        local.mark_from_config(configured);
         let left = Arc::new(Notify::new());
         let api = Arc::new(HttpApi::new(
             cluster.clone(),

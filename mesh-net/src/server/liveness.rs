@@ -5,7 +5,7 @@
 use mesh_core::liveness::{Liveness, LivenessTiming, Output};
 use mesh_core::state::catalog::{CatalogCommand, CheckStatus, SERF_HEALTH_CHECK};
 
-use crate::routing::Idempotence;
+use crate::routing::{Idempotence, LeaderSource};
 
 use super::*;
 
@@ -54,52 +54,57 @@ impl Server {
         })
     }
 
-    /// Runs for the server's lifetime: while this server leads, keeps a
-    /// [`Liveness`] and commits its verdicts.
+    /// Whether this server, leading, has not heard from a quorum for an
+    /// election timeout: it hears nothing and could commit no verdict.
+    fn without_quorum(&self) -> bool {
+        self.is_leader() && self.leaderless_ms() > self.config.timing.election_timeout_max_ms
+    }
+
+    /// Runs for the server's lifetime: while this server leads with a
+    /// quorum, keeps a [`Liveness`] and commits its verdicts.
     pub(super) async fn liveness_driver(
         self: Arc<Self>,
         mut heartbeats: tokio::sync::mpsc::Receiver<String>,
     ) {
         let mut views = self.leader_view.subscribe();
         loop {
-            // Wait to lead; heartbeats meanwhile are stale.
-            while !self.is_leader() {
+            // Wait to lead with a quorum; heartbeats meanwhile are stale.
+            // A new term's leader (or this one, once its quorum answers
+            // again) starts with full timeouts.
+            while !self.is_leader() || self.without_quorum() {
                 while heartbeats.try_recv().is_ok() {}
                 let _ = clock::timeout(Duration::from_millis(100), views.changed()).await;
             }
-            let mut live = Liveness::new(
-                LivenessTiming::default(),
-                self.ms_since_start(),
-                self.catalog_liveness(),
-            );
-            let mut catalog = self.view.clone();
-            let mut known: BTreeSet<String> = self
+            let term = self.metrics().current_term;
+            // Nodes with an agent are those with a serfHealth check; nodes
+            // registered by hand through /v1/catalog/register have none and
+            // are never judged (as in Consul).
+            let agents: Vec<(String, Option<CheckStatus>)> = self
                 .catalog_liveness()
                 .into_iter()
-                .map(|(n, _)| n)
+                .filter(|(_, status)| status.is_some())
                 .collect();
-            while self.is_leader() {
+            let mut known: BTreeSet<String> = agents.iter().map(|(n, _)| n.clone()).collect();
+            let mut live = Liveness::new(LivenessTiming::default(), self.ms_since_start(), agents);
+            let mut catalog = self.view.clone();
+            while self.is_leader() && !self.without_quorum() && self.metrics().current_term == term
+            {
+                // Heartbeats already queued count before any verdict: after
+                // a slow write, nodes that did report in are not failed.
+                while let Ok(node) = heartbeats.try_recv() {
+                    self.take_heartbeat(&mut live, &node);
+                }
                 let now = self.ms_since_start();
                 if !crate::mutants::enabled(crate::mutants::Mutant::LivenessNeverFails) {
                     live.handle_timeout(now);
                 }
-                while let Some(Output::SetHealth {
-                    node,
-                    status,
-                    output,
-                }) = live.poll_output()
-                {
-                    let cmd = CatalogCommand::NodeHealth {
-                        node: node.clone(),
-                        status,
-                        output,
-                    };
-                    info!(%node, status = status.as_str(), "node liveness changed");
-                    if let Err(e) = self.write(cmd.into()).await {
-                        warn!(%node, error = %e, "could not record node liveness; will retry");
-                        live.write_failed(&node);
-                    }
+                if !self.commit_verdicts(&mut live).await {
+                    // Retried at the next timeout, not at once: a write
+                    // that fails fast must not spin.
+                    clock::sleep(Duration::from_millis(200)).await;
+                    continue;
                 }
+                let now = self.ms_since_start();
                 let sleep_ms = live
                     .poll_timeout()
                     .map_or(1_000, |t| t.saturating_sub(now).clamp(1, 1_000));
@@ -107,16 +112,12 @@ impl Server {
                     biased;
                     hb = heartbeats.recv() => {
                         let Some(node) = hb else { return };
-                        let in_catalog = self.view.read(|sm| sm.catalog().node(&node).is_some());
-                        live.heartbeat(self.ms_since_start(), &node, in_catalog);
+                        self.take_heartbeat(&mut live, &node);
                     }
                     _ = catalog.changed() => {
+                        // Nodes that left the catalog are no longer judged.
                         let now_nodes: BTreeSet<String> =
                             self.catalog_liveness().into_iter().map(|(n, _)| n).collect();
-                        let now = self.ms_since_start();
-                        for n in now_nodes.difference(&known) {
-                            live.node_registered(now, n);
-                        }
                         for n in known.difference(&now_nodes) {
                             live.forget(n);
                         }
@@ -126,5 +127,38 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// A heartbeat from `node`: judged only if the node is in the catalog
+    /// (its agent registers it within a sync).
+    fn take_heartbeat(&self, live: &mut Liveness, node: &str) {
+        let in_catalog = self.view.read(|sm| sm.catalog().node(node).is_some());
+        if in_catalog {
+            live.heartbeat(self.ms_since_start(), node, true);
+        }
+    }
+
+    /// Commits `live`'s verdicts; false if a write failed (the verdict is
+    /// taken again later).
+    async fn commit_verdicts(&self, live: &mut Liveness) -> bool {
+        while let Some(Output::SetHealth {
+            node,
+            status,
+            output,
+        }) = live.poll_output()
+        {
+            let cmd = CatalogCommand::NodeHealth {
+                node: node.clone(),
+                status,
+                output,
+            };
+            info!(%node, status = status.as_str(), "node liveness changed");
+            if let Err(e) = self.write_here(cmd.into()).await {
+                warn!(%node, error = %e, "could not record node liveness; will retry");
+                live.write_failed(&node);
+                return false;
+            }
+        }
+        true
     }
 }
