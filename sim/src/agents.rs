@@ -277,8 +277,25 @@ pub(crate) async fn agents() -> Result<Report, String> {
         ));
     }
     run.report.detect_ms.push(took.as_millis() as u64);
-    sleep(rand_ms(0, 2000)).await;
+    // While cut off, fcs stops: the agent sees its check fail but cannot
+    // tell the catalog. After the heal, anti-entropy must carry it over.
+    run.cluster.agents[FCS]
+        .app_up
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    sleep(rand_ms(1500, 3000)).await;
     run.cluster.heal_agent(FCS);
+    let took = wait_status(
+        &mut run,
+        "fcs00",
+        "fcs-tcp",
+        CheckStatus::Critical,
+        Duration::from_secs(10),
+    )
+    .await?;
+    run.report.heal_sync_ms.push(
+        check_propagation::check("a check change made while cut off, after the heal", took)?
+            .as_millis() as u64,
+    );
     let took = wait_status(
         &mut run,
         "fcs00",
@@ -288,6 +305,18 @@ pub(crate) async fn agents() -> Result<Report, String> {
     )
     .await?;
     took.ok_or("fcs00 returned but its node never turned passing")?;
+    run.cluster.agents[FCS]
+        .app_up
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let took = wait_status(
+        &mut run,
+        "fcs00",
+        "fcs-tcp",
+        CheckStatus::Passing,
+        Duration::from_secs(10),
+    )
+    .await?;
+    check_propagation::check("fcs's passing status after the heal", took)?;
 
     info!("phase: fcs00 crashes and restarts; its registrations come back from disk");
     run.cluster.crash_agent(FCS);

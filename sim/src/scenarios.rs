@@ -62,6 +62,9 @@ pub struct Report {
     pub check_ms: Vec<u64>,
     /// Simulated ms from cutting an agent off to its node's critical status.
     pub detect_ms: Vec<u64>,
+    /// Simulated ms from healing a cut-off agent to the catalog showing a
+    /// check change it made while cut off (anti-entropy after a heal).
+    pub heal_sync_ms: Vec<u64>,
     /// Live nodes declared critical (agent_liveness).
     pub false_verdicts: u64,
     /// Catalog reads answered to the X-Consul-Index watch.

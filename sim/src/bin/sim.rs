@@ -132,7 +132,7 @@ mod imp {
         match result {
             Ok(report) => {
                 println!(
-                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} false_verdicts={} catalog_reads={}",
+                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} heal_sync_ms={:?} false_verdicts={} catalog_reads={}",
                     t.hash(),
                     report.history_digest,
                     t.lines,
@@ -152,6 +152,7 @@ mod imp {
                     report.agent_sync_ms,
                     report.check_ms,
                     report.detect_ms,
+                    report.heal_sync_ms,
                     report.false_verdicts,
                     report.catalog_reads
                 );
@@ -226,6 +227,7 @@ mod imp {
         let mut unverified = Vec::new();
         let mut failover = Vec::new();
         let mut detect: Vec<u64> = Vec::new();
+        let mut heal_sync: Vec<u64> = Vec::new();
         let mut false_verdicts = 0u64;
         while !pending.is_empty() || !running.is_empty() {
             while running.len() < jobs.max(1) {
@@ -293,6 +295,13 @@ mod imp {
                     .and_then(|r| r.split(']').next())
                 {
                     detect.extend(f.split(',').filter_map(|x| x.trim().parse::<u64>().ok()));
+                }
+                if let Some(f) = text
+                    .split("heal_sync_ms=[")
+                    .nth(1)
+                    .and_then(|r| r.split(']').next())
+                {
+                    heal_sync.extend(f.split(',').filter_map(|x| x.trim().parse::<u64>().ok()));
                 }
                 false_verdicts += text
                     .split(" false_verdicts=")
@@ -379,6 +388,18 @@ mod imp {
                 at(0.5),
                 at(0.99),
                 detect[detect.len() - 1],
+            );
+        }
+        if !heal_sync.is_empty() {
+            heal_sync.sort_unstable();
+            let at = |p: f64| heal_sync[((heal_sync.len() as f64 - 1.0) * p).round() as usize];
+            println!(
+                "ANTI_ENTROPY scenario={scenario} heals={} heal_sync_ms(min/p50/p99/max)={}/{}/{}/{}",
+                heal_sync.len(),
+                heal_sync[0],
+                at(0.5),
+                at(0.99),
+                heal_sync[heal_sync.len() - 1],
             );
         }
         for seed in &failed {
