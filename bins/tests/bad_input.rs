@@ -204,6 +204,17 @@ async fn garbage_and_malformed_requests_hurt_nothing_and_corruption_stops_startu
             r#"{"Address":"10.0.0.1"}"#,
             "Must provide node",
         ),
+        ("/v1/txn", r#"{"KV":{}}"#, "expected a list"),
+        (
+            "/v1/txn",
+            r#"[{"Node":{"Verb":"set"}}]"#,
+            "only KV operations",
+        ),
+        (
+            "/v1/txn",
+            r#"[{"KV":{"Verb":"set","Key":"k","Value":"***"}}]"#,
+            "base64",
+        ),
         (
             "/v1/catalog/register",
             r#"{"Node":"n","Address":"a","Check":{"CheckID":"c","Name":"c","ServiceID":"ghost"}}"#,
@@ -222,6 +233,18 @@ async fn garbage_and_malformed_requests_hurt_nothing_and_corruption_stops_startu
             r.text()
         );
     }
+    let ops: Vec<String> = (0..65)
+        .map(|i| format!(r#"{{"KV":{{"Verb":"set","Key":"t{i}"}}}}"#))
+        .collect();
+    let r = c
+        .request(
+            "PUT",
+            "/v1/txn",
+            format!("[{}]", ops.join(",")).into_bytes(),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 413, "{}", r.text());
     let r = c
         .request("GET", "/v1/agent/services", vec![])
         .await

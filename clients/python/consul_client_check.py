@@ -178,6 +178,30 @@ def main():
         fail("kv", item)
     print("ok kv.put / kv.get", flush=True)
 
+    # A transaction: applied atomically, results in order; a failed check
+    # rolls every operation back.
+    import base64
+    enc = lambda s: base64.b64encode(s.encode()).decode()
+    r = a.txn.put([
+        {"KV": {"Verb": "set", "Key": "py/t1", "Value": enc("one")}},
+        {"KV": {"Verb": "cas", "Key": "py/t2", "Value": enc("two"), "Index": 0}},
+        {"KV": {"Verb": "get", "Key": "py/t1"}},
+    ])
+    if r.get("Errors") or len(r["Results"]) != 3 or base64.b64decode(r["Results"][2]["KV"]["Value"]) != b"one":
+        fail("txn", r)
+    try:
+        a.txn.put([
+            {"KV": {"Verb": "set", "Key": "py/t3", "Value": enc("three")}},
+            {"KV": {"Verb": "check-not-exists", "Key": "py/t1"}},
+        ])
+        fail("txn rollback", "a failing transaction was accepted")
+    except consul.ConsulException as e:
+        if "409" not in str(e) and "OpIndex" not in str(e):
+            fail("txn rollback", e)
+    if b.kv.get("py/t3")[1] is not None:
+        fail("txn rollback", "py/t3 was written by a rolled-back transaction")
+    print("ok txn commit and rollback", flush=True)
+
     # Members lists this agent.
     members = a.agent.members()
     if node_name not in [m["Name"] for m in members]:

@@ -32,10 +32,43 @@ fn command() -> impl Strategy<Value = Command> {
         1 => key.prop_map(|key| KvCommand::Delete { key }),
         2 => (key, 0u64..30).prop_map(|(key, index)| KvCommand::DeleteCas { key, index }),
         1 => "[ab/é]{0,1}".prop_map(|prefix| KvCommand::DeleteTree { prefix }),
+        2 => proptest::collection::vec(txn_op(), 0..4).prop_map(|ops| KvCommand::Txn { ops }),
     ]
     .prop_map(Command::Kv)
     .boxed()
     .prop_union(catalog_command().prop_map(Command::Catalog).boxed())
+}
+
+/// Transaction operations over the same small key space, so they meet the
+/// other commands' keys and each other (and fail sometimes).
+fn txn_op() -> impl Strategy<Value = mesh_core::kv::txn::TxnOp> {
+    let verb = prop_oneof![
+        Just("set"),
+        Just("cas"),
+        Just("get"),
+        Just("get-tree"),
+        Just("check-index"),
+        Just("check-not-exists"),
+        Just("delete"),
+        Just("delete-tree"),
+        Just("delete-cas"),
+    ];
+    (
+        verb,
+        "[ab/é]{0,2}",
+        proptest::collection::vec(any::<u8>(), 0..3),
+        0u64..3,
+        0u64..30,
+    )
+        .prop_map(
+            |(verb, key, value, flags, index)| mesh_core::kv::txn::TxnOp {
+                verb: verb.into(),
+                key,
+                value,
+                flags,
+                index,
+            },
+        )
 }
 
 /// Catalog commands over two nodes, two instances and three checks, so
@@ -154,6 +187,7 @@ proptest! {
                 Entry::Command(Command::Kv(KvCommand::Delete { key })) => { kv.delete(*index, key); }
                 Entry::Command(Command::Kv(KvCommand::DeleteCas { key, index: n })) => { kv.delete_cas(*index, key, *n); }
                 Entry::Command(Command::Kv(KvCommand::DeleteTree { prefix })) => { kv.delete_tree(*index, prefix); }
+                Entry::Command(Command::Kv(KvCommand::Txn { ops })) => { kv.txn(*index, ops); }
                 Entry::Command(Command::Catalog(_)) | Entry::Skip => {}
             }
         }

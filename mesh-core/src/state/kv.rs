@@ -95,13 +95,26 @@ pub enum KvCommand {
         /// Every key starting with this is deleted; "" deletes all keys.
         prefix: String,
     },
+    /// `PUT /v1/txn`: KV operations applied atomically. Result:
+    /// `CommandResult::Txn`.
+    #[serde(rename = "KvTxn")]
+    Txn {
+        /// The operations, in order.
+        ops: Vec<txn::TxnOp>,
+    },
 }
 
 impl KvCommand {
     /// The JSON names of the variants, the keys `Command` dispatches on.
     /// Must list exactly the `rename`s above (a unit test checks).
-    pub const JSON_NAMES: &'static [&'static str] =
-        &["KvSet", "KvCas", "KvDelete", "KvDeleteCas", "KvDeleteTree"];
+    pub const JSON_NAMES: &'static [&'static str] = &[
+        "KvSet",
+        "KvCas",
+        "KvDelete",
+        "KvDeleteCas",
+        "KvDeleteTree",
+        "KvTxn",
+    ];
 
     /// An upper bound on this command's JSON size, computed without
     /// encoding it (see `Command::encoded_len_bound`).
@@ -118,6 +131,12 @@ impl KvCommand {
                 }
                 KvCommand::Delete { key } | KvCommand::DeleteCas { key, .. } => key_bound(key),
                 KvCommand::DeleteTree { prefix } => key_bound(prefix),
+                KvCommand::Txn { ops } => ops
+                    .iter()
+                    .map(|op| {
+                        OVERHEAD + key_bound(&op.key) + value_bound(&op.value) + op.verb.len() * 6
+                    })
+                    .sum(),
             }
     }
 }
@@ -320,6 +339,31 @@ impl KvStore {
         true
     }
 
+    /// `PUT /v1/txn`: runs `ops` atomically at `index` (see [`txn`]).
+    ///
+    /// # Panics
+    ///
+    /// As [`KvStore::set`].
+    pub fn txn(&mut self, index: u64, ops: &[txn::TxnOp]) -> txn::TxnOutcome {
+        self.advance(index);
+        let (outcome, changes) = txn::run(self, index, ops);
+        let mut changed = false;
+        for (key, change) in changes {
+            match change {
+                Some(entry) => {
+                    self.entries.insert(key, entry);
+                    changed = true;
+                }
+                // Deleting an absent key changes nothing.
+                None => changed |= self.entries.remove(&key).is_some(),
+            }
+        }
+        if changed {
+            self.table_index = index;
+        }
+        outcome
+    }
+
     /// Panics if the store is inconsistent: for every entry
     /// `0 < create_index <= modify_index <= table_index <= last_index`, the
     /// entry's key equals its map key, and `lock_index` is 0.
@@ -463,6 +507,7 @@ impl TableState for KvStore {
                 index: expected,
             } => self.delete_cas(index, key, *expected),
             KvCommand::DeleteTree { prefix } => self.delete_tree(index, prefix),
+            KvCommand::Txn { ops } => return CommandResult::Txn(self.txn(index, ops)),
         };
         CommandResult::Bool(ok)
     }
@@ -583,6 +628,8 @@ pub mod base64_bytes {
         STANDARD.decode(text).map_err(serde::de::Error::custom)
     }
 }
+
+pub mod txn;
 
 #[cfg(test)]
 mod tests;

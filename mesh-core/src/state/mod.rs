@@ -224,6 +224,8 @@ pub enum CommandResult {
     /// The command was refused by the state it met (a check for an
     /// unknown service) and changed nothing; the message says why.
     Failed(String),
+    /// What a transaction did.
+    Txn(kv::txn::TxnOutcome),
 }
 
 /// Why [`StateMachine::restore`] rejected some bytes. Every variant means the

@@ -66,6 +66,18 @@ fn every_command() -> Vec<Command> {
         Command::Kv(KvCommand::DeleteTree {
             prefix: "p/".into(),
         }),
+        Command::Kv(KvCommand::Txn {
+            ops: vec![
+                crate::kv::txn::TxnOp {
+                    verb: "set".into(),
+                    key: "k\u{0}\"\\é".into(),
+                    value: vec![0xff; 100],
+                    flags: u64::MAX,
+                    index: u64::MAX,
+                };
+                3
+            ],
+        }),
     ]
 }
 

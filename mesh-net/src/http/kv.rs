@@ -144,6 +144,10 @@ impl HttpApi {
                 resp
             }
             Ok((_, CommandResult::Failed(m))) => bad_request(m),
+            Ok((_, other)) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("a write was answered with {other:?}"),
+            ),
             Err(e) => rpc_error(e),
         }
     }

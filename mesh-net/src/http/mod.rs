@@ -16,6 +16,7 @@ mod operator;
 mod params;
 pub mod reply;
 mod routes;
+mod txn;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -105,6 +105,9 @@ impl HttpApi {
         if let Some(rest) = path.strip_prefix("/v1/agent/") {
             return self.agent(call, rest.to_string()).await;
         }
+        if path == "/v1/txn" {
+            return self.txn(call).await;
+        }
         if path.starts_with("/v1/status/") || path.starts_with("/v1/operator/") {
             return self.operator(call).await;
         }

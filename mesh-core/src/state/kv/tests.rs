@@ -179,3 +179,102 @@ fn validate_reports_each_broken_invariant() {
     bad.entries.get_mut("a").unwrap().lock_index = 1;
     assert!(bad.validate().is_err());
 }
+
+mod txn_tests {
+    use super::super::txn::{TxnOp, TxnOutcome, MAX_TXN_OPS};
+    use super::super::KvStore;
+
+    fn op(verb: &str, key: &str, value: &[u8], index: u64) -> TxnOp {
+        TxnOp {
+            verb: verb.into(),
+            key: key.into(),
+            value: value.to_vec(),
+            flags: 0,
+            index,
+        }
+    }
+
+    #[test]
+    fn a_transaction_applies_all_or_nothing() {
+        let mut kv = KvStore::default();
+        kv.set(1, "a", b"1".to_vec(), 0);
+        // check-index fails: nothing of the transaction happens.
+        let out = kv.txn(
+            2,
+            &[
+                op("set", "b", b"2", 0),
+                op("check-index", "a", b"", 99),
+                op("delete", "a", b"", 0),
+            ],
+        );
+        let TxnOutcome::RolledBack(errors) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].op_index, 1);
+        assert!(
+            errors[0].what.contains("current modify index 1 != 99"),
+            "{}",
+            errors[0].what
+        );
+        assert!(kv.get("b").is_none());
+        assert!(kv.get("a").is_some());
+        assert_eq!(
+            kv.table_index(),
+            1,
+            "a rolled-back transaction changes no index"
+        );
+        // Now it commits: operations see each other's effects in order.
+        let out = kv.txn(
+            3,
+            &[
+                op("set", "b", b"2", 0),
+                op("get", "b", b"", 0),
+                op("cas", "a", b"x", 1),
+                op("check-not-exists", "c", b"", 0),
+                op("get-tree", "", b"", 0),
+                op("delete", "a", b"", 0),
+            ],
+        );
+        let TxnOutcome::Committed(results) = out else {
+            panic!("{out:?}")
+        };
+        // set b, get b, cas a, get-tree (a, b).
+        assert_eq!(results.len(), 5);
+        assert!(!results[0].with_value && results[1].with_value);
+        assert_eq!(results[1].entry.value, b"2");
+        assert_eq!(results[2].entry.modify_index, 3);
+        assert!(kv.get("a").is_none());
+        assert_eq!(kv.get("b").unwrap().create_index, 3);
+        assert_eq!(kv.table_index(), 3);
+        kv.check_invariants();
+    }
+
+    #[test]
+    fn every_failure_is_reported_and_unknown_or_session_verbs_fail() {
+        let mut kv = KvStore::default();
+        let out = kv.txn(
+            1,
+            &[
+                op("get", "nope", b"", 0),
+                op("lock", "k", b"", 0),
+                op("frob", "k", b"", 0),
+                op("cas", "k", b"", 5),
+            ],
+        );
+        let TxnOutcome::RolledBack(errors) = out else {
+            panic!("{out:?}")
+        };
+        let at: Vec<usize> = errors.iter().map(|e| e.op_index).collect();
+        assert_eq!(at, [0, 1, 2, 3]);
+        assert!(errors[1].what.contains("sessions"));
+        let many: Vec<TxnOp> = (0..MAX_TXN_OPS + 1)
+            .map(|i| op("set", &format!("k{i}"), b"", 0))
+            .collect();
+        let TxnOutcome::RolledBack(errors) = kv.txn(2, &many) else {
+            panic!()
+        };
+        assert!(errors[0].what.contains("too many operations (65 > 64)"));
+        assert!(kv.is_empty());
+    }
+}
