@@ -7,6 +7,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
 use mesh_bins::process_cluster::{test_dir, ProcessCluster};
 use serde_json::Value;
 
@@ -51,6 +53,46 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{what}: not within {limit:?}");
+}
+
+/// One DNS question to `ip:8600`, over UDP or (`tcp`) TCP.
+fn dns(ip: &str, name: &str, qtype: RecordType, tcp: bool) -> Message {
+    use std::io::{Read, Write};
+    let mut m = Message::query();
+    m.metadata.id = 77;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    let q = m.to_vec().unwrap();
+    let bytes = if tcp {
+        let mut s = std::net::TcpStream::connect((ip, 8600)).expect("DNS over TCP");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+        s.write_all(&q).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    } else {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(&q, (ip, 8600)).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.recv(&mut buf).expect("a DNS answer over UDP");
+        buf.truncate(n);
+        buf
+    };
+    Message::from_vec(&bytes).expect("a DNS message")
+}
+
+fn addresses(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The service names and instance ids a server's own (stale) catalog holds.
@@ -98,6 +140,25 @@ async fn client_agents_keep_their_services_through_failover_and_restart() {
         },
     )
     .await;
+
+    // DNS on a server and on a client agent: fcc (its TTL check passes)
+    // resolves to fcc00; fcs (its TCP check is critical) does not.
+    for ip in [ips[0], ips[3]] {
+        let m = dns(ip, "fcc.service.consul.", RecordType::A, false);
+        assert_eq!(addresses(&m), [ips[4]], "{ip}: {m:?}");
+        let m = dns(ip, "fcs.service.consul.", RecordType::A, false);
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{m:?}");
+        let m = dns(ip, "fcs00.node.dc1.consul.", RecordType::A, true);
+        assert_eq!(addresses(&m), [ips[3]]);
+        let m = dns(ip, "_fcc._tcp.service.consul.", RecordType::SRV, true);
+        match &m.answers[..] {
+            [r] => match &r.data {
+                RData::SRV(srv) => assert_eq!(srv.target.to_ascii(), "fcc00.node.dc1.consul."),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
 
     // Register a service through fcs00's API, then kill -9 the leader.
     let body =

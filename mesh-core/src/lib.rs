@@ -8,6 +8,7 @@ pub mod anti_entropy;
 pub mod api;
 pub mod codec;
 pub mod definitions;
+pub mod dns;
 pub mod election;
 pub mod filter;
 pub mod formation;

@@ -16,6 +16,7 @@ pub mod buggify;
 pub mod client;
 pub mod clock;
 pub mod disk;
+pub mod dns;
 pub mod flags;
 pub mod http;
 pub mod http_client;

@@ -108,6 +108,7 @@ impl SimCluster {
             .collect();
         args.push("-data-dir=/var/lib/mesh".into());
         args.push(format!("-http-port={HTTP_PORT}"));
+        args.push("-dns-port=-1".into());
         for i in 0..self.servers.len() {
             args.push(format!("-retry-join={}", self.rpc_addr(i)));
         }

@@ -144,6 +144,8 @@ impl SimCluster {
         .collect();
         args.push(format!("-server-port={RPC_PORT}"));
         args.push(format!("-http-port={HTTP_PORT}"));
+        // No DNS scenario yet: DNS stays off so traces do not move.
+        args.push("-dns-port=-1".into());
         args.push(format!("-snapshot-threshold={}", self.snapshot_threshold));
         let n = self.servers.len();
         match &s.formation {

@@ -136,6 +136,11 @@ pub const AGENT_FLAGS: &[Spec] = &[
     ),
     ("http-port", Kind::Value, "HTTP API port. Default: 8500."),
     (
+        "dns-port",
+        Kind::Value,
+        "DNS port (UDP and TCP, on -client). Default: 8600; -1 disables DNS.",
+    ),
+    (
         "log-level",
         Kind::Value,
         "trace, debug, info, warn or err. Default: info.",
@@ -279,6 +284,18 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
         Some(p) => p,
         None => file.ports.http.unwrap_or(8500),
     };
+    let dns_port: i32 = match flags.number::<i32>("dns-port")? {
+        Some(p) => p,
+        None => file.ports.dns.map_or(8600, i32::from),
+    };
+    let dns_bind = match dns_port {
+        -1 => None,
+        p => Some(SocketAddr::new(
+            client,
+            u16::try_from(p)
+                .map_err(|_| format!("invalid -dns-port {p}: a port, or -1 to disable DNS"))?,
+        )),
+    };
     let node_name = match flags.get("node").or(file.node_name.as_deref()) {
         Some(n) if !n.is_empty() => n.to_string(),
         Some(_) => return Err("-node must not be empty".into()),
@@ -357,6 +374,7 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
         role,
         advertise,
         http_bind: SocketAddr::new(client, http_port),
+        dns_bind,
         services,
         checks,
         enable_script_checks: flags.bool("enable-script-checks")

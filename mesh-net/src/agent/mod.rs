@@ -56,6 +56,9 @@ pub struct AgentConfig {
     pub advertise: IpAddr,
     /// Where the HTTP API listens (`-client` + `-http-port`).
     pub http_bind: SocketAddr,
+    /// Where DNS listens, UDP and TCP (`-client` + `-dns-port`; `None`
+    /// with `-dns-port=-1`).
+    pub dns_bind: Option<SocketAddr>,
     /// Services from config files.
     pub services: Vec<ServiceWithChecks>,
     /// Node checks and service checks from config files.
@@ -92,6 +95,7 @@ pub struct Agent {
     cluster: Arc<dyn Cluster>,
     local: Arc<LocalAgent>,
     http_task: JoinHandle<()>,
+    dns_tasks: Vec<JoinHandle<()>>,
     left: Arc<Notify>,
 }
 
@@ -106,6 +110,14 @@ impl Agent {
                 addr: config.http_bind,
                 source,
             })?;
+        let dns_sockets = match config.dns_bind {
+            Some(addr) => Some(
+                crate::dns::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let (server, cluster, node_id): (Option<Arc<Server>>, Arc<dyn Cluster>, u64) =
             match &config.role {
                 Role::Server(s) => {
@@ -179,12 +191,27 @@ impl Agent {
             config.clone(),
         ));
         let http_task = tokio::spawn(http::serve(http_listener, api));
+        let mut dns_tasks = Vec::new();
+        if let Some((udp, tcp)) = dns_sockets {
+            let dc = config.datacenter.clone();
+            dns_tasks.push(tokio::spawn(crate::dns::serve_udp(
+                udp,
+                cluster.clone(),
+                dc.clone(),
+            )));
+            dns_tasks.push(tokio::spawn(crate::dns::serve_tcp(
+                tcp,
+                cluster.clone(),
+                dc,
+            )));
+        }
         info!(http = %config.http_bind, server = server.is_some(), "HTTP API listening");
         Ok(Self {
             server,
             cluster,
             local,
             http_task,
+            dns_tasks,
             left,
         })
     }
@@ -222,6 +249,9 @@ impl Agent {
     /// Stops at once (tests; a crash is simulated by killing the node).
     pub async fn stop(self) {
         self.http_task.abort();
+        for t in &self.dns_tasks {
+            t.abort();
+        }
         self.local.stop();
         if let Some(server) = &self.server {
             server.shutdown().await;
