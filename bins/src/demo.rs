@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mesh_bins::flags::{Flags, Kind, Spec};
-use mesh_bins::process_cluster::ProcessCluster;
+use mesh_bins::process_cluster::{poll_until, ProcessCluster};
 
 const SPECS: &[Spec] = &[
     (
@@ -218,20 +218,15 @@ impl Drop for FcsApp {
     }
 }
 
-/// Polls `probe` every 50 ms until it holds; returns the time it took.
-async fn until<F, Fut>(what: &str, limit: Duration, mut probe: F) -> Result<Duration, String>
+/// Polls `probe` until it holds; the time it took, or an error naming `what`.
+async fn until<F, Fut>(what: &str, limit: Duration, probe: F) -> Result<Duration, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if probe().await {
-            return Ok(t.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("{what}: not within {limit:?}"))
+    poll_until(limit, probe)
+        .await
+        .ok_or_else(|| format!("{what}: not within {limit:?}"))
 }
 
 /// Instances of `service` that `/v1/health/service/<service>?passing` lists, as seen by node `i`.

@@ -349,3 +349,20 @@ fn nft(args: &[&str]) -> Result<(), String> {
         ))
     }
 }
+
+/// Polls `probe` every 50 ms until it holds (returning how long that took)
+/// or `limit` passes (`None`).
+pub async fn poll_until<F, Fut>(limit: Duration, mut probe: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if probe().await {
+            return Some(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}

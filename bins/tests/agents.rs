@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use mesh_bins::process_cluster::{test_dir, ProcessCluster};
+use mesh_bins::process_cluster::{poll_until, test_dir, ProcessCluster};
 use serde_json::Value;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
@@ -40,19 +40,14 @@ async fn get_json(c: &ProcessCluster, i: usize, path: &str) -> Option<Value> {
 }
 
 /// Polls until `probe` holds, failing the test after `limit`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut probe: F) -> Duration
+async fn eventually<F, Fut>(what: &str, limit: Duration, probe: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if probe().await {
-            return t.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within {limit:?}");
+    poll_until(limit, probe)
+        .await
+        .unwrap_or_else(|| panic!("{what}: not within {limit:?}"))
 }
 
 /// One DNS question to `ip:8600`, over UDP or (`tcp`) TCP.

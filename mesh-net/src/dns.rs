@@ -80,10 +80,22 @@ pub async fn serve_udp(socket: UdpSocket, cluster: Arc<dyn Cluster>, datacenter:
         let (socket, cluster, dc) = (socket.clone(), cluster.clone(), datacenter.clone());
         tokio::spawn(async move {
             if let Some(reply) = answer(cluster.as_ref(), &dc, &query, Transport::Udp).await {
-                let _ = socket.send_to(&reply, peer).await;
+                send_to(&socket, &reply, peer).await;
             }
         });
     }
+}
+
+/// Sends one datagram (madsim's `send_to` takes its arguments in the
+/// other order).
+#[cfg(not(madsim))]
+async fn send_to(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    let _ = socket.send_to(bytes, to).await;
+}
+
+#[cfg(madsim)]
+async fn send_to(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    let _ = socket.send_to(to, bytes).await;
 }
 
 /// Serves DNS over TCP (RFC 1035 §4.2.2 length-prefixed messages) until

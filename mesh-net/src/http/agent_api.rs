@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use super::catalog::filter_rows;
 use super::params::Query;
 use super::reply::{
-    bad_request, json_body, json_reply, method_not_allowed, not_found, ok, read_body, reply,
-    rpc_error, text, Reply,
+    bad_request, json_reply, method_not_allowed, not_found, ok, read_json, reply, rpc_error, text,
+    Reply,
 };
 use super::routes::{segment, Call, HttpApi};
 use crate::agent::checks::CheckSpec;
@@ -196,11 +196,7 @@ impl HttpApi {
 
     async fn register_service(&self, call: Call) -> Reply {
         let replace = call.query.flag("replace-existing-checks");
-        let body = match read_body(call.req).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let value = match json_body(&body) {
+        let value = match read_json(call.req).await {
             Ok(v) => v,
             Err(r) => return r,
         };
@@ -240,11 +236,7 @@ impl HttpApi {
     }
 
     async fn register_check(&self, call: Call) -> Reply {
-        let body = match read_body(call.req).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let value = match json_body(&body) {
+        let value = match read_json(call.req).await {
             Ok(v) => v,
             Err(r) => return r,
         };
@@ -277,11 +269,7 @@ impl HttpApi {
             "warn" => self.local.update_ttl(&id, CheckStatus::Warning, &note),
             "fail" => self.local.update_ttl(&id, CheckStatus::Critical, &note),
             "update" => {
-                let body = match read_body(call.req).await {
-                    Ok(b) => b,
-                    Err(r) => return r,
-                };
-                let value = match json_body(&body) {
+                let value = match read_json(call.req).await {
                     Ok(v) => mesh_core::definitions::normalize_keys(&v),
                     Err(r) => return r,
                 };

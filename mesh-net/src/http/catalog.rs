@@ -13,8 +13,7 @@ use serde_json::{json, Value};
 
 use super::params::Query;
 use super::reply::{
-    bad_request, json_body, json_reply, method_not_allowed, not_found, read_body,
-    with_read_headers, Reply,
+    bad_request, json_reply, method_not_allowed, not_found, read_json, with_read_headers, Reply,
 };
 use super::routes::{segment, Call, HttpApi};
 
@@ -165,7 +164,7 @@ impl HttpApi {
                 }
                 self.rows(q, rows, &resp)
             }
-            (Method::GET, "node", Some(name)) => {
+            (Method::GET, which @ ("node" | "node-services"), Some(name)) => {
                 let node = match segment(&name) {
                     Ok(n) => n,
                     Err(r) => return r,
@@ -175,36 +174,17 @@ impl HttpApi {
                     Err(r) => return r,
                 };
                 let slice = slice_of(&resp);
+                let instances = slice.services.iter().map(|e| &e.service);
+                // `node/:node` keys the services by id; `node-services`
+                // lists them. An unknown node is `null`, as in Consul.
                 let body = match slice.nodes.first() {
                     None => Value::Null,
-                    Some(n) => {
-                        let services: BTreeMap<&str, &NodeService> = slice
-                            .services
-                            .iter()
-                            .map(|e| (e.service.id.as_str(), &e.service))
-                            .collect();
+                    Some(n) if which == "node" => {
+                        let services: BTreeMap<&str, &NodeService> =
+                            instances.map(|s| (s.id.as_str(), s)).collect();
                         json!({ "Node": n, "Services": services })
                     }
-                };
-                with_read_headers(json_reply(&body), &resp)
-            }
-            (Method::GET, "node-services", Some(name)) => {
-                let node = match segment(&name) {
-                    Ok(n) => n,
-                    Err(r) => return r,
-                };
-                let resp = match self.read(q, CatalogQuery::Node { node }).await {
-                    Ok(r) => r,
-                    Err(r) => return r,
-                };
-                let slice = slice_of(&resp);
-                let body = match slice.nodes.first() {
-                    None => Value::Null,
-                    Some(n) => {
-                        let services: Vec<&NodeService> =
-                            slice.services.iter().map(|e| &e.service).collect();
-                        json!({ "Node": n, "Services": services })
-                    }
+                    Some(n) => json!({ "Node": n, "Services": instances.collect::<Vec<_>>() }),
                 };
                 with_read_headers(json_reply(&body), &resp)
             }
@@ -356,11 +336,7 @@ impl HttpApi {
     }
 
     async fn catalog_register(&self, call: Call) -> Reply {
-        let body = match read_body(call.req).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let value = match json_body(&body) {
+        let value = match read_json(call.req).await {
             Ok(v) => v,
             Err(r) => return r,
         };
@@ -374,11 +350,7 @@ impl HttpApi {
     }
 
     async fn catalog_deregister(&self, call: Call) -> Reply {
-        let body = match read_body(call.req).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let value = match json_body(&body) {
+        let value = match read_json(call.req).await {
             Ok(v) => v,
             Err(r) => return r,
         };

@@ -122,3 +122,10 @@ pub fn json_body(body: &[u8]) -> Result<serde_json::Value, Reply> {
     }
     serde_json::from_slice(body).map_err(|e| bad_request(format!("Request decode failed: {e}")))
 }
+
+/// Reads a request body and parses it as JSON ([`read_body`], then
+/// [`json_body`]).
+pub async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Reply> {
+    let body = read_body(req).await?;
+    json_body(&body)
+}

@@ -10,9 +10,7 @@ use mesh_core::kv::txn::{TxnOp, TxnOutcome, MAX_TXN_OPS};
 use mesh_core::state::{CommandResult, KvCommand};
 use serde_json::{json, Value};
 
-use super::reply::{
-    bad_request, json_body, method_not_allowed, read_body, reply, rpc_error, text, Reply,
-};
+use super::reply::{bad_request, method_not_allowed, read_json, reply, rpc_error, text, Reply};
 use super::routes::{Call, HttpApi};
 
 /// Reads one `{"KV": {...}}` operation (keys in any casing Consul accepts).
@@ -73,11 +71,7 @@ impl HttpApi {
         if call.method != Method::PUT {
             return method_not_allowed();
         }
-        let body = match read_body(call.req).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let value = match json_body(&body) {
+        let value = match read_json(call.req).await {
             Ok(v) => normalize_keys(&v),
             Err(r) => return r,
         };
