@@ -223,6 +223,45 @@ pub fn respond(
     encode(reply, request.udp_limit, transport)
 }
 
+/// A client's view of an answer, for tests and tools that ask the DNS
+/// interface (`sim`'s DNS probe).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The response code was NXDOMAIN.
+    pub nxdomain: bool,
+    /// The A and AAAA records of the answer section, in order.
+    pub addresses: Vec<IpAddr>,
+    /// TC was set.
+    pub truncated: bool,
+}
+
+/// An A query for `name` (absolute, e.g. `fcs.service.consul.`).
+pub fn a_query(id: u16, name: &str) -> Result<Vec<u8>, String> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    let name = Name::from_ascii(name).map_err(|e| format!("bad name {name:?}: {e}"))?;
+    m.add_query(Query::query(name, RecordType::A));
+    m.to_vec().map_err(|e| e.to_string())
+}
+
+/// Reads an answer's code, addresses and TC bit.
+pub fn read_answer(bytes: &[u8]) -> Result<Answer, String> {
+    let m = Message::from_vec(bytes).map_err(|e| e.to_string())?;
+    Ok(Answer {
+        nxdomain: m.metadata.response_code == ResponseCode::NXDomain,
+        addresses: m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect(),
+        truncated: m.metadata.truncation,
+    })
+}
+
 /// SERVFAIL for a request whose catalog read failed (the answer is
 /// unknown, which is not "no such name").
 pub fn servfail(request: &Request) -> Vec<u8> {

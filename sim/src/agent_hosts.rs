@@ -19,6 +19,8 @@ use crate::cluster::{SimCluster, HTTP_PORT};
 
 /// The port fcs listens on.
 pub const FCS_PORT: u16 = 8181;
+/// The client agents' DNS port (Consul's 8600).
+pub const DNS_PORT: u16 = 8600;
 
 /// One client host.
 pub struct SimAgentHost {
@@ -44,6 +46,11 @@ impl SimAgentHost {
     /// The agent's HTTP address.
     pub fn http_addr(&self) -> String {
         SocketAddr::new(self.ip, HTTP_PORT).to_string()
+    }
+
+    /// The agent's DNS address.
+    pub fn dns_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, DNS_PORT)
     }
 
     /// fcs's address.
@@ -108,7 +115,7 @@ impl SimCluster {
             .collect();
         args.push("-data-dir=/var/lib/mesh".into());
         args.push(format!("-http-port={HTTP_PORT}"));
-        args.push("-dns-port=-1".into());
+        args.push(format!("-dns-port={DNS_PORT}"));
         for i in 0..self.servers.len() {
             args.push(format!("-retry-join={}", self.rpc_addr(i)));
         }

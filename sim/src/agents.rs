@@ -44,6 +44,56 @@ fn fcs_registration(app: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `fcs.service.consul` A, asked of client host `k`'s DNS from the client
+/// host: `Some(addresses)` (empty for NXDOMAIN), `None` if no answer came.
+async fn dns_fcs(run: &Run, k: usize) -> Option<Vec<std::net::IpAddr>> {
+    let dns = run.cluster.agents[k].dns_addr();
+    run.cluster
+        .client
+        .spawn(async move {
+            let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await.ok()?;
+            let query = mesh_core::dns::a_query(7, "fcs.service.consul.").ok()?;
+            sock.send_to(dns, &query).await.ok()?;
+            let mut buf = vec![0u8; 1500];
+            let (n, _) = madsim::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            let answer = mesh_core::dns::read_answer(&buf[..n]).ok()?;
+            Some(if answer.nxdomain {
+                Vec::new()
+            } else {
+                answer.addresses
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Waits until fcs00's DNS answers `expected` for fcs; errors after
+/// [`DNS_BOUND`] (answers must follow the catalog).
+async fn wait_dns(run: &mut Run, expected: &[std::net::IpAddr], what: &str) -> Result<(), String> {
+    let t = Instant::now();
+    loop {
+        let got = dns_fcs(run, FCS).await;
+        if got.as_deref() == Some(expected) {
+            run.report.dns_ms.push(t.elapsed().as_millis() as u64);
+            return Ok(());
+        }
+        if t.elapsed() > DNS_BOUND {
+            return Err(format!(
+                "DNS did not follow the catalog ({what}) within {DNS_BOUND:?}: answered {got:?}, expected {expected:?}"
+            ));
+        }
+        run.settle(Duration::from_millis(50)).await?;
+    }
+}
+
+/// How long DNS answers may lag the leader's catalog (stale reads:
+/// replication to the server the agent reads from).
+const DNS_BOUND: Duration = Duration::from_secs(2);
+
 /// `PUT` through client host `k`'s agent until it answers 200 (bounded).
 async fn put_agent(run: &Run, k: usize, path: &str, body: Vec<u8>) -> Result<(), String> {
     let addr = run.cluster.agents[k].http_addr();
@@ -210,6 +260,8 @@ pub(crate) async fn agents() -> Result<Report, String> {
     run.report
         .agent_sync_ms
         .push(t.elapsed().as_millis() as u64);
+    let fcs_ip = run.cluster.agents[FCS].ip;
+    wait_dns(&mut run, &[fcs_ip], "fcs registered and passing").await?;
 
     info!("phase: the leader dies; agents keep syncing");
     let all = [0, 1, 2];
@@ -245,6 +297,7 @@ pub(crate) async fn agents() -> Result<Report, String> {
     run.report
         .check_ms
         .push(check_propagation::check("fcs's critical status", took)?.as_millis() as u64);
+    wait_dns(&mut run, &[], "fcs critical: NXDOMAIN").await?;
     run.cluster.agents[FCS]
         .app_up
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -259,6 +312,7 @@ pub(crate) async fn agents() -> Result<Report, String> {
     run.report
         .check_ms
         .push(check_propagation::check("fcs's passing status", took)?.as_millis() as u64);
+    wait_dns(&mut run, &[fcs_ip], "fcs passing again").await?;
 
     info!("phase: fcs00 is cut off; its node turns critical, then passing");
     run.cluster.isolate_agent(FCS);

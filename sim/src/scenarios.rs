@@ -65,6 +65,9 @@ pub struct Report {
     /// Simulated ms from healing a cut-off agent to the catalog showing a
     /// check change it made while cut off (anti-entropy after a heal).
     pub heal_sync_ms: Vec<u64>,
+    /// Simulated ms from the leader's catalog changing to fcs00's DNS
+    /// answering accordingly.
+    pub dns_ms: Vec<u64>,
     /// Live nodes declared critical (agent_liveness).
     pub false_verdicts: u64,
     /// Catalog reads answered to the X-Consul-Index watch.

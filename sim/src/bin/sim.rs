@@ -132,7 +132,7 @@ mod imp {
         match result {
             Ok(report) => {
                 println!(
-                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} heal_sync_ms={:?} false_verdicts={} catalog_reads={}",
+                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} heal_sync_ms={:?} dns_ms={:?} false_verdicts={} catalog_reads={}",
                     t.hash(),
                     report.history_digest,
                     t.lines,
@@ -153,6 +153,7 @@ mod imp {
                     report.check_ms,
                     report.detect_ms,
                     report.heal_sync_ms,
+                    report.dns_ms,
                     report.false_verdicts,
                     report.catalog_reads
                 );
