@@ -273,6 +273,20 @@ impl AntiEntropy {
         self.backoff_ms = (self.backoff_ms * 2).min(self.timing.max_backoff_ms);
     }
 
+    /// The servers are reachable again (a leader became known after none
+    /// was): a retry waiting out its backoff runs now, with the backoff
+    /// reset. Without it, changes made while cut off reached the catalog
+    /// up to a full backoff after the heal.
+    pub fn reachable(&mut self, now_ms: u64) {
+        if self.retry_at_ms.is_some_and(|t| t > now_ms) {
+            self.retry_at_ms = Some(now_ms);
+            self.backoff_ms = self.timing.first_backoff_ms;
+            if self.in_sync() {
+                self.next_round_ms = now_ms;
+            }
+        }
+    }
+
     /// Runs what is due.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.step(now_ms);

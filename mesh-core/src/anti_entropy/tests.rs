@@ -285,3 +285,29 @@ fn the_same_seed_gives_the_same_schedule() {
     };
     assert_eq!(run(5), run(5));
 }
+
+#[test]
+fn a_reachable_cluster_cuts_a_pending_backoff_short() {
+    let mut ae = AntiEntropy::new(timing(), node(), 9, 0);
+    ae.add_service(0, fcs());
+    let mut now = 0;
+    for _ in 0..4 {
+        ae.handle_timeout(now);
+        assert_eq!(drain(&mut ae).len(), 1);
+        ae.sync_failed(now);
+        now = ae.poll_timeout().unwrap();
+    }
+    // A retry is pending well in the future; the cluster comes back.
+    let pending = ae.poll_timeout().unwrap();
+    let back = pending - 300;
+    ae.handle_timeout(back);
+    assert!(drain(&mut ae).is_empty(), "still backing off");
+    ae.reachable(back);
+    assert_eq!(ae.poll_timeout(), Some(back));
+    ae.handle_timeout(back);
+    assert!(matches!(drain(&mut ae).as_slice(), [Output::Sync { .. }]));
+    // Without a pending retry it changes nothing.
+    let mut quiet = AntiEntropy::new(timing(), node(), 9, 0);
+    quiet.reachable(5);
+    assert_eq!(quiet.poll_timeout(), Some(0));
+}

@@ -652,9 +652,15 @@ impl LocalAgent {
     /// Carries anti-entropy's outputs to the cluster, for the agent's
     /// lifetime.
     async fn sync_driver(me: Weak<LocalAgent>) {
+        let mut leader_known = true;
         loop {
             let Some(agent) = me.upgrade() else { return };
             let now = agent.now_ms();
+            let known = agent.cluster.known_leader();
+            if known && !leader_known {
+                agent.inner.lock().expect("agent lock").ae.reachable(now);
+            }
+            leader_known = known;
             let housekeeping_at = agent.housekeeping(now);
             let output = {
                 let _batch = agent.batch.lock().expect("batch lock");
