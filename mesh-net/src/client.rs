@@ -56,8 +56,6 @@ struct Shared {
     /// When a leader last confirmed itself.
     confirmed: Mutex<Option<Instant>>,
     started: Instant,
-    /// The last status a server gave.
-    last_status: Mutex<Option<ClusterStatus>>,
 }
 
 /// The servers, as a client agent reaches them.
@@ -83,7 +81,6 @@ impl RemoteServers {
             view: watch::Sender::new(LeaderView::default()),
             confirmed: Mutex::new(None),
             started: Instant::now(),
-            last_status: Mutex::new(None),
         });
         let rpc = RpcClient::with_source_ip(source_ip);
         let tracker = tokio::spawn(track(shared.clone(), rpc.clone()));
@@ -193,11 +190,6 @@ impl RemoteServers {
         .await
         .map(|_| ())
     }
-
-    /// The last status a server gave (for `members` and `agent/self`).
-    pub fn last_status(&self) -> Option<ClusterStatus> {
-        self.shared.last_status.lock().expect("status lock").clone()
-    }
 }
 
 /// Server addresses to try, the believed leader first.
@@ -226,7 +218,6 @@ async fn track(shared: Arc<Shared>, rpc: RpcClient) {
             learn_servers(&shared, &st);
             let term = st.term;
             let leader = st.leader.clone();
-            *shared.last_status.lock().expect("status lock") = Some(st.clone());
             match leader {
                 // The leader speaking for itself.
                 Some(l) if l.node_id == st.me.node_id => {

@@ -171,6 +171,18 @@ async fn wait_status(
     Ok(None)
 }
 
+/// Waits for `check` on fcs00 to show `status` in the leader's catalog and
+/// judges the time against `checkers::check_propagation`'s bound.
+async fn propagated(
+    run: &mut Run,
+    check: &str,
+    status: CheckStatus,
+    what: &str,
+) -> Result<Duration, String> {
+    let took = wait_status(run, "fcs00", check, status, Duration::from_secs(10)).await?;
+    check_propagation::check(what, took)
+}
+
 /// Stale blocking reads of fcs's health through every server in turn,
 /// recording each server's `X-Consul-Index` sequence.
 fn start_index_watch(
@@ -286,32 +298,26 @@ pub(crate) async fn agents() -> Result<Report, String> {
     run.cluster.agents[FCS]
         .app_up
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let took = wait_status(
+    let took = propagated(
         &mut run,
-        "fcs00",
         "fcs-tcp",
         CheckStatus::Critical,
-        Duration::from_secs(10),
+        "fcs's critical status",
     )
     .await?;
-    run.report
-        .check_ms
-        .push(check_propagation::check("fcs's critical status", took)?.as_millis() as u64);
+    run.report.check_ms.push(took.as_millis() as u64);
     wait_dns(&mut run, &[], "fcs critical: NXDOMAIN").await?;
     run.cluster.agents[FCS]
         .app_up
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let took = wait_status(
+    let took = propagated(
         &mut run,
-        "fcs00",
         "fcs-tcp",
         CheckStatus::Passing,
-        Duration::from_secs(10),
+        "fcs's passing status",
     )
     .await?;
-    run.report
-        .check_ms
-        .push(check_propagation::check("fcs's passing status", took)?.as_millis() as u64);
+    run.report.check_ms.push(took.as_millis() as u64);
     wait_dns(&mut run, &[fcs_ip], "fcs passing again").await?;
 
     info!("phase: fcs00 is cut off; its node turns critical, then passing");
@@ -338,18 +344,14 @@ pub(crate) async fn agents() -> Result<Report, String> {
         .store(false, std::sync::atomic::Ordering::SeqCst);
     sleep(rand_ms(1500, 3000)).await;
     run.cluster.heal_agent(FCS);
-    let took = wait_status(
+    let took = propagated(
         &mut run,
-        "fcs00",
         "fcs-tcp",
         CheckStatus::Critical,
-        Duration::from_secs(10),
+        "a check change made while cut off, after the heal",
     )
     .await?;
-    run.report.heal_sync_ms.push(
-        check_propagation::check("a check change made while cut off, after the heal", took)?
-            .as_millis() as u64,
-    );
+    run.report.heal_sync_ms.push(took.as_millis() as u64);
     let took = wait_status(
         &mut run,
         "fcs00",
@@ -362,15 +364,13 @@ pub(crate) async fn agents() -> Result<Report, String> {
     run.cluster.agents[FCS]
         .app_up
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let took = wait_status(
+    propagated(
         &mut run,
-        "fcs00",
         "fcs-tcp",
         CheckStatus::Passing,
-        Duration::from_secs(10),
+        "fcs's passing status after the heal",
     )
     .await?;
-    check_propagation::check("fcs's passing status after the heal", took)?;
 
     info!("phase: fcs00 crashes and restarts; its registrations come back from disk");
     run.cluster.crash_agent(FCS);

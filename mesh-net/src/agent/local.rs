@@ -219,11 +219,6 @@ impl LocalAgent {
         inner.ae.checks().values().cloned().collect()
     }
 
-    /// Whether the catalog holds every local change.
-    pub fn in_sync(&self) -> bool {
-        self.inner.lock().expect("agent lock").ae.in_sync()
-    }
-
     /// Registers (or replaces) a service with its checks. With
     /// `replace_existing_checks`, the service's checks not in `checks` are
     /// removed (Consul's `?replace-existing-checks`).

@@ -162,14 +162,7 @@ impl HttpApi {
                         let node = self.local.node_name();
                         self.local.stop();
                         self.cluster
-                            .write(
-                                CatalogCommand::Deregister {
-                                    node,
-                                    service_id: None,
-                                    check_id: None,
-                                }
-                                .into(),
-                            )
+                            .write(deregister_node(node))
                             .await
                             .map(|_| ())
                     }
@@ -366,15 +359,7 @@ impl HttpApi {
     async fn force_leave(&self, node: String) -> Reply {
         // Consul moves a failed member to "left"; here a member is its
         // catalog node, so a forced leave removes it from the catalog.
-        self.write_bool(
-            CatalogCommand::Deregister {
-                node,
-                service_id: None,
-                check_id: None,
-            }
-            .into(),
-        )
-        .await
+        self.write_bool(deregister_node(node)).await
     }
 
     async fn agent_self(&self) -> Reply {
@@ -494,6 +479,16 @@ impl HttpApi {
         });
         json_reply(&rows.into_values().collect::<Vec<_>>())
     }
+}
+
+/// Removes `node` and everything on it from the catalog.
+fn deregister_node(node: String) -> mesh_core::state::Command {
+    CatalogCommand::Deregister {
+        node,
+        service_id: None,
+        check_id: None,
+    }
+    .into()
 }
 
 /// `?enable=true|false`, required.
