@@ -7,6 +7,7 @@
 pub mod anti_entropy;
 pub mod api;
 pub mod codec;
+pub mod connect;
 pub mod definitions;
 pub mod dns;
 pub mod election;
