@@ -3,13 +3,14 @@
 //! entries agree, whether they applied every entry or restored a snapshot
 //! partway, and no byte string handed to `restore` can crash a server.
 
+use mesh_core::connect::intention::Action;
 use mesh_core::kv::KvStore;
 use mesh_core::state::catalog::{
     CatalogCommand, CheckStatus, HealthCheck, Node, NodeService, NodeSync, Registration,
 };
 use mesh_core::state::{
-    Command, CommandResult, KvCommand, SnapshotError, StateMachine, Table, SNAPSHOT_MAGIC,
-    SNAPSHOT_VERSION,
+    Command, CommandResult, IntentionCommand, KvCommand, SnapshotError, StateMachine, Table,
+    SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
 };
 use proptest::prelude::*;
 use serde::Serialize;
@@ -37,6 +38,33 @@ fn command() -> impl Strategy<Value = Command> {
     .prop_map(Command::Kv)
     .boxed()
     .prop_union(catalog_command().prop_map(Command::Catalog).boxed())
+    .or(intention_command().prop_map(Command::Intentions).boxed())
+}
+
+/// Intention writes over a few names and the wildcard (some invalid, so
+/// failed writes are in the mix too).
+fn intention_command() -> impl Strategy<Value = IntentionCommand> {
+    let name = prop_oneof![Just("fcc"), Just("fcs"), Just("*"), Just("f*")];
+    prop_oneof![
+        (
+            name.clone(),
+            name.clone(),
+            any::<bool>(),
+            0u64..2_000_000_000
+        )
+            .prop_map(|(s, d, allow, now_unix)| IntentionCommand::Upsert {
+                source: s.into(),
+                destination: d.into(),
+                action: if allow { Action::Allow } else { Action::Deny },
+                description: String::new(),
+                meta: Default::default(),
+                now_unix,
+            }),
+        (name.clone(), name).prop_map(|(s, d)| IntentionCommand::Delete {
+            source: s.into(),
+            destination: d.into(),
+        }),
+    ]
 }
 
 /// Transaction operations over the same small key space, so they meet the
@@ -188,7 +216,7 @@ proptest! {
                 Entry::Command(Command::Kv(KvCommand::DeleteCas { key, index: n })) => { kv.delete_cas(*index, key, *n); }
                 Entry::Command(Command::Kv(KvCommand::DeleteTree { prefix })) => { kv.delete_tree(*index, prefix); }
                 Entry::Command(Command::Kv(KvCommand::Txn { ops })) => { kv.txn(*index, ops); }
-                Entry::Command(Command::Catalog(_)) | Entry::Skip => {}
+                Entry::Command(Command::Catalog(_) | Command::Intentions(_)) | Entry::Skip => {}
             }
         }
         prop_assert_eq!(a.kv(), &kv);
@@ -233,7 +261,7 @@ proptest! {
         // Version 1 predates the catalog: it holds KV states only.
         let entries: Vec<_> = entries
             .into_iter()
-            .filter(|(_, e)| !matches!(e, Entry::Command(Command::Catalog(_))))
+            .filter(|(_, e)| !matches!(e, Entry::Command(Command::Catalog(_) | Command::Intentions(_))))
             .collect();
         let mut sm = StateMachine::new();
         run(&mut sm, &entries);

@@ -6,6 +6,7 @@
 //! checked for a time the caller passes in (the host's wall clock in
 //! mesh-net, a skewed one in the simulator).
 
+pub mod intention;
 pub mod spiffe;
 
 pub use spiffe::SpiffeId;

@@ -7,8 +7,9 @@
 //!
 //! # Tables
 //!
-//! The state is a set of tables, one file each, named by [`Table`]. There are
-//! two: the KV store ([`kv`]) and the service catalog ([`catalog`]). Each table has its own command enum
+//! The state is a set of tables, one file each, named by [`Table`]: the KV
+//! store ([`kv`]), the service catalog ([`catalog`]) and Connect's
+//! intentions ([`intentions`]). Each table has its own command enum
 //! (wrapped by one [`Command`] variant), its own modify index
 //! ([`StateMachine::table_index`]; Consul's per-table index that blocking
 //! queries watch), and implements the crate-private `TableState` trait:
@@ -62,6 +63,7 @@ use crate::hash::Fnv1a64;
 
 mod binary;
 pub mod catalog;
+pub mod intentions;
 pub mod kv;
 mod snapshot;
 #[cfg(test)]
@@ -69,6 +71,8 @@ mod tests;
 
 pub use catalog::CatalogCommand;
 use catalog::CatalogTable;
+pub use intentions::IntentionCommand;
+use intentions::IntentionTable;
 pub use kv::KvCommand;
 use kv::KvStore;
 
@@ -85,11 +89,13 @@ pub enum Table {
     Kv,
     /// Nodes, services and health checks (`/v1/catalog`, `/v1/health`).
     Catalog,
+    /// Who may connect to whom (`/v1/connect/intentions`).
+    Intentions,
 }
 
 impl Table {
     /// Every table, in id order.
-    pub const ALL: [Table; 2] = [Table::Kv, Table::Catalog];
+    pub const ALL: [Table; 3] = [Table::Kv, Table::Catalog, Table::Intentions];
 
     /// The table's id in snapshot sections. Never reuse an id: an old
     /// snapshot's section would be read as the wrong table. 0 is reserved
@@ -98,6 +104,7 @@ impl Table {
         match self {
             Table::Kv => 1,
             Table::Catalog => 2,
+            Table::Intentions => 3,
         }
     }
 
@@ -146,6 +153,8 @@ pub enum Command {
     Kv(KvCommand),
     /// A change to the catalog.
     Catalog(CatalogCommand),
+    /// A change to the intentions.
+    Intentions(IntentionCommand),
 }
 
 impl Command {
@@ -154,6 +163,7 @@ impl Command {
         match self {
             Command::Kv(_) => Table::Kv,
             Command::Catalog(_) => Table::Catalog,
+            Command::Intentions(_) => Table::Intentions,
         }
     }
 
@@ -164,6 +174,7 @@ impl Command {
         match self {
             Command::Kv(c) => c.encoded_len_bound(),
             Command::Catalog(c) => c.encoded_len_bound(),
+            Command::Intentions(c) => c.encoded_len_bound(),
         }
     }
 }
@@ -177,6 +188,12 @@ impl From<KvCommand> for Command {
 impl From<CatalogCommand> for Command {
     fn from(c: CatalogCommand) -> Self {
         Command::Catalog(c)
+    }
+}
+
+impl From<IntentionCommand> for Command {
+    fn from(c: IntentionCommand) -> Self {
+        Command::Intentions(c)
     }
 }
 
@@ -206,6 +223,11 @@ impl<'de> Deserialize<'de> for Command {
         if CatalogCommand::JSON_NAMES.contains(&name.as_str()) {
             return CatalogCommand::deserialize(value)
                 .map(Command::Catalog)
+                .map_err(D::Error::custom);
+        }
+        if IntentionCommand::JSON_NAMES.contains(&name.as_str()) {
+            return IntentionCommand::deserialize(value)
+                .map(Command::Intentions)
                 .map_err(D::Error::custom);
         }
         Err(D::Error::custom(format!(
@@ -256,6 +278,7 @@ pub struct StateMachine {
     last_applied: u64,
     kv: KvStore,
     catalog: CatalogTable,
+    intentions: IntentionTable,
 }
 
 impl StateMachine {
@@ -275,6 +298,7 @@ impl StateMachine {
         match cmd {
             Command::Kv(c) => self.kv.apply(index, c),
             Command::Catalog(c) => self.catalog.apply(index, c),
+            Command::Intentions(c) => self.intentions.apply(index, c),
         }
     }
 
@@ -303,6 +327,11 @@ impl StateMachine {
         &self.catalog
     }
 
+    /// The intentions.
+    pub fn intentions(&self) -> &IntentionTable {
+        &self.intentions
+    }
+
     /// Index of the last command that changed `table` (0 if none did): the
     /// `X-Consul-Index` of reads from it. Commands that changed nothing (a
     /// failed CAS, deleting a missing key) and other tables' commands do not
@@ -311,6 +340,7 @@ impl StateMachine {
         match table {
             Table::Kv => TableState::table_index(&self.kv),
             Table::Catalog => TableState::table_index(&self.catalog),
+            Table::Intentions => TableState::table_index(&self.intentions),
         }
     }
 
@@ -332,6 +362,9 @@ impl StateMachine {
         // of KV-only states stayed what they were before the catalog.
         if self.catalog != CatalogTable::default() {
             self.catalog.digest(&mut h);
+        }
+        if !self.intentions.is_pristine() {
+            self.intentions.digest(&mut h);
         }
         h.finish()
     }
@@ -363,7 +396,8 @@ impl StateMachine {
 
     fn validate(&self) -> Result<(), String> {
         check_table(&self.kv, self.last_applied)?;
-        check_table(&self.catalog, self.last_applied)
+        check_table(&self.catalog, self.last_applied)?;
+        check_table(&self.intentions, self.last_applied)
     }
 
     fn advance(&mut self, index: u64) {

@@ -23,10 +23,17 @@ pub(super) fn encode(sm: &StateMachine) -> Vec<u8> {
     // empty table), so KV-only states keep the bytes they had before the
     // catalog existed.
     let with_catalog = sm.catalog != CatalogTable::default();
-    put_u8(&mut out, 1 + u8::from(with_catalog));
+    let with_intentions = !sm.intentions.is_pristine();
+    put_u8(
+        &mut out,
+        1 + u8::from(with_catalog) + u8::from(with_intentions),
+    );
     encode_section(&sm.kv, &mut out);
     if with_catalog {
         encode_section(&sm.catalog, &mut out);
+    }
+    if with_intentions {
+        encode_section(&sm.intentions, &mut out);
     }
     out
 }
@@ -86,6 +93,7 @@ fn decode_v2(body: &[u8]) -> Result<StateMachine, String> {
         match Table::from_id(id) {
             Some(Table::Kv) => sm.kv = decode_section(&mut section)?,
             Some(Table::Catalog) => sm.catalog = decode_section(&mut section)?,
+            Some(Table::Intentions) => sm.intentions = decode_section(&mut section)?,
             None => {
                 return Err(format!(
                     "at byte {id_at}: section #{i} is for table id {id}, which this build \
@@ -119,7 +127,7 @@ fn decode_v1(json: &[u8]) -> Result<StateMachine, String> {
     Ok(StateMachine {
         last_applied: body.last_applied,
         kv: body.kv,
-        catalog: CatalogTable::default(),
+        ..StateMachine::default()
     })
 }
 

@@ -239,7 +239,7 @@ fn trailing_garbage_is_refused() {
 fn sections_must_be_known_and_in_order() {
     let body = sample().snapshot()[23..].to_vec();
     assert_eq!(StateMachine::restore(&v2(7, &[(1, &body)])), Ok(sample()));
-    for id in [0, 3, 255] {
+    for id in [0, 9, 255] {
         let m = malformed(&v2(7, &[(id, &body)]));
         assert!(
             m.contains(&format!("table id {id}, which this build does not know")),
