@@ -1283,6 +1283,9 @@ pub struct AgentFileConfig {
     pub checks: Vec<CheckDefinition>,
     /// `connect { enabled }`.
     pub connect_enabled: Option<bool>,
+    /// `acl { default_policy }`: `"allow"` or `"deny"`. Without ACLs it
+    /// decides connections no intention matches (deny when unset).
+    pub acl_default_policy: Option<String>,
 }
 
 fn file_value_to_config(v: &Value) -> Result<AgentFileConfig, DefinitionError> {
@@ -1351,6 +1354,10 @@ fn file_value_to_config(v: &Value) -> Result<AgentFileConfig, DefinitionError> {
         connect_enabled: match o.object(&["connect"])? {
             None => None,
             Some(c) => c.bool(&["enabled"])?,
+        },
+        acl_default_policy: match o.object(&["acl"])? {
+            None => None,
+            Some(a) => a.string(&["default_policy"])?,
         },
     })
 }
@@ -1426,6 +1433,7 @@ impl AgentFileConfig {
             services: append(self.services, later.services),
             checks: append(self.checks, later.checks),
             connect_enabled: later.connect_enabled.or(self.connect_enabled),
+            acl_default_policy: later.acl_default_policy.or(self.acl_default_policy),
         }
     }
 }

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::connect::intention::Intention;
 use crate::formation::ServerInfo;
 use crate::kv::KvEntry;
 use crate::state::catalog::{CatalogQuery, CatalogSlice};
@@ -133,6 +134,8 @@ pub enum Query {
     Kv(KvQuery),
     /// Catalog rows.
     Catalog(CatalogQuery),
+    /// Every intention (the API filters them).
+    Intentions,
 }
 
 impl Query {
@@ -141,6 +144,7 @@ impl Query {
         match self {
             Query::Kv(_) => Table::Kv,
             Query::Catalog(_) => Table::Catalog,
+            Query::Intentions => Table::Intentions,
         }
     }
 }
@@ -169,6 +173,8 @@ pub enum QueryResult {
     },
     /// Answer to a [`CatalogQuery`].
     Catalog(CatalogSlice),
+    /// Answer to [`Query::Intentions`], in (source, destination) order.
+    Intentions(Vec<Intention>),
 }
 
 /// A read with its consistency mode and blocking parameters.
@@ -319,6 +325,7 @@ pub fn evaluate(sm: &StateMachine, query: &Query) -> (u64, QueryResult) {
             QueryResult::Kv { entries, keys }
         }
         Query::Catalog(q) => QueryResult::Catalog(sm.catalog().select(q)),
+        Query::Intentions => QueryResult::Intentions(sm.intentions().all().cloned().collect()),
     };
     (index, result)
 }

@@ -235,7 +235,9 @@ pub fn match_source<'a>(
     )
 }
 
-fn sorted<'a>(matches: impl Iterator<Item = &'a Intention>) -> Vec<Intention> {
+/// Intentions in the order Consul lists them: highest precedence first,
+/// deny before allow, then by source and destination name.
+pub fn sorted<'a>(matches: impl Iterator<Item = &'a Intention>) -> Vec<Intention> {
     let mut v: Vec<Intention> = matches.cloned().collect();
     v.sort_by(|a, b| {
         b.precedence

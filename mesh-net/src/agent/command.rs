@@ -379,6 +379,15 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
         checks,
         enable_script_checks: flags.bool("enable-script-checks")
             || file.enable_script_checks == Some(true),
+        default_intention_allow: match file.acl_default_policy.as_deref() {
+            None | Some("deny") => false,
+            Some("allow") => true,
+            Some(other) => {
+                return Err(format!(
+                    "acl.default_policy {other:?}: must be \"allow\" or \"deny\""
+                ))
+            }
+        },
     };
     let log_level = flags
         .get("log-level")

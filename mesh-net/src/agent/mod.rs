@@ -65,6 +65,9 @@ pub struct AgentConfig {
     pub checks: Vec<(HealthCheck, CheckSpec)>,
     /// Allow script checks (`enable_script_checks`).
     pub enable_script_checks: bool,
+    /// What a connection no intention matches gets (`acl { default_policy
+    /// }`): deny unless set to `"allow"`.
+    pub default_intention_allow: bool,
 }
 
 impl AgentConfig {

@@ -11,6 +11,7 @@
 
 mod agent_api;
 mod catalog;
+mod intentions;
 mod kv;
 mod operator;
 mod params;

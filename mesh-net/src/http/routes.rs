@@ -28,6 +28,8 @@ pub struct HttpApi {
     /// Notified when `PUT /v1/agent/leave` completed: the agent must exit.
     pub(super) left: Arc<Notify>,
     pub(super) config: AgentConfig,
+    /// The last intentions read, for `authorize` during an outage.
+    pub(super) intention_cache: super::intentions::IntentionCache,
 }
 
 /// One request, taken apart.
@@ -52,6 +54,7 @@ impl HttpApi {
             local,
             left,
             config,
+            intention_cache: Default::default(),
         }
     }
 
@@ -102,8 +105,17 @@ impl HttpApi {
         if let Some(rest) = path.strip_prefix("/v1/health/") {
             return self.health(call, rest.to_string()).await;
         }
+        if path == "/v1/agent/connect/authorize" {
+            return match call.method {
+                Method::POST | Method::PUT => self.agent_authorize(call).await,
+                _ => super::reply::method_not_allowed(),
+            };
+        }
         if let Some(rest) = path.strip_prefix("/v1/agent/") {
             return self.agent(call, rest.to_string()).await;
+        }
+        if let Some(rest) = path.strip_prefix("/v1/connect/intentions") {
+            return self.intentions(call, rest).await;
         }
         if path == "/v1/txn" {
             return self.txn(call).await;
