@@ -4,6 +4,7 @@ mod agent_cmd;
 mod catalog_cli;
 mod cli;
 mod demo;
+mod intention_cli;
 
 use tracing_subscriber::EnvFilter;
 
@@ -20,6 +21,7 @@ Commands:
     catalog    Lists the catalog's services and nodes
     services   Registers or deregisters services with the local agent
     watch      Watches a key, prefix, service, nodes or checks for changes
+    intention  Connect intentions: create, delete, get, check, list
     version    Prints the version";
 
 /// Sets up logging: `-log-level` (Consul spellings) and `-log-json`.
@@ -75,6 +77,7 @@ fn main() {
         Some("catalog") => report(catalog_cli::catalog(rest)),
         Some("services") => report(catalog_cli::services(rest)),
         Some("watch") => report(catalog_cli::watch(rest)),
+        Some("intention") => report(intention_cli::intention(rest)),
         Some("version" | "-version" | "--version") => {
             println!("mesh v{}", env!("CARGO_PKG_VERSION"));
             0
