@@ -9,9 +9,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::connect::ca::IssuedLeaf;
 use crate::connect::intention::Intention;
 use crate::formation::ServerInfo;
 use crate::kv::KvEntry;
+use crate::state::ca::CaView;
 use crate::state::catalog::{CatalogQuery, CatalogSlice};
 use crate::state::{Command, CommandResult, StateMachine, Table};
 
@@ -60,6 +62,19 @@ pub enum Request<R> {
         /// The agent's node name.
         node: String,
     },
+    /// Sign a Connect leaf certificate for `service` over the agent's
+    /// public key, with the active root. Answered [`Response::Leaf`] by
+    /// the leader (whose CA state is current), [`RpcError::NotLeader`] by
+    /// others. The private key never travels.
+    SignLeaf {
+        /// The service the leaf identifies.
+        service: String,
+        /// The agent's datacenter, for the SPIFFE ID.
+        datacenter: String,
+        /// The agent's P-256 public key, SubjectPublicKeyInfo DER.
+        #[serde(with = "crate::kv::base64_bytes")]
+        public_key_der: Vec<u8>,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -87,6 +102,8 @@ pub enum Response<R> {
     },
     /// The request was carried out.
     Done,
+    /// Answer to [`Request::SignLeaf`].
+    Leaf(IssuedLeaf),
     /// The request failed.
     Error(RpcError),
 }
@@ -136,6 +153,8 @@ pub enum Query {
     Catalog(CatalogQuery),
     /// Every intention (the API filters them).
     Intentions,
+    /// The CA's roots and settings, without keys.
+    CaRoots,
 }
 
 impl Query {
@@ -145,6 +164,7 @@ impl Query {
             Query::Kv(_) => Table::Kv,
             Query::Catalog(_) => Table::Catalog,
             Query::Intentions => Table::Intentions,
+            Query::CaRoots => Table::Ca,
         }
     }
 }
@@ -175,6 +195,8 @@ pub enum QueryResult {
     Catalog(CatalogSlice),
     /// Answer to [`Query::Intentions`], in (source, destination) order.
     Intentions(Vec<Intention>),
+    /// Answer to [`Query::CaRoots`].
+    Ca(CaView),
 }
 
 /// A read with its consistency mode and blocking parameters.
@@ -326,6 +348,7 @@ pub fn evaluate(sm: &StateMachine, query: &Query) -> (u64, QueryResult) {
         }
         Query::Catalog(q) => QueryResult::Catalog(sm.catalog().select(q)),
         Query::Intentions => QueryResult::Intentions(sm.intentions().all().cloned().collect()),
+        Query::CaRoots => QueryResult::Ca(sm.ca().public_roots()),
     };
     (index, result)
 }

@@ -216,7 +216,7 @@ proptest! {
                 Entry::Command(Command::Kv(KvCommand::DeleteCas { key, index: n })) => { kv.delete_cas(*index, key, *n); }
                 Entry::Command(Command::Kv(KvCommand::DeleteTree { prefix })) => { kv.delete_tree(*index, prefix); }
                 Entry::Command(Command::Kv(KvCommand::Txn { ops })) => { kv.txn(*index, ops); }
-                Entry::Command(Command::Catalog(_) | Command::Intentions(_)) | Entry::Skip => {}
+                Entry::Command(Command::Catalog(_) | Command::Intentions(_) | Command::Ca(_)) | Entry::Skip => {}
             }
         }
         prop_assert_eq!(a.kv(), &kv);

@@ -6,10 +6,22 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use mesh_core::connect::ca::IssuedLeaf;
 use mesh_core::state::{Command, CommandResult};
 use mesh_core::wire::{ClusterStatus, ReadRequest, ReadResponse, RpcError};
 
 use crate::server::Server;
+
+/// What an agent asks the leader to sign.
+#[derive(Debug, Clone)]
+pub struct LeafRequest {
+    /// The service the leaf identifies.
+    pub service: String,
+    /// The agent's datacenter.
+    pub datacenter: String,
+    /// The agent's public key, SubjectPublicKeyInfo DER.
+    pub public_key_der: Vec<u8>,
+}
 
 /// The cluster as one agent reaches it.
 pub trait Cluster: Send + Sync {
@@ -23,6 +35,9 @@ pub trait Cluster: Send + Sync {
     fn leader_status(&self) -> BoxFuture<'_, Result<ClusterStatus, RpcError>>;
     /// This agent's liveness heartbeat, to the leader.
     fn heartbeat(&self, node: String) -> BoxFuture<'_, Result<(), RpcError>>;
+    /// A Connect leaf for `service` over the agent's public key, signed
+    /// by the leader.
+    fn sign_leaf(&self, request: LeafRequest) -> BoxFuture<'_, Result<IssuedLeaf, RpcError>>;
     /// Whether a leader is known (`X-Consul-KnownLeader`).
     fn known_leader(&self) -> bool;
     /// Milliseconds since the leader was heard from (`X-Consul-LastContact`).
@@ -53,6 +68,10 @@ impl Cluster for LocalServer {
 
     fn heartbeat(&self, node: String) -> BoxFuture<'_, Result<(), RpcError>> {
         Box::pin(self.0.heartbeat(node))
+    }
+
+    fn sign_leaf(&self, r: LeafRequest) -> BoxFuture<'_, Result<IssuedLeaf, RpcError>> {
+        Box::pin(self.0.sign_leaf(r.service, r.datacenter, r.public_key_der))
     }
 
     fn known_leader(&self) -> bool {

@@ -299,6 +299,26 @@ impl Cluster for RemoteServers {
         Box::pin(self.heartbeat_impl(node))
     }
 
+    fn sign_leaf(
+        &self,
+        r: crate::backend::LeafRequest,
+    ) -> BoxFuture<'_, Result<mesh_core::connect::ca::IssuedLeaf, RpcError>> {
+        Box::pin(async move {
+            let req = Request::SignLeaf {
+                service: r.service,
+                datacenter: r.datacenter,
+                public_key_der: r.public_key_der,
+            };
+            match self
+                .to_leader(req, Idempotence::Idempotent, FORWARD_TIMEOUT)
+                .await?
+            {
+                Response::Leaf(leaf) => Ok(leaf),
+                other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
+            }
+        })
+    }
+
     fn known_leader(&self) -> bool {
         // A leader not confirmed for the silence bound is not known.
         self.shared.view.borrow().leader.is_some()

@@ -8,8 +8,8 @@
 //! # Tables
 //!
 //! The state is a set of tables, one file each, named by [`Table`]: the KV
-//! store ([`kv`]), the service catalog ([`catalog`]) and Connect's
-//! intentions ([`intentions`]). Each table has its own command enum
+//! store ([`kv`]), the service catalog ([`catalog`]), Connect's
+//! intentions ([`intentions`]) and its CA ([`ca`]). Each table has its own command enum
 //! (wrapped by one [`Command`] variant), its own modify index
 //! ([`StateMachine::table_index`]; Consul's per-table index that blocking
 //! queries watch), and implements the crate-private `TableState` trait:
@@ -62,6 +62,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::hash::Fnv1a64;
 
 mod binary;
+pub mod ca;
 pub mod catalog;
 pub mod intentions;
 pub mod kv;
@@ -70,6 +71,8 @@ mod snapshot;
 mod tests;
 
 pub use catalog::CatalogCommand;
+pub use ca::CaCommand;
+use ca::CaTable;
 use catalog::CatalogTable;
 pub use intentions::IntentionCommand;
 use intentions::IntentionTable;
@@ -91,11 +94,13 @@ pub enum Table {
     Catalog,
     /// Who may connect to whom (`/v1/connect/intentions`).
     Intentions,
+    /// The Connect CA's roots and settings (`/v1/connect/ca`).
+    Ca,
 }
 
 impl Table {
     /// Every table, in id order.
-    pub const ALL: [Table; 3] = [Table::Kv, Table::Catalog, Table::Intentions];
+    pub const ALL: [Table; 4] = [Table::Kv, Table::Catalog, Table::Intentions, Table::Ca];
 
     /// The table's id in snapshot sections. Never reuse an id: an old
     /// snapshot's section would be read as the wrong table. 0 is reserved
@@ -105,6 +110,7 @@ impl Table {
             Table::Kv => 1,
             Table::Catalog => 2,
             Table::Intentions => 3,
+            Table::Ca => 4,
         }
     }
 
@@ -155,6 +161,8 @@ pub enum Command {
     Catalog(CatalogCommand),
     /// A change to the intentions.
     Intentions(IntentionCommand),
+    /// A change to the CA.
+    Ca(CaCommand),
 }
 
 impl Command {
@@ -164,6 +172,7 @@ impl Command {
             Command::Kv(_) => Table::Kv,
             Command::Catalog(_) => Table::Catalog,
             Command::Intentions(_) => Table::Intentions,
+            Command::Ca(_) => Table::Ca,
         }
     }
 
@@ -175,6 +184,7 @@ impl Command {
             Command::Kv(c) => c.encoded_len_bound(),
             Command::Catalog(c) => c.encoded_len_bound(),
             Command::Intentions(c) => c.encoded_len_bound(),
+            Command::Ca(c) => c.encoded_len_bound(),
         }
     }
 }
@@ -194,6 +204,12 @@ impl From<CatalogCommand> for Command {
 impl From<IntentionCommand> for Command {
     fn from(c: IntentionCommand) -> Self {
         Command::Intentions(c)
+    }
+}
+
+impl From<CaCommand> for Command {
+    fn from(c: CaCommand) -> Self {
+        Command::Ca(c)
     }
 }
 
@@ -228,6 +244,11 @@ impl<'de> Deserialize<'de> for Command {
         if IntentionCommand::JSON_NAMES.contains(&name.as_str()) {
             return IntentionCommand::deserialize(value)
                 .map(Command::Intentions)
+                .map_err(D::Error::custom);
+        }
+        if CaCommand::JSON_NAMES.contains(&name.as_str()) {
+            return CaCommand::deserialize(value)
+                .map(Command::Ca)
                 .map_err(D::Error::custom);
         }
         Err(D::Error::custom(format!(
@@ -279,6 +300,7 @@ pub struct StateMachine {
     kv: KvStore,
     catalog: CatalogTable,
     intentions: IntentionTable,
+    ca: CaTable,
 }
 
 impl StateMachine {
@@ -299,6 +321,7 @@ impl StateMachine {
             Command::Kv(c) => self.kv.apply(index, c),
             Command::Catalog(c) => self.catalog.apply(index, c),
             Command::Intentions(c) => self.intentions.apply(index, c),
+            Command::Ca(c) => self.ca.apply(index, c),
         }
     }
 
@@ -332,6 +355,11 @@ impl StateMachine {
         &self.intentions
     }
 
+    /// The CA.
+    pub fn ca(&self) -> &CaTable {
+        &self.ca
+    }
+
     /// Index of the last command that changed `table` (0 if none did): the
     /// `X-Consul-Index` of reads from it. Commands that changed nothing (a
     /// failed CAS, deleting a missing key) and other tables' commands do not
@@ -341,6 +369,7 @@ impl StateMachine {
             Table::Kv => TableState::table_index(&self.kv),
             Table::Catalog => TableState::table_index(&self.catalog),
             Table::Intentions => TableState::table_index(&self.intentions),
+            Table::Ca => TableState::table_index(&self.ca),
         }
     }
 
@@ -365,6 +394,9 @@ impl StateMachine {
         }
         if !self.intentions.is_pristine() {
             self.intentions.digest(&mut h);
+        }
+        if !self.ca.is_pristine() {
+            self.ca.digest(&mut h);
         }
         h.finish()
     }
@@ -397,7 +429,8 @@ impl StateMachine {
     fn validate(&self) -> Result<(), String> {
         check_table(&self.kv, self.last_applied)?;
         check_table(&self.catalog, self.last_applied)?;
-        check_table(&self.intentions, self.last_applied)
+        check_table(&self.intentions, self.last_applied)?;
+        check_table(&self.ca, self.last_applied)
     }
 
     fn advance(&mut self, index: u64) {

@@ -24,9 +24,10 @@ pub(super) fn encode(sm: &StateMachine) -> Vec<u8> {
     // catalog existed.
     let with_catalog = sm.catalog != CatalogTable::default();
     let with_intentions = !sm.intentions.is_pristine();
+    let with_ca = !sm.ca.is_pristine();
     put_u8(
         &mut out,
-        1 + u8::from(with_catalog) + u8::from(with_intentions),
+        1 + u8::from(with_catalog) + u8::from(with_intentions) + u8::from(with_ca),
     );
     encode_section(&sm.kv, &mut out);
     if with_catalog {
@@ -34,6 +35,9 @@ pub(super) fn encode(sm: &StateMachine) -> Vec<u8> {
     }
     if with_intentions {
         encode_section(&sm.intentions, &mut out);
+    }
+    if with_ca {
+        encode_section(&sm.ca, &mut out);
     }
     out
 }
@@ -94,6 +98,7 @@ fn decode_v2(body: &[u8]) -> Result<StateMachine, String> {
             Some(Table::Kv) => sm.kv = decode_section(&mut section)?,
             Some(Table::Catalog) => sm.catalog = decode_section(&mut section)?,
             Some(Table::Intentions) => sm.intentions = decode_section(&mut section)?,
+            Some(Table::Ca) => sm.ca = decode_section(&mut section)?,
             None => {
                 return Err(format!(
                     "at byte {id_at}: section #{i} is for table id {id}, which this build \

@@ -21,6 +21,7 @@ use crate::disk::Disk;
 use crate::http::{self, HttpApi};
 pub mod checks;
 pub mod command;
+pub mod connect;
 pub mod local;
 
 use crate::server::{load_or_create_node_id, Server, ServerConfig, StartError};
@@ -99,6 +100,7 @@ pub struct Agent {
     local: Arc<LocalAgent>,
     http_task: JoinHandle<()>,
     dns_tasks: Vec<JoinHandle<()>>,
+    connect_task: JoinHandle<()>,
     left: Arc<Notify>,
 }
 
@@ -187,11 +189,14 @@ impl Agent {
             .chain(std::iter::once("consul".to_string()));
         local.mark_from_config(configured);
         let left = Arc::new(Notify::new());
+        let connect = connect::ConnectCache::new(cluster.clone(), config.datacenter.clone());
+        let connect_task = tokio::spawn(connect.clone().run());
         let api = Arc::new(HttpApi::new(
             cluster.clone(),
             local.clone(),
             left.clone(),
             config.clone(),
+            connect,
         ));
         let http_task = tokio::spawn(http::serve(http_listener, api));
         let mut dns_tasks = Vec::new();
@@ -215,6 +220,7 @@ impl Agent {
             local,
             http_task,
             dns_tasks,
+            connect_task,
             left,
         })
     }
@@ -252,6 +258,7 @@ impl Agent {
     /// Stops at once (tests; a crash is simulated by killing the node).
     pub async fn stop(self) {
         self.http_task.abort();
+        self.connect_task.abort();
         for t in &self.dns_tasks {
             t.abort();
         }

@@ -11,6 +11,7 @@
 
 mod agent_api;
 mod catalog;
+mod connect_ca;
 mod intentions;
 mod kv;
 mod operator;

@@ -30,6 +30,8 @@ pub struct HttpApi {
     pub(super) config: AgentConfig,
     /// The last intentions read, for `authorize` during an outage.
     pub(super) intention_cache: super::intentions::IntentionCache,
+    /// CA roots and leaves for this host's sidecars.
+    pub(super) connect: Arc<crate::agent::connect::ConnectCache>,
 }
 
 /// One request, taken apart.
@@ -48,12 +50,14 @@ impl HttpApi {
         local: Arc<LocalAgent>,
         left: Arc<Notify>,
         config: AgentConfig,
+        connect: Arc<crate::agent::connect::ConnectCache>,
     ) -> Self {
         Self {
             cluster,
             local,
             left,
             config,
+            connect,
             intention_cache: Default::default(),
         }
     }
@@ -110,6 +114,12 @@ impl HttpApi {
                 Method::POST | Method::PUT => self.agent_authorize(call).await,
                 _ => super::reply::method_not_allowed(),
             };
+        }
+        if let Some(rest) = path.strip_prefix("/v1/agent/connect/ca/") {
+            return self.agent_connect_ca(call, rest).await;
+        }
+        if let Some(rest) = path.strip_prefix("/v1/connect/ca/") {
+            return self.connect_ca(call, rest).await;
         }
         if let Some(rest) = path.strip_prefix("/v1/agent/") {
             return self.agent(call, rest.to_string()).await;

@@ -24,6 +24,11 @@ impl Server {
             }
             Request::Read(r) => self.read_here(r).await.map(Response::Read),
             Request::Heartbeat { node } => self.heartbeat_here(node),
+            Request::SignLeaf {
+                service,
+                datacenter,
+                public_key_der,
+            } => self.sign_leaf_here(&service, &datacenter, &public_key_der),
             Request::Join(info) => self.add_server_here(info).await.map(|()| Response::Done),
             Request::RemovePeer { node_id } => self
                 .remove_server_here(node_id)

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod ca;
 mod dispatch;
 mod election;
 mod formation;
@@ -301,12 +302,14 @@ impl Server {
         let watchdog = tokio::spawn(server.clone().election_driver());
         let leader_view = tokio::spawn(server.clone().publish_leader_view());
         let liveness = tokio::spawn(server.clone().liveness_driver(heartbeats_rx));
+        let ca = tokio::spawn(server.clone().ca_driver());
         server.tasks.lock().expect("tasks lock").extend([
             serve,
             formation,
             watchdog,
             leader_view,
             liveness,
+            ca,
         ]);
         Ok(server)
     }

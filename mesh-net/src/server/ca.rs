@@ -1,0 +1,155 @@
+//! The Connect CA on the servers: the first leader creates the cluster's
+//! root, and the leader signs leaf certificates for agents.
+//!
+//! The certificate work is `mesh_core::connect::ca`'s; this file decides
+//! when to do it and commits the results through Raft. Validity windows
+//! are stamped with this host's wall clock ([`clock::wall_now`]), so the
+//! simulator's clock faults reach them.
+
+use mesh_core::connect::ca::{self as ca_crypto, IssuedLeaf};
+use mesh_core::connect::SpiffeId;
+use mesh_core::state::CaCommand;
+
+use super::*;
+
+/// How often a leader without a CA tries again after a failed
+/// initialization (no quorum, a write caught in a leader change).
+const INIT_RETRY: Duration = Duration::from_millis(500);
+
+impl Server {
+    /// Runs for the server's lifetime: whenever this server leads and the
+    /// replicated state has no CA yet, generates a root and commits it.
+    pub(super) async fn ca_driver(self: Arc<Self>) {
+        let mut views = self.leader_view.subscribe();
+        loop {
+            if self.is_leader() && self.view.read(|sm| sm.ca().active_root().is_none()) {
+                if let Err(e) = self.initialize_ca().await {
+                    warn!(error = %e, "could not create the cluster's CA root; will retry");
+                    clock::sleep(INIT_RETRY).await;
+                    continue;
+                }
+            }
+            let _ = clock::timeout(Duration::from_secs(1), views.changed()).await;
+        }
+    }
+
+    async fn initialize_ca(&self) -> Result<(), String> {
+        use rand::Rng;
+        let mut rng = crate::runtime::MeshRuntime::thread_rng();
+        let bytes: [u8; 16] = rng.gen();
+        let cluster_id = uuid_string(bytes);
+        let trust_domain = SpiffeId::trust_domain_of(&cluster_id);
+        let config = self.view.read(|sm| sm.ca().config().clone());
+        let root = ca_crypto::generate_root(
+            &trust_domain,
+            rng.gen::<u64>() >> 1,
+            clock::wall_now(),
+            Duration::from_secs(config.root_cert_ttl_secs),
+        )
+        .map_err(|e| e.to_string())?;
+        let cmd = CaCommand::Initialize {
+            cluster_id,
+            root: Box::new(root),
+        };
+        match self.write_here(cmd.into()).await {
+            Ok(Response::Written {
+                result: CommandResult::Bool(true),
+                ..
+            }) => {
+                info!(%trust_domain, "created the cluster's Connect CA root");
+                Ok(())
+            }
+            // Another leader's root got there first: it is the cluster's.
+            Ok(Response::Written {
+                result: CommandResult::Bool(false),
+                ..
+            }) => Ok(()),
+            Ok(other) => Err(format!("the CA write was answered {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Signs a leaf if this server leads.
+    pub(super) fn sign_leaf_here(
+        &self,
+        service: &str,
+        datacenter: &str,
+        public_key_der: &[u8],
+    ) -> Result<RpcResponse, RpcError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        if mesh_core::connect::intention::validate_name("service", service).is_err()
+            || service == mesh_core::connect::intention::WILDCARD
+        {
+            return Err(RpcError::Rejected(format!(
+                "{service:?} is not a service name a leaf can be signed for"
+            )));
+        }
+        let (root, ttl) = self.view.read(|sm| {
+            (
+                sm.ca().active_root().cloned(),
+                sm.ca().config().leaf_cert_ttl_secs,
+            )
+        });
+        let Some(root) = root else {
+            return Err(RpcError::Internal(
+                "the Connect CA is not initialized yet (the leader creates it after its \
+                 election); retry shortly"
+                    .into(),
+            ));
+        };
+        let id = SpiffeId::service(&root.trust_domain, datacenter, service);
+        use rand::Rng;
+        let serial = crate::runtime::MeshRuntime::thread_rng().gen::<u64>() >> 1;
+        ca_crypto::sign_leaf(
+            &root,
+            &id,
+            public_key_der,
+            serial,
+            clock::wall_now(),
+            Duration::from_secs(ttl),
+        )
+        .map(Response::Leaf)
+        .map_err(|e| RpcError::Rejected(format!("cannot sign a leaf: {e}")))
+    }
+
+    /// Has the leader sign a leaf for `service` over `public_key_der`.
+    pub async fn sign_leaf(
+        &self,
+        service: String,
+        datacenter: String,
+        public_key_der: Vec<u8>,
+    ) -> Result<IssuedLeaf, RpcError> {
+        match self
+            .on_leader(
+                Request::SignLeaf {
+                    service,
+                    datacenter,
+                    public_key_der,
+                },
+                crate::routing::Idempotence::Idempotent,
+                FORWARD_TIMEOUT,
+            )
+            .await?
+        {
+            Response::Leaf(leaf) => Ok(leaf),
+            other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+}
+
+/// A UUID (version 4 layout) from 16 random bytes.
+fn uuid_string(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
