@@ -115,20 +115,38 @@ mod tests {
     fn formats_as_consul_does_and_parses_back() {
         let id = SpiffeId::service("11111111-2222.consul", "dc1", "fcs");
         let uri = id.to_string();
-        assert_eq!(uri, "spiffe://11111111-2222.consul/ns/default/dc/dc1/svc/fcs");
+        assert_eq!(
+            uri,
+            "spiffe://11111111-2222.consul/ns/default/dc/dc1/svc/fcs"
+        );
         assert_eq!(uri.parse::<SpiffeId>(), Ok(id));
     }
 
     #[test]
     fn refuses_anything_but_a_whole_service_id() {
         for (uri, reason) in [
-            ("https://td.consul/ns/default/dc/dc1/svc/fcs", "the scheme is not spiffe://"),
+            (
+                "https://td.consul/ns/default/dc/dc1/svc/fcs",
+                "the scheme is not spiffe://",
+            ),
             ("spiffe:///ns/default/dc/dc1/svc/fcs", "no trust domain"),
             ("spiffe://td.consul/dc/dc1/svc/fcs", "no /ns/<namespace>"),
-            ("spiffe://td.consul/ns/default/svc/fcs", "no /dc/<datacenter> after the namespace"),
-            ("spiffe://td.consul/ns/default/dc/dc1/svc/", "no /svc/<service> after the datacenter"),
-            ("spiffe://td.consul/ns/default/dc/dc1/agent/client", "no /svc/<service> after the datacenter"),
-            ("spiffe://td.consul/ns/default/dc/dc1/svc/fcs/x", "segments after the service name"),
+            (
+                "spiffe://td.consul/ns/default/svc/fcs",
+                "no /dc/<datacenter> after the namespace",
+            ),
+            (
+                "spiffe://td.consul/ns/default/dc/dc1/svc/",
+                "no /svc/<service> after the datacenter",
+            ),
+            (
+                "spiffe://td.consul/ns/default/dc/dc1/agent/client",
+                "no /svc/<service> after the datacenter",
+            ),
+            (
+                "spiffe://td.consul/ns/default/dc/dc1/svc/fcs/x",
+                "segments after the service name",
+            ),
         ] {
             let err = uri.parse::<SpiffeId>().unwrap_err();
             assert_eq!(err.reason, reason, "{uri}");
@@ -137,7 +155,9 @@ mod tests {
 
     #[test]
     fn is_service_ignores_the_datacenter_and_the_trust_domains_case() {
-        let id: SpiffeId = "spiffe://TD.consul/ns/default/dc/dc2/svc/fcs".parse().unwrap();
+        let id: SpiffeId = "spiffe://TD.consul/ns/default/dc/dc2/svc/fcs"
+            .parse()
+            .unwrap();
         assert!(id.is_service("td.consul", "fcs"));
         assert!(!id.is_service("td.consul", "fcc"));
         assert!(!id.is_service("other.consul", "fcs"));
