@@ -6,6 +6,8 @@
 //! checked for a time the caller passes in (the host's wall clock in
 //! mesh-net, a skewed one in the simulator).
 
+pub mod ca;
 pub mod spiffe;
 
+pub use ca::{CaError, CaRoot, CertInfo, IssuedLeaf, LeafKey, SecretPem};
 pub use spiffe::SpiffeId;
