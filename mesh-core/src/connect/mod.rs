@@ -6,7 +6,9 @@
 //! checked for a time the caller passes in (the host's wall clock in
 //! mesh-net, a skewed one in the simulator).
 
+pub mod ca;
 pub mod intention;
 pub mod spiffe;
 
+pub use ca::{CaError, CaRoot, CertInfo, IssuedLeaf, LeafKey, SecretPem};
 pub use spiffe::SpiffeId;
