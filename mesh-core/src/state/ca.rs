@@ -170,19 +170,22 @@ impl CaCommand {
 
     /// An upper bound on the JSON encoding's length.
     pub fn encoded_len_bound(&self) -> usize {
-        let root = |r: &CaRoot| {
+        let root_len = |r: &CaRoot| {
             // PEM text is ASCII; escapes (\n) at most double it.
-            1024 + 2 * (r.root_cert_pem.len()
-                + r.signing_key.expose().len()
-                + r.intermediate_certs.iter().map(String::len).sum::<usize>()
-                + r.id.len()
-                + r.name.len()
-                + r.signing_key_id.len()
-                + r.trust_domain.len())
+            1024 + 2
+                * (r.root_cert_pem.len()
+                    + r.signing_key.expose().len()
+                    + r.intermediate_certs.iter().map(String::len).sum::<usize>()
+                    + r.id.len()
+                    + r.name.len()
+                    + r.signing_key_id.len()
+                    + r.trust_domain.len())
         };
         match self {
-            CaCommand::Initialize { cluster_id, root } => 64 + 6 * cluster_id.len() + root(root),
-            CaCommand::Rotate { root: r, replaces, .. } => 64 + 6 * replaces.len() + root(r),
+            CaCommand::Initialize { cluster_id, root } => {
+                64 + 6 * cluster_id.len() + root_len(root)
+            }
+            CaCommand::Rotate { root, replaces, .. } => 64 + 6 * replaces.len() + root_len(root),
             CaCommand::SetConfig { .. } => 128,
         }
     }
@@ -237,10 +240,7 @@ impl CaTable {
         CaView {
             trust_domain: self.trust_domain().unwrap_or_default(),
             cluster_id: self.cluster_id.clone(),
-            active_root_id: self
-                .active_root()
-                .map(|r| r.id.clone())
-                .unwrap_or_default(),
+            active_root_id: self.active_root().map(|r| r.id.clone()).unwrap_or_default(),
             roots: self
                 .roots
                 .iter()
@@ -290,7 +290,16 @@ impl CaTable {
         Ok(true)
     }
 
-    fn rotate(&mut self, index: u64, root: &CaRoot, replaces: &str, now: u64) -> Result<bool, String> {
+    fn rotate(
+        &mut self,
+        index: u64,
+        root: &CaRoot,
+        replaces: &str,
+        now: u64,
+    ) -> Result<bool, String> {
+        if self.roots.iter().any(|r| r.root.id == root.id) {
+            return Err(format!("root {} is already known", root.id));
+        }
         let Some(active) = self.roots.last_mut() else {
             return Err("the CA is not initialized yet: there is no root to rotate".into());
         };
@@ -303,15 +312,14 @@ impl CaTable {
         if root.trust_domain != active.root.trust_domain {
             return Err("a rotated root must keep the cluster's trust domain".into());
         }
-        if self.roots.iter().any(|r| r.root.id == root.id) {
-            return Err(format!("root {} is already known", root.id));
-        }
         active.rotated_out_at = Some(now);
         active.modify_index = index;
         let leaf_ttl = self.config.leaf_cert_ttl_secs;
         // Leaves of a root rotated out over one leaf TTL ago have expired.
-        self.roots
-            .retain(|r| r.rotated_out_at.is_none_or(|at| at.saturating_add(leaf_ttl) > now));
+        self.roots.retain(|r| {
+            r.rotated_out_at
+                .is_none_or(|at| at.saturating_add(leaf_ttl) > now)
+        });
         self.roots.push(StoredRoot {
             root: root.clone(),
             create_index: index,
@@ -409,7 +417,10 @@ impl TableState for CaTable {
                     if last { "was" } else { "was never" }
                 ));
             }
-            if r.create_index == 0 || r.create_index > r.modify_index || r.modify_index > self.table_index {
+            if r.create_index == 0
+                || r.create_index > r.modify_index
+                || r.modify_index > self.table_index
+            {
                 return Err(format!("root {} has inconsistent indexes", r.root.id));
             }
         }

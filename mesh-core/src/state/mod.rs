@@ -70,9 +70,9 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-pub use catalog::CatalogCommand;
 pub use ca::CaCommand;
 use ca::CaTable;
+pub use catalog::CatalogCommand;
 use catalog::CatalogTable;
 pub use intentions::IntentionCommand;
 use intentions::IntentionTable;

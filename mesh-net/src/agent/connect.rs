@@ -20,6 +20,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use mesh_core::connect::ca::{self, IssuedLeaf, LeafKey};
 use mesh_core::state::ca::CaView;
 use mesh_core::wire::{Consistency, Query, QueryResult, ReadRequest, RpcError};
+use openraft::AsyncRuntime;
 use rand::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};

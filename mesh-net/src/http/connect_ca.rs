@@ -67,8 +67,13 @@ impl HttpApi {
         match (call.method.clone(), rest) {
             (Method::GET, "roots") => match self.read(&call.query, ReadQuery::CaRoots).await {
                 Ok(resp) => match &resp.result {
-                    QueryResult::Ca(view) => with_read_headers(json_reply(&roots_json(view)), &resp),
-                    _ => text(StatusCode::INTERNAL_SERVER_ERROR, "a roots read answered another table"),
+                    QueryResult::Ca(view) => {
+                        with_read_headers(json_reply(&roots_json(view)), &resp)
+                    }
+                    _ => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "a roots read answered another table",
+                    ),
                 },
                 Err(r) => r,
             },
@@ -79,7 +84,10 @@ impl HttpApi {
                             json_reply(&config_json(&view.config, resp.index)),
                             &resp,
                         ),
-                        _ => text(StatusCode::INTERNAL_SERVER_ERROR, "a CA read answered another table"),
+                        _ => text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "a CA read answered another table",
+                        ),
                     },
                     Err(r) => r,
                 }
@@ -95,16 +103,27 @@ impl HttpApi {
             Ok(v) => v,
             Err(r) => return r,
         };
-        let provider = body.get("Provider").and_then(Value::as_str).unwrap_or("consul");
+        let provider = body
+            .get("Provider")
+            .and_then(Value::as_str)
+            .unwrap_or("consul");
         if provider != "consul" {
             return bad_request(format!(
                 "Provider {provider:?} is not supported: only the built-in \"consul\" CA is"
             ));
         }
-        let current = match self.read(&super::params::Query::default(), ReadQuery::CaRoots).await {
+        let current = match self
+            .read(&super::params::Query::default(), ReadQuery::CaRoots)
+            .await
+        {
             Ok(resp) => match resp.result {
                 QueryResult::Ca(view) => view.config,
-                _ => return text(StatusCode::INTERNAL_SERVER_ERROR, "a CA read answered another table"),
+                _ => {
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "a CA read answered another table",
+                    )
+                }
             },
             Err(r) => return r,
         };
@@ -133,8 +152,14 @@ impl HttpApi {
         if let Err(e) = config.validate() {
             return bad_request(e);
         }
-        match self.cluster.write(CaCommand::SetConfig { config }.into()).await {
-            Ok((index, mesh_core::state::CommandResult::Bool(true))) => with_index(json_reply(&Value::Null), index),
+        match self
+            .cluster
+            .write(CaCommand::SetConfig { config }.into())
+            .await
+        {
+            Ok((index, mesh_core::state::CommandResult::Bool(true))) => {
+                with_index(json_reply(&Value::Null), index)
+            }
             Ok((_, mesh_core::state::CommandResult::Failed(m))) => bad_request(m),
             Ok((_, other)) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -9,6 +9,8 @@
 use mesh_core::connect::ca::{self as ca_crypto, IssuedLeaf};
 use mesh_core::connect::SpiffeId;
 use mesh_core::state::CaCommand;
+use openraft::AsyncRuntime;
+use rand::Rng;
 
 use super::*;
 
@@ -34,15 +36,16 @@ impl Server {
     }
 
     async fn initialize_ca(&self) -> Result<(), String> {
-        use rand::Rng;
-        let mut rng = crate::runtime::MeshRuntime::thread_rng();
-        let bytes: [u8; 16] = rng.gen();
+        let (bytes, serial) = {
+            let mut rng = crate::runtime::MeshRuntime::thread_rng();
+            (rng.gen::<[u8; 16]>(), rng.gen::<u64>() >> 1)
+        };
         let cluster_id = uuid_string(bytes);
         let trust_domain = SpiffeId::trust_domain_of(&cluster_id);
         let config = self.view.read(|sm| sm.ca().config().clone());
         let root = ca_crypto::generate_root(
             &trust_domain,
-            rng.gen::<u64>() >> 1,
+            serial,
             clock::wall_now(),
             Duration::from_secs(config.root_cert_ttl_secs),
         )
@@ -100,7 +103,6 @@ impl Server {
             ));
         };
         let id = SpiffeId::service(&root.trust_domain, datacenter, service);
-        use rand::Rng;
         let serial = crate::runtime::MeshRuntime::thread_rng().gen::<u64>() >> 1;
         ca_crypto::sign_leaf(
             &root,
