@@ -975,6 +975,31 @@ impl ServiceDefinition {
         Some(s)
     }
 
+    /// A sidecar registered without checks gets Consul's default one,
+    /// "Connect Sidecar Listening": TCP to its public port on the address
+    /// it listens on (its own `Address`, else the node's).
+    pub fn with_default_sidecar_check(mut self, node_address: &str) -> ServiceDefinition {
+        if self.kind != "connect-proxy" || self.check.is_some() || !self.checks.is_empty() {
+            return self;
+        }
+        let host = if self.address.is_empty() {
+            node_address
+        } else {
+            &self.address
+        };
+        let target = match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{}", self.port.unwrap_or(0)),
+            _ => format!("{host}:{}", self.port.unwrap_or(0)),
+        };
+        self.check = Some(CheckDefinition {
+            name: "Connect Sidecar Listening".into(),
+            tcp: Some(target),
+            interval_ms: Some(10_000),
+            ..CheckDefinition::default()
+        });
+        self
+    }
+
     /// Checks what the agent endpoint checks before registering: a name
     /// (`Missing service name`), a usable address, weights, metadata, kind,
     /// proxy settings, every check's kind and the sidecar (validated after

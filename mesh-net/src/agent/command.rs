@@ -219,9 +219,16 @@ fn ip_of(name: &str, raw: &str) -> Result<IpAddr, String> {
 }
 
 /// A service from a config file, with its checks and its sidecar.
-fn services_from(def: &ServiceDefinition, node: &str) -> Result<Vec<ServiceWithChecks>, String> {
+fn services_from(
+    def: &ServiceDefinition,
+    node: &str,
+    node_address: &str,
+) -> Result<Vec<ServiceWithChecks>, String> {
     let mut out = Vec::new();
-    for d in std::iter::once(def.clone()).chain(def.sidecar()) {
+    let sidecar = def
+        .sidecar()
+        .map(|s| s.with_default_sidecar_check(node_address));
+    for d in std::iter::once(def.clone()).chain(sidecar) {
         let checks = d
             .checks()
             .iter()
@@ -360,7 +367,7 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
     };
     let mut services = Vec::new();
     for def in &file.services {
-        services.extend(services_from(def, &node_name)?);
+        services.extend(services_from(def, &node_name, &advertise.to_string())?);
     }
     let mut checks = Vec::new();
     for def in &file.checks {

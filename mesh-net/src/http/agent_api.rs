@@ -214,6 +214,7 @@ impl HttpApi {
             return local_error(e);
         }
         if let Some(sidecar) = def.sidecar() {
+            let sidecar = sidecar.with_default_sidecar_check(&self.local.node().address);
             let checks = match service_checks(&sidecar, &node) {
                 Ok(c) => c,
                 Err(r) => return r,
@@ -397,6 +398,13 @@ impl HttpApi {
                 },
                 "raft": raft,
                 "formation_error": self.cluster.server().and_then(|s| s.formation_error()),
+            },
+            "DebugConfig": {
+                // Where Consul 1.10+ reports it; sidecars read it to decide
+                // connections no intention matches.
+                "ACLResolverSettings": {
+                    "ACLDefaultPolicy": if self.config.default_intention_allow { "allow" } else { "deny" },
+                },
             },
             "Member": self.member_row(&node.node, &node.address, self.cluster.server().is_some(), 1, &node.id),
             "Meta": node.meta,
