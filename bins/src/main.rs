@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod catalog_cli;
 mod cli;
+mod connect_cli;
 mod demo;
 mod intention_cli;
 
@@ -22,6 +23,7 @@ Commands:
     services   Registers or deregisters services with the local agent
     watch      Watches a key, prefix, service, nodes or checks for changes
     intention  Connect intentions: create, delete, get, check, list
+    connect    Connect: run a sidecar (proxy -sidecar-for SERVICE), CA settings (ca)
     version    Prints the version";
 
 /// Sets up logging: `-log-level` (Consul spellings) and `-log-json`.
@@ -78,6 +80,7 @@ fn main() {
         Some("services") => report(catalog_cli::services(rest)),
         Some("watch") => report(catalog_cli::watch(rest)),
         Some("intention") => report(intention_cli::intention(rest)),
+        Some("connect") => connect_cli::connect(rest),
         Some("version" | "-version" | "--version") => {
             println!("mesh v{}", env!("CARGO_PKG_VERSION"));
             0

@@ -22,6 +22,12 @@ pub const FCS_PORT: u16 = 8181;
 /// The client agents' DNS port (Consul's 8600).
 pub const DNS_PORT: u16 = 8600;
 
+/// A task a client host runs beside its agent, started again at every
+/// boot (the Connect scenario's app, sidecar and consumer).
+pub type BootTask = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
+>;
+
 /// One client host.
 pub struct SimAgentHost {
     /// `fcs00` or `fcc00`.
@@ -36,6 +42,8 @@ pub struct SimAgentHost {
     pub app_up: Arc<AtomicBool>,
     /// Whether the host runs an application at all.
     pub has_app: bool,
+    /// Tasks started beside the agent at every boot.
+    pub boot_tasks: Vec<BootTask>,
     /// The madsim node, once created.
     pub node: Option<NodeHandle>,
     /// Whether it is up.
@@ -99,6 +107,7 @@ impl SimCluster {
                 live: Arc::new(Mutex::new(None)),
                 app_up: Arc::new(AtomicBool::new(k == 0)),
                 has_app: k == 0,
+                boot_tasks: Vec::new(),
                 node: None,
                 running: false,
             });
@@ -140,6 +149,7 @@ impl SimCluster {
         let a = &mut self.agents[k];
         let (disk, live, app_up, has_app) =
             (a.disk.clone(), a.live.clone(), a.app_up.clone(), a.has_app);
+        let boot_tasks = a.boot_tasks.clone();
         let node = Handle::current()
             .create_node()
             .name(&a.name)
@@ -147,9 +157,13 @@ impl SimCluster {
             .init(move || {
                 let config = launch.config.clone();
                 let (disk, live, app_up) = (disk.clone(), live.clone(), app_up.clone());
+                let boot_tasks = boot_tasks.clone();
                 async move {
                     if has_app {
                         tokio::spawn(fcs_app(app_up));
+                    }
+                    for task in &boot_tasks {
+                        tokio::spawn(task());
                     }
                     // Signals are not used on client hosts; the sender lives
                     // as long as the agent so `run` waits.

@@ -14,6 +14,8 @@ pub mod checkers;
 #[cfg(madsim)]
 pub mod cluster;
 #[cfg(madsim)]
+pub mod connect;
+#[cfg(madsim)]
 pub mod observers;
 pub mod outcome;
 pub mod planted;
@@ -41,4 +43,5 @@ pub const SCENARIOS: &[&str] = &[
     "scale",
     "agents",
     "agent_liveness",
+    "connect",
 ];

@@ -74,6 +74,17 @@ pub struct Report {
     pub catalog_reads: u64,
     /// Registrations and deregistrations acknowledged by agents.
     pub registrations: u64,
+    /// Simulated ms from the Connect registrations to fcc's first answers
+    /// through both sidecars.
+    pub connect_first_ms: u64,
+    /// Longest pause in fcc's answers while the leader was replaced (ms).
+    pub connect_failover_gap_ms: u64,
+    /// Simulated ms from an intention change to its effect.
+    pub intention_ms: Vec<u64>,
+    /// Simulated ms from fcs00 booting again to fcc's answers.
+    pub connect_restart_ms: u64,
+    /// Requests answered through the sidecars.
+    pub connect_answers: u64,
 }
 
 /// One scenario run: the cluster, its observers and the workload's history.
@@ -862,6 +873,7 @@ const MINIMUMS: &[(&str, WorkDone)] = &[
     // Two (one) KV clients beside the agents; measured later.
     ("agents", min(1, 1, 1, 1, 1, 1)),
     ("agent_liveness", min(1, 1, 1, 1, 1, 1)),
+    ("connect", min(1, 1, 1, 1, 1, 1)),
 ];
 
 const fn min(
@@ -914,6 +926,7 @@ async fn run_scenario(name: &str) -> Result<Report, String> {
         "isolated_follower" => isolated_follower().await,
         "agents" => crate::agents::agents().await,
         "agent_liveness" => crate::agents::agent_liveness().await,
+        "connect" => crate::connect::connect().await,
         other => Err(format!(
             "unknown scenario {other:?}; known: {:?}",
             crate::SCENARIOS

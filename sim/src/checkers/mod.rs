@@ -10,6 +10,7 @@ pub mod linearizable;
 pub mod log_matching;
 pub mod monotonic_index;
 pub mod registrations;
+pub mod sidecar_security;
 pub mod state_machine;
 pub mod work_done;
 pub mod write_gap;

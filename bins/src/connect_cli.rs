@@ -1,0 +1,151 @@
+//! `mesh connect proxy -sidecar-for SERVICE` (the sidecar, as Consul's
+//! built-in proxy) and `mesh connect ca get-config|set-config|roots`.
+
+use std::time::Duration;
+
+use mesh_net::sidecar::control::{self, ProxyOptions};
+use mesh_net::sidecar::Limits;
+
+use crate::cli::{agent_addr, call, expect_ok, json, parse};
+use mesh_bins::flags::Kind;
+
+const USAGE: &str = "Usage: mesh connect <proxy|ca> [options]";
+
+/// `mesh connect ...`; returns the exit code.
+pub fn connect(args: &[String]) -> i32 {
+    let Some((verb, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return 1;
+    };
+    match verb.as_str() {
+        "proxy" => proxy(rest),
+        "ca" => crate::report(ca(rest)),
+        other => {
+            eprintln!("unknown connect command {other:?}\n\n{USAGE}");
+            1
+        }
+    }
+}
+
+fn proxy(args: &[String]) -> i32 {
+    let flags = match parse(
+        args,
+        &[
+            (
+                "sidecar-for",
+                Kind::Value,
+                "The ID of the local service this sidecar fronts (its connect-proxy \
+                 registration gives the ports and upstreams).",
+            ),
+            ("log-level", Kind::Value, "Log level: trace, debug, info, warn, err."),
+        ],
+        "Usage: mesh connect proxy -sidecar-for SERVICE [options]",
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let Some(service) = flags.get("sidecar-for").map(str::to_owned) else {
+        eprintln!("-sidecar-for is required: the ID of the service this sidecar fronts");
+        return 1;
+    };
+    crate::init_logging(flags.get("log-level").unwrap_or("info"), false);
+    let opts = ProxyOptions {
+        agent_http: agent_addr(&flags),
+        sidecar_for: service,
+        limits: Limits::default(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        // The agent may still be starting (systemd starts both at once):
+        // retry for a while before giving up.
+        let mut tries = 0;
+        let sidecar = loop {
+            match control::start(opts.clone()).await {
+                Ok(s) => break s,
+                Err(e) if tries < 30 && matches!(e, control::SidecarError::Agent { .. }) => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "agent not ready; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    eprintln!("==> {e}");
+                    return 1;
+                }
+            }
+        };
+        let _ = tokio::signal::ctrl_c().await;
+        let m = sidecar.metrics.snapshot();
+        tracing::info!(?m, "sidecar stopping");
+        0
+    })
+}
+
+fn ca(args: &[String]) -> Result<(), String> {
+    let (verb, rest) = args
+        .split_first()
+        .ok_or("Usage: mesh connect ca <get-config|set-config|roots> [options]")?;
+    match verb.as_str() {
+        "get-config" => {
+            let flags = parse(rest, &[], "Usage: mesh connect ca get-config")?;
+            let resp = expect_ok(
+                call(&flags, "GET", "/v1/connect/ca/configuration", vec![])?,
+                "reading the CA configuration",
+            )?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json(&resp)?).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
+        "set-config" => {
+            let flags = parse(
+                rest,
+                &[("config-file", Kind::Value, "JSON file with the new configuration.")],
+                "Usage: mesh connect ca set-config -config-file FILE",
+            )?;
+            let file = flags
+                .get("config-file")
+                .ok_or("-config-file is required")?;
+            let body = std::fs::read(file).map_err(|e| format!("reading {file}: {e}"))?;
+            expect_ok(
+                call(&flags, "PUT", "/v1/connect/ca/configuration", body)?,
+                "setting the CA configuration",
+            )?;
+            println!("Configuration updated!");
+            Ok(())
+        }
+        "roots" => {
+            let flags = parse(rest, &[], "Usage: mesh connect ca roots")?;
+            let resp = expect_ok(
+                call(&flags, "GET", "/v1/connect/ca/roots", vec![])?,
+                "reading the CA roots",
+            )?;
+            let v = json(&resp)?;
+            println!("TrustDomain: {}", v["TrustDomain"].as_str().unwrap_or(""));
+            for r in v["Roots"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {} active={} not_after={}",
+                    r["ID"].as_str().unwrap_or(""),
+                    r["Name"].as_str().unwrap_or(""),
+                    r["Active"],
+                    r["NotAfter"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        other => Err(format!("unknown connect ca command {other:?}")),
+    }
+}

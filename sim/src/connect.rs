@@ -1,0 +1,431 @@
+//! The Connect scenario: fcc on fcc00 calls fcs on fcs00 through both
+//! sidecars, over mutual TLS with leaves from the cluster's CA, while the
+//! cluster fails over, intentions flip, fcs00 restarts and an attacker
+//! (evil00, 10.0.0.20) tries every way in.
+//!
+//! - fcs is an echo app listening on fcs00's loopback only (127.0.0.1:8181):
+//!   the only way to it from another host is fcs's sidecar on :9191.
+//! - fcc is a consumer on fcc00 that opens a connection to its upstream
+//!   (127.0.0.1:8181 on fcc00, fcc's sidecar) for every request, sends a
+//!   line with a unique nonce and checks the echo.
+//! - Both sidecars run `mesh connect proxy`'s code (`sidecar::control`)
+//!   against their host's agent, as on bare metal.
+//!
+//! Checkers (`checkers::sidecar_security`): every request fcs received was
+//! sent by fcc (no attacker byte reached it); every answer fcc accepted
+//! came from fcs (nothing else impersonated it); answers are intact; while
+//! the intention denies, nothing reaches fcs; traffic resumes within
+//! bounds after a leader kill, an allow, and a restart of fcs00. Attacks:
+//! plaintext to :9191, a direct connection to :8181, a certificate from
+//! another CA claiming to be fcc, an expired leaf of the real CA for fcc,
+//! and an impostor sidecar registered for fcs holding a real leaf for
+//! another service.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::time::{sleep, Instant};
+use mesh_core::connect::ca;
+use mesh_core::connect::SpiffeId;
+use mesh_net::http_client::HttpClient;
+use mesh_net::sidecar::control::{self, ProxyOptions};
+use mesh_net::sidecar::Limits;
+use mesh_net::tls::{self, Identity, TrustBundle};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tracing::info;
+
+use crate::agent_hosts::BootTask;
+use crate::checkers::sidecar_security::{self, Attack, Traffic};
+use crate::scenarios::{rand_ms, Report, Run, ELECTION_BOUND};
+
+const FCS: usize = 0;
+const FCC: usize = 1;
+/// fcs's port on fcs00's loopback, and fcc's upstream port on fcc00's.
+const APP_PORT: u16 = 8181;
+/// The sidecars' public port.
+const SIDECAR_PORT: u16 = 9191;
+/// The attacker's address.
+const EVIL_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
+/// From the first registration to the first answer through both sidecars.
+const FIRST_BOUND: Duration = Duration::from_secs(20);
+/// Longest pause in fcc's answers while a leader dies and is replaced.
+const FAILOVER_GAP_BOUND: Duration = Duration::from_secs(3);
+/// From an intention change to the sidecar enforcing it.
+pub const INTENTION_BOUND: Duration = Duration::from_secs(2);
+/// From fcs00 booting again to fcc's first answer.
+const RESTART_BOUND: Duration = Duration::from_secs(20);
+
+/// fcs's registration: the app on 8181 with a TCP check, and a sidecar.
+const FCS_REGISTRATION: &str = r#"{"Name":"fcs","ID":"fcs","Port":8181,
+    "Check":{"CheckID":"fcs-tcp","Name":"fcs TCP","TCP":"127.0.0.1:8181","Interval":"1s","Timeout":"1s"},
+    "Connect":{"SidecarService":{}}}"#;
+/// fcc's registration: a consumer whose sidecar binds fcs on 127.0.0.1:8181.
+const FCC_REGISTRATION: &str = r#"{"Name":"fcc","ID":"fcc",
+    "Connect":{"SidecarService":{"Proxy":{"Upstreams":[{"DestinationName":"fcs","LocalBindPort":8181}]}}}}"#;
+
+/// Simulated ms since `base`.
+fn ms_since(base: Instant) -> u64 {
+    base.elapsed().as_millis() as u64
+}
+
+fn boot<F, Fut>(f: F) -> BootTask
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}
+
+/// The echo app: one line in, `ECHO <line>` out, every request's nonce
+/// recorded. Listens on loopback only.
+async fn fcs_echo(traffic: Arc<Mutex<Traffic>>, base: Instant) {
+    let listener = loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", APP_PORT)).await {
+            Ok(l) => break l,
+            Err(_) => sleep(Duration::from_millis(50)).await,
+        }
+    };
+    while let Ok((conn, _)) = listener.accept().await {
+        let traffic = traffic.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = conn.into_split();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let nonce = line.split(' ').nth(1).unwrap_or("").to_owned();
+                traffic
+                    .lock()
+                    .expect("traffic")
+                    .fcs_received(&nonce, ms_since(base));
+                if w.write_all(format!("ECHO {line}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// The consumer: a new connection through fcc's upstream for every
+/// request.
+async fn fcc_client(traffic: Arc<Mutex<Traffic>>, seq: Arc<AtomicU64>, base: Instant) {
+    loop {
+        let n = seq.fetch_add(1, Ordering::SeqCst);
+        let nonce = format!("fcc-{n}");
+        let pad = "x".repeat((n as usize * 37) % 3000);
+        let line = format!("REQ {nonce} {pad}");
+        traffic.lock().expect("traffic").fcc_sent(&nonce);
+        let exchange = async {
+            let conn = tokio::net::TcpStream::connect(("127.0.0.1", APP_PORT))
+                .await
+                .ok()?;
+            let (r, mut w) = conn.into_split();
+            w.write_all(format!("{line}\n").as_bytes()).await.ok()?;
+            let mut lines = BufReader::new(r).lines();
+            lines.next_line().await.ok().flatten()
+        };
+        let answer = madsim::time::timeout(Duration::from_secs(2), exchange)
+            .await
+            .ok()
+            .flatten();
+        traffic
+            .lock()
+            .expect("traffic")
+            .fcc_answer(&nonce, &line, answer.as_deref(), ms_since(base));
+        sleep(Duration::from_millis(40)).await;
+    }
+}
+
+/// `mesh connect proxy -sidecar-for <service>` against this host's agent,
+/// started again whenever it fails to.
+async fn sidecar(agent: String, service: &'static str) {
+    loop {
+        let opts = ProxyOptions {
+            agent_http: agent.clone(),
+            sidecar_for: service.to_owned(),
+            limits: Limits::default(),
+        };
+        match control::start(opts).await {
+            Ok(running) => {
+                std::future::pending::<()>().await;
+                drop(running);
+            }
+            Err(_) => sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// An HTTP call from the harness's client node.
+async fn http(run: &Run, addr: String, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let (m, p, b) = (method.to_owned(), path.to_owned(), body.as_bytes().to_vec());
+    let resp = run
+        .cluster
+        .client
+        .spawn(async move { HttpClient::new(addr, Duration::from_secs(5)).request(&m, &p, b).await })
+        .await
+        .map_err(|e| format!("client task failed: {e}"))?
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    Ok((resp.status, resp.text()))
+}
+
+/// An HTTP call retried until it answers 200 (bounded).
+async fn http_ok(run: &Run, addr: String, method: &str, path: &str, body: &str) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match http(run, addr.clone(), method, path, body).await {
+            Ok((200, text)) => return Ok(text),
+            Ok((s, text)) if (400..500).contains(&s) => {
+                return Err(format!("{method} {path} refused: {s} {text}"))
+            }
+            _ if Instant::now() > deadline => return Err(format!("{method} {path} kept failing")),
+            _ => sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn set_intention(run: &Run, action: &str) -> Result<(), String> {
+    let addr = run.cluster.agents[FCC].http_addr();
+    http_ok(
+        run,
+        addr,
+        "PUT",
+        "/v1/connect/intentions/exact?source=fcc&destination=fcs",
+        &format!(r#"{{"Action":"{action}"}}"#),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Waits until fcc has `more` answers beyond `after`; how long it took.
+async fn wait_answers(run: &mut Run, traffic: &Arc<Mutex<Traffic>>, more: usize, bound: Duration, what: &str) -> Result<Duration, String> {
+    let start = traffic.lock().expect("traffic").answered();
+    let t = Instant::now();
+    while traffic.lock().expect("traffic").answered() < start + more {
+        if t.elapsed() > bound {
+            return Err(format!(
+                "{what}: fcc got {} answers through the sidecars within {bound:?}, wanted {more}",
+                traffic.lock().expect("traffic").answered() - start
+            ));
+        }
+        run.settle(Duration::from_millis(20)).await?;
+    }
+    Ok(t.elapsed())
+}
+
+pub(crate) async fn connect() -> Result<Report, String> {
+    let (mut run, _) = Run::three_servers(256).await?;
+    run.cluster.add_agent_hosts();
+    let traffic = Arc::new(Mutex::new(Traffic::default()));
+    let seq = Arc::new(AtomicU64::new(0));
+    let base = Instant::now();
+    {
+        let fcs = &mut run.cluster.agents[FCS];
+        fcs.has_app = false;
+        let agent = fcs.http_addr();
+        let t = traffic.clone();
+        fcs.boot_tasks.push(boot(move || fcs_echo(t.clone(), base)));
+        fcs.boot_tasks.push(boot(move || sidecar(agent.clone(), "fcs")));
+        let fcc = &mut run.cluster.agents[FCC];
+        let agent = fcc.http_addr();
+        fcc.boot_tasks.push(boot(move || sidecar(agent.clone(), "fcc")));
+        let (t, s) = (traffic.clone(), seq.clone());
+        fcc.boot_tasks.push(boot(move || fcc_client(t.clone(), s.clone(), base)));
+    }
+    run.cluster.start_agent(FCS);
+    sleep(rand_ms(0, 300)).await;
+    run.cluster.start_agent(FCC);
+    run.start_workload(1);
+
+    info!("phase: fcs and fcc register with sidecars; fcc -> fcs allowed");
+    let t = Instant::now();
+    http_ok(&run, run.cluster.agents[FCS].http_addr(), "PUT", "/v1/agent/service/register", FCS_REGISTRATION).await?;
+    http_ok(&run, run.cluster.agents[FCC].http_addr(), "PUT", "/v1/agent/service/register", FCC_REGISTRATION).await?;
+    // Out of the box nothing may connect (default deny): no answer yet.
+    sleep(Duration::from_secs(2)).await;
+    if traffic.lock().expect("traffic").answered() > 0 {
+        return Err("fcc reached fcs before any intention allowed it (the default must be deny)".into());
+    }
+    set_intention(&run, "allow").await?;
+    wait_answers(&mut run, &traffic, 10, FIRST_BOUND, "first traffic").await?;
+    run.report.connect_first_ms = t.elapsed().as_millis() as u64;
+
+    info!("phase: the leader dies; traffic goes on");
+    let all = [0, 1, 2];
+    let leader = run.leader_among(&all, ELECTION_BOUND).await?;
+    let t0 = ms_since(base);
+    run.cluster.crash(leader, 0);
+    let others: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    run.leader_among(&others, ELECTION_BOUND).await?;
+    run.settle(Duration::from_secs(3)).await?;
+    let gap = traffic.lock().expect("traffic").longest_gap(t0, ms_since(base));
+    run.report.connect_failover_gap_ms = gap;
+    if gap > FAILOVER_GAP_BOUND.as_millis() as u64 {
+        return Err(format!(
+            "fcc's traffic paused {gap} ms while the leader was replaced (bound {FAILOVER_GAP_BOUND:?})"
+        ));
+    }
+    run.cluster.start(leader);
+
+    info!("phase: the intention turns to deny, then back to allow");
+    let t0 = ms_since(base);
+    set_intention(&run, "deny").await?;
+    run.settle(INTENTION_BOUND + Duration::from_secs(2)).await?;
+    let enforced_from = t0 + INTENTION_BOUND.as_millis() as u64;
+    traffic
+        .lock()
+        .expect("traffic")
+        .forbid_between(enforced_from, ms_since(base));
+    let t = Instant::now();
+    set_intention(&run, "allow").await?;
+    wait_answers(&mut run, &traffic, 1, INTENTION_BOUND, "allow again").await?;
+    run.report.intention_ms.push(t.elapsed().as_millis() as u64);
+
+    info!("phase: attacks from evil00");
+    let attacks = attack(&mut run).await?;
+    traffic.lock().expect("traffic").attacks = attacks;
+    wait_answers(&mut run, &traffic, 5, Duration::from_secs(10), "traffic beside the impostor").await?;
+
+    info!("phase: fcs00 restarts (agent, app and sidecar)");
+    run.cluster.crash_agent(FCS);
+    sleep(rand_ms(200, 1500)).await;
+    run.cluster.start_agent(FCS);
+    let took = wait_answers(&mut run, &traffic, 3, RESTART_BOUND, "after fcs00's restart").await?;
+    run.report.connect_restart_ms = took.as_millis() as u64;
+
+    let verdict = traffic.lock().expect("traffic").clone();
+    run.report.connect_answers = verdict.answered() as u64;
+    sidecar_security::check(&verdict)?;
+    run.finish().await
+}
+
+/// Every attack from evil00; each must be refused before a byte reaches
+/// fcs (the checker also compares what fcs received).
+async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
+    let leader = run.leader_among(&run.cluster.running(), ELECTION_BOUND).await?;
+    let root = run
+        .cluster
+        .server(leader)
+        .and_then(|s| s.view().read(|sm| sm.ca().active_root().cloned()))
+        .ok_or("the leader has no CA root")?;
+    let td = root.trust_domain.clone();
+    let fcc_id = SpiffeId::service(&td, "dc1", "fcc");
+    let now = mesh_net::clock::wall_now();
+    let day = Duration::from_secs(86_400);
+    let (key, pk) = leaf_key()?;
+    // A real leaf for fcc, expired a week ago.
+    let expired = ca::sign_leaf(&root, &fcc_id, &pk, 7, now - 8 * day, Duration::from_secs(3600))
+        .map_err(|e| e.to_string())?;
+    // A leaf for fcc from a CA the cluster never heard of.
+    let other_ca = ca::generate_root(&td, 9, now, 10 * day).map_err(|e| e.to_string())?;
+    let forged = ca::sign_leaf(&other_ca, &fcc_id, &pk, 11, now, day).map_err(|e| e.to_string())?;
+    // A real leaf for another service, for the impostor sidecar.
+    let (evil_key, evil_pk) = leaf_key()?;
+    let evil_leaf = ca::sign_leaf(&root, &SpiffeId::service(&td, "dc1", "evil"), &evil_pk, 13, now, day)
+        .map_err(|e| e.to_string())?;
+    let root_pem = root.root_cert_pem.clone();
+    let bundle = TrustBundle::from_pems(std::slice::from_ref(&root_pem), &td)
+        .map_err(|e| e.to_string())?;
+    let evil_id = Identity::from_pem(&evil_leaf.cert_pem, &evil_key).map_err(|e| e.to_string())?;
+
+    let evil = madsim::runtime::Handle::current()
+        .create_node()
+        .name("evil00")
+        .ip(IpAddr::V4(EVIL_IP))
+        .build();
+    // The impostor: a sidecar for "evil" that echoes like fcs, registered
+    // in the catalog as a sidecar of fcs.
+    let server_cfg = tls::server_config(&evil_id, &bundle).map_err(|e| e.to_string())?;
+    evil.spawn(async move {
+        let Ok(l) = tokio::net::TcpListener::bind(("0.0.0.0", SIDECAR_PORT)).await else { return };
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
+        while let Ok((conn, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(conn).await else { return };
+                let (r, mut w) = tokio::io::split(tls);
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if w.write_all(format!("ECHO {line}\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let server = run.cluster.http_addr(leader);
+    let impostor = format!(
+        r#"{{"Node":"evil00","Address":"{EVIL_IP}","Service":{{"ID":"fcs-sidecar-proxy","Service":"fcs-sidecar-proxy","Kind":"connect-proxy","Port":{SIDECAR_PORT},"Address":"{EVIL_IP}","Proxy":{{"DestinationServiceName":"fcs","DestinationServiceID":"fcs","LocalServicePort":8181}}}}}}"#
+    );
+    http_ok(run, server.clone(), "PUT", "/v1/catalog/register", &impostor).await?;
+
+    let fcs_sidecar = SocketAddr::new(run.cluster.agents[FCS].ip, SIDECAR_PORT);
+    let fcs_direct = SocketAddr::new(run.cluster.agents[FCS].ip, APP_PORT);
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut out = Vec::new();
+    for round in 0..3 {
+        for kind in ["plaintext", "direct", "forged-ca", "expired-leaf"] {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let nonce = format!("evil-{kind}-{round}-{n}");
+            let cert = if kind == "forged-ca" {
+                forged.cert_pem.clone()
+            } else {
+                expired.cert_pem.clone()
+            };
+            let (key, root_pem, td) = (key.clone(), root_pem.clone(), td.clone());
+            let line = format!("REQ {nonce} attack\n");
+            let answered = evil
+                .spawn(async move {
+                    let target = if kind == "direct" { fcs_direct } else { fcs_sidecar };
+                    let try_it = async {
+                        let conn = tokio::net::TcpStream::connect(target).await.ok()?;
+                        match kind {
+                            "plaintext" | "direct" => talk(conn, &line).await,
+                            _ => {
+                                let id = Identity::from_pem(&cert, &key).ok()?;
+                                let bundle = TrustBundle::from_pems(&[root_pem], &td).ok()?;
+                                let cfg = tls::client_config(&id, &bundle, "fcs").ok()?;
+                                let tls = tokio_rustls::TlsConnector::from(cfg)
+                                    .connect(tls::server_name("fcs"), conn)
+                                    .await
+                                    .ok()?;
+                                talk(tls, &line).await
+                            }
+                        }
+                    };
+                    madsim::time::timeout(Duration::from_secs(3), try_it).await.ok().flatten()
+                })
+                .await
+                .map_err(|e| format!("attacker task failed: {e}"))?;
+            out.push(Attack {
+                kind: kind.to_owned(),
+                nonce,
+                answered: answered.is_some(),
+            });
+        }
+        run.settle(Duration::from_millis(300)).await?;
+    }
+    // Give fcc time to meet the impostor (it rotates through instances).
+    run.settle(Duration::from_secs(2)).await?;
+    http_ok(
+        run,
+        server,
+        "PUT",
+        "/v1/catalog/deregister",
+        r#"{"Node":"evil00"}"#,
+    )
+    .await?;
+    Ok(out)
+}
+
+/// Sends `line` and reads one line back.
+async fn talk<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(conn: S, line: &str) -> Option<String> {
+    let (r, mut w) = tokio::io::split(conn);
+    w.write_all(line.as_bytes()).await.ok()?;
+    let mut lines = BufReader::new(r).lines();
+    lines.next_line().await.ok().flatten()
+}
+
+fn leaf_key() -> Result<(String, Vec<u8>), String> {
+    let k = ca::generate_leaf_key().map_err(|e| e.to_string())?;
+    Ok((k.key.expose().to_owned(), k.public_key_der.clone()))
+}
