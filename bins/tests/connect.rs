@@ -1,0 +1,306 @@
+//! Connect on real processes over loopback: three servers, the client
+//! agents fcs00 and fcc00, and `mesh connect proxy` for each service.
+//! fcc's requests reach an echo app behind fcs's sidecar through both
+//! sidecars; a tap between the sidecars sees TLS records only; a client
+//! with a self-signed certificate and a plaintext client are refused;
+//! a deny intention stops new connections and an allow lets them through
+//! again; traffic survives a kill -9 of the leader.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mesh_bins::process_cluster::{poll_until, test_dir, ProcessCluster};
+
+const IPS: [&str; 5] = [
+    "127.0.0.80",
+    "127.0.0.81",
+    "127.0.0.82",
+    "127.0.0.83",
+    "127.0.0.84",
+];
+const RPC: u16 = 18380;
+const HTTP: u16 = 18580;
+const FCS_IP: &str = "127.0.0.83";
+const FCC_IP: &str = "127.0.0.84";
+const TAP: &str = "127.0.0.85:9192";
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The echo app: `ECHO <line>` for every line, on fcs00's address.
+fn echo_app(stop: Arc<AtomicBool>) {
+    let l = TcpListener::bind((FCS_IP, 8181)).expect("bind the echo app");
+    l.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((conn, _)) => {
+                    std::thread::spawn(move || {
+                        conn.set_nonblocking(false).ok();
+                        let mut w = conn.try_clone().expect("clone");
+                        for line in BufReader::new(conn).lines() {
+                            let Ok(line) = line else { return };
+                            if writeln!(w, "ECHO {line}").is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+}
+
+/// A tap: a TCP relay from `TAP` to fcs's sidecar that keeps every byte
+/// fcc's sidecar sent through it.
+fn tap(seen: Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind(TAP).expect("bind the tap");
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut down) = conn else { return };
+            let Ok(mut up) = TcpStream::connect((FCS_IP, 9191)) else {
+                continue;
+            };
+            let (mut down2, mut up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = down.read(&mut buf) {
+                    if n == 0 || up.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ = up.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up2, &mut down2);
+                let _ = down2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+/// One request through fcc's upstream (fcc00:8181); the echo if it came.
+fn request(nonce: &str) -> Option<String> {
+    let mut c = TcpStream::connect((FCC_IP, 8181)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    writeln!(c, "REQ {nonce}").ok()?;
+    let mut line = String::new();
+    BufReader::new(c).read_line(&mut line).ok()?;
+    Some(line.trim_end().to_owned())
+}
+
+fn works(nonce: &str) -> bool {
+    request(nonce).as_deref() == Some(&format!("ECHO REQ {nonce}"))
+}
+
+fn mesh(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(args)
+        .output()
+        .expect("run mesh")
+}
+
+fn proxy(service: &str, agent: &str, log: &std::path::Path) -> Proc {
+    let log = std::fs::File::create(log).expect("log");
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_mesh"))
+            .args(["connect", "proxy", "-sidecar-for", service, "-http-addr", agent])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the sidecar"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
+    let dir = test_dir("connect");
+    let fcs_cfg = dir.join("fcs00.json");
+    let fcc_cfg = dir.join("fcc00.json");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        &fcs_cfg,
+        format!(
+            r#"{{"service":{{"name":"fcs","port":8181,
+                "check":{{"tcp":"{FCS_IP}:8181","interval":"1s"}},
+                "connect":{{"sidecar_service":{{"proxy":{{"local_service_address":"{FCS_IP}"}}}}}}}}}}"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &fcc_cfg,
+        format!(
+            r#"{{"service":{{"name":"fcc","connect":{{"sidecar_service":{{"proxy":{{"upstreams":[
+                {{"destination_name":"fcs","local_bind_address":"{FCC_IP}","local_bind_port":8181}}]}}}}}}}}}}"#
+        ),
+    )
+    .unwrap();
+    let mut c = ProcessCluster::new(
+        std::path::Path::new(env!("CARGO_BIN_EXE_mesh")),
+        &dir,
+        &IPS[..3],
+        RPC,
+        HTTP,
+    )
+    .expect("cluster dir");
+    let fcs = c.add_client("fcs00", FCS_IP, &["-config-file", fcs_cfg.to_str().unwrap()]);
+    let fcc = c.add_client("fcc00", FCC_IP, &["-config-file", fcc_cfg.to_str().unwrap()]);
+    for i in 0..5 {
+        c.start(i).expect("start");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    echo_app(stop.clone());
+    let leader = c
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let _fcs_proxy = proxy("fcs", &c.http_addr(fcs), &dir.join("fcs-proxy.log"));
+    let _fcc_proxy = proxy("fcc", &c.http_addr(fcc), &dir.join("fcc-proxy.log"));
+    let fcc_http = c.http_addr(fcc);
+
+    // Out of the box, nothing may connect.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!works("before-any-intention"), "default must be deny");
+    let out = mesh(&["intention", "create", "-http-addr", &fcc_http, "fcc", "fcs"]);
+    assert!(out.status.success(), "{out:?}");
+    let took = poll_until(Duration::from_secs(30), || async { works("first") })
+        .await
+        .expect("fcc reaches fcs through both sidecars");
+    println!("first request through both sidecars {took:?} after the allow");
+
+    // A tap registered as another instance of fcs's sidecar: fcc's sidecar
+    // rotates through instances, so some connections cross it.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    tap(seen.clone());
+    let tap_node = format!(
+        r#"{{"Node":"tap00","Address":"127.0.0.85","Service":{{"ID":"fcs-sidecar-proxy","Service":"fcs-sidecar-proxy","Kind":"connect-proxy","Port":9192,"Proxy":{{"DestinationServiceName":"fcs","DestinationServiceID":"fcs","LocalServicePort":8181}}}}}}"#
+    );
+    let r = c
+        .request(leader, "PUT", "/v1/catalog/register", tap_node.as_bytes())
+        .await
+        .expect("register the tap");
+    assert_eq!(r.status, 200, "{}", r.text());
+    poll_until(Duration::from_secs(20), || async {
+        for i in 0..4 {
+            assert!(works(&format!("secret-{i}")));
+        }
+        seen.lock().unwrap().len() > 200
+    })
+    .await
+    .expect("traffic through the tap");
+    {
+        let bytes = seen.lock().unwrap();
+        assert_eq!(&bytes[..3], &[0x16, 0x03, 0x01], "a TLS handshake record first");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("REQ secret"), "plaintext request on the wire");
+        println!("tap saw {} bytes, TLS records only", bytes.len());
+    }
+
+    // Plaintext to the public port: refused, nothing echoed.
+    let mut raw = TcpStream::connect((FCS_IP, 9191)).expect("connect 9191");
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(b"REQ plaintext\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = raw.read_to_end(&mut buf);
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("ECHO"),
+        "plaintext got through: {buf:?}"
+    );
+
+    // A client certificate from another CA claiming to be fcc: refused.
+    let other = mesh_core::connect::ca::generate_root(
+        "11111111-2222-4333-8444-555555555555.consul",
+        1,
+        std::time::SystemTime::now(),
+        Duration::from_secs(86_400),
+    )
+    .unwrap();
+    let key = mesh_core::connect::ca::generate_leaf_key().unwrap();
+    let roots: serde_json::Value = serde_json::from_slice(
+        &c.request(fcc, "GET", "/v1/agent/connect/ca/roots", b"")
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let td = roots["TrustDomain"].as_str().unwrap().to_owned();
+    let forged = mesh_core::connect::ca::sign_leaf(
+        &other,
+        &mesh_core::connect::SpiffeId::service(&td, "dc1", "fcc"),
+        &key.public_key_der,
+        2,
+        std::time::SystemTime::now(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let id = mesh_net::tls::Identity::from_pem(&forged.cert_pem, key.key.expose()).unwrap();
+    let bundle = mesh_net::tls::TrustBundle::from_pems(
+        &[roots["Roots"][0]["RootCert"].as_str().unwrap().to_owned()],
+        &td,
+    )
+    .unwrap();
+    let cfg = mesh_net::tls::client_config(&id, &bundle, "fcs").unwrap();
+    let tcp = tokio::net::TcpStream::connect((FCS_IP, 9191)).await.unwrap();
+    let refused = match tokio_rustls::TlsConnector::from(cfg)
+        .connect(mesh_net::tls::server_name("fcs"), tcp)
+        .await
+    {
+        Err(_) => true,
+        Ok(mut tls) => {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = tls.write_all(b"REQ forged\n").await;
+            let mut b = [0u8; 64];
+            !matches!(
+                tokio::time::timeout(Duration::from_secs(5), tls.read(&mut b)).await,
+                Ok(Ok(n)) if n > 0
+            )
+        }
+    };
+    assert!(refused, "a certificate from another CA was accepted");
+
+    // Deny, then allow again.
+    let out = mesh(&["intention", "create", "-http-addr", &fcc_http, "-deny", "-replace", "fcc", "fcs"]);
+    assert!(out.status.success(), "{out:?}");
+    let t = Instant::now();
+    poll_until(Duration::from_secs(10), || async { !works("after-deny") })
+        .await
+        .expect("deny takes effect");
+    println!("deny took effect within {:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..5 {
+        assert!(!works(&format!("denied-{i}")), "a request got through a deny");
+    }
+    let out = mesh(&["intention", "create", "-http-addr", &fcc_http, "-allow", "-replace", "fcc", "fcs"]);
+    assert!(out.status.success(), "{out:?}");
+    poll_until(Duration::from_secs(10), || async { works("allowed-again") })
+        .await
+        .expect("allow takes effect");
+
+    // kill -9 the leader: the data plane does not depend on it.
+    c.kill(leader);
+    let t = Instant::now();
+    let mut ok = 0;
+    while t.elapsed() < Duration::from_secs(5) {
+        if works(&format!("failover-{ok}")) {
+            ok += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok >= 20, "only {ok} requests through the sidecars during the failover");
+    stop.store(true, Ordering::SeqCst);
+    c.stop_all();
+}
