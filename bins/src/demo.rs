@@ -195,21 +195,148 @@ async fn story(c: &mut ProcessCluster) -> Result<(), String> {
 /// client agents from.
 const DEPLOY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 
-/// The stand-in for the fcs application: accepts TCP on 127.0.0.13:8181
-/// until dropped.
+/// The stand-in for the fcs application on 127.0.0.13:8181: answers each
+/// line with `fcs: <line>`, until dropped.
 struct FcsApp(tokio::task::JoinHandle<()>);
 
 impl FcsApp {
     async fn start() -> Result<FcsApp, String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.13:8181")
             .await
             .map_err(|e| format!("cannot listen on 127.0.0.13:8181 for fcs: {e}"))?;
         Ok(FcsApp(tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                drop(conn);
+                tokio::spawn(async move {
+                    let (r, mut w) = conn.into_split();
+                    let mut lines = tokio::io::BufReader::new(r).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if w.write_all(format!("fcs: {line}\n").as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
             }
         })))
     }
+}
+
+/// What fcc does: one line to its upstream for fcs (127.0.0.14:8181, fcc's
+/// sidecar) and the answer, if one came within 2 s.
+async fn fcc_request(line: &str) -> Option<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let exchange = async {
+        let conn = tokio::net::TcpStream::connect("127.0.0.14:8181").await.ok()?;
+        let (r, mut w) = conn.into_split();
+        w.write_all(format!("{line}\n").as_bytes()).await.ok()?;
+        tokio::io::BufReader::new(r).lines().next_line().await.ok().flatten()
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A `mesh connect proxy` process, killed when dropped.
+struct Sidecar(std::process::Child);
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sidecar(c: &ProcessCluster, i: usize, service: &str) -> Result<Sidecar, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(c.log_path(i).with_extension(format!("{service}-proxy.log")))
+        .map_err(|e| e.to_string())?;
+    let child = std::process::Command::new(exe)
+        .args(["connect", "proxy", "-sidecar-for", service, "-http-addr"])
+        .arg(c.http_addr(i))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting the {service} sidecar: {e}"))?;
+    Ok(Sidecar(child))
+}
+
+/// `mesh intention create` through fcc00's agent.
+fn intention(c: &ProcessCluster, i: usize, action: &str) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .args(["intention", "create", "-replace", action, "-http-addr"])
+        .arg(c.http_addr(i))
+        .args(["fcc", "fcs"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "mesh intention create {action} fcc fcs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    println!("    $ mesh intention create {action} fcc fcs");
+    Ok(())
+}
+
+async fn connect_story(c: &mut ProcessCluster, fcs: usize, fcc: usize) -> Result<(), String> {
+    step("starting the sidecars: mesh connect proxy -sidecar-for fcs (127.0.0.13:9191) and -sidecar-for fcc (upstream fcs on 127.0.0.14:8181)");
+    let _app = FcsApp::start().await?;
+    let _fcs_proxy = sidecar(c, fcs, "fcs")?;
+    let _fcc_proxy = sidecar(c, fcc, "fcc")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    match fcc_request("hello from fcc").await {
+        None => println!("    fcc -> fcs refused: no intention allows it yet (default deny)"),
+        Some(a) => return Err(format!("fcc reached fcs with no intention: {a:?}")),
+    }
+
+    step("allowing fcc -> fcs");
+    intention(c, fcc, "-allow")?;
+    let t = Instant::now();
+    until("fcc reaches fcs through both sidecars", Duration::from_secs(20), || async {
+        fcc_request("hello from fcc").await.is_some()
+    })
+    .await?;
+    let answer = fcc_request("hello from fcc").await.unwrap_or_default();
+    println!(
+        "    fcc -> fcc-sidecar -> mTLS -> fcs-sidecar -> fcs answered {answer:?} ({} ms after the allow)",
+        t.elapsed().as_millis()
+    );
+
+    step("denying fcc -> fcs");
+    intention(c, fcc, "-deny")?;
+    let t = Instant::now();
+    until("the deny takes effect", Duration::from_secs(10), || async {
+        fcc_request("are you there?").await.is_none()
+    })
+    .await?;
+    println!("    refused {} ms after the deny", t.elapsed().as_millis());
+    intention(c, fcc, "-allow")?;
+    until("the allow takes effect", Duration::from_secs(10), || async {
+        fcc_request("back?").await.is_some()
+    })
+    .await?;
+    println!("    allowed again");
+
+    let leader = c.wait_for_leader(Duration::from_secs(10)).await.ok_or("no leader")?;
+    step(&format!("kill -9 the leader {} while fcc keeps calling fcs", c.nodes[leader].name));
+    c.kill(leader);
+    let t = Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    while t.elapsed() < Duration::from_secs(3) {
+        match fcc_request(&format!("request {}", ok + failed)).await {
+            Some(_) => ok += 1,
+            None => failed += 1,
+        }
+    }
+    println!("    {ok} requests answered, {failed} failed in the 3 s after the kill");
+    if ok == 0 {
+        return Err("no request got through after the leader was killed".into());
+    }
+    c.start(leader).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 impl Drop for FcsApp {
@@ -336,5 +463,5 @@ async fn agents_story(c: &mut ProcessCluster) -> Result<(), String> {
         took.as_millis()
     );
     drop(app);
-    Ok(())
+    connect_story(c, fcs, fcc).await
 }

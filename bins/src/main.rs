@@ -13,7 +13,7 @@ const USAGE: &str = "Usage: mesh <command> [args]
 
 Commands:
     agent      Runs a mesh agent (server with -server, else a client agent)
-    demo       Starts consul00-02, fcs00 and fcc00 on 127.0.0.10-14: election, writes, failover, service health
+    demo       Starts consul00-02, fcs00 and fcc00 on 127.0.0.10-14: election, writes, failover, service health, fcc -> fcs through the sidecars
     join       Tell the local agent to join a cluster
     leave      Gracefully leave the cluster and shut down the local agent
     members    Lists the members of the cluster
