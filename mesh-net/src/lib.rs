@@ -29,3 +29,4 @@ pub mod rpc;
 pub mod runtime;
 pub mod server;
 pub mod state_store;
+pub mod tls;

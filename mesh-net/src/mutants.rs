@@ -65,6 +65,14 @@ pub enum Mutant {
     DropCriticalStatus,
     /// The leader never declares a silent node failed.
     LivenessNeverFails,
+    /// A sidecar's client side accepts a server of any SPIFFE ID from the
+    /// trust domain, not only the service it dialled (traffic for fcs can
+    /// land on whoever answers the address).
+    SkipSpiffeCheck,
+    /// Both TLS verifiers check the peer chain at a time inside the leaf's
+    /// validity (its `not_before` plus one second) instead of the host's
+    /// wall clock: expired leaves are accepted.
+    AcceptExpiredLeaf,
 }
 
 impl Mutant {
@@ -89,6 +97,8 @@ impl Mutant {
         ("sync_keeps_removed", Mutant::SyncKeepsRemoved),
         ("drop_critical_status", Mutant::DropCriticalStatus),
         ("liveness_never_fails", Mutant::LivenessNeverFails),
+        ("skip_spiffe_check", Mutant::SkipSpiffeCheck),
+        ("accept_expired_leaf", Mutant::AcceptExpiredLeaf),
     ];
 
     /// The mutant called `name`.
