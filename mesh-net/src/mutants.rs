@@ -73,6 +73,14 @@ pub enum Mutant {
     /// validity (its `not_before` plus one second) instead of the host's
     /// wall clock: expired leaves are accepted.
     AcceptExpiredLeaf,
+    /// The inbound sidecar never asks the intentions: any peer with a
+    /// valid leaf reaches the local app.
+    SkipIntentionCheck,
+    /// The inbound sidecar dials the local app and forwards the first bytes
+    /// read off the raw TCP connection before the TLS handshake (every
+    /// connection's ClientHello reaches the app), and pipes a peer that
+    /// does not speak TLS straight through, unauthenticated.
+    ForwardBeforeHandshake,
 }
 
 impl Mutant {
@@ -99,6 +107,8 @@ impl Mutant {
         ("liveness_never_fails", Mutant::LivenessNeverFails),
         ("skip_spiffe_check", Mutant::SkipSpiffeCheck),
         ("accept_expired_leaf", Mutant::AcceptExpiredLeaf),
+        ("skip_intention_check", Mutant::SkipIntentionCheck),
+        ("forward_before_handshake", Mutant::ForwardBeforeHandshake),
     ];
 
     /// The mutant called `name`.
