@@ -5,6 +5,11 @@
 //! Everything here imports `tokio`, which the workspace maps to
 //! `madsim-tokio`: real tokio in the `mesh` binary, the deterministic
 //! simulator under `--cfg madsim`.
+//!
+//! Connect traffic between services goes through [`sidecar`] proxies over
+//! the mutual TLS of [`tls`]: fcc → `127.0.0.1:<upstream port>` → fcc's
+//! outbound sidecar → mTLS → fcs's inbound sidecar on :9191 → intention
+//! check → `127.0.0.1:8181` → fcs.
 #![warn(missing_docs)]
 // openraft's error types (StorageError, RaftError) are large by design and
 // appear in the trait signatures we implement; boxing them buys nothing.
@@ -28,4 +33,6 @@ pub mod routing;
 pub mod rpc;
 pub mod runtime;
 pub mod server;
+pub mod sidecar;
 pub mod state_store;
+pub mod tls;

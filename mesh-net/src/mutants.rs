@@ -65,6 +65,22 @@ pub enum Mutant {
     DropCriticalStatus,
     /// The leader never declares a silent node failed.
     LivenessNeverFails,
+    /// A sidecar's client side accepts a server of any SPIFFE ID from the
+    /// trust domain, not only the service it dialled (traffic for fcs can
+    /// land on whoever answers the address).
+    SkipSpiffeCheck,
+    /// Both TLS verifiers check the peer chain at a time inside the leaf's
+    /// validity (its `not_before` plus one second) instead of the host's
+    /// wall clock: expired leaves are accepted.
+    AcceptExpiredLeaf,
+    /// The inbound sidecar never asks the intentions: any peer with a
+    /// valid leaf reaches the local app.
+    SkipIntentionCheck,
+    /// The inbound sidecar dials the local app and forwards the first bytes
+    /// read off the raw TCP connection before the TLS handshake (every
+    /// connection's ClientHello reaches the app), and pipes a peer that
+    /// does not speak TLS straight through, unauthenticated.
+    ForwardBeforeHandshake,
 }
 
 impl Mutant {
@@ -89,6 +105,10 @@ impl Mutant {
         ("sync_keeps_removed", Mutant::SyncKeepsRemoved),
         ("drop_critical_status", Mutant::DropCriticalStatus),
         ("liveness_never_fails", Mutant::LivenessNeverFails),
+        ("skip_spiffe_check", Mutant::SkipSpiffeCheck),
+        ("accept_expired_leaf", Mutant::AcceptExpiredLeaf),
+        ("skip_intention_check", Mutant::SkipIntentionCheck),
+        ("forward_before_handshake", Mutant::ForwardBeforeHandshake),
     ];
 
     /// The mutant called `name`.
