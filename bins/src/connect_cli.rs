@@ -37,7 +37,11 @@ fn proxy(args: &[String]) -> i32 {
                 "The ID of the local service this sidecar fronts (its connect-proxy \
                  registration gives the ports and upstreams).",
             ),
-            ("log-level", Kind::Value, "Log level: trace, debug, info, warn, err."),
+            (
+                "log-level",
+                Kind::Value,
+                "Log level: trace, debug, info, warn, err.",
+            ),
         ],
         "Usage: mesh connect proxy -sidecar-for SERVICE [options]",
     ) {
@@ -113,12 +117,14 @@ fn ca(args: &[String]) -> Result<(), String> {
         "set-config" => {
             let flags = parse(
                 rest,
-                &[("config-file", Kind::Value, "JSON file with the new configuration.")],
+                &[(
+                    "config-file",
+                    Kind::Value,
+                    "JSON file with the new configuration.",
+                )],
                 "Usage: mesh connect ca set-config -config-file FILE",
             )?;
-            let file = flags
-                .get("config-file")
-                .ok_or("-config-file is required")?;
+            let file = flags.get("config-file").ok_or("-config-file is required")?;
             let body = std::fs::read(file).map_err(|e| format!("reading {file}: {e}"))?;
             expect_ok(
                 call(&flags, "PUT", "/v1/connect/ca/configuration", body)?,

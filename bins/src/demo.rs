@@ -211,7 +211,10 @@ impl FcsApp {
                     let (r, mut w) = conn.into_split();
                     let mut lines = tokio::io::BufReader::new(r).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
-                        if w.write_all(format!("fcs: {line}\n").as_bytes()).await.is_err() {
+                        if w.write_all(format!("fcs: {line}\n").as_bytes())
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -226,10 +229,17 @@ impl FcsApp {
 async fn fcc_request(line: &str) -> Option<String> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let exchange = async {
-        let conn = tokio::net::TcpStream::connect("127.0.0.14:8181").await.ok()?;
+        let conn = tokio::net::TcpStream::connect("127.0.0.14:8181")
+            .await
+            .ok()?;
         let (r, mut w) = conn.into_split();
         w.write_all(format!("{line}\n").as_bytes()).await.ok()?;
-        tokio::io::BufReader::new(r).lines().next_line().await.ok().flatten()
+        tokio::io::BufReader::new(r)
+            .lines()
+            .next_line()
+            .await
+            .ok()
+            .flatten()
     };
     tokio::time::timeout(Duration::from_secs(2), exchange)
         .await
@@ -295,9 +305,11 @@ async fn connect_story(c: &mut ProcessCluster, fcs: usize, fcc: usize) -> Result
     step("allowing fcc -> fcs");
     intention(c, fcc, "-allow")?;
     let t = Instant::now();
-    until("fcc reaches fcs through both sidecars", Duration::from_secs(20), || async {
-        fcc_request("hello from fcc").await.is_some()
-    })
+    until(
+        "fcc reaches fcs through both sidecars",
+        Duration::from_secs(20),
+        || async { fcc_request("hello from fcc").await.is_some() },
+    )
     .await?;
     let answer = fcc_request("hello from fcc").await.unwrap_or_default();
     println!(
@@ -314,14 +326,22 @@ async fn connect_story(c: &mut ProcessCluster, fcs: usize, fcc: usize) -> Result
     .await?;
     println!("    refused {} ms after the deny", t.elapsed().as_millis());
     intention(c, fcc, "-allow")?;
-    until("the allow takes effect", Duration::from_secs(10), || async {
-        fcc_request("back?").await.is_some()
-    })
+    until(
+        "the allow takes effect",
+        Duration::from_secs(10),
+        || async { fcc_request("back?").await.is_some() },
+    )
     .await?;
     println!("    allowed again");
 
-    let leader = c.wait_for_leader(Duration::from_secs(10)).await.ok_or("no leader")?;
-    step(&format!("kill -9 the leader {} while fcc keeps calling fcs", c.nodes[leader].name));
+    let leader = c
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .ok_or("no leader")?;
+    step(&format!(
+        "kill -9 the leader {} while fcc keeps calling fcs",
+        c.nodes[leader].name
+    ));
     c.kill(leader);
     let t = Instant::now();
     let (mut ok, mut failed) = (0, 0);

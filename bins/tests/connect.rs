@@ -117,7 +117,14 @@ fn proxy(service: &str, agent: &str, log: &std::path::Path) -> Proc {
     let log = std::fs::File::create(log).expect("log");
     Proc(
         Command::new(env!("CARGO_BIN_EXE_mesh"))
-            .args(["connect", "proxy", "-sidecar-for", service, "-http-addr", agent])
+            .args([
+                "connect",
+                "proxy",
+                "-sidecar-for",
+                service,
+                "-http-addr",
+                agent,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -157,8 +164,16 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
         HTTP,
     )
     .expect("cluster dir");
-    let fcs = c.add_client("fcs00", FCS_IP, &["-config-file", fcs_cfg.to_str().unwrap()]);
-    let fcc = c.add_client("fcc00", FCC_IP, &["-config-file", fcc_cfg.to_str().unwrap()]);
+    let fcs = c.add_client(
+        "fcs00",
+        FCS_IP,
+        &["-config-file", fcs_cfg.to_str().unwrap()],
+    );
+    let fcc = c.add_client(
+        "fcc00",
+        FCC_IP,
+        &["-config-file", fcc_cfg.to_str().unwrap()],
+    );
     for i in 0..5 {
         c.start(i).expect("start");
     }
@@ -204,9 +219,16 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
     .expect("traffic through the tap");
     {
         let bytes = seen.lock().unwrap();
-        assert_eq!(&bytes[..3], &[0x16, 0x03, 0x01], "a TLS handshake record first");
+        assert_eq!(
+            &bytes[..3],
+            &[0x16, 0x03, 0x01],
+            "a TLS handshake record first"
+        );
         let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains("REQ secret"), "plaintext request on the wire");
+        assert!(
+            !text.contains("REQ secret"),
+            "plaintext request on the wire"
+        );
         println!("tap saw {} bytes, TLS records only", bytes.len());
     }
 
@@ -254,7 +276,9 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
     )
     .unwrap();
     let cfg = mesh_net::tls::client_config(&id, &bundle, "fcs").unwrap();
-    let tcp = tokio::net::TcpStream::connect((FCS_IP, 9191)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect((FCS_IP, 9191))
+        .await
+        .unwrap();
     let refused = match tokio_rustls::TlsConnector::from(cfg)
         .connect(mesh_net::tls::server_name("fcs"), tcp)
         .await
@@ -273,7 +297,16 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
     assert!(refused, "a certificate from another CA was accepted");
 
     // Deny, then allow again.
-    let out = mesh(&["intention", "create", "-http-addr", &fcc_http, "-deny", "-replace", "fcc", "fcs"]);
+    let out = mesh(&[
+        "intention",
+        "create",
+        "-http-addr",
+        &fcc_http,
+        "-deny",
+        "-replace",
+        "fcc",
+        "fcs",
+    ]);
     assert!(out.status.success(), "{out:?}");
     let t = Instant::now();
     poll_until(Duration::from_secs(10), || async { !works("after-deny") })
@@ -282,9 +315,21 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
     println!("deny took effect within {:?}", t.elapsed());
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 0..5 {
-        assert!(!works(&format!("denied-{i}")), "a request got through a deny");
+        assert!(
+            !works(&format!("denied-{i}")),
+            "a request got through a deny"
+        );
     }
-    let out = mesh(&["intention", "create", "-http-addr", &fcc_http, "-allow", "-replace", "fcc", "fcs"]);
+    let out = mesh(&[
+        "intention",
+        "create",
+        "-http-addr",
+        &fcc_http,
+        "-allow",
+        "-replace",
+        "fcc",
+        "fcs",
+    ]);
     assert!(out.status.success(), "{out:?}");
     poll_until(Duration::from_secs(10), || async { works("allowed-again") })
         .await
@@ -300,7 +345,10 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ok >= 20, "only {ok} requests through the sidecars during the failover");
+    assert!(
+        ok >= 20,
+        "only {ok} requests through the sidecars during the failover"
+    );
     stop.store(true, Ordering::SeqCst);
     c.stop_all();
 }

@@ -24,9 +24,8 @@ pub const DNS_PORT: u16 = 8600;
 
 /// A task a client host runs beside its agent, started again at every
 /// boot (the Connect scenario's app, sidecar and consumer).
-pub type BootTask = Arc<
-    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
->;
+pub type BootTask =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
 /// One client host.
 pub struct SimAgentHost {

@@ -98,7 +98,10 @@ async fn fcs_echo(traffic: Arc<Mutex<Traffic>>, base: Instant) {
                     .lock()
                     .expect("traffic")
                     .fcs_received(&nonce, ms_since(base));
-                if w.write_all(format!("ECHO {line}\n").as_bytes()).await.is_err() {
+                if w.write_all(format!("ECHO {line}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -128,10 +131,12 @@ async fn fcc_client(traffic: Arc<Mutex<Traffic>>, seq: Arc<AtomicU64>, base: Ins
             .await
             .ok()
             .flatten();
-        traffic
-            .lock()
-            .expect("traffic")
-            .fcc_answer(&nonce, &line, answer.as_deref(), ms_since(base));
+        traffic.lock().expect("traffic").fcc_answer(
+            &nonce,
+            &line,
+            answer.as_deref(),
+            ms_since(base),
+        );
         sleep(Duration::from_millis(40)).await;
     }
 }
@@ -156,12 +161,22 @@ async fn sidecar(agent: String, service: &'static str) {
 }
 
 /// An HTTP call from the harness's client node.
-async fn http(run: &Run, addr: String, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+async fn http(
+    run: &Run,
+    addr: String,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
     let (m, p, b) = (method.to_owned(), path.to_owned(), body.as_bytes().to_vec());
     let resp = run
         .cluster
         .client
-        .spawn(async move { HttpClient::new(addr, Duration::from_secs(5)).request(&m, &p, b).await })
+        .spawn(async move {
+            HttpClient::new(addr, Duration::from_secs(5))
+                .request(&m, &p, b)
+                .await
+        })
         .await
         .map_err(|e| format!("client task failed: {e}"))?
         .map_err(|e| format!("{method} {path}: {e}"))?;
@@ -169,7 +184,13 @@ async fn http(run: &Run, addr: String, method: &str, path: &str, body: &str) -> 
 }
 
 /// An HTTP call retried until it answers 200 (bounded).
-async fn http_ok(run: &Run, addr: String, method: &str, path: &str, body: &str) -> Result<String, String> {
+async fn http_ok(
+    run: &Run,
+    addr: String,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match http(run, addr.clone(), method, path, body).await {
@@ -197,7 +218,13 @@ async fn set_intention(run: &Run, action: &str) -> Result<(), String> {
 }
 
 /// Waits until fcc has `more` answers beyond `after`; how long it took.
-async fn wait_answers(run: &mut Run, traffic: &Arc<Mutex<Traffic>>, more: usize, bound: Duration, what: &str) -> Result<Duration, String> {
+async fn wait_answers(
+    run: &mut Run,
+    traffic: &Arc<Mutex<Traffic>>,
+    more: usize,
+    bound: Duration,
+    what: &str,
+) -> Result<Duration, String> {
     let start = traffic.lock().expect("traffic").answered();
     let t = Instant::now();
     while traffic.lock().expect("traffic").answered() < start + more {
@@ -224,12 +251,15 @@ pub(crate) async fn connect() -> Result<Report, String> {
         let agent = fcs.http_addr();
         let t = traffic.clone();
         fcs.boot_tasks.push(boot(move || fcs_echo(t.clone(), base)));
-        fcs.boot_tasks.push(boot(move || sidecar(agent.clone(), "fcs")));
+        fcs.boot_tasks
+            .push(boot(move || sidecar(agent.clone(), "fcs")));
         let fcc = &mut run.cluster.agents[FCC];
         let agent = fcc.http_addr();
-        fcc.boot_tasks.push(boot(move || sidecar(agent.clone(), "fcc")));
+        fcc.boot_tasks
+            .push(boot(move || sidecar(agent.clone(), "fcc")));
         let (t, s) = (traffic.clone(), seq.clone());
-        fcc.boot_tasks.push(boot(move || fcc_client(t.clone(), s.clone(), base)));
+        fcc.boot_tasks
+            .push(boot(move || fcc_client(t.clone(), s.clone(), base)));
     }
     run.cluster.start_agent(FCS);
     sleep(rand_ms(0, 300)).await;
@@ -238,12 +268,28 @@ pub(crate) async fn connect() -> Result<Report, String> {
 
     info!("phase: fcs and fcc register with sidecars; fcc -> fcs allowed");
     let t = Instant::now();
-    http_ok(&run, run.cluster.agents[FCS].http_addr(), "PUT", "/v1/agent/service/register", FCS_REGISTRATION).await?;
-    http_ok(&run, run.cluster.agents[FCC].http_addr(), "PUT", "/v1/agent/service/register", FCC_REGISTRATION).await?;
+    http_ok(
+        &run,
+        run.cluster.agents[FCS].http_addr(),
+        "PUT",
+        "/v1/agent/service/register",
+        FCS_REGISTRATION,
+    )
+    .await?;
+    http_ok(
+        &run,
+        run.cluster.agents[FCC].http_addr(),
+        "PUT",
+        "/v1/agent/service/register",
+        FCC_REGISTRATION,
+    )
+    .await?;
     // Out of the box nothing may connect (default deny): no answer yet.
     sleep(Duration::from_secs(2)).await;
     if traffic.lock().expect("traffic").answered() > 0 {
-        return Err("fcc reached fcs before any intention allowed it (the default must be deny)".into());
+        return Err(
+            "fcc reached fcs before any intention allowed it (the default must be deny)".into(),
+        );
     }
     set_intention(&run, "allow").await?;
     wait_answers(&mut run, &traffic, 10, FIRST_BOUND, "first traffic").await?;
@@ -257,7 +303,10 @@ pub(crate) async fn connect() -> Result<Report, String> {
     let others: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
     run.leader_among(&others, ELECTION_BOUND).await?;
     run.settle(Duration::from_secs(3)).await?;
-    let gap = traffic.lock().expect("traffic").longest_gap(t0, ms_since(base));
+    let gap = traffic
+        .lock()
+        .expect("traffic")
+        .longest_gap(t0, ms_since(base));
     run.report.connect_failover_gap_ms = gap;
     if gap > FAILOVER_GAP_BOUND.as_millis() as u64 {
         return Err(format!(
@@ -283,13 +332,27 @@ pub(crate) async fn connect() -> Result<Report, String> {
     info!("phase: attacks from evil00");
     let attacks = attack(&mut run).await?;
     traffic.lock().expect("traffic").attacks = attacks;
-    wait_answers(&mut run, &traffic, 5, Duration::from_secs(10), "traffic beside the impostor").await?;
+    wait_answers(
+        &mut run,
+        &traffic,
+        5,
+        Duration::from_secs(10),
+        "traffic beside the impostor",
+    )
+    .await?;
 
     info!("phase: fcs00 restarts (agent, app and sidecar)");
     run.cluster.crash_agent(FCS);
     sleep(rand_ms(200, 1500)).await;
     run.cluster.start_agent(FCS);
-    let took = wait_answers(&mut run, &traffic, 3, RESTART_BOUND, "after fcs00's restart").await?;
+    let took = wait_answers(
+        &mut run,
+        &traffic,
+        3,
+        RESTART_BOUND,
+        "after fcs00's restart",
+    )
+    .await?;
     run.report.connect_restart_ms = took.as_millis() as u64;
 
     let verdict = traffic.lock().expect("traffic").clone();
@@ -301,7 +364,9 @@ pub(crate) async fn connect() -> Result<Report, String> {
 /// Every attack from evil00; each must be refused before a byte reaches
 /// fcs (the checker also compares what fcs received).
 async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
-    let leader = run.leader_among(&run.cluster.running(), ELECTION_BOUND).await?;
+    let leader = run
+        .leader_among(&run.cluster.running(), ELECTION_BOUND)
+        .await?;
     let root = run
         .cluster
         .server(leader)
@@ -313,18 +378,32 @@ async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
     let day = Duration::from_secs(86_400);
     let (key, pk) = leaf_key()?;
     // A real leaf for fcc, expired a week ago.
-    let expired = ca::sign_leaf(&root, &fcc_id, &pk, 7, now - 8 * day, Duration::from_secs(3600))
-        .map_err(|e| e.to_string())?;
+    let expired = ca::sign_leaf(
+        &root,
+        &fcc_id,
+        &pk,
+        7,
+        now - 8 * day,
+        Duration::from_secs(3600),
+    )
+    .map_err(|e| e.to_string())?;
     // A leaf for fcc from a CA the cluster never heard of.
     let other_ca = ca::generate_root(&td, 9, now, 10 * day).map_err(|e| e.to_string())?;
     let forged = ca::sign_leaf(&other_ca, &fcc_id, &pk, 11, now, day).map_err(|e| e.to_string())?;
     // A real leaf for another service, for the impostor sidecar.
     let (evil_key, evil_pk) = leaf_key()?;
-    let evil_leaf = ca::sign_leaf(&root, &SpiffeId::service(&td, "dc1", "evil"), &evil_pk, 13, now, day)
-        .map_err(|e| e.to_string())?;
+    let evil_leaf = ca::sign_leaf(
+        &root,
+        &SpiffeId::service(&td, "dc1", "evil"),
+        &evil_pk,
+        13,
+        now,
+        day,
+    )
+    .map_err(|e| e.to_string())?;
     let root_pem = root.root_cert_pem.clone();
-    let bundle = TrustBundle::from_pems(std::slice::from_ref(&root_pem), &td)
-        .map_err(|e| e.to_string())?;
+    let bundle =
+        TrustBundle::from_pems(std::slice::from_ref(&root_pem), &td).map_err(|e| e.to_string())?;
     let evil_id = Identity::from_pem(&evil_leaf.cert_pem, &evil_key).map_err(|e| e.to_string())?;
 
     let evil = madsim::runtime::Handle::current()
@@ -336,16 +415,23 @@ async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
     // in the catalog as a sidecar of fcs.
     let server_cfg = tls::server_config(&evil_id, &bundle).map_err(|e| e.to_string())?;
     evil.spawn(async move {
-        let Ok(l) = tokio::net::TcpListener::bind(("0.0.0.0", SIDECAR_PORT)).await else { return };
+        let Ok(l) = tokio::net::TcpListener::bind(("0.0.0.0", SIDECAR_PORT)).await else {
+            return;
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
         while let Ok((conn, _)) = l.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(conn).await else { return };
+                let Ok(tls) = acceptor.accept(conn).await else {
+                    return;
+                };
                 let (r, mut w) = tokio::io::split(tls);
                 let mut lines = BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if w.write_all(format!("ECHO {line}\n").as_bytes()).await.is_err() {
+                    if w.write_all(format!("ECHO {line}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -356,7 +442,14 @@ async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
     let impostor = format!(
         r#"{{"Node":"evil00","Address":"{EVIL_IP}","Service":{{"ID":"fcs-sidecar-proxy","Service":"fcs-sidecar-proxy","Kind":"connect-proxy","Port":{SIDECAR_PORT},"Address":"{EVIL_IP}","Proxy":{{"DestinationServiceName":"fcs","DestinationServiceID":"fcs","LocalServicePort":8181}}}}}}"#
     );
-    http_ok(run, server.clone(), "PUT", "/v1/catalog/register", &impostor).await?;
+    http_ok(
+        run,
+        server.clone(),
+        "PUT",
+        "/v1/catalog/register",
+        &impostor,
+    )
+    .await?;
 
     let fcs_sidecar = SocketAddr::new(run.cluster.agents[FCS].ip, SIDECAR_PORT);
     let fcs_direct = SocketAddr::new(run.cluster.agents[FCS].ip, APP_PORT);
@@ -375,7 +468,11 @@ async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
             let line = format!("REQ {nonce} attack\n");
             let answered = evil
                 .spawn(async move {
-                    let target = if kind == "direct" { fcs_direct } else { fcs_sidecar };
+                    let target = if kind == "direct" {
+                        fcs_direct
+                    } else {
+                        fcs_sidecar
+                    };
                     let try_it = async {
                         let conn = tokio::net::TcpStream::connect(target).await.ok()?;
                         match kind {
@@ -392,7 +489,10 @@ async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
                             }
                         }
                     };
-                    madsim::time::timeout(Duration::from_secs(3), try_it).await.ok().flatten()
+                    madsim::time::timeout(Duration::from_secs(3), try_it)
+                        .await
+                        .ok()
+                        .flatten()
                 })
                 .await
                 .map_err(|e| format!("attacker task failed: {e}"))?;
@@ -418,7 +518,10 @@ async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
 }
 
 /// Sends `line` and reads one line back.
-async fn talk<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(conn: S, line: &str) -> Option<String> {
+async fn talk<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    conn: S,
+    line: &str,
+) -> Option<String> {
     let (r, mut w) = tokio::io::split(conn);
     w.write_all(line.as_bytes()).await.ok()?;
     let mut lines = BufReader::new(r).lines();

@@ -158,12 +158,13 @@ fn addr(host: &str, port: u64, what: &str, service: &str) -> Result<SocketAddr, 
         service: service.to_owned(),
         reason: format!("{what} {host:?} is not an IP address"),
     })?;
-    let port = u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
-        SidecarError::BadRegistration {
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| SidecarError::BadRegistration {
             service: service.to_owned(),
             reason: format!("{what} has no usable port ({port})"),
-        }
-    })?;
+        })?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -203,7 +204,12 @@ pub fn registration_from(
         .as_str()
         .filter(|a| !a.is_empty())
         .unwrap_or(node_address);
-    let public = addr(host, s["Port"].as_u64().unwrap_or(0), "the public listener", &service)?;
+    let public = addr(
+        host,
+        s["Port"].as_u64().unwrap_or(0),
+        "the public listener",
+        &service,
+    )?;
     let app_host = p["LocalServiceAddress"]
         .as_str()
         .filter(|a| !a.is_empty())
@@ -253,7 +259,10 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningSidecar, SidecarError> {
     let (me, _) = get_json(&mut client, "/v1/agent/self")
         .await
         .map_err(|e| agent_error(&agent, e))?;
-    let node_address = me["Member"]["Addr"].as_str().unwrap_or("127.0.0.1").to_owned();
+    let node_address = me["Member"]["Addr"]
+        .as_str()
+        .unwrap_or("127.0.0.1")
+        .to_owned();
     let default_allow =
         me["DebugConfig"]["ACLResolverSettings"]["ACLDefaultPolicy"].as_str() == Some("allow");
     let (services, _) = get_json(&mut client, "/v1/agent/services")
@@ -276,7 +285,11 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningSidecar, SidecarError> {
     let (tls_tx, tls_rx) = watch::channel(None);
     let intentions: Arc<RwLock<Option<Vec<Intention>>>> = Arc::new(RwLock::new(None));
     let mut tasks = vec![
-        tokio::spawn(watch_tls(agent.clone(), registration.service.clone(), tls_tx)),
+        tokio::spawn(watch_tls(
+            agent.clone(),
+            registration.service.clone(),
+            tls_tx,
+        )),
         tokio::spawn(watch_intentions(
             agent.clone(),
             registration.service.clone(),
@@ -353,18 +366,13 @@ fn authorizer(
 }
 
 /// Follows this service's leaf and the roots; publishes each new pair.
-async fn watch_tls(
-    agent: String,
-    service: String,
-    tx: watch::Sender<Option<Arc<TlsMaterial>>>,
-) {
+async fn watch_tls(agent: String, service: String, tx: watch::Sender<Option<Arc<TlsMaterial>>>) {
     let mut client = HttpClient::new(agent, BLOCKING_TIMEOUT);
     let mut leaf_index = 0;
     let mut last: Option<(String, Vec<String>)> = None;
     loop {
-        let leaf_path = format!(
-            "/v1/agent/connect/ca/leaf/{service}?index={leaf_index}&wait={BLOCKING_WAIT}"
-        );
+        let leaf_path =
+            format!("/v1/agent/connect/ca/leaf/{service}?index={leaf_index}&wait={BLOCKING_WAIT}");
         let leaf = get_json(&mut client, &leaf_path).await;
         let roots = get_json(&mut client, "/v1/agent/connect/ca/roots").await;
         let ((leaf, index), (roots, _)) = match (leaf, roots) {
@@ -447,9 +455,8 @@ async fn watch_instances(agent: String, destination: String, tx: watch::Sender<V
     let mut client = HttpClient::new(agent, BLOCKING_TIMEOUT);
     let mut index = 0;
     loop {
-        let path = format!(
-            "/v1/health/connect/{destination}?passing&index={index}&wait={BLOCKING_WAIT}"
-        );
+        let path =
+            format!("/v1/health/connect/{destination}?passing&index={index}&wait={BLOCKING_WAIT}");
         match get_json(&mut client, &path).await {
             Ok((v, i)) => {
                 let mut addrs: Vec<SocketAddr> = v

@@ -31,6 +31,7 @@ use tracing::warn;
 
 use crate::tls::{Identity, TlsError, TrustBundle};
 
+pub mod control;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;

@@ -107,7 +107,11 @@ pub fn check(t: &Traffic) -> Result<(), String> {
              bytes got through a sidecar"
         ));
     }
-    if let Some((n, _)) = t.answers.iter().find(|(n, _)| !received.contains(n.as_str())) {
+    if let Some((n, _)) = t
+        .answers
+        .iter()
+        .find(|(n, _)| !received.contains(n.as_str()))
+    {
         return Err(format!(
             "sidecar security: fcc accepted an answer to {n:?}, a request fcs never received: \
              something impersonated fcs"
@@ -123,7 +127,9 @@ pub fn check(t: &Traffic) -> Result<(), String> {
     }
     for kind in ATTACK_KINDS {
         if !t.attacks.iter().any(|a| a.kind == kind) {
-            return Err(format!("the {kind} attack never ran: the check would prove nothing"));
+            return Err(format!(
+                "the {kind} attack never ran: the check would prove nothing"
+            ));
         }
     }
     if let Some(a) = t.attacks.iter().find(|a| a.answered) {
@@ -186,7 +192,10 @@ mod tests {
         let mut t = passing();
         t.forbid_between(10, 12);
         assert!(check(&t).unwrap_err().contains("denied"));
-        assert_eq!(passing().longest_gap(0, 100), 100 - (MIN_ANSWERS as u64 - 1));
+        assert_eq!(
+            passing().longest_gap(0, 100),
+            100 - (MIN_ANSWERS as u64 - 1)
+        );
         let mut t = passing();
         t.answers.truncate(3);
         assert!(check(&t).unwrap_err().contains("only 3"));
