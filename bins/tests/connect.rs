@@ -201,9 +201,7 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
     // rotates through instances, so some connections cross it.
     let seen = Arc::new(Mutex::new(Vec::new()));
     tap(seen.clone());
-    let tap_node = format!(
-        r#"{{"Node":"tap00","Address":"127.0.0.85","Service":{{"ID":"fcs-sidecar-proxy","Service":"fcs-sidecar-proxy","Kind":"connect-proxy","Port":9192,"Proxy":{{"DestinationServiceName":"fcs","DestinationServiceID":"fcs","LocalServicePort":8181}}}}}}"#
-    );
+    let tap_node = r#"{"Node":"tap00","Address":"127.0.0.85","Service":{"ID":"fcs-sidecar-proxy","Service":"fcs-sidecar-proxy","Kind":"connect-proxy","Port":9192,"Proxy":{"DestinationServiceName":"fcs","DestinationServiceID":"fcs","LocalServicePort":8181}}}"#;
     let r = c
         .request(leader, "PUT", "/v1/catalog/register", tap_node.as_bytes())
         .await
