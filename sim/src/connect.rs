@@ -90,7 +90,7 @@ async fn fcs_echo(traffic: Arc<Mutex<Traffic>>, base: Instant) {
     while let Ok((conn, _)) = listener.accept().await {
         let traffic = traffic.clone();
         tokio::spawn(async move {
-            let (r, mut w) = conn.into_split();
+            let (r, mut w) = tokio::io::split(conn);
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let nonce = line.split(' ').nth(1).unwrap_or("").to_owned();
@@ -98,10 +98,9 @@ async fn fcs_echo(traffic: Arc<Mutex<Traffic>>, base: Instant) {
                     .lock()
                     .expect("traffic")
                     .fcs_received(&nonce, ms_since(base));
-                if w.write_all(format!("ECHO {line}\n").as_bytes())
-                    .await
-                    .is_err()
-                {
+                let sent = w.write_all(format!("ECHO {line}\n").as_bytes()).await;
+                // Simulated TCP sends on flush.
+                if sent.is_err() || w.flush().await.is_err() {
                     return;
                 }
             }
@@ -122,8 +121,9 @@ async fn fcc_client(traffic: Arc<Mutex<Traffic>>, seq: Arc<AtomicU64>, base: Ins
             let conn = tokio::net::TcpStream::connect(("127.0.0.1", APP_PORT))
                 .await
                 .ok()?;
-            let (r, mut w) = conn.into_split();
+            let (r, mut w) = tokio::io::split(conn);
             w.write_all(format!("{line}\n").as_bytes()).await.ok()?;
+            w.flush().await.ok()?;
             let mut lines = BufReader::new(r).lines();
             lines.next_line().await.ok().flatten()
         };
@@ -428,10 +428,9 @@ async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
                 let (r, mut w) = tokio::io::split(tls);
                 let mut lines = BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if w.write_all(format!("ECHO {line}\n").as_bytes())
-                        .await
-                        .is_err()
-                    {
+                    let sent = w.write_all(format!("ECHO {line}\n").as_bytes()).await;
+                    // Simulated TCP sends on flush.
+                    if sent.is_err() || w.flush().await.is_err() {
                         return;
                     }
                 }
@@ -524,6 +523,7 @@ async fn talk<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 ) -> Option<String> {
     let (r, mut w) = tokio::io::split(conn);
     w.write_all(line.as_bytes()).await.ok()?;
+    w.flush().await.ok()?;
     let mut lines = BufReader::new(r).lines();
     lines.next_line().await.ok().flatten()
 }

@@ -19,6 +19,7 @@ mod imp {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
+    use super::{list_field, spread};
     use mesh_net::mutants::{self, Mutant};
     use sim::planted::{self, SimMutant};
     use sim::trace::{new_trace, TraceLayer};
@@ -107,8 +108,13 @@ mod imp {
             println!("FAIL scenario={scenario_for_hook} seed={seed}: panicked: {info}\n  replay: {replay_for_hook}");
         }));
         let trace = new_trace(print_trace);
+        // SIM_LOG (EnvFilter syntax, e.g. `info,mesh_net::sidecar=debug`)
+        // widens what the trace shows; the default is INFO.
+        let filter = tracing_subscriber::EnvFilter::new(
+            std::env::var("SIM_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let subscriber = tracing_subscriber::registry()
-            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .with(filter)
             .with(TraceLayer::new(trace.clone()));
         tracing::subscriber::set_global_default(subscriber).expect("one subscriber per process");
         let mut config = madsim::Config::default();
@@ -132,7 +138,7 @@ mod imp {
         match result {
             Ok(report) => {
                 println!(
-                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} heal_sync_ms={:?} dns_ms={:?} false_verdicts={} catalog_reads={}",
+                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} heal_sync_ms={:?} dns_ms={:?} false_verdicts={} catalog_reads={} connect_first_ms={} connect_failover_gap_ms=[{}] intention_ms={:?} connect_restart_ms={} connect_answers={}",
                     t.hash(),
                     report.history_digest,
                     t.lines,
@@ -155,7 +161,12 @@ mod imp {
                     report.heal_sync_ms,
                     report.dns_ms,
                     report.false_verdicts,
-                    report.catalog_reads
+                    report.catalog_reads,
+                    report.connect_first_ms,
+                    report.connect_failover_gap_ms,
+                    report.intention_ms,
+                    report.connect_restart_ms,
+                    report.connect_answers,
                 );
                 0
             }
@@ -229,6 +240,8 @@ mod imp {
         let mut failover = Vec::new();
         let mut detect: Vec<u64> = Vec::new();
         let mut heal_sync: Vec<u64> = Vec::new();
+        let mut connect_gap: Vec<u64> = Vec::new();
+        let mut intention: Vec<u64> = Vec::new();
         let mut false_verdicts = 0u64;
         while !pending.is_empty() || !running.is_empty() {
             while running.len() < jobs.max(1) {
@@ -283,27 +296,11 @@ mod imp {
                 {
                     torn_seeds += 1;
                 }
-                if let Some(f) = text
-                    .split("failover_ms=[")
-                    .nth(1)
-                    .and_then(|r| r.split(']').next())
-                {
-                    failover.extend(f.split(',').filter_map(|x| x.trim().parse::<u64>().ok()));
-                }
-                if let Some(f) = text
-                    .split("detect_ms=[")
-                    .nth(1)
-                    .and_then(|r| r.split(']').next())
-                {
-                    detect.extend(f.split(',').filter_map(|x| x.trim().parse::<u64>().ok()));
-                }
-                if let Some(f) = text
-                    .split("heal_sync_ms=[")
-                    .nth(1)
-                    .and_then(|r| r.split(']').next())
-                {
-                    heal_sync.extend(f.split(',').filter_map(|x| x.trim().parse::<u64>().ok()));
-                }
+                failover.extend(list_field(&text, "failover_ms"));
+                detect.extend(list_field(&text, "detect_ms"));
+                heal_sync.extend(list_field(&text, "heal_sync_ms"));
+                connect_gap.extend(list_field(&text, "connect_failover_gap_ms"));
+                intention.extend(list_field(&text, "intention_ms"));
                 false_verdicts += text
                     .split(" false_verdicts=")
                     .nth(1)
@@ -380,27 +377,25 @@ mod imp {
             failover.last().copied().unwrap_or(0),
         );
         if !detect.is_empty() {
-            detect.sort_unstable();
-            let at = |p: f64| detect[((detect.len() as f64 - 1.0) * p).round() as usize];
             println!(
-                "LIVENESS scenario={scenario} failures_detected={} detect_ms(min/p50/p99/max)={}/{}/{}/{} false_verdicts={false_verdicts}",
+                "LIVENESS scenario={scenario} failures_detected={} detect_ms(min/p50/p99/max)={} false_verdicts={false_verdicts}",
                 detect.len(),
-                detect[0],
-                at(0.5),
-                at(0.99),
-                detect[detect.len() - 1],
+                spread(&mut detect),
             );
         }
         if !heal_sync.is_empty() {
-            heal_sync.sort_unstable();
-            let at = |p: f64| heal_sync[((heal_sync.len() as f64 - 1.0) * p).round() as usize];
             println!(
-                "ANTI_ENTROPY scenario={scenario} heals={} heal_sync_ms(min/p50/p99/max)={}/{}/{}/{}",
+                "ANTI_ENTROPY scenario={scenario} heals={} heal_sync_ms(min/p50/p99/max)={}",
                 heal_sync.len(),
-                heal_sync[0],
-                at(0.5),
-                at(0.99),
-                heal_sync[heal_sync.len() - 1],
+                spread(&mut heal_sync),
+            );
+        }
+        if !connect_gap.is_empty() {
+            println!(
+                "CONNECT scenario={scenario} runs={} failover_gap_ms(min/p50/p99/max)={} intention_ms(min/p50/p99/max)={}",
+                connect_gap.len(),
+                spread(&mut connect_gap),
+                spread(&mut intention),
             );
         }
         for seed in &failed {
@@ -556,4 +551,29 @@ fn main() {
         eprintln!("the simulator needs --cfg madsim: use `cargo sim run ...` (see README)");
         std::process::exit(2);
     }
+}
+
+/// The numbers of `name=[a, b, ...]` in a PASS line.
+#[cfg(madsim)]
+fn list_field(text: &str, name: &str) -> Vec<u64> {
+    text.split(&format!(" {name}=["))
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .map(|f| {
+            f.split(',')
+                .filter_map(|x| x.trim().parse::<u64>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `min/p50/p99/max` of `v` (sorted in place); `-` when empty.
+#[cfg(madsim)]
+fn spread(v: &mut [u64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_unstable();
+    let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    format!("{}/{}/{}/{}", v[0], at(0.5), at(0.99), v[v.len() - 1])
 }
