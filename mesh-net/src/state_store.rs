@@ -77,10 +77,17 @@ impl StateView {
     }
 
     /// Resolves once the applied index changes (or immediately if it changed
-    /// since the last call on this view).
+    /// since the last call on this view); never, once the store is gone.
     pub async fn changed(&mut self) {
-        // An error means the store is gone (shutdown); waiting on is moot.
-        let _ = self.applied.changed().await;
+        // An error means the store is gone (the server shut down): nothing
+        // will change again, so wait forever and let the caller's timeout
+        // end the wait. Returning at once made every `while !ready {
+        // changed().await }` loop spin: a blocking read against a server
+        // that had left (the agent's CA-roots watch in `leave_rejoin`)
+        // kept a simulation busy without time passing.
+        if self.applied.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
