@@ -100,7 +100,7 @@ fn proxy(args: &[String]) -> i32 {
 fn ca(args: &[String]) -> Result<(), String> {
     let (verb, rest) = args
         .split_first()
-        .ok_or("Usage: mesh connect ca <get-config|set-config|roots> [options]")?;
+        .ok_or("Usage: mesh connect ca <get-config|set-config|rotate|roots> [options]")?;
     match verb.as_str() {
         "get-config" => {
             let flags = parse(rest, &[], "Usage: mesh connect ca get-config")?;
@@ -131,6 +131,30 @@ fn ca(args: &[String]) -> Result<(), String> {
                 "setting the CA configuration",
             )?;
             println!("Configuration updated!");
+            Ok(())
+        }
+        "rotate" => {
+            // `consul connect ca set-config` with a new PrivateKey: the
+            // servers make a root of it, cross-signed by the current one.
+            let flags = parse(rest, &[], "Usage: mesh connect ca rotate")?;
+            let current = json(&expect_ok(
+                call(&flags, "GET", "/v1/connect/ca/configuration", vec![])?,
+                "reading the CA configuration",
+            )?)?;
+            let key = mesh_core::connect::ca::generate_leaf_key().map_err(|e| e.to_string())?;
+            let mut config = current["Config"].clone();
+            config["PrivateKey"] = serde_json::Value::String(key.key.expose().to_owned());
+            let body = serde_json::json!({ "Provider": "consul", "Config": config });
+            expect_ok(
+                call(
+                    &flags,
+                    "PUT",
+                    "/v1/connect/ca/configuration",
+                    body.to_string().into_bytes(),
+                )?,
+                "rotating the CA root",
+            )?;
+            println!("Root rotated: new leaves are signed by the new root; the old one stays trusted until its leaves expire.");
             Ok(())
         }
         "roots" => {

@@ -75,6 +75,13 @@ pub enum Request<R> {
         #[serde(with = "crate::kv::base64_bytes")]
         public_key_der: Vec<u8>,
     },
+    /// Rotate the Connect CA to a new root made from this private key
+    /// (Consul's `Config.PrivateKey`), cross-signed by the current root.
+    /// Leader only; answered [`Response::Done`].
+    RotateRoot {
+        /// The new root's P-256 private key, PEM (redacted in `Debug`).
+        private_key: crate::connect::ca::SecretPem,
+    },
 }
 
 /// The answer to a [`Request`].

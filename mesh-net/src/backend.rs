@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use mesh_core::connect::ca::IssuedLeaf;
+use mesh_core::connect::ca::{IssuedLeaf, SecretPem};
 use mesh_core::state::{Command, CommandResult};
 use mesh_core::wire::{ClusterStatus, ReadRequest, ReadResponse, RpcError};
 
@@ -38,6 +38,9 @@ pub trait Cluster: Send + Sync {
     /// A Connect leaf for `service` over the agent's public key, signed
     /// by the leader.
     fn sign_leaf(&self, request: LeafRequest) -> BoxFuture<'_, Result<IssuedLeaf, RpcError>>;
+    /// Rotates the Connect CA to a root made from `private_key` (through
+    /// the leader).
+    fn rotate_root(&self, private_key: SecretPem) -> BoxFuture<'_, Result<(), RpcError>>;
     /// Whether a leader is known (`X-Consul-KnownLeader`).
     fn known_leader(&self) -> bool;
     /// Milliseconds since the leader was heard from (`X-Consul-LastContact`).
@@ -72,6 +75,10 @@ impl Cluster for LocalServer {
 
     fn sign_leaf(&self, r: LeafRequest) -> BoxFuture<'_, Result<IssuedLeaf, RpcError>> {
         Box::pin(self.0.sign_leaf(r.service, r.datacenter, r.public_key_der))
+    }
+
+    fn rotate_root(&self, private_key: SecretPem) -> BoxFuture<'_, Result<(), RpcError>> {
+        Box::pin(self.0.rotate_root(private_key))
     }
 
     fn known_leader(&self) -> bool {

@@ -319,6 +319,21 @@ impl Cluster for RemoteServers {
         })
     }
 
+    fn rotate_root(
+        &self,
+        private_key: mesh_core::connect::ca::SecretPem,
+    ) -> BoxFuture<'_, Result<(), RpcError>> {
+        Box::pin(async move {
+            self.to_leader(
+                Request::RotateRoot { private_key },
+                Idempotence::AtMostOnce,
+                FORWARD_TIMEOUT,
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+
     fn known_leader(&self) -> bool {
         // A leader not confirmed for the silence bound is not known.
         self.shared.view.borrow().leader.is_some()

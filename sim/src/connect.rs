@@ -54,6 +54,8 @@ const FIRST_BOUND: Duration = Duration::from_secs(20);
 const FAILOVER_GAP_BOUND: Duration = Duration::from_secs(3);
 /// From an intention change to the sidecar enforcing it.
 pub const INTENTION_BOUND: Duration = Duration::from_secs(2);
+/// From a root rotation to both agents serving leaves of the new root.
+const ROTATION_BOUND: Duration = Duration::from_secs(5);
 /// From fcs00 booting again to fcc's first answer.
 const RESTART_BOUND: Duration = Duration::from_secs(20);
 
@@ -326,8 +328,15 @@ pub(crate) async fn connect() -> Result<Report, String> {
         .forbid_between(enforced_from, ms_since(base));
     let t = Instant::now();
     set_intention(&run, "allow").await?;
-    wait_answers(&mut run, &traffic, 1, INTENTION_BOUND, "allow again").await?;
-    run.report.intention_ms.push(t.elapsed().as_millis() as u64);
+    let acked = t.elapsed();
+    let took = wait_answers(&mut run, &traffic, 1, INTENTION_BOUND, "allow again").await?;
+    info!(
+        put_ms = acked.as_millis() as u64,
+        effect_ms = took.as_millis() as u64,
+        "allow acknowledged, then in effect"
+    );
+    // From the write's acknowledgement to fcc's first answer.
+    run.report.intention_ms.push(took.as_millis() as u64);
 
     info!("phase: attacks from evil00");
     let attacks = attack(&mut run).await?;
@@ -340,6 +349,10 @@ pub(crate) async fn connect() -> Result<Report, String> {
         "traffic beside the impostor",
     )
     .await?;
+
+    info!("phase: the CA root rotates during traffic");
+    let took = rotate(&mut run, &traffic, base).await?;
+    run.report.rotation_ms = took;
 
     info!("phase: fcs00 restarts (agent, app and sidecar)");
     run.cluster.crash_agent(FCS);
@@ -359,6 +372,66 @@ pub(crate) async fn connect() -> Result<Report, String> {
     run.report.connect_answers = verdict.answered() as u64;
     sidecar_security::check(&verdict)?;
     run.finish().await
+}
+
+/// Rotates the root through fcs00's agent (a new `Config.PrivateKey`, as
+/// `consul connect ca set-config` does) while fcc calls fcs; both agents
+/// must serve leaves of the new root (their chain carries the
+/// cross-signed certificate) within [`ROTATION_BOUND`], and fcc's answers
+/// may not pause for longer than [`FAILOVER_GAP_BOUND`]. Returns the
+/// simulated ms until both leaves were re-signed.
+async fn rotate(
+    run: &mut Run,
+    traffic: &Arc<Mutex<Traffic>>,
+    base: Instant,
+) -> Result<u64, String> {
+    let key = ca::generate_leaf_key().map_err(|e| e.to_string())?;
+    let body = serde_json::json!({
+        "Provider": "consul",
+        "Config": { "PrivateKey": key.key.expose() },
+    })
+    .to_string();
+    let t0 = ms_since(base);
+    let t = Instant::now();
+    http_ok(
+        run,
+        run.cluster.agents[FCS].http_addr(),
+        "PUT",
+        "/v1/connect/ca/configuration",
+        &body,
+    )
+    .await?;
+    let mut renewed = [false; 2];
+    while renewed != [true; 2] {
+        if t.elapsed() > ROTATION_BOUND {
+            return Err(format!(
+                "after the root rotation, leaves of the new root on fcs00/fcc00: {renewed:?} within {ROTATION_BOUND:?}"
+            ));
+        }
+        for (k, service) in [(FCS, "fcs"), (FCC, "fcc")] {
+            let path = format!("/v1/agent/connect/ca/leaf/{service}");
+            if let Ok((200, text)) =
+                http(run, run.cluster.agents[k].http_addr(), "GET", &path, "").await
+            {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                let chain = v["CertPEM"].as_str().unwrap_or_default();
+                renewed[k] = ca::pem_to_der(chain).is_ok_and(|c| c.len() == 2);
+            }
+        }
+        run.settle(Duration::from_millis(50)).await?;
+    }
+    let took = t.elapsed();
+    run.settle(Duration::from_secs(2)).await?;
+    let gap = traffic
+        .lock()
+        .expect("traffic")
+        .longest_gap(t0, ms_since(base));
+    if gap > FAILOVER_GAP_BOUND.as_millis() as u64 {
+        return Err(format!(
+            "fcc's traffic paused {gap} ms across the root rotation (bound {FAILOVER_GAP_BOUND:?})"
+        ));
+    }
+    Ok(took.as_millis() as u64)
 }
 
 /// Every attack from evil00; each must be refused before a byte reaches

@@ -85,6 +85,9 @@ pub struct Report {
     pub connect_restart_ms: u64,
     /// Requests answered through the sidecars.
     pub connect_answers: u64,
+    /// Simulated ms from a root rotation to both agents serving leaves of
+    /// the new root.
+    pub rotation_ms: u64,
 }
 
 /// One scenario run: the cluster, its observers and the workload's history.

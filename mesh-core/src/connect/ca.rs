@@ -229,6 +229,37 @@ pub fn generate_root(
 ) -> Result<CaRoot, CaError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| CaError::KeyGeneration(e.to_string()))?;
+    root_for_key(key, trust_domain, serial, now, ttl)
+}
+
+/// As [`generate_root`], for a P-256 private key the operator supplied
+/// (Consul's `Config.PrivateKey` in `/v1/connect/ca/configuration`).
+pub fn root_with_key(
+    key_pem: &str,
+    trust_domain: &str,
+    serial: u64,
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<CaRoot, CaError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::BadSigningKey {
+        reason: format!("PrivateKey is not a PEM private key: {e}"),
+    })?;
+    if !key.is_compatible(&PKCS_ECDSA_P256_SHA256) {
+        return Err(CaError::BadSigningKey {
+            reason: "PrivateKey must be an ECDSA P-256 key (PrivateKeyType ec, PrivateKeyBits 256)"
+                .into(),
+        });
+    }
+    root_for_key(key, trust_domain, serial, now, ttl)
+}
+
+fn root_for_key(
+    key: KeyPair,
+    trust_domain: &str,
+    serial: u64,
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<CaRoot, CaError> {
     let now = unix_secs(now)?;
     let not_before = now.saturating_sub(CLOCK_SKEW_MARGIN.as_secs());
     let not_after = now.saturating_add(ttl.as_secs());

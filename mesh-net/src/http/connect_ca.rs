@@ -205,9 +205,23 @@ impl HttpApi {
         match self.connect.leaf(&service, min_index, wait).await {
             Ok(cached) => {
                 let l = &cached.leaf;
+                // As Consul's: the leaf, then its root's intermediates (the
+                // cross-signed certificate after a rotation), so a peer
+                // still trusting only the old root can build the chain.
+                let mut chain = l.cert_pem.clone();
+                if let Some((_, view)) = self.connect.roots(0, Duration::ZERO).await {
+                    for root in view.roots.iter().filter(|r| r.id == l.root_id) {
+                        for pem in &root.intermediate_certs {
+                            if !chain.ends_with('\n') {
+                                chain.push('\n');
+                            }
+                            chain.push_str(pem);
+                        }
+                    }
+                }
                 let body = json!({
                     "SerialNumber": colon_hex(l.serial_number),
-                    "CertPEM": l.cert_pem,
+                    "CertPEM": chain,
                     "PrivateKeyPEM": cached.key.key.expose(),
                     "Service": l.service,
                     "ServiceURI": l.spiffe_id,

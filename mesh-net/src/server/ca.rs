@@ -6,7 +6,7 @@
 //! are stamped with this host's wall clock ([`clock::wall_now`]), so the
 //! simulator's clock faults reach them.
 
-use mesh_core::connect::ca::{self as ca_crypto, IssuedLeaf};
+use mesh_core::connect::ca::{self as ca_crypto, IssuedLeaf, SecretPem};
 use mesh_core::connect::SpiffeId;
 use mesh_core::state::CaCommand;
 use openraft::AsyncRuntime;
@@ -138,6 +138,76 @@ impl Server {
             Response::Leaf(leaf) => Ok(leaf),
             other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
         }
+    }
+}
+
+impl Server {
+    /// Rotates to a root made from `private_key` if this server leads:
+    /// the new root carries a certificate for its key signed by the
+    /// current root, so peers that still trust only the old root accept
+    /// leaves of the new one; the old root stays trusted until its last
+    /// leaf expires (`CaCommand::Rotate`).
+    pub(super) async fn rotate_root_here(
+        &self,
+        private_key: &SecretPem,
+    ) -> Result<RpcResponse, RpcError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let (old, config) = self
+            .view
+            .read(|sm| (sm.ca().active_root().cloned(), sm.ca().config().clone()));
+        let Some(old) = old else {
+            return Err(RpcError::Internal(
+                "the Connect CA is not initialized yet: nothing to rotate".into(),
+            ));
+        };
+        let serial = crate::runtime::MeshRuntime::thread_rng().gen::<u64>() >> 1;
+        let now = clock::wall_now();
+        let rejected = |e: ca_crypto::CaError| RpcError::Rejected(e.to_string());
+        let mut new = ca_crypto::root_with_key(
+            private_key.expose(),
+            &old.trust_domain,
+            serial,
+            now,
+            Duration::from_secs(config.root_cert_ttl_secs),
+        )
+        .map_err(rejected)?;
+        new.intermediate_certs = vec![ca_crypto::cross_sign(&old, &new, now).map_err(rejected)?];
+        let cmd = CaCommand::Rotate {
+            replaces: old.id.clone(),
+            now_unix: now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            root: Box::new(new),
+        };
+        match self.write_here(cmd.into()).await? {
+            Response::Written {
+                result: CommandResult::Bool(true),
+                ..
+            } => {
+                info!(old = %old.id, "rotated the Connect CA root");
+                Ok(Response::Done)
+            }
+            Response::Written {
+                result: CommandResult::Failed(m),
+                ..
+            } => Err(RpcError::Rejected(m)),
+            other => Err(RpcError::Internal(format!(
+                "the rotation was answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Has the leader rotate the CA to a root made from `private_key`.
+    pub async fn rotate_root(&self, private_key: SecretPem) -> Result<(), RpcError> {
+        self.on_leader(
+            Request::RotateRoot { private_key },
+            crate::routing::Idempotence::AtMostOnce,
+            FORWARD_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
     }
 }
 

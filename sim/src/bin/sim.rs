@@ -138,7 +138,7 @@ mod imp {
         match result {
             Ok(report) => {
                 println!(
-                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} heal_sync_ms={:?} dns_ms={:?} false_verdicts={} catalog_reads={} connect_first_ms={} connect_failover_gap_ms=[{}] intention_ms={:?} connect_restart_ms={} connect_answers={}",
+                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} heal_sync_ms={:?} dns_ms={:?} false_verdicts={} catalog_reads={} connect_first_ms={} connect_failover_gap_ms=[{}] intention_ms={:?} connect_restart_ms={} connect_answers={} rotation_ms=[{}]",
                     t.hash(),
                     report.history_digest,
                     t.lines,
@@ -167,6 +167,7 @@ mod imp {
                     report.intention_ms,
                     report.connect_restart_ms,
                     report.connect_answers,
+                    report.rotation_ms,
                 );
                 0
             }
@@ -242,6 +243,7 @@ mod imp {
         let mut heal_sync: Vec<u64> = Vec::new();
         let mut connect_gap: Vec<u64> = Vec::new();
         let mut intention: Vec<u64> = Vec::new();
+        let mut rotation: Vec<u64> = Vec::new();
         let mut false_verdicts = 0u64;
         while !pending.is_empty() || !running.is_empty() {
             while running.len() < jobs.max(1) {
@@ -301,6 +303,7 @@ mod imp {
                 heal_sync.extend(list_field(&text, "heal_sync_ms"));
                 connect_gap.extend(list_field(&text, "connect_failover_gap_ms"));
                 intention.extend(list_field(&text, "intention_ms"));
+                rotation.extend(list_field(&text, "rotation_ms"));
                 false_verdicts += text
                     .split(" false_verdicts=")
                     .nth(1)
@@ -392,10 +395,11 @@ mod imp {
         }
         if !connect_gap.is_empty() {
             println!(
-                "CONNECT scenario={scenario} runs={} failover_gap_ms(min/p50/p99/max)={} intention_ms(min/p50/p99/max)={}",
+                "CONNECT scenario={scenario} runs={} failover_gap_ms(min/p50/p99/max)={} intention_ms(min/p50/p99/max)={} rotation_ms(min/p50/p99/max)={}",
                 connect_gap.len(),
                 spread(&mut connect_gap),
                 spread(&mut intention),
+                spread(&mut rotation),
             );
         }
         for seed in &failed {
