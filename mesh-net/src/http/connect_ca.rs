@@ -152,6 +152,22 @@ impl HttpApi {
         if let Err(e) = config.validate() {
             return bad_request(e);
         }
+        // Consul rotates the root when the configuration brings a new
+        // private key (`consul connect ca set-config`).
+        match cfg.get("PrivateKey") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(k)) if k.is_empty() => {}
+            Some(Value::String(k)) => {
+                let key = mesh_core::connect::ca::SecretPem::new(k.clone());
+                if let Err(e) = self.cluster.rotate_root(key).await {
+                    return rpc_error(e);
+                }
+            }
+            Some(_) => return bad_request("Config.PrivateKey: expected a PEM string"),
+        }
+        if config == current {
+            return json_reply(&Value::Null);
+        }
         match self
             .cluster
             .write(CaCommand::SetConfig { config }.into())

@@ -431,7 +431,12 @@ async fn watch_intentions(
             Ok((v, i)) => {
                 match serde_json::from_value::<Vec<Intention>>(v[&service].clone()) {
                     Ok(list) => {
-                        *cache.write().expect("intentions lock") = Some(list);
+                        let mut cached = cache.write().expect("intentions lock");
+                        if cached.as_ref() != Some(&list) {
+                            info!(%service, intentions = list.len(), index = i, "intentions changed");
+                        }
+                        *cached = Some(list);
+                        drop(cached);
                         // An index that went backwards (a new leader's
                         // state, a restored snapshot) starts over.
                         index = if i < index { 0 } else { i };
