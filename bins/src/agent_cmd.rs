@@ -37,13 +37,10 @@ pub fn run(args: &[String]) -> i32 {
         },
     };
     crate::init_logging(&launch.log_level, launch.log_json);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::cli::process_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            eprintln!("{e}");
             return 1;
         }
     };

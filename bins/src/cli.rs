@@ -39,6 +39,15 @@ pub(crate) fn parse(args: &[String], extra: &[Spec], help: &str) -> Result<Flags
         .map_err(|e| format!("{e}\n\n{help}\n\nOptions:\n\n{}", usage(&specs(extra))))
 }
 
+/// The runtime of a long-running process (`mesh agent`, `mesh connect
+/// proxy`): multi-threaded, timers and I/O on.
+pub(crate) fn process_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -61,14 +61,10 @@ fn proxy(args: &[String]) -> i32 {
         sidecar_for: service,
         limits: Limits::default(),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::cli::process_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            eprintln!("{e}");
             return 1;
         }
     };

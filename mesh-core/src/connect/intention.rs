@@ -215,11 +215,7 @@ pub fn match_destination<'a>(
     intentions: impl IntoIterator<Item = &'a Intention>,
     name: &str,
 ) -> Vec<Intention> {
-    sorted(
-        intentions
-            .into_iter()
-            .filter(|i| i.destination_name == WILDCARD || i.destination_name == name),
-    )
+    matching(intentions, name, |i| &i.destination_name)
 }
 
 /// The intentions that apply to `name` as a source (`by=source`), highest
@@ -228,10 +224,18 @@ pub fn match_source<'a>(
     intentions: impl IntoIterator<Item = &'a Intention>,
     name: &str,
 ) -> Vec<Intention> {
+    matching(intentions, name, |i| &i.source_name)
+}
+
+fn matching<'a>(
+    intentions: impl IntoIterator<Item = &'a Intention>,
+    name: &str,
+    side: impl Fn(&Intention) -> &String,
+) -> Vec<Intention> {
     sorted(
         intentions
             .into_iter()
-            .filter(|i| i.source_name == WILDCARD || i.source_name == name),
+            .filter(|i| side(i) == WILDCARD || side(i) == name),
     )
 }
 

@@ -335,12 +335,7 @@ impl TableState for CaTable {
     type Command = CaCommand;
 
     fn apply(&mut self, index: u64, cmd: &CaCommand) -> CommandResult {
-        assert!(
-            index > self.last_index,
-            "CA write at index {index} after index {}: Raft indexes must increase",
-            self.last_index
-        );
-        self.last_index = index;
+        super::advance(Self::TABLE, &mut self.last_index, index);
         let result = match cmd {
             CaCommand::Initialize { cluster_id, root } => {
                 self.initialize(index, cluster_id, root).map(|created| {
@@ -361,15 +356,7 @@ impl TableState for CaTable {
                 (changed, CommandResult::Bool(true))
             }),
         };
-        match result {
-            Ok((changed, answer)) => {
-                if changed {
-                    self.table_index = index;
-                }
-                answer
-            }
-            Err(e) => CommandResult::Failed(e),
-        }
+        super::outcome(&mut self.table_index, index, result)
     }
 
     fn table_index(&self) -> u64 {
@@ -381,9 +368,7 @@ impl TableState for CaTable {
     }
 
     fn digest(&self, h: &mut Fnv1a64) {
-        let mut out = Vec::new();
-        self.encode(&mut out);
-        h.len_prefixed(&out);
+        super::digest_encoded(self, h);
     }
 
     /// `[JSON length u32][JSON of the whole table]`.

@@ -539,15 +539,6 @@ impl CatalogTable {
             .collect()
     }
 
-    fn advance(&mut self, index: u64) {
-        assert!(
-            index > self.last_index,
-            "catalog mutation at index {index} after index {}: Raft indexes must increase",
-            self.last_index
-        );
-        self.last_index = index;
-    }
-
     /// Fills a check's service name and tags from its instance; errors if
     /// the instance does not exist.
     fn resolve_check(&self, mut check: HealthCheck) -> Result<HealthCheck, String> {
@@ -766,7 +757,7 @@ impl TableState for CatalogTable {
     type Command = CatalogCommand;
 
     fn apply(&mut self, index: u64, cmd: &CatalogCommand) -> CommandResult {
-        self.advance(index);
+        super::advance(Self::TABLE, &mut self.last_index, index);
         let result = match cmd {
             CatalogCommand::Register(r) => self.register(index, r),
             CatalogCommand::Deregister {
@@ -781,15 +772,8 @@ impl TableState for CatalogTable {
                 output,
             } => Ok(self.node_health(index, node, *status, output)),
         };
-        match result {
-            Ok(changed) => {
-                if changed {
-                    self.table_index = index;
-                }
-                CommandResult::Bool(true)
-            }
-            Err(e) => CommandResult::Failed(e),
-        }
+        let result = result.map(|changed| (changed, CommandResult::Bool(true)));
+        super::outcome(&mut self.table_index, index, result)
     }
 
     fn table_index(&self) -> u64 {
@@ -801,9 +785,7 @@ impl TableState for CatalogTable {
     }
 
     fn digest(&self, h: &mut Fnv1a64) {
-        let mut out = Vec::new();
-        self.encode(&mut out);
-        h.len_prefixed(&out);
+        super::digest_encoded(self, h);
     }
 
     /// `[JSON length u32][JSON of an Image: the indexes and every row in

@@ -197,12 +197,7 @@ impl TableState for IntentionTable {
     type Command = IntentionCommand;
 
     fn apply(&mut self, index: u64, cmd: &IntentionCommand) -> CommandResult {
-        assert!(
-            index > self.last_index,
-            "intention write at index {index} after index {}: Raft indexes must increase",
-            self.last_index
-        );
-        self.last_index = index;
+        super::advance(Self::TABLE, &mut self.last_index, index);
         let result = match cmd {
             IntentionCommand::Upsert { .. } => self.upsert(index, cmd),
             IntentionCommand::Delete {
@@ -213,15 +208,8 @@ impl TableState for IntentionTable {
                 .remove(&(source.clone(), destination.clone()))
                 .is_some()),
         };
-        match result {
-            Ok(changed) => {
-                if changed {
-                    self.table_index = index;
-                }
-                CommandResult::Bool(true)
-            }
-            Err(e) => CommandResult::Failed(e),
-        }
+        let result = result.map(|changed| (changed, CommandResult::Bool(true)));
+        super::outcome(&mut self.table_index, index, result)
     }
 
     fn table_index(&self) -> u64 {
@@ -233,9 +221,7 @@ impl TableState for IntentionTable {
     }
 
     fn digest(&self, h: &mut Fnv1a64) {
-        let mut out = Vec::new();
-        self.encode(&mut out);
-        h.len_prefixed(&out);
+        super::digest_encoded(self, h);
     }
 
     /// `[JSON length u32][JSON of the indexes and every intention in pair

@@ -443,6 +443,44 @@ impl StateMachine {
     }
 }
 
+/// Records that the command at `index` reaches a table whose last applied
+/// command was at `*last`. Panics unless `index` is above it: Raft applies
+/// each entry once, in order.
+pub(crate) fn advance(table: Table, last: &mut u64, index: u64) {
+    assert!(
+        index > *last,
+        "{table:?} write at index {index} after index {last}: Raft indexes must increase",
+    );
+    *last = index;
+}
+
+/// A table's answer to the command at `index`: on success, whether it
+/// changed the table (which then moves the table's index, waking blocking
+/// queries) and what the proposer gets back; a refusal changes nothing.
+pub(crate) fn outcome(
+    table_index: &mut u64,
+    index: u64,
+    result: Result<(bool, CommandResult), String>,
+) -> CommandResult {
+    match result {
+        Ok((changed, answer)) => {
+            if changed {
+                *table_index = index;
+            }
+            answer
+        }
+        Err(e) => CommandResult::Failed(e),
+    }
+}
+
+/// The digest of a table through its snapshot encoding (for tables whose
+/// encoding is canonical: JSON of rows in key order).
+pub(crate) fn digest_encoded<T: TableState>(table: &T, h: &mut Fnv1a64) {
+    let mut out = Vec::new();
+    table.encode(&mut out);
+    h.len_prefixed(&out);
+}
+
 /// A table's own invariants, and none of its writes after `last_applied`.
 fn check_table<T: TableState>(table: &T, last_applied: u64) -> Result<(), String> {
     table

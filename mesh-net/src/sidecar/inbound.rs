@@ -20,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use super::pipe::{pipe, PipeEnd};
+use super::pipe::pipe;
 use super::{Authorizer, CurrentConfig, Limits, Metrics, Refusal, TlsMaterial};
 use crate::clock;
 use crate::mutants::{self, Mutant};
@@ -154,23 +154,16 @@ async fn connection<S>(
     let _ = app.set_nodelay(true);
     shared.metrics.inbound_accepted();
     debug!(%peer, %source, "sidecar inbound connection open");
-    let _active = shared.metrics.active();
-    let stats = pipe(
+    super::carry(
         tls,
         app,
-        shared.limits.buffer_bytes,
-        shared.limits.idle_timeout,
+        &shared.limits,
         &shared.metrics,
+        "inbound",
+        &peer,
+        &source,
     )
     .await;
-    match stats.end {
-        PipeEnd::Failed(e) => {
-            debug!(%peer, %source, error = %e, "sidecar inbound connection failed")
-        }
-        end => {
-            debug!(%peer, %source, ?end, stats.bytes_in, stats.bytes_out, "sidecar inbound connection closed")
-        }
-    }
 }
 
 /// [`Mutant::ForwardBeforeHandshake`]: the first bytes off the raw socket

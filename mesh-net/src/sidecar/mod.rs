@@ -135,3 +135,37 @@ impl<C> CurrentConfig<C> {
 
 #[cfg(test)]
 mod tests;
+
+/// Carries an accepted connection: pipes `downstream` (the side that
+/// connected) to `upstream`, counting it active while it lasts, and logs
+/// how it ended.
+async fn carry<D, U>(
+    downstream: D,
+    upstream: U,
+    limits: &Limits,
+    metrics: &Metrics,
+    what: &str,
+    from: &(dyn std::fmt::Display + Sync),
+    to: &(dyn std::fmt::Display + Sync),
+) where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+{
+    let _active = metrics.active();
+    let stats = pipe::pipe(
+        downstream,
+        upstream,
+        limits.buffer_bytes,
+        limits.idle_timeout,
+        metrics,
+    )
+    .await;
+    match stats.end {
+        pipe::PipeEnd::Failed(e) => {
+            tracing::debug!(%from, %to, error = %e, "sidecar {what} connection failed")
+        }
+        end => {
+            tracing::debug!(%from, %to, ?end, stats.bytes_in, stats.bytes_out, "sidecar {what} connection closed")
+        }
+    }
+}

@@ -16,7 +16,6 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
-use super::pipe::{pipe, PipeEnd};
 use super::{CurrentConfig, Limits, Metrics, TlsMaterial};
 use crate::clock::{self, Instant};
 use crate::tls;
@@ -86,23 +85,16 @@ pub async fn serve_upstream(
                 return;
             };
             shared.metrics.outbound_opened();
-            let _active = shared.metrics.active();
-            let stats = pipe(
+            super::carry(
                 local,
                 remote,
-                shared.limits.buffer_bytes,
-                shared.limits.idle_timeout,
+                &shared.limits,
                 &shared.metrics,
+                "upstream",
+                &app,
+                &instance,
             )
             .await;
-            match stats.end {
-                PipeEnd::Failed(e) => {
-                    debug!(%app, %instance, error = %e, "sidecar upstream connection failed")
-                }
-                end => {
-                    debug!(%app, %instance, ?end, stats.bytes_in, stats.bytes_out, "sidecar upstream connection closed")
-                }
-            }
         });
     }
 }
