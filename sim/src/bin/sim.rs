@@ -110,11 +110,17 @@ mod imp {
         let trace = new_trace(print_trace);
         // SIM_LOG (EnvFilter syntax, e.g. `info,mesh_net::sidecar=debug`)
         // widens what the trace shows; the default is INFO.
-        let filter = tracing_subscriber::EnvFilter::new(
-            std::env::var("SIM_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        // SIM_LOG (EnvFilter syntax, e.g. `info,mesh_net::sidecar=debug`)
+        // widens what the trace shows, for debugging only: EnvFilter's
+        // hash maps draw from the simulator's RNG, so with it set the same
+        // seed does not replay exactly. The default (INFO) does.
+        let sim_log = std::env::var("SIM_LOG").ok();
+        let default_level = sim_log
+            .is_none()
+            .then_some(tracing_subscriber::filter::LevelFilter::INFO);
         let subscriber = tracing_subscriber::registry()
-            .with(filter)
+            .with(default_level)
+            .with(sim_log.map(tracing_subscriber::EnvFilter::new))
             .with(TraceLayer::new(trace.clone()));
         tracing::subscriber::set_global_default(subscriber).expect("one subscriber per process");
         let mut config = madsim::Config::default();
