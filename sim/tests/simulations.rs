@@ -192,9 +192,10 @@ fn planted_bugs_are_caught() {
         // Rare: a Corrupt fault's wipe, then a message for the wiped
         // server's predecessor. First caught at 228 of 0..300.
         ("no_addressee_check", "swarm", "200..250"),
-        // Snapshot installs are rare in every scenario (seed 8 is the only
-        // one in 0..19 of four scenarios); hunting scale 0..9 takes 44 s.
-        ("skip_snapshot_install", "scale", "8..9"),
+        // Snapshot installs are rare in every scenario; which scale seed
+        // has one moves whenever the log does (seed 8 until the CA's first
+        // entry, seed 1 since). Hunting scale 0..9 takes about 45 s.
+        ("skip_snapshot_install", "scale", "1..2"),
         // A write forwarded to a dead leader waits out the RPC timeout: the
         // write-gap checker's answer bound.
         ("ignore_leader_change", "failover", "0..50"),
