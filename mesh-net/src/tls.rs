@@ -57,6 +57,17 @@ pub enum TlsError {
     /// A certificate is not valid X.509 DER.
     #[error("certificate cannot be parsed: {0}")]
     BadCertificate(String),
+    /// The peer's leaf is outside its validity window on this host's
+    /// clock (a resumed session carries the leaf it was opened with).
+    #[error(
+        "the peer's certificate is not valid now (valid {not_before} to {not_after}, unix seconds)"
+    )]
+    Expired {
+        /// Start of validity.
+        not_before: i64,
+        /// End of validity.
+        not_after: i64,
+    },
     /// The end-entity certificate carries no SPIFFE URI SAN.
     #[error("peer certificate has no SPIFFE URI SAN")]
     NoSpiffe,
@@ -295,6 +306,29 @@ fn unix_time(t: SystemTime) -> UnixTime {
         t.duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// Checks that the peer's leaf (`certs[0]`) is valid now on this host's
+/// clock. A resumed TLS 1.3 session skips the certificate verifier and
+/// hands back the leaf the session was opened with, so the inbound side
+/// checks it again after every handshake: a leaf that expired since (a
+/// decommissioned host) cannot keep a session alive by resuming it.
+pub fn check_peer_validity(certs: &[CertificateDer]) -> Result<(), TlsError> {
+    let leaf = certs.first().ok_or(TlsError::NoCertificate)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    let now = verification_time(leaf).as_secs() as i64;
+    let (not_before, not_after) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    if now < not_before || now > not_after {
+        return Err(TlsError::Expired {
+            not_before,
+            not_after,
+        });
+    }
+    Ok(())
 }
 
 /// The time a peer chain is checked at: this host's wall clock, whatever

@@ -60,6 +60,14 @@ impl CaConfig {
         if self.root_cert_ttl_secs < 2 * self.leaf_cert_ttl_secs {
             return Err("RootCertTTL must be at least twice LeafCertTTL".into());
         }
+        // A certificate cannot end after year 9999; a root that could not
+        // be made would leave the cluster without a CA.
+        if self.root_cert_ttl_secs > 100 * 8_760 * HOUR {
+            return Err(format!(
+                "RootCertTTL must be at most 876000h (100 years), got {} s",
+                self.root_cert_ttl_secs
+            ));
+        }
         Ok(())
     }
 }

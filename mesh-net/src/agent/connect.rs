@@ -90,11 +90,24 @@ impl ConnectCache {
     /// the first successful read. Waits up to `wait` for an index above
     /// `min_index` (a blocking query).
     pub async fn roots(&self, min_index: u64, wait: Duration) -> Option<(u64, CaView)> {
-        self.wait_past(min_index, wait).await;
         if self.state.lock().expect("connect cache").roots.is_none() {
             self.refresh_roots().await.ok();
         }
-        self.state.lock().expect("connect cache").roots.clone()
+        // Wait for the roots' own index to pass `min_index`: leaf
+        // signings bump the cache's index too, and waking on those would
+        // answer the same roots again at once, forever.
+        let deadline = clock::Instant::now() + wait;
+        let mut rx = self.changed.subscribe();
+        loop {
+            let roots = self.state.lock().expect("connect cache").roots.clone();
+            if min_index == 0 || roots.as_ref().is_some_and(|(i, _)| *i > min_index) {
+                return roots;
+            }
+            let left = deadline.saturating_duration_since(clock::Instant::now());
+            if left.is_zero() || clock::timeout(left, rx.changed()).await.is_err() {
+                return roots;
+            }
+        }
     }
 
     /// The leaf for `service`, signing one if the cache has none valid;
@@ -105,11 +118,6 @@ impl ConnectCache {
         min_index: u64,
         wait: Duration,
     ) -> Result<CachedLeaf, RpcError> {
-        self.state
-            .lock()
-            .expect("connect cache")
-            .wanted
-            .insert(service.to_owned());
         let current = self.valid_leaf(service);
         let leaf = match current {
             Some(l) => l,
@@ -148,20 +156,6 @@ impl ConnectCache {
             .cloned()
     }
 
-    async fn wait_past(&self, min_index: u64, wait: Duration) {
-        if min_index == 0 {
-            return;
-        }
-        let mut rx = self.changed.subscribe();
-        let deadline = clock::Instant::now() + wait;
-        while *rx.borrow_and_update() <= min_index {
-            let left = deadline.saturating_duration_since(clock::Instant::now());
-            if left.is_zero() || clock::timeout(left, rx.changed()).await.is_err() {
-                return;
-            }
-        }
-    }
-
     /// Generates a key, has the leader sign it, and stores the leaf.
     async fn sign(&self, service: &str) -> Result<CachedLeaf, RpcError> {
         let key = ca::generate_leaf_key()
@@ -175,7 +169,11 @@ impl ConnectCache {
             })
             .await?;
         let jitter: f64 = crate::runtime::MeshRuntime::thread_rng().gen_range(0.0..1.0);
-        let renew_at = ca::renew_at(leaf.valid_after, leaf.valid_before, jitter);
+        // At least a minute away: near the root's end a leaf's lifetime
+        // is clamped short, and a renewal point already past would re-sign
+        // every round.
+        let renew_at =
+            ca::renew_at(leaf.valid_after, leaf.valid_before, jitter).max(unix_now() + 60);
         let mut st = self.state.lock().expect("connect cache");
         let index = self.bump(&mut st);
         let cached = CachedLeaf {
@@ -191,6 +189,9 @@ impl ConnectCache {
             "Connect leaf certificate issued"
         );
         st.leaves.insert(service.to_owned(), cached.clone());
+        // Kept renewed from now on. Only names the leader signed get here,
+        // so a client asking for garbage names cannot grow this set.
+        st.wanted.insert(service.to_owned());
         Ok(cached)
     }
 
@@ -283,11 +284,17 @@ impl ConnectCache {
                 .cloned()
                 .collect()
         };
+        let mut failed = false;
         for service in due {
             if let Err(e) = self.sign(&service).await {
                 warn!(%service, error = %e, "could not renew the Connect leaf; will retry");
-                clock::sleep(RETRY).await;
+                failed = true;
             }
+        }
+        // One pause per round, not per service: N services must not cost
+        // N pauses while the leader is away.
+        if failed {
+            clock::sleep(RETRY).await;
         }
     }
 }

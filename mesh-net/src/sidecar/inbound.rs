@@ -119,7 +119,7 @@ async fn connection<S>(
         Err(elapsed) => return refuse(Refusal::Handshake, &format!("TLS handshake: {elapsed}")),
     };
     let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
-    let source = match tls::peer_spiffe(certs) {
+    let source = match tls::check_peer_validity(certs).and_then(|()| tls::peer_spiffe(certs)) {
         Ok(id) => id,
         Err(e) => return refuse(Refusal::Identity, &e),
     };
