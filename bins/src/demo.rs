@@ -202,9 +202,19 @@ struct FcsApp(tokio::task::JoinHandle<()>);
 impl FcsApp {
     async fn start() -> Result<FcsApp, String> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.13:8181")
-            .await
-            .map_err(|e| format!("cannot listen on 127.0.0.13:8181 for fcs: {e}"))?;
+        // A previous FcsApp's task may still be unwinding (abort is not
+        // immediate): retry the bind for a moment.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind("127.0.0.13:8181").await {
+                Ok(l) => break l,
+                Err(e) if tries < 40 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(format!("cannot listen on 127.0.0.13:8181 for fcs: {e}")),
+            }
+        };
         Ok(FcsApp(tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
                 tokio::spawn(async move {
