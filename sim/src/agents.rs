@@ -96,27 +96,51 @@ const DNS_BOUND: Duration = Duration::from_secs(2);
 
 /// `PUT` through client host `k`'s agent until it answers 200 (bounded).
 async fn put_agent(run: &Run, k: usize, path: &str, body: Vec<u8>) -> Result<(), String> {
-    let addr = run.cluster.agents[k].http_addr();
-    let path = path.to_string();
+    http_ok(run, run.cluster.agents[k].http_addr(), "PUT", path, &body)
+        .await
+        .map(|_| ())
+}
+
+/// One HTTP call from the harness's client node: status and body text.
+pub(crate) async fn http(
+    run: &Run,
+    addr: String,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    let (m, p, b) = (method.to_owned(), path.to_owned(), body.to_vec());
+    let resp = run
+        .cluster
+        .client
+        .spawn(async move {
+            HttpClient::new(addr, Duration::from_secs(5))
+                .request(&m, &p, b)
+                .await
+        })
+        .await
+        .map_err(|e| format!("client task failed: {e}"))?
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    Ok((resp.status, resp.text()))
+}
+
+/// An HTTP call retried until it answers 200 (bounded: 15 s); a 4xx is
+/// final. Returns the body text.
+pub(crate) async fn http_ok(
+    run: &Run,
+    addr: String,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (a, p, b) = (addr.clone(), path.clone(), body.clone());
-        let resp = run
-            .cluster
-            .client
-            .spawn(async move {
-                HttpClient::new(a, Duration::from_secs(5))
-                    .request("PUT", &p, b)
-                    .await
-            })
-            .await
-            .map_err(|e| format!("client task failed: {e}"))?;
-        match resp {
-            Ok(r) if r.status == 200 => return Ok(()),
-            Ok(r) if r.status >= 400 && r.status < 500 => {
-                return Err(format!("PUT {path} refused: {} {}", r.status, r.text()))
+        match http(run, addr.clone(), method, path, body).await {
+            Ok((200, text)) => return Ok(text),
+            Ok((s, text)) if (400..500).contains(&s) => {
+                return Err(format!("{method} {path} refused: {s} {text}"))
             }
-            _ if Instant::now() > deadline => return Err(format!("PUT {path} kept failing")),
+            _ if Instant::now() > deadline => return Err(format!("{method} {path} kept failing")),
             _ => sleep(Duration::from_millis(100)).await,
         }
     }

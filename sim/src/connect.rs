@@ -29,7 +29,6 @@ use std::time::Duration;
 use madsim::time::{sleep, Instant};
 use mesh_core::connect::ca;
 use mesh_core::connect::SpiffeId;
-use mesh_net::http_client::HttpClient;
 use mesh_net::sidecar::control::{self, ProxyOptions};
 use mesh_net::sidecar::Limits;
 use mesh_net::tls::{self, Identity, TrustBundle};
@@ -37,6 +36,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tracing::info;
 
 use crate::agent_hosts::BootTask;
+use crate::agents::{http, http_ok};
 use crate::checkers::sidecar_security::{self, Attack, Traffic};
 use crate::scenarios::{rand_ms, Report, Run, ELECTION_BOUND};
 
@@ -162,50 +162,6 @@ async fn sidecar(agent: String, service: &'static str) {
     }
 }
 
-/// An HTTP call from the harness's client node.
-async fn http(
-    run: &Run,
-    addr: String,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> Result<(u16, String), String> {
-    let (m, p, b) = (method.to_owned(), path.to_owned(), body.as_bytes().to_vec());
-    let resp = run
-        .cluster
-        .client
-        .spawn(async move {
-            HttpClient::new(addr, Duration::from_secs(5))
-                .request(&m, &p, b)
-                .await
-        })
-        .await
-        .map_err(|e| format!("client task failed: {e}"))?
-        .map_err(|e| format!("{method} {path}: {e}"))?;
-    Ok((resp.status, resp.text()))
-}
-
-/// An HTTP call retried until it answers 200 (bounded).
-async fn http_ok(
-    run: &Run,
-    addr: String,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> Result<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match http(run, addr.clone(), method, path, body).await {
-            Ok((200, text)) => return Ok(text),
-            Ok((s, text)) if (400..500).contains(&s) => {
-                return Err(format!("{method} {path} refused: {s} {text}"))
-            }
-            _ if Instant::now() > deadline => return Err(format!("{method} {path} kept failing")),
-            _ => sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 async fn set_intention(run: &Run, action: &str) -> Result<(), String> {
     let addr = run.cluster.agents[FCC].http_addr();
     http_ok(
@@ -213,7 +169,7 @@ async fn set_intention(run: &Run, action: &str) -> Result<(), String> {
         addr,
         "PUT",
         "/v1/connect/intentions/exact?source=fcc&destination=fcs",
-        &format!(r#"{{"Action":"{action}"}}"#),
+        format!(r#"{{"Action":"{action}"}}"#).as_bytes(),
     )
     .await
     .map(|_| ())
@@ -275,7 +231,7 @@ pub(crate) async fn connect() -> Result<Report, String> {
         run.cluster.agents[FCS].http_addr(),
         "PUT",
         "/v1/agent/service/register",
-        FCS_REGISTRATION,
+        FCS_REGISTRATION.as_bytes(),
     )
     .await?;
     http_ok(
@@ -283,7 +239,7 @@ pub(crate) async fn connect() -> Result<Report, String> {
         run.cluster.agents[FCC].http_addr(),
         "PUT",
         "/v1/agent/service/register",
-        FCC_REGISTRATION,
+        FCC_REGISTRATION.as_bytes(),
     )
     .await?;
     // Out of the box nothing may connect (default deny): no answer yet.
@@ -398,7 +354,7 @@ async fn rotate(
         run.cluster.agents[FCS].http_addr(),
         "PUT",
         "/v1/connect/ca/configuration",
-        &body,
+        body.as_bytes(),
     )
     .await?;
     let mut renewed = [false; 2];
@@ -411,7 +367,7 @@ async fn rotate(
         for (k, service) in [(FCS, "fcs"), (FCC, "fcc")] {
             let path = format!("/v1/agent/connect/ca/leaf/{service}");
             if let Ok((200, text)) =
-                http(run, run.cluster.agents[k].http_addr(), "GET", &path, "").await
+                http(run, run.cluster.agents[k].http_addr(), "GET", &path, b"").await
             {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 let chain = v["CertPEM"].as_str().unwrap_or_default();
@@ -519,7 +475,7 @@ async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
         server.clone(),
         "PUT",
         "/v1/catalog/register",
-        &impostor,
+        impostor.as_bytes(),
     )
     .await?;
 
@@ -583,7 +539,7 @@ async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
         server,
         "PUT",
         "/v1/catalog/deregister",
-        r#"{"Node":"evil00"}"#,
+        r#"{"Node":"evil00"}"#.as_bytes(),
     )
     .await?;
     Ok(out)

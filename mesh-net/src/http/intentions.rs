@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use hyper::{Method, StatusCode};
 use mesh_core::connect::intention::{self, Action, Intention};
 use mesh_core::connect::SpiffeId;
+use mesh_core::definitions::normalize_key;
 use mesh_core::state::IntentionCommand;
 use mesh_core::wire::{Consistency, Query as ReadQuery, QueryResult, ReadRequest};
 use serde_json::{json, Value};
@@ -49,20 +50,13 @@ impl IntentionCache {
 }
 
 /// A value of a JSON object by Consul's rules for request bodies: the
-/// field name in any case (Go's decoder), or snake_case.
+/// field name matched as `mesh_core::definitions` matches every body's
+/// keys (any case, underscores ignored).
 fn field<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
-    let obj = body.as_object()?;
-    let snake: String = name
-        .chars()
-        .enumerate()
-        .flat_map(|(i, c)| {
-            let sep = (i > 0 && c.is_ascii_uppercase()).then_some('_');
-            sep.into_iter()
-                .chain(std::iter::once(c.to_ascii_lowercase()))
-        })
-        .collect();
-    obj.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name) || **k == snake)
+    let wanted = normalize_key(name);
+    body.as_object()?
+        .iter()
+        .find(|(k, _)| normalize_key(k) == wanted)
         .map(|(_, v)| v)
         .filter(|v| !v.is_null())
 }

@@ -60,19 +60,7 @@ pub async fn serve(
         metrics,
     });
     loop {
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "sidecar inbound accept failed");
-                clock::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (permit, tcp, peer) = super::accept_slot(&listener, &slots, "inbound").await;
         // Taken at accept: a renewed leaf serves the next connection, and
         // connections already open keep theirs.
         let config = configs.get(&tls);

@@ -169,3 +169,31 @@ async fn carry<D, U>(
         }
     }
 }
+
+/// Waits for a free connection slot, then for a connection on `listener`.
+/// An accept error (out of file descriptors) is logged and retried after a
+/// pause, never spun on.
+async fn accept_slot(
+    listener: &tokio::net::TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+    what: &str,
+) -> (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+) {
+    let permit = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => return (permit, stream, peer),
+            Err(e) => {
+                warn!(error = %e, "sidecar {what} accept failed");
+                crate::clock::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

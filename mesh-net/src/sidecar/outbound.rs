@@ -55,19 +55,7 @@ pub async fn serve_upstream(
     });
     let mut opened: usize = 0;
     loop {
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let (local, app) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "sidecar upstream accept failed");
-                clock::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (permit, local, app) = super::accept_slot(&listener, &slots, "upstream").await;
         let config = configs.get(&tls);
         let targets = instances.borrow().clone();
         let first = opened;
