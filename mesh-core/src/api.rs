@@ -125,6 +125,7 @@ mod tests {
             create_index: 7,
             modify_index: 9,
             lock_index: 0,
+            session: None,
         }
     }
 

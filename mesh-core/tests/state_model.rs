@@ -8,9 +8,10 @@ use mesh_core::kv::KvStore;
 use mesh_core::state::catalog::{
     CatalogCommand, CheckStatus, HealthCheck, Node, NodeService, NodeSync, Registration,
 };
+use mesh_core::state::sessions::{Behavior, Session};
 use mesh_core::state::{
-    Command, CommandResult, IntentionCommand, KvCommand, SnapshotError, StateMachine, Table,
-    SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
+    Command, CommandResult, IntentionCommand, KvCommand, SessionCommand, SnapshotError,
+    StateMachine, Table, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
 };
 use proptest::prelude::*;
 use serde::Serialize;
@@ -39,6 +40,52 @@ fn command() -> impl Strategy<Value = Command> {
     .boxed()
     .prop_union(catalog_command().prop_map(Command::Catalog).boxed())
     .or(intention_command().prop_map(Command::Intentions).boxed())
+    .or(session_command().prop_map(Command::Session).boxed())
+    .or(lock_command().prop_map(Command::Kv).boxed())
+}
+
+/// Sessions over two IDs on the catalog's two nodes, with and without the
+/// catalog's checks (so creations fail on a missing node or a critical
+/// check, and catalog writes invalidate sessions).
+fn session_command() -> impl Strategy<Value = SessionCommand> {
+    let id = "x[12]";
+    prop_oneof![
+        2 => (id, "n[12]", proptest::collection::vec("c[123]", 0..2), any::<bool>(), prop_oneof![Just(0u64), Just(15_000)])
+            .prop_map(|(id, node, node_checks, delete, lock_delay_ms)| SessionCommand::Create(Box::new(Session {
+                id,
+                node,
+                node_checks,
+                behavior: if delete { Behavior::Delete } else { Behavior::Release },
+                lock_delay_ms,
+                ..Session::default()
+            }))),
+        1 => id.prop_map(|id| SessionCommand::Destroy { id }),
+    ]
+}
+
+/// Acquires and releases of the KV keys by the two sessions (or one that
+/// never exists).
+fn lock_command() -> impl Strategy<Value = KvCommand> {
+    let session = "x[123]";
+    prop_oneof![
+        (
+            "[ab/é]{0,2}",
+            session,
+            proptest::collection::vec(any::<u8>(), 0..3)
+        )
+            .prop_map(|(key, session, value)| KvCommand::Lock {
+                key,
+                value,
+                flags: 0,
+                session
+            }),
+        ("[ab/é]{0,2}", session).prop_map(|(key, session)| KvCommand::Unlock {
+            key,
+            value: Vec::new(),
+            flags: 1,
+            session
+        }),
+    ]
 }
 
 /// Intention writes over a few names and the wildcard (some invalid, so
@@ -80,6 +127,9 @@ fn txn_op() -> impl Strategy<Value = mesh_core::kv::txn::TxnOp> {
         Just("delete"),
         Just("delete-tree"),
         Just("delete-cas"),
+        Just("lock"),
+        Just("unlock"),
+        Just("check-session"),
     ];
     (
         verb,
@@ -87,14 +137,16 @@ fn txn_op() -> impl Strategy<Value = mesh_core::kv::txn::TxnOp> {
         proptest::collection::vec(any::<u8>(), 0..3),
         0u64..3,
         0u64..30,
+        "(x[123])?",
     )
         .prop_map(
-            |(verb, key, value, flags, index)| mesh_core::kv::txn::TxnOp {
+            |(verb, key, value, flags, index, session)| mesh_core::kv::txn::TxnOp {
                 verb: verb.into(),
                 key,
                 value,
                 flags,
                 index,
+                session,
             },
         )
 }
@@ -207,8 +259,10 @@ proptest! {
         prop_assert_eq!(a.digest(), b.digest());
         prop_assert_eq!(a.last_applied(), entries.last().map_or(0, |(i, _)| *i));
 
+        // The plain store knows no sessions: compare only logs without them.
+        let uses_sessions = entries.iter().any(|(_, e)| matches!(e, Entry::Command(Command::Session(_))));
         let mut kv = KvStore::default();
-        for (index, e) in &entries {
+        for (index, e) in entries.iter().filter(|_| !uses_sessions) {
             match e {
                 Entry::Command(Command::Kv(KvCommand::Set { key, value, flags })) => kv.set(*index, key, value.clone(), *flags),
                 Entry::Command(Command::Kv(KvCommand::Cas { key, value, flags, index: n })) => { kv.cas(*index, key, value.clone(), *flags, *n); }
@@ -216,11 +270,19 @@ proptest! {
                 Entry::Command(Command::Kv(KvCommand::DeleteCas { key, index: n })) => { kv.delete_cas(*index, key, *n); }
                 Entry::Command(Command::Kv(KvCommand::DeleteTree { prefix })) => { kv.delete_tree(*index, prefix); }
                 Entry::Command(Command::Kv(KvCommand::Txn { ops })) => { kv.txn(*index, ops); }
-                Entry::Command(Command::Catalog(_) | Command::Intentions(_) | Command::Ca(_)) | Entry::Skip => {}
+                Entry::Command(Command::Kv(KvCommand::Lock { key, value, flags, session })) => {
+                    let _ = kv.lock(*index, key, value.clone(), *flags, session, false);
+                }
+                Entry::Command(Command::Kv(KvCommand::Unlock { key, value, flags, session })) => {
+                    kv.unlock(*index, key, value.clone(), *flags, session);
+                }
+                Entry::Command(Command::Catalog(_) | Command::Intentions(_) | Command::Ca(_) | Command::Session(_)) | Entry::Skip => {}
             }
         }
-        prop_assert_eq!(a.kv(), &kv);
-        prop_assert_eq!(a.table_index(Table::Kv), kv.table_index());
+        if !uses_sessions {
+            prop_assert_eq!(a.kv(), &kv);
+            prop_assert_eq!(a.table_index(Table::Kv), kv.table_index());
+        }
     }
 
     /// A replica that restores a snapshot taken after any prefix of the log
@@ -261,7 +323,7 @@ proptest! {
         // Version 1 predates the catalog: it holds KV states only.
         let entries: Vec<_> = entries
             .into_iter()
-            .filter(|(_, e)| !matches!(e, Entry::Command(Command::Catalog(_) | Command::Intentions(_))))
+            .filter(|(_, e)| !matches!(e, Entry::Command(Command::Catalog(_) | Command::Intentions(_) | Command::Session(_))))
             .collect();
         let mut sm = StateMachine::new();
         run(&mut sm, &entries);

@@ -8,8 +8,9 @@
 //!   updates; a delete followed by a put creates the key anew).
 //! * `modify_index`: index of the last write to the key. `?cas=N` compares
 //!   against it.
-//! * `lock_index`: how often the key's lock was acquired. Sessions do not
-//!   exist yet, so it is always 0.
+//! * `lock_index`: how often the key's lock was acquired (by a session
+//!   that did not hold it already); kept across releases.
+//! * `session`: the session holding the key's lock, if any.
 //! * [`KvStore::table_index`]: index of the last write that changed *any*
 //!   key, deletes included. Blocking queries (`?index=`, `X-Consul-Index`)
 //!   use it, so it must move whenever a read could return something new, and
@@ -102,6 +103,35 @@ pub enum KvCommand {
         /// The operations, in order.
         ops: Vec<txn::TxnOp>,
     },
+    /// `PUT /v1/kv/<key>?acquire=<session>`: writes the key and takes its
+    /// lock for the session. Result: `Bool(false)` if another session holds
+    /// it, `Failed` if the session does not exist (see [`KvStore::lock`]).
+    #[serde(rename = "KvLock")]
+    Lock {
+        /// The key.
+        key: String,
+        /// The value (base64 in JSON).
+        #[serde(with = "base64_bytes")]
+        value: Vec<u8>,
+        /// Opaque client flags.
+        flags: u64,
+        /// The session taking the lock.
+        session: String,
+    },
+    /// `PUT /v1/kv/<key>?release=<session>`: writes the key and releases
+    /// its lock, if the session holds it. Result: whether it did.
+    #[serde(rename = "KvUnlock")]
+    Unlock {
+        /// The key.
+        key: String,
+        /// The value (base64 in JSON).
+        #[serde(with = "base64_bytes")]
+        value: Vec<u8>,
+        /// Opaque client flags.
+        flags: u64,
+        /// The session releasing the lock.
+        session: String,
+    },
 }
 
 impl KvCommand {
@@ -114,6 +144,8 @@ impl KvCommand {
         "KvDeleteCas",
         "KvDeleteTree",
         "KvTxn",
+        "KvLock",
+        "KvUnlock",
     ];
 
     /// An upper bound on this command's JSON size, computed without
@@ -129,6 +161,18 @@ impl KvCommand {
                 KvCommand::Set { key, value, .. } | KvCommand::Cas { key, value, .. } => {
                     key_bound(key) + value_bound(value)
                 }
+                KvCommand::Lock {
+                    key,
+                    value,
+                    session,
+                    ..
+                }
+                | KvCommand::Unlock {
+                    key,
+                    value,
+                    session,
+                    ..
+                } => key_bound(key) + value_bound(value) + key_bound(session),
                 KvCommand::Delete { key } | KvCommand::DeleteCas { key, .. } => key_bound(key),
                 KvCommand::DeleteTree { prefix } => key_bound(prefix),
                 KvCommand::Txn { ops } => ops
@@ -156,8 +200,11 @@ pub struct KvEntry {
     pub create_index: u64,
     /// Raft index of the last write to the key.
     pub modify_index: u64,
-    /// Number of lock acquisitions; always 0 until sessions exist.
+    /// Number of lock acquisitions.
     pub lock_index: u64,
+    /// The session holding the key's lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// The KV table: keys in byte order, plus the indexes blocking queries need.
@@ -345,8 +392,23 @@ impl KvStore {
     ///
     /// As [`KvStore::set`].
     pub fn txn(&mut self, index: u64, ops: &[txn::TxnOp]) -> txn::TxnOutcome {
+        self.txn_with_sessions(index, ops, &|_| false)
+    }
+
+    /// [`KvStore::txn`] with `session_exists` answering for the session
+    /// verbs.
+    ///
+    /// # Panics
+    ///
+    /// As [`KvStore::set`].
+    pub fn txn_with_sessions(
+        &mut self,
+        index: u64,
+        ops: &[txn::TxnOp],
+        session_exists: &dyn Fn(&str) -> bool,
+    ) -> txn::TxnOutcome {
         self.advance(index);
-        let (outcome, changes) = txn::run(self, index, ops);
+        let (outcome, changes) = txn::run(self, index, ops, session_exists);
         let mut changed = false;
         for (key, change) in changes {
             match change {
@@ -364,9 +426,153 @@ impl KvStore {
         outcome
     }
 
+    /// `PUT /v1/kv/<key>?acquire=<session>` (Consul's `kvsLockTxn`): writes
+    /// the key and takes its lock for `session`. A key the session holds
+    /// already is just written (its `lock_index` stays); a free key's
+    /// `lock_index` goes up by one; a key another session holds is not
+    /// touched (`Ok(false)`). `session_exists` is the sessions table's
+    /// answer: a lock for a session that does not exist is an error.
+    ///
+    /// # Panics
+    ///
+    /// As [`KvStore::set`].
+    pub fn lock(
+        &mut self,
+        index: u64,
+        key: &str,
+        value: Vec<u8>,
+        flags: u64,
+        session: &str,
+        session_exists: bool,
+    ) -> Result<bool, String> {
+        self.advance(index);
+        match lock_entry(self.entries.get(key), index, key, session, session_exists)? {
+            Some(mut entry) => {
+                entry.value = value;
+                entry.flags = flags;
+                self.entries.insert(key.to_string(), entry);
+                self.table_index = index;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// `PUT /v1/kv/<key>?release=<session>` (Consul's `kvsUnlockTxn`):
+    /// writes the key and frees its lock if `session` holds it; otherwise
+    /// touches nothing and returns false.
+    ///
+    /// # Panics
+    ///
+    /// As [`KvStore::set`].
+    pub fn unlock(
+        &mut self,
+        index: u64,
+        key: &str,
+        value: Vec<u8>,
+        flags: u64,
+        session: &str,
+    ) -> bool {
+        self.advance(index);
+        match unlock_entry(self.entries.get(key), index, session) {
+            Some(mut entry) => {
+                entry.value = value;
+                entry.flags = flags;
+                self.entries.insert(key.to_string(), entry);
+                self.table_index = index;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The keys `session` holds, in key order.
+    pub fn held_by<'a>(&'a self, session: &'a str) -> impl Iterator<Item = &'a KvEntry> {
+        self.entries
+            .values()
+            .filter(move |e| e.session.as_deref() == Some(session))
+    }
+
+    /// The session was invalidated at `index`: its keys are released
+    /// (their `modify_index` moves, `lock_index` stays) or, with `delete`,
+    /// removed. Returns the keys, for the lock delay. Several sessions can
+    /// be invalidated by one command, so `index` may equal the last one.
+    pub(super) fn drop_session(&mut self, index: u64, session: &str, delete: bool) -> Vec<String> {
+        assert!(
+            index >= self.last_index,
+            "KV mutation at index {index} after index {}: Raft indexes must increase",
+            self.last_index
+        );
+        let keys: Vec<String> = self.held_by(session).map(|e| e.key.clone()).collect();
+        if keys.is_empty() {
+            return keys;
+        }
+        self.last_index = index;
+        for key in &keys {
+            if delete {
+                self.entries.remove(key);
+            } else if let Some(e) = self.entries.get_mut(key) {
+                e.session = None;
+                e.modify_index = index;
+            }
+        }
+        self.table_index = index;
+        keys
+    }
+
+    /// Applies `cmd` at `index`, with `session_exists` telling whether a
+    /// session is in the sessions table (for the lock verbs).
+    pub(super) fn apply_with_sessions(
+        &mut self,
+        index: u64,
+        cmd: &KvCommand,
+        session_exists: &dyn Fn(&str) -> bool,
+    ) -> CommandResult {
+        let ok = match cmd {
+            KvCommand::Set { key, value, flags } => {
+                self.set(index, key, value.clone(), *flags);
+                true
+            }
+            KvCommand::Cas {
+                key,
+                value,
+                flags,
+                index: expected,
+            } => self.cas(index, key, value.clone(), *flags, *expected),
+            KvCommand::Delete { key } => self.delete(index, key),
+            KvCommand::DeleteCas {
+                key,
+                index: expected,
+            } => self.delete_cas(index, key, *expected),
+            KvCommand::DeleteTree { prefix } => self.delete_tree(index, prefix),
+            KvCommand::Txn { ops } => {
+                return CommandResult::Txn(self.txn_with_sessions(index, ops, session_exists))
+            }
+            KvCommand::Lock {
+                key,
+                value,
+                flags,
+                session,
+            } => {
+                let exists = session_exists(session);
+                match self.lock(index, key, value.clone(), *flags, session, exists) {
+                    Ok(ok) => ok,
+                    Err(e) => return CommandResult::Failed(e),
+                }
+            }
+            KvCommand::Unlock {
+                key,
+                value,
+                flags,
+                session,
+            } => self.unlock(index, key, value.clone(), *flags, session),
+        };
+        CommandResult::Bool(ok)
+    }
+
     /// Panics if the store is inconsistent: for every entry
     /// `0 < create_index <= modify_index <= table_index <= last_index`, the
-    /// entry's key equals its map key, and `lock_index` is 0.
+    /// entry's key equals its map key, and a locked entry has a lock index.
     pub fn check_invariants(&self) {
         if let Err(violation) = self.validate() {
             panic!("KvStore invariant violated: {violation}");
@@ -402,12 +608,8 @@ impl KvStore {
                     e.modify_index, self.table_index
                 ));
             }
-            // Sessions (the only source of locks) do not exist yet.
-            if e.lock_index != 0 {
-                return Err(format!(
-                    "{key:?} has lock index {} without sessions",
-                    e.lock_index
-                ));
+            if e.session.is_some() && e.lock_index == 0 {
+                return Err(format!("{key:?} is locked but has lock index 0"));
             }
         }
         Ok(())
@@ -448,6 +650,7 @@ impl KvStore {
                     create_index: index,
                     modify_index: index,
                     lock_index: 0,
+                    session: None,
                 };
                 self.entries.insert(key.to_string(), entry);
             }
@@ -489,27 +692,11 @@ impl TableState for KvStore {
     const TABLE: Table = Table::Kv;
     type Command = KvCommand;
 
+    /// A KV store alone knows no sessions: every lock verb meets a
+    /// session that does not exist. The state machine applies through
+    /// [`KvStore::apply_with_sessions`].
     fn apply(&mut self, index: u64, cmd: &KvCommand) -> CommandResult {
-        let ok = match cmd {
-            KvCommand::Set { key, value, flags } => {
-                self.set(index, key, value.clone(), *flags);
-                true
-            }
-            KvCommand::Cas {
-                key,
-                value,
-                flags,
-                index: expected,
-            } => self.cas(index, key, value.clone(), *flags, *expected),
-            KvCommand::Delete { key } => self.delete(index, key),
-            KvCommand::DeleteCas {
-                key,
-                index: expected,
-            } => self.delete_cas(index, key, *expected),
-            KvCommand::DeleteTree { prefix } => self.delete_tree(index, prefix),
-            KvCommand::Txn { ops } => return CommandResult::Txn(self.txn(index, ops)),
-        };
-        CommandResult::Bool(ok)
+        self.apply_with_sessions(index, cmd, &|_| false)
     }
 
     fn table_index(&self) -> u64 {
@@ -533,6 +720,12 @@ impl TableState for KvStore {
             h.u64(e.create_index);
             h.u64(e.modify_index);
             h.u64(e.lock_index);
+            // Only locked entries add bytes, so digests of states without
+            // locks are what they were before sessions existed.
+            if let Some(session) = &e.session {
+                h.bytes(b"locked-by");
+                h.len_prefixed(session.as_bytes());
+            }
         }
     }
 
@@ -541,6 +734,9 @@ impl TableState for KvStore {
     /// entry × count, keys strictly increasing:
     ///   [key len u32][key UTF-8][value len u32][value]
     ///   [flags u64][create_index u64][modify_index u64][lock_index u64]
+    /// only if some key is locked (older builds wrote no more):
+    ///   [lock count u64] lock × count, keys strictly increasing:
+    ///     [key len u32][key UTF-8][session len u32][session UTF-8]
     /// ```
     fn encode(&self, out: &mut Vec<u8>) {
         put_u64(out, self.table_index);
@@ -553,6 +749,18 @@ impl TableState for KvStore {
             put_u64(out, e.create_index);
             put_u64(out, e.modify_index);
             put_u64(out, e.lock_index);
+        }
+        let locked: Vec<(&str, &str)> = self
+            .entries
+            .values()
+            .filter_map(|e| Some((e.key.as_str(), e.session.as_deref()?)))
+            .collect();
+        if !locked.is_empty() {
+            put_u64(out, locked.len() as u64);
+            for (key, session) in locked {
+                put_bytes32(out, key.as_bytes());
+                put_bytes32(out, session.as_bytes());
+            }
         }
     }
 
@@ -594,16 +802,47 @@ impl TableState for KvStore {
                 create_index,
                 modify_index,
                 lock_index,
+                session: None,
             };
             entries.push((key.to_string(), entry));
         }
-        Ok(KvStore {
+        let mut store = KvStore {
             // Sorted and unique (checked above), so `collect` builds the
             // tree in one pass.
             entries: entries.into_iter().collect(),
             table_index,
             last_index,
-        })
+        };
+        if !r.is_empty() {
+            let count_at = r.offset();
+            let count = r.u64(&|| "KV lock count".into())?;
+            if count > (r.remaining() / 8) as u64 || count == 0 {
+                return Err(format!(
+                    "at byte {count_at}: KV lock count {count} does not fit the {} bytes that \
+                     remain (or is 0, which is written as no lock list)",
+                    r.remaining()
+                ));
+            }
+            let mut previous: Option<&str> = None;
+            for i in 0..count {
+                let key = r.str32(&|| format!("key of KV lock #{i}"))?;
+                if previous.is_some_and(|p| p >= key) {
+                    return Err(format!(
+                        "KV lock #{i}: key {key:?} does not follow {previous:?} (keys must be \
+                         strictly increasing)"
+                    ));
+                }
+                previous = Some(key);
+                let session = r.str32(&|| format!("session of KV lock #{i}"))?;
+                let Some(entry) = store.entries.get_mut(key) else {
+                    return Err(format!(
+                        "KV lock #{i} is for key {key:?}, which is not stored"
+                    ));
+                };
+                entry.session = Some(session.to_string());
+            }
+        }
+        Ok(store)
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -627,6 +866,64 @@ pub mod base64_bytes {
         let text = String::deserialize(d)?;
         STANDARD.decode(text).map_err(serde::de::Error::custom)
     }
+}
+
+/// Consul's `kvsLockTxn` on one entry: the entry as locked by `session`
+/// at `index` (value and flags still the old ones), `None` if another
+/// session holds it, an error if the session does not exist.
+pub(super) fn lock_entry(
+    existing: Option<&KvEntry>,
+    index: u64,
+    key: &str,
+    session: &str,
+    session_exists: bool,
+) -> Result<Option<KvEntry>, String> {
+    if session.is_empty() {
+        return Err("missing session".into());
+    }
+    if !session_exists {
+        return Err(format!("invalid session {session:?}"));
+    }
+    let mut entry = match existing {
+        Some(e) => {
+            let mut e = e.clone();
+            match e.session.as_deref() {
+                Some(holder) if holder == session => {}
+                Some(_) => return Ok(None),
+                None => e.lock_index += 1,
+            }
+            e
+        }
+        None => KvEntry {
+            key: key.to_string(),
+            value: Vec::new(),
+            flags: 0,
+            create_index: index,
+            modify_index: index,
+            lock_index: 1,
+            session: None,
+        },
+    };
+    entry.session = Some(session.to_string());
+    entry.modify_index = index;
+    Ok(Some(entry))
+}
+
+/// Consul's `kvsUnlockTxn` on one entry: the entry as released at
+/// `index`, `None` if it is absent or `session` does not hold it.
+pub(super) fn unlock_entry(
+    existing: Option<&KvEntry>,
+    index: u64,
+    session: &str,
+) -> Option<KvEntry> {
+    let e = existing?;
+    if e.session.as_deref() != Some(session) {
+        return None;
+    }
+    let mut e = e.clone();
+    e.session = None;
+    e.modify_index = index;
+    Some(e)
 }
 
 pub mod txn;

@@ -9,7 +9,8 @@
 //!
 //! The state is a set of tables, one file each, named by [`Table`]: the KV
 //! store ([`kv`]), the service catalog ([`catalog`]), Connect's
-//! intentions ([`intentions`]) and its CA ([`ca`]). Each table has its own command enum
+//! intentions ([`intentions`]) and its CA ([`ca`]), and sessions
+//! ([`sessions`]), whose effects on the other tables live in [`locks`]. Each table has its own command enum
 //! (wrapped by one [`Command`] variant), its own modify index
 //! ([`StateMachine::table_index`]; Consul's per-table index that blocking
 //! queries watch), and implements the crate-private `TableState` trait:
@@ -66,6 +67,8 @@ pub mod ca;
 pub mod catalog;
 pub mod intentions;
 pub mod kv;
+pub mod locks;
+pub mod sessions;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -78,6 +81,9 @@ pub use intentions::IntentionCommand;
 use intentions::IntentionTable;
 pub use kv::KvCommand;
 use kv::KvStore;
+pub use locks::LockDelay;
+pub use sessions::SessionCommand;
+use sessions::SessionTable;
 
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"MSSM";
@@ -96,11 +102,19 @@ pub enum Table {
     Intentions,
     /// The Connect CA's roots and settings (`/v1/connect/ca`).
     Ca,
+    /// Sessions, the owners of KV locks (`/v1/session`).
+    Sessions,
 }
 
 impl Table {
     /// Every table, in id order.
-    pub const ALL: [Table; 4] = [Table::Kv, Table::Catalog, Table::Intentions, Table::Ca];
+    pub const ALL: [Table; 5] = [
+        Table::Kv,
+        Table::Catalog,
+        Table::Intentions,
+        Table::Ca,
+        Table::Sessions,
+    ];
 
     /// The table's id in snapshot sections. Never reuse an id: an old
     /// snapshot's section would be read as the wrong table. 0 is reserved
@@ -111,6 +125,7 @@ impl Table {
             Table::Catalog => 2,
             Table::Intentions => 3,
             Table::Ca => 4,
+            Table::Sessions => 5,
         }
     }
 
@@ -163,6 +178,8 @@ pub enum Command {
     Intentions(IntentionCommand),
     /// A change to the CA.
     Ca(CaCommand),
+    /// A change to the sessions.
+    Session(SessionCommand),
 }
 
 impl Command {
@@ -173,6 +190,7 @@ impl Command {
             Command::Catalog(_) => Table::Catalog,
             Command::Intentions(_) => Table::Intentions,
             Command::Ca(_) => Table::Ca,
+            Command::Session(_) => Table::Sessions,
         }
     }
 
@@ -185,6 +203,7 @@ impl Command {
             Command::Catalog(c) => c.encoded_len_bound(),
             Command::Intentions(c) => c.encoded_len_bound(),
             Command::Ca(c) => c.encoded_len_bound(),
+            Command::Session(c) => c.encoded_len_bound(),
         }
     }
 }
@@ -210,6 +229,12 @@ impl From<IntentionCommand> for Command {
 impl From<CaCommand> for Command {
     fn from(c: CaCommand) -> Self {
         Command::Ca(c)
+    }
+}
+
+impl From<SessionCommand> for Command {
+    fn from(c: SessionCommand) -> Self {
+        Command::Session(c)
     }
 }
 
@@ -249,6 +274,11 @@ impl<'de> Deserialize<'de> for Command {
         if CaCommand::JSON_NAMES.contains(&name.as_str()) {
             return CaCommand::deserialize(value)
                 .map(Command::Ca)
+                .map_err(D::Error::custom);
+        }
+        if SessionCommand::JSON_NAMES.contains(&name.as_str()) {
+            return SessionCommand::deserialize(value)
+                .map(Command::Session)
                 .map_err(D::Error::custom);
         }
         Err(D::Error::custom(format!(
@@ -301,7 +331,25 @@ pub struct StateMachine {
     catalog: CatalogTable,
     intentions: IntentionTable,
     ca: CaTable,
+    sessions: SessionTable,
+    effects: Effects,
 }
+
+/// What applying entries left for the server that applied them, outside
+/// the replicated state (never compared, digested or snapshotted).
+#[derive(Clone, Debug, Default)]
+struct Effects {
+    lock_delays: Vec<LockDelay>,
+}
+
+/// Effects are not state: two machines with equal tables are equal.
+impl PartialEq for Effects {
+    fn eq(&self, _: &Effects) -> bool {
+        true
+    }
+}
+
+impl Eq for Effects {}
 
 impl StateMachine {
     /// The empty state, before any log entry.
@@ -318,11 +366,29 @@ impl StateMachine {
     pub fn apply(&mut self, index: u64, cmd: &Command) -> CommandResult {
         self.advance(index);
         match cmd {
-            Command::Kv(c) => self.kv.apply(index, c),
-            Command::Catalog(c) => self.catalog.apply(index, c),
+            Command::Kv(c) => {
+                let sessions = &self.sessions;
+                self.kv
+                    .apply_with_sessions(index, c, &|id| sessions.get(id).is_some())
+            }
+            Command::Catalog(c) => {
+                let result = self.catalog.apply(index, c);
+                if !self.sessions.is_empty() {
+                    locks::after_catalog_change(self, index);
+                }
+                result
+            }
             Command::Intentions(c) => self.intentions.apply(index, c),
             Command::Ca(c) => self.ca.apply(index, c),
+            Command::Session(c) => locks::apply(self, index, c),
         }
+    }
+
+    /// The lock delays that the entries applied since the last call
+    /// started, oldest first. The server enforces them on its own clock
+    /// (see [`locks`]).
+    pub fn take_lock_delays(&mut self) -> Vec<LockDelay> {
+        std::mem::take(&mut self.effects.lock_delays)
     }
 
     /// Records a log entry that changes no state (Raft blank or membership
@@ -360,6 +426,11 @@ impl StateMachine {
         &self.ca
     }
 
+    /// The sessions.
+    pub fn sessions(&self) -> &SessionTable {
+        &self.sessions
+    }
+
     /// Index of the last command that changed `table` (0 if none did): the
     /// `X-Consul-Index` of reads from it. Commands that changed nothing (a
     /// failed CAS, deleting a missing key) and other tables' commands do not
@@ -370,6 +441,7 @@ impl StateMachine {
             Table::Catalog => TableState::table_index(&self.catalog),
             Table::Intentions => TableState::table_index(&self.intentions),
             Table::Ca => TableState::table_index(&self.ca),
+            Table::Sessions => TableState::table_index(&self.sessions),
         }
     }
 
@@ -397,6 +469,9 @@ impl StateMachine {
         }
         if !self.ca.is_pristine() {
             self.ca.digest(&mut h);
+        }
+        if !self.sessions.is_pristine() {
+            self.sessions.digest(&mut h);
         }
         h.finish()
     }
@@ -430,7 +505,9 @@ impl StateMachine {
         check_table(&self.kv, self.last_applied)?;
         check_table(&self.catalog, self.last_applied)?;
         check_table(&self.intentions, self.last_applied)?;
-        check_table(&self.ca, self.last_applied)
+        check_table(&self.ca, self.last_applied)?;
+        check_table(&self.sessions, self.last_applied)?;
+        locks::validate(self)
     }
 
     fn advance(&mut self, index: u64) {

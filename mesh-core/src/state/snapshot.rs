@@ -25,9 +25,13 @@ pub(super) fn encode(sm: &StateMachine) -> Vec<u8> {
     let with_catalog = sm.catalog != CatalogTable::default();
     let with_intentions = !sm.intentions.is_pristine();
     let with_ca = !sm.ca.is_pristine();
+    let with_sessions = !sm.sessions.is_pristine();
     put_u8(
         &mut out,
-        1 + u8::from(with_catalog) + u8::from(with_intentions) + u8::from(with_ca),
+        1 + u8::from(with_catalog)
+            + u8::from(with_intentions)
+            + u8::from(with_ca)
+            + u8::from(with_sessions),
     );
     encode_section(&sm.kv, &mut out);
     if with_catalog {
@@ -38,6 +42,9 @@ pub(super) fn encode(sm: &StateMachine) -> Vec<u8> {
     }
     if with_ca {
         encode_section(&sm.ca, &mut out);
+    }
+    if with_sessions {
+        encode_section(&sm.sessions, &mut out);
     }
     out
 }
@@ -99,6 +106,7 @@ fn decode_v2(body: &[u8]) -> Result<StateMachine, String> {
             Some(Table::Catalog) => sm.catalog = decode_section(&mut section)?,
             Some(Table::Intentions) => sm.intentions = decode_section(&mut section)?,
             Some(Table::Ca) => sm.ca = decode_section(&mut section)?,
+            Some(Table::Sessions) => sm.sessions = decode_section(&mut section)?,
             None => {
                 return Err(format!(
                     "at byte {id_at}: section #{i} is for table id {id}, which this build \

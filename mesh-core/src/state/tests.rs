@@ -74,9 +74,22 @@ fn every_command() -> Vec<Command> {
                     value: vec![0xff; 100],
                     flags: u64::MAX,
                     index: u64::MAX,
+                    session: "s\u{0}é".into(),
                 };
                 3
             ],
+        }),
+        Command::Kv(KvCommand::Lock {
+            key: "l\u{0}\"".into(),
+            value: vec![0xfe; 10],
+            flags: 1,
+            session: "s\"\u{1}".into(),
+        }),
+        Command::Kv(KvCommand::Unlock {
+            key: "é".into(),
+            value: Vec::new(),
+            flags: u64::MAX,
+            session: "\\".into(),
         }),
     ]
 }
@@ -266,8 +279,8 @@ fn bad_command_json_says_what_is_wrong() {
             .unwrap_err()
             .to_string()
     };
-    let e = err(r#"{"SessionCreate":{"node":"n"}}"#);
-    assert!(e.contains("unknown command \"SessionCreate\""), "{e}");
+    let e = err(r#"{"EventFire":{"name":"n"}}"#);
+    assert!(e.contains("unknown command \"EventFire\""), "{e}");
     assert!(e.contains("newer release"), "{e}");
     let e = err(r#"{"KvSet":{"key":"k","value":"YmFy"}}"#);
     assert!(e.contains("missing field `flags`"), "{e}");

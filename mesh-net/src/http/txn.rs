@@ -52,17 +52,13 @@ fn decode_op(i: usize, v: &Value) -> Result<TxnOp, String> {
             .decode(v)
             .map_err(|e| format!("operation {i}: Value is not valid base64: {e}"))?,
     };
-    if !string("session")?.is_empty() {
-        return Err(format!(
-            "operation {i}: Session needs sessions, which this server does not support yet"
-        ));
-    }
     Ok(TxnOp {
         verb,
         key: string("key")?,
         value,
         flags: number("flags")?,
         index: number("index")?,
+        session: string("session")?,
     })
 }
 

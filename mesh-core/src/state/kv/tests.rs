@@ -176,8 +176,8 @@ fn validate_reports_each_broken_invariant() {
     assert!(bad.validate().unwrap_err().contains("last applied"));
 
     let mut bad = good;
-    bad.entries.get_mut("a").unwrap().lock_index = 1;
-    assert!(bad.validate().is_err());
+    bad.entries.get_mut("a").unwrap().session = Some("s".into());
+    assert!(bad.validate().unwrap_err().contains("lock index 0"));
 }
 
 mod txn_tests {
@@ -191,6 +191,7 @@ mod txn_tests {
             value: value.to_vec(),
             flags: 0,
             index,
+            session: String::new(),
         }
     }
 
@@ -267,7 +268,11 @@ mod txn_tests {
         };
         let at: Vec<usize> = errors.iter().map(|e| e.op_index).collect();
         assert_eq!(at, [0, 1, 2, 3]);
-        assert!(errors[1].what.contains("sessions"));
+        assert!(
+            errors[1].what.contains("missing session"),
+            "{}",
+            errors[1].what
+        );
         let many: Vec<TxnOp> = (0..MAX_TXN_OPS + 1)
             .map(|i| op("set", &format!("k{i}"), b"", 0))
             .collect();

@@ -7,9 +7,9 @@
 //! transaction changes nothing (not even the table index) and reports each
 //! failed operation by its position, as Consul's `Errors` do.
 //!
-//! Session verbs (`lock`, `unlock`, `check-session`) need sessions, which
-//! this build does not have: they fail the transaction with a message
-//! saying so.
+//! The session verbs (`lock`, `unlock`, `check-session`) follow
+//! `PUT /v1/kv/<key>?acquire=` and `?release=`. The leader's lock delay is
+//! checked before the transaction is proposed, as for `?acquire`.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +35,9 @@ pub struct TxnOp {
     pub flags: u64,
     /// The expected modify index for `cas`, `delete-cas`, `check-index`.
     pub index: u64,
+    /// The session for `lock`, `unlock` and `check-session`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session: String,
 }
 
 /// What a transaction did.
@@ -118,8 +121,17 @@ impl Overlay<'_> {
                 create_index: index,
                 modify_index: index,
                 lock_index: 0,
+                session: None,
             },
         };
+        self.changes.insert(op.key.clone(), Some(entry.clone()));
+        entry
+    }
+
+    /// Stores `entry` (already stamped) with the op's value and flags.
+    fn put(&mut self, mut entry: KvEntry, op: &TxnOp) -> KvEntry {
+        entry.value = op.value.clone();
+        entry.flags = op.flags;
         self.changes.insert(op.key.clone(), Some(entry.clone()));
         entry
     }
@@ -131,6 +143,7 @@ pub(super) fn run(
     store: &KvStore,
     index: u64,
     ops: &[TxnOp],
+    session_exists: &dyn Fn(&str) -> bool,
 ) -> (TxnOutcome, BTreeMap<String, Option<KvEntry>>) {
     let mut o = Overlay {
         store,
@@ -214,10 +227,38 @@ pub(super) fn run(
                     op.key
                 ))),
             },
-            "lock" | "unlock" | "check-session" => Err(fail(format!(
-                "verb {:?} needs sessions, which this server does not support yet",
-                op.verb
-            ))),
+            "lock" => {
+                let exists = session_exists(&op.session);
+                match super::lock_entry(current.as_ref(), index, &op.key, &op.session, exists) {
+                    Ok(Some(entry)) => Ok(vec![written(o.put(entry, op))]),
+                    Ok(None) => Err(fail(format!(
+                        "failed to lock key {:?}, lock is already held",
+                        op.key
+                    ))),
+                    Err(e) => Err(fail(e)),
+                }
+            }
+            "unlock" => match super::unlock_entry(current.as_ref(), index, &op.session) {
+                Some(entry) => Ok(vec![written(o.put(entry, op))]),
+                None => Err(fail(format!(
+                    "failed to unlock key {:?}, lock isn't held, or is held by another session",
+                    op.key
+                ))),
+            },
+            // An empty session checks that the key is unlocked.
+            "check-session" => match current {
+                Some(e) if e.session.as_deref().unwrap_or("") == op.session => Ok(vec![written(e)]),
+                Some(e) => Err(fail(format!(
+                    "failed session check for key {:?}, current session {:?} != {:?}",
+                    op.key,
+                    e.session.unwrap_or_default(),
+                    op.session
+                ))),
+                None => Err(fail(format!(
+                    "failed to check session, key {:?} doesn't exist",
+                    op.key
+                ))),
+            },
             other => Err(fail(format!("unknown KV verb {other:?}"))),
         };
         match outcome {
