@@ -51,7 +51,7 @@ pub enum ApiError {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct KvPair {
-    /// Lock acquisitions (always 0 until sessions exist).
+    /// Lock acquisitions.
     pub lock_index: u64,
     /// The full key.
     pub key: String,
@@ -59,6 +59,9 @@ pub struct KvPair {
     pub flags: u64,
     /// Base64 of the value; `None` (JSON `null`) when the value is empty.
     pub value: Option<String>,
+    /// The session holding the key's lock; absent when unlocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// Index of the write that created the key.
     pub create_index: u64,
     /// Index of the last write to the key.
@@ -72,6 +75,7 @@ impl From<&KvEntry> for KvPair {
             key: e.key.clone(),
             flags: e.flags,
             value: (!e.value.is_empty()).then(|| STANDARD.encode(&e.value)),
+            session: e.session.clone(),
             create_index: e.create_index,
             modify_index: e.modify_index,
         }
@@ -112,6 +116,21 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A UUID (version 4 layout) from 16 random bytes, lowercase.
+pub fn uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,8 +168,8 @@ mod tests {
         assert_eq!(pair.decoded_value().unwrap(), b"");
     }
 
-    /// A body exactly as a real Consul agent sends it, with a field we do not
-    /// model (`Session`) and a missing `Value`.
+    /// A body exactly as a real Consul agent sends it, with a lock holder
+    /// (`Session`) and a missing `Value`.
     #[test]
     fn reads_consul_output() {
         let json = r#"[{"LockIndex":1,"Key":"a","Flags":0,"Value":"aGk=","Session":"x","CreateIndex":1,"ModifyIndex":2},
@@ -158,6 +177,10 @@ mod tests {
         let pairs: Vec<KvPair> = serde_json::from_str(json).unwrap();
         assert_eq!(pairs[0].decoded_value().unwrap(), b"hi");
         assert_eq!(pairs[1].value, None);
+        assert_eq!(pairs[0].session.as_deref(), Some("x"));
+        assert_eq!(pairs[1].session, None);
+        let out = serde_json::to_string(&pairs[1]).unwrap();
+        assert!(!out.contains("Session"), "omitted when unlocked: {out}");
     }
 
     #[test]
@@ -210,5 +233,11 @@ mod tests {
             let pair = KvPair { value: Some(text), ..KvPair::from(&entry(b"")) };
             let _ = pair.decoded_value();
         }
+    }
+
+    #[test]
+    fn uuids_have_the_v4_layout() {
+        let u = uuid_v4([0xff; 16]);
+        assert_eq!(u, "ffffffff-ffff-4fff-bfff-ffffffffffff");
     }
 }

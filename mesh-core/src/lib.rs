@@ -16,6 +16,8 @@ pub mod formation;
 pub mod hash;
 pub mod liveness;
 pub mod record;
+pub mod session_api;
+pub mod session_ttl;
 pub mod snapshot_transfer;
 pub mod state;
 /// The KV table, at its historical path.

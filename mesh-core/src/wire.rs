@@ -15,6 +15,7 @@ use crate::formation::ServerInfo;
 use crate::kv::KvEntry;
 use crate::state::ca::CaView;
 use crate::state::catalog::{CatalogQuery, CatalogSlice};
+use crate::state::sessions::Session;
 use crate::state::{Command, CommandResult, StateMachine, Table};
 
 /// A request from an agent or server to a server.
@@ -82,6 +83,13 @@ pub enum Request<R> {
         /// The new root's P-256 private key, PEM (redacted in `Debug`).
         private_key: crate::connect::ca::SecretPem,
     },
+    /// `PUT /v1/session/renew/:id`: restart the session's TTL on the
+    /// leader, whose timers decide expiry. Answered
+    /// [`Response::Renewed`]; writes nothing.
+    RenewSession {
+        /// The session.
+        id: String,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -111,6 +119,9 @@ pub enum Response<R> {
     Done,
     /// Answer to [`Request::SignLeaf`].
     Leaf(IssuedLeaf),
+    /// Answer to [`Request::RenewSession`]: the session, or `None` if the
+    /// leader has no such session (it expired or was destroyed).
+    Renewed(Option<Session>),
     /// The request failed.
     Error(RpcError),
 }
@@ -162,6 +173,19 @@ pub enum Query {
     Intentions,
     /// The CA's roots and settings, without keys.
     CaRoots,
+    /// Sessions.
+    Sessions(SessionQuery),
+}
+
+/// Which sessions to read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionQuery {
+    /// `GET /v1/session/info/:id`.
+    Info(String),
+    /// `GET /v1/session/node/:node`.
+    Node(String),
+    /// `GET /v1/session/list`.
+    List,
 }
 
 impl Query {
@@ -172,6 +196,7 @@ impl Query {
             Query::Catalog(_) => Table::Catalog,
             Query::Intentions => Table::Intentions,
             Query::CaRoots => Table::Ca,
+            Query::Sessions(_) => Table::Sessions,
         }
     }
 }
@@ -179,6 +204,12 @@ impl Query {
 impl From<KvQuery> for Query {
     fn from(q: KvQuery) -> Self {
         Query::Kv(q)
+    }
+}
+
+impl From<SessionQuery> for Query {
+    fn from(q: SessionQuery) -> Self {
+        Query::Sessions(q)
     }
 }
 
@@ -204,6 +235,8 @@ pub enum QueryResult {
     Intentions(Vec<Intention>),
     /// Answer to [`Query::CaRoots`].
     Ca(CaView),
+    /// Answer to [`Query::Sessions`], in ID order.
+    Sessions(Vec<Session>),
 }
 
 /// A read with its consistency mode and blocking parameters.
@@ -356,6 +389,14 @@ pub fn evaluate(sm: &StateMachine, query: &Query) -> (u64, QueryResult) {
         Query::Catalog(q) => QueryResult::Catalog(sm.catalog().select(q)),
         Query::Intentions => QueryResult::Intentions(sm.intentions().all().cloned().collect()),
         Query::CaRoots => QueryResult::Ca(sm.ca().public_roots()),
+        Query::Sessions(q) => {
+            let t = sm.sessions();
+            QueryResult::Sessions(match q {
+                SessionQuery::Info(id) => t.get(id).cloned().into_iter().collect(),
+                SessionQuery::Node(node) => t.of_node(node).cloned().collect(),
+                SessionQuery::List => t.iter().cloned().collect(),
+            })
+        }
     };
     (index, result)
 }

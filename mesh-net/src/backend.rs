@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use mesh_core::connect::ca::{IssuedLeaf, SecretPem};
+use mesh_core::state::sessions::Session;
 use mesh_core::state::{Command, CommandResult};
 use mesh_core::wire::{ClusterStatus, ReadRequest, ReadResponse, RpcError};
 
@@ -41,6 +42,9 @@ pub trait Cluster: Send + Sync {
     /// Rotates the Connect CA to a root made from `private_key` (through
     /// the leader).
     fn rotate_root(&self, private_key: SecretPem) -> BoxFuture<'_, Result<(), RpcError>>;
+    /// Restarts a session's TTL on the leader; the session, or `None` if
+    /// it does not exist.
+    fn renew_session(&self, id: String) -> BoxFuture<'_, Result<Option<Session>, RpcError>>;
     /// Whether a leader is known (`X-Consul-KnownLeader`).
     fn known_leader(&self) -> bool;
     /// Milliseconds since the leader was heard from (`X-Consul-LastContact`).
@@ -79,6 +83,10 @@ impl Cluster for LocalServer {
 
     fn rotate_root(&self, private_key: SecretPem) -> BoxFuture<'_, Result<(), RpcError>> {
         Box::pin(self.0.rotate_root(private_key))
+    }
+
+    fn renew_session(&self, id: String) -> BoxFuture<'_, Result<Option<Session>, RpcError>> {
+        Box::pin(self.0.renew_session(id))
     }
 
     fn known_leader(&self) -> bool {

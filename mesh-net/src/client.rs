@@ -334,6 +334,25 @@ impl Cluster for RemoteServers {
         })
     }
 
+    fn renew_session(
+        &self,
+        id: String,
+    ) -> BoxFuture<'_, Result<Option<mesh_core::state::sessions::Session>, RpcError>> {
+        Box::pin(async move {
+            match self
+                .to_leader(
+                    Request::RenewSession { id },
+                    Idempotence::Idempotent,
+                    FORWARD_TIMEOUT,
+                )
+                .await?
+            {
+                Response::Renewed(s) => Ok(s),
+                other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
+            }
+        })
+    }
+
     fn known_leader(&self) -> bool {
         // A leader not confirmed for the silence bound is not known.
         self.shared.view.borrow().leader.is_some()

@@ -81,6 +81,15 @@ pub enum Mutant {
     /// connection's ClientHello reaches the app), and pipes a peer that
     /// does not speak TLS straight through, unauthenticated.
     ForwardBeforeHandshake,
+    /// The leader proposes locks of keys still in their lock delay.
+    LockDelayIgnored,
+    /// The leader measures session TTLs on its wall clock, which steps
+    /// when NTP corrects it, instead of its monotonic clock.
+    SessionTtlOnWallClock,
+    /// `?release=` frees a key whoever asks, not only its holder.
+    ReleaseByAnyone,
+    /// A transaction of several operations applies only its first half.
+    TxnAppliedHalf,
 }
 
 impl Mutant {
@@ -109,6 +118,10 @@ impl Mutant {
         ("accept_expired_leaf", Mutant::AcceptExpiredLeaf),
         ("skip_intention_check", Mutant::SkipIntentionCheck),
         ("forward_before_handshake", Mutant::ForwardBeforeHandshake),
+        ("lock_delay_ignored", Mutant::LockDelayIgnored),
+        ("session_ttl_on_wall_clock", Mutant::SessionTtlOnWallClock),
+        ("release_by_anyone", Mutant::ReleaseByAnyone),
+        ("txn_applied_half", Mutant::TxnAppliedHalf),
     ];
 
     /// The mutant called `name`.

@@ -5,6 +5,7 @@
 //! `snapshot.bin` is replaced atomically and holds one record:
 //! `[meta_len: u32 LE][meta JSON][state machine bytes]`.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use mesh_core::record;
@@ -14,6 +15,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::clock::Instant;
 use crate::disk::{wait_durable, Disk};
 use crate::log_store::{read_records, FileKind, OpenError};
 use crate::mutants::{self, Mutant};
@@ -38,6 +40,11 @@ struct Inner {
     /// `(applied index, digest)` computed last; the digest walks the whole
     /// state, and checkers ask for it often.
     digest_cache: std::sync::Mutex<Option<(u64, u64)>>,
+    /// Keys nobody may lock before the instant (on this host's clock)
+    /// because the session that held them was invalidated: set as entries
+    /// are applied, enforced by this server while it leads. Not state: a
+    /// restarted server or a snapshot install starts without, as in Consul.
+    lock_delays: BTreeMap<String, Instant>,
 }
 
 /// Shared, read-only access to the applied state for the HTTP API and the
@@ -57,6 +64,17 @@ impl StateView {
     /// The Raft index of the last applied entry (0 before any).
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
+    }
+
+    /// Until when `key` may not be locked (its holder's session was
+    /// invalidated less than a lock delay ago), if it is delayed now.
+    pub fn lock_delayed_until(&self, key: &str) -> Option<Instant> {
+        let inner = self.inner.read().expect("state lock poisoned");
+        inner
+            .lock_delays
+            .get(key)
+            .copied()
+            .filter(|until| *until > Instant::now())
     }
 
     /// The applied index and the state digest at that index, read atomically.
@@ -148,6 +166,7 @@ impl StateStore {
             snapshot: None,
             snapshots_built: 0,
             digest_cache: std::sync::Mutex::new(None),
+            lock_delays: BTreeMap::new(),
         };
         let records = read_records(
             disk.as_ref(),
@@ -282,6 +301,25 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                             }) if mutants::enabled(Mutant::CasWithoutCompare) => {
                                 Command::Kv(KvCommand::Set { key, value, flags })
                             }
+                            Command::Kv(KvCommand::Unlock {
+                                key, value, flags, ..
+                            }) if mutants::enabled(Mutant::ReleaseByAnyone) => {
+                                let holder =
+                                    inner.sm.kv().get(&key).and_then(|e| e.session.clone());
+                                let session = holder.unwrap_or_default();
+                                Command::Kv(KvCommand::Unlock {
+                                    key,
+                                    value,
+                                    flags,
+                                    session,
+                                })
+                            }
+                            Command::Kv(KvCommand::Txn { mut ops })
+                                if mutants::enabled(Mutant::TxnAppliedHalf) && ops.len() > 1 =>
+                            {
+                                ops.truncate(ops.len().div_ceil(2));
+                                Command::Kv(KvCommand::Txn { ops })
+                            }
                             cmd => cmd,
                         };
                         results.push(inner.sm.apply(index, &cmd))
@@ -297,6 +335,16 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                     }
                 }
                 inner.last_applied = Some(entry.log_id);
+            }
+            let delays = inner.sm.take_lock_delays();
+            if !delays.is_empty() {
+                let now = Instant::now();
+                inner.lock_delays.retain(|_, until| *until > now);
+                for d in delays {
+                    let until = now + std::time::Duration::from_millis(d.delay_ms);
+                    let slot = inner.lock_delays.entry(d.key).or_insert(until);
+                    *slot = (*slot).max(until);
+                }
             }
             inner.last_applied.map_or(0, |l| l.index)
         };

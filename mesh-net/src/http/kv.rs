@@ -88,27 +88,51 @@ impl HttpApi {
         if let Err(e) = validate_key(&key) {
             return bad_request(e.to_string());
         }
-        for unsupported in ["acquire", "release"] {
-            if query.has(unsupported) {
-                return bad_request(format!(
-                    "?{unsupported} needs sessions, which this server does not support yet"
-                ));
-            }
+        let modes = ["cas", "acquire", "release"]
+            .into_iter()
+            .filter(|m| query.has(m))
+            .count();
+        if modes > 1 {
+            return bad_request("Conflicting flags: use at most one of ?cas, ?acquire, ?release");
         }
         let (flags, cas) = match (query.u64("flags"), query.u64("cas")) {
             (Ok(f), Ok(c)) => (f.unwrap_or(0), c),
             (Err(e), _) | (_, Err(e)) => return bad_request(e),
         };
-        let cmd = match cas {
-            Some(index) => KvCommand::Cas {
+        let session = |mode: &str| query.get(mode).unwrap_or("").to_string();
+        let cmd = if query.has("acquire") {
+            KvCommand::Lock {
                 key,
                 value,
                 flags,
-                index,
-            },
-            None => KvCommand::Set { key, value, flags },
+                session: session("acquire"),
+            }
+        } else if query.has("release") {
+            KvCommand::Unlock {
+                key,
+                value,
+                flags,
+                session: session("release"),
+            }
+        } else {
+            match cas {
+                Some(index) => KvCommand::Cas {
+                    key,
+                    value,
+                    flags,
+                    index,
+                },
+                None => KvCommand::Set { key, value, flags },
+            }
         };
-        self.write_bool(cmd.into()).await
+        // Consul answers a lock for a missing or invalid session with 500
+        // and `invalid session "<id>"` (Patroni matches that text).
+        let failed = if matches!(cmd, KvCommand::Lock { .. } | KvCommand::Unlock { .. }) {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        self.write_bool_or(cmd.into(), failed).await
     }
 
     async fn kv_delete(&self, key: String, query: &Query) -> Reply {
@@ -134,8 +158,13 @@ impl HttpApi {
     }
 
     /// Commits `cmd` and answers Consul's `true`/`false` body with the
-    /// write's index.
+    /// write's index; a refusal is a 400.
     pub(super) async fn write_bool(&self, cmd: Command) -> Reply {
+        self.write_bool_or(cmd, StatusCode::BAD_REQUEST).await
+    }
+
+    /// [`HttpApi::write_bool`], with a refusal answered `failed`.
+    pub(super) async fn write_bool_or(&self, cmd: Command, failed: StatusCode) -> Reply {
         match self.cluster.write(cmd).await {
             Ok((index, CommandResult::Bool(ok))) => {
                 let mut resp = json_reply(&ok);
@@ -143,7 +172,7 @@ impl HttpApi {
                     .insert("X-Consul-Index", HeaderValue::from(index));
                 resp
             }
-            Ok((_, CommandResult::Failed(m))) => bad_request(m),
+            Ok((_, CommandResult::Failed(m))) => text(failed, m),
             Ok((_, other)) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("a write was answered with {other:?}"),

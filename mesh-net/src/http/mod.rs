@@ -18,6 +18,7 @@ mod operator;
 mod params;
 pub mod reply;
 mod routes;
+mod sessions;
 mod txn;
 
 use std::convert::Infallible;

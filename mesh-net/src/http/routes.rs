@@ -127,6 +127,9 @@ impl HttpApi {
         if let Some(rest) = path.strip_prefix("/v1/connect/intentions") {
             return self.intentions(call, rest).await;
         }
+        if let Some(rest) = path.strip_prefix("/v1/session/") {
+            return self.sessions(call, rest).await;
+        }
         if path == "/v1/txn" {
             return self.txn(call).await;
         }

@@ -40,7 +40,7 @@ impl Server {
             let mut rng = crate::runtime::MeshRuntime::thread_rng();
             (rng.gen::<[u8; 16]>(), rng.gen::<u64>() >> 1)
         };
-        let cluster_id = uuid_string(bytes);
+        let cluster_id = mesh_core::api::uuid_v4(bytes);
         let trust_domain = SpiffeId::trust_domain_of(&cluster_id);
         let config = self.view.read(|sm| sm.ca().config().clone());
         let root = ca_crypto::generate_root(
@@ -209,19 +209,4 @@ impl Server {
         .await
         .map(|_| ())
     }
-}
-
-/// A UUID (version 4 layout) from 16 random bytes.
-fn uuid_string(mut b: [u8; 16]) -> String {
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }

@@ -30,6 +30,7 @@ impl Server {
                 public_key_der,
             } => self.sign_leaf_here(&service, &datacenter, &public_key_der),
             Request::RotateRoot { private_key } => self.rotate_root_here(&private_key).await,
+            Request::RenewSession { id } => self.renew_here(&id),
             Request::Join(info) => self.add_server_here(info).await.map(|()| Response::Done),
             Request::RemovePeer { node_id } => self
                 .remove_server_here(node_id)
@@ -44,6 +45,14 @@ impl Server {
         if self.handing_off.load(Ordering::SeqCst) {
             // Not run: the caller retries and finds the new leader.
             return Err(RpcError::NoLeader);
+        }
+        if self.is_leader() {
+            if let Some(result) = self.refuse_delayed_lock(&cmd) {
+                return Ok(Response::Written {
+                    index: self.view.applied_index(),
+                    result,
+                });
+            }
         }
         if mutants::enabled(Mutant::AckBeforeCommit) && self.is_leader() {
             let index = self.metrics().last_log_index.unwrap_or(0) + 1;

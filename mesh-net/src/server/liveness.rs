@@ -34,7 +34,7 @@ impl Server {
         .map(|_| ())
     }
 
-    fn ms_since_start(&self) -> u64 {
+    pub(super) fn ms_since_start(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
@@ -56,7 +56,7 @@ impl Server {
 
     /// Whether this server, leading, has not heard from a quorum for an
     /// election timeout: it hears nothing and could commit no verdict.
-    fn without_quorum(&self) -> bool {
+    pub(super) fn without_quorum(&self) -> bool {
         self.is_leader() && self.leaderless_ms() > self.config.timing.election_timeout_max_ms
     }
 

@@ -23,6 +23,7 @@ mod hand_off;
 mod leader;
 mod liveness;
 mod requests;
+mod sessions;
 mod status;
 
 use crate::clock::{self, Instant};
@@ -165,6 +166,8 @@ pub struct Server {
     snapshot_in: Mutex<Reassembly>,
     /// Agents' heartbeats, for the liveness driver while this server leads.
     heartbeats: tokio::sync::mpsc::Sender<String>,
+    /// Session TTL timers, while this server leads (see `session_driver`).
+    session_timers: Mutex<Option<mesh_core::session_ttl::SessionTimers>>,
 }
 
 pub(crate) fn load_or_create_node_id(disk: &dyn Disk) -> Result<u64, StartError> {
@@ -292,6 +295,7 @@ impl Server {
             tasks: Mutex::new(Vec::new()),
             snapshot_in: Mutex::new(Reassembly::new()),
             heartbeats,
+            session_timers: Mutex::new(None),
         });
         let handler_server = server.clone();
         let serve = tokio::spawn(rpc::serve(listener, move |req| {
@@ -303,6 +307,7 @@ impl Server {
         let leader_view = tokio::spawn(server.clone().publish_leader_view());
         let liveness = tokio::spawn(server.clone().liveness_driver(heartbeats_rx));
         let ca = tokio::spawn(server.clone().ca_driver());
+        let sessions = tokio::spawn(server.clone().session_driver());
         server.tasks.lock().expect("tasks lock").extend([
             serve,
             formation,
@@ -310,6 +315,7 @@ impl Server {
             leader_view,
             liveness,
             ca,
+            sessions,
         ]);
         Ok(server)
     }
