@@ -202,6 +202,64 @@ def main():
         fail("txn rollback", "py/t3 was written by a rolled-back transaction")
     print("ok txn commit and rollback", flush=True)
 
+    # Sessions and locks, as leader-election libraries use them: a session
+    # on this agent's node takes a lock, a second session is refused, a
+    # transaction checks the holder, renew and info answer, and destroying
+    # the holder's session frees the key after its lock delay.
+    s1 = a.session.create(name="py-lock", ttl=10, lock_delay=1)
+    s2 = b.session.create(name="py-other", node=node_name, lock_delay=0)
+    if not a.kv.put("py/lock", "held", acquire=s1):
+        fail("kv acquire", "the first session was refused the free lock")
+    if b.kv.put("py/lock", "stolen", acquire=s2):
+        fail("kv acquire", "a second session took a held lock")
+    _, item = b.kv.get("py/lock")
+    if item is None or item.get("Session") != s1 or item["LockIndex"] != 1 or item["Value"] != b"held":
+        fail("kv lock holder", item)
+    r = a.txn.put([
+        {"KV": {"Verb": "check-session", "Key": "py/lock", "Session": s1}},
+        {"KV": {"Verb": "lock", "Key": "py/lock", "Value": enc("again"), "Session": s1}},
+    ])
+    if r.get("Errors"):
+        fail("txn check-session / lock", r)
+    try:
+        a.txn.put([{"KV": {"Verb": "lock", "Key": "py/lock", "Session": s2}}])
+        fail("txn lock", "a transaction took a held lock")
+    except consul.ConsulException as e:
+        if "already held" not in str(e):
+            fail("txn lock", e)
+    renewed = a.session.renew(s1)
+    if renewed["ID"] != s1 or renewed["TTL"] != "10s" or renewed["LockDelay"] != 1_000_000_000:
+        fail("session.renew", renewed)
+    _, info = b.session.info(s1)
+    if info is None or info["Node"] != node_name or info["Behavior"] != "release":
+        fail("session.info", info)
+    _, listed = b.session.list()
+    if {s1, s2} - {s["ID"] for s in listed}:
+        fail("session.list", listed)
+    _, on_node = b.session.node(node_name)
+    if {s1, s2} - {s["ID"] for s in on_node}:
+        fail("session.node", on_node)
+    assert a.session.destroy(s1)
+    _, item = b.kv.get("py/lock")
+    if item is None or item.get("Session") is not None or item["LockIndex"] != 1:
+        fail("destroy releases", item)
+    if b.session.info(s1)[1] is not None:
+        fail("session.info after destroy", "the session is still there")
+    try:
+        a.session.renew(s1)
+        fail("session.renew after destroy", "renewed a destroyed session")
+    except consul.NotFound:
+        pass
+    # The 1 s lock delay refuses the next holder at first, not for ever.
+    took = wait_for("lock after lock delay", lambda: b.kv.put("py/lock", "mine", acquire=s2), timeout=5.0)
+    _, item = a.kv.get("py/lock")
+    if item.get("Session") != s2 or item["LockIndex"] != 2:
+        fail("second holder", item)
+    if not b.kv.put("py/lock", "free", release=s2) or a.kv.get("py/lock")[1].get("Session"):
+        fail("kv release", a.kv.get("py/lock")[1])
+    assert b.session.destroy(s2)
+    print("ok session create / renew / info / list / node / destroy, kv acquire / release, txn lock verbs, lock delay", flush=True)
+
     # Members lists this agent.
     members = a.agent.members()
     if node_name not in [m["Name"] for m in members]:
