@@ -190,6 +190,16 @@ impl SimCluster {
         a.running = false;
     }
 
+    /// Makes client host `k`'s clock run at `rate_ppm` millionths of true
+    /// time and its wall clock `wall_offset_ms` off.
+    pub fn set_agent_clock(&self, k: usize, rate_ppm: u64, wall_offset_ms: i64) {
+        if let Some(node) = &self.agents[k].node {
+            let clocks = madsim::plugin::simulator::<mesh_net::clock::ClockSim>();
+            clocks.set_rate(node.id(), rate_ppm);
+            clocks.set_wall_offset(node.id(), wall_offset_ms * 1_000_000);
+        }
+    }
+
     /// Cuts client host `k` off from everyone.
     pub fn isolate_agent(&self, k: usize) {
         if let Some(node) = &self.agents[k].node {

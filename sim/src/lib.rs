@@ -16,6 +16,8 @@ pub mod cluster;
 #[cfg(madsim)]
 pub mod connect;
 #[cfg(madsim)]
+pub mod locks;
+#[cfg(madsim)]
 pub mod observers;
 pub mod outcome;
 pub mod planted;
@@ -44,4 +46,5 @@ pub const SCENARIOS: &[&str] = &[
     "agents",
     "agent_liveness",
     "connect",
+    "locks",
 ];

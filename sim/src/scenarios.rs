@@ -88,6 +88,13 @@ pub struct Report {
     /// Simulated ms from a root rotation to both agents serving leaves of
     /// the new root.
     pub rotation_ms: u64,
+    /// Simulated ms from cutting a node off to its health-checked sessions
+    /// being invalidated.
+    pub session_invalidate_ms: Vec<u64>,
+    /// Lock holds judged by the lock-safety checker.
+    pub lock_holds: u64,
+    /// Transaction reads judged by the atomicity checker.
+    pub txn_reads: u64,
 }
 
 /// One scenario run: the cluster, its observers and the workload's history.
@@ -877,6 +884,7 @@ const MINIMUMS: &[(&str, WorkDone)] = &[
     ("agents", min(1, 1, 1, 1, 1, 1)),
     ("agent_liveness", min(1, 1, 1, 1, 1, 1)),
     ("connect", min(1, 1, 1, 1, 1, 1)),
+    ("locks", min(1, 1, 1, 1, 1, 1)),
 ];
 
 const fn min(
@@ -930,6 +938,7 @@ async fn run_scenario(name: &str) -> Result<Report, String> {
         "agents" => crate::agents::agents().await,
         "agent_liveness" => crate::agents::agent_liveness().await,
         "connect" => crate::connect::connect().await,
+        "locks" => crate::locks::locks().await,
         other => Err(format!(
             "unknown scenario {other:?}; known: {:?}",
             crate::SCENARIOS

@@ -23,6 +23,9 @@ const FEW_SEED_SCENARIOS: &[&str] = &["scale", "slow_clients", "agent_liveness"]
 /// `connect` runs 25 simulated seconds of TLS handshakes per seed (about
 /// 1.2 s of wall time): half the default set.
 const CONNECT_SEEDS: &str = "0..100";
+/// `locks` runs 80 simulated seconds of eight lock clients per seed
+/// (about 1.4 s of wall time): half the default set.
+const LOCKS_SEEDS: &str = "0..100";
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -92,6 +95,8 @@ fn seeded_cluster_simulations_pass_and_replay_exactly() {
             FEW_SEEDS.to_string()
         } else if *scenario == "connect" {
             CONNECT_SEEDS.to_string()
+        } else if *scenario == "locks" {
+            LOCKS_SEEDS.to_string()
         } else {
             seeds.clone()
         };
@@ -210,6 +215,12 @@ fn planted_bugs_are_caught() {
         ("skip_spiffe_check", "connect", "0..5"),
         ("accept_expired_leaf", "connect", "0..5"),
         ("forward_before_handshake", "connect", "0..5"),
+        // Sessions and locks: each caught by the lock-safety or the
+        // transaction-atomicity checker (first caught at seeds 0, 2, 1, 1).
+        ("lock_delay_ignored", "locks", "0..10"),
+        ("session_ttl_on_wall_clock", "locks", "0..10"),
+        ("release_by_anyone", "locks", "0..10"),
+        ("txn_applied_half", "locks", "0..10"),
         ("put_fails", "failover", "0..5"),
         ("applied_put_says_no_leader", "bootstrap_expect", "0..5"),
     ];

@@ -30,7 +30,7 @@ impl Server {
                 public_key_der,
             } => self.sign_leaf_here(&service, &datacenter, &public_key_der),
             Request::RotateRoot { private_key } => self.rotate_root_here(&private_key).await,
-            Request::RenewSession { id } => self.renew_here(&id),
+            Request::RenewSession { id } => self.renew_here(&id).await,
             Request::Join(info) => self.add_server_here(info).await.map(|()| Response::Done),
             Request::RemovePeer { node_id } => self
                 .remove_server_here(node_id)
@@ -130,20 +130,25 @@ impl Server {
             return Ok(self.read_local(&r));
         }
         let round_start = Instant::now();
+        self.confirm_leadership().await?;
+        if mutants::enabled(Mutant::LeaseRead) {
+            let lease = Duration::from_millis(self.config.timing.election_timeout_min_ms);
+            mutants::extend_lease(self.node_id, round_start + lease);
+        }
+        Ok(self.read_local(&r))
+    }
+
+    /// One quorum round: a quorum still follows this leader now (Raft
+    /// thesis §6.4, ReadIndex). A leader deposed meanwhile learns it here.
+    pub(super) async fn confirm_leadership(&self) -> Result<(), RpcError> {
         let confirmed = tokio::select! {
             biased;
             confirmed = clock::timeout(LINEARIZE_TIMEOUT, self.raft.ensure_linearizable()) => confirmed,
-            // Not run: the reader retries at whoever leads next.
+            // Not run: the caller retries at whoever leads next.
             () = self.leadership_lost() => return Err(RpcError::NoLeader),
         };
         match confirmed {
-            Ok(Ok(_)) => {
-                if mutants::enabled(Mutant::LeaseRead) {
-                    let lease = Duration::from_millis(self.config.timing.election_timeout_min_ms);
-                    mutants::extend_lease(self.node_id, round_start + lease);
-                }
-                Ok(self.read_local(&r))
-            }
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
                 Err(self.not_leader())
             }

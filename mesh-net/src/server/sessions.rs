@@ -18,10 +18,17 @@ const DESTROY_RETRY: Duration = Duration::from_millis(1_000);
 impl Server {
     /// Restarts the session's TTL if this server leads; the session as
     /// stored, or `None` if there is no such session (or it just expired).
-    pub(super) fn renew_here(&self, id: &str) -> Result<RpcResponse, RpcError> {
+    ///
+    /// Leadership is confirmed with a quorum before the timer restarts, so
+    /// a deposed leader that has not noticed yet cannot acknowledge a
+    /// renewal the new leader never sees (Consul's leader answers from its
+    /// own view): every acknowledged renewal was sent before the current
+    /// leader's term began, or reached its timers.
+    pub(super) async fn renew_here(&self, id: &str) -> Result<RpcResponse, RpcError> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
+        self.confirm_leadership().await?;
         let Some(session) = self.view.read(|sm| sm.sessions().get(id).cloned()) else {
             return Ok(Response::Renewed(None));
         };

@@ -144,7 +144,7 @@ mod imp {
         match result {
             Ok(report) => {
                 println!(
-                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} heal_sync_ms={:?} dns_ms={:?} false_verdicts={} catalog_reads={} connect_first_ms={} connect_failover_gap_ms=[{}] intention_ms={:?} connect_restart_ms={} connect_answers={} rotation_ms=[{}]",
+                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} heal_sync_ms={:?} dns_ms={:?} false_verdicts={} catalog_reads={} connect_first_ms={} connect_failover_gap_ms=[{}] intention_ms={:?} connect_restart_ms={} connect_answers={} rotation_ms=[{}] session_invalidate_ms={:?} lock_holds={} txn_reads={}",
                     t.hash(),
                     report.history_digest,
                     t.lines,
@@ -174,6 +174,9 @@ mod imp {
                     report.connect_restart_ms,
                     report.connect_answers,
                     report.rotation_ms,
+                    report.session_invalidate_ms,
+                    report.lock_holds,
+                    report.txn_reads,
                 );
                 0
             }
@@ -250,6 +253,8 @@ mod imp {
         let mut connect_gap: Vec<u64> = Vec::new();
         let mut intention: Vec<u64> = Vec::new();
         let mut rotation: Vec<u64> = Vec::new();
+        let mut invalidate: Vec<u64> = Vec::new();
+        let mut lock_holds = 0u64;
         let mut false_verdicts = 0u64;
         while !pending.is_empty() || !running.is_empty() {
             while running.len() < jobs.max(1) {
@@ -310,6 +315,13 @@ mod imp {
                 connect_gap.extend(list_field(&text, "connect_failover_gap_ms"));
                 intention.extend(list_field(&text, "intention_ms"));
                 rotation.extend(list_field(&text, "rotation_ms"));
+                invalidate.extend(list_field(&text, "session_invalidate_ms"));
+                lock_holds += text
+                    .split(" lock_holds=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
                 false_verdicts += text
                     .split(" false_verdicts=")
                     .nth(1)
@@ -406,6 +418,12 @@ mod imp {
                 spread(&mut connect_gap),
                 spread(&mut intention),
                 spread(&mut rotation),
+            );
+        }
+        if !invalidate.is_empty() {
+            println!(
+                "LOCKS scenario={scenario} holds_judged={lock_holds} session_invalidate_ms(min/p50/p99/max)={}",
+                spread(&mut invalidate),
             );
         }
         for seed in &failed {

@@ -5,7 +5,7 @@ use super::super::catalog::{
     CatalogCommand, CheckStatus, HealthCheck, Node, Registration, SERF_HEALTH_CHECK,
 };
 use super::super::sessions::{Behavior, Session, SessionCommand};
-use super::super::{Command, CommandResult, KvCommand, StateMachine, Table};
+use super::super::{CommandResult, KvCommand, StateMachine, Table};
 use super::LockDelay;
 
 fn node_with_health(sm: &mut StateMachine, index: u64, node: &str, status: CheckStatus) {
