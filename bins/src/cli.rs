@@ -12,7 +12,7 @@ use serde_json::Value;
 use mesh_bins::flags::{usage, Flags, Kind, Spec};
 
 /// Flags every API command takes.
-const HTTP_FLAGS: &[Spec] = &[(
+pub(crate) const HTTP_FLAGS: &[Spec] = &[(
     "http-addr",
     Kind::Value,
     "Agent HTTP address. Default: $MESH_HTTP_ADDR, $CONSUL_HTTP_ADDR, or 127.0.0.1:8500.",

@@ -6,6 +6,7 @@ mod cli;
 mod connect_cli;
 mod demo;
 mod intention_cli;
+mod lock_cli;
 
 use tracing_subscriber::EnvFilter;
 
@@ -19,6 +20,7 @@ Commands:
     members    Lists the members of the cluster
     operator   Operator tools (raft list-peers, raft remove-peer)
     kv         Key/value store: put, get, delete
+    lock       Runs a command while holding a lock (or one of -n N slots)
     catalog    Lists the catalog's services and nodes
     services   Registers or deregisters services with the local agent
     watch      Watches a key, prefix, service, nodes or checks for changes
@@ -76,6 +78,7 @@ fn main() {
         Some("members") => report(cli::members(rest)),
         Some("operator") => report(cli::operator(rest)),
         Some("kv") => report(cli::kv(rest)),
+        Some("lock") => lock_cli::lock(rest),
         Some("catalog") => report(catalog_cli::catalog(rest)),
         Some("services") => report(catalog_cli::services(rest)),
         Some("watch") => report(catalog_cli::watch(rest)),
