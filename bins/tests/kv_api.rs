@@ -205,4 +205,40 @@ async fn kv_api_behaves_like_consul() {
     let cfg = json(&call("GET", "/v1/operator/raft/configuration", b"").await);
     assert_eq!(cfg["Servers"][0]["Node"], "kvtest");
     assert_eq!(cfg["Servers"][0]["Leader"], true);
+
+    // phase: metrics count what this test did, in both formats
+    let m = json(&call("GET", "/v1/agent/metrics", b"").await);
+    let named = |kind: &str, name: &str| -> Vec<Value> {
+        m[kind]
+            .as_array()
+            .expect("metric list")
+            .iter()
+            .filter(|x| x["Name"] == name)
+            .cloned()
+            .collect()
+    };
+    let applied = named("Counters", "consul.raft.apply");
+    assert!(
+        applied[0]["Count"].as_u64().unwrap() >= 10,
+        "raft applies counted: {applied:?}"
+    );
+    let kv_puts = named("Samples", "consul.api.http")
+        .into_iter()
+        .find(|x| x["Labels"]["method"] == "PUT" && x["Labels"]["path"] == "/v1/kv")
+        .expect("PUT /v1/kv timed");
+    assert!(kv_puts["Count"].as_u64().unwrap() >= 5, "{kv_puts}");
+    assert!(kv_puts["Max"].as_f64().unwrap() >= kv_puts["Min"].as_f64().unwrap());
+    assert_eq!(named("Gauges", "consul.server.isLeader")[0]["Value"], 1.0);
+    let text = call("GET", "/v1/agent/metrics?format=prometheus", b"").await;
+    assert_eq!(text.status, 200);
+    assert!(text
+        .text()
+        .contains("# TYPE consul_raft_commitTime histogram"));
+    assert!(text.text().contains("consul_kv_entries "));
+    assert_eq!(
+        call("GET", "/v1/agent/metrics?format=xml", b"")
+            .await
+            .status,
+        400
+    );
 }

@@ -14,7 +14,11 @@ use serde_json::Value;
 
 use crate::definitions::{normalize_keys, parse_go_duration};
 use crate::state::catalog::SERF_HEALTH_CHECK;
-use crate::state::sessions::{ttl_ms, Behavior, Session, DEFAULT_LOCK_DELAY_MS};
+use crate::state::sessions::{ttl_ms, Behavior, Session, DEFAULT_LOCK_DELAY_NS};
+
+/// The longest session ID the API takes (IDs are 36-byte UUIDs): longer
+/// ones are refused before they reach the log.
+pub const MAX_SESSION_ID_LEN: usize = 128;
 
 /// Why a create body was refused, with the status Consul answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,8 +65,8 @@ pub fn decode_create(body: &Value, agent_node: &str, id: &str) -> Result<Session
             Some(other) => Err(decode(format!("{k}: expected a list, got {other}"))),
         }
     };
-    let lock_delay_ms = match fields.get("lockdelay") {
-        None | Some(Value::Null) => DEFAULT_LOCK_DELAY_MS,
+    let lock_delay_ns = match fields.get("lockdelay") {
+        None | Some(Value::Null) => DEFAULT_LOCK_DELAY_NS,
         Some(v) => {
             let ns: i128 = match v {
                 Value::String(s) => parse_go_duration(s).map_err(decode)?,
@@ -80,7 +84,7 @@ pub fn decode_create(body: &Value, agent_node: &str, id: &str) -> Result<Session
             // Consul: "Use the nanosecond value if it is large enough,
             // else assume seconds".
             let ns = if ns < 1_000 { ns * 1_000_000_000 } else { ns };
-            u64::try_from(ns.max(0) / 1_000_000).unwrap_or(u64::MAX)
+            u64::try_from(ns.max(0)).unwrap_or(u64::MAX)
         }
     };
     let behavior = match string("behavior")?.as_deref() {
@@ -111,7 +115,11 @@ pub fn decode_create(body: &Value, agent_node: &str, id: &str) -> Result<Session
     };
     // Consul's `fixupEmptySessionChecks`, on its defaults.
     let default = vec![SERF_HEALTH_CHECK.to_string()];
-    let checks = strings("checks")?;
+    // Go decodes `"Checks": null` into a nil slice: no checks at all.
+    let checks = match fields.get("checks") {
+        Some(Value::Null) => Some(Vec::new()),
+        _ => strings("checks")?,
+    };
     let mut node_checks = strings("nodechecks")?.unwrap_or_else(|| default.clone());
     let legacy = match checks {
         Some(c) if c.is_empty() => {
@@ -131,7 +139,7 @@ pub fn decode_create(body: &Value, agent_node: &str, id: &str) -> Result<Session
         id: id.to_string(),
         name: string("name")?.unwrap_or_default(),
         node,
-        lock_delay_ms,
+        lock_delay_ns,
         behavior,
         ttl,
         node_checks,
@@ -186,7 +194,7 @@ impl From<&Session> for SessionJson {
             id: s.id.clone(),
             name: s.name.clone(),
             node: s.node.clone(),
-            lock_delay: s.lock_delay_ms.saturating_mul(1_000_000),
+            lock_delay: s.lock_delay_ns,
             behavior: s.behavior.as_str(),
             ttl: s.ttl.clone(),
             node_checks: (!s.node_checks.is_empty()).then(|| s.node_checks.clone()),
@@ -218,7 +226,7 @@ mod tests {
     fn an_empty_body_gives_consuls_defaults() {
         let s = create(Value::Null).unwrap();
         assert_eq!(s.node, "fcs00");
-        assert_eq!(s.lock_delay_ms, 15_000);
+        assert_eq!(s.lock_delay_ns, 15_000_000_000);
         assert_eq!(s.behavior, Behavior::Release);
         assert_eq!(s.ttl, "");
         assert_eq!(s.node_checks, ["serfHealth"]);
@@ -231,27 +239,25 @@ mod tests {
             create(json!({"name": "n", "lockdelay": "0.001s", "behavior": "delete", "ttl": "30s"}))
                 .unwrap();
         assert_eq!(
-            (s.name.as_str(), s.lock_delay_ms, s.behavior),
-            ("n", 1, Behavior::Delete)
+            (s.name.as_str(), s.lock_delay_ns, s.behavior),
+            ("n", 1_000_000, Behavior::Delete)
         );
         assert_eq!(s.ttl, "30s");
         assert_eq!(
-            create(json!({"LockDelay": 15})).unwrap().lock_delay_ms,
-            15_000
+            create(json!({"LockDelay": 15})).unwrap().lock_delay_ns,
+            15_000_000_000
         );
         assert_eq!(
-            create(json!({"Lock_Delay": 2_000_000_000u64}))
+            create(json!({"LockDelay": 2_000_000_000u64}))
                 .unwrap()
-                .lock_delay_ms,
-            2_000
+                .lock_delay_ns,
+            2_000_000_000
         );
         assert_eq!(
-            create(json!({"LockDelay": "15000ms"}))
-                .unwrap()
-                .lock_delay_ms,
-            15_000
+            create(json!({"LockDelay": "500us"})).unwrap().lock_delay_ns,
+            500_000
         );
-        assert_eq!(create(json!({"LockDelay": 0})).unwrap().lock_delay_ms, 0);
+        assert_eq!(create(json!({"LockDelay": 0})).unwrap().lock_delay_ns, 0);
     }
 
     #[test]
@@ -261,6 +267,7 @@ mod tests {
             node_checks(json!({"checks": []})).is_empty(),
             "Patroni's form"
         );
+        assert!(node_checks(json!({"Checks": null})).is_empty());
         assert!(node_checks(json!({"NodeChecks": []})).is_empty());
         assert_eq!(node_checks(json!({"Checks": ["a"]})), ["serfHealth", "a"]);
         assert_eq!(node_checks(json!({"NodeChecks": ["a"]})), ["a"]);

@@ -43,8 +43,11 @@ pub struct Expire {
 struct Timer {
     ttl_ms: u64,
     deadline_ms: u64,
-    /// The destroy was decided and is being written.
+    /// The destroy was decided and is being written: no renewal counts
+    /// any more, even if the write fails (it may still commit).
     expired: bool,
+    /// When to decide the destroy again after a failed write.
+    retry_at_ms: Option<u64>,
 }
 
 /// The leader's session timers. Created when a server becomes leader,
@@ -77,6 +80,7 @@ impl SessionTimers {
                 ttl_ms,
                 deadline_ms: deadline(now_ms, ttl_ms),
                 expired: false,
+                retry_at_ms: None,
             });
         }
     }
@@ -93,6 +97,7 @@ impl SessionTimers {
             ttl_ms,
             deadline_ms: 0,
             expired: false,
+            retry_at_ms: None,
         });
         if t.expired {
             return false;
@@ -109,19 +114,25 @@ impl SessionTimers {
     /// Expires every session whose deadline passed.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         for (id, t) in &mut self.timers {
-            if !t.expired && now_ms >= t.deadline_ms {
+            let due = if t.expired {
+                t.retry_at_ms.is_some_and(|r| now_ms >= r)
+            } else {
+                now_ms >= t.deadline_ms
+            };
+            if due {
                 t.expired = true;
+                t.retry_at_ms = None;
                 self.outputs.push_back(Expire { id: id.clone() });
             }
         }
     }
 
     /// The destroy of `id` could not be written: decide it again at
-    /// `retry_at_ms`.
+    /// `retry_at_ms`. The session stays expired (renewals are refused):
+    /// a write that failed may still commit.
     pub fn write_failed(&mut self, id: &str, retry_at_ms: u64) {
         if let Some(t) = self.timers.get_mut(id) {
-            t.expired = false;
-            t.deadline_ms = retry_at_ms;
+            t.retry_at_ms = Some(retry_at_ms);
         }
     }
 
@@ -130,12 +141,17 @@ impl SessionTimers {
         self.outputs.pop_front()
     }
 
-    /// The earliest deadline of a session not yet expired.
+    /// The earliest deadline of a session not yet expired, or retry.
     pub fn poll_timeout(&self) -> Option<u64> {
         self.timers
             .values()
-            .filter(|t| !t.expired)
-            .map(|t| t.deadline_ms)
+            .filter_map(|t| {
+                if t.expired {
+                    t.retry_at_ms
+                } else {
+                    Some(t.deadline_ms)
+                }
+            })
             .min()
     }
 }
@@ -212,6 +228,10 @@ mod tests {
         assert_eq!(drain(&mut t), ["a"]);
         assert!(!t.is_live("a"));
         t.write_failed("a", 20_500);
+        assert!(
+            !t.renew(20_100, "a", 10_000),
+            "no renewal once expiry was decided"
+        );
         assert_eq!(t.poll_timeout(), Some(20_500));
         t.handle_timeout(20_500);
         assert_eq!(drain(&mut t), ["a"]);

@@ -50,13 +50,13 @@ fn command() -> impl Strategy<Value = Command> {
 fn session_command() -> impl Strategy<Value = SessionCommand> {
     let id = "x[12]";
     prop_oneof![
-        2 => (id, "n[12]", proptest::collection::vec("c[123]", 0..2), any::<bool>(), prop_oneof![Just(0u64), Just(15_000)])
-            .prop_map(|(id, node, node_checks, delete, lock_delay_ms)| SessionCommand::Create(Box::new(Session {
+        2 => (id, "n[12]", proptest::collection::vec("c[123]", 0..2), any::<bool>(), prop_oneof![Just(0u64), Just(15_000_000_000)])
+            .prop_map(|(id, node, node_checks, delete, lock_delay_ns)| SessionCommand::Create(Box::new(Session {
                 id,
                 node,
                 node_checks,
                 behavior: if delete { Behavior::Delete } else { Behavior::Release },
-                lock_delay_ms,
+                lock_delay_ns,
                 ..Session::default()
             }))),
         1 => id.prop_map(|id| SessionCommand::Destroy { id }),
@@ -274,7 +274,7 @@ proptest! {
                     let _ = kv.lock(*index, key, value.clone(), *flags, session, false);
                 }
                 Entry::Command(Command::Kv(KvCommand::Unlock { key, value, flags, session })) => {
-                    kv.unlock(*index, key, value.clone(), *flags, session);
+                    let _ = kv.unlock(*index, key, value.clone(), *flags, session);
                 }
                 Entry::Command(Command::Catalog(_) | Command::Intentions(_) | Command::Ca(_) | Command::Session(_)) | Entry::Skip => {}
             }

@@ -35,4 +35,5 @@ pub mod runtime;
 pub mod server;
 pub mod sidecar;
 pub mod state_store;
+pub mod telemetry;
 pub mod tls;

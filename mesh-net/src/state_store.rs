@@ -112,6 +112,7 @@ impl StateView {
 /// The state machine half of a server's Raft storage.
 pub struct StateStore {
     disk: Arc<dyn Disk>,
+    telemetry: crate::telemetry::Telemetry,
     inner: Arc<RwLock<Inner>>,
     applied_tx: watch::Sender<u64>,
 }
@@ -158,7 +159,10 @@ fn skip(sm: &mut StateMachine, index: u64) {
 
 impl StateStore {
     /// Opens the state store, starting from the stored snapshot if any.
-    pub fn open(disk: Arc<dyn Disk>) -> Result<(Self, StateView), OpenError> {
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        telemetry: crate::telemetry::Telemetry,
+    ) -> Result<(Self, StateView), OpenError> {
         let mut inner = Inner {
             sm: StateMachine::new(),
             last_applied: None,
@@ -214,6 +218,7 @@ impl StateStore {
         Ok((
             Self {
                 disk,
+                telemetry,
                 inner,
                 applied_tx,
             },
@@ -322,6 +327,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                             }
                             cmd => cmd,
                         };
+                        self.telemetry.fsm_apply.inc(&[cmd.name()]);
                         results.push(inner.sm.apply(index, &cmd))
                     }
                     EntryPayload::Blank => {

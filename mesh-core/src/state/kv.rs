@@ -178,7 +178,11 @@ impl KvCommand {
                 KvCommand::Txn { ops } => ops
                     .iter()
                     .map(|op| {
-                        OVERHEAD + key_bound(&op.key) + value_bound(&op.value) + op.verb.len() * 6
+                        OVERHEAD
+                            + key_bound(&op.key)
+                            + value_bound(&op.value)
+                            + key_bound(&op.verb)
+                            + key_bound(&op.session)
                     })
                     .sum(),
             }
@@ -446,6 +450,9 @@ impl KvStore {
         session_exists: bool,
     ) -> Result<bool, String> {
         self.advance(index);
+        if session_exists && unchanged_relock(self.entries.get(key), session, &value, flags) {
+            return Ok(true);
+        }
         match lock_entry(self.entries.get(key), index, key, session, session_exists)? {
             Some(mut entry) => {
                 entry.value = value;
@@ -472,17 +479,17 @@ impl KvStore {
         value: Vec<u8>,
         flags: u64,
         session: &str,
-    ) -> bool {
+    ) -> Result<bool, String> {
         self.advance(index);
-        match unlock_entry(self.entries.get(key), index, session) {
+        match unlock_entry(self.entries.get(key), index, session)? {
             Some(mut entry) => {
                 entry.value = value;
                 entry.flags = flags;
                 self.entries.insert(key.to_string(), entry);
                 self.table_index = index;
-                true
+                Ok(true)
             }
-            None => false,
+            None => Ok(false),
         }
     }
 
@@ -565,7 +572,10 @@ impl KvStore {
                 value,
                 flags,
                 session,
-            } => self.unlock(index, key, value.clone(), *flags, session),
+            } => match self.unlock(index, key, value.clone(), *flags, session) {
+                Ok(ok) => ok,
+                Err(e) => return CommandResult::Failed(e),
+            },
         };
         CommandResult::Bool(ok)
     }
@@ -909,21 +919,41 @@ pub(super) fn lock_entry(
     Ok(Some(entry))
 }
 
+/// Consul's `kvsSetTxn` short-circuit for a lock: the holder re-acquiring
+/// with the same value and flags changes nothing (no index moves, so
+/// watchers of a leader key renewed in a loop are not woken).
+pub(super) fn unchanged_relock(
+    existing: Option<&KvEntry>,
+    session: &str,
+    value: &[u8],
+    flags: u64,
+) -> bool {
+    existing.is_some_and(|e| {
+        e.session.as_deref() == Some(session) && e.value == value && e.flags == flags
+    })
+}
+
 /// Consul's `kvsUnlockTxn` on one entry: the entry as released at
-/// `index`, `None` if it is absent or `session` does not hold it.
+/// `index`, `None` if it is absent or `session` does not hold it, an
+/// error for an empty session.
 pub(super) fn unlock_entry(
     existing: Option<&KvEntry>,
     index: u64,
     session: &str,
-) -> Option<KvEntry> {
-    let e = existing?;
+) -> Result<Option<KvEntry>, String> {
+    if session.is_empty() {
+        return Err("missing session".into());
+    }
+    let Some(e) = existing else {
+        return Ok(None);
+    };
     if e.session.as_deref() != Some(session) {
-        return None;
+        return Ok(None);
     }
     let mut e = e.clone();
     e.session = None;
     e.modify_index = index;
-    Some(e)
+    Ok(Some(e))
 }
 
 pub mod txn;

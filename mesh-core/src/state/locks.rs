@@ -14,7 +14,7 @@
 //! and enforces on its own clock when it leads.
 
 use super::catalog::{CatalogTable, CheckStatus};
-use super::sessions::{Behavior, Session, SessionCommand, MAX_LOCK_DELAY_MS};
+use super::sessions::{Behavior, Session, SessionCommand, MAX_LOCK_DELAY_NS};
 use super::{CommandResult, StateMachine};
 
 /// Keys just released by an invalidated session: nobody may lock them for
@@ -69,7 +69,11 @@ fn invalidate(sm: &mut StateMachine, index: u64, id: &str) {
     let keys = sm
         .kv
         .drop_session(index, id, session.behavior == Behavior::Delete);
-    let delay_ms = session.lock_delay_ms.min(MAX_LOCK_DELAY_MS);
+    // Whole milliseconds, rounded up: a delay is never shortened.
+    let delay_ms = session
+        .lock_delay_ns
+        .min(MAX_LOCK_DELAY_NS)
+        .div_ceil(1_000_000);
     if delay_ms > 0 {
         sm.effects
             .lock_delays

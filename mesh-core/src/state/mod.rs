@@ -194,6 +194,43 @@ impl Command {
         }
     }
 
+    /// The command's log name (`KvSet`, `CatalogRegister`, ...), without
+    /// encoding it (for metrics and logs).
+    pub fn name(&self) -> &'static str {
+        use catalog::CatalogCommand as C;
+        match self {
+            Command::Kv(c) => match c {
+                KvCommand::Set { .. } => "KvSet",
+                KvCommand::Cas { .. } => "KvCas",
+                KvCommand::Delete { .. } => "KvDelete",
+                KvCommand::DeleteCas { .. } => "KvDeleteCas",
+                KvCommand::DeleteTree { .. } => "KvDeleteTree",
+                KvCommand::Txn { .. } => "KvTxn",
+                KvCommand::Lock { .. } => "KvLock",
+                KvCommand::Unlock { .. } => "KvUnlock",
+            },
+            Command::Catalog(c) => match c {
+                C::Register(_) => "CatalogRegister",
+                C::Deregister { .. } => "CatalogDeregister",
+                C::SyncNode(_) => "CatalogSyncNode",
+                C::NodeHealth { .. } => "CatalogNodeHealth",
+            },
+            Command::Intentions(c) => match c {
+                IntentionCommand::Upsert { .. } => "IntentionUpsert",
+                IntentionCommand::Delete { .. } => "IntentionDelete",
+            },
+            Command::Ca(c) => match c {
+                CaCommand::Initialize { .. } => "CaInitialize",
+                CaCommand::Rotate { .. } => "CaRotate",
+                CaCommand::SetConfig { .. } => "CaSetConfig",
+            },
+            Command::Session(c) => match c {
+                SessionCommand::Create(_) => "SessionCreate",
+                SessionCommand::Destroy { .. } => "SessionDestroy",
+            },
+        }
+    }
+
     /// An upper bound on the size of this command in the wire's JSON
     /// encoding, computed without encoding it. Replication uses it to keep
     /// each AppendEntries batch within a byte budget.

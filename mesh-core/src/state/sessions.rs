@@ -21,10 +21,10 @@ use super::{CommandResult, Table, TableState};
 use crate::hash::Fnv1a64;
 
 /// Consul's default `LockDelay`.
-pub const DEFAULT_LOCK_DELAY_MS: u64 = 15_000;
+pub const DEFAULT_LOCK_DELAY_NS: u64 = 15_000_000_000;
 /// Consul's largest effective `LockDelay` (`MaxLockDelay`, 60 s): a
 /// longer one is stored as given and capped when it takes effect.
-pub const MAX_LOCK_DELAY_MS: u64 = 60_000;
+pub const MAX_LOCK_DELAY_NS: u64 = 60_000_000_000;
 /// Consul's shortest session TTL (`SessionTTLMin`, 10 s).
 pub const TTL_MIN_MS: u64 = 10_000;
 /// Consul's longest session TTL (`SessionTTLMax`, 24 h).
@@ -73,8 +73,9 @@ pub struct Session {
     /// The node it belongs to.
     pub node: String,
     /// How long the keys it held stay unlockable after it is invalidated
-    /// (at most [`MAX_LOCK_DELAY_MS`] takes effect).
-    pub lock_delay_ms: u64,
+    /// (at most [`MAX_LOCK_DELAY_NS`] takes effect), in nanoseconds as
+    /// Consul keeps it.
+    pub lock_delay_ns: u64,
     /// What invalidation does to its keys.
     pub behavior: Behavior,
     /// The TTL as the client wrote it (a Go duration, `"30s"`; Consul

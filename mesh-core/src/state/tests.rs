@@ -265,6 +265,7 @@ fn every_command_round_trips_through_json() {
         let json = serde_json::to_value(&cmd).unwrap();
         let name = json.as_object().unwrap().keys().next().unwrap().clone();
         assert!(KvCommand::JSON_NAMES.contains(&name.as_str()), "{name}");
+        assert_eq!(cmd.name(), name, "Command::name matches the log name");
         names.push(name);
         let text = serde_json::to_string(&cmd).unwrap();
         assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), cmd);

@@ -85,6 +85,7 @@ struct Inner {
 /// The local state of one agent.
 pub struct LocalAgent {
     cluster: Arc<dyn Cluster>,
+    telemetry: crate::telemetry::Telemetry,
     disk: Arc<dyn Disk>,
     started: Instant,
     enable_script_checks: bool,
@@ -116,6 +117,7 @@ impl LocalAgent {
         disk: Arc<dyn Disk>,
         seed: u64,
         enable_script_checks: bool,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Result<Arc<Self>, OpenError> {
         let persisted: Persisted = match read_records(
             disk.as_ref(),
@@ -131,6 +133,7 @@ impl LocalAgent {
         let ae = AntiEntropy::new(SyncTiming::default(), node.clone(), seed, 0);
         let agent = Arc::new_cyclic(|me| LocalAgent {
             cluster,
+            telemetry,
             disk,
             started: Instant::now(),
             enable_script_checks,
@@ -438,6 +441,14 @@ impl LocalAgent {
             {
                 return true;
             }
+            if inner
+                .ae
+                .checks()
+                .get(id)
+                .is_some_and(|c| c.status != status)
+            {
+                self.telemetry.check_transition.inc(&[status.as_str()]);
+            }
             inner.ae.update_check(now, id, status, output);
             Self::track_critical(&mut inner, id, status, now);
         }
@@ -708,13 +719,18 @@ impl LocalAgent {
                     let now = agent.now_ms();
                     let mut inner = agent.inner.lock().expect("agent lock");
                     match result {
-                        Ok((_, CommandResult::Bool(true))) => inner.ae.sync_done(now, generation),
+                        Ok((_, CommandResult::Bool(true))) => {
+                            agent.telemetry.anti_entropy_sync.inc(&[]);
+                            inner.ae.sync_done(now, generation)
+                        }
                         Ok((_, other)) => {
                             warn!(result = ?other, "the catalog refused this node's state");
+                            agent.telemetry.anti_entropy_error.inc(&[]);
                             inner.ae.sync_failed(now);
                         }
                         Err(e) => {
                             debug!(error = %e, "anti-entropy sync failed; will retry");
+                            agent.telemetry.anti_entropy_error.inc(&[]);
                             inner.ae.sync_failed(now);
                         }
                     }

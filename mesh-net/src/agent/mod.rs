@@ -123,10 +123,11 @@ impl Agent {
             ),
             None => None,
         };
+        let telemetry = crate::telemetry::Telemetry::new();
         let (server, cluster, node_id): (Option<Arc<Server>>, Arc<dyn Cluster>, u64) =
             match &config.role {
                 Role::Server(s) => {
-                    let server = Server::start(s.clone(), disk.clone()).await?;
+                    let server = Server::start(s.clone(), disk.clone(), telemetry.clone()).await?;
                     let id = server.node_id();
                     (Some(server.clone()), Arc::new(LocalServer(server)), id)
                 }
@@ -157,6 +158,7 @@ impl Agent {
             disk,
             node_id,
             config.enable_script_checks,
+            telemetry.clone(),
         )?;
         if let Role::Server(s) = &config.role {
             // Consul lists every server as an instance of the `consul`
@@ -197,6 +199,7 @@ impl Agent {
             left.clone(),
             config.clone(),
             connect,
+            telemetry,
         ));
         let http_task = tokio::spawn(http::serve(http_listener, api));
         let mut dns_tasks = Vec::new();

@@ -71,6 +71,7 @@ impl HttpApi {
         let m = call.method.clone();
         match (m, head.as_str(), arg.as_deref()) {
             (Method::GET, "self", None) => self.agent_self().await,
+            (Method::GET, "metrics", None) => self.metrics(&call.query),
             (Method::GET, "members", None) => self.members().await,
             (Method::GET, "services", None) => {
                 let dc = &self.config.datacenter;
@@ -182,7 +183,9 @@ impl HttpApi {
                     "reload is not supported yet: restart the agent to apply configuration changes",
                 )
             }
-            (_, "self" | "members" | "services" | "checks", None) => method_not_allowed(),
+            (_, "self" | "members" | "services" | "checks" | "metrics", None) => {
+                method_not_allowed()
+            }
             _ => not_found(format!("unknown endpoint {}", call.path)),
         }
     }
@@ -516,4 +519,71 @@ fn keyed(rows: Vec<Value>, key: &str) -> BTreeMap<String, Value> {
             (k, r)
         })
         .collect()
+}
+
+impl HttpApi {
+    /// `GET /v1/agent/metrics` (Consul's JSON) and `?format=prometheus`
+    /// (the text exposition format). Gauges of the state (catalog, KV,
+    /// sessions, Raft) are read now, from this server's state; a client
+    /// agent reports its own counters only.
+    fn metrics(&self, query: &super::params::Query) -> Reply {
+        let t = &self.telemetry;
+        if let Some(server) = self.cluster.server() {
+            let (nodes, services, kv, sessions, ttl_sessions, applied) = server.view().read(|sm| {
+                let c = sm.catalog();
+                let services = c
+                    .select(&mesh_core::state::catalog::CatalogQuery::Services)
+                    .services
+                    .len();
+                let s = sm.sessions();
+                (
+                    c.nodes().count(),
+                    services,
+                    sm.kv().len(),
+                    s.len(),
+                    s.iter().filter(|x| x.ttl_ms() > 0).count(),
+                    sm.last_applied(),
+                )
+            });
+            let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+            t.set_gauge(
+                "consul.catalog.nodes",
+                "Nodes in the catalog.",
+                as_i64(nodes),
+            );
+            t.set_gauge(
+                "consul.catalog.services",
+                "Service instances in the catalog.",
+                as_i64(services),
+            );
+            t.set_gauge("consul.kv.entries", "Keys in the KV store.", as_i64(kv));
+            t.set_gauge("consul.session.count", "Sessions.", as_i64(sessions));
+            t.set_gauge(
+                "consul.session_ttl.active",
+                "Sessions with a TTL.",
+                as_i64(ttl_sessions),
+            );
+            t.set_gauge(
+                "consul.raft.applied_index",
+                "Last Raft index applied here.",
+                i64::try_from(applied).unwrap_or(i64::MAX),
+            );
+            t.set_gauge(
+                "consul.server.isLeader",
+                "1 if this server leads.",
+                i64::from(server.is_leader()),
+            );
+        }
+        match query.get("format") {
+            Some("prometheus") => super::reply::reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                t.prometheus(),
+            ),
+            None | Some("") | Some("json") => json_reply(&t.json()),
+            Some(other) => bad_request(format!(
+                "unknown metrics format {other:?}: use format=prometheus, or no format for JSON"
+            )),
+        }
+    }
 }

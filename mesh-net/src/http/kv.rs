@@ -100,6 +100,14 @@ impl HttpApi {
             (Err(e), _) | (_, Err(e)) => return bad_request(e),
         };
         let session = |mode: &str| query.get(mode).unwrap_or("").to_string();
+        for mode in ["acquire", "release"] {
+            if session(mode).len() > mesh_core::session_api::MAX_SESSION_ID_LEN {
+                return bad_request(format!(
+                    "?{mode}: a session ID is at most {} bytes",
+                    mesh_core::session_api::MAX_SESSION_ID_LEN
+                ));
+            }
+        }
         let cmd = if query.has("acquire") {
             KvCommand::Lock {
                 key,

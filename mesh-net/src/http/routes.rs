@@ -32,6 +32,8 @@ pub struct HttpApi {
     pub(super) intention_cache: super::intentions::IntentionCache,
     /// CA roots and leaves for this host's sidecars.
     pub(super) connect: Arc<crate::agent::connect::ConnectCache>,
+    /// The agent's metrics.
+    pub(super) telemetry: crate::telemetry::Telemetry,
 }
 
 /// One request, taken apart.
@@ -51,6 +53,7 @@ impl HttpApi {
         left: Arc<Notify>,
         config: AgentConfig,
         connect: Arc<crate::agent::connect::ConnectCache>,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Self {
         Self {
             cluster,
@@ -58,12 +61,15 @@ impl HttpApi {
             left,
             config,
             connect,
+            telemetry,
             intention_cache: Default::default(),
         }
     }
 
     /// Handles one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Reply {
+        let started = crate::clock::Instant::now();
+        let method = req.method().clone();
         let path = req.uri().path().to_string();
         let mut resp = match Query::parse(req.uri().query()) {
             Ok(query) => {
@@ -94,6 +100,15 @@ impl HttpApi {
             if !h.contains_key("X-Consul-Index") {
                 h.insert("X-Consul-Index", HeaderValue::from(1u64));
             }
+        }
+        let family = path_family(&path);
+        self.telemetry
+            .http
+            .observe(&[method.as_str(), family], started.elapsed());
+        if resp.status().as_u16() >= 400 {
+            self.telemetry
+                .http_errors
+                .inc(&[method.as_str(), family, resp.status().as_str()]);
         }
         resp
     }
@@ -177,4 +192,33 @@ impl HttpApi {
 /// Decodes one path segment (`/v1/agent/service/deregister/<id>`).
 pub(super) fn segment(raw: &str) -> Result<String, Reply> {
     percent_decode(raw, false).map_err(bad_request)
+}
+
+/// The endpoint family of a path (`/v1/kv/a/b` → `/v1/kv`), so metric
+/// labels stay few whatever the keys and IDs.
+fn path_family(path: &str) -> &'static str {
+    const FAMILIES: &[&str] = &[
+        "/v1/kv",
+        "/v1/txn",
+        "/v1/session",
+        "/v1/catalog",
+        "/v1/health",
+        "/v1/agent/connect",
+        "/v1/agent/metrics",
+        "/v1/agent",
+        "/v1/connect/ca",
+        "/v1/connect/intentions",
+        "/v1/status",
+        "/v1/operator",
+        "/v1/event",
+        "/v1/coordinate",
+    ];
+    FAMILIES
+        .iter()
+        .find(|f| {
+            path.strip_prefix(**f)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+        .copied()
+        .unwrap_or("other")
 }

@@ -52,13 +52,20 @@ fn decode_op(i: usize, v: &Value) -> Result<TxnOp, String> {
             .decode(v)
             .map_err(|e| format!("operation {i}: Value is not valid base64: {e}"))?,
     };
+    let session = string("session")?;
+    if session.len() > mesh_core::session_api::MAX_SESSION_ID_LEN {
+        return Err(format!(
+            "operation {i}: a session ID is at most {} bytes",
+            mesh_core::session_api::MAX_SESSION_ID_LEN
+        ));
+    }
     Ok(TxnOp {
         verb,
         key: string("key")?,
         value,
         flags: number("flags")?,
         index: number("index")?,
-        session: string("session")?,
+        session,
     })
 }
 

@@ -46,7 +46,12 @@ impl Server {
             // Not run: the caller retries and finds the new leader.
             return Err(RpcError::NoLeader);
         }
-        if self.is_leader() {
+        if self.is_leader() && takes_a_lock(&cmd) {
+            // The lock delays come from applying entries: a new leader
+            // (or one whose invalidating entry is committed but not yet
+            // applied) must catch up before it can judge them. A quorum
+            // round returns once everything committed is applied.
+            self.confirm_leadership().await?;
             if let Some(result) = self.refuse_delayed_lock(&cmd) {
                 return Ok(Response::Written {
                     index: self.view.applied_index(),
@@ -68,6 +73,7 @@ impl Server {
         // higher term reaches it); without this the client would wait out
         // its own timeout. Consul's leader steps down after a lease without
         // a quorum; we answer within the election bound.
+        let proposed = Instant::now();
         let written = tokio::select! {
             biased;
             written = self.raft.client_write(cmd) => written,
@@ -80,10 +86,16 @@ impl Server {
             }
         };
         match written {
-            Ok(resp) => Ok(Response::Written {
-                index: resp.log_id.index,
-                result: resp.data,
-            }),
+            Ok(resp) => {
+                self.telemetry.raft_apply.inc(&[]);
+                self.telemetry
+                    .raft_commit_time
+                    .observe(&[], proposed.elapsed());
+                Ok(Response::Written {
+                    index: resp.log_id.index,
+                    result: resp.data,
+                })
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(self.not_leader())
             }
@@ -225,5 +237,16 @@ impl Server {
             .await
             .map_err(|e| RpcError::Internal(format!("changing membership: {e}")))?;
         Ok(())
+    }
+}
+
+/// Whether `cmd` may take a KV lock (`?acquire`, or a transaction with a
+/// `lock` operation): the writes a lock delay can refuse.
+fn takes_a_lock(cmd: &Command) -> bool {
+    use mesh_core::state::KvCommand;
+    match cmd {
+        Command::Kv(KvCommand::Lock { .. }) => true,
+        Command::Kv(KvCommand::Txn { ops }) => ops.iter().any(|op| op.verb == "lock"),
+        _ => false,
     }
 }

@@ -168,6 +168,8 @@ pub struct Server {
     heartbeats: tokio::sync::mpsc::Sender<String>,
     /// Session TTL timers, while this server leads (see `session_driver`).
     session_timers: Mutex<Option<mesh_core::session_ttl::SessionTimers>>,
+    /// The agent's metrics.
+    telemetry: crate::telemetry::Telemetry,
 }
 
 pub(crate) fn load_or_create_node_id(disk: &dyn Disk) -> Result<u64, StartError> {
@@ -218,7 +220,11 @@ pub fn rpc_target(addr: &str) -> String {
 impl Server {
     /// Opens storage on `disk`, starts Raft and the RPC listener, and begins
     /// cluster formation in the background.
-    pub async fn start(config: ServerConfig, disk: Arc<dyn Disk>) -> Result<Arc<Self>, StartError> {
+    pub async fn start(
+        config: ServerConfig,
+        disk: Arc<dyn Disk>,
+        telemetry: crate::telemetry::Telemetry,
+    ) -> Result<Arc<Self>, StartError> {
         if let BootstrapMode::Expect(0) = config.bootstrap {
             return Err(StartError::Config(
                 "-bootstrap-expect must be at least 1".into(),
@@ -228,7 +234,7 @@ impl Server {
         let log_store = LogStore::open(disk.clone())?;
         let log = log_store.clone();
         let has_state = log_store.has_state();
-        let (state_store, view) = StateStore::open(disk.clone())?;
+        let (state_store, view) = StateStore::open(disk.clone(), telemetry.clone())?;
         let info = ServerInfo {
             node_id,
             name: config.node_name.clone(),
@@ -296,6 +302,7 @@ impl Server {
             snapshot_in: Mutex::new(Reassembly::new()),
             heartbeats,
             session_timers: Mutex::new(None),
+            telemetry,
         });
         let handler_server = server.clone();
         let serve = tokio::spawn(rpc::serve(listener, move |req| {

@@ -133,6 +133,7 @@ impl Server {
                 });
                 for Expire { id } in expired {
                     info!(session = %id, "session TTL expired: invalidating it");
+                    self.telemetry.session_ttl_invalidate.inc(&[]);
                     let cmd = SessionCommand::Destroy { id: id.clone() };
                     if let Err(e) = self.write_here(cmd.into()).await {
                         warn!(session = %id, error = %e, "could not invalidate an expired session; will retry");

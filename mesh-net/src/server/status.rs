@@ -130,8 +130,17 @@ impl Server {
     /// subscribers (routing), until Raft shuts down.
     pub(super) async fn publish_leader_view(self: Arc<Self>) {
         let mut metrics = self.raft.metrics();
+        let mut leading_term = None;
         loop {
-            if metrics.borrow_and_update().state == ServerState::Leader {
+            let (state, term) = {
+                let m = metrics.borrow_and_update();
+                (m.state, m.current_term)
+            };
+            if state == ServerState::Leader && leading_term != Some(term) {
+                leading_term = Some(term);
+                self.telemetry.raft_became_leader.inc(&[]);
+            }
+            if state == ServerState::Leader {
                 // Leading counts as having a leader: a leader that steps
                 // down (a hand-off) is not leaderless since it started.
                 *self.last_leader_contact.lock().expect("contact lock") = Some(Instant::now());

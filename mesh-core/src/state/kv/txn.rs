@@ -227,6 +227,17 @@ pub(super) fn run(
                     op.key
                 ))),
             },
+            "lock"
+                if session_exists(&op.session)
+                    && super::unchanged_relock(
+                        current.as_ref(),
+                        &op.session,
+                        &op.value,
+                        op.flags,
+                    ) =>
+            {
+                Ok(vec![written(current.clone().expect("a held key exists"))])
+            }
             "lock" => {
                 let exists = session_exists(&op.session);
                 match super::lock_entry(current.as_ref(), index, &op.key, &op.session, exists) {
@@ -239,8 +250,9 @@ pub(super) fn run(
                 }
             }
             "unlock" => match super::unlock_entry(current.as_ref(), index, &op.session) {
-                Some(entry) => Ok(vec![written(o.put(entry, op))]),
-                None => Err(fail(format!(
+                Ok(Some(entry)) => Ok(vec![written(o.put(entry, op))]),
+                Err(e) => Err(fail(e)),
+                Ok(None) => Err(fail(format!(
                     "failed to unlock key {:?}, lock isn't held, or is held by another session",
                     op.key
                 ))),

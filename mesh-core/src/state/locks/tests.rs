@@ -31,7 +31,7 @@ fn session(id: &str, node: &str, behavior: Behavior) -> Session {
         id: id.into(),
         node: node.into(),
         behavior,
-        lock_delay_ms: 15_000,
+        lock_delay_ns: 15_000_000_000,
         node_checks: vec![SERF_HEALTH_CHECK.into()],
         ..Session::default()
     }
@@ -129,39 +129,49 @@ fn lock_and_unlock_follow_consul() {
         (e.lock_index, e.modify_index, e.value.as_slice()),
         (1, 5, &b"b"[..])
     );
+    // Re-acquiring with the same value and flags changes nothing at all,
+    // so watchers of a leader key renewed in a loop sleep on.
+    assert_eq!(lock(&mut sm, 6, "k", b"b", "s1"), CommandResult::Bool(true));
+    assert_eq!(sm.kv().get("k").unwrap(), &e);
+    assert_eq!(sm.table_index(Table::Kv), 5);
+    // An empty session is an error, for a release too.
+    assert_eq!(
+        unlock(&mut sm, 7, "k", ""),
+        CommandResult::Failed("missing session".into())
+    );
     // Another session is refused and nothing changes.
     assert_eq!(
-        lock(&mut sm, 6, "k", b"c", "s2"),
+        lock(&mut sm, 8, "k", b"c", "s2"),
         CommandResult::Bool(false)
     );
     assert_eq!(sm.kv().get("k").unwrap(), &e);
     assert_eq!(sm.table_index(Table::Kv), 5);
     // A session that does not exist is an error.
     assert_eq!(
-        lock(&mut sm, 7, "k", b"c", "nope"),
+        lock(&mut sm, 9, "k", b"c", "nope"),
         CommandResult::Failed("invalid session \"nope\"".into())
     );
     // Only the holder releases.
-    assert_eq!(unlock(&mut sm, 8, "k", "s2"), CommandResult::Bool(false));
-    assert_eq!(unlock(&mut sm, 9, "k", "s1"), CommandResult::Bool(true));
+    assert_eq!(unlock(&mut sm, 10, "k", "s2"), CommandResult::Bool(false));
+    assert_eq!(unlock(&mut sm, 11, "k", "s1"), CommandResult::Bool(true));
     let e = sm.kv().get("k").unwrap().clone();
     assert_eq!(
         (e.lock_index, e.session, e.modify_index, e.value.as_slice()),
-        (1, None, 9, &b"released"[..])
+        (1, None, 11, &b"released"[..])
     );
     // The next holder bumps the lock index.
     assert_eq!(
-        lock(&mut sm, 10, "k", b"d", "s2"),
+        lock(&mut sm, 12, "k", b"d", "s2"),
         CommandResult::Bool(true)
     );
     assert_eq!(sm.kv().get("k").unwrap().lock_index, 2);
     assert_eq!(
-        unlock(&mut sm, 11, "missing", "s2"),
+        unlock(&mut sm, 13, "missing", "s2"),
         CommandResult::Bool(false)
     );
     // A plain write keeps the lock.
     sm.apply(
-        12,
+        14,
         &KvCommand::Set {
             key: "k".into(),
             value: b"e".to_vec(),
