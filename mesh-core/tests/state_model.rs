@@ -74,10 +74,11 @@ fn lock_command() -> impl Strategy<Value = KvCommand> {
             proptest::collection::vec(any::<u8>(), 0..3)
         )
             .prop_map(|(key, session, value)| KvCommand::Lock {
+                checked_at: key.len() as u64 * 7,
                 key,
                 value,
                 flags: 0,
-                session
+                session,
             }),
         ("[ab/é]{0,2}", session).prop_map(|(key, session)| KvCommand::Unlock {
             key,
@@ -147,6 +148,7 @@ fn txn_op() -> impl Strategy<Value = mesh_core::kv::txn::TxnOp> {
                 flags,
                 index,
                 session,
+                checked_at: 0,
             },
         )
 }
@@ -270,7 +272,7 @@ proptest! {
                 Entry::Command(Command::Kv(KvCommand::DeleteCas { key, index: n })) => { kv.delete_cas(*index, key, *n); }
                 Entry::Command(Command::Kv(KvCommand::DeleteTree { prefix })) => { kv.delete_tree(*index, prefix); }
                 Entry::Command(Command::Kv(KvCommand::Txn { ops })) => { kv.txn(*index, ops); }
-                Entry::Command(Command::Kv(KvCommand::Lock { key, value, flags, session })) => {
+                Entry::Command(Command::Kv(KvCommand::Lock { key, value, flags, session, .. })) => {
                     let _ = kv.lock(*index, key, value.clone(), *flags, session, false);
                 }
                 Entry::Command(Command::Kv(KvCommand::Unlock { key, value, flags, session })) => {

@@ -4,17 +4,26 @@
 //! crashes; a writer and a reader on the two hosts exchange transactions.
 //!
 //! Two locks, each contended by four clients (two per host):
-//! - `locks/guarded`: sessions as `consul lock` makes them (TTL 10 s, the
-//!   node's `serfHealth` check, the default 15 s lock delay), so a failed
-//!   node invalidates them and the lock delay covers the holder's TTL;
+//! - `locks/guarded`: health-checked sessions (TTL 10 s, the node's
+//!   `serfHealth`, and on fcs00 also fcs's TCP check) with a 20 s lock
+//!   delay, so a failed node or check invalidates them and the lock delay
+//!   covers the holder's TTL twice over (clock drift);
 //! - `locks/patroni`: sessions as Patroni makes them (TTL 10 s, no
 //!   checks, lock delay 0), so only the TTL protects the holder.
 //!
 //! Each client follows the rule of `checkers::lock_safety`: it renews every
 //! TTL/2 and stops using its lock once a TTL has passed on its own clock
-//! since it sent its last successful renewal. A client that loses or gives
-//! up a lock still sends its release, and sometimes sends it twice (a
-//! retried request), as real clients do.
+//! since it sent its last successful renewal. Most holds are short;
+//! before each fault the harness asks for long ones (12-20 s), so losing
+//! the lock (its host cut off, its check failing) happens while the
+//! client still wants it. A client that
+//! loses or gives up a lock still sends its release, and sometimes sends
+//! it twice (a retried request), as real clients do.
+//!
+//! Phases: contention; the leader dies; fcs's check fails under a holder
+//! on fcs00 (its session is invalidated while the holder is connected);
+//! a long holder's host is cut off; clocks drift and the leader's wall
+//! clock steps; fcc00 crashes.
 //!
 //! Checkers: lock safety (no two holders at any moment of true time),
 //! transaction atomicity (`checkers::txn_atomicity`), and the sessions of a
@@ -29,7 +38,10 @@ use mesh_net::clock;
 use mesh_net::http_client::HttpClient;
 use tracing::info;
 
+use std::sync::atomic::Ordering;
+
 use crate::agent_hosts::BootTask;
+use crate::agents::http_ok;
 use crate::checkers::lock_safety::{self, LockHistory};
 use crate::checkers::txn_atomicity::{self, TxnReads};
 use crate::scenarios::{rand_ms, Report, Run, ELECTION_BOUND};
@@ -43,6 +55,9 @@ const TTL: Duration = Duration::from_secs(10);
 pub const INVALIDATE_BOUND: Duration = Duration::from_secs(6);
 /// The locks and whether their sessions are health-checked.
 const LOCKS: [(&str, bool); 2] = [("locks/guarded", true), ("locks/patroni", false)];
+/// fcs on fcs00, with the TCP check fcs00's guarded sessions name.
+const FCS_REGISTRATION: &str = r#"{"Name":"fcs","ID":"fcs","Port":8181,
+    "Check":{"CheckID":"fcs-tcp","Name":"fcs TCP","TCP":"127.0.0.1:8181","Interval":"1s","Timeout":"1s"}}"#;
 
 fn boot<F, Fut>(f: F) -> BootTask
 where
@@ -85,8 +100,12 @@ async fn create_session(
     client: &str,
     guarded: bool,
 ) -> Option<(String, clock::Instant)> {
-    let body = if guarded {
-        format!(r#"{{"Name":"{client}","TTL":"10s"}}"#)
+    let body = if guarded && client.starts_with("fcs00/") {
+        format!(
+            r#"{{"Name":"{client}","TTL":"10s","LockDelay":"20s","NodeChecks":["serfHealth"],"ServiceChecks":[{{"ID":"fcs-tcp"}}]}}"#
+        )
+    } else if guarded {
+        format!(r#"{{"Name":"{client}","TTL":"10s","LockDelay":"20s"}}"#)
     } else {
         format!(r#"{{"Name":"{client}","TTL":"10s","LockDelay":"0s","Checks":[]}}"#)
     };
@@ -112,6 +131,7 @@ async fn lock_client(
     guarded: bool,
     history: Arc<Mutex<LockHistory>>,
     base: Instant,
+    hold_long: Arc<Mutex<Option<&'static str>>>,
 ) {
     let mut http = HttpClient::new(agent, Duration::from_secs(2));
     let mut kept: Option<(String, clock::Instant)> = None;
@@ -153,11 +173,23 @@ async fn lock_client(
                 _ => clock::sleep(jitter(100, 300)).await,
             }
         }
+        // The harness asks for long holds before a fault; a few come
+        // unasked.
+        let asked = hold_long
+            .lock()
+            .expect("hold_long")
+            .is_some_and(|prefix| client.starts_with(prefix));
+        let long = asked || madsim::rand::thread_rng().gen_bool(0.05);
         history
             .lock()
             .expect("locks")
-            .acquired(&client, key, &session, us_since(base));
-        let hold_until = clock::Instant::now() + jitter(300, 3_000);
+            .acquired(&client, key, &session, us_since(base), long);
+        let hold_for = if long {
+            jitter(12_000, 20_000)
+        } else {
+            jitter(300, 3_000)
+        };
+        let hold_until = clock::Instant::now() + hold_for;
         let lost = loop {
             let now = clock::Instant::now();
             let deadline = alive + TTL;
@@ -172,7 +204,8 @@ async fn lock_client(
                 // Never past the deadline, even with a request in flight.
                 match clock::timeout(deadline - now, renew(&mut http, &session)).await {
                     Ok(Renewal::Renewed(sent)) => alive = sent,
-                    Ok(Renewal::Gone) | Err(_) => break true,
+                    Ok(Renewal::Gone) => break true,
+                    Err(_) => break true,
                     Ok(Renewal::Failed) => {
                         clock::sleep(Duration::from_millis(200).min(deadline - now)).await
                     }
@@ -184,7 +217,7 @@ async fn lock_client(
         history.lock().expect("locks").released(
             &client,
             us_since(base),
-            if lost { "its TTL ran out" } else { "released" },
+            if lost { lock_safety::LOST } else { "released" },
         );
         let path = format!("/v1/kv/{key}?release={session}");
         let _ = http.request("PUT", &path, Vec::new()).await;
@@ -250,25 +283,25 @@ async fn txn_reader(agent: String, reads: Arc<Mutex<TxnReads>>) {
     }
 }
 
-/// The host whose client holds `key` now, waiting for one (bounded).
-async fn holder_host(
+/// A client (of `host_prefix`) in a long hold of `key` now, waiting for
+/// one (bounded): the holder to fault while it wants the lock.
+async fn long_holder(
     run: &mut Run,
     history: &Arc<Mutex<LockHistory>>,
+    host_prefix: &str,
     key: &str,
-) -> Result<Option<usize>, String> {
+) -> Result<String, String> {
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        let holder = history.lock().expect("locks").holder(key);
+    while t.elapsed() < Duration::from_secs(60) {
+        let holder = history.lock().expect("locks").long_holder(host_prefix, key);
         if let Some(client) = holder {
-            return Ok(Some(if client.starts_with("fcs00/") {
-                FCS
-            } else {
-                FCC
-            }));
+            return Ok(client);
         }
         run.settle(Duration::from_millis(20)).await?;
     }
-    Ok(None)
+    Err(format!(
+        "no client of {host_prefix:?} held {key:?} for long within 60 s: nothing to fault"
+    ))
 }
 
 /// The health-checked sessions of `node` in the leader's state.
@@ -288,6 +321,8 @@ pub(crate) async fn locks() -> Result<Report, String> {
     run.cluster.add_agent_hosts();
     let base = Instant::now();
     let history = Arc::new(Mutex::new(LockHistory::default()));
+    // Clients whose name starts with this make their holds long.
+    let hold_long: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
     let reads = Arc::new(Mutex::new(TxnReads::default()));
     for k in [FCS, FCC] {
         let host = &mut run.cluster.agents[k];
@@ -295,9 +330,17 @@ pub(crate) async fn locks() -> Result<Report, String> {
         for (key, guarded) in LOCKS {
             for n in 0..2 {
                 let client = format!("{}/{}-{n}", host.name, key.trim_start_matches("locks/"));
-                let (agent, h) = (agent.clone(), history.clone());
+                let (agent, h, long) = (agent.clone(), history.clone(), hold_long.clone());
                 host.boot_tasks.push(boot(move || {
-                    lock_client(agent.clone(), client.clone(), key, guarded, h.clone(), base)
+                    lock_client(
+                        agent.clone(),
+                        client.clone(),
+                        key,
+                        guarded,
+                        h.clone(),
+                        base,
+                        long.clone(),
+                    )
                 }));
             }
         }
@@ -314,6 +357,14 @@ pub(crate) async fn locks() -> Result<Report, String> {
     sleep_a_little().await;
     run.cluster.start_agent(FCC);
     run.start_workload(1);
+    http_ok(
+        &run,
+        run.cluster.agents[FCS].http_addr(),
+        "PUT",
+        "/v1/agent/service/register",
+        FCS_REGISTRATION.as_bytes(),
+    )
+    .await?;
     run.settle(rand_ms(5_000, 10_000)).await?;
 
     info!("phase: the leader dies under lock traffic");
@@ -328,9 +379,40 @@ pub(crate) async fn locks() -> Result<Report, String> {
     run.cluster.start(leader);
     run.settle(rand_ms(3_000, 6_000)).await?;
 
-    info!("phase: the guarded lock's holder is cut off");
-    let Some(victim) = holder_host(&mut run, &history, "locks/guarded").await? else {
-        return Err("nobody took locks/guarded for 10 s".into());
+    info!("phase: fcs's check fails under a guarded holder on fcs00");
+    *hold_long.lock().expect("hold_long") = Some("fcs00/");
+    let holder = long_holder(&mut run, &history, "fcs00/", "locks/guarded").await?;
+    *hold_long.lock().expect("hold_long") = None;
+    info!(%holder, "stopping the fcs app");
+    run.cluster.agents[FCS]
+        .app_up
+        .store(false, Ordering::SeqCst);
+    let t = Instant::now();
+    while history.lock().expect("locks").holder("locks/guarded") == Some(holder.clone()) {
+        if t.elapsed() > Duration::from_secs(15) {
+            return Err(format!(
+                "{holder} kept locks/guarded for 15 s after the check its session names failed"
+            ));
+        }
+        run.settle(Duration::from_millis(20)).await?;
+    }
+    run.settle(rand_ms(2_000, 5_000)).await?;
+    run.cluster.agents[FCS].app_up.store(true, Ordering::SeqCst);
+    run.settle(rand_ms(3_000, 6_000)).await?;
+
+    info!("phase: a long holder's host is cut off");
+    let key = if madsim::rand::thread_rng().gen_bool(0.5) {
+        "locks/guarded"
+    } else {
+        "locks/patroni"
+    };
+    *hold_long.lock().expect("hold_long") = Some("");
+    let holder = long_holder(&mut run, &history, "", key).await?;
+    *hold_long.lock().expect("hold_long") = None;
+    let victim = if holder.starts_with("fcs00/") {
+        FCS
+    } else {
+        FCC
     };
     let node = run.cluster.agents[victim].name.clone();
     let leader = run.leader_among(&all, ELECTION_BOUND).await?;
@@ -389,6 +471,7 @@ pub(crate) async fn locks() -> Result<Report, String> {
     let mut verdict = history.lock().expect("locks").clone();
     verdict.close_all(us_since(base));
     run.report.lock_holds = verdict.holds().len() as u64;
+    run.report.lost_holds = verdict.lost() as u64;
     lock_safety::check(&verdict)?;
     let txn = reads.lock().expect("txn").clone();
     run.report.txn_reads = txn.reads.len() as u64;

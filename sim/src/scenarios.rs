@@ -93,6 +93,8 @@ pub struct Report {
     pub session_invalidate_ms: Vec<u64>,
     /// Lock holds judged by the lock-safety checker.
     pub lock_holds: u64,
+    /// Holds that ended because the lock was lost.
+    pub lost_holds: u64,
     /// Transaction reads judged by the atomicity checker.
     pub txn_reads: u64,
 }

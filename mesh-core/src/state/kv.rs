@@ -117,6 +117,12 @@ pub enum KvCommand {
         flags: u64,
         /// The session taking the lock.
         session: String,
+        /// The applied index at which the leader found the key outside
+        /// any lock delay (0: not checked). Applying refuses the lock if an
+        /// invalidation released the key after that index: the check ran
+        /// before the release, whose delay must still apply.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        checked_at: u64,
     },
     /// `PUT /v1/kv/<key>?release=<session>`: writes the key and releases
     /// its lock, if the session holds it. Result: whether it did.
@@ -396,7 +402,7 @@ impl KvStore {
     ///
     /// As [`KvStore::set`].
     pub fn txn(&mut self, index: u64, ops: &[txn::TxnOp]) -> txn::TxnOutcome {
-        self.txn_with_sessions(index, ops, &|_| false)
+        self.txn_with_sessions(index, ops, &NoSessions)
     }
 
     /// [`KvStore::txn`] with `session_exists` answering for the session
@@ -409,10 +415,10 @@ impl KvStore {
         &mut self,
         index: u64,
         ops: &[txn::TxnOp],
-        session_exists: &dyn Fn(&str) -> bool,
+        ctx: &dyn LockContext,
     ) -> txn::TxnOutcome {
         self.advance(index);
-        let (outcome, changes) = txn::run(self, index, ops, session_exists);
+        let (outcome, changes) = txn::run(self, index, ops, ctx);
         let mut changed = false;
         for (key, change) in changes {
             match change {
@@ -533,7 +539,7 @@ impl KvStore {
         &mut self,
         index: u64,
         cmd: &KvCommand,
-        session_exists: &dyn Fn(&str) -> bool,
+        ctx: &dyn LockContext,
     ) -> CommandResult {
         let ok = match cmd {
             KvCommand::Set { key, value, flags } => {
@@ -553,15 +559,22 @@ impl KvStore {
             } => self.delete_cas(index, key, *expected),
             KvCommand::DeleteTree { prefix } => self.delete_tree(index, prefix),
             KvCommand::Txn { ops } => {
-                return CommandResult::Txn(self.txn_with_sessions(index, ops, session_exists))
+                return CommandResult::Txn(self.txn_with_sessions(index, ops, ctx))
             }
             KvCommand::Lock {
                 key,
                 value,
                 flags,
                 session,
+                checked_at,
             } => {
-                let exists = session_exists(session);
+                if ctx.released_since(key, *checked_at) {
+                    // An invalidation released the key after the leader
+                    // checked its lock delay: the delay applies.
+                    self.advance(index);
+                    return CommandResult::Bool(false);
+                }
+                let exists = ctx.session_exists(session);
                 match self.lock(index, key, value.clone(), *flags, session, exists) {
                     Ok(ok) => ok,
                     Err(e) => return CommandResult::Failed(e),
@@ -706,7 +719,7 @@ impl TableState for KvStore {
     /// session that does not exist. The state machine applies through
     /// [`KvStore::apply_with_sessions`].
     fn apply(&mut self, index: u64, cmd: &KvCommand) -> CommandResult {
-        self.apply_with_sessions(index, cmd, &|_| false)
+        self.apply_with_sessions(index, cmd, &NoSessions)
     }
 
     fn table_index(&self) -> u64 {
@@ -876,6 +889,33 @@ pub mod base64_bytes {
         let text = String::deserialize(d)?;
         STANDARD.decode(text).map_err(serde::de::Error::custom)
     }
+}
+
+/// What the lock verbs need from the sessions table.
+pub trait LockContext {
+    /// Whether the session exists.
+    fn session_exists(&self, id: &str) -> bool;
+    /// Whether an invalidated session released `key` after the leader
+    /// checked its lock delay at applied index `checked_at` (0: never
+    /// checked, nothing to compare).
+    fn released_since(&self, key: &str, checked_at: u64) -> bool;
+}
+
+/// No sessions at all: a KV store on its own.
+pub struct NoSessions;
+
+impl LockContext for NoSessions {
+    fn session_exists(&self, _: &str) -> bool {
+        false
+    }
+
+    fn released_since(&self, _: &str, _: u64) -> bool {
+        false
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Consul's `kvsLockTxn` on one entry: the entry as locked by `session`

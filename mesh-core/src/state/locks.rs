@@ -69,6 +69,9 @@ fn invalidate(sm: &mut StateMachine, index: u64, id: &str) {
     let keys = sm
         .kv
         .drop_session(index, id, session.behavior == Behavior::Delete);
+    for key in &keys {
+        sm.sessions.record_release(index, key);
+    }
     // Whole milliseconds, rounded up: a delay is never shortened.
     let delay_ms = session
         .lock_delay_ns

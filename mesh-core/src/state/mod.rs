@@ -403,11 +403,7 @@ impl StateMachine {
     pub fn apply(&mut self, index: u64, cmd: &Command) -> CommandResult {
         self.advance(index);
         match cmd {
-            Command::Kv(c) => {
-                let sessions = &self.sessions;
-                self.kv
-                    .apply_with_sessions(index, c, &|id| sessions.get(id).is_some())
-            }
+            Command::Kv(c) => self.kv.apply_with_sessions(index, c, &self.sessions),
             Command::Catalog(c) => {
                 let result = self.catalog.apply(index, c);
                 if !self.sessions.is_empty() {

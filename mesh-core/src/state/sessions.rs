@@ -136,21 +136,38 @@ impl SessionCommand {
     }
 }
 
-/// Every session, by ID.
+/// How many log entries back the table remembers which keys invalidated
+/// sessions released (see [`SessionTable::released_since`]). A lock whose
+/// delay check is older than that is refused: the leader checks right
+/// before proposing, so a check this stale means a badly stuck proposal.
+pub const RELEASE_MEMORY: u64 = 100_000;
+
+/// Every session, by ID, and the keys invalidated sessions released
+/// lately.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionTable {
     sessions: BTreeMap<String, Session>,
+    /// Key → index of the latest invalidation that released it, for
+    /// entries within [`RELEASE_MEMORY`] of the newest.
+    released: BTreeMap<String, u64>,
+    /// Releases below this index were forgotten.
+    forgotten_below: u64,
     table_index: u64,
     last_index: u64,
 }
 
-/// The snapshot image: indexes and every session in ID order.
+/// The snapshot image: indexes, every session in ID order, and the
+/// remembered releases.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Image {
     table_index: u64,
     last_index: u64,
     sessions: Vec<Session>,
+    #[serde(default)]
+    released: BTreeMap<String, u64>,
+    #[serde(default)]
+    forgotten_below: u64,
 }
 
 impl SessionTable {
@@ -212,6 +229,27 @@ impl SessionTable {
         Ok(())
     }
 
+    /// An invalidated session released (or deleted) `key` at `index`.
+    /// Forgets releases older than [`RELEASE_MEMORY`] entries once the
+    /// record grows, so it stays small without a clock.
+    pub(super) fn record_release(&mut self, index: u64, key: &str) {
+        self.released.insert(key.to_string(), index);
+        if self.released.len() > 1024 {
+            let horizon = index.saturating_sub(RELEASE_MEMORY);
+            self.released.retain(|_, at| *at >= horizon);
+            self.forgotten_below = self.forgotten_below.max(horizon);
+        }
+    }
+
+    /// Whether an invalidation released `key` after a lock-delay check at
+    /// applied index `checked_at`, or the check is too old to tell (both
+    /// refuse the lock). An unchecked lock (0) is never refused here.
+    pub fn released_since(&self, key: &str, checked_at: u64) -> bool {
+        checked_at != 0
+            && (checked_at < self.forgotten_below
+                || self.released.get(key).is_some_and(|at| *at > checked_at))
+    }
+
     /// Removes the session; what it was, if it existed.
     pub(super) fn remove(&mut self, index: u64, id: &str) -> Option<Session> {
         self.touch(index);
@@ -267,6 +305,8 @@ impl TableState for SessionTable {
             table_index: self.table_index,
             last_index: self.last_index,
             sessions: self.sessions.values().cloned().collect(),
+            released: self.released.clone(),
+            forgotten_below: self.forgotten_below,
         };
         let json = serde_json::to_vec(&image).expect("sessions serialize");
         put_bytes32(out, &json);
@@ -279,6 +319,8 @@ impl TableState for SessionTable {
         let mut t = SessionTable {
             table_index: image.table_index,
             last_index: image.last_index,
+            released: image.released,
+            forgotten_below: image.forgotten_below,
             ..SessionTable::default()
         };
         for s in image.sessions {
@@ -294,6 +336,12 @@ impl TableState for SessionTable {
             return Err(format!(
                 "table index {} is above the last applied index {}",
                 self.table_index, self.last_index
+            ));
+        }
+        if let Some((key, at)) = self.released.iter().find(|(_, at)| **at > self.last_index) {
+            return Err(format!(
+                "key {key:?} was released at index {at}, after the last applied index {}",
+                self.last_index
             ));
         }
         for (id, s) in &self.sessions {
@@ -343,4 +391,14 @@ pub fn ttl_ms(ttl: &str) -> Result<u64, String> {
     // Within 24 h, so it fits.
     let ms = (ns / 1_000_000) as u64;
     Ok(ms)
+}
+
+impl super::kv::LockContext for SessionTable {
+    fn session_exists(&self, id: &str) -> bool {
+        self.sessions.contains_key(id)
+    }
+
+    fn released_since(&self, key: &str, checked_at: u64) -> bool {
+        SessionTable::released_since(self, key, checked_at)
+    }
 }

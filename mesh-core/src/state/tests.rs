@@ -75,6 +75,7 @@ fn every_command() -> Vec<Command> {
                     flags: u64::MAX,
                     index: u64::MAX,
                     session: "s\u{0}é".into(),
+                    checked_at: u64::MAX,
                 };
                 3
             ],
@@ -84,6 +85,7 @@ fn every_command() -> Vec<Command> {
             value: vec![0xfe; 10],
             flags: 1,
             session: "s\"\u{1}".into(),
+            checked_at: u64::MAX,
         }),
         Command::Kv(KvCommand::Unlock {
             key: "é".into(),

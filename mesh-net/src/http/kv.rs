@@ -114,6 +114,7 @@ impl HttpApi {
                 value,
                 flags,
                 session: session("acquire"),
+                checked_at: 0,
             }
         } else if query.has("release") {
             KvCommand::Unlock {

@@ -66,6 +66,7 @@ fn decode_op(i: usize, v: &Value) -> Result<TxnOp, String> {
         flags: number("flags")?,
         index: number("index")?,
         session,
+        checked_at: 0,
     })
 }
 

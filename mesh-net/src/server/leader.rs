@@ -41,7 +41,7 @@ impl Server {
         result.unwrap_or_else(Response::Error)
     }
 
-    pub(super) async fn write_here(&self, cmd: Command) -> Result<RpcResponse, RpcError> {
+    pub(super) async fn write_here(&self, mut cmd: Command) -> Result<RpcResponse, RpcError> {
         if self.handing_off.load(Ordering::SeqCst) {
             // Not run: the caller retries and finds the new leader.
             return Err(RpcError::NoLeader);
@@ -52,11 +52,17 @@ impl Server {
             // applied) must catch up before it can judge them. A quorum
             // round returns once everything committed is applied.
             self.confirm_leadership().await?;
+            // Read before the delays: an entry applied in between makes the
+            // stamp older, which only refuses more.
+            let checked_at = self.view.applied_index();
             if let Some(result) = self.refuse_delayed_lock(&cmd) {
                 return Ok(Response::Written {
-                    index: self.view.applied_index(),
+                    index: checked_at,
                     result,
                 });
+            }
+            if !mutants::enabled(Mutant::LockDelayIgnored) {
+                stamp_lock_check(&mut cmd, checked_at);
             }
         }
         if mutants::enabled(Mutant::AckBeforeCommit) && self.is_leader() {
@@ -248,5 +254,21 @@ fn takes_a_lock(cmd: &Command) -> bool {
         Command::Kv(KvCommand::Lock { .. }) => true,
         Command::Kv(KvCommand::Txn { ops }) => ops.iter().any(|op| op.verb == "lock"),
         _ => false,
+    }
+}
+
+/// Records in a lock command the applied index at which the leader found
+/// its keys outside any lock delay; applying refuses the lock if an
+/// invalidation released a key after that (it raced the check).
+fn stamp_lock_check(cmd: &mut Command, checked_at: u64) {
+    use mesh_core::state::KvCommand;
+    match cmd {
+        Command::Kv(KvCommand::Lock { checked_at: at, .. }) => *at = checked_at,
+        Command::Kv(KvCommand::Txn { ops }) => {
+            for op in ops.iter_mut().filter(|op| op.verb == "lock") {
+                op.checked_at = checked_at;
+            }
+        }
+        _ => {}
     }
 }

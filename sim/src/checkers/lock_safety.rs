@@ -4,10 +4,15 @@
 //! lock with `?acquire`, renews its session at least every TTL/2, and
 //! stops using the lock once a TTL has passed on its own clock since it
 //! sent its last successful renewal (or the create) never overlaps with
-//! the next holder, provided clocks do not differ in rate by 2x and the
-//! session's lock delay is at least its TTL when its node's health can
-//! invalidate it. Jepsen found etcd's locks unsafe under pauses because
-//! nothing told clients when to stop; here the rule is the client's.
+//! the next holder, provided clocks do not differ in rate by 2x and, for
+//! a session that health checks (or a destroy) can invalidate, the lock
+//! delay is at least twice the TTL (the same 2x margin the leader gives a
+//! TTL). Jepsen found etcd's locks unsafe under pauses because nothing
+//! told clients when to stop; here the rule is the client's.
+//!
+//! A run must also show holds that ended because the lock was lost (the
+//! TTL ran out or the session was invalidated while the client still
+//! wanted it): otherwise no fault was judged.
 //!
 //! A hold is an interval of true time (µs since the scenario began) from
 //! the moment the client read `true` from its acquire to the moment it
@@ -37,7 +42,12 @@ pub struct Hold {
     pub to_us: u64,
     /// Why it stopped.
     pub why: &'static str,
+    /// The client wanted it for long (12-20 s).
+    pub long: bool,
 }
+
+/// Why a hold ended when the client lost the lock.
+pub const LOST: &str = "its TTL ran out or its session was invalidated";
 
 /// Every hold of a run.
 #[derive(Clone, Debug, Default)]
@@ -53,7 +63,7 @@ pub struct LockHistory {
 
 impl LockHistory {
     /// `client` holds `key` from `at_us`.
-    pub fn acquired(&mut self, client: &str, key: &str, session: &str, at_us: u64) {
+    pub fn acquired(&mut self, client: &str, key: &str, session: &str, at_us: u64, long: bool) {
         let hold = Hold {
             key: key.into(),
             client: client.into(),
@@ -61,6 +71,7 @@ impl LockHistory {
             from_us: at_us,
             to_us: u64::MAX,
             why: "",
+            long,
         };
         if let Some(previous) = self.open.insert(client.into(), hold) {
             // A client takes one lock at a time; a second open hold is a
@@ -98,6 +109,20 @@ impl LockHistory {
         for c in clients {
             self.released(&c, at_us, "run ended");
         }
+    }
+
+    /// A client whose name starts with `prefix` in a long hold of `key`
+    /// now, if any.
+    pub fn long_holder(&self, prefix: &str, key: &str) -> Option<String> {
+        self.open
+            .values()
+            .find(|h| h.long && h.key == key && h.client.starts_with(prefix))
+            .map(|h| h.client.clone())
+    }
+
+    /// Holds that ended because the lock was lost.
+    pub fn lost(&self) -> usize {
+        self.holds.iter().filter(|h| h.why == LOST).count()
     }
 
     /// The client holding `key` now, if any.
@@ -166,6 +191,9 @@ pub fn check(h: &LockHistory) -> Result<(), String> {
             ));
         }
     }
+    if h.lost() == 0 {
+        return Err("no hold ended by losing its lock: no fault reached a holder".into());
+    }
     if h.holds.len() < MIN_HOLDS {
         return Err(format!(
             "only {} holds in the run (at least {MIN_HOLDS} needed for a verdict)",
@@ -182,8 +210,12 @@ mod tests {
     fn run(holds: &[(&str, &str, u64, u64)]) -> LockHistory {
         let mut h = LockHistory::default();
         for (key, client, from, to) in holds {
-            h.acquired(client, key, &format!("s-{client}"), *from);
-            h.released(client, *to, "released");
+            h.acquired(client, key, &format!("s-{client}"), *from, false);
+            h.released(
+                client,
+                *to,
+                if *client == "lost" { LOST } else { "released" },
+            );
         }
         h
     }
@@ -204,6 +236,7 @@ mod tests {
 
     fn with(mut extra: Vec<(String, String, u64, u64)>) -> LockHistory {
         let mut all = busy("k1", 0);
+        all.push(("k2".into(), "lost".into(), 10_000, 10_050));
         all.append(&mut busy("k2", 0));
         all.append(&mut extra);
         let refs: Vec<(&str, &str, u64, u64)> = all
@@ -238,11 +271,12 @@ mod tests {
     #[test]
     fn open_holds_close_at_a_crash_or_the_end() {
         let mut h = with(Vec::new());
-        h.acquired("fcs00/1", "k1", "s", 10_000);
+        h.acquired("fcs00/1", "k1", "s", 10_000, true);
+        assert_eq!(h.long_holder("fcs00/", "k1").as_deref(), Some("fcs00/1"));
         assert!(check(&h).unwrap_err().contains("never closed"));
         h.crashed("fcs00/", 10_500);
         assert_eq!(check(&h), Ok(()));
-        h.acquired("fcc00/1", "k1", "s2", 10_400);
+        h.acquired("fcc00/1", "k1", "s2", 10_400, false);
         h.close_all(11_000);
         assert!(check(&h).unwrap_err().contains("two holders"));
     }

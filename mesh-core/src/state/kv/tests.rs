@@ -192,6 +192,7 @@ mod txn_tests {
             flags: 0,
             index,
             session: String::new(),
+            checked_at: 0,
         }
     }
 

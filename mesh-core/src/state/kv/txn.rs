@@ -38,6 +38,10 @@ pub struct TxnOp {
     /// The session for `lock`, `unlock` and `check-session`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub session: String,
+    /// For `lock`: the applied index at which the leader found the key
+    /// outside any lock delay (0: not checked; see `KvCommand::Lock`).
+    #[serde(default, skip_serializing_if = "super::is_zero")]
+    pub checked_at: u64,
 }
 
 /// What a transaction did.
@@ -143,7 +147,7 @@ pub(super) fn run(
     store: &KvStore,
     index: u64,
     ops: &[TxnOp],
-    session_exists: &dyn Fn(&str) -> bool,
+    ctx: &dyn super::LockContext,
 ) -> (TxnOutcome, BTreeMap<String, Option<KvEntry>>) {
     let mut o = Overlay {
         store,
@@ -227,8 +231,12 @@ pub(super) fn run(
                     op.key
                 ))),
             },
+            "lock" if ctx.released_since(&op.key, op.checked_at) => Err(fail(format!(
+                "failed to lock key {:?} due to lock delay",
+                op.key
+            ))),
             "lock"
-                if session_exists(&op.session)
+                if ctx.session_exists(&op.session)
                     && super::unchanged_relock(
                         current.as_ref(),
                         &op.session,
@@ -239,7 +247,7 @@ pub(super) fn run(
                 Ok(vec![written(current.clone().expect("a held key exists"))])
             }
             "lock" => {
-                let exists = session_exists(&op.session);
+                let exists = ctx.session_exists(&op.session);
                 match super::lock_entry(current.as_ref(), index, &op.key, &op.session, exists) {
                     Ok(Some(entry)) => Ok(vec![written(o.put(entry, op))]),
                     Ok(None) => Err(fail(format!(

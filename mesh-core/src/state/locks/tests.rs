@@ -47,6 +47,7 @@ fn lock(sm: &mut StateMachine, index: u64, key: &str, value: &[u8], id: &str) ->
         value: value.to_vec(),
         flags: 0,
         session: id.into(),
+        checked_at: 0,
     };
     sm.apply(index, &cmd.into())
 }
@@ -308,4 +309,30 @@ fn ttls_are_checked_as_consul_does() {
     assert!(
         matches!(create(&mut sm, 2, s), CommandResult::Failed(e) if e.starts_with("Invalid Session TTL"))
     );
+}
+
+#[test]
+fn a_lock_checked_before_a_release_is_refused() {
+    let mut sm = with_session(Behavior::Release);
+    create(&mut sm, 3, session("s2", "n1", Behavior::Release));
+    lock(&mut sm, 4, "k", b"a", "s1");
+    sm.apply(5, &SessionCommand::Destroy { id: "s1".into() }.into());
+    let at = |checked_at: u64| KvCommand::Lock {
+        key: "k".into(),
+        value: b"b".to_vec(),
+        flags: 0,
+        session: "s2".into(),
+        checked_at,
+    };
+    // The leader checked the delay at index 4, before the release at 5:
+    // the delay it did not see still applies.
+    assert_eq!(sm.apply(6, &at(4).into()), CommandResult::Bool(false));
+    assert_eq!(sm.kv().get("k").unwrap().session, None);
+    // A check after the release saw it (and its delay): the lock is
+    // the leader's to judge.
+    assert_eq!(sm.apply(7, &at(5).into()), CommandResult::Bool(true));
+    let restored = StateMachine::restore(&sm.snapshot()).unwrap();
+    assert_eq!(restored, sm, "remembered releases survive a snapshot");
+    assert!(restored.sessions().released_since("k", 4));
+    assert!(!restored.sessions().released_since("k", 0), "unchecked");
 }
