@@ -395,7 +395,92 @@ pub fn kv(args: &[String]) -> Result<(), String> {
                 Err(format!("Error! Did not delete key {key}: CAS failed"))
             }
         }
-        _ => Err("Usage: mesh kv <put|get|delete> [options] KEY".into()),
+        "export" => {
+            let flags = parse(rest, &[], "Usage: mesh kv export [PREFIX]")?;
+            let prefix = flags.positional.first().cloned().unwrap_or_default();
+            let path = format!("/v1/kv/{}?recurse", encode_path(&prefix));
+            let resp = call(&flags, "GET", &path, vec![])?;
+            let pairs: Vec<KvPair> = if resp.status == 404 {
+                Vec::new()
+            } else {
+                serde_json::from_slice(&expect_ok(resp, "exporting")?.body)
+                    .map_err(|e| format!("agent sent malformed JSON: {e}"))?
+            };
+            // Consul's export format: key, flags, base64 value.
+            let entries: Vec<Value> = pairs
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "key": p.key,
+                        "flags": p.flags,
+                        "value": p.value.clone().unwrap_or_default(),
+                    })
+                })
+                .collect();
+            let text = serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?;
+            println!("{text}");
+            Ok(())
+        }
+        "import" => {
+            let usage = "Usage: mesh kv import [-prefix PREFIX] [DATA | @FILE | -]";
+            let flags = parse(
+                rest,
+                &[(
+                    "prefix",
+                    Kind::Value,
+                    "Key prefix to prepend to every imported key.",
+                )],
+                usage,
+            )?;
+            let text = match flags.positional.first().map(String::as_str) {
+                None | Some("-") => {
+                    let mut buf = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)
+                        .map_err(|e| format!("Error! Failed to read stdin: {e}"))?;
+                    buf
+                }
+                Some(arg) => match arg.strip_prefix('@') {
+                    Some(file) => std::fs::read_to_string(file)
+                        .map_err(|e| format!("Error! Failed to read file {file}: {e}"))?,
+                    None => arg.to_string(),
+                },
+            };
+            let entries: Vec<Value> = serde_json::from_str(&text)
+                .map_err(|e| format!("Error! Cannot unmarshal data: {e}"))?;
+            // Check every entry before writing any, so bad input writes
+            // nothing.
+            let mut writes = Vec::new();
+            for (i, e) in entries.iter().enumerate() {
+                let key = e["key"]
+                    .as_str()
+                    .ok_or_else(|| format!("Error! Entry {i} has no string \"key\""))?;
+                let flags_value = match &e["flags"] {
+                    Value::Null => 0,
+                    v => v
+                        .as_u64()
+                        .ok_or_else(|| format!("Error! Entry {i} ({key}): bad \"flags\""))?,
+                };
+                let value = match &e["value"] {
+                    Value::Null => Vec::new(),
+                    Value::String(b64) => base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|err| format!("Error! Entry {i} ({key}): base64: {err}"))?,
+                    _ => return Err(format!("Error! Entry {i} ({key}): bad \"value\"")),
+                };
+                let full = format!("{}{key}", flags.get("prefix").unwrap_or(""));
+                writes.push((full, flags_value, value));
+            }
+            for (key, f, value) in writes {
+                let path = format!("/v1/kv/{}?flags={f}", encode_path(&key));
+                expect_ok(
+                    call(&flags, "PUT", &path, value)?,
+                    &format!("importing {key}"),
+                )?;
+                println!("Imported: {key}");
+            }
+            Ok(())
+        }
+        _ => Err("Usage: mesh kv <put|get|delete|export|import> [options] KEY".into()),
     }
 }
 

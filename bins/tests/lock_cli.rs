@@ -1,8 +1,9 @@
-//! `mesh lock` as real processes against a real three-server cluster and a
-//! client agent on loopback: mutual exclusion of a mutex while the leader
-//! is killed, at most N holders of a semaphore, and a child stopped when
-//! its lock is taken away. The children record what they saw in files, so
-//! the verdict comes from the processes themselves.
+//! CLI verbs as real processes against a real three-server cluster and a
+//! client agent on loopback: `mesh kv export|import`, autopilot health,
+//! and `mesh lock` (mutual exclusion of a mutex while the leader is
+//! killed, at most N holders of a semaphore, a child stopped when its
+//! lock is taken away; the children record what they saw in files, so
+//! the verdict comes from the processes themselves).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -110,6 +111,75 @@ async fn mesh_lock_excludes_through_a_failover_and_counts_semaphore_slots() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Autopilot health as the leader sees it: three healthy voters.
+    let health = HttpClient::new(c.http_addr(leader), Duration::from_secs(5))
+        .request("GET", "/v1/operator/autopilot/health", Vec::new())
+        .await
+        .expect("health");
+    let v: serde_json::Value = serde_json::from_slice(&health.body).expect("health JSON");
+    assert_eq!(health.status, 200, "{v}");
+    assert_eq!(
+        (v["Healthy"].as_bool(), v["FailureTolerance"].as_u64()),
+        (Some(true), Some(1))
+    );
+    assert_eq!(v["Servers"].as_array().map(Vec::len), Some(3));
+
+    // kv export and import round-trip through the CLI, flags and all.
+    let mesh = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh"));
+        cmd.args(args).arg(format!("-http-addr={agent}"));
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn mesh");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("mesh output")
+    };
+    assert!(mesh(&["kv", "put", "-flags=9", "cfg/a", "one"], None)
+        .status
+        .success());
+    assert!(mesh(&["kv", "put", "cfg/b/c", "two words"], None)
+        .status
+        .success());
+    let export = mesh(&["kv", "export", "cfg/"], None);
+    assert!(export.status.success());
+    let dump = String::from_utf8(export.stdout).expect("utf-8");
+    let imported = mesh(&["kv", "import", "-prefix", "copy/", "-"], Some(&dump));
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let copy = mesh(&["kv", "get", "-recurse", "copy/"], None);
+    assert_eq!(
+        String::from_utf8_lossy(&copy.stdout),
+        "copy/cfg/a:one\ncopy/cfg/b/c:two words\n"
+    );
+    let r = HttpClient::new(agent.clone(), Duration::from_secs(5))
+        .request("GET", "/v1/kv/copy/cfg/a", Vec::new())
+        .await
+        .expect("kv");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("kv JSON");
+    assert_eq!(v[0]["Flags"], 9, "flags survive export and import");
+    let bad = mesh(
+        &["kv", "import", "-"],
+        Some(r#"[{"key":"ok","value":"b2s="},{"key":"x","value":"!"}]"#),
+    );
+    assert!(!bad.status.success(), "bad base64 is refused");
+    let ok_written = HttpClient::new(agent.clone(), Duration::from_secs(5))
+        .request("GET", "/v1/kv/ok", Vec::new())
+        .await
+        .expect("kv");
+    assert_eq!(ok_written.status, 404, "a refused import writes nothing");
 
     // Mutex: five contenders, one at a time, while the leader dies.
     let log = dir.join("mutex.log");

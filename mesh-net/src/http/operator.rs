@@ -46,6 +46,20 @@ impl HttpApi {
                 }
             }
             (Method::DELETE, "/v1/operator/raft/peer") => self.remove_peer(&call).await,
+            (Method::GET, "/v1/operator/autopilot/configuration") => {
+                json_reply(&autopilot_configuration())
+            }
+            (Method::PUT, "/v1/operator/autopilot/configuration") => bad_request(
+                "autopilot settings are fixed in this build (dead servers are removed with \
+                 `mesh operator raft remove-peer` or `mesh leave`, never automatically); \
+                 GET shows them",
+            ),
+            (Method::GET, "/v1/operator/autopilot/health") => {
+                match self.cluster.leader_status().await {
+                    Ok(st) => autopilot_health(&st),
+                    Err(e) => rpc_error(e),
+                }
+            }
             _ => not_found(format!("unknown endpoint {}", call.path)),
         }
     }
@@ -95,4 +109,96 @@ fn raft_configuration(st: &ClusterStatus) -> Reply {
         })
         .collect();
     json_reply(&json!({ "Servers": servers, "Index": st.config_index }))
+}
+
+/// How far behind the leader's log a server may be and still count as
+/// healthy (Consul's `MaxTrailingLogs` default).
+const MAX_TRAILING_LOGS: u64 = 250;
+
+/// The autopilot settings as they are: what this build does, in Consul's
+/// shape.
+fn autopilot_configuration() -> serde_json::Value {
+    json!({
+        "CleanupDeadServers": false,
+        "LastContactThreshold": "200ms",
+        "MaxTrailingLogs": MAX_TRAILING_LOGS,
+        "MinQuorum": 0,
+        "ServerStabilizationTime": "10s",
+        "RedundancyZoneTag": "",
+        "DisableUpgradeMigration": false,
+        "UpgradeVersionTag": "",
+        "CreateIndex": 0,
+        "ModifyIndex": 0,
+    })
+}
+
+/// `GET /v1/operator/autopilot/health` from the leader's view: a server is
+/// healthy if its log is within `MaxTrailingLogs` of the leader's; the
+/// cluster is healthy if every voter is, and tolerates as many failures as
+/// healthy voters beyond a quorum. 429 when unhealthy, as Consul.
+fn autopilot_health(st: &ClusterStatus) -> Reply {
+    let leader_index = st.last_log_index;
+    let servers: Vec<_> = st
+        .peers
+        .iter()
+        .map(|p| {
+            let healthy = p.last_index + MAX_TRAILING_LOGS >= leader_index;
+            json!({
+                "ID": p.info.node_id.to_string(),
+                "Name": p.info.name,
+                "Address": p.info.rpc_addr,
+                "SerfStatus": "alive",
+                "Version": env!("CARGO_PKG_VERSION"),
+                "Leader": p.leader,
+                "LastContact": "0s",
+                "LastTerm": st.term,
+                "LastIndex": p.last_index,
+                "Healthy": healthy,
+                "Voter": p.voter,
+                "StableSince": "",
+            })
+        })
+        .collect();
+    let voters = st.peers.iter().filter(|p| p.voter).count();
+    let healthy_voters = servers
+        .iter()
+        .filter(|s| s["Voter"] == true && s["Healthy"] == true)
+        .count();
+    let quorum = voters / 2 + 1;
+    let healthy = voters > 0 && healthy_voters == voters && st.leader.is_some();
+    let body = json!({
+        "Healthy": healthy,
+        "FailureTolerance": healthy_voters.saturating_sub(quorum),
+        "Servers": servers,
+    });
+    let mut resp = json_reply(&body);
+    if !healthy {
+        *resp.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
+    }
+    resp
+}
+
+impl HttpApi {
+    /// `/v1/coordinate`: Consul's network coordinates come from Serf's
+    /// Vivaldi probes, which this mesh does not run, so no node has one:
+    /// the lists are empty (as Consul's are before any probe), a node's
+    /// coordinate is 404, and updates are refused.
+    pub(super) fn coordinates(&self, call: Call, rest: &str) -> Reply {
+        match (call.method.clone(), rest) {
+            (Method::GET, "datacenters") => json_reply(&json!([{
+                "Datacenter": self.config.datacenter,
+                "AreaID": "wan",
+                "Coordinates": [],
+            }])),
+            (Method::GET, "nodes") => json_reply(&json!([])),
+            (Method::GET, r) if r.starts_with("node/") => {
+                not_found("no network coordinates: this mesh does not run Serf's probes")
+            }
+            (Method::PUT, "update") => super::reply::text(
+                hyper::StatusCode::NOT_IMPLEMENTED,
+                "network coordinates are not supported (no Serf probes)",
+            ),
+            _ => not_found(format!("unknown endpoint {}", call.path)),
+        }
+    }
 }

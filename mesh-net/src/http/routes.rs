@@ -145,6 +145,16 @@ impl HttpApi {
         if let Some(rest) = path.strip_prefix("/v1/session/") {
             return self.sessions(call, rest).await;
         }
+        if path.starts_with("/v1/event/") {
+            return super::reply::text(
+                StatusCode::NOT_IMPLEMENTED,
+                "user events are not supported: Consul sends them over Serf gossip, which this \
+                 mesh does not run. Use a KV key with blocking queries (or `mesh watch`) instead",
+            );
+        }
+        if let Some(rest) = path.strip_prefix("/v1/coordinate/") {
+            return self.coordinates(call, rest);
+        }
         if path == "/v1/txn" {
             return self.txn(call).await;
         }
