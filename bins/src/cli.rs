@@ -101,6 +101,41 @@ pub(crate) fn encode_path(key: &str) -> String {
     out
 }
 
+/// Go's `path.Clean`: slashes collapsed, `.` and `..` resolved, no
+/// trailing slash; `""` for an empty path (Go gives `.`; keys have no
+/// current directory).
+pub(crate) fn go_path_clean(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|l| *l != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    if rooted {
+        format!("/{joined}")
+    } else {
+        joined
+    }
+}
+
+/// Go's `path.Join(a, b)`, as Consul's tools build keys.
+pub(crate) fn go_path_join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        return go_path_clean(b);
+    }
+    go_path_clean(&format!("{a}/{b}"))
+}
+
 /// `mesh join ADDR...`
 pub fn join(args: &[String]) -> Result<(), String> {
     let flags = parse(args, &[], "Usage: mesh join [options] address ...")?;
@@ -467,7 +502,13 @@ pub fn kv(args: &[String]) -> Result<(), String> {
                         .map_err(|err| format!("Error! Entry {i} ({key}): base64: {err}"))?,
                     _ => return Err(format!("Error! Entry {i} ({key}): bad \"value\"")),
                 };
-                let full = format!("{}{key}", flags.get("prefix").unwrap_or(""));
+                if key.is_empty() {
+                    return Err(format!("Error! Entry {i} has an empty \"key\""));
+                }
+                let full = match flags.get("prefix") {
+                    Some(prefix) if !prefix.is_empty() => go_path_join(prefix, key),
+                    _ => key.to_string(),
+                };
                 writes.push((full, flags_value, value));
             }
             for (key, f, value) in writes {
@@ -521,5 +562,20 @@ pub(crate) fn print_table(rows: &[Vec<String>]) {
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
         println!("{}", line.join("  ").trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_cleaned_as_go_does() {
+        assert_eq!(go_path_clean("svc/"), "svc");
+        assert_eq!(go_path_clean("svc//a/./b/../c"), "svc/a/c");
+        assert_eq!(go_path_clean(""), "");
+        assert_eq!(go_path_join("svc/", ".lock"), "svc/.lock");
+        assert_eq!(go_path_join("", ".lock"), ".lock");
+        assert_eq!(go_path_join("copy", "cfg/a"), "copy/cfg/a");
     }
 }

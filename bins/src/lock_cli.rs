@@ -169,7 +169,9 @@ fn options(args: &[String]) -> Result<(Flags, Options), String> {
     if monitor_retry < 0 {
         return Err("Number for 'monitor-retry' must be >= 0".into());
     }
-    let prefix = prefix.strip_prefix('/').unwrap_or(prefix).to_string();
+    // As consul lock: one leading `/` dropped, then Go's `path.Clean`
+    // (so `svc/` and `svc` name the same lock).
+    let prefix = crate::cli::go_path_clean(prefix.strip_prefix('/').unwrap_or(prefix));
     let name = flags
         .get("name")
         .map(str::to_string)
@@ -195,16 +197,35 @@ fn run(args: &[String]) -> Result<i32, String> {
     let addr = agent_addr(&flags);
     crate::cli::process_runtime()?.block_on(async move {
         let agent = Agent { addr };
-        let mut lock = match Holder::acquire(&agent, &opts).await? {
-            Some(l) => l,
-            None => {
+        // Watched from the start: a signal while waiting for the lock
+        // gives the session (and any slot) back instead of leaving it to
+        // expire.
+        let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut lock = Holder::create(&agent, &opts).await?;
+        let acquired = tokio::select! {
+            biased;
+            _ = terminate.recv() => None,
+            _ = interrupt.recv() => None,
+            a = lock.wait_for_lock(&agent, &opts) => Some(a),
+        };
+        match acquired {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) | None => {
+                let _ = lock.release(&agent, &opts).await;
                 return Err("Shutdown triggered or timeout during lock acquisition".into());
             }
-        };
+            Some(Err(e)) => {
+                let _ = lock.release(&agent, &opts).await;
+                return Err(format!("Lock acquisition failed: {e}"));
+            }
+        }
         if opts.verbose {
             eprintln!("Lock acquisition successful (session {})", lock.session);
         }
-        let status = lock.run_child(&agent, &opts).await;
+        let status = lock
+            .run_child(&agent, &opts, &mut terminate, &mut interrupt)
+            .await;
         lock.release(&agent, &opts).await?;
         let status = status?;
         if opts.child_exit_code && !status {
@@ -276,13 +297,13 @@ struct Holder {
 }
 
 impl Holder {
-    /// Creates the session and waits for the lock or a slot; `None` when
-    /// `-timeout` ran out.
-    async fn acquire(agent: &Agent, opts: &Options) -> Result<Option<Holder>, String> {
+    /// Creates the session and starts renewing it.
+    async fn create(agent: &Agent, opts: &Options) -> Result<Holder, String> {
         let mut body = json!({"Name": opts.name, "TTL": format!("{}s", SESSION_TTL.as_secs())});
         if opts.limit > 1 {
             body["Behavior"] = json!("delete");
         }
+        let sent = Instant::now();
         let r = agent
             .ok("PUT", "/v1/session/create", body.to_string().into_bytes())
             .await
@@ -293,39 +314,36 @@ impl Holder {
             .ok_or("Lock setup failed: the agent returned no session ID")?
             .to_string();
         let (lost_tx, session_lost) = watch::channel(false);
-        let renewer = tokio::spawn(renew(agent.addr.clone(), session.clone(), lost_tx));
-        let holder = Holder {
+        let renewer = tokio::spawn(renew(agent.addr.clone(), session.clone(), sent, lost_tx));
+        Ok(Holder {
             session,
             session_lost,
             renewer,
-        };
+        })
+    }
+
+    /// Waits for the lock or a slot: true once held, false when `-timeout`
+    /// ran out.
+    async fn wait_for_lock(&self, agent: &Agent, opts: &Options) -> Result<bool, String> {
         let deadline = opts.timeout.map(|t| Instant::now() + t);
         let attempt = async {
             if opts.limit == 1 {
-                holder.acquire_mutex(agent, opts).await
+                self.acquire_mutex(agent, opts).await
             } else {
-                holder.acquire_slot(agent, opts).await
+                self.acquire_slot(agent, opts).await
             }
         };
-        let acquired = match deadline {
-            Some(d) => tokio::time::timeout_at(d, attempt).await.ok(),
-            None => Some(attempt.await),
-        };
-        match acquired {
-            Some(Ok(())) => Ok(Some(holder)),
-            Some(Err(e)) => {
-                holder.destroy(agent).await;
-                Err(format!("Lock acquisition failed: {e}"))
-            }
-            None => {
-                holder.destroy(agent).await;
-                Ok(None)
-            }
+        match deadline {
+            Some(d) => match tokio::time::timeout_at(d, attempt).await {
+                Ok(r) => r.map(|()| true),
+                Err(_) => Ok(false),
+            },
+            None => attempt.await.map(|()| true),
         }
     }
 
     fn key(opts: &Options) -> String {
-        format!("{}/.lock", opts.prefix)
+        crate::cli::go_path_join(&opts.prefix, ".lock")
     }
 
     async fn acquire_mutex(&self, agent: &Agent, opts: &Options) -> Result<(), String> {
@@ -358,7 +376,7 @@ impl Holder {
     }
 
     fn contender_key(&self, opts: &Options) -> String {
-        format!("{}/{}", opts.prefix, self.session)
+        crate::cli::go_path_join(&opts.prefix, &self.session)
     }
 
     async fn acquire_slot(&self, agent: &Agent, opts: &Options) -> Result<(), String> {
@@ -396,7 +414,13 @@ impl Holder {
 
     /// Runs the child until it exits (true: success) or the lock is lost
     /// (the child is stopped; true).
-    async fn run_child(&mut self, agent: &Agent, opts: &Options) -> Result<bool, String> {
+    async fn run_child(
+        &mut self,
+        agent: &Agent,
+        opts: &Options,
+        terminate: &mut tokio::signal::unix::Signal,
+        interrupt: &mut tokio::signal::unix::Signal,
+    ) -> Result<bool, String> {
         let mut cmd = if opts.shell {
             let shell = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into());
             let mut c = Command::new(shell);
@@ -408,14 +432,15 @@ impl Holder {
             c
         };
         cmd.env("CONSUL_LOCK_HELD", "true");
+        // Its own process group, so stopping it stops everything it
+        // started (a shell's pipeline, a script's children).
+        cmd.process_group(0);
         if !opts.pass_stdin {
             cmd.stdin(Stdio::null());
         }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("Error starting handler: {e}"))?;
-        let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
         let lost = self.watch(agent, opts);
         tokio::pin!(lost);
         let why = tokio::select! {
@@ -619,24 +644,43 @@ impl Slots {
 }
 
 /// Renews the session every TTL/2 until aborted; flags `lost` once it is
-/// gone or could not be renewed for a whole TTL.
-async fn renew(addr: String, session: String, lost: watch::Sender<bool>) {
+/// gone, or once a TTL has passed since the last successful renewal was
+/// *sent* (`created`: when the create was sent), whatever is in flight:
+/// the rule that keeps a holder from outliving its session (see
+/// `mesh_core::session_ttl`).
+async fn renew(addr: String, session: String, created: Instant, lost: watch::Sender<bool>) {
+    const RENEW_TIMEOUT: Duration = Duration::from_secs(5);
     let agent = Agent { addr };
-    let mut renewed = Instant::now();
+    let path = format!("/v1/session/renew/{session}");
+    let mut alive_since = created;
+    let mut next_try = created + SESSION_TTL / 2;
     loop {
-        tokio::time::sleep(SESSION_TTL / 2).await;
-        let path = format!("/v1/session/renew/{session}");
-        match agent.call("PUT", &path, Vec::new()).await {
-            Ok(r) if r.status == 200 => renewed = Instant::now(),
-            Ok(r) if r.status == 404 => {
+        let deadline = alive_since + SESSION_TTL;
+        let attempt = async {
+            tokio::time::sleep_until(next_try).await;
+            let sent = Instant::now();
+            let r = tokio::time::timeout(RENEW_TIMEOUT, agent.call("PUT", &path, Vec::new())).await;
+            (sent, r)
+        };
+        let (sent, r) = tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(deadline) => {
                 let _ = lost.send(true);
                 return;
             }
-            _ if renewed.elapsed() >= SESSION_TTL => {
+            done = attempt => done,
+        };
+        match r {
+            Ok(Ok(resp)) if resp.status == 200 => {
+                alive_since = sent;
+                next_try = sent + SESSION_TTL / 2;
+            }
+            Ok(Ok(resp)) if resp.status == 404 => {
                 let _ = lost.send(true);
                 return;
             }
-            _ => {}
+            // Try again soon; the deadline decides when to give up.
+            _ => next_try = Instant::now() + Duration::from_secs(1),
         }
     }
 }
@@ -645,18 +689,27 @@ fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::
     tokio::signal::unix::signal(kind).map_err(|e| format!("cannot watch signals: {e}"))
 }
 
-/// SIGTERM, then SIGKILL after 5 s.
+/// SIGTERM to the child's process group, then SIGKILL after 5 s.
 async fn stop(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-    }
+    let group = child.id().map(|pid| format!("-{pid}"));
+    let signal_group = |sig: &'static str| {
+        let group = group.clone();
+        async move {
+            if let Some(g) = group {
+                let _ = Command::new("kill")
+                    .args([sig, "--", &g])
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
+            }
+        }
+    };
+    signal_group("-TERM").await;
     if tokio::time::timeout(Duration::from_secs(5), child.wait())
         .await
         .is_err()
     {
+        signal_group("-KILL").await;
         let _ = child.kill().await;
     }
 }

@@ -207,6 +207,32 @@ async fn mesh_lock_excludes_through_a_failover_and_counts_semaphore_slots() {
         1,
         "two holders of the mutex at once: {seen:?}"
     );
+    // With the old leader dead, autopilot health turns unhealthy (429)
+    // and names it failed.
+    let other = (0..3).find(|i| *i != leader).expect("a survivor");
+    let mut last = String::new();
+    let t_dead = Instant::now();
+    loop {
+        let r = HttpClient::new(c.http_addr(other), Duration::from_secs(5))
+            .request("GET", "/v1/operator/autopilot/health", Vec::new())
+            .await;
+        if let Ok(r) = r {
+            last = r.text();
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            let failed =
+                v["Servers"].as_array().into_iter().flatten().any(|s| {
+                    s["Name"] == format!("consul{leader:02}") && s["SerfStatus"] == "failed"
+                });
+            if r.status == 429 && v["Healthy"] == false && failed {
+                break;
+            }
+        }
+        assert!(
+            t_dead.elapsed() < Duration::from_secs(15),
+            "autopilot health never reported the dead server: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     c.start(leader).expect("restart the old leader");
 
     // Semaphore: six contenders for two slots.
@@ -237,8 +263,9 @@ async fn mesh_lock_excludes_through_a_failover_and_counts_semaphore_slots() {
         &[],
         "svc/taken",
         &format!(
-            "trap 'echo term > {}; exit 0' TERM; sleep 30 & wait",
-            marker.display()
+            "trap 'echo term > {}; exit 0' TERM; sleep 30 & echo $! > {}; wait",
+            marker.display(),
+            dir.join("grandchild").display()
         ),
     );
     let sessions = loop {
@@ -281,5 +308,19 @@ async fn mesh_lock_excludes_through_a_failover_and_counts_semaphore_slots() {
         ["term"],
         "the child got SIGTERM when the lock was lost"
     );
+    let grandchild = lines(&dir.join("grandchild"));
+    let pid = grandchild.first().expect("the grandchild's pid");
+    let t_gone = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            t_gone.elapsed() < Duration::from_secs(10),
+            "the child's own child (sleep, pid {pid}) outlived the lost lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     c.stop_all();
 }

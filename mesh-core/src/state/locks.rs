@@ -72,6 +72,7 @@ fn invalidate(sm: &mut StateMachine, index: u64, id: &str) {
     for key in &keys {
         sm.sessions.record_release(index, key);
     }
+    sm.sessions.forget_old_releases(index);
     // Whole milliseconds, rounded up: a delay is never shortened.
     let delay_ms = session
         .lock_delay_ns

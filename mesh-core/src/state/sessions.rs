@@ -230,10 +230,15 @@ impl SessionTable {
     }
 
     /// An invalidated session released (or deleted) `key` at `index`.
-    /// Forgets releases older than [`RELEASE_MEMORY`] entries once the
-    /// record grows, so it stays small without a clock.
     pub(super) fn record_release(&mut self, index: u64, key: &str) {
         self.released.insert(key.to_string(), index);
+    }
+
+    /// Forgets releases older than [`RELEASE_MEMORY`] entries once the
+    /// record grows, so it stays small without a clock. Called once per
+    /// invalidation (not per key: a session holding many keys would make
+    /// it quadratic).
+    pub(super) fn forget_old_releases(&mut self, index: u64) {
         if self.released.len() > 1024 {
             let horizon = index.saturating_sub(RELEASE_MEMORY);
             self.released.retain(|_, at| *at >= horizon);

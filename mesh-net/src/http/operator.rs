@@ -55,10 +55,27 @@ impl HttpApi {
                  GET shows them",
             ),
             (Method::GET, "/v1/operator/autopilot/health") => {
-                match self.cluster.leader_status().await {
-                    Ok(st) => autopilot_health(&st),
-                    Err(e) => rpc_error(e),
-                }
+                let st = match self.cluster.leader_status().await {
+                    Ok(st) => st,
+                    Err(e) => return rpc_error(e),
+                };
+                // Nodes whose agent the leader declared failed.
+                let critical = mesh_core::state::catalog::CatalogQuery::ChecksInState {
+                    state: Some(mesh_core::state::catalog::CheckStatus::Critical),
+                };
+                let failed: Vec<String> = match self.read(q, critical).await {
+                    Ok(r) => match r.result {
+                        mesh_core::wire::QueryResult::Catalog(slice) => slice
+                            .checks
+                            .into_iter()
+                            .filter(|c| c.check_id == mesh_core::state::catalog::SERF_HEALTH_CHECK)
+                            .map(|c| c.node)
+                            .collect(),
+                        _ => Vec::new(),
+                    },
+                    Err(r) => return r,
+                };
+                autopilot_health(&st, &failed)
             }
             _ => not_found(format!("unknown endpoint {}", call.path)),
         }
@@ -133,21 +150,24 @@ fn autopilot_configuration() -> serde_json::Value {
 }
 
 /// `GET /v1/operator/autopilot/health` from the leader's view: a server is
-/// healthy if its log is within `MaxTrailingLogs` of the leader's; the
-/// cluster is healthy if every voter is, and tolerates as many failures as
-/// healthy voters beyond a quorum. 429 when unhealthy, as Consul.
-fn autopilot_health(st: &ClusterStatus) -> Reply {
+/// healthy if its agent is alive (the leader has not declared its node
+/// failed: no heartbeat for 2.5 s) and its log is within `MaxTrailingLogs`
+/// of the leader's; the cluster is healthy if every voter is, and
+/// tolerates as many failures as healthy voters beyond a quorum. 429 when
+/// unhealthy, as Consul.
+fn autopilot_health(st: &ClusterStatus, failed_nodes: &[String]) -> Reply {
     let leader_index = st.last_log_index;
     let servers: Vec<_> = st
         .peers
         .iter()
         .map(|p| {
-            let healthy = p.last_index + MAX_TRAILING_LOGS >= leader_index;
+            let alive = !failed_nodes.contains(&p.info.name);
+            let healthy = alive && p.last_index + MAX_TRAILING_LOGS >= leader_index;
             json!({
                 "ID": p.info.node_id.to_string(),
                 "Name": p.info.name,
                 "Address": p.info.rpc_addr,
-                "SerfStatus": "alive",
+                "SerfStatus": if alive { "alive" } else { "failed" },
                 "Version": env!("CARGO_PKG_VERSION"),
                 "Leader": p.leader,
                 "LastContact": "0s",
@@ -155,7 +175,9 @@ fn autopilot_health(st: &ClusterStatus) -> Reply {
                 "LastIndex": p.last_index,
                 "Healthy": healthy,
                 "Voter": p.voter,
-                "StableSince": "",
+                // Go's zero time: not tracked (and a Go client must be
+                // able to decode it).
+                "StableSince": "0001-01-01T00:00:00Z",
             })
         })
         .collect();

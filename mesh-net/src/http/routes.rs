@@ -102,13 +102,14 @@ impl HttpApi {
             }
         }
         let family = path_family(&path);
+        let method = method_label(&method);
         self.telemetry
             .http
-            .observe(&[method.as_str(), family], started.elapsed());
+            .observe(&[method, family], started.elapsed());
         if resp.status().as_u16() >= 400 {
             self.telemetry
                 .http_errors
-                .inc(&[method.as_str(), family, resp.status().as_str()]);
+                .inc(&[method, family, resp.status().as_str()]);
         }
         resp
     }
@@ -231,4 +232,19 @@ fn path_family(path: &str) -> &'static str {
         })
         .copied()
         .unwrap_or("other")
+}
+
+/// The method as a metric label: the standard ones by name, anything a
+/// client invents as `OTHER`, so labels stay few.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
 }

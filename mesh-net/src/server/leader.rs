@@ -46,7 +46,13 @@ impl Server {
             // Not run: the caller retries and finds the new leader.
             return Err(RpcError::NoLeader);
         }
-        if self.is_leader() && takes_a_lock(&cmd) {
+        if takes_a_lock(&cmd) {
+            // Never proposed unchecked: a server that does not know it
+            // leads (it may be winning an election right now) sends the
+            // caller to the leader instead.
+            if !self.is_leader() {
+                return Err(self.not_leader());
+            }
             // The lock delays come from applying entries: a new leader
             // (or one whose invalidating entry is committed but not yet
             // applied) must catch up before it can judge them. A quorum
