@@ -196,6 +196,26 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
         .await
         .expect("fcc reaches fcs through both sidecars");
     println!("first request through both sidecars {took:?} after the allow");
+    // Until a check first passes it retries within a second, so the
+    // sidecar's "listening" check (every 10 s) does not hold traffic back
+    // for an interval.
+    assert!(
+        took < Duration::from_secs(5),
+        "fcc waited {took:?} for fcs's sidecar to count as healthy"
+    );
+
+    // The Connect-capable instances of fcs are its sidecar, as Consul's
+    // catalog lists them.
+    let r = c
+        .request(leader, "GET", "/v1/catalog/connect/fcs", b"")
+        .await
+        .expect("catalog connect");
+    let rows: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    let rows = rows.as_array().expect("a list");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["ServiceKind"], "connect-proxy");
+    assert_eq!(rows[0]["ServiceProxy"]["DestinationServiceName"], "fcs");
+    assert_eq!(rows[0]["Node"], "fcs00");
 
     // A tap registered as another instance of fcs's sidecar: fcc's sidecar
     // rotates through instances, so some connections cross it.

@@ -101,6 +101,7 @@ pub(super) async fn run_periodic(
     let interval = Duration::from_millis(spec.interval_ms.max(100));
     // The first run is immediate (Consul staggers it randomly within the
     // interval): a new registration learns its status at once.
+    let mut start = FastStart::default();
     loop {
         let (status, output) = probe(&spec).await;
         let Some(agent) = agent.upgrade() else { return };
@@ -108,7 +109,32 @@ pub(super) async fn run_periodic(
             return;
         }
         drop(agent);
-        clock::sleep(interval).await;
+        clock::sleep(start.next_wait(interval, status)).await;
+    }
+}
+
+/// Until a check passes for the first time, it runs again after 1 s, 2 s,
+/// 4 s, ... (never later than its interval): a service registered just
+/// before it listens (a sidecar and its "Connect Sidecar Listening" check,
+/// every 10 s) is found healthy within about a second of listening instead
+/// of an interval later. After the first pass, the interval rules.
+#[derive(Debug, Default)]
+struct FastStart {
+    passed_once: bool,
+    failures: u32,
+}
+
+impl FastStart {
+    fn next_wait(&mut self, interval: Duration, status: CheckStatus) -> Duration {
+        if status == CheckStatus::Passing {
+            self.passed_once = true;
+        }
+        if self.passed_once {
+            return interval;
+        }
+        let backoff = Duration::from_secs(1) * 2u32.saturating_pow(self.failures.min(16));
+        self.failures += 1;
+        backoff.min(interval)
     }
 }
 
@@ -252,5 +278,34 @@ impl CheckSpec {
             timeout_ms: def.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
             deregister_critical_after_ms: def.deregister_critical_service_after_ms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_retry_fast_until_they_first_pass() {
+        let ten = Duration::from_secs(10);
+        let mut f = FastStart::default();
+        let waits: Vec<u64> = [CheckStatus::Critical; 5]
+            .iter()
+            .map(|s| f.next_wait(ten, *s).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10]);
+        assert_eq!(f.next_wait(ten, CheckStatus::Passing), ten);
+        assert_eq!(
+            f.next_wait(ten, CheckStatus::Critical),
+            ten,
+            "the interval rules after a pass"
+        );
+        let mut short = FastStart::default();
+        assert_eq!(
+            short
+                .next_wait(Duration::from_millis(500), CheckStatus::Critical)
+                .as_millis(),
+            500
+        );
     }
 }

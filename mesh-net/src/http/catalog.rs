@@ -139,12 +139,19 @@ impl HttpApi {
                 }
                 with_read_headers(json_reply(&out), &resp)
             }
-            (Method::GET, "service", Some(name)) => {
+            (Method::GET, kind @ ("service" | "connect"), Some(name)) => {
                 let name = match segment(&name) {
                     Ok(n) => n,
                     Err(r) => return r,
                 };
-                let resp = match self.read(q, CatalogQuery::Service { name }).await {
+                // `connect/:name`: the Connect-capable instances of `name`,
+                // which are the sidecar proxies fronting it.
+                let read = if kind == "connect" {
+                    self.sidecars_of(q, &name).await
+                } else {
+                    self.read(q, CatalogQuery::Service { name }).await
+                };
+                let resp = match read {
                     Ok(r) => r,
                     Err(r) => return r,
                 };
@@ -274,40 +281,14 @@ impl HttpApi {
         name: &str,
         connect: bool,
     ) -> Result<(Vec<Value>, ReadResponse), Reply> {
-        let query = if connect {
-            CatalogQuery::Services
+        let resp = if connect {
+            self.sidecars_of(q, name).await?
         } else {
-            CatalogQuery::Service {
+            let query = CatalogQuery::Service {
                 name: name.to_string(),
-            }
+            };
+            self.read(q, query).await?
         };
-        let resp = self.read(q, query).await?;
-        let mut resp = resp;
-        if connect {
-            // Sidecars of `name`: read their full rows (nodes and checks).
-            let proxies: Vec<String> = slice_of(&resp)
-                .services
-                .iter()
-                .filter(|e| {
-                    e.service
-                        .proxy
-                        .as_ref()
-                        .is_some_and(|p| p.destination_service_name == name)
-                })
-                .map(|e| e.service.service.clone())
-                .collect();
-            let mut merged = CatalogSlice::default();
-            for p in proxies.iter().collect::<std::collections::BTreeSet<_>>() {
-                let r = self
-                    .read(q, CatalogQuery::Service { name: p.clone() })
-                    .await?;
-                let s = slice_of(&r).clone();
-                merged.nodes.extend(s.nodes);
-                merged.services.extend(s.services);
-                merged.checks.extend(s.checks);
-            }
-            resp.result = QueryResult::Catalog(merged);
-        }
         let passing = q.flag("passing");
         let slice = slice_of(&resp);
         let mut rows = Vec::new();
@@ -325,6 +306,36 @@ impl HttpApi {
             rows.push(health_service_row(node, &e.service, checks));
         }
         Ok((rows, resp))
+    }
+
+    /// The sidecar proxies fronting `name`, with their nodes and checks,
+    /// as one catalog slice (blocking on the catalog's index like any
+    /// catalog read).
+    async fn sidecars_of(&self, q: &Query, name: &str) -> Result<ReadResponse, Reply> {
+        let mut resp = self.read(q, CatalogQuery::Services).await?;
+        let proxies: std::collections::BTreeSet<String> = slice_of(&resp)
+            .services
+            .iter()
+            .filter(|e| {
+                e.service
+                    .proxy
+                    .as_ref()
+                    .is_some_and(|p| p.destination_service_name == name)
+            })
+            .map(|e| e.service.service.clone())
+            .collect();
+        // The first read blocked (if asked to); these answer at once.
+        let now = q.without_blocking();
+        let mut merged = CatalogSlice::default();
+        for p in proxies {
+            let r = self.read(&now, CatalogQuery::Service { name: p }).await?;
+            let s = slice_of(&r).clone();
+            merged.nodes.extend(s.nodes);
+            merged.services.extend(s.services);
+            merged.checks.extend(s.checks);
+        }
+        resp.result = QueryResult::Catalog(merged);
+        Ok(resp)
     }
 
     /// Answers a list after `?filter`, with the read's headers.

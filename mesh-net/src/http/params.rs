@@ -95,6 +95,15 @@ impl Query {
         Ok(Self { params })
     }
 
+    /// The same query without its blocking parameters (`index`, `wait`):
+    /// for the reads that follow a blocking one within one request.
+    pub fn without_blocking(&self) -> Query {
+        let mut params = self.params.clone();
+        params.remove("index");
+        params.remove("wait");
+        Query { params }
+    }
+
     /// Whether the flag or parameter is present.
     pub fn has(&self, key: &str) -> bool {
         self.params.contains_key(key)
