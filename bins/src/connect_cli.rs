@@ -42,6 +42,11 @@ fn proxy(args: &[String]) -> i32 {
                 Kind::Value,
                 "Log level: trace, debug, info, warn, err.",
             ),
+            (
+                "metrics-addr",
+                Kind::Value,
+                "Serve the sidecar's counters at http://ADDR/metrics (Prometheus format).",
+            ),
         ],
         "Usage: mesh connect proxy -sidecar-for SERVICE [options]",
     ) {
@@ -56,6 +61,7 @@ fn proxy(args: &[String]) -> i32 {
         return 1;
     };
     crate::init_logging(flags.get("log-level").unwrap_or("info"), false);
+    let opts_service = service.clone();
     let opts = ProxyOptions {
         agent_http: agent_addr(&flags),
         sidecar_for: service,
@@ -86,6 +92,21 @@ fn proxy(args: &[String]) -> i32 {
                 }
             }
         };
+        if let Some(addr) = flags.get("metrics-addr") {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tokio::spawn(mesh_net::sidecar::metrics::serve(
+                        l,
+                        sidecar.metrics.clone(),
+                        opts_service.clone(),
+                    ));
+                }
+                Err(e) => {
+                    eprintln!("==> cannot bind -metrics-addr {addr}: {e}");
+                    return 1;
+                }
+            }
+        }
         let _ = tokio::signal::ctrl_c().await;
         let m = sidecar.metrics.snapshot();
         tracing::info!(?m, "sidecar stopping");

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mesh_bins::process_cluster::{poll_until, test_dir, ProcessCluster};
+use mesh_net::http_client::HttpClient;
 
 const IPS: [&str; 5] = [
     "127.0.0.80",
@@ -27,6 +28,9 @@ const HTTP: u16 = 18580;
 const FCS_IP: &str = "127.0.0.83";
 const FCC_IP: &str = "127.0.0.84";
 const TAP: &str = "127.0.0.85:9192";
+/// Where the sidecars serve their counters.
+const FCS_METRICS: &str = "127.0.0.83:19100";
+const FCC_METRICS: &str = "127.0.0.84:19100";
 
 struct Proc(Child);
 
@@ -115,6 +119,11 @@ fn mesh(args: &[&str]) -> std::process::Output {
 
 fn proxy(service: &str, agent: &str, log: &std::path::Path) -> Proc {
     let log = std::fs::File::create(log).expect("log");
+    let metrics = if service == "fcs" {
+        FCS_METRICS
+    } else {
+        FCC_METRICS
+    };
     Proc(
         Command::new(env!("CARGO_BIN_EXE_mesh"))
             .args([
@@ -124,6 +133,8 @@ fn proxy(service: &str, agent: &str, log: &std::path::Path) -> Proc {
                 service,
                 "-http-addr",
                 agent,
+                "-metrics-addr",
+                metrics,
             ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -259,6 +270,41 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
     assert!(
         !String::from_utf8_lossy(&buf).contains("ECHO"),
         "plaintext got through: {buf:?}"
+    );
+    // Both sidecars count what they did, at /metrics.
+    let metrics = |addr: &'static str| async move {
+        HttpClient::new(addr, Duration::from_secs(5))
+            .request("GET", "/metrics", Vec::new())
+            .await
+            .expect("sidecar metrics")
+            .text()
+    };
+    let value = |text: &str, series: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    let fcs_text = metrics(FCS_METRICS).await;
+    assert!(
+        value(
+            &fcs_text,
+            "mesh_sidecar_inbound_accepted_total{service=\"fcs\"}"
+        ) > 0
+    );
+    assert!(
+        value(
+            &fcs_text,
+            "mesh_sidecar_inbound_refused_total{reason=\"handshake\",service=\"fcs\"}"
+        ) >= 1
+    );
+    let fcc_text = metrics(FCC_METRICS).await;
+    assert!(
+        value(
+            &fcc_text,
+            "mesh_sidecar_outbound_opened_total{service=\"fcc\"}"
+        ) > 0
     );
 
     // A client certificate from another CA claiming to be fcc: refused.

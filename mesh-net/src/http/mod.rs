@@ -73,6 +73,21 @@ impl hyper::rt::Timer for ClockTimer {
 
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, api: Arc<HttpApi>) {
+    serve_with(listener, move |req| {
+        let api = api.clone();
+        async move { api.handle(req).await }
+    })
+    .await
+}
+
+/// Serves HTTP/1.1 on `listener` with `handle` answering every request,
+/// under the same head-read timeout as the API (the sidecar's metrics
+/// endpoint uses it too).
+pub async fn serve_with<H, F>(listener: TcpListener, handle: H)
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = reply::Reply> + Send + 'static,
+{
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -82,12 +97,12 @@ pub async fn serve(listener: TcpListener, api: Arc<HttpApi>) {
                 continue;
             }
         };
-        let api = api.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let svc = service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(api.handle(req).await) }
+                let answer = handle(req);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             if let Err(e) = http1::Builder::new()
                 .timer(ClockTimer)

@@ -60,6 +60,95 @@ pub struct MetricsSnapshot {
 }
 
 impl MetricsSnapshot {
+    /// The Prometheus text exposition format, every series labelled with
+    /// the service the sidecar fronts (`mesh connect proxy -metrics-addr`
+    /// serves it at `/metrics`).
+    pub fn prometheus(&self, service: &str) -> String {
+        let service = service.replace('\\', "\\\\").replace('"', "\\\"");
+        let series: [(&str, &str, &str, String, u64); 10] = [
+            (
+                "mesh_sidecar_inbound_accepted_total",
+                "counter",
+                "Inbound connections that reached the app.",
+                String::new(),
+                self.inbound_accepted,
+            ),
+            (
+                "mesh_sidecar_inbound_refused_total",
+                "counter",
+                "Inbound connections refused, by reason.",
+                "reason=\"handshake\",".into(),
+                self.inbound_refused_handshake,
+            ),
+            (
+                "mesh_sidecar_inbound_refused_total",
+                "",
+                "",
+                "reason=\"identity\",".into(),
+                self.inbound_refused_identity,
+            ),
+            (
+                "mesh_sidecar_inbound_refused_total",
+                "",
+                "",
+                "reason=\"intention\",".into(),
+                self.inbound_refused_intention,
+            ),
+            (
+                "mesh_sidecar_inbound_refused_total",
+                "",
+                "",
+                "reason=\"app_dial\",".into(),
+                self.inbound_refused_app_dial,
+            ),
+            (
+                "mesh_sidecar_outbound_opened_total",
+                "counter",
+                "Outbound connections established to an upstream.",
+                String::new(),
+                self.outbound_opened,
+            ),
+            (
+                "mesh_sidecar_outbound_failed_total",
+                "counter",
+                "Local connections closed: no upstream reachable.",
+                String::new(),
+                self.outbound_failed,
+            ),
+            (
+                "mesh_sidecar_bytes_total",
+                "counter",
+                "Bytes carried, by direction.",
+                "direction=\"in\",".into(),
+                self.bytes_in,
+            ),
+            (
+                "mesh_sidecar_bytes_total",
+                "",
+                "",
+                "direction=\"out\",".into(),
+                self.bytes_out,
+            ),
+            (
+                "mesh_sidecar_active_connections",
+                "gauge",
+                "Connections being piped now.",
+                String::new(),
+                self.active,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, labels, value) in series {
+            if !kind.is_empty() {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            }
+            out.push_str(&format!(
+                "{name}{{{labels}service=\"{service}\"}} {value}\n"
+            ));
+        }
+        out
+    }
+
     /// All inbound refusals, whatever the reason.
     pub fn inbound_refused(&self) -> u64 {
         self.inbound_refused_handshake
@@ -130,5 +219,61 @@ pub(crate) struct ActiveGuard<'a>(&'a Metrics);
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `GET /metrics` (the Prometheus text format) for one sidecar's
+/// counters on `listener`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    service: String,
+) {
+    crate::http::serve_with(listener, move |req| {
+        let (metrics, service) = (metrics.clone(), service.clone());
+        async move {
+            use crate::http::reply::{method_not_allowed, not_found, reply};
+            match (req.method(), req.uri().path()) {
+                (&hyper::Method::GET, "/metrics") => reply(
+                    hyper::StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    metrics.snapshot().prometheus(&service),
+                ),
+                (_, "/metrics") => method_not_allowed(),
+                (_, path) => not_found(format!("unknown path {path}: metrics are at /metrics")),
+            }
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_has_every_counter_once_typed() {
+        let m = Metrics::default();
+        m.inbound_accepted();
+        m.refused(Refusal::Intention);
+        m.add_bytes_in(10);
+        let text = m.snapshot().prometheus("fcs");
+        assert!(
+            text.contains("mesh_sidecar_inbound_accepted_total{service=\"fcs\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "mesh_sidecar_inbound_refused_total{reason=\"intention\",service=\"fcs\"} 1\n"
+        ));
+        assert!(text.contains("mesh_sidecar_bytes_total{direction=\"in\",service=\"fcs\"} 10\n"));
+        assert_eq!(
+            text.matches("# TYPE mesh_sidecar_inbound_refused_total counter")
+                .count(),
+            1
+        );
+        assert!(m
+            .snapshot()
+            .prometheus("a\"b")
+            .contains("service=\"a\\\"b\""));
     }
 }
