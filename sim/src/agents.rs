@@ -30,7 +30,7 @@ use tracing::info;
 use crate::checkers::check_propagation;
 use crate::checkers::monotonic_index::MonotonicIndex;
 use crate::checkers::registrations::Acknowledged;
-use crate::scenarios::{rand_ms, Report, Run, ELECTION_BOUND};
+use crate::scenarios::{rand_ms, Report, Run};
 
 const FCS: usize = 0;
 const FCC: usize = 1;
@@ -300,13 +300,7 @@ pub(crate) async fn agents() -> Result<Report, String> {
     wait_dns(&mut run, &[fcs_ip], "fcs registered and passing").await?;
 
     info!("phase: the leader dies; agents keep syncing");
-    let all = [0, 1, 2];
-    let leader = run.leader_among(&all, ELECTION_BOUND).await?;
-    run.cluster.crash(leader, 0);
-    let others: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
-    let t = Instant::now();
-    run.leader_among(&others, ELECTION_BOUND).await?;
-    run.report.failover_ms.push(t.elapsed().as_millis() as u64);
+    let leader = run.kill_leader().await?;
     put_agent(
         &run,
         FCC,

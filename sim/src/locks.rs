@@ -354,7 +354,7 @@ pub(crate) async fn locks() -> Result<Report, String> {
         }
     }
     run.cluster.start_agent(FCS);
-    sleep_a_little().await;
+    madsim::time::sleep(rand_ms(0, 300)).await;
     run.cluster.start_agent(FCC);
     run.start_workload(1);
     http_ok(
@@ -369,12 +369,7 @@ pub(crate) async fn locks() -> Result<Report, String> {
 
     info!("phase: the leader dies under lock traffic");
     let all = [0, 1, 2];
-    let leader = run.leader_among(&all, ELECTION_BOUND).await?;
-    run.cluster.crash(leader, 0);
-    let others: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
-    let t = Instant::now();
-    run.leader_among(&others, ELECTION_BOUND).await?;
-    run.report.failover_ms.push(t.elapsed().as_millis() as u64);
+    let leader = run.kill_leader().await?;
     run.settle(rand_ms(1_000, 3_000)).await?;
     run.cluster.start(leader);
     run.settle(rand_ms(3_000, 6_000)).await?;
@@ -477,8 +472,4 @@ pub(crate) async fn locks() -> Result<Report, String> {
     run.report.txn_reads = txn.reads.len() as u64;
     txn_atomicity::check(&txn)?;
     run.finish().await
-}
-
-async fn sleep_a_little() {
-    madsim::time::sleep(rand_ms(0, 300)).await;
 }

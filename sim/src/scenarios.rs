@@ -142,6 +142,19 @@ impl Run {
         Ok((run, leader))
     }
 
+    /// Crashes the leader of consul00-02 and waits for the others to
+    /// agree on a new one (recording the failover time); the old leader.
+    pub(crate) async fn kill_leader(&mut self) -> Result<usize, String> {
+        let all = [0, 1, 2];
+        let leader = self.leader_among(&all, ELECTION_BOUND).await?;
+        self.cluster.crash(leader, 0);
+        let others: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+        let t = Instant::now();
+        self.leader_among(&others, ELECTION_BOUND).await?;
+        self.report.failover_ms.push(t.elapsed().as_millis() as u64);
+        Ok(leader)
+    }
+
     /// The common end: stop the workload, then the liveness phase.
     pub(crate) async fn finish(self) -> Result<Report, String> {
         self.finish_with(|_| Box::pin(async { Ok(()) })).await

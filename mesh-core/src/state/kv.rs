@@ -459,16 +459,8 @@ impl KvStore {
         if session_exists && unchanged_relock(self.entries.get(key), session, &value, flags) {
             return Ok(true);
         }
-        match lock_entry(self.entries.get(key), index, key, session, session_exists)? {
-            Some(mut entry) => {
-                entry.value = value;
-                entry.flags = flags;
-                self.entries.insert(key.to_string(), entry);
-                self.table_index = index;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let locked = lock_entry(self.entries.get(key), index, key, session, session_exists)?;
+        Ok(self.store_stamped(index, locked, value, flags))
     }
 
     /// `PUT /v1/kv/<key>?release=<session>` (Consul's `kvsUnlockTxn`):
@@ -487,16 +479,27 @@ impl KvStore {
         session: &str,
     ) -> Result<bool, String> {
         self.advance(index);
-        match unlock_entry(self.entries.get(key), index, session)? {
-            Some(mut entry) => {
-                entry.value = value;
-                entry.flags = flags;
-                self.entries.insert(key.to_string(), entry);
-                self.table_index = index;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let released = unlock_entry(self.entries.get(key), index, session)?;
+        Ok(self.store_stamped(index, released, value, flags))
+    }
+
+    /// Stores an entry a lock verb stamped (session and indexes set) with
+    /// the request's value and flags; false if the verb declined.
+    fn store_stamped(
+        &mut self,
+        index: u64,
+        stamped: Option<KvEntry>,
+        value: Vec<u8>,
+        flags: u64,
+    ) -> bool {
+        let Some(mut entry) = stamped else {
+            return false;
+        };
+        entry.value = value;
+        entry.flags = flags;
+        self.entries.insert(entry.key.clone(), entry);
+        self.table_index = index;
+        true
     }
 
     /// The keys `session` holds, in key order.
