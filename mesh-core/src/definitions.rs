@@ -1267,6 +1267,64 @@ pub struct PortsConfig {
     pub grpc: Option<u16>,
 }
 
+/// TLS for the RPC port, from `tls { defaults { ... } internal_rpc { ... } }`
+/// (Consul 1.12+) or the older top-level keys (`ca_file`, `verify_incoming`,
+/// ...). `internal_rpc` wins over `defaults`, which wins over the top level.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFileConfig {
+    /// `ca_file`: the operator CA that signs agent certificates.
+    pub ca_file: Option<String>,
+    /// `cert_file`: this agent's certificate.
+    pub cert_file: Option<String>,
+    /// `key_file`: its private key.
+    pub key_file: Option<String>,
+    /// `verify_incoming`: refuse RPC connections without a certificate the CA signed.
+    pub verify_incoming: Option<bool>,
+    /// `verify_outgoing`: make RPC connections over TLS, verifying the server's chain.
+    pub verify_outgoing: Option<bool>,
+    /// `verify_server_hostname`: also require the server's certificate to
+    /// name `server.<datacenter>.<domain>`.
+    pub verify_server_hostname: Option<bool>,
+}
+
+impl TlsFileConfig {
+    fn from_obj(o: &Obj) -> Result<TlsFileConfig, DefinitionError> {
+        Ok(TlsFileConfig {
+            ca_file: o.string(&["ca_file"])?,
+            cert_file: o.string(&["cert_file"])?,
+            key_file: o.string(&["key_file"])?,
+            verify_incoming: o.bool(&["verify_incoming"])?,
+            verify_outgoing: o.bool(&["verify_outgoing"])?,
+            verify_server_hostname: o.bool(&["verify_server_hostname"])?,
+        })
+    }
+
+    /// Each key from `over` where it is set, else from `self`.
+    pub fn overridden_by(self, over: TlsFileConfig) -> TlsFileConfig {
+        TlsFileConfig {
+            ca_file: over.ca_file.or(self.ca_file),
+            cert_file: over.cert_file.or(self.cert_file),
+            key_file: over.key_file.or(self.key_file),
+            verify_incoming: over.verify_incoming.or(self.verify_incoming),
+            verify_outgoing: over.verify_outgoing.or(self.verify_outgoing),
+            verify_server_hostname: over.verify_server_hostname.or(self.verify_server_hostname),
+        }
+    }
+
+    fn from_file(o: &Obj) -> Result<TlsFileConfig, DefinitionError> {
+        let mut tls = TlsFileConfig::from_obj(o)?;
+        if let Some(block) = o.object(&["tls"])? {
+            if let Some(defaults) = block.object(&["defaults"])? {
+                tls = tls.overridden_by(TlsFileConfig::from_obj(&defaults)?);
+            }
+            if let Some(rpc) = block.object(&["internal_rpc"])? {
+                tls = tls.overridden_by(TlsFileConfig::from_obj(&rpc)?);
+            }
+        }
+        Ok(tls)
+    }
+}
+
 /// The subset of Consul's agent configuration this project reads, from one
 /// file or merged from several ([`AgentFileConfig::merge`]). Scalars are
 /// `None` when no file set them, so merging can tell "unset" from a value.
@@ -1311,6 +1369,11 @@ pub struct AgentFileConfig {
     /// `acl { default_policy }`: `"allow"` or `"deny"`. Without ACLs it
     /// decides connections no intention matches (deny when unset).
     pub acl_default_policy: Option<String>,
+    /// `domain` (Consul's DNS domain, `consul` when unset): the last label
+    /// of the server name TLS verifies.
+    pub domain: Option<String>,
+    /// TLS on the RPC port.
+    pub tls: TlsFileConfig,
 }
 
 fn file_value_to_config(v: &Value) -> Result<AgentFileConfig, DefinitionError> {
@@ -1384,6 +1447,8 @@ fn file_value_to_config(v: &Value) -> Result<AgentFileConfig, DefinitionError> {
             None => None,
             Some(a) => a.string(&["default_policy"])?,
         },
+        domain: o.string(&["domain"])?,
+        tls: TlsFileConfig::from_file(&o)?,
     })
 }
 
@@ -1459,6 +1524,8 @@ impl AgentFileConfig {
             checks: append(self.checks, later.checks),
             connect_enabled: later.connect_enabled.or(self.connect_enabled),
             acl_default_policy: later.acl_default_policy.or(self.acl_default_policy),
+            domain: later.domain.or(self.domain),
+            tls: self.tls.overridden_by(later.tls),
         }
     }
 }

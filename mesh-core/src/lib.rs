@@ -4,6 +4,7 @@
 //! clocks, threads or OS randomness: time and input come in as arguments.
 #![warn(missing_docs)]
 
+pub mod agent_tls;
 pub mod anti_entropy;
 pub mod api;
 pub mod codec;

@@ -75,14 +75,18 @@ impl RemoteServers {
     /// Starts following the cluster whose servers include `servers`
     /// (`-retry-join` addresses; a missing port means 8300). Connections
     /// come from `source_ip` (the agent's `-bind`).
-    pub fn start(servers: &[String], source_ip: std::net::IpAddr) -> Arc<Self> {
+    pub fn start(
+        servers: &[String],
+        source_ip: std::net::IpAddr,
+        tls: Option<Arc<crate::rpc_tls::RpcTls>>,
+    ) -> Arc<Self> {
         let shared = Arc::new(Shared {
             servers: Mutex::new(servers.iter().map(|s| rpc_target(s)).collect()),
             view: watch::Sender::new(LeaderView::default()),
             confirmed: Mutex::new(None),
             started: Instant::now(),
         });
-        let rpc = RpcClient::with_source_ip(source_ip);
+        let rpc = RpcClient::with_source_ip(source_ip, tls);
         let tracker = tokio::spawn(track(shared.clone(), rpc.clone()));
         Arc::new(RemoteServers {
             shared,

@@ -31,6 +31,7 @@ pub mod network;
 pub mod raft_types;
 pub mod routing;
 pub mod rpc;
+pub mod rpc_tls;
 pub mod runtime;
 pub mod server;
 pub mod sidecar;

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::clock;
 use crate::raft_types::{RaftEnvelope, RaftReply};
+use crate::rpc_tls::{PeerRole, RpcStream, RpcTls};
 
 /// A request on the mesh's RPC port.
 pub type RpcRequest = Request<RaftEnvelope>;
@@ -130,8 +131,10 @@ pub async fn read_message<S: AsyncRead + Unpin, T: DeserializeOwned>(
 }
 
 /// Serves RPC on `listener` until the task is dropped, calling `handler`
-/// for each request.
-pub async fn serve<H, F>(listener: TcpListener, handler: H)
+/// for each request. With `tls`, connections are taken as its settings say
+/// (see [`crate::rpc_tls`]) and requests it refuses for the peer never
+/// reach `handler`.
+pub async fn serve<H, F>(listener: TcpListener, tls: Option<Arc<RpcTls>>, handler: H)
 where
     H: Fn(RpcRequest) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = RpcResponse> + Send + 'static,
@@ -146,9 +149,23 @@ where
             }
         };
         let handler = handler.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            if let Err(e) = serve_connection(stream, handler).await {
+            let (stream, role) = match &tls {
+                None => (RpcStream::plain(stream), PeerRole::Anonymous),
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(Some(taken)) => taken,
+                    Ok(None) => return,
+                    Err(e) => {
+                        // A peer without the right certificate, or plaintext
+                        // where TLS is required: closed, and said once.
+                        warn!(%peer, error = %e, "rpc connection refused");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = serve_connection(stream, tls.as_deref(), role, handler).await {
                 // Garbage, a bad frame or a reset: this connection ends, nothing else.
                 debug!(%peer, error = %e, "rpc connection closed");
             }
@@ -156,13 +173,29 @@ where
     }
 }
 
-async fn serve_connection<H, F>(mut stream: TcpStream, handler: H) -> io::Result<()>
+async fn serve_connection<H, F>(
+    mut stream: RpcStream,
+    tls: Option<&RpcTls>,
+    role: PeerRole,
+    handler: H,
+) -> io::Result<()>
 where
     H: Fn(RpcRequest) -> F,
     F: Future<Output = RpcResponse>,
 {
     while let Some(req) = read_message::<_, RpcRequest>(&mut stream).await? {
-        let resp = handler(req).await;
+        let refusal = tls.and_then(|tls| tls.refusal(&req, role));
+        let resp = match refusal {
+            Some(why) => {
+                warn!(
+                    ?role,
+                    request = request_kind(&req),
+                    "rpc request refused: {why}"
+                );
+                Response::Error(RpcError::Rejected(why))
+            }
+            None => handler(req).await,
+        };
         let frame = encode_message(&resp).unwrap_or_else(|too_large| {
             // An answer larger than a frame (a huge recursive read) is
             // refused as a whole; the caller learns why.
@@ -174,6 +207,25 @@ where
         write_frame(&mut stream, &frame).await?;
     }
     Ok(())
+}
+
+/// The label of a request in `consul.rpc.request`.
+pub fn request_kind(req: &RpcRequest) -> &'static str {
+    match req {
+        Request::Raft(_) => "Raft",
+        Request::Hello(_) => "Hello",
+        Request::Join(_) => "Join",
+        Request::RemovePeer { .. } => "RemovePeer",
+        Request::Write(_) => "Write",
+        Request::Read(_) => "Read",
+        Request::TimeoutNow { .. } => "TimeoutNow",
+        Request::PreVote { .. } => "PreVote",
+        Request::Status => "Status",
+        Request::Heartbeat { .. } => "Heartbeat",
+        Request::SignLeaf { .. } => "SignLeaf",
+        Request::RotateRoot { .. } => "RotateRoot",
+        Request::RenewSession { .. } => "RenewSession",
+    }
 }
 
 /// Whether carrying out `req` twice has the same effect as once.
@@ -191,7 +243,9 @@ fn is_stale_connection(e: &io::Error) -> bool {
 /// An RPC client with a pool of idle connections per address.
 #[derive(Clone, Default)]
 pub struct RpcClient {
-    idle: Arc<Mutex<BTreeMap<String, Vec<TcpStream>>>>,
+    idle: Arc<Mutex<BTreeMap<String, Vec<RpcStream>>>>,
+    /// TLS for outgoing connections (`verify_outgoing`), if configured.
+    tls: Option<Arc<RpcTls>>,
     /// The address outgoing connections come from (a server's `-bind`),
     /// so peers and firewalls see this server's own address, not whichever
     /// one the kernel picks (127.0.0.1 for every loopback address).
@@ -208,10 +262,12 @@ impl RpcClient {
         Self::default()
     }
 
-    /// A client whose connections come from `ip` (unless it is unspecified).
-    pub fn with_source_ip(ip: std::net::IpAddr) -> Self {
+    /// A client whose connections come from `ip` (unless it is
+    /// unspecified), over TLS when `tls` says to dial it.
+    pub fn with_source_ip(ip: std::net::IpAddr, tls: Option<Arc<RpcTls>>) -> Self {
         Self {
             source_ip: (!ip.is_unspecified()).then_some(ip),
+            tls,
             ..Self::default()
         }
     }
@@ -243,7 +299,9 @@ impl RpcClient {
         TcpStream::connect(addr).await
     }
 
-    async fn connect(&self, addr: &str) -> Result<TcpStream, CallError> {
+    /// A new connection, TLS-wrapped when configured. A failed handshake
+    /// is a failed connect: nothing was sent.
+    async fn connect(&self, addr: &str) -> Result<RpcStream, CallError> {
         let connect_err = |source| CallError::Connect {
             addr: addr.to_string(),
             source,
@@ -253,7 +311,10 @@ impl RpcClient {
             .map_err(|_| connect_err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
             .map_err(connect_err)?;
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        match &self.tls {
+            None => Ok(RpcStream::plain(stream)),
+            Some(tls) => tls.connect(stream).await.map_err(connect_err),
+        }
     }
 
     /// Sends `req` to `addr` and waits up to `timeout` for the answer.
@@ -315,7 +376,7 @@ impl RpcClient {
         self.idle.lock().expect("rpc pool poisoned").remove(addr);
     }
 
-    async fn exchange(stream: &mut TcpStream, frame: &[u8]) -> io::Result<RpcResponse> {
+    async fn exchange(stream: &mut RpcStream, frame: &[u8]) -> io::Result<RpcResponse> {
         if crate::buggify::fires("rpc_send") {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,

@@ -287,13 +287,13 @@ pub fn server_name(service: &str) -> ServerName<'static> {
         .unwrap_or_else(|_| ServerName::try_from("service.mesh.invalid").expect("a valid DNS name"))
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// rustls' own notion of now (session ticket ages) follows the host clock.
 #[derive(Debug)]
-struct HostClock;
+pub(crate) struct HostClock;
 
 impl TimeProvider for HostClock {
     fn current_time(&self) -> Option<UnixTime> {
@@ -333,7 +333,7 @@ pub fn check_peer_validity(certs: &[CertificateDer]) -> Result<(), TlsError> {
 
 /// The time a peer chain is checked at: this host's wall clock, whatever
 /// rustls passed in.
-fn verification_time(end_entity: &CertificateDer<'_>) -> UnixTime {
+pub(crate) fn verification_time(end_entity: &CertificateDer<'_>) -> UnixTime {
     if mutants::enabled(Mutant::AcceptExpiredLeaf) {
         // The bug: a time the leaf is always valid at, so expiry is ignored.
         if let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity.as_ref()) {

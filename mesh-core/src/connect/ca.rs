@@ -212,7 +212,7 @@ pub enum CaError {
     Signing(String),
 }
 
-fn signing(e: rcgen::Error) -> CaError {
+pub(crate) fn signing(e: rcgen::Error) -> CaError {
     CaError::Signing(e.to_string())
 }
 
@@ -600,13 +600,13 @@ fn subject_key_id<'a>(cert: &X509Certificate<'a>) -> Option<&'a [u8]> {
         })
 }
 
-fn unix_secs(t: SystemTime) -> Result<u64, CaError> {
+pub(crate) fn unix_secs(t: SystemTime) -> Result<u64, CaError> {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .map_err(|_| CaError::TimeOutOfRange(format!("{t:?}")))
 }
 
-fn asn1_time(secs: u64) -> Result<time::OffsetDateTime, CaError> {
+pub(crate) fn asn1_time(secs: u64) -> Result<time::OffsetDateTime, CaError> {
     let out_of_range = || CaError::TimeOutOfRange(format!("{secs} s after 1970"));
     let t =
         time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).map_err(|_| out_of_range())?)

@@ -13,12 +13,15 @@ use mesh_core::formation::BootstrapMode;
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use mesh_core::definitions::{AgentFileConfig, ServiceDefinition};
+use mesh_core::agent_tls;
+use mesh_core::connect::SecretPem;
+use mesh_core::definitions::{AgentFileConfig, ServiceDefinition, TlsFileConfig};
 
 use super::checks::CheckSpec;
 use super::{Agent, AgentConfig, Role, ServiceWithChecks};
 use crate::disk::Disk;
 use crate::flags::{usage, Flags, Kind, Spec};
+use crate::rpc_tls::{RpcTls, RpcTlsConfig};
 use crate::server::{RaftTiming, ServerConfig};
 
 /// What `mesh agent` was asked to run.
@@ -212,6 +215,39 @@ fn load_config_files(flags: &Flags) -> Result<AgentFileConfig, String> {
     Ok(merged)
 }
 
+/// Reads the files the `tls` settings name and builds the RPC port's TLS;
+/// `None` when nothing about TLS is configured.
+fn rpc_tls_from(
+    tls: &TlsFileConfig,
+    datacenter: &str,
+    domain: Option<&str>,
+) -> Result<Option<Arc<RpcTls>>, String> {
+    if *tls == TlsFileConfig::default() {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &Option<String>| -> Result<Option<String>, String> {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p).map_err(|e| format!("Error reading {key} {p}: {e}"))
+            })
+            .transpose()
+    };
+    let domain = domain
+        .unwrap_or(agent_tls::DEFAULT_DOMAIN)
+        .trim_end_matches('.');
+    let config = RpcTlsConfig {
+        ca_pem: read("ca_file", &tls.ca_file)?,
+        cert_pem: read("cert_file", &tls.cert_file)?,
+        key_pem: read("key_file", &tls.key_file)?.map(SecretPem::new),
+        verify_incoming: tls.verify_incoming.unwrap_or(false),
+        verify_outgoing: tls.verify_outgoing.unwrap_or(false),
+        verify_server_hostname: tls.verify_server_hostname.unwrap_or(false),
+        server_name: agent_tls::server_name(datacenter, domain),
+    };
+    let built = RpcTls::new(&config).map_err(|e| format!("TLS configuration: {e}"))?;
+    Ok(Some(Arc::new(built)))
+}
+
 fn ip_of(name: &str, raw: &str) -> Result<IpAddr, String> {
     raw.parse().map_err(|_| {
         format!("invalid {name} address {raw:?}: expected an IP address such as 127.0.0.10")
@@ -395,7 +431,10 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
                 ))
             }
         },
+        rpc_tls: None,
     };
+    let rpc_tls = rpc_tls_from(&file.tls, &config.datacenter, file.domain.as_deref())?;
+    let config = AgentConfig { rpc_tls, ..config };
     let log_level = flags
         .get("log-level")
         .or(file.log_level.as_deref())

@@ -69,6 +69,8 @@ pub struct AgentConfig {
     /// What a connection no intention matches gets (`acl { default_policy
     /// }`): deny unless set to `"allow"`.
     pub default_intention_allow: bool,
+    /// TLS on the RPC port (`tls { defaults { ... } }`), if configured.
+    pub rpc_tls: Option<Arc<crate::rpc_tls::RpcTls>>,
 }
 
 impl AgentConfig {
@@ -127,13 +129,23 @@ impl Agent {
         let (server, cluster, node_id): (Option<Arc<Server>>, Arc<dyn Cluster>, u64) =
             match &config.role {
                 Role::Server(s) => {
-                    let server = Server::start(s.clone(), disk.clone(), telemetry.clone()).await?;
+                    let server = Server::start(
+                        s.clone(),
+                        disk.clone(),
+                        telemetry.clone(),
+                        config.rpc_tls.clone(),
+                    )
+                    .await?;
                     let id = server.node_id();
                     (Some(server.clone()), Arc::new(LocalServer(server)), id)
                 }
                 Role::Client { servers } => {
                     let id = load_or_create_node_id(disk.as_ref())?;
-                    (None, RemoteServers::start(servers, config.advertise), id)
+                    (
+                        None,
+                        RemoteServers::start(servers, config.advertise, config.rpc_tls.clone()),
+                        id,
+                    )
                 }
             };
         let node = Node {

@@ -11,7 +11,7 @@ impl Server {
 
     /// Answers one request that arrived on the RPC port.
     pub async fn handle_rpc(self: Arc<Self>, req: RpcRequest) -> RpcResponse {
-        let kind = request_kind(&req);
+        let kind = rpc::request_kind(&req);
         self.telemetry.rpc_request.inc(&[kind]);
         let resp = self.clone().answer_rpc(req).await;
         if matches!(resp, Response::Error(_)) {
@@ -126,24 +126,5 @@ impl Server {
                 Ok(ChunkAck::Held(0))
             }
         }
-    }
-}
-
-/// The label of a request in `consul.rpc.request`.
-fn request_kind(req: &RpcRequest) -> &'static str {
-    match req {
-        Request::Raft(_) => "Raft",
-        Request::Hello(_) => "Hello",
-        Request::Join(_) => "Join",
-        Request::RemovePeer { .. } => "RemovePeer",
-        Request::Write(_) => "Write",
-        Request::Read(_) => "Read",
-        Request::TimeoutNow { .. } => "TimeoutNow",
-        Request::PreVote { .. } => "PreVote",
-        Request::Status => "Status",
-        Request::Heartbeat { .. } => "Heartbeat",
-        Request::SignLeaf { .. } => "SignLeaf",
-        Request::RotateRoot { .. } => "RotateRoot",
-        Request::RenewSession { .. } => "RenewSession",
     }
 }

@@ -224,6 +224,7 @@ impl Server {
         config: ServerConfig,
         disk: Arc<dyn Disk>,
         telemetry: crate::telemetry::Telemetry,
+        rpc_tls: Option<Arc<crate::rpc_tls::RpcTls>>,
     ) -> Result<Arc<Self>, StartError> {
         if let BootstrapMode::Expect(0) = config.bootstrap {
             return Err(StartError::Config(
@@ -262,7 +263,7 @@ impl Server {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let rpc = RpcClient::with_source_ip(config.rpc_bind.ip());
+        let rpc = RpcClient::with_source_ip(config.rpc_bind.ip(), rpc_tls.clone());
         let listener =
             TcpListener::bind(config.rpc_bind)
                 .await
@@ -305,7 +306,7 @@ impl Server {
             telemetry,
         });
         let handler_server = server.clone();
-        let serve = tokio::spawn(rpc::serve(listener, move |req| {
+        let serve = tokio::spawn(rpc::serve(listener, rpc_tls, move |req| {
             let s = handler_server.clone();
             async move { s.handle_rpc(req).await }
         }));

@@ -1,0 +1,515 @@
+//! TLS on the RPC port (8300), configured as Consul's `tls.defaults` and
+//! `tls.internal_rpc` blocks configure it, with certificates from the
+//! operator's CA (`mesh tls ca create`, `mesh tls cert create`).
+//!
+//! - `verify_outgoing`: this agent dials servers over TLS and verifies
+//!   their chain against `ca_file`; it presents its own certificate when it
+//!   has one.
+//! - `verify_server_hostname`: the server's certificate must also name
+//!   `server.<datacenter>.<domain>`, so a client agent's certificate cannot
+//!   pass for a server. A server with this set also answers server-only
+//!   requests (Raft, join, discovery, PreVote, hand-off) only for peers
+//!   whose certificate names a server (the fix for Consul's CVE-2021-37219):
+//!   a client certificate cannot be used to join as a server or to inject
+//!   Raft messages.
+//! - `verify_incoming`: a server refuses plaintext connections and TLS
+//!   peers without a certificate `ca_file` verifies. Without it a server
+//!   that has a certificate accepts both: the first byte tells a TLS
+//!   ClientHello (0x16) from a frame, whose 4-byte length prefix starts
+//!   with 0 (frames are far below 2^24 bytes), so a cluster can move to TLS
+//!   one agent at a time.
+//!
+//! Certificate validity is judged on [`crate::clock::wall_now`], so the
+//! simulator's clock faults reach it. TLS 1.3 only, ring only.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mesh_core::connect::SecretPem;
+use mesh_core::wire::Request;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::clock;
+use crate::rpc::RpcRequest;
+use crate::tls::{provider, verification_time, HostClock, TlsError};
+
+/// How long a TLS handshake on the RPC port may take, either side.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE_BYTE: u8 = 0x16;
+
+/// The agent's RPC TLS settings and the PEM material its files held.
+#[derive(Clone)]
+pub struct RpcTlsConfig {
+    /// The operator CA (`ca_file`).
+    pub ca_pem: Option<String>,
+    /// This agent's certificate chain (`cert_file`).
+    pub cert_pem: Option<String>,
+    /// Its private key (`key_file`).
+    pub key_pem: Option<SecretPem>,
+    /// `verify_incoming`.
+    pub verify_incoming: bool,
+    /// `verify_outgoing`.
+    pub verify_outgoing: bool,
+    /// `verify_server_hostname`.
+    pub verify_server_hostname: bool,
+    /// `server.<datacenter>.<domain>`.
+    pub server_name: String,
+}
+
+impl fmt::Debug for RpcTlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcTlsConfig")
+            .field("has_ca", &self.ca_pem.is_some())
+            .field("has_cert", &self.cert_pem.is_some())
+            .field("key", &self.key_pem.as_ref().map(|_| "<redacted>"))
+            .field("verify_incoming", &self.verify_incoming)
+            .field("verify_outgoing", &self.verify_outgoing)
+            .field("verify_server_hostname", &self.verify_server_hostname)
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// Who is at the other end of an RPC connection, as its certificate says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    /// Plaintext, or TLS without a client certificate.
+    Anonymous,
+    /// A certificate the CA signed that does not name a server.
+    Agent,
+    /// A certificate naming `server.<datacenter>.<domain>`.
+    Server,
+}
+
+/// Ready-to-use TLS for the RPC port, built once from [`RpcTlsConfig`].
+pub struct RpcTls {
+    acceptor: Option<TlsAcceptor>,
+    connector: Option<TlsConnector>,
+    verify_incoming: bool,
+    /// Server-only requests need a [`PeerRole::Server`] peer.
+    guard_server_requests: bool,
+    server_name: ServerName<'static>,
+}
+
+impl fmt::Debug for RpcTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcTls")
+            .field("serves_tls", &self.acceptor.is_some())
+            .field("dials_tls", &self.connector.is_some())
+            .field("verify_incoming", &self.verify_incoming)
+            .field("guard_server_requests", &self.guard_server_requests)
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem { what, source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate);
+    }
+    Ok(certs)
+}
+
+impl RpcTls {
+    /// Builds the rustls configurations; refuses inconsistent settings
+    /// with the reason (as Consul refuses them at startup).
+    pub fn new(config: &RpcTlsConfig) -> Result<RpcTls, String> {
+        let provider = provider();
+        let verify_outgoing = config.verify_outgoing || config.verify_server_hostname;
+        let roots = match &config.ca_pem {
+            None if config.verify_incoming => {
+                return Err("verify_incoming is set but no ca_file is given".into())
+            }
+            None if verify_outgoing => {
+                return Err("verify_outgoing is set but no ca_file is given".into())
+            }
+            None => None,
+            Some(pem) => {
+                let mut store = RootCertStore::empty();
+                for cert in certs("ca_file", pem).map_err(|e| format!("ca_file: {e}"))? {
+                    store
+                        .add(cert)
+                        .map_err(|e| format!("ca_file: not a usable CA certificate: {e}"))?;
+                }
+                Some(Arc::new(store))
+            }
+        };
+        let identity = match (&config.cert_pem, &config.key_pem) {
+            (Some(cert), Some(key)) => {
+                let chain = certs("cert_file", cert).map_err(|e| format!("cert_file: {e}"))?;
+                let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
+                    .map_err(|e| format!("key_file: cannot read the private key PEM: {e}"))?;
+                Some((chain, key))
+            }
+            (None, None) => None,
+            (Some(_), None) => return Err("cert_file is set but key_file is not".into()),
+            (None, Some(_)) => return Err("key_file is set but cert_file is not".into()),
+        };
+        let server_name = ServerName::try_from(config.server_name.clone()).map_err(|_| {
+            format!(
+                "{:?} is not a DNS name (check datacenter and domain)",
+                config.server_name
+            )
+        })?;
+
+        let acceptor = match (&identity, &roots) {
+            (None, _) if config.verify_incoming => {
+                return Err("verify_incoming is set but no cert_file and key_file are given".into())
+            }
+            (None, _) => None,
+            (Some((chain, key)), roots) => {
+                let builder = rustls::ServerConfig::builder_with_details(
+                    provider.clone(),
+                    Arc::new(HostClock),
+                )
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| e.to_string())?;
+                let builder = match roots {
+                    None => builder.with_no_client_auth(),
+                    Some(roots) => {
+                        let verifier = WebPkiClientVerifier::builder_with_provider(
+                            roots.clone(),
+                            provider.clone(),
+                        );
+                        let verifier = if config.verify_incoming {
+                            verifier.build()
+                        } else {
+                            verifier.allow_unauthenticated().build()
+                        }
+                        .map_err(|e| format!("ca_file: {e}"))?;
+                        builder.with_client_cert_verifier(verifier)
+                    }
+                };
+                let server = builder
+                    .with_single_cert(chain.clone(), key.clone_key())
+                    .map_err(|e| format!("cert_file and key_file: {e}"))?;
+                Some(TlsAcceptor::from(Arc::new(server)))
+            }
+        };
+
+        let connector = match (&roots, verify_outgoing) {
+            (Some(roots), true) => {
+                let verifier = Arc::new(AgentServerVerifier {
+                    roots: roots.clone(),
+                    check_name: config.verify_server_hostname,
+                    provider: provider.clone(),
+                });
+                let builder = rustls::ClientConfig::builder_with_details(
+                    provider.clone(),
+                    Arc::new(HostClock),
+                )
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier);
+                let client = match &identity {
+                    Some((chain, key)) => builder
+                        .with_client_auth_cert(chain.clone(), key.clone_key())
+                        .map_err(|e| format!("cert_file and key_file: {e}"))?,
+                    None => builder.with_no_client_auth(),
+                };
+                Some(TlsConnector::from(Arc::new(client)))
+            }
+            _ => None,
+        };
+        Ok(RpcTls {
+            acceptor,
+            connector,
+            verify_incoming: config.verify_incoming,
+            guard_server_requests: config.verify_incoming && config.verify_server_hostname,
+            server_name,
+        })
+    }
+
+    /// Whether outgoing RPC connections use TLS.
+    pub fn dials_tls(&self) -> bool {
+        self.connector.is_some()
+    }
+
+    /// Wraps a fresh outgoing connection: a TLS handshake within
+    /// [`HANDSHAKE_TIMEOUT`] when `verify_outgoing` is set.
+    pub async fn connect(&self, tcp: TcpStream) -> io::Result<RpcStream> {
+        let tcp = Sniffed::new(tcp, None);
+        let Some(connector) = &self.connector else {
+            return Ok(RpcStream::Plain(tcp));
+        };
+        let tls = clock::timeout(
+            HANDSHAKE_TIMEOUT,
+            connector.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        Ok(RpcStream::Tls(Box::new(tokio_rustls::TlsStream::Client(
+            tls,
+        ))))
+    }
+
+    /// Takes an incoming connection: plaintext or TLS by its first byte,
+    /// refusing what the settings refuse. The peer's role comes from its
+    /// certificate. `Ok(None)`: the peer closed before sending anything.
+    pub async fn accept(&self, mut tcp: TcpStream) -> io::Result<Option<(RpcStream, PeerRole)>> {
+        let mut first = [0u8; 1];
+        if tcp.read(&mut first).await? == 0 {
+            return Ok(None);
+        }
+        let stream = Sniffed::new(tcp, Some(first[0]));
+        let is_tls = first[0] == TLS_HANDSHAKE_BYTE;
+        let acceptor =
+            match (&self.acceptor, is_tls) {
+                (_, false) if self.verify_incoming => return Err(refused(
+                    "plaintext RPC refused: verify_incoming requires TLS with a client certificate",
+                )),
+                (_, false) => return Ok(Some((RpcStream::Plain(stream), PeerRole::Anonymous))),
+                (None, true) => {
+                    return Err(refused(
+                        "TLS RPC refused: this agent has no cert_file and key_file",
+                    ))
+                }
+                (Some(acceptor), true) => acceptor,
+            };
+        let tls = clock::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let role = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            None => PeerRole::Anonymous,
+            Some(leaf) => match ParsedCertificate::try_from(leaf) {
+                Ok(cert) if verify_server_name(&cert, &self.server_name).is_ok() => {
+                    PeerRole::Server
+                }
+                _ => PeerRole::Agent,
+            },
+        };
+        Ok(Some((
+            RpcStream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))),
+            role,
+        )))
+    }
+
+    /// Why `req` from a peer of `role` is refused, if it is: with
+    /// `verify_incoming` and `verify_server_hostname`, only servers may
+    /// send what only servers send.
+    pub fn refusal(&self, req: &RpcRequest, role: PeerRole) -> Option<String> {
+        (self.guard_server_requests && is_server_only(req) && role != PeerRole::Server).then(|| {
+            format!(
+                "this request is for servers only and the peer's certificate does not name {}",
+                server_name_str(&self.server_name)
+            )
+        })
+    }
+}
+
+fn server_name_str(name: &ServerName<'_>) -> String {
+    match name {
+        ServerName::DnsName(d) => d.as_ref().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Requests only another server sends: letting anyone else send them would
+/// let it join the Raft group or speak for a member of it.
+fn is_server_only(req: &RpcRequest) -> bool {
+    matches!(
+        req,
+        Request::Raft(_)
+            | Request::Hello(_)
+            | Request::Join(_)
+            | Request::PreVote { .. }
+            | Request::TimeoutNow { .. }
+    )
+}
+
+fn refused(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, why.to_string())
+}
+
+/// Checks a server's chain against the operator CA and, with
+/// `verify_server_hostname`, that it names `server.<dc>.<domain>`; time
+/// from the host's wall clock.
+#[derive(Debug)]
+struct AgentServerVerifier {
+    roots: Arc<RootCertStore>,
+    check_name: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AgentServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            verification_time(end_entity),
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        if self.check_name {
+            verify_server_name(&cert, server_name)?;
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TCP stream whose first byte may already have been read (to tell TLS
+/// from plaintext) and is given back first.
+pub struct Sniffed {
+    first: Option<u8>,
+    inner: TcpStream,
+}
+
+impl Sniffed {
+    fn new(inner: TcpStream, first: Option<u8>) -> Sniffed {
+        Sniffed { first, inner }
+    }
+}
+
+impl AsyncRead for Sniffed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() > 0 {
+            if let Some(b) = this.first.take() {
+                buf.put_slice(&[b]);
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Sniffed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// One RPC connection, plaintext or TLS.
+pub enum RpcStream {
+    /// Plain TCP.
+    Plain(Sniffed),
+    /// TLS over TCP (either side).
+    Tls(Box<tokio_rustls::TlsStream<Sniffed>>),
+}
+
+impl RpcStream {
+    /// A plaintext stream over a fresh connection.
+    pub fn plain(tcp: TcpStream) -> RpcStream {
+        RpcStream::Plain(Sniffed::new(tcp, None))
+    }
+}
+
+impl AsyncRead for RpcStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RpcStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            RpcStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for RpcStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            RpcStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            RpcStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RpcStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            RpcStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RpcStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            RpcStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

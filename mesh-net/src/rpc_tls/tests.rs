@@ -1,0 +1,255 @@
+//! Handshakes on loopback between real sockets: who gets in, who does not.
+
+use super::*;
+use crate::rpc::{read_message, write_message, RpcResponse};
+use mesh_core::agent_tls::{create_ca, create_cert, CaRequest, CertAndKey, CertKind, CertRequest};
+use mesh_core::wire::{Response, RpcError};
+use std::time::SystemTime;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+fn ca() -> CertAndKey {
+    create_ca(
+        &CaRequest {
+            domain: "consul".into(),
+            days: 30,
+            common_name: None,
+            name_constraint: false,
+            additional_constraints: Vec::new(),
+        },
+        SystemTime::now(),
+    )
+    .unwrap()
+}
+
+fn cert(ca: &CertAndKey, kind: CertKind) -> CertAndKey {
+    let req = CertRequest {
+        kind,
+        datacenter: "dc1".into(),
+        domain: "consul".into(),
+        node: None,
+        additional_dns: Vec::new(),
+        additional_ips: Vec::new(),
+        days: 30,
+    };
+    create_cert(&ca.cert_pem, ca.key_pem.expose(), &req, SystemTime::now()).unwrap()
+}
+
+fn config(ca: &CertAndKey, own: Option<&CertAndKey>) -> RpcTlsConfig {
+    RpcTlsConfig {
+        ca_pem: Some(ca.cert_pem.clone()),
+        cert_pem: own.map(|c| c.cert_pem.clone()),
+        key_pem: own.map(|c| c.key_pem.clone()),
+        verify_incoming: true,
+        verify_outgoing: true,
+        verify_server_hostname: true,
+        server_name: "server.dc1.consul".into(),
+    }
+}
+
+/// An agent without a certificate that dials over TLS.
+fn client_only(ca: &CertAndKey) -> RpcTlsConfig {
+    RpcTlsConfig {
+        verify_incoming: false,
+        ..config(ca, None)
+    }
+}
+
+/// A server that answers every request `Done` unless its TLS refuses it,
+/// and reports each connection's role.
+async fn server(
+    tls: RpcTls,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<Result<PeerRole, String>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let tls = Arc::new(tls);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = tls.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tls.accept(tcp).await {
+                    Ok(Some((mut stream, role))) => {
+                        let _ = tx.send(Ok(role));
+                        while let Ok(Some(req)) = read_message::<_, RpcRequest>(&mut stream).await {
+                            let resp: RpcResponse = match tls.refusal(&req, role) {
+                                Some(why) => Response::Error(RpcError::Rejected(why)),
+                                None => Response::Done,
+                            };
+                            write_message(&mut stream, &resp).await.unwrap();
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+async fn call(tls: &RpcTls, addr: &str, req: &RpcRequest) -> io::Result<RpcResponse> {
+    let tcp = TcpStream::connect(addr).await?;
+    let mut stream = tls.connect(tcp).await?;
+    write_message(&mut stream, req).await?;
+    read_message(&mut stream)
+        .await?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "closed"))
+}
+
+fn join_request() -> RpcRequest {
+    Request::PreVote {
+        to: 1,
+        last_log: None,
+    }
+}
+
+#[tokio::test]
+async fn servers_talk_and_client_certs_cannot_speak_for_servers() {
+    let ca = ca();
+    let server_cert = cert(&ca, CertKind::Server);
+    let client_cert = cert(&ca, CertKind::Client);
+    let (addr, mut roles) = server(RpcTls::new(&config(&ca, Some(&server_cert))).unwrap()).await;
+
+    let peer = RpcTls::new(&config(&ca, Some(&server_cert))).unwrap();
+    assert!(matches!(
+        call(&peer, &addr, &join_request()).await.unwrap(),
+        Response::Done
+    ));
+    assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Server));
+
+    let agent = RpcTls::new(&config(&ca, Some(&client_cert))).unwrap();
+    assert!(matches!(
+        call(&agent, &addr, &Request::Status).await.unwrap(),
+        Response::Done
+    ));
+    assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Agent));
+    match call(&agent, &addr, &join_request()).await.unwrap() {
+        Response::Error(RpcError::Rejected(why)) => {
+            assert!(why.contains("server.dc1.consul"), "{why}")
+        }
+        other => panic!("a client certificate sent a server-only request: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn peers_without_a_valid_certificate_are_refused() {
+    let ca = ca();
+    let server_cert = cert(&ca, CertKind::Server);
+    let (addr, mut roles) = server(RpcTls::new(&config(&ca, Some(&server_cert))).unwrap()).await;
+
+    // Plaintext, where verify_incoming requires TLS.
+    let mut plain = TcpStream::connect(&addr).await.unwrap();
+    write_message(
+        &mut plain,
+        &Request::<crate::raft_types::RaftEnvelope>::Status,
+    )
+    .await
+    .unwrap();
+    let refusal = roles.recv().await.unwrap().unwrap_err();
+    assert!(refusal.contains("plaintext RPC refused"), "{refusal}");
+    assert!(read_message::<_, RpcResponse>(&mut plain)
+        .await
+        .unwrap_or(None)
+        .is_none());
+
+    // TLS without a client certificate.
+    let anonymous = RpcTls::new(&client_only(&ca)).unwrap();
+    let result = call(&anonymous, &addr, &Request::Status).await;
+    assert!(result.is_err(), "{result:?}");
+    assert!(roles.recv().await.unwrap().is_err());
+
+    // A certificate from another CA: both sides refuse.
+    let other_ca = self::ca();
+    let stranger = cert(&other_ca, CertKind::Server);
+    let rogue = RpcTls::new(&config(&other_ca, Some(&stranger))).unwrap();
+    assert!(call(&rogue, &addr, &Request::Status).await.is_err());
+    assert!(roles.recv().await.unwrap().is_err());
+
+    // A server whose certificate does not name a server, for a client that
+    // verifies server hostnames.
+    let client_cert = cert(&ca, CertKind::Client);
+    let (fake_addr, _fake_roles) =
+        server(RpcTls::new(&config(&ca, Some(&client_cert))).unwrap()).await;
+    let agent = RpcTls::new(&config(&ca, Some(&client_cert))).unwrap();
+    let err = call(&agent, &fake_addr, &Request::Status)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn without_verify_incoming_plaintext_and_tls_share_the_port() {
+    let ca = ca();
+    let server_cert = cert(&ca, CertKind::Server);
+    let mut relaxed = config(&ca, Some(&server_cert));
+    relaxed.verify_incoming = false;
+    let (addr, mut roles) = server(RpcTls::new(&relaxed).unwrap()).await;
+
+    let mut plain = TcpStream::connect(&addr).await.unwrap();
+    write_message(
+        &mut plain,
+        &Request::<crate::raft_types::RaftEnvelope>::Status,
+    )
+    .await
+    .unwrap();
+    let resp: RpcResponse = read_message(&mut plain).await.unwrap().unwrap();
+    assert!(matches!(resp, Response::Done), "{resp:?}");
+    assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Anonymous));
+
+    let anonymous = RpcTls::new(&client_only(&ca)).unwrap();
+    assert!(matches!(
+        call(&anonymous, &addr, &Request::Status).await.unwrap(),
+        Response::Done
+    ));
+    assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Anonymous));
+
+    // A connection that closes at once costs nothing and reports nothing.
+    let mut quiet = TcpStream::connect(&addr).await.unwrap();
+    quiet.shutdown().await.unwrap();
+    drop(quiet);
+    let tls_peer = RpcTls::new(&config(&ca, Some(&server_cert))).unwrap();
+    assert!(matches!(
+        call(&tls_peer, &addr, &join_request()).await.unwrap(),
+        Response::Done
+    ));
+    assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Server));
+}
+
+#[test]
+fn inconsistent_settings_are_refused_with_the_reason() {
+    let ca = ca();
+    let server_cert = cert(&ca, CertKind::Server);
+    let mut no_ca = config(&ca, Some(&server_cert));
+    no_ca.ca_pem = None;
+    assert!(RpcTls::new(&no_ca).unwrap_err().contains("no ca_file"));
+
+    let mut half = config(&ca, Some(&server_cert));
+    half.key_pem = None;
+    assert!(RpcTls::new(&half).unwrap_err().contains("key_file is not"));
+
+    let mut garbage = config(&ca, Some(&server_cert));
+    garbage.ca_pem = Some("not a pem".into());
+    assert!(RpcTls::new(&garbage).unwrap_err().contains("ca_file"));
+
+    let other = cert(&ca, CertKind::Client);
+    let mut mismatched = config(&ca, Some(&server_cert));
+    mismatched.key_pem = Some(other.key_pem.clone());
+    let err = RpcTls::new(&mismatched).unwrap_err();
+    assert!(err.contains("cert_file and key_file"), "{err}");
+
+    // An agent without its own certificate cannot require them of others.
+    let no_cert = config(&ca, None);
+    assert!(RpcTls::new(&no_cert)
+        .unwrap_err()
+        .contains("verify_incoming"));
+    let key_text = format!("{:?}", config(&ca, Some(&server_cert)));
+    assert!(!key_text.contains("PRIVATE KEY"), "{key_text}");
+}
