@@ -7,6 +7,7 @@ mod connect_cli;
 mod demo;
 mod intention_cli;
 mod lock_cli;
+mod tls_cli;
 
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +27,7 @@ Commands:
     watch      Watches a key, prefix, service, nodes or checks for changes
     intention  Connect intentions: create, delete, get, check, list
     connect    Connect: run a sidecar (proxy -sidecar-for SERVICE), CA settings (ca)
+    tls        The operator CA and agent certificates for TLS on the RPC port (ca create, cert create)
     version    Prints the version";
 
 /// Sets up logging: `-log-level` (Consul spellings) and `-log-json`.
@@ -84,6 +86,7 @@ fn main() {
         Some("watch") => report(catalog_cli::watch(rest)),
         Some("intention") => report(intention_cli::intention(rest)),
         Some("connect") => connect_cli::connect(rest),
+        Some("tls") => tls_cli::tls(rest),
         Some("version" | "-version" | "--version") => {
             println!("mesh v{}", env!("CARGO_PKG_VERSION"));
             0

@@ -28,6 +28,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// `None` for a server; a client agent's extra flags otherwise.
     client_args: Option<Vec<String>>,
+    /// Flags for this node alone (e.g. its own `-config-file`).
+    own_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -62,6 +64,7 @@ impl ProcessCluster {
                 ip: ip.to_string(),
                 data_dir: dir.join(format!("consul{i:02}")),
                 client_args: None,
+                own_args: Vec::new(),
                 child: None,
             })
             .collect();
@@ -89,9 +92,15 @@ impl ProcessCluster {
             ip: ip.to_string(),
             data_dir: self.dir.join(name),
             client_args: Some(args.iter().map(|s| s.to_string()).collect()),
+            own_args: Vec::new(),
             child: None,
         });
         self.nodes.len() - 1
+    }
+
+    /// Extra flags for node `i` alone, after every other flag.
+    pub fn set_node_args(&mut self, i: usize, args: &[&str]) {
+        self.nodes[i].own_args = args.iter().map(|s| s.to_string()).collect();
     }
 
     fn is_server(&self, i: usize) -> bool {
@@ -158,6 +167,7 @@ impl ProcessCluster {
             }
         }
         cmd.args(&self.extra_args)
+            .args(&self.nodes[i].own_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -1,0 +1,311 @@
+//! TLS on the RPC port with real processes on loopback: certificates from
+//! `mesh tls ca create` / `mesh tls cert create`, three servers and a
+//! client agent with `verify_incoming`, `verify_outgoing` and
+//! `verify_server_hostname` form a cluster and serve writes; a server
+//! process without a certificate, and one holding only a client
+//! certificate, can reach port 8300 but can neither join nor inject a
+//! join or a write.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_bins::process_cluster::{test_dir, ProcessCluster};
+use mesh_core::connect::SecretPem;
+use mesh_core::formation::ServerInfo;
+use mesh_core::wire::{Request, Response, RpcError};
+use mesh_net::http_client::HttpClient;
+use mesh_net::rpc::{RpcClient, RpcRequest};
+use mesh_net::rpc_tls::{RpcTls, RpcTlsConfig};
+
+const IPS: [&str; 6] = [
+    "127.0.0.100",
+    "127.0.0.101",
+    "127.0.0.102",
+    "127.0.0.103",
+    "127.0.0.104",
+    "127.0.0.105",
+];
+const RPC_PORT: u16 = 18300;
+const HTTP_PORT: u16 = 18500;
+
+/// Runs `mesh tls ...` in `dir`; its stdout, or a panic with its stderr.
+fn mesh_tls(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .arg("tls")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run mesh tls");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A config file with the three TLS checks on and this certificate.
+fn tls_config(dir: &Path, name: &str, cert: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.json"));
+    let body = serde_json::json!({
+        "tls": {
+            "defaults": {
+                "ca_file": dir.join("consul-agent-ca.pem"),
+                "cert_file": dir.join(format!("{cert}.pem")),
+                "key_file": dir.join(format!("{cert}-key.pem")),
+                "verify_incoming": true,
+                "verify_outgoing": true
+            },
+            "internal_rpc": { "verify_server_hostname": true }
+        }
+    });
+    std::fs::write(&path, body.to_string()).expect("write config");
+    path
+}
+
+fn rogue_server(dir: &Path, name: &str, ip: &str, config: Option<&Path>) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh"));
+    cmd.arg("agent")
+        .arg("-server")
+        .args(["-node", name, "-bind", ip, "-client", ip])
+        .arg(format!("-server-port={RPC_PORT}"))
+        .arg(format!("-http-port={HTTP_PORT}"))
+        .arg(format!("-data-dir={}", dir.join(name).display()));
+    for server in &IPS[..3] {
+        cmd.arg(format!("-retry-join={server}:{RPC_PORT}"));
+    }
+    if let Some(config) = config {
+        cmd.arg(format!("-config-file={}", config.display()));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn rogue")
+}
+
+async fn raft_servers(c: &ProcessCluster, i: usize) -> Vec<String> {
+    let resp = c
+        .request(i, "GET", "/v1/operator/raft/configuration", b"")
+        .await
+        .expect("raft configuration");
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("JSON");
+    v["Servers"]
+        .as_array()
+        .expect("Servers")
+        .iter()
+        .map(|s| s["Node"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn join_request(name: &str, ip: &str) -> RpcRequest {
+    Request::Join(ServerInfo {
+        node_id: 0xbad,
+        name: name.into(),
+        rpc_addr: format!("{ip}:{RPC_PORT}"),
+        http_addr: format!("{ip}:{HTTP_PORT}"),
+        bootstrap_expect: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cluster_forms_and_refuses_peers_without_a_server_certificate() {
+    let dir = test_dir("rpc-tls");
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    // The operator CA and the certificates, as a Consul operator makes them.
+    let out = mesh_tls(&dir, &["ca", "create"]).expect("ca create");
+    assert!(out.contains("Saved consul-agent-ca.pem"), "{out}");
+    assert!(out.contains("Saved consul-agent-ca-key.pem"), "{out}");
+    let again = mesh_tls(&dir, &["ca", "create"]).expect_err("a second CA over the first");
+    assert!(again.contains("already exists"), "{again}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("consul-agent-ca-key.pem"))
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the CA key must be private");
+    for (i, ip) in IPS[..3].iter().enumerate() {
+        let out = mesh_tls(
+            &dir,
+            &[
+                "cert",
+                "create",
+                "-server",
+                "-node",
+                &format!("consul{i:02}"),
+                "-additional-ipaddress",
+                ip,
+            ],
+        )
+        .expect("server cert");
+        assert!(
+            out.contains(&format!("Saved dc1-server-consul-{i}.pem")),
+            "{out}"
+        );
+    }
+    let out = mesh_tls(&dir, &["cert", "create", "-client"]).expect("client cert");
+    assert!(out.contains("Saved dc1-client-consul-0.pem"), "{out}");
+    let none = mesh_tls(&dir, &["cert", "create"]).expect_err("no kind");
+    assert!(none.contains("-server, -client, or -cli"), "{none}");
+
+    let mut c = ProcessCluster::new(
+        Path::new(env!("CARGO_BIN_EXE_mesh")),
+        &dir,
+        &IPS[..3],
+        RPC_PORT,
+        HTTP_PORT,
+    )
+    .expect("cluster dir");
+    for i in 0..3 {
+        let config = tls_config(
+            &dir,
+            &format!("consul{i:02}"),
+            &format!("dc1-server-consul-{i}"),
+        );
+        c.set_node_args(i, &["-config-file", config.to_str().expect("utf-8")]);
+    }
+    let client_config = tls_config(&dir, "fcs00", "dc1-client-consul-0");
+    let client = c.add_client(
+        "fcs00",
+        IPS[3],
+        &["-config-file", client_config.to_str().expect("utf-8")],
+    );
+    for i in 0..4 {
+        c.start(i).expect("start");
+    }
+    let leader = c
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("three TLS servers elect a leader");
+
+    // A write through the client agent (agent -> server RPC over TLS),
+    // read back from every server (replication over TLS).
+    let agent = c.http_addr(client);
+    let t = Instant::now();
+    loop {
+        let put = HttpClient::new(agent.clone(), Duration::from_secs(3))
+            .request("PUT", "/v1/kv/tls/probe", b"over-tls".to_vec())
+            .await;
+        if matches!(&put, Ok(r) if r.status == 200) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the client agent never wrote through the TLS servers: {put:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        let got = c
+            .request(i, "GET", "/v1/kv/tls/probe?raw&stale", b"")
+            .await
+            .expect("read");
+        let t = Instant::now();
+        let mut body = got.body;
+        while body != b"over-tls" && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            body = c
+                .request(i, "GET", "/v1/kv/tls/probe?raw&stale", b"")
+                .await
+                .expect("read")
+                .body;
+        }
+        assert_eq!(body, b"over-tls", "server {i} has the write");
+    }
+
+    // Two would-be servers reach port 8300: one without any certificate
+    // (plaintext), one with a genuine client certificate.
+    let mut plain = rogue_server(&dir, "rogue-plain", IPS[4], None);
+    let rogue_config = tls_config(&dir, "rogue-client-cert", "dc1-client-consul-0");
+    let mut with_client_cert = rogue_server(&dir, "rogue-client-cert", IPS[5], Some(&rogue_config));
+
+    // Injection by hand: a join and a write in plaintext, and a join over
+    // TLS with the client certificate.
+    let leader_rpc = c.rpc_addr(leader);
+    let plaintext = RpcClient::new();
+    let injected = plaintext
+        .call(
+            &leader_rpc,
+            &join_request("intruder", IPS[4]),
+            Duration::from_secs(3),
+        )
+        .await;
+    assert!(
+        injected.is_err(),
+        "a plaintext join was answered: {injected:?}"
+    );
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("read");
+    let client_tls = RpcTls::new(&RpcTlsConfig {
+        ca_pem: Some(read("consul-agent-ca.pem")),
+        cert_pem: Some(read("dc1-client-consul-0.pem")),
+        key_pem: Some(SecretPem::new(read("dc1-client-consul-0-key.pem"))),
+        verify_incoming: true,
+        verify_outgoing: true,
+        verify_server_hostname: true,
+        server_name: "server.dc1.consul".into(),
+    })
+    .expect("client TLS");
+    let as_client =
+        RpcClient::with_source_ip(IPS[5].parse().expect("ip"), Some(Arc::new(client_tls)));
+    match as_client
+        .call(
+            &leader_rpc,
+            &join_request("intruder", IPS[5]),
+            Duration::from_secs(3),
+        )
+        .await
+    {
+        Ok(Response::Error(RpcError::Rejected(why))) => {
+            assert!(why.contains("server.dc1.consul"), "{why}")
+        }
+        other => panic!("a client certificate sent a join: {other:?}"),
+    }
+    // The same client certificate still does what agents do.
+    assert!(
+        matches!(
+            as_client
+                .call(&leader_rpc, &Request::Status, Duration::from_secs(3))
+                .await,
+            Ok(Response::Status(_))
+        ),
+        "an agent's certificate must still reach the servers"
+    );
+
+    // Give the rogues time for many join attempts; the Raft configuration
+    // holds the three servers only.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for i in 0..3 {
+        let mut servers = raft_servers(&c, i).await;
+        servers.sort();
+        assert_eq!(
+            servers,
+            ["consul00", "consul01", "consul02"],
+            "seen by server {i}"
+        );
+    }
+    let leader_log = std::fs::read_to_string(c.log_path(leader)).expect("leader log");
+    assert!(
+        leader_log.contains("plaintext RPC refused"),
+        "the leader says why it closed plaintext connections"
+    );
+    assert!(
+        leader_log.contains("rpc request refused"),
+        "the leader says why it refused a client certificate's server-only requests"
+    );
+    // The cluster still serves.
+    let put = c
+        .request(leader, "PUT", "/v1/kv/tls/after", b"still")
+        .await
+        .expect("write after the rogues");
+    assert_eq!(put.status, 200);
+
+    for rogue in [&mut plain, &mut with_client_cert] {
+        let _ = rogue.kill();
+        let _ = rogue.wait();
+    }
+    c.stop_all();
+    let _ = std::fs::remove_dir_all(&dir);
+}
