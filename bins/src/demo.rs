@@ -92,8 +92,10 @@ async fn demo(flags: &Flags) -> Result<(), String> {
         None => std::env::temp_dir().join(format!("mesh-demo-{}", std::process::id())),
     };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the mesh binary: {e}"))?;
-    let mut c =
-        ProcessCluster::new(&exe, &dir, &IPS, rpc_port, http_port).map_err(|e| e.to_string())?;
+    let mut c = ProcessCluster::new(&exe, &dir, &IPS, rpc_port, http_port)
+        .and_then(ProcessCluster::with_rpc_tls)
+        .map_err(|e| e.to_string())?;
+    step("TLS on the RPC port: an operator CA and a certificate per agent, verify_incoming, verify_outgoing and verify_server_hostname on");
     let mut outcome = story(&mut c).await;
     if outcome.is_ok() {
         outcome = agents_story(&mut c).await;

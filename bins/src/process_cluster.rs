@@ -6,7 +6,11 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use mesh_core::agent_tls::{
+    self, create_ca, create_cert, CaRequest, CertAndKey, CertKind, CertRequest,
+};
 
 use mesh_net::http_client::{HttpClient, HttpResponse};
 
@@ -43,6 +47,8 @@ pub struct ProcessCluster {
     /// The servers, in order.
     pub nodes: Vec<Node>,
     extra_args: Vec<String>,
+    /// The operator CA, when the RPC port runs TLS ([`ProcessCluster::with_rpc_tls`]).
+    rpc_tls_ca: Option<CertAndKey>,
 }
 
 impl ProcessCluster {
@@ -75,6 +81,7 @@ impl ProcessCluster {
             http_port,
             nodes,
             extra_args: Vec::new(),
+            rpc_tls_ca: None,
         })
     }
 
@@ -82,6 +89,77 @@ impl ProcessCluster {
     pub fn with_args(mut self, args: &[&str]) -> Self {
         self.extra_args = args.iter().map(|s| s.to_string()).collect();
         self
+    }
+
+    /// Runs every agent with TLS on the RPC port, as the bare-metal example
+    /// does: an operator CA made here, a server or client certificate per
+    /// node (made when the node first starts), and `verify_incoming`,
+    /// `verify_outgoing` and `verify_server_hostname` on.
+    pub fn with_rpc_tls(mut self) -> io::Result<Self> {
+        let ca = create_ca(
+            &CaRequest {
+                domain: agent_tls::DEFAULT_DOMAIN.into(),
+                days: 30,
+                common_name: None,
+                name_constraint: false,
+                additional_constraints: Vec::new(),
+            },
+            SystemTime::now(),
+        )
+        .map_err(io::Error::other)?;
+        fs::write(self.dir.join("consul-agent-ca.pem"), &ca.cert_pem)?;
+        self.rpc_tls_ca = Some(ca);
+        Ok(self)
+    }
+
+    /// Node `i`'s TLS config file (written on first use), if TLS is on.
+    fn rpc_tls_config(&self, i: usize) -> io::Result<Option<PathBuf>> {
+        let Some(ca) = &self.rpc_tls_ca else {
+            return Ok(None);
+        };
+        let node = &self.nodes[i];
+        let config = self.dir.join(format!("{}-tls.json", node.name));
+        if config.exists() {
+            return Ok(Some(config));
+        }
+        let request = CertRequest {
+            kind: if self.is_server(i) {
+                CertKind::Server
+            } else {
+                CertKind::Client
+            },
+            datacenter: "dc1".into(),
+            domain: agent_tls::DEFAULT_DOMAIN.into(),
+            node: self.is_server(i).then(|| node.name.clone()),
+            additional_dns: Vec::new(),
+            additional_ips: node.ip.parse().into_iter().collect(),
+            days: 30,
+        };
+        let cert = create_cert(
+            &ca.cert_pem,
+            ca.key_pem.expose(),
+            &request,
+            SystemTime::now(),
+        )
+        .map_err(io::Error::other)?;
+        let cert_file = self.dir.join(format!("{}.pem", node.name));
+        let key_file = self.dir.join(format!("{}-key.pem", node.name));
+        fs::write(&cert_file, &cert.cert_pem)?;
+        fs::write(&key_file, cert.key_pem.expose())?;
+        let body = serde_json::json!({
+            "tls": {
+                "defaults": {
+                    "ca_file": self.dir.join("consul-agent-ca.pem"),
+                    "cert_file": cert_file,
+                    "key_file": key_file,
+                    "verify_incoming": true,
+                    "verify_outgoing": true
+                },
+                "internal_rpc": { "verify_server_hostname": true }
+            }
+        });
+        fs::write(&config, body.to_string())?;
+        Ok(Some(config))
     }
 
     /// Plans a client agent `name` on `ip` with extra flags (e.g.
@@ -165,6 +243,9 @@ impl ProcessCluster {
                     self.nodes[j].ip, self.rpc_port
                 ));
             }
+        }
+        if let Some(config) = self.rpc_tls_config(i)? {
+            cmd.arg(format!("-config-file={}", config.display()));
         }
         cmd.args(&self.extra_args)
             .args(&self.nodes[i].own_args)
