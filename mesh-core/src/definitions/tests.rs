@@ -956,3 +956,48 @@ proptest! {
         let _ = AgentFileConfig::parse("f.hcl", &s);
     }
 }
+
+#[test]
+fn tls_keys_in_all_three_places_with_consuls_precedence() {
+    // Top level < tls.defaults < tls.internal_rpc, within one file.
+    let c = AgentFileConfig::parse_json(
+        r#"{"ca_file": "old-ca.pem", "verify_incoming": false, "verify_server_hostname": false,
+            "tls": {"defaults": {"ca_file": "ca.pem", "cert_file": "c.pem", "key_file": "k.pem",
+                                 "verify_incoming": true, "verify_outgoing": true},
+                    "internal_rpc": {"verify_server_hostname": true}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.tls,
+        TlsFileConfig {
+            ca_file: Some("ca.pem".into()),
+            cert_file: Some("c.pem".into()),
+            key_file: Some("k.pem".into()),
+            verify_incoming: Some(true),
+            verify_outgoing: Some(true),
+            verify_server_hostname: Some(true),
+        }
+    );
+    // HCL blocks; a later file overrides only what it sets.
+    let hcl = AgentFileConfig::parse(
+        "tls.hcl",
+        "domain = \"example\"\ntls {\n  internal_rpc {\n    verify_incoming = false\n  }\n}\n",
+    )
+    .unwrap();
+    let merged = c.merge(hcl);
+    assert_eq!(merged.tls.verify_incoming, Some(false));
+    assert_eq!(merged.tls.ca_file.as_deref(), Some("ca.pem"));
+    assert_eq!(merged.domain.as_deref(), Some("example"));
+    // Wrong types name the key.
+    let err = AgentFileConfig::parse_json(r#"{"tls": {"defaults": {"verify_incoming": "yes"}}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("verify_incoming"), "{err}");
+    // The checked-in bare-metal example.
+    let deploy = include_str!("../../../deploy/tls.json");
+    let d = AgentFileConfig::parse("tls.json", deploy).unwrap();
+    assert_eq!(
+        (d.tls.verify_incoming, d.tls.verify_outgoing, d.tls.verify_server_hostname),
+        (Some(true), Some(true), Some(true))
+    );
+}
