@@ -90,6 +90,12 @@ pub enum Mutant {
     ReleaseByAnyone,
     /// A transaction of several operations applies only its first half.
     TxnAppliedHalf,
+    /// A server with `verify_incoming` still serves plaintext RPC
+    /// connections (the first-byte sniff lets a frame through).
+    RpcPlaintextAccepted,
+    /// A server answers server-only requests (join, Raft, PreVote) from a
+    /// peer whose certificate does not name a server (CVE-2021-37219).
+    RpcServerRequestsFromAgents,
 }
 
 impl Mutant {
@@ -122,6 +128,11 @@ impl Mutant {
         ("session_ttl_on_wall_clock", Mutant::SessionTtlOnWallClock),
         ("release_by_anyone", Mutant::ReleaseByAnyone),
         ("txn_applied_half", Mutant::TxnAppliedHalf),
+        ("rpc_plaintext_accepted", Mutant::RpcPlaintextAccepted),
+        (
+            "rpc_server_requests_from_agents",
+            Mutant::RpcServerRequestsFromAgents,
+        ),
     ];
 
     /// The mutant called `name`.

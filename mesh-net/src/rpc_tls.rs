@@ -43,6 +43,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::clock;
+use crate::mutants::{self, Mutant};
 use crate::rpc::RpcRequest;
 use crate::tls::{provider, verification_time, HostClock, TlsError};
 
@@ -272,19 +273,22 @@ impl RpcTls {
         }
         let stream = Sniffed::new(tcp, Some(first[0]));
         let is_tls = first[0] == TLS_HANDSHAKE_BYTE;
-        let acceptor =
-            match (&self.acceptor, is_tls) {
-                (_, false) if self.verify_incoming => return Err(refused(
+        let acceptor = match (&self.acceptor, is_tls) {
+            (_, false)
+                if self.verify_incoming && !mutants::enabled(Mutant::RpcPlaintextAccepted) =>
+            {
+                return Err(refused(
                     "plaintext RPC refused: verify_incoming requires TLS with a client certificate",
-                )),
-                (_, false) => return Ok(Some((RpcStream::Plain(stream), PeerRole::Anonymous))),
-                (None, true) => {
-                    return Err(refused(
-                        "TLS RPC refused: this agent has no cert_file and key_file",
-                    ))
-                }
-                (Some(acceptor), true) => acceptor,
-            };
+                ))
+            }
+            (_, false) => return Ok(Some((RpcStream::Plain(stream), PeerRole::Anonymous))),
+            (None, true) => {
+                return Err(refused(
+                    "TLS RPC refused: this agent has no cert_file and key_file",
+                ))
+            }
+            (Some(acceptor), true) => acceptor,
+        };
         let tls = clock::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
@@ -307,7 +311,9 @@ impl RpcTls {
     /// `verify_incoming` and `verify_server_hostname`, only servers may
     /// send what only servers send.
     pub fn refusal(&self, req: &RpcRequest, role: PeerRole) -> Option<String> {
-        (self.guard_server_requests && is_server_only(req) && role != PeerRole::Server).then(|| {
+        let guarded =
+            self.guard_server_requests && !mutants::enabled(Mutant::RpcServerRequestsFromAgents);
+        (guarded && is_server_only(req) && role != PeerRole::Server).then(|| {
             format!(
                 "this request is for servers only and the peer's certificate does not name {}",
                 server_name_str(&self.server_name)

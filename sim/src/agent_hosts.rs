@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::runtime::{Handle, NodeHandle};
+use mesh_core::agent_tls::CertKind;
 use mesh_net::agent::command::{self, Signal};
 use mesh_net::agent::local::LocalAgent;
 use mesh_net::disk::MemDisk;
@@ -143,8 +144,13 @@ impl SimCluster {
             Handle::current().restart(node.id());
             return;
         }
-        let launch = command::parse(&self.client_agent_args(k))
+        let mut launch = command::parse(&self.client_agent_args(k))
             .unwrap_or_else(|e| panic!("the harness passed bad agent flags: {e}"));
+        // A client certificate, as `deploy/tls.json` gives fcs00 and fcc00.
+        launch.config.rpc_tls = Some(
+            self.rpc_tls
+                .for_node(CertKind::Client, &self.agents[k].name),
+        );
         let a = &mut self.agents[k];
         let (disk, live, app_up, has_app) =
             (a.disk.clone(), a.live.clone(), a.app_up.clone(), a.has_app);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
+use mesh_core::agent_tls::CertKind;
 use mesh_net::agent::command::{self, Signal};
 use mesh_net::clock::ClockSim;
 use mesh_net::disk::MemDisk;
@@ -63,6 +64,8 @@ pub struct SimCluster {
     /// Client agent hosts (fcs00, fcc00), once added
     /// (`SimCluster::add_agent_hosts`).
     pub agents: Vec<crate::agent_hosts::SimAgentHost>,
+    /// The operator CA every agent's RPC TLS comes from.
+    pub rpc_tls: crate::rpc_tls::SimRpcTls,
     snapshot_threshold: u64,
     /// How many injected faults currently cut each directed link: a link
     /// carries traffic again only when the last of them heals, so
@@ -108,6 +111,7 @@ impl SimCluster {
             servers,
             client,
             agents: Vec::new(),
+            rpc_tls: crate::rpc_tls::SimRpcTls::new(),
             snapshot_threshold,
             link_cuts: BTreeMap::new(),
         }
@@ -175,8 +179,13 @@ impl SimCluster {
             Handle::current().restart(node.id());
             return;
         }
-        let launch = command::parse(&self.agent_args(i))
+        let mut launch = command::parse(&self.agent_args(i))
             .unwrap_or_else(|e| panic!("the harness passed bad agent flags: {e}"));
+        // What `-config-file deploy/tls.json` gives a server on bare metal.
+        launch.config.rpc_tls = Some(
+            self.rpc_tls
+                .for_node(CertKind::Server, &self.servers[i].name),
+        );
         let s = &mut self.servers[i];
         let disk = s.disk.clone();
         let live = s.live.clone();

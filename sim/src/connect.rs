@@ -532,6 +532,7 @@ async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
         }
         run.settle(Duration::from_millis(300)).await?;
     }
+    out.extend(rpc_attacks(run, &evil, leader).await?);
     // Give fcc time to meet the impostor (it rotates through instances).
     run.settle(Duration::from_secs(2)).await?;
     http_ok(
@@ -542,6 +543,90 @@ async fn attack(run: &mut Run) -> Result<Vec<Attack>, String> {
         r#"{"Node":"evil00"}"#.as_bytes(),
     )
     .await?;
+    Ok(out)
+}
+
+/// Attacks on the servers' RPC port from evil00: a KV write and a join as
+/// a server in plaintext, a join with a genuine client certificate of the
+/// operator CA, and one with a server certificate from a CA of its own. Each is answered only
+/// if a server accepted it (a refusal or a closed connection is not an
+/// answer); afterwards the Raft configuration must still be consul00-02.
+async fn rpc_attacks(
+    run: &mut Run,
+    evil: &madsim::runtime::NodeHandle,
+    leader: usize,
+) -> Result<Vec<Attack>, String> {
+    use mesh_core::agent_tls::CertKind;
+    use mesh_core::formation::ServerInfo;
+    use mesh_core::state::kv::KvCommand;
+    use mesh_core::state::Command;
+    use mesh_core::wire::{Request, Response};
+    use mesh_net::rpc::RpcClient;
+
+    let target = run.cluster.rpc_addr(leader);
+    let client_cert = run.cluster.rpc_tls.cert(CertKind::Client, "evil00");
+    let own_ca = crate::rpc_tls::new_ca();
+    let forged_server = crate::rpc_tls::sign(&own_ca, CertKind::Server, "evil00");
+    let mut out = Vec::new();
+    for kind in [
+        "rpc-plaintext-write",
+        "rpc-plaintext-join",
+        "rpc-client-cert-join",
+        "rpc-forged-ca-join",
+    ] {
+        let tls = match kind {
+            "rpc-plaintext-write" | "rpc-plaintext-join" => None,
+            "rpc-client-cert-join" => Some(run.cluster.rpc_tls.agent(&client_cert)),
+            _ => Some(crate::rpc_tls::agent_tls(&own_ca, &forged_server)),
+        };
+        let to = target.clone();
+        let answered = evil
+            .spawn(async move {
+                let rpc = RpcClient::with_source_ip(IpAddr::V4(EVIL_IP), tls);
+                let req = if kind == "rpc-plaintext-write" {
+                    Request::Write(Command::Kv(KvCommand::Set {
+                        key: "evil/injected".into(),
+                        value: b"from evil00".to_vec(),
+                        flags: 0,
+                    }))
+                } else {
+                    Request::Join(ServerInfo {
+                        node_id: 0xe71,
+                        name: "evil00".into(),
+                        rpc_addr: format!("{EVIL_IP}:8300"),
+                        http_addr: format!("{EVIL_IP}:8500"),
+                        bootstrap_expect: None,
+                    })
+                };
+                match rpc.call(&to, &req, Duration::from_secs(3)).await {
+                    Ok(Response::Error(_)) | Err(_) => false,
+                    Ok(_) => true,
+                }
+            })
+            .await
+            .map_err(|e| format!("attacker task failed: {e}"))?;
+        out.push(Attack {
+            kind: kind.to_owned(),
+            nonce: format!("{kind}-to-{target}"),
+            answered,
+        });
+    }
+    let members = run
+        .cluster
+        .server(leader)
+        .map(|s| {
+            let status = s.status();
+            let peers = status.peers.into_iter().map(|p| p.info.name);
+            peers
+                .chain(status.known_servers.into_iter().map(|k| k.name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if members.iter().any(|m| m == "evil00") {
+        return Err(format!(
+            "evil00 joined the servers through the RPC port: {members:?}"
+        ));
+    }
     Ok(out)
 }
 

@@ -21,6 +21,7 @@ pub mod locks;
 pub mod observers;
 pub mod outcome;
 pub mod planted;
+pub mod rpc_tls;
 #[cfg(madsim)]
 pub mod scenarios;
 pub mod seeds;

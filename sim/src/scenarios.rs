@@ -642,6 +642,7 @@ async fn scale() -> Result<Report, String> {
             run.cluster.heal(target);
         }
     }
+    follower_misses_compacted_log(&mut run, &all).await?;
     info!("phase: healed; measuring convergence");
     let healed = Instant::now();
     run.stop.store(true, Ordering::SeqCst);
@@ -665,6 +666,47 @@ async fn scale() -> Result<Report, String> {
     run.converge().await?;
     run.report.converge_ms = converge_ms;
     Ok(run.report)
+}
+
+/// Makes a snapshot install happen in every run, not by luck of the seed:
+/// a follower stops while the write workload runs until the leader has
+/// compacted its log past everything the follower holds, then restarts, so
+/// the only way for it to catch up is the leader's snapshot (and the
+/// convergence check that follows compares its state with the others').
+async fn follower_misses_compacted_log(run: &mut Run, all: &[usize]) -> Result<(), String> {
+    info!("phase: a follower misses a compacted stretch of the log");
+    let leader = run.leader_among(all, ELECTION_BOUND).await?;
+    let followers: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let f = followers[madsim::rand::thread_rng().gen_range(0..followers.len())];
+    let held = run
+        .cluster
+        .server(f)
+        .and_then(|s| s.metrics().last_log_index)
+        .unwrap_or(0);
+    run.cluster.crash(f, 0);
+    let up: Vec<usize> = all.iter().copied().filter(|i| *i != f).collect();
+    let t = Instant::now();
+    let bound = Duration::from_secs(20);
+    loop {
+        run.settle(Duration::from_millis(100)).await?;
+        let leader = run.leader_among(&up, ELECTION_BOUND).await?;
+        let purged = run
+            .cluster
+            .server(leader)
+            .and_then(|s| s.metrics().purged.map(|l| l.index));
+        if purged.is_some_and(|p| p > held) {
+            info!(held, ?purged, "the leader compacted past the stopped follower");
+            break;
+        }
+        if t.elapsed() > bound {
+            return Err(format!(
+                "the leader never compacted its log past index {held} within {bound:?}: \
+                 the snapshot install this phase exists for could not happen"
+            ));
+        }
+    }
+    run.cluster.start(f);
+    Ok(())
 }
 
 /// Clock faults, each held for a few seconds under the KV workload, with

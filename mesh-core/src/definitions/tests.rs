@@ -997,7 +997,11 @@ fn tls_keys_in_all_three_places_with_consuls_precedence() {
     let deploy = include_str!("../../../deploy/tls.json");
     let d = AgentFileConfig::parse("tls.json", deploy).unwrap();
     assert_eq!(
-        (d.tls.verify_incoming, d.tls.verify_outgoing, d.tls.verify_server_hostname),
+        (
+            d.tls.verify_incoming,
+            d.tls.verify_outgoing,
+            d.tls.verify_server_hostname
+        ),
         (Some(true), Some(true), Some(true))
     );
 }

@@ -18,7 +18,15 @@ use std::collections::BTreeSet;
 /// The fewest answers a passing run must show.
 pub const MIN_ANSWERS: usize = 20;
 /// Attack kinds that must each have run.
-pub const ATTACK_KINDS: [&str; 4] = ["plaintext", "direct", "forged-ca", "expired-leaf"];
+pub const ATTACK_KINDS: [&str; 7] = [
+    "plaintext",
+    "direct",
+    "forged-ca",
+    "expired-leaf",
+    "rpc-plaintext-join",
+    "rpc-client-cert-join",
+    "rpc-forged-ca-join",
+];
 
 /// One attack attempt.
 #[derive(Clone, Debug)]
