@@ -695,7 +695,11 @@ async fn follower_misses_compacted_log(run: &mut Run, all: &[usize]) -> Result<(
             .server(leader)
             .and_then(|s| s.metrics().purged.map(|l| l.index));
         if purged.is_some_and(|p| p > held) {
-            info!(held, ?purged, "the leader compacted past the stopped follower");
+            info!(
+                held,
+                ?purged,
+                "the leader compacted past the stopped follower"
+            );
             break;
         }
         if t.elapsed() > bound {

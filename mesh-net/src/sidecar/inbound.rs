@@ -8,10 +8,11 @@
 //! then the pipe. Each refusal is logged once, with its reason, and
 //! counted by class in [`Metrics`].
 
+use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -32,6 +33,47 @@ struct Inbound {
     local_app: SocketAddr,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// Connections still in their TLS handshake, per peer address.
+    handshaking: Mutex<BTreeMap<IpAddr, usize>>,
+}
+
+/// One connection's place among its address's handshakes in flight;
+/// given back when the handshake ends (or the connection does).
+struct Handshaking<'a> {
+    shared: &'a Inbound,
+    ip: IpAddr,
+}
+
+impl<'a> Handshaking<'a> {
+    /// A place for a handshake from `ip`, unless it already has
+    /// `max_handshakes_per_peer` in flight: a peer that opens connections
+    /// and never finishes their handshakes holds at most that many of the
+    /// listener's `max_connections` slots, so it cannot starve others.
+    fn take(shared: &'a Inbound, ip: IpAddr) -> Option<Handshaking<'a>> {
+        let mut map = shared.handshaking.lock().expect("handshake map poisoned");
+        let n = map.entry(ip).or_insert(0);
+        if *n >= shared.limits.max_handshakes_per_peer {
+            return None;
+        }
+        *n += 1;
+        Some(Handshaking { shared, ip })
+    }
+}
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .handshaking
+            .lock()
+            .expect("handshake map poisoned");
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Accepts mTLS connections on `listener` and forwards those the
@@ -58,6 +100,7 @@ pub async fn serve(
         local_app,
         limits,
         metrics,
+        handshaking: Mutex::new(BTreeMap::new()),
     });
     loop {
         let (permit, tcp, peer) = super::accept_slot(&listener, &slots, "inbound").await;
@@ -100,12 +143,23 @@ async fn connection<S>(
         refuse(Refusal::Handshake, &"no TLS material yet");
         return;
     };
+    let Some(handshaking) = Handshaking::take(shared, peer.ip()) else {
+        refuse(
+            Refusal::Handshake,
+            &format!(
+                "{} handshakes already in flight from this address",
+                shared.limits.max_handshakes_per_peer
+            ),
+        );
+        return;
+    };
     let handshake = TlsAcceptor::from(config).accept(stream);
     let tls = match clock::timeout(shared.limits.handshake_timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return refuse(Refusal::Handshake, &e),
         Err(elapsed) => return refuse(Refusal::Handshake, &format!("TLS handshake: {elapsed}")),
     };
+    drop(handshaking);
     let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
     let source = match tls::check_peer_validity(certs).and_then(|()| tls::peer_spiffe(certs)) {
         Ok(id) => id,

@@ -69,6 +69,9 @@ pub struct Limits {
     /// Connections handled at once per listener; more wait in the
     /// listener's backlog.
     pub max_connections: usize,
+    /// Inbound connections from one address that may be in their TLS
+    /// handshake at once; more are closed at once.
+    pub max_handshakes_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -82,6 +85,7 @@ impl Default for Limits {
             dial_timeout: Duration::from_secs(2),
             dial_budget: Duration::from_secs(5),
             max_connections: 1024,
+            max_handshakes_per_peer: 64,
         }
     }
 }

@@ -26,10 +26,13 @@ fn material(ca: &TestCa, service: &str) -> Option<Arc<TlsMaterial>> {
     }))
 }
 
+const HANDSHAKES_PER_PEER: usize = 8;
+
 fn test_limits() -> Limits {
     Limits {
         handshake_timeout: Duration::from_secs(5),
         dial_timeout: Duration::from_secs(1),
+        max_handshakes_per_peer: HANDSHAKES_PER_PEER,
         ..Limits::default()
     }
 }
@@ -413,4 +416,59 @@ async fn pipe_with_a_small_buffer_carries_everything_both_ways() {
     assert_eq!((stats.bytes_in, stats.bytes_out), (1000, 500));
     let m = metrics.snapshot();
     assert_eq!((m.bytes_in, m.bytes_out), (1000, 500));
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test]
+async fn idle_connections_from_one_address_cannot_hold_every_handshake_slot() {
+    let ca = TestCa::new("dc1");
+    let mesh = Mesh::start(&ca, |_| Ok(())).await;
+
+    tracing::info!("phase: an attacker opens connections and never says a word");
+    let mut idle = Vec::new();
+    for _ in 0..HANDSHAKES_PER_PEER {
+        idle.push(connect_from("127.0.0.77", mesh.inbound_addr).await);
+    }
+    // Accepted and waiting in their handshakes (the accept loop is async).
+    let t = std::time::Instant::now();
+    while mesh.inbound_metrics.snapshot().inbound_refused_handshake == 0 {
+        let mut extra = connect_from("127.0.0.77", mesh.inbound_addr).await;
+        let mut buf = [0u8; 1];
+        // One over the limit is closed at once, long before the handshake timeout.
+        match clock::timeout(Duration::from_secs(2), extra.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            _ => idle.push(extra),
+        }
+        assert!(
+            t.elapsed() < WITHIN,
+            "no connection over the limit was refused"
+        );
+    }
+    assert_eq!(idle.len(), HANDSHAKES_PER_PEER, "exactly the limit is held");
+    assert_eq!(mesh.inbound_metrics.snapshot().inbound_refused_handshake, 1);
+
+    tracing::info!("phase: everyone else still gets through");
+    let mut tcp = mesh.connect().await;
+    echo(&mut tcp, b"still served").await.unwrap();
+
+    tracing::info!("phase: the attacker's slots come back when its connections go");
+    drop(idle);
+    let t = std::time::Instant::now();
+    loop {
+        let mut again = connect_from("127.0.0.77", mesh.inbound_addr).await;
+        let mut buf = [0u8; 1];
+        if clock::timeout(Duration::from_millis(300), again.read(&mut buf))
+            .await
+            .is_err()
+        {
+            break; // Held open in its handshake again: not refused.
+        }
+        assert!(t.elapsed() < WITHIN, "the slots never came back");
+    }
 }
