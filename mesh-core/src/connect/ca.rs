@@ -73,6 +73,7 @@ impl fmt::Display for SecretPem {
 
 /// A root CA as the replicated state stores it (Consul's `CARoot`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CaRoot {
     /// Colon-separated lowercase hex of the SHA-1 of the certificate's DER,
     /// as Consul writes root ids (`"ab:cd:…"`).

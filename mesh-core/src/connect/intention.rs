@@ -51,6 +51,7 @@ impl fmt::Display for Action {
 /// An intention as the catalog stores it and the API returns it (Consul's
 /// field names).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "PascalCase")]
 pub struct Intention {
     /// A UUID, assigned when the intention is created; kept on updates.

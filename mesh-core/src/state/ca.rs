@@ -30,6 +30,7 @@ const HOUR: u64 = 3600;
 
 /// The CA's settings (`/v1/connect/ca/configuration`'s `Config`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CaConfig {
     /// Lifetime of a leaf certificate, seconds (Consul's `LeafCertTTL`,
     /// default 72 h).
@@ -75,6 +76,7 @@ impl CaConfig {
 /// A root as the table keeps it: the certificate, its key, and when it
 /// was written and rotated out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StoredRoot {
     /// The root and its signing key.
     pub root: CaRoot,
@@ -201,6 +203,7 @@ impl CaCommand {
 
 /// The table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CaTable {
     cluster_id: String,
     config: CaConfig,

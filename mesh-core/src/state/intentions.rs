@@ -88,6 +88,7 @@ pub struct IntentionTable {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Image {
     table_index: u64,
     last_index: u64,
