@@ -82,6 +82,10 @@ pub enum Request<R> {
     RotateRoot {
         /// The new root's P-256 private key, PEM (redacted in `Debug`).
         private_key: crate::connect::ca::SecretPem,
+        /// New CA settings taking effect in the same write as the new
+        /// root (one `PUT /v1/connect/ca/configuration` is one change).
+        #[serde(default)]
+        config: Option<crate::state::ca::CaConfig>,
     },
     /// `PUT /v1/session/renew/:id`: restart the session's TTL on the
     /// leader, whose timers decide expiry. Answered

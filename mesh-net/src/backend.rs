@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use mesh_core::connect::ca::{IssuedLeaf, SecretPem};
+use mesh_core::state::ca::CaConfig;
 use mesh_core::state::sessions::Session;
 use mesh_core::state::{Command, CommandResult};
 use mesh_core::wire::{ClusterStatus, ReadRequest, ReadResponse, RpcError};
@@ -41,7 +42,12 @@ pub trait Cluster: Send + Sync {
     fn sign_leaf(&self, request: LeafRequest) -> BoxFuture<'_, Result<IssuedLeaf, RpcError>>;
     /// Rotates the Connect CA to a root made from `private_key` (through
     /// the leader).
-    fn rotate_root(&self, private_key: SecretPem) -> BoxFuture<'_, Result<(), RpcError>>;
+    /// `config`, when given, changes the CA settings in the same write.
+    fn rotate_root(
+        &self,
+        private_key: SecretPem,
+        config: Option<CaConfig>,
+    ) -> BoxFuture<'_, Result<(), RpcError>>;
     /// Restarts a session's TTL on the leader; the session, or `None` if
     /// it does not exist.
     fn renew_session(&self, id: String) -> BoxFuture<'_, Result<Option<Session>, RpcError>>;
@@ -81,8 +87,12 @@ impl Cluster for LocalServer {
         Box::pin(self.0.sign_leaf(r.service, r.datacenter, r.public_key_der))
     }
 
-    fn rotate_root(&self, private_key: SecretPem) -> BoxFuture<'_, Result<(), RpcError>> {
-        Box::pin(self.0.rotate_root(private_key))
+    fn rotate_root(
+        &self,
+        private_key: SecretPem,
+        config: Option<CaConfig>,
+    ) -> BoxFuture<'_, Result<(), RpcError>> {
+        Box::pin(self.0.rotate_root(private_key, config))
     }
 
     fn renew_session(&self, id: String) -> BoxFuture<'_, Result<Option<Session>, RpcError>> {

@@ -326,10 +326,14 @@ impl Cluster for RemoteServers {
     fn rotate_root(
         &self,
         private_key: mesh_core::connect::ca::SecretPem,
+        config: Option<mesh_core::state::ca::CaConfig>,
     ) -> BoxFuture<'_, Result<(), RpcError>> {
         Box::pin(async move {
             self.to_leader(
-                Request::RotateRoot { private_key },
+                Request::RotateRoot {
+                    private_key,
+                    config,
+                },
                 Idempotence::AtMostOnce,
                 FORWARD_TIMEOUT,
             )

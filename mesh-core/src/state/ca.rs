@@ -86,7 +86,20 @@ pub struct StoredRoot {
     pub modify_index: u64,
     /// When it stopped being the active root (Unix seconds), if it has.
     pub rotated_out_at: Option<u64>,
+    /// The longest leaf TTL in effect while it was active: none of its
+    /// leaves outlives `rotated_out_at` by more. (0 in state written
+    /// before this was kept; the current TTL stands in.)
+    #[serde(default)]
+    pub longest_leaf_ttl_secs: u64,
 }
+
+/// How many of a rotated-out root's longest leaf lifetimes it stays
+/// trusted after the rotation. Its leaves expire within one lifetime; the
+/// second covers the proposer's wall clock (which stamps the rotation and
+/// judges the pruning) running up to one lifetime ahead of the hosts
+/// still holding those leaves. Consul's leader keeps inactive roots for
+/// the same two lifetimes.
+pub const ROOT_RETENTION_LEAF_TTLS: u64 = 2;
 
 /// A root as the API shows it (Consul's `CARoot` fields, no key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,8 +167,8 @@ pub enum CaCommand {
     },
     /// Make `root` the active root. Applied only if `replaces` is still
     /// the active root's ID (otherwise `Failed`: another rotation won).
-    /// Roots rotated out more than one leaf TTL before `now_unix` are
-    /// dropped.
+    /// Roots rotated out more than [`ROOT_RETENTION_LEAF_TTLS`] of their
+    /// longest leaf TTL before `now_unix` are dropped.
     #[serde(rename = "CaRotate")]
     Rotate {
         /// The new root, with the cross-signed certificate among its
@@ -165,6 +178,9 @@ pub enum CaCommand {
         replaces: String,
         /// The proposer's wall clock, Unix seconds.
         now_unix: u64,
+        /// Settings that change with the rotation, in the same write.
+        #[serde(default)]
+        config: Option<CaConfig>,
     },
     /// New settings. Result: `Failed` if out of bounds.
     #[serde(rename = "CaSetConfig")]
@@ -195,7 +211,7 @@ impl CaCommand {
             CaCommand::Initialize { cluster_id, root } => {
                 64 + 6 * cluster_id.len() + root_len(root)
             }
-            CaCommand::Rotate { root, replaces, .. } => 64 + 6 * replaces.len() + root_len(root),
+            CaCommand::Rotate { root, replaces, .. } => 192 + 6 * replaces.len() + root_len(root),
             CaCommand::SetConfig { .. } => 128,
         }
     }
@@ -297,8 +313,19 @@ impl CaTable {
             create_index: index,
             modify_index: index,
             rotated_out_at: None,
+            longest_leaf_ttl_secs: self.config.leaf_cert_ttl_secs,
         });
         Ok(true)
+    }
+
+    /// New settings; the active root remembers the longest leaf TTL it
+    /// has signed under.
+    fn set_config(&mut self, config: &CaConfig) {
+        self.config = config.clone();
+        if let Some(active) = self.roots.last_mut() {
+            active.longest_leaf_ttl_secs =
+                active.longest_leaf_ttl_secs.max(config.leaf_cert_ttl_secs);
+        }
     }
 
     fn rotate(
@@ -307,6 +334,7 @@ impl CaTable {
         root: &CaRoot,
         replaces: &str,
         now: u64,
+        config: Option<&CaConfig>,
     ) -> Result<bool, String> {
         if self.roots.iter().any(|r| r.root.id == root.id) {
             return Err(format!("root {} is already known", root.id));
@@ -325,18 +353,23 @@ impl CaTable {
         }
         active.rotated_out_at = Some(now);
         active.modify_index = index;
-        let leaf_ttl = self.config.leaf_cert_ttl_secs;
-        // Leaves of a root rotated out over one leaf TTL ago have expired.
+        let current_ttl = self.config.leaf_cert_ttl_secs;
         self.roots.retain(|r| {
-            r.rotated_out_at
-                .is_none_or(|at| at.saturating_add(leaf_ttl) > now)
+            let lifetime = r.longest_leaf_ttl_secs.max(current_ttl);
+            r.rotated_out_at.is_none_or(|at| {
+                at.saturating_add(ROOT_RETENTION_LEAF_TTLS.saturating_mul(lifetime)) > now
+            })
         });
         self.roots.push(StoredRoot {
             root: root.clone(),
             create_index: index,
             modify_index: index,
             rotated_out_at: None,
+            longest_leaf_ttl_secs: current_ttl,
         });
+        if let Some(config) = config {
+            self.set_config(config);
+        }
         Ok(true)
     }
 }
@@ -358,12 +391,16 @@ impl TableState for CaTable {
                 root,
                 replaces,
                 now_unix,
-            } => self
-                .rotate(index, root, replaces, *now_unix)
-                .map(|c| (c, CommandResult::Bool(true))),
+                config,
+            } => match config.as_ref().map(CaConfig::validate) {
+                Some(Err(e)) => Err(e),
+                _ => self
+                    .rotate(index, root, replaces, *now_unix, config.as_ref())
+                    .map(|c| (c, CommandResult::Bool(true))),
+            },
             CaCommand::SetConfig { config } => config.validate().map(|()| {
                 let changed = self.config != *config;
-                self.config = config.clone();
+                self.set_config(config);
                 (changed, CommandResult::Bool(true))
             }),
         };
@@ -423,3 +460,6 @@ impl TableState for CaTable {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -153,15 +153,18 @@ impl HttpApi {
             return bad_request(e);
         }
         // Consul rotates the root when the configuration brings a new
-        // private key (`consul connect ca set-config`).
+        // private key (`consul connect ca set-config`); new settings come
+        // in the same write as the new root.
         match cfg.get("PrivateKey") {
             None | Some(Value::Null) => {}
             Some(Value::String(k)) if k.is_empty() => {}
             Some(Value::String(k)) => {
                 let key = mesh_core::connect::ca::SecretPem::new(k.clone());
-                if let Err(e) = self.cluster.rotate_root(key).await {
-                    return rpc_error(e);
-                }
+                let changed = (config != current).then(|| config.clone());
+                return match self.cluster.rotate_root(key, changed).await {
+                    Ok(()) => json_reply(&Value::Null),
+                    Err(e) => rpc_error(e),
+                };
             }
             Some(_) => return bad_request("Config.PrivateKey: expected a PEM string"),
         }

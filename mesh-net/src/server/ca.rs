@@ -8,6 +8,7 @@
 
 use mesh_core::connect::ca::{self as ca_crypto, IssuedLeaf, SecretPem};
 use mesh_core::connect::SpiffeId;
+use mesh_core::state::ca::CaConfig;
 use mesh_core::state::CaCommand;
 use openraft::AsyncRuntime;
 use rand::Rng;
@@ -150,13 +151,19 @@ impl Server {
     pub(super) async fn rotate_root_here(
         &self,
         private_key: &SecretPem,
+        new_config: Option<CaConfig>,
     ) -> Result<RpcResponse, RpcError> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
-        let (old, config) = self
+        let (old, current) = self
             .view
             .read(|sm| (sm.ca().active_root().cloned(), sm.ca().config().clone()));
+        if let Some(Err(e)) = new_config.as_ref().map(CaConfig::validate) {
+            return Err(RpcError::Rejected(e));
+        }
+        // The new root lives as long as the settings it comes with say.
+        let config = new_config.clone().unwrap_or(current);
         let Some(old) = old else {
             return Err(RpcError::Internal(
                 "the Connect CA is not initialized yet: nothing to rotate".into(),
@@ -180,6 +187,7 @@ impl Server {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             root: Box::new(new),
+            config: new_config,
         };
         match self.write_here(cmd.into()).await? {
             Response::Written {
@@ -200,9 +208,16 @@ impl Server {
     }
 
     /// Has the leader rotate the CA to a root made from `private_key`.
-    pub async fn rotate_root(&self, private_key: SecretPem) -> Result<(), RpcError> {
+    pub async fn rotate_root(
+        &self,
+        private_key: SecretPem,
+        config: Option<CaConfig>,
+    ) -> Result<(), RpcError> {
         self.on_leader(
-            Request::RotateRoot { private_key },
+            Request::RotateRoot {
+                private_key,
+                config,
+            },
             crate::routing::Idempotence::AtMostOnce,
             FORWARD_TIMEOUT,
         )

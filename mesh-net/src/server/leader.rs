@@ -29,7 +29,10 @@ impl Server {
                 datacenter,
                 public_key_der,
             } => self.sign_leaf_here(&service, &datacenter, &public_key_der),
-            Request::RotateRoot { private_key } => self.rotate_root_here(&private_key).await,
+            Request::RotateRoot {
+                private_key,
+                config,
+            } => self.rotate_root_here(&private_key, config).await,
             Request::RenewSession { id } => self.renew_here(&id).await,
             Request::Join(info) => self.add_server_here(info).await.map(|()| Response::Done),
             Request::RemovePeer { node_id } => self
