@@ -10,7 +10,7 @@ use mesh_core::state::catalog::{
 };
 use mesh_core::state::sessions::{Behavior, Session};
 use mesh_core::state::{
-    Command, CommandResult, IntentionCommand, KvCommand, SessionCommand, SnapshotError,
+    Batch, Command, CommandResult, IntentionCommand, KvCommand, SessionCommand, SnapshotError,
     StateMachine, Table, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
 };
 use proptest::prelude::*;
@@ -25,6 +25,21 @@ enum Entry {
 }
 
 fn command() -> impl Strategy<Value = Command> {
+    let batchable = plain_kv_command().prop_map(Command::Kv);
+    plain_kv_command()
+        .prop_map(Command::Kv)
+        .boxed()
+        .prop_union(catalog_command().prop_map(Command::Catalog).boxed())
+        .or(intention_command().prop_map(Command::Intentions).boxed())
+        .or(session_command().prop_map(Command::Session).boxed())
+        .or(lock_command().prop_map(Command::Kv).boxed())
+        .or(proptest::collection::vec(batchable, 1..5)
+            .prop_map(|commands| Command::Batch(Batch::Batch(commands)))
+            .boxed())
+}
+
+/// KV commands that do not take locks.
+fn plain_kv_command() -> impl Strategy<Value = KvCommand> {
     // A non-ASCII letter so snapshots carry multi-byte UTF-8 keys.
     let key = "[ab/é]{0,2}";
     let value = proptest::collection::vec(any::<u8>(), 0..4);
@@ -36,12 +51,6 @@ fn command() -> impl Strategy<Value = Command> {
         1 => "[ab/é]{0,1}".prop_map(|prefix| KvCommand::DeleteTree { prefix }),
         2 => proptest::collection::vec(txn_op(), 0..4).prop_map(|ops| KvCommand::Txn { ops }),
     ]
-    .prop_map(Command::Kv)
-    .boxed()
-    .prop_union(catalog_command().prop_map(Command::Catalog).boxed())
-    .or(intention_command().prop_map(Command::Intentions).boxed())
-    .or(session_command().prop_map(Command::Session).boxed())
-    .or(lock_command().prop_map(Command::Kv).boxed())
 }
 
 /// Sessions over two IDs on the catalog's two nodes, with and without the
@@ -264,7 +273,19 @@ proptest! {
         // The plain store knows no sessions: compare only logs without them.
         let uses_sessions = entries.iter().any(|(_, e)| matches!(e, Entry::Command(Command::Session(_))));
         let mut kv = KvStore::default();
-        for (index, e) in entries.iter().filter(|_| !uses_sessions) {
+        // A batch is its commands applied one after another at its index.
+        let flat: Vec<(u64, Entry)> = entries
+            .iter()
+            .flat_map(|(index, e)| match e {
+                Entry::Command(Command::Batch(b)) => b
+                    .commands()
+                    .iter()
+                    .map(|c| (*index, Entry::Command(c.clone())))
+                    .collect::<Vec<_>>(),
+                other => vec![(*index, other.clone())],
+            })
+            .collect();
+        for (index, e) in flat.iter().filter(|_| !uses_sessions) {
             match e {
                 Entry::Command(Command::Kv(KvCommand::Set { key, value, flags })) => kv.set(*index, key, value.clone(), *flags),
                 Entry::Command(Command::Kv(KvCommand::Cas { key, value, flags, index: n })) => { kv.cas(*index, key, value.clone(), *flags, *n); }
@@ -278,7 +299,7 @@ proptest! {
                 Entry::Command(Command::Kv(KvCommand::Unlock { key, value, flags, session })) => {
                     let _ = kv.unlock(*index, key, value.clone(), *flags, session);
                 }
-                Entry::Command(Command::Catalog(_) | Command::Intentions(_) | Command::Ca(_) | Command::Session(_)) | Entry::Skip => {}
+                Entry::Command(Command::Catalog(_) | Command::Intentions(_) | Command::Ca(_) | Command::Session(_) | Command::Batch(_)) | Entry::Skip => {}
             }
         }
         if !uses_sessions {

@@ -651,9 +651,11 @@ impl KvStore {
         }
     }
 
+    /// The commands of one batch share its index, so `index` may equal
+    /// the last one; it never goes back.
     fn advance(&mut self, index: u64) {
         assert!(
-            index > self.last_index,
+            index >= self.last_index,
             "KV mutation at index {index} after index {}: Raft indexes must increase",
             self.last_index
         );

@@ -180,6 +180,47 @@ pub enum Command {
     Ca(CaCommand),
     /// A change to the sessions.
     Session(SessionCommand),
+    /// Several independent KV writes from different clients, applied in
+    /// order at one index: the leader groups writes that arrive together
+    /// into one entry, so they share one fsync and one replication round
+    /// (see [`Batch`]).
+    Batch(Batch),
+}
+
+/// The commands of one batched entry. JSON: `{"Batch":[{"KvSet":..},..]}`.
+///
+/// Only plain KV writes are batched ([`Batch::may_hold`]): each is applied
+/// as if it were its own entry at the batch's index, in order, so one
+/// command's effect is visible to the next (two CAS writes of one key: the
+/// second sees the first), and each gets its own result. Commands whose
+/// meaning depends on their own index being unique (locks, sessions, the
+/// catalog's session invalidation) are never batched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Batch {
+    /// The commands, in the order they are applied.
+    Batch(Vec<Command>),
+}
+
+impl Batch {
+    /// Whether `cmd` may go in a batch.
+    pub fn may_hold(cmd: &Command) -> bool {
+        matches!(
+            cmd,
+            Command::Kv(
+                KvCommand::Set { .. }
+                    | KvCommand::Cas { .. }
+                    | KvCommand::Delete { .. }
+                    | KvCommand::DeleteCas { .. }
+                    | KvCommand::DeleteTree { .. }
+            )
+        )
+    }
+
+    /// The commands.
+    pub fn commands(&self) -> &[Command] {
+        let Batch::Batch(commands) = self;
+        commands
+    }
 }
 
 impl Command {
@@ -191,6 +232,8 @@ impl Command {
             Command::Intentions(_) => Table::Intentions,
             Command::Ca(_) => Table::Ca,
             Command::Session(_) => Table::Sessions,
+            // Batches hold KV writes only.
+            Command::Batch(_) => Table::Kv,
         }
     }
 
@@ -228,6 +271,7 @@ impl Command {
                 SessionCommand::Create(_) => "SessionCreate",
                 SessionCommand::Destroy { .. } => "SessionDestroy",
             },
+            Command::Batch(_) => "Batch",
         }
     }
 
@@ -241,6 +285,13 @@ impl Command {
             Command::Intentions(c) => c.encoded_len_bound(),
             Command::Ca(c) => c.encoded_len_bound(),
             Command::Session(c) => c.encoded_len_bound(),
+            Command::Batch(b) => {
+                16 + b
+                    .commands()
+                    .iter()
+                    .map(|c| c.encoded_len_bound() + 1)
+                    .sum::<usize>()
+            }
         }
     }
 }
@@ -318,6 +369,11 @@ impl<'de> Deserialize<'de> for Command {
                 .map(Command::Session)
                 .map_err(D::Error::custom);
         }
+        if name == "Batch" {
+            return Batch::deserialize(value)
+                .map(Command::Batch)
+                .map_err(D::Error::custom);
+        }
         Err(D::Error::custom(format!(
             "unknown command {name:?} (written by a newer release? run the same release on \
              every server)"
@@ -336,6 +392,8 @@ pub enum CommandResult {
     Failed(String),
     /// What a transaction did.
     Txn(kv::txn::TxnOutcome),
+    /// Each batched command's result, in order.
+    Batch(Vec<CommandResult>),
 }
 
 /// Why [`StateMachine::restore`] rejected some bytes. Every variant means the
@@ -402,7 +460,27 @@ impl StateMachine {
     /// each entry once, in order, so anything else is a bug in the caller.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> CommandResult {
         self.advance(index);
+        self.apply_at(index, cmd)
+    }
+
+    fn apply_at(&mut self, index: u64, cmd: &Command) -> CommandResult {
         match cmd {
+            Command::Batch(batch) => CommandResult::Batch(
+                batch
+                    .commands()
+                    .iter()
+                    .map(|c| {
+                        if Batch::may_hold(c) {
+                            self.apply_at(index, c)
+                        } else {
+                            CommandResult::Failed(format!(
+                                "{} cannot be applied in a batch",
+                                c.name()
+                            ))
+                        }
+                    })
+                    .collect(),
+            ),
             Command::Kv(c) => self.kv.apply_with_sessions(index, c, &self.sessions),
             Command::Catalog(c) => {
                 let result = self.catalog.apply(index, c);
@@ -554,11 +632,11 @@ impl StateMachine {
 }
 
 /// Records that the command at `index` reaches a table whose last applied
-/// command was at `*last`. Panics unless `index` is above it: Raft applies
-/// each entry once, in order.
+/// command was at `*last`. Panics if `index` is below it: Raft applies
+/// each entry once, in order (the commands of one [`Batch`] share its index).
 pub(crate) fn advance(table: Table, last: &mut u64, index: u64) {
     assert!(
-        index > *last,
+        index >= *last,
         "{table:?} write at index {index} after index {last}: Raft indexes must increase",
     );
     *last = index;

@@ -74,6 +74,14 @@ impl Server {
                 stamp_lock_check(&mut cmd, checked_at);
             }
         }
+        if mesh_core::state::Batch::may_hold(&cmd) && !mutants::enabled(Mutant::AckBeforeCommit) {
+            return self.write_batched(cmd).await;
+        }
+        self.propose(cmd).await
+    }
+
+    /// Proposes `cmd` as one Raft entry and waits for it to be applied.
+    pub(super) async fn propose(&self, cmd: Command) -> Result<RpcResponse, RpcError> {
         if mutants::enabled(Mutant::AckBeforeCommit) && self.is_leader() {
             let index = self.metrics().last_log_index.unwrap_or(0) + 1;
             return match self.raft.client_write_ff(cmd).await {

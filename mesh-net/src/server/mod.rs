@@ -25,6 +25,7 @@ mod liveness;
 mod requests;
 mod sessions;
 mod status;
+mod write_batch;
 
 use crate::clock::{self, Instant};
 use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};
@@ -168,6 +169,10 @@ pub struct Server {
     heartbeats: tokio::sync::mpsc::Sender<String>,
     /// Session TTL timers, while this server leads (see `session_driver`).
     session_timers: Mutex<Option<mesh_core::session_ttl::SessionTimers>>,
+    /// KV writes waiting to be proposed in a batch (see `write_batch`).
+    write_queue: tokio::sync::mpsc::Sender<write_batch::QueuedWrite>,
+    /// Entries proposed through the batcher's slots and not yet answered.
+    write_slots: Arc<tokio::sync::Semaphore>,
     /// The agent's metrics.
     telemetry: crate::telemetry::Telemetry,
 }
@@ -283,6 +288,7 @@ impl Server {
         info!(node = %config.node_name, node_id, rpc = %config.rpc_bind, has_state, "server started");
         let elections = Self::new_elections(node_id, config.timing);
         let (heartbeats, heartbeats_rx) = tokio::sync::mpsc::channel(liveness::HEARTBEAT_QUEUE);
+        let (write_queue, write_queue_rx) = tokio::sync::mpsc::channel(write_batch::WRITE_QUEUE);
         let server = Arc::new(Self {
             node_id,
             info,
@@ -303,6 +309,8 @@ impl Server {
             snapshot_in: Mutex::new(Reassembly::new()),
             heartbeats,
             session_timers: Mutex::new(None),
+            write_queue,
+            write_slots: Arc::new(tokio::sync::Semaphore::new(write_batch::MAX_IN_FLIGHT)),
             telemetry,
         });
         let handler_server = server.clone();
@@ -316,6 +324,7 @@ impl Server {
         let liveness = tokio::spawn(server.clone().liveness_driver(heartbeats_rx));
         let ca = tokio::spawn(server.clone().ca_driver());
         let sessions = tokio::spawn(server.clone().session_driver());
+        let batcher = tokio::spawn(server.clone().write_batcher(write_queue_rx));
         server.tasks.lock().expect("tasks lock").extend([
             serve,
             formation,
@@ -324,6 +333,7 @@ impl Server {
             liveness,
             ca,
             sessions,
+            batcher,
         ]);
         Ok(server)
     }
