@@ -96,6 +96,9 @@ pub enum Mutant {
     /// A server answers server-only requests (join, Raft, PreVote) from a
     /// peer whose certificate does not name a server (CVE-2021-37219).
     RpcServerRequestsFromAgents,
+    /// The leader hands the results of a batched entry to its writers in
+    /// reverse order (each writer gets another's answer).
+    BatchResultsMisrouted,
 }
 
 impl Mutant {
@@ -133,6 +136,7 @@ impl Mutant {
             "rpc_server_requests_from_agents",
             Mutant::RpcServerRequestsFromAgents,
         ),
+        ("batch_results_misrouted", Mutant::BatchResultsMisrouted),
     ];
 
     /// The mutant called `name`.

@@ -48,4 +48,5 @@ pub const SCENARIOS: &[&str] = &[
     "agent_liveness",
     "connect",
     "locks",
+    "group_commit",
 ];

@@ -26,6 +26,10 @@ const CONNECT_SEEDS: &str = "0..100";
 /// `locks` runs 90-110 simulated seconds of eight lock clients per seed
 /// (about 5 s of wall time): 60 seeds.
 const LOCKS_SEEDS: &str = "0..60";
+/// `group_commit` keeps twelve clients busy through a leader kill (about
+/// 0.3 s of wall time per seed, and the linearizability search grows with
+/// the clients): 100 seeds.
+const GROUP_COMMIT_SEEDS: &str = "0..100";
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -97,6 +101,8 @@ fn seeded_cluster_simulations_pass_and_replay_exactly() {
             CONNECT_SEEDS.to_string()
         } else if *scenario == "locks" {
             LOCKS_SEEDS.to_string()
+        } else if *scenario == "group_commit" {
+            GROUP_COMMIT_SEEDS.to_string()
         } else {
             seeds.clone()
         };
@@ -220,6 +226,8 @@ fn planted_bugs_are_caught() {
         // client certificate, caught by the same checker.
         ("rpc_plaintext_accepted", "connect", "0..5"),
         ("rpc_server_requests_from_agents", "connect", "0..5"),
+        // Group commit: a writer given another's answer in a batch.
+        ("batch_results_misrouted", "group_commit", "0..5"),
         // Sessions and locks: each caught by the lock-safety or the
         // transaction-atomicity checker (first caught at seeds 1, 1, 0, 0).
         ("lock_delay_ignored", "locks", "0..10"),

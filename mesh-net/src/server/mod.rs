@@ -25,7 +25,7 @@ mod liveness;
 mod requests;
 mod sessions;
 mod status;
-mod write_batch;
+pub mod write_batch;
 
 use crate::clock::{self, Instant};
 use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};

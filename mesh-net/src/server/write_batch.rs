@@ -32,6 +32,14 @@ pub(super) const MAX_IN_FLIGHT: usize = 4;
 /// Writes waiting for a batch; callers wait for room beyond this.
 pub(super) const WRITE_QUEUE: usize = 4096;
 
+static BATCHES_PROPOSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many entries of two or more writes this process proposed (the
+/// simulator checks that its group-commit scenario made some).
+pub fn batches_proposed() -> u64 {
+    BATCHES_PROPOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A write waiting for its batch, and where its answer goes.
 pub(super) struct QueuedWrite {
     cmd: Command,
@@ -112,11 +120,16 @@ impl Server {
         let (commands, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|w| (w.cmd, w.reply)).unzip();
         let n = commands.len();
+        BATCHES_PROPOSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.propose(Command::Batch(Batch::Batch(commands))).await {
             Ok(Response::Written {
                 index,
                 result: CommandResult::Batch(results),
             }) if results.len() == n => {
+                let mut results = results;
+                if mutants::enabled(Mutant::BatchResultsMisrouted) {
+                    results.reverse();
+                }
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(Response::Written { index, result }));
                 }
