@@ -45,10 +45,11 @@ fn mesh_tls(dir: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// A config file with the three TLS checks on and this certificate.
-fn tls_config(dir: &Path, name: &str, cert: &str) -> PathBuf {
+/// A config file with the three TLS checks on and this certificate, and
+/// the HTTPS API on `https` (port, whether it requires client certificates).
+fn tls_config(dir: &Path, name: &str, cert: &str, https: Option<(u16, bool)>) -> PathBuf {
     let path = dir.join(format!("{name}.json"));
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "tls": {
             "defaults": {
                 "ca_file": dir.join("consul-agent-ca.pem"),
@@ -60,8 +61,47 @@ fn tls_config(dir: &Path, name: &str, cert: &str) -> PathBuf {
             "internal_rpc": { "verify_server_hostname": true }
         }
     });
+    if let Some((port, verify_incoming)) = https {
+        body["ports"] = serde_json::json!({ "https": port });
+        body["tls"]["https"] = serde_json::json!({ "verify_incoming": verify_incoming });
+    }
     std::fs::write(&path, body.to_string()).expect("write config");
     path
+}
+
+/// A GET over HTTPS with Python's own TLS stack (what Consul's Python
+/// clients use), trusting `ca` and presenting `client` (cert, key) if
+/// given: the body, or the error text.
+fn https_get(
+    url: &str,
+    ca: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> Result<String, String> {
+    let script = r#"
+import ssl, sys, urllib.request
+url, ca, cert, key = sys.argv[1:5]
+ctx = ssl.create_default_context(cafile=ca or None)
+if cert:
+    ctx.load_cert_chain(cert, key)
+try:
+    print(urllib.request.urlopen(url, context=ctx, timeout=5).read().decode(), end="")
+except Exception as e:
+    print(type(e).__name__, e, file=sys.stderr)
+    sys.exit(1)
+"#;
+    let path = |p: Option<&Path>| p.map(|p| p.display().to_string()).unwrap_or_default();
+    let out = Command::new("python3")
+        .args(["-c", script, url])
+        .arg(path(ca))
+        .arg(path(client.map(|c| c.0)))
+        .arg(path(client.map(|c| c.1)))
+        .output()
+        .expect("python3 runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 fn rogue_server(dir: &Path, name: &str, ip: &str, config: Option<&Path>) -> Child {
@@ -160,14 +200,23 @@ async fn tls_cluster_forms_and_refuses_peers_without_a_server_certificate() {
     )
     .expect("cluster dir");
     for i in 0..3 {
+        // consul00 serves HTTPS to anyone who trusts the CA, consul01 only
+        // to holders of a certificate the CA signed (tls.defaults'
+        // verify_incoming applies to HTTPS too, as in Consul).
+        let https = match i {
+            0 => Some((18501, false)),
+            1 => Some((18501, true)),
+            _ => None,
+        };
         let config = tls_config(
             &dir,
             &format!("consul{i:02}"),
             &format!("dc1-server-consul-{i}"),
+            https,
         );
         c.set_node_args(i, &["-config-file", config.to_str().expect("utf-8")]);
     }
-    let client_config = tls_config(&dir, "fcs00", "dc1-client-consul-0");
+    let client_config = tls_config(&dir, "fcs00", "dc1-client-consul-0", None);
     let client = c.add_client(
         "fcs00",
         IPS[3],
@@ -216,10 +265,54 @@ async fn tls_cluster_forms_and_refuses_peers_without_a_server_certificate() {
         assert_eq!(body, b"over-tls", "server {i} has the write");
     }
 
+    // The HTTPS API, as Consul's clients use it.
+    let ca = dir.join("consul-agent-ca.pem");
+    let url = |i: usize| format!("https://{}:18501/v1/kv/tls/probe?raw&stale", IPS[i]);
+    assert_eq!(
+        https_get(&url(0), Some(&ca), None).as_deref(),
+        Ok("over-tls")
+    );
+    let untrusted = https_get(&url(0), None, None).expect_err("a CA the client does not trust");
+    assert!(
+        untrusted.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{untrusted}"
+    );
+    let no_cert = https_get(&url(1), Some(&ca), None);
+    assert!(
+        no_cert.is_err(),
+        "consul01 requires a client certificate: {no_cert:?}"
+    );
+    let client_pair = (
+        dir.join("dc1-client-consul-0.pem"),
+        dir.join("dc1-client-consul-0-key.pem"),
+    );
+    assert_eq!(
+        https_get(&url(1), Some(&ca), Some((&client_pair.0, &client_pair.1))).as_deref(),
+        Ok("over-tls")
+    );
+    if let Ok(python) = std::env::var("MESH_CONSUL_PYTHON") {
+        // py-consul, unmodified, over HTTPS.
+        let out = Command::new(python)
+            .args([
+                "-c",
+                "import consul, sys; c = consul.Consul(host=sys.argv[1], port=18501, scheme='https', verify=sys.argv[2]); print(c.kv.get('tls/probe')[1]['Value'].decode(), end='')",
+                IPS[0],
+            ])
+            .arg(&ca)
+            .output()
+            .expect("py-consul runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "over-tls",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // Two would-be servers reach port 8300: one without any certificate
     // (plaintext), one with a genuine client certificate.
     let mut plain = rogue_server(&dir, "rogue-plain", IPS[4], None);
-    let rogue_config = tls_config(&dir, "rogue-client-cert", "dc1-client-consul-0");
+    let rogue_config = tls_config(&dir, "rogue-client-cert", "dc1-client-consul-0", None);
     let mut with_client_cert = rogue_server(&dir, "rogue-client-cert", IPS[5], Some(&rogue_config));
 
     // Injection by hand: a join and a write in plaintext, and a join over

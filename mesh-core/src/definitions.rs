@@ -1265,6 +1265,8 @@ pub struct PortsConfig {
     pub serf_lan: Option<u16>,
     /// gRPC (8502).
     pub grpc: Option<u16>,
+    /// HTTPS API (Consul's default -1: off; 8501 by convention).
+    pub https: Option<i32>,
 }
 
 /// TLS for the RPC port, from `tls { defaults { ... } internal_rpc { ... } }`
@@ -1311,17 +1313,24 @@ impl TlsFileConfig {
         }
     }
 
-    fn from_file(o: &Obj) -> Result<TlsFileConfig, DefinitionError> {
-        let mut tls = TlsFileConfig::from_obj(o)?;
+    /// The RPC port's settings and the HTTPS API's, from one file: each
+    /// is the top level, overridden by `tls.defaults`, overridden by its
+    /// own block (`tls.internal_rpc`, `tls.https`).
+    fn from_file(o: &Obj) -> Result<(TlsFileConfig, TlsFileConfig), DefinitionError> {
+        let mut base = TlsFileConfig::from_obj(o)?;
+        let (mut rpc, mut https) = (TlsFileConfig::default(), TlsFileConfig::default());
         if let Some(block) = o.object(&["tls"])? {
             if let Some(defaults) = block.object(&["defaults"])? {
-                tls = tls.overridden_by(TlsFileConfig::from_obj(&defaults)?);
+                base = base.overridden_by(TlsFileConfig::from_obj(&defaults)?);
             }
-            if let Some(rpc) = block.object(&["internal_rpc"])? {
-                tls = tls.overridden_by(TlsFileConfig::from_obj(&rpc)?);
+            if let Some(b) = block.object(&["internal_rpc"])? {
+                rpc = TlsFileConfig::from_obj(&b)?;
+            }
+            if let Some(b) = block.object(&["https"])? {
+                https = TlsFileConfig::from_obj(&b)?;
             }
         }
-        Ok(tls)
+        Ok((base.clone().overridden_by(rpc), base.overridden_by(https)))
     }
 }
 
@@ -1374,11 +1383,14 @@ pub struct AgentFileConfig {
     pub domain: Option<String>,
     /// TLS on the RPC port.
     pub tls: TlsFileConfig,
+    /// TLS of the HTTPS API (`tls.https`, over `tls.defaults`).
+    pub tls_https: TlsFileConfig,
 }
 
 fn file_value_to_config(v: &Value) -> Result<AgentFileConfig, DefinitionError> {
     let norm = normalize_keys(v);
     let o = Obj::new(&norm, "")?;
+    let (tls, tls_https) = TlsFileConfig::from_file(&o)?;
     let ports = match o.object(&["ports"])? {
         None => PortsConfig::default(),
         Some(p) => PortsConfig {
@@ -1387,6 +1399,13 @@ fn file_value_to_config(v: &Value) -> Result<AgentFileConfig, DefinitionError> {
             server: p.port(&["server"])?,
             serf_lan: p.port(&["serf_lan"])?,
             grpc: p.port(&["grpc"])?,
+            https: match p.get(&["https"]) {
+                None => None,
+                Some((f, v)) => match integer(v) {
+                    Some(n) if (-1..=u16::MAX as i128).contains(&n) => Some(n as i32),
+                    _ => return Err(expected(&f, "a port, or -1 to disable HTTPS", v)),
+                },
+            },
         },
     };
     let mut services = Vec::new();
@@ -1448,7 +1467,8 @@ fn file_value_to_config(v: &Value) -> Result<AgentFileConfig, DefinitionError> {
             Some(a) => a.string(&["default_policy"])?,
         },
         domain: o.string(&["domain"])?,
-        tls: TlsFileConfig::from_file(&o)?,
+        tls,
+        tls_https,
     })
 }
 
@@ -1517,6 +1537,7 @@ impl AgentFileConfig {
                 server: later.ports.server.or(self.ports.server),
                 serf_lan: later.ports.serf_lan.or(self.ports.serf_lan),
                 grpc: later.ports.grpc.or(self.ports.grpc),
+                https: later.ports.https.or(self.ports.https),
             },
             enable_script_checks: later.enable_script_checks.or(self.enable_script_checks),
             leave_on_terminate: later.leave_on_terminate.or(self.leave_on_terminate),
@@ -1526,6 +1547,7 @@ impl AgentFileConfig {
             acl_default_policy: later.acl_default_policy.or(self.acl_default_policy),
             domain: later.domain.or(self.domain),
             tls: self.tls.overridden_by(later.tls),
+            tls_https: self.tls_https.overridden_by(later.tls_https),
         }
     }
 }

@@ -964,9 +964,30 @@ fn tls_keys_in_all_three_places_with_consuls_precedence() {
         r#"{"ca_file": "old-ca.pem", "verify_incoming": false, "verify_server_hostname": false,
             "tls": {"defaults": {"ca_file": "ca.pem", "cert_file": "c.pem", "key_file": "k.pem",
                                  "verify_incoming": true, "verify_outgoing": true},
-                    "internal_rpc": {"verify_server_hostname": true}}}"#,
+                    "internal_rpc": {"verify_server_hostname": true},
+                    "https": {"verify_incoming": false}},
+            "ports": {"https": 8501}}"#,
     )
     .unwrap();
+    // HTTPS takes the defaults and its own block, not internal_rpc's.
+    assert_eq!(
+        c.tls_https,
+        TlsFileConfig {
+            ca_file: Some("ca.pem".into()),
+            cert_file: Some("c.pem".into()),
+            key_file: Some("k.pem".into()),
+            verify_incoming: Some(false),
+            verify_outgoing: Some(true),
+            verify_server_hostname: Some(false),
+        }
+    );
+    assert_eq!(c.ports.https, Some(8501));
+    let off = AgentFileConfig::parse_json(r#"{"ports": {"https": -1}}"#).unwrap();
+    assert_eq!(off.ports.https, Some(-1));
+    let err = AgentFileConfig::parse_json(r#"{"ports": {"https": -2}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ports.https"), "{err}");
     assert_eq!(
         c.tls,
         TlsFileConfig {

@@ -21,6 +21,7 @@ use super::checks::CheckSpec;
 use super::{Agent, AgentConfig, Role, ServiceWithChecks};
 use crate::disk::Disk;
 use crate::flags::{usage, Flags, Kind, Spec};
+use crate::http::https::HttpsListener;
 use crate::rpc_tls::{RpcTls, RpcTlsConfig};
 use crate::server::{RaftTiming, ServerConfig};
 
@@ -139,6 +140,11 @@ pub const AGENT_FLAGS: &[Spec] = &[
     ),
     ("http-port", Kind::Value, "HTTP API port. Default: 8500."),
     (
+        "https-port",
+        Kind::Value,
+        "HTTPS API port (needs cert_file and key_file). Default: -1 (off).",
+    ),
+    (
         "dns-port",
         Kind::Value,
         "DNS port (UDP and TCP, on -client). Default: 8600; -1 disables DNS.",
@@ -246,6 +252,33 @@ fn rpc_tls_from(
     };
     let built = RpcTls::new(&config).map_err(|e| format!("TLS configuration: {e}"))?;
     Ok(Some(Arc::new(built)))
+}
+
+/// The HTTPS API's listener from the `tls.https` settings (over
+/// `tls.defaults`): it needs a certificate and key.
+fn https_from(tls: &TlsFileConfig, bind: SocketAddr) -> Result<HttpsListener, String> {
+    let read = |key: &str, path: &str| {
+        std::fs::read_to_string(path).map_err(|e| format!("Error reading {key} {path}: {e}"))
+    };
+    let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) else {
+        return Err(
+            "ports.https is set but no cert_file and key_file are given (tls.defaults or tls.https)"
+                .into(),
+        );
+    };
+    let ca = tls
+        .ca_file
+        .as_deref()
+        .map(|p| read("ca_file", p))
+        .transpose()?;
+    let config = crate::http::https::server_config(
+        ca.as_deref(),
+        &read("cert_file", cert_file)?,
+        &SecretPem::new(read("key_file", key_file)?),
+        tls.verify_incoming.unwrap_or(false),
+    )
+    .map_err(|e| format!("HTTPS configuration: {e}"))?;
+    Ok(HttpsListener { bind, tls: config })
 }
 
 fn ip_of(name: &str, raw: &str) -> Result<IpAddr, String> {
@@ -432,9 +465,26 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
             }
         },
         rpc_tls: None,
+        https: None,
     };
     let rpc_tls = rpc_tls_from(&file.tls, &config.datacenter, file.domain.as_deref())?;
-    let config = AgentConfig { rpc_tls, ..config };
+    let https_port = match flags.number::<i32>("https-port")? {
+        Some(p) => Some(p),
+        None => file.ports.https,
+    };
+    let https = match https_port {
+        None | Some(-1) => None,
+        Some(p) => {
+            let port = u16::try_from(p)
+                .map_err(|_| format!("invalid -https-port {p}: a port, or -1 to disable HTTPS"))?;
+            Some(https_from(&file.tls_https, SocketAddr::new(client, port))?)
+        }
+    };
+    let config = AgentConfig {
+        rpc_tls,
+        https,
+        ..config
+    };
     let log_level = flags
         .get("log-level")
         .or(file.log_level.as_deref())

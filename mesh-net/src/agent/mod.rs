@@ -71,6 +71,8 @@ pub struct AgentConfig {
     pub default_intention_allow: bool,
     /// TLS on the RPC port (`tls { defaults { ... } }`), if configured.
     pub rpc_tls: Option<Arc<crate::rpc_tls::RpcTls>>,
+    /// The HTTPS API (`ports.https`), if configured.
+    pub https: Option<crate::http::https::HttpsListener>,
 }
 
 impl AgentConfig {
@@ -101,6 +103,7 @@ pub struct Agent {
     cluster: Arc<dyn Cluster>,
     local: Arc<LocalAgent>,
     http_task: JoinHandle<()>,
+    https_task: Option<JoinHandle<()>>,
     dns_tasks: Vec<JoinHandle<()>>,
     connect_task: JoinHandle<()>,
     left: Arc<Notify>,
@@ -117,6 +120,19 @@ impl Agent {
                 addr: config.http_bind,
                 source,
             })?;
+        let https_listener = match &config.https {
+            Some(h) => {
+                Some(
+                    TcpListener::bind(h.bind)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            addr: h.bind,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         let dns_sockets = match config.dns_bind {
             Some(addr) => Some(
                 crate::dns::bind(addr)
@@ -213,6 +229,14 @@ impl Agent {
             connect,
             telemetry,
         ));
+        let https_task = match (https_listener, &config.https) {
+            (Some(listener), Some(h)) => Some(tokio::spawn(http::serve_https(
+                listener,
+                h.tls.clone(),
+                api.clone(),
+            ))),
+            _ => None,
+        };
         let http_task = tokio::spawn(http::serve(http_listener, api));
         let mut dns_tasks = Vec::new();
         if let Some((udp, tcp)) = dns_sockets {
@@ -234,6 +258,7 @@ impl Agent {
             cluster,
             local,
             http_task,
+            https_task,
             dns_tasks,
             connect_task,
             left,
@@ -273,6 +298,9 @@ impl Agent {
     /// Stops at once (tests; a crash is simulated by killing the node).
     pub async fn stop(self) {
         self.http_task.abort();
+        if let Some(t) = &self.https_task {
+            t.abort();
+        }
         self.connect_task.abort();
         for t in &self.dns_tasks {
             t.abort();

@@ -12,6 +12,7 @@
 mod agent_api;
 mod catalog;
 mod connect_ca;
+pub mod https;
 mod intentions;
 mod kv;
 mod operator;
@@ -73,18 +74,42 @@ impl hyper::rt::Timer for ClockTimer {
 
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, api: Arc<HttpApi>) {
-    serve_with(listener, move |req| {
+    serve_with(listener, None, move |req| {
         let api = api.clone();
         async move { api.handle(req).await }
     })
     .await
 }
 
-/// Serves HTTP/1.1 on `listener` with `handle` answering every request,
-/// under the same head-read timeout as the API (the sidecar's metrics
-/// endpoint uses it too).
-pub async fn serve_with<H, F>(listener: TcpListener, handle: H)
-where
+/// Serves the API over TLS on `listener` (the HTTPS port).
+pub async fn serve_https(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: Arc<HttpApi>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_with(listener, Some(acceptor), move |req| {
+        let api = api.clone();
+        async move { api.handle(req).await }
+    })
+    .await
+}
+
+/// How long an HTTPS client may take to finish its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(ClockTimer)
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+}
+
+/// Serves HTTP/1.1 on `listener` (over TLS when `tls` is given) with
+/// `handle` answering every request, under the same head-read timeout as
+/// the API (the sidecar's metrics endpoint uses it too).
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handle: H,
+) where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = reply::Reply> + Send + 'static,
 {
@@ -98,18 +123,38 @@ where
             }
         };
         let handle = handle.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let svc = service_fn(move |req| {
                 let answer = handle(req);
                 async move { Ok::<_, Infallible>(answer.await) }
             });
-            if let Err(e) = http1::Builder::new()
-                .timer(ClockTimer)
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            let served = match tls {
+                None => {
+                    http1_builder()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await
+                }
+                Some(acceptor) => {
+                    match clock::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            http1_builder()
+                                .serve_connection(TokioIo::new(tls), svc)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "https handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "https handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 // Malformed requests end here (hyper answers 400 and
                 // closes), and so do heads that arrive too slowly.
                 debug!(%peer, error = %e, "http connection ended");

@@ -229,7 +229,7 @@ pub async fn serve(
     metrics: std::sync::Arc<Metrics>,
     service: String,
 ) {
-    crate::http::serve_with(listener, move |req| {
+    crate::http::serve_with(listener, None, move |req| {
         let (metrics, service) = (metrics.clone(), service.clone());
         async move {
             use crate::http::reply::{method_not_allowed, not_found, reply};
