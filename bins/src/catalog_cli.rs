@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::time::Duration;
 
-use mesh_net::http_client::HttpClient;
 use serde_json::Value;
 
 use crate::cli::{call, encode_path, expect_ok, json, parse, print_table};
@@ -334,7 +333,7 @@ pub fn watch(args: &[String]) -> Result<(), String> {
         query.push("stale".into());
     }
     let handler = (!flags.positional.is_empty()).then(|| flags.positional.join(" "));
-    let addr = crate::cli::agent_addr(&flags);
+    let endpoint = crate::cli::agent(&flags)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -347,7 +346,7 @@ pub fn watch(args: &[String]) -> Result<(), String> {
             q.push(format!("index={index}"));
             q.push("wait=5m".into());
             let url = format!("{path}?{}", q.join("&"));
-            let mut client = HttpClient::new(addr.clone(), Duration::from_secs(330));
+            let mut client = endpoint.client(Duration::from_secs(330));
             let resp = match client.request("GET", &url, Vec::new()).await {
                 Ok(r) => r,
                 Err(e) => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use mesh_net::sidecar::control::{self, ProxyOptions};
 use mesh_net::sidecar::Limits;
 
-use crate::cli::{agent_addr, call, expect_ok, json, parse};
+use crate::cli::{agent, call, expect_ok, json, parse};
 use mesh_bins::flags::Kind;
 
 const USAGE: &str = "Usage: mesh connect <proxy|ca> [options]";
@@ -63,7 +63,18 @@ fn proxy(args: &[String]) -> i32 {
     crate::init_logging(flags.get("log-level").unwrap_or("info"), false);
     let opts_service = service.clone();
     let opts = ProxyOptions {
-        agent_http: agent_addr(&flags),
+        // The sidecar speaks plain HTTP to the agent on its own host.
+        agent_http: match agent(&flags) {
+            Ok(endpoint) if endpoint.tls.is_none() => endpoint.addr,
+            Ok(_) => {
+                eprintln!("mesh connect proxy talks to its local agent over plain HTTP; give -http-addr host:port");
+                return 1;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
+            }
+        },
         sidecar_for: service,
         limits: Limits::default(),
     };

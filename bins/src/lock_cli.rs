@@ -22,13 +22,13 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use mesh_net::http_client::{HttpClient, HttpResponse};
+use mesh_net::http_client::HttpResponse;
 use serde_json::{json, Value};
 use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::cli::{agent_addr, encode_path, parse};
+use crate::cli::{agent, encode_path, parse};
 use mesh_bins::flags::{Flags, Kind, Spec};
 
 const USAGE: &str = "Usage: mesh lock [options] PREFIX CHILD...
@@ -194,9 +194,9 @@ fn options(args: &[String]) -> Result<(Flags, Options), String> {
 
 fn run(args: &[String]) -> Result<i32, String> {
     let (flags, opts) = options(args)?;
-    let addr = agent_addr(&flags);
+    let endpoint = agent(&flags)?;
     crate::cli::process_runtime()?.block_on(async move {
-        let agent = Agent { addr };
+        let agent = Agent { endpoint };
         // Watched from the start: a signal while waiting for the lock
         // gives the session (and any slot) back instead of leaving it to
         // expire.
@@ -237,13 +237,14 @@ fn run(args: &[String]) -> Result<i32, String> {
 
 /// The local agent's HTTP API.
 struct Agent {
-    addr: String,
+    endpoint: crate::cli::AgentEndpoint,
 }
 
 impl Agent {
     async fn call(&self, method: &str, path: &str, body: Vec<u8>) -> Result<HttpResponse, String> {
         // A blocking read waits up to 15 s; give it room.
-        HttpClient::new(self.addr.clone(), Duration::from_secs(30))
+        self.endpoint
+            .client(Duration::from_secs(30))
             .request(method, path, body)
             .await
             .map_err(|e| e.to_string())
@@ -314,7 +315,12 @@ impl Holder {
             .ok_or("Lock setup failed: the agent returned no session ID")?
             .to_string();
         let (lost_tx, session_lost) = watch::channel(false);
-        let renewer = tokio::spawn(renew(agent.addr.clone(), session.clone(), sent, lost_tx));
+        let renewer = tokio::spawn(renew(
+            agent.endpoint.clone(),
+            session.clone(),
+            sent,
+            lost_tx,
+        ));
         Ok(Holder {
             session,
             session_lost,
@@ -648,9 +654,14 @@ impl Slots {
 /// *sent* (`created`: when the create was sent), whatever is in flight:
 /// the rule that keeps a holder from outliving its session (see
 /// `mesh_core::session_ttl`).
-async fn renew(addr: String, session: String, created: Instant, lost: watch::Sender<bool>) {
+async fn renew(
+    endpoint: crate::cli::AgentEndpoint,
+    session: String,
+    created: Instant,
+    lost: watch::Sender<bool>,
+) {
     const RENEW_TIMEOUT: Duration = Duration::from_secs(5);
-    let agent = Agent { addr };
+    let agent = Agent { endpoint };
     let path = format!("/v1/session/renew/{session}");
     let mut alive_since = created;
     let mut next_try = created + SESSION_TTL / 2;

@@ -290,6 +290,46 @@ async fn tls_cluster_forms_and_refuses_peers_without_a_server_certificate() {
         https_get(&url(1), Some(&ca), Some((&client_pair.0, &client_pair.1))).as_deref(),
         Ok("over-tls")
     );
+    // The mesh CLI over HTTPS, with flags and with Consul's variables.
+    let mesh_kv_get = |args: &[&str], env: &[(&str, &Path)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh"));
+        cmd.args(["kv", "get"]).args(args).arg("tls/probe");
+        for var in [
+            "MESH_HTTP_ADDR",
+            "CONSUL_HTTP_ADDR",
+            "CONSUL_CACERT",
+            "CONSUL_CLIENT_CERT",
+            "CONSUL_CLIENT_KEY",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("mesh kv get");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let https0 = format!("-http-addr=https://{}:18501", IPS[0]);
+    let ca_flag = format!("-ca-file={}", ca.display());
+    let (ok, out, err) = mesh_kv_get(&[&https0, &ca_flag], &[]);
+    assert!(ok && out == "over-tls", "{out} {err}");
+    let (ok, _, err) = mesh_kv_get(&[&https0], &[]);
+    assert!(!ok && err.contains("-ca-file or CONSUL_CACERT"), "{err}");
+    let https1 = PathBuf::from(format!("https://{}:18501", IPS[1]));
+    let mut consul_env = vec![
+        ("CONSUL_HTTP_ADDR", https1.as_path()),
+        ("CONSUL_CACERT", ca.as_path()),
+    ];
+    let (ok, _, err) = mesh_kv_get(&[], &consul_env);
+    assert!(!ok, "consul01 requires a client certificate: {err}");
+    consul_env.push(("CONSUL_CLIENT_CERT", client_pair.0.as_path()));
+    consul_env.push(("CONSUL_CLIENT_KEY", client_pair.1.as_path()));
+    let (ok, out, err) = mesh_kv_get(&[], &consul_env);
+    assert!(ok && out == "over-tls", "{out} {err}");
     if let Ok(python) = std::env::var("MESH_CONSUL_PYTHON") {
         // py-consul, unmodified, over HTTPS.
         let out = Command::new(python)

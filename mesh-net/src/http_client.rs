@@ -2,6 +2,7 @@
 //! simulator's workloads and the integration tests. It runs on the same
 //! `tokio` (real or simulated) as the servers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +10,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use mesh_core::connect::SecretPem;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 
 use crate::clock;
@@ -69,11 +73,76 @@ impl HttpResponse {
     }
 }
 
+/// How to reach an agent's HTTPS API: the CA its certificate chains to,
+/// the name to verify it for, and this client's own certificate if the
+/// agent requires one (`verify_incoming`).
+#[derive(Clone)]
+pub struct HttpsTarget {
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for HttpsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsTarget")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpsTarget {
+    /// Trusts the certificates in `ca_pem`; verifies the agent as
+    /// `server_name` (a DNS name or an IP address); presents `client`
+    /// (certificate chain and key PEM) when given.
+    pub fn new(
+        ca_pem: &str,
+        client: Option<(&str, &SecretPem)>,
+        server_name: &str,
+    ) -> Result<HttpsTarget, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let cert = cert.map_err(|e| format!("CA file: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("CA file: not a usable CA certificate: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("the CA file holds no certificate".into());
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("client certificate: {e}"))?;
+                let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
+                    .map_err(|e| format!("client key: {e}"))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate and key: {e}"))?
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| format!("{server_name:?} is not a DNS name or IP address"))?;
+        Ok(HttpsTarget {
+            config: Arc::new(config),
+            server_name,
+        })
+    }
+}
+
 /// A client that keeps one connection to one agent and reuses it.
 pub struct HttpClient {
     addr: String,
     timeout: Duration,
     conn: Option<SendRequest<Full<Bytes>>>,
+    tls: Option<HttpsTarget>,
 }
 
 impl HttpClient {
@@ -83,7 +152,14 @@ impl HttpClient {
             addr: addr.into(),
             timeout,
             conn: None,
+            tls: None,
         }
+    }
+
+    /// The same client speaking HTTPS to `target`.
+    pub fn with_tls(mut self, target: Option<HttpsTarget>) -> Self {
+        self.tls = target;
+        self
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, HttpClientError> {
@@ -96,6 +172,19 @@ impl HttpClient {
             .map_err(|_| unreachable("connect timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            let (send, conn) = http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            return Ok(send);
+        };
+        let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+            .connect(tls.server_name.clone(), stream)
+            .await
+            .map_err(|e| unreachable(format!("TLS: {e}")))?;
         let (send, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
