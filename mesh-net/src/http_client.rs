@@ -11,8 +11,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use mesh_core::connect::SecretPem;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::clock;
@@ -99,17 +98,8 @@ impl HttpsTarget {
         client: Option<(&str, &SecretPem)>,
         server_name: &str,
     ) -> Result<HttpsTarget, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            let cert = cert.map_err(|e| format!("CA file: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("CA file: not a usable CA certificate: {e}"))?;
-        }
-        if roots.is_empty() {
-            return Err("the CA file holds no certificate".into());
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = crate::tls::pem_roots("the CA file", ca_pem)?;
+        let provider = crate::tls::provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -117,11 +107,8 @@ impl HttpsTarget {
         let mut config = match client {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
-                let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
+                let (chain, key) = crate::tls::pem_chain_and_key(cert, key.expose())
                     .map_err(|e| format!("client certificate: {e}"))?;
-                let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
-                    .map_err(|e| format!("client key: {e}"))?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| format!("client certificate and key: {e}"))?

@@ -31,13 +31,9 @@ use std::time::Duration;
 
 use mesh_core::connect::SecretPem;
 use mesh_core::wire::Request;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::client::verify_server_name;
+use rustls::pki_types::ServerName;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -45,7 +41,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::clock;
 use crate::mutants::{self, Mutant};
 use crate::rpc::RpcRequest;
-use crate::tls::{provider, verification_time, HostClock, TlsError};
+use crate::tls::{pem_chain_and_key, pem_roots, provider, HostClock, ServerChainVerifier};
 
 /// How long a TLS handshake on the RPC port may take, either side.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,16 +115,6 @@ impl fmt::Debug for RpcTls {
     }
 }
 
-fn certs(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem { what, source })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate);
-    }
-    Ok(certs)
-}
-
 impl RpcTls {
     /// Builds the rustls configurations; refuses inconsistent settings
     /// with the reason (as Consul refuses them at startup).
@@ -143,23 +129,10 @@ impl RpcTls {
                 return Err("verify_outgoing is set but no ca_file is given".into())
             }
             None => None,
-            Some(pem) => {
-                let mut store = RootCertStore::empty();
-                for cert in certs("ca_file", pem).map_err(|e| format!("ca_file: {e}"))? {
-                    store
-                        .add(cert)
-                        .map_err(|e| format!("ca_file: not a usable CA certificate: {e}"))?;
-                }
-                Some(Arc::new(store))
-            }
+            Some(pem) => Some(pem_roots("ca_file", pem)?),
         };
         let identity = match (&config.cert_pem, &config.key_pem) {
-            (Some(cert), Some(key)) => {
-                let chain = certs("cert_file", cert).map_err(|e| format!("cert_file: {e}"))?;
-                let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
-                    .map_err(|e| format!("key_file: cannot read the private key PEM: {e}"))?;
-                Some((chain, key))
-            }
+            (Some(cert), Some(key)) => Some(pem_chain_and_key(cert, key.expose())?),
             (None, None) => None,
             (Some(_), None) => return Err("cert_file is set but key_file is not".into()),
             (None, Some(_)) => return Err("key_file is set but cert_file is not".into()),
@@ -208,10 +181,19 @@ impl RpcTls {
 
         let connector = match (&roots, verify_outgoing) {
             (Some(roots), true) => {
-                let verifier = Arc::new(AgentServerVerifier {
+                let check_name = config.verify_server_hostname;
+                let verifier = Arc::new(ServerChainVerifier {
                     roots: roots.clone(),
-                    check_name: config.verify_server_hostname,
                     provider: provider.clone(),
+                    // With verify_server_hostname the server must be
+                    // server.<dc>.<domain>; without, any certificate the
+                    // CA signed will do.
+                    check: Box::new(move |_, cert, server_name| {
+                        if check_name {
+                            verify_server_name(cert, server_name)?;
+                        }
+                        Ok(())
+                    }),
                 });
                 let builder = rustls::ClientConfig::builder_with_details(
                     provider.clone(),
@@ -344,74 +326,6 @@ fn is_server_only(req: &RpcRequest) -> bool {
 
 fn refused(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, why.to_string())
-}
-
-/// Checks a server's chain against the operator CA and, with
-/// `verify_server_hostname`, that it names `server.<dc>.<domain>`; time
-/// from the host's wall clock.
-#[derive(Debug)]
-struct AgentServerVerifier {
-    roots: Arc<RootCertStore>,
-    check_name: bool,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AgentServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            verification_time(end_entity),
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        if self.check_name {
-            verify_server_name(&cert, server_name)?;
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// A TCP stream whose first byte may already have been read (to tell TLS

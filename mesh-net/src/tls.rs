@@ -265,11 +265,10 @@ pub fn client_config(
     expected_service: &str,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(SpiffeServerVerifier {
+    let verifier = Arc::new(ServerChainVerifier {
         roots: bundle.root_store()?,
-        trust_domain: bundle.trust_domain.clone(),
-        expected_service: expected_service.to_owned(),
         provider: provider.clone(),
+        check: spiffe_check(bundle.trust_domain.clone(), expected_service.to_owned()),
     });
     let config = rustls::ClientConfig::builder_with_details(provider, Arc::new(HostClock))
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -285,6 +284,38 @@ pub fn client_config(
 pub fn server_name(service: &str) -> ServerName<'static> {
     ServerName::try_from(format!("{service}.mesh.invalid"))
         .unwrap_or_else(|_| ServerName::try_from("service.mesh.invalid").expect("a valid DNS name"))
+}
+
+/// The CA certificates in `pem` as a root store; `what` names the input
+/// in errors (`ca_file`, ...).
+pub(crate) fn pem_roots(what: &str, pem: &str) -> Result<Arc<RootCertStore>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("{what}: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{what}: not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{what} holds no certificate"));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A certificate chain and its private key from PEM (`cert_file`, `key_file`).
+pub(crate) fn pem_chain_and_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cert_file: {e}"))?;
+    if chain.is_empty() {
+        return Err("cert_file holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("key_file: cannot read the private key PEM: {e}"))?;
+    Ok((chain, key))
 }
 
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -436,22 +467,40 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
-/// Client side: chain to the roots at the host's time, then the server
-/// must be the expected service.
-#[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    trust_domain: String,
-    expected_service: String,
-    provider: Arc<CryptoProvider>,
+/// What a [`ServerChainVerifier`] requires of a server's end-entity
+/// certificate once its chain is good: a SPIFFE ID (sidecars), a DNS name
+/// (the RPC port), ...
+pub(crate) type IdentityCheck = Box<
+    dyn Fn(
+            &CertificateDer<'_>,
+            &ParsedCertificate<'_>,
+            &ServerName<'_>,
+        ) -> Result<(), rustls::Error>
+        + Send
+        + Sync,
+>;
+
+/// Client side: the server's chain to `roots` at the host's time, then
+/// `check` on who it is.
+pub(crate) struct ServerChainVerifier {
+    pub(crate) roots: Arc<RootCertStore>,
+    pub(crate) provider: Arc<CryptoProvider>,
+    pub(crate) check: IdentityCheck,
 }
 
-impl ServerCertVerifier for SpiffeServerVerifier {
+impl fmt::Debug for ServerChainVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerChainVerifier")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for ServerChainVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
@@ -463,16 +512,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             verification_time(end_entity),
             self.provider.signature_verification_algorithms.all,
         )?;
-        let id = peer_spiffe(std::slice::from_ref(end_entity)).map_err(peer_refused)?;
-        if !mutants::enabled(Mutant::SkipSpiffeCheck)
-            && !id.is_service(&self.trust_domain, &self.expected_service)
-        {
-            return Err(peer_refused(TlsError::WrongService {
-                id,
-                expected: self.expected_service.clone(),
-                trust_domain: self.trust_domain.clone(),
-            }));
-        }
+        (self.check)(end_entity, &cert, server_name)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -509,6 +549,23 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// Sidecars: the server must be `expected_service` of `trust_domain`.
+fn spiffe_check(trust_domain: String, expected_service: String) -> IdentityCheck {
+    Box::new(move |end_entity, _, _| {
+        let id = peer_spiffe(std::slice::from_ref(end_entity)).map_err(peer_refused)?;
+        if !mutants::enabled(Mutant::SkipSpiffeCheck)
+            && !id.is_service(&trust_domain, &expected_service)
+        {
+            return Err(peer_refused(TlsError::WrongService {
+                id,
+                expected: expected_service.clone(),
+                trust_domain: trust_domain.clone(),
+            }));
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

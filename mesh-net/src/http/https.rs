@@ -9,12 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mesh_core::connect::SecretPem;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
 
-use crate::tls::{provider, HostClock};
+use crate::tls::{pem_chain_and_key, pem_roots, provider, HostClock};
 
 /// Where the HTTPS API listens and with what.
 #[derive(Clone)]
@@ -42,14 +39,7 @@ pub fn server_config(
     verify_incoming: bool,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = provider();
-    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cert_file: {e}"))?;
-    if chain.is_empty() {
-        return Err("cert_file holds no certificate".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes())
-        .map_err(|e| format!("key_file: cannot read the private key PEM: {e}"))?;
+    let (chain, key) = pem_chain_and_key(cert_pem, key_pem.expose())?;
     let builder = rustls::ServerConfig::builder_with_details(provider.clone(), Arc::new(HostClock))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -59,16 +49,10 @@ pub fn server_config(
         }
         (_, false) => builder.with_no_client_auth(),
         (Some(ca), true) => {
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-                let cert = cert.map_err(|e| format!("ca_file: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("ca_file: not a usable CA certificate: {e}"))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| format!("ca_file: {e}"))?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(pem_roots("ca_file", ca)?, provider)
+                    .build()
+                    .map_err(|e| format!("ca_file: {e}"))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -104,6 +104,15 @@ async fn call(tls: &RpcTls, addr: &str, req: &RpcRequest) -> io::Result<RpcRespo
         .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "closed"))
 }
 
+/// A plaintext connection to `addr` that has sent a status request.
+async fn plaintext_status(addr: &str) -> TcpStream {
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    write_message(&mut plain, &RpcRequest::Status)
+        .await
+        .unwrap();
+    plain
+}
+
 fn join_request() -> RpcRequest {
     Request::PreVote {
         to: 1,
@@ -146,13 +155,7 @@ async fn peers_without_a_valid_certificate_are_refused() {
     let (addr, mut roles) = server(RpcTls::new(&config(&ca, Some(&server_cert))).unwrap()).await;
 
     // Plaintext, where verify_incoming requires TLS.
-    let mut plain = TcpStream::connect(&addr).await.unwrap();
-    write_message(
-        &mut plain,
-        &Request::<crate::raft_types::RaftEnvelope>::Status,
-    )
-    .await
-    .unwrap();
+    let mut plain = plaintext_status(&addr).await;
     let refusal = roles.recv().await.unwrap().unwrap_err();
     assert!(refusal.contains("plaintext RPC refused"), "{refusal}");
     assert!(read_message::<_, RpcResponse>(&mut plain)
@@ -193,13 +196,7 @@ async fn without_verify_incoming_plaintext_and_tls_share_the_port() {
     relaxed.verify_incoming = false;
     let (addr, mut roles) = server(RpcTls::new(&relaxed).unwrap()).await;
 
-    let mut plain = TcpStream::connect(&addr).await.unwrap();
-    write_message(
-        &mut plain,
-        &Request::<crate::raft_types::RaftEnvelope>::Status,
-    )
-    .await
-    .unwrap();
+    let mut plain = plaintext_status(&addr).await;
     let resp: RpcResponse = read_message(&mut plain).await.unwrap().unwrap();
     assert!(matches!(resp, Response::Done), "{resp:?}");
     assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Anonymous));

@@ -145,11 +145,10 @@ async fn expired_leaves_are_refused_on_both_sides() {
 async fn server_refuses_a_client_without_a_certificate() {
     let ca = TestCa::new("dc1");
     let server = server_config(&ca.leaf("fcs"), &ca.bundle()).unwrap();
-    let verifier = Arc::new(SpiffeServerVerifier {
+    let verifier = Arc::new(ServerChainVerifier {
         roots: ca.bundle().root_store().unwrap(),
-        trust_domain: ca.trust_domain.clone(),
-        expected_service: "fcs".to_owned(),
         provider: provider(),
+        check: spiffe_check(ca.trust_domain.clone(), "fcs".to_owned()),
     });
     let anonymous = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
