@@ -99,6 +99,9 @@ pub enum Mutant {
     /// The leader hands the results of a batched entry to its writers in
     /// reverse order (each writer gets another's answer).
     BatchResultsMisrouted,
+    /// The agent renews a Connect leaf only when it expired or its root
+    /// rotated, never at its renewal point (60-90 % of its life).
+    LeafNotRenewedByAge,
 }
 
 impl Mutant {
@@ -137,6 +140,7 @@ impl Mutant {
             Mutant::RpcServerRequestsFromAgents,
         ),
         ("batch_results_misrouted", Mutant::BatchResultsMisrouted),
+        ("leaf_not_renewed_by_age", Mutant::LeafNotRenewedByAge),
     ];
 
     /// The mutant called `name`.

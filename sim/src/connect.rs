@@ -310,6 +310,9 @@ pub(crate) async fn connect() -> Result<Report, String> {
     let took = rotate(&mut run, &traffic, base).await?;
     run.report.rotation_ms = took;
 
+    info!("phase: fcs00's wall clock jumps past its leaf's renewal point");
+    renew_by_age(&mut run, &traffic, base).await?;
+
     info!("phase: fcs00 restarts (agent, app and sidecar)");
     run.cluster.crash_agent(FCS);
     sleep(rand_ms(200, 1500)).await;
@@ -388,6 +391,71 @@ async fn rotate(
         ));
     }
     Ok(took.as_millis() as u64)
+}
+
+/// The serial number of the leaf `service`'s agent serves, if any.
+async fn leaf_serial(run: &Run, k: usize, service: &str) -> Option<String> {
+    let path = format!("/v1/agent/connect/ca/leaf/{service}");
+    match http(run, run.cluster.agents[k].http_addr(), "GET", &path, b"").await {
+        Ok((200, text)) => serde_json::from_str::<serde_json::Value>(&text).ok()?["SerialNumber"]
+            .as_str()
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+/// Lifetime renewal: fcs00's wall clock steps 66 h ahead (an NTP step on
+/// a host whose clock had stopped), past the point where a 72 h leaf is
+/// renewed (60-90 % of its life), so its agent must sign a new leaf for
+/// fcs within [`ROTATION_BOUND`] plus one roots poll (10 s), without a
+/// rotation to prompt it, and fcc's traffic may not pause longer than
+/// [`FAILOVER_GAP_BOUND`]. The clock is set right again afterwards.
+async fn renew_by_age(
+    run: &mut Run,
+    traffic: &Arc<Mutex<Traffic>>,
+    base: Instant,
+) -> Result<(), String> {
+    const AHEAD_MS: i64 = 66 * 3600 * 1000;
+    let bound = ROTATION_BOUND + Duration::from_secs(10);
+    let before = leaf_serial(run, FCS, "fcs")
+        .await
+        .ok_or("fcs00's agent serves no leaf for fcs")?;
+    let t0 = ms_since(base);
+    let t = Instant::now();
+    run.cluster.set_agent_clock(FCS, 1_000_000, AHEAD_MS);
+    loop {
+        run.settle(Duration::from_millis(200)).await?;
+        match leaf_serial(run, FCS, "fcs").await {
+            Some(now) if now != before => break,
+            _ if t.elapsed() > bound => {
+                return Err(format!(
+                    "fcs00's clock is 66 h ahead but its agent still serves leaf {before} after {bound:?}"
+                ))
+            }
+            _ => {}
+        }
+    }
+    run.report.leaf_renewal_ms = t.elapsed().as_millis() as u64;
+    run.settle(Duration::from_secs(2)).await?;
+    run.cluster.set_agent_clock(FCS, 1_000_000, 0);
+    wait_answers(
+        run,
+        traffic,
+        3,
+        Duration::from_secs(10),
+        "after the leaf renewal",
+    )
+    .await?;
+    let gap = traffic
+        .lock()
+        .expect("traffic")
+        .longest_gap(t0, ms_since(base));
+    if gap > FAILOVER_GAP_BOUND.as_millis() as u64 {
+        return Err(format!(
+            "fcc's traffic paused {gap} ms across fcs's leaf renewal (bound {FAILOVER_GAP_BOUND:?})"
+        ));
+    }
+    Ok(())
 }
 
 /// Every attack from evil00; each must be refused before a byte reaches

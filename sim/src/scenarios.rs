@@ -56,6 +56,8 @@ pub struct Report {
     pub log_entries: usize,
     /// Torn log tails that recovery cut off after crashes in this run.
     pub torn_tails: u64,
+    /// connect: simulated ms from fcs00's clock jump to its renewed leaf.
+    pub leaf_renewal_ms: u64,
     /// Simulated ms from agents' registrations to every server's catalog.
     pub agent_sync_ms: Vec<u64>,
     /// Simulated ms from a check's status change to the leader's catalog.

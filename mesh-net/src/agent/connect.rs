@@ -276,7 +276,10 @@ impl ConnectCache {
                 .filter(|s| match st.leaves.get(*s) {
                     None => true,
                     Some(l) => {
-                        now >= l.renew_at
+                        (now >= l.renew_at
+                            && !crate::mutants::enabled(
+                                crate::mutants::Mutant::LeafNotRenewedByAge,
+                            ))
                             || now >= l.leaf.valid_before
                             || active.as_ref().is_some_and(|a| *a != l.leaf.root_id)
                     }
