@@ -273,13 +273,15 @@ proptest! {
         // The plain store knows no sessions: compare only logs without them.
         let uses_sessions = entries.iter().any(|(_, e)| matches!(e, Entry::Command(Command::Session(_))));
         let mut kv = KvStore::default();
-        // A batch is its commands applied one after another at its index.
+        // A batch is its commands applied one after another at its index;
+        // a command no batch may hold is refused and changes nothing.
         let flat: Vec<(u64, Entry)> = entries
             .iter()
             .flat_map(|(index, e)| match e {
                 Entry::Command(Command::Batch(b)) => b
                     .commands()
                     .iter()
+                    .filter(|c| Batch::may_hold(c))
                     .map(|c| (*index, Entry::Command(c.clone())))
                     .collect::<Vec<_>>(),
                 other => vec![(*index, other.clone())],
