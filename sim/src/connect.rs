@@ -381,16 +381,28 @@ async fn rotate(
     }
     let took = t.elapsed();
     run.settle(Duration::from_secs(2)).await?;
+    no_long_pause(traffic, t0, base, "the root rotation")?;
+    Ok(took.as_millis() as u64)
+}
+
+/// fcc's answers may not pause longer than [`FAILOVER_GAP_BOUND`] between
+/// `t0` (ms since `base`) and now, across `what`.
+fn no_long_pause(
+    traffic: &Arc<Mutex<Traffic>>,
+    t0: u64,
+    base: Instant,
+    what: &str,
+) -> Result<(), String> {
     let gap = traffic
         .lock()
         .expect("traffic")
         .longest_gap(t0, ms_since(base));
     if gap > FAILOVER_GAP_BOUND.as_millis() as u64 {
         return Err(format!(
-            "fcc's traffic paused {gap} ms across the root rotation (bound {FAILOVER_GAP_BOUND:?})"
+            "fcc's traffic paused {gap} ms across {what} (bound {FAILOVER_GAP_BOUND:?})"
         ));
     }
-    Ok(took.as_millis() as u64)
+    Ok(())
 }
 
 /// The serial number of the leaf `service`'s agent serves, if any.
@@ -446,16 +458,7 @@ async fn renew_by_age(
         "after the leaf renewal",
     )
     .await?;
-    let gap = traffic
-        .lock()
-        .expect("traffic")
-        .longest_gap(t0, ms_since(base));
-    if gap > FAILOVER_GAP_BOUND.as_millis() as u64 {
-        return Err(format!(
-            "fcc's traffic paused {gap} ms across fcs's leaf renewal (bound {FAILOVER_GAP_BOUND:?})"
-        ));
-    }
-    Ok(())
+    no_long_pause(traffic, t0, base, "fcs's leaf renewal")
 }
 
 /// Every attack from evil00; each must be refused before a byte reaches
