@@ -1,12 +1,13 @@
 #!/bin/bash
-# KV writes through a 3-server mesh on loopback, one build against another
+# KV writes and reads through a 3-server mesh on loopback, one build against another
 # in the same run (alternating rounds, fresh data dirs each time), with the
 # leader's fdatasync calls counted by strace when it is installed.
 #
 #   bash benches/peers/kv_writes.sh --mesh target/release/mesh --baseline /tmp/mesh-old [--rounds 2]
 #
 # Per round and build: put with 64 clients (8 s), put with 16 clients
-# (5 s), sequential put with 1 client to one server (5 s); 128 B values,
+# (5 s), sequential put with 1 client to one server (5 s), default-mode
+# get with 64 clients after writing every key (8 s); 128 B values,
 # 10,000 keys, clients round-robin over the three servers (kvload.py, the
 # load generator of the etcd comparison). Prints one JSON line per
 # measurement, then the medians and their ratios (mesh / baseline).
@@ -52,9 +53,9 @@ one_round() { # BIN LABEL
     strace -f -c -e trace=fdatasync -p "$lpid" -o "$d/strace.txt" > /dev/null 2>&1 & tracer=$!
     sleep 0.5
   fi
-  for m in "put 64 8 $ep" "put 16 5 $ep" "seqput 1 5 127.0.0.50:18500"; do
+  for m in "put 64 8 $ep" "put 16 5 $ep" "seqput 1 5 127.0.0.50:18500" "get 64 8 $ep --preload"; do
     set -- $m
-    python3 "$HERE/kvload.py" --api consul --endpoints "$4" --mode "$1" --clients "$2" --duration "$3" \
+    python3 "$HERE/kvload.py" --api consul --endpoints "$4" --mode "$1" --clients "$2" --duration "$3" ${5:-} \
       | python3 -c "import sys,json; d=json.loads(sys.stdin.read()); d['build']='$label'; print(json.dumps(d))"
   done
   if [ -n "$tracer" ]; then
@@ -75,7 +76,7 @@ def med(build, mode, clients, key):
     v = [r[key] for r in rows if r["build"] == build and r["mode"] == mode and r.get("clients") == clients and r.get(key) is not None]
     return statistics.median(v) if v else None
 print("\nmedians (ratio = mesh / baseline)")
-for mode, clients in [("put", 64), ("put", 16), ("seqput", 1)]:
+for mode, clients in [("put", 64), ("put", 16), ("seqput", 1), ("get", 64)]:
     for key in ["ops_per_s", "lat_us_p50", "lat_us_p99"]:
         m, b = med("mesh", mode, clients, key), med("baseline", mode, clients, key)
         ratio = f"{m / b:.2f}x" if m and b else "-"

@@ -447,7 +447,8 @@ async fn bootstrap_expect() -> Result<Report, String> {
 
 /// Group commit under load: twelve clients with no pause between requests
 /// keep more writes in flight than the leader proposes at once, so it
-/// batches them (several clients' writes, CAS among them, in one entry);
+/// batches them (several clients' writes, CAS among them, in one entry),
+/// and their reads share leadership rounds;
 /// then the leader is killed with batches in flight, and every checker
 /// judges the history: each writer must get its own write's answer, a
 /// batch that may have committed is "unknown" for each of its writes, and
@@ -469,6 +470,15 @@ async fn group_commit() -> Result<Report, String> {
         return Err("no entry held more than one write: group commit went untested".into());
     }
     info!(batches, "batched entries proposed");
+    // Concurrent reads share leadership rounds (`read_rounds`): some
+    // round must have confirmed more than one read.
+    let (rounds, reads) = mesh_net::server::read_rounds::rounds_and_reads();
+    if reads <= rounds {
+        return Err(format!(
+            "{reads} reads confirmed in {rounds} leadership rounds: no round was shared"
+        ));
+    }
+    info!(rounds, reads, "leadership rounds shared by reads");
     run.finish().await
 }
 

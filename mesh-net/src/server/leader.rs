@@ -175,7 +175,9 @@ impl Server {
 
     /// One quorum round: a quorum still follows this leader now (Raft
     /// thesis §6.4, ReadIndex). A leader deposed meanwhile learns it here.
-    pub(super) async fn confirm_leadership(&self) -> Result<(), RpcError> {
+    /// Callers go through [`Server::confirm_leadership`], which shares
+    /// rounds between concurrent callers (see `read_rounds`).
+    pub(super) async fn leadership_round(&self) -> Result<(), RpcError> {
         let confirmed = tokio::select! {
             biased;
             confirmed = clock::timeout(LINEARIZE_TIMEOUT, self.raft.ensure_linearizable()) => confirmed,

@@ -22,6 +22,7 @@ mod formation;
 mod hand_off;
 mod leader;
 mod liveness;
+pub mod read_rounds;
 mod requests;
 mod sessions;
 mod status;
@@ -173,6 +174,8 @@ pub struct Server {
     write_queue: tokio::sync::mpsc::Sender<write_batch::QueuedWrite>,
     /// Entries proposed through the batcher's slots and not yet answered.
     write_slots: Arc<tokio::sync::Semaphore>,
+    /// Callers waiting for the next leadership round (see `read_rounds`).
+    read_queue: tokio::sync::mpsc::Sender<read_rounds::WaitingRead>,
     /// The agent's metrics.
     telemetry: crate::telemetry::Telemetry,
 }
@@ -289,6 +292,7 @@ impl Server {
         let elections = Self::new_elections(node_id, config.timing);
         let (heartbeats, heartbeats_rx) = tokio::sync::mpsc::channel(liveness::HEARTBEAT_QUEUE);
         let (write_queue, write_queue_rx) = tokio::sync::mpsc::channel(write_batch::WRITE_QUEUE);
+        let (read_queue, read_queue_rx) = tokio::sync::mpsc::channel(read_rounds::READ_QUEUE);
         let server = Arc::new(Self {
             node_id,
             info,
@@ -311,6 +315,7 @@ impl Server {
             session_timers: Mutex::new(None),
             write_queue,
             write_slots: Arc::new(tokio::sync::Semaphore::new(write_batch::MAX_IN_FLIGHT)),
+            read_queue,
             telemetry,
         });
         let handler_server = server.clone();
@@ -325,6 +330,7 @@ impl Server {
         let ca = tokio::spawn(server.clone().ca_driver());
         let sessions = tokio::spawn(server.clone().session_driver());
         let batcher = tokio::spawn(server.clone().write_batcher(write_queue_rx));
+        let read_rounds = tokio::spawn(server.clone().read_round_driver(read_queue_rx));
         server.tasks.lock().expect("tasks lock").extend([
             serve,
             formation,
@@ -334,6 +340,7 @@ impl Server {
             ca,
             sessions,
             batcher,
+            read_rounds,
         ]);
         Ok(server)
     }
