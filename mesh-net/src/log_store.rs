@@ -285,6 +285,12 @@ impl LogStore {
         self.inner.lock().expect("log store lock poisoned")
     }
 
+    /// The stored vote: the term and leader this server last voted for or
+    /// followed.
+    pub fn vote(&self) -> Option<Vote> {
+        self.lock().vote
+    }
+
     /// The id of the last entry, held or purged.
     pub fn last_log_id(&self) -> Option<LogId> {
         Self::last_of(&self.lock())

@@ -102,6 +102,13 @@ pub enum Mutant {
     /// The agent renews a Connect leaf only when it expired or its root
     /// rotated, never at its renewal point (60-90 % of its life).
     LeafNotRenewedByAge,
+    /// A follower never tells its election machine that the leader's port
+    /// refused a connection: a killed leader is replaced only after the
+    /// PreVote lease.
+    LeaderGoneIgnored,
+    /// A deposed leader's replication task keeps sending entries under its
+    /// old vote after this server's log was overwritten by a newer leader.
+    StaleVoteReplication,
 }
 
 impl Mutant {
@@ -141,6 +148,8 @@ impl Mutant {
         ),
         ("batch_results_misrouted", Mutant::BatchResultsMisrouted),
         ("leaf_not_renewed_by_age", Mutant::LeafNotRenewedByAge),
+        ("leader_gone_ignored", Mutant::LeaderGoneIgnored),
+        ("stale_vote_replication", Mutant::StaleVoteReplication),
     ];
 
     /// The mutant called `name`.

@@ -20,6 +20,8 @@ use openraft::storage::Snapshot;
 use openraft::{AnyError, EntryPayload};
 use tracing::{info, warn};
 
+use crate::log_store::LogStore;
+use crate::mutants::{self, Mutant};
 use crate::raft_types::{
     ChunkAck, Entry, RaftEnvelope, RaftReply, RaftRequest, ServerNode, SnapshotChunk, TypeConfig,
     Vote,
@@ -31,14 +33,18 @@ use crate::rpc::{CallError, RpcClient, RpcRequest};
 pub struct NetworkFactory {
     rpc: RpcClient,
     health: PeerHealth,
+    log: LogStore,
 }
 
 impl NetworkFactory {
-    /// A factory sharing `rpc`'s connection pool.
-    pub fn new(rpc: RpcClient) -> Self {
+    /// A factory sharing `rpc`'s connection pool; `log` is this server's
+    /// log store, whose vote says whether a message is still this
+    /// server's to send (see [`PeerNetwork::append_entries`]).
+    pub fn new(rpc: RpcClient, log: LogStore) -> Self {
         Self {
             rpc,
             health: PeerHealth::default(),
+            log,
         }
     }
 }
@@ -87,6 +93,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             node: node.clone(),
             rpc: self.rpc.clone(),
             health: self.health.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -97,6 +104,7 @@ pub struct PeerNetwork {
     node: ServerNode,
     rpc: RpcClient,
     health: PeerHealth,
+    log: LogStore,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, ServerNode, RaftError<u64, E>>;
@@ -152,6 +160,26 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        // openraft 0.9 stops a deposed leader's replication tasks
+        // asynchronously, so one can still run after a newer leader's
+        // entries overwrote this server's log, read those entries, and
+        // send them under the old vote, with the old previous entry: a
+        // follower that knows no newer term accepts them, and two logs
+        // then agree on an entry but not on the one before it (the
+        // simulator found this, swarm seed 105). The vote is stored before
+        // any newer leader's entry is accepted, so a message whose vote is
+        // no longer the stored one was built by a task that lost its term.
+        let stale = self
+            .log
+            .vote()
+            .is_some_and(|current| current.leader_id() != rpc.vote.leader_id());
+        if stale && !mutants::enabled(Mutant::StaleVoteReplication) {
+            let err = AnyError::error(format!(
+                "not sent: this server's vote moved past {} (a deposed leader's replication)",
+                rpc.vote
+            ));
+            return Err(RPCError::Network(NetworkError::new(&err)));
+        }
         if let Some(fit) = entries_within_budget(&rpc.entries, APPEND_BUDGET_BYTES) {
             // openraft retries at once with at most `fit` entries (for its
             // next few batches), so one batch never outgrows a frame however

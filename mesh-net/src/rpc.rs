@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -133,11 +134,13 @@ pub async fn read_message<S: AsyncRead + Unpin, T: DeserializeOwned>(
 /// Serves RPC on `listener` until the task is dropped, calling `handler`
 /// for each request. With `tls`, connections are taken as its settings say
 /// (see [`crate::rpc_tls`]) and requests it refuses for the peer never
-/// reach `handler`.
-pub async fn serve<H, F>(listener: TcpListener, tls: Option<Arc<RpcTls>>, handler: H)
+/// reach `handler`. `closed` hears the peer address of every served
+/// connection that ended (a peer closing, resetting or misbehaving).
+pub async fn serve<H, F, C>(listener: TcpListener, tls: Option<Arc<RpcTls>>, handler: H, closed: C)
 where
     H: Fn(RpcRequest) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = RpcResponse> + Send + 'static,
+    C: Fn(SocketAddr) + Clone + Send + Sync + 'static,
 {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -149,6 +152,7 @@ where
             }
         };
         let handler = handler.clone();
+        let closed = closed.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
@@ -169,6 +173,7 @@ where
                 // Garbage, a bad frame or a reset: this connection ends, nothing else.
                 debug!(%peer, error = %e, "rpc connection closed");
             }
+            closed(peer);
         });
     }
 }

@@ -249,8 +249,19 @@ impl RpcTls {
     /// refusing what the settings refuse. The peer's role comes from its
     /// certificate. `Ok(None)`: the peer closed before sending anything.
     pub async fn accept(&self, mut tcp: TcpStream) -> io::Result<Option<(RpcStream, PeerRole)>> {
+        // A caller writes its request (or ClientHello) as soon as it has
+        // connected, so a connection that says nothing is not a caller:
+        // it is dropped instead of holding a task forever.
         let mut first = [0u8; 1];
-        if tcp.read(&mut first).await? == 0 {
+        let read = clock::timeout(HANDSHAKE_TIMEOUT, tcp.read(&mut first))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request and no TLS handshake within the handshake timeout",
+                )
+            })??;
+        if read == 0 {
             return Ok(None);
         }
         let stream = Sniffed::new(tcp, Some(first[0]));

@@ -21,6 +21,12 @@ use crate::workload::{self, ClientOptions, History, SharedHistory};
 
 /// Bound on electing a leader once a fault is healed or a leader died.
 pub const ELECTION_BOUND: Duration = Duration::from_secs(5);
+/// A killed leader's successor is elected within this: the survivors see
+/// its port refuse connections and skip the PreVote lease (400-600 ms),
+/// waiting only for the voters' vote lease (151 ms after the last
+/// heartbeat) and their turn (`mesh_core::election`, "A leader that is
+/// provably gone").
+pub const KILLED_LEADER_BOUND: Duration = Duration::from_millis(350);
 /// Bound on every server converging once faults are healed.
 pub const CONVERGE_BOUND: Duration = Duration::from_secs(20);
 
@@ -555,11 +561,18 @@ async fn failover() -> Result<Report, String> {
         }
     }
     run.leader_among(&others, ELECTION_BOUND).await?;
-    run.report.failover_ms.push(t.elapsed().as_millis() as u64);
+    let failover = t.elapsed();
+    run.report.failover_ms.push(failover.as_millis() as u64);
     info!(
-        failover_ms = t.elapsed().as_millis() as u64,
+        failover_ms = failover.as_millis() as u64,
         "phase: new leader; writes continue"
     );
+    if fault == 0 && failover > KILLED_LEADER_BOUND {
+        return Err(format!(
+            "a killed leader was replaced after {failover:?}, over {KILLED_LEADER_BOUND:?}: \
+             the survivors waited out the lease"
+        ));
+    }
     run.settle(rand_ms(1000, 3000)).await?;
     info!("phase: old leader returns");
     match fault {

@@ -269,6 +269,85 @@ fn would_vote_for_follows_the_lease_and_the_log() {
 }
 
 #[test]
+fn a_gone_leader_ends_the_lease_and_the_follower_asks_soon() {
+    let mut e = follower(&[1, 2, 3], 1_000);
+    assert!(!e.would_vote_for(1_010, Some((1, 3))), "inside the lease");
+    e.handle(1_010, Input::LeaderGone { leader: 3 });
+    assert_eq!(drain(&mut e), []);
+    assert!(
+        e.would_vote_for(1_010, Some((1, 3))),
+        "no lease for a dead leader"
+    );
+    let (at_ms, outputs) = fire(&mut e);
+    // Server 1 goes first among the survivors (1, 2): after the voters'
+    // vote lease (3 heartbeats + 1 ms), within half a heartbeat.
+    assert!(
+        (1_151..=1_151 + HEARTBEAT_MS / 2).contains(&at_ms),
+        "asked at {at_ms}"
+    );
+    assert_eq!(outputs, [ask(1, &[2, 3])]);
+    // The other survivor grants: the election starts at once.
+    e.handle(at_ms + 1, reply(1, 2, true));
+    assert_eq!(drain(&mut e), [Output::StartElection { round: 1 }]);
+}
+
+#[test]
+fn openraft_refuses_votes_for_three_heartbeats_and_never_longer_than_the_lease() {
+    assert_eq!(TIMING.vote_lease_ms(), 151);
+    assert_eq!(TIMING.openraft_timeouts(), (150, 151));
+    let slow = ElectionTiming {
+        heartbeat_ms: 150,
+        election_timeout_min_ms: 200,
+        election_timeout_max_ms: 400,
+    };
+    assert_eq!(slow.openraft_timeouts(), (399, 400));
+}
+
+#[test]
+fn survivors_of_a_gone_leader_take_turns_by_id() {
+    // Server 1 of voters 1..=5; leader 2 died: survivors 1, 3, 4, 5.
+    let mut first = follower(&[1, 2, 3, 4, 5], 1_000);
+    first.handle(1_010, Input::LeaderGone { leader: 2 });
+    let due = first.poll_timeout().unwrap();
+    assert!((1_151..=1_151 + HEARTBEAT_MS / 2).contains(&due), "{due}");
+    // Leader 1 died: server 1 is not a survivor's turn 0 any more, but it
+    // is also the dead one; a survivor's turn follows its rank.
+    let mut e = Elections::new(4, TIMING, 7, 0);
+    e.handle(0, role(Role::Follower, &[1, 2, 3, 4, 5], 1));
+    e.handle(1_000, Input::LeaderContact);
+    e.handle(1_010, Input::LeaderGone { leader: 1 });
+    let due = e.poll_timeout().unwrap();
+    let turn_2 = 1_151 + 2 * HEARTBEAT_MS;
+    assert!((turn_2..=turn_2 + HEARTBEAT_MS / 2).contains(&due), "{due}");
+}
+
+#[test]
+fn a_wrong_leader_gone_report_is_undone_by_the_next_heartbeat() {
+    let mut e = follower(&[1, 2, 3], 1_000);
+    e.handle(1_010, Input::LeaderGone { leader: 3 });
+    e.handle(1_020, Input::LeaderContact);
+    assert_eq!(drain(&mut e), []);
+    assert!(!e.would_vote_for(1_030, Some((1, 3))), "the lease is back");
+    assert!(e.poll_timeout().unwrap() >= 1_020 + LEASE_MS);
+}
+
+#[test]
+fn leader_gone_never_postpones_a_wait_or_makes_a_leader_campaign() {
+    // A follower whose wait is nearly over keeps it.
+    let mut e = follower(&[1, 2, 3], 0);
+    let due = e.poll_timeout().unwrap();
+    e.handle(due - 1, Input::LeaderGone { leader: 3 });
+    assert_eq!(e.poll_timeout(), Some(due));
+    // A leader only forgets a lease it does not use.
+    let mut leader = follower(&[1, 2, 3], 0);
+    leader.handle(10, role(Role::Leader, &[1, 2, 3], 2));
+    leader.handle(20, Input::LeaderGone { leader: 3 });
+    assert_eq!(drain(&mut leader), []);
+    assert_eq!(leader.poll_timeout(), None);
+    assert!(!leader.would_vote_for(20, Some((9, 9))));
+}
+
+#[test]
 fn a_granted_vote_restarts_the_wait_but_is_no_lease() {
     let mut e = follower(&[1, 2, 3], 0);
     e.handle(1_000, Input::VoteGranted);
@@ -1010,6 +1089,7 @@ enum Op {
     ToDeadline,
     Contact,
     VoteGranted,
+    Gone(u64),
     Role {
         role: Role,
         voters: Vec<u64>,
@@ -1049,6 +1129,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::ToDeadline),
         2 => Just(Op::Contact),
         1 => Just(Op::VoteGranted),
+        1 => (1u64..=6).prop_map(Op::Gone),
         2 => (role, voters, -1i64..=2).prop_map(|(role, voters, term_step)| Op::Role { role, voters, term_step }),
         1 => proptest::option::of((0u64..3, 0u64..4)).prop_map(Op::LastLog),
         1 => any::<bool>().prop_map(Op::HandingOff),
@@ -1161,6 +1242,7 @@ proptest! {
                     e.handle(m.now_ms, Input::VoteGranted);
                     m.spoil();
                 }
+                Op::Gone(leader) => e.handle(m.now_ms, Input::LeaderGone { leader }),
                 Op::Role { role, voters, term_step } => {
                     let term = m.term.saturating_add_signed(term_step);
                     e.handle(m.now_ms, Input::Role { role, voters: voters.clone(), term });

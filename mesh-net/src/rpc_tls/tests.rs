@@ -250,3 +250,21 @@ fn inconsistent_settings_are_refused_with_the_reason() {
     let key_text = format!("{:?}", config(&ca, Some(&server_cert)));
     assert!(!key_text.contains("PRIVATE KEY"), "{key_text}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_says_nothing_is_dropped_after_the_handshake_timeout() {
+    let ca = ca();
+    let server_cert = cert(&ca, CertKind::Server);
+    let (addr, mut roles) = server(RpcTls::new(&config(&ca, Some(&server_cert))).unwrap()).await;
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    // Paused time moves on while every task waits: the server's first-byte
+    // read gives up after HANDSHAKE_TIMEOUT and closes the connection.
+    let refusal = roles.recv().await.unwrap().unwrap_err();
+    assert!(
+        refusal.contains("no request and no TLS handshake"),
+        "{refusal}"
+    );
+    let mut byte = [0u8; 1];
+    let closed = tokio::io::AsyncReadExt::read(&mut silent, &mut byte).await;
+    assert!(matches!(closed, Ok(0)) || closed.is_err(), "{closed:?}");
+}

@@ -21,6 +21,7 @@ mod election;
 mod formation;
 mod hand_off;
 mod leader;
+mod leader_gone;
 mod liveness;
 pub mod read_rounds;
 mod requests;
@@ -163,6 +164,8 @@ pub struct Server {
     leader_view: tokio::sync::watch::Sender<crate::routing::LeaderView>,
     /// Leadership is being handed off: new writes are refused (not run).
     handing_off: AtomicBool,
+    /// A dial to the leader's RPC port is under way (see `leader_gone`).
+    probing_leader: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The snapshot being received from the leader, chunk by chunk.
     snapshot_in: Mutex<Reassembly>,
@@ -256,13 +259,21 @@ impl Server {
         };
         let formation = Formation::new(info.clone(), config.bootstrap, has_state)
             .map_err(|e| StartError::Config(e.to_string()))?;
+        let (openraft_min_ms, openraft_max_ms) = mesh_core::election::ElectionTiming {
+            heartbeat_ms: config.timing.heartbeat_ms,
+            election_timeout_min_ms: config.timing.election_timeout_min_ms,
+            election_timeout_max_ms: config.timing.election_timeout_max_ms,
+        }
+        .openraft_timeouts();
         let raft_config = openraft::Config {
             cluster_name: "mesh".into(),
             heartbeat_interval: config.timing.heartbeat_ms,
-            election_timeout_min: config.timing.election_timeout_min_ms,
-            // Elections start from `election_driver`, after a PreVote.
+            // Elections start from `election_driver`, after a PreVote;
+            // openraft only uses these as its vote lease and a vote
+            // request's timeout (see `ElectionTiming::openraft_timeouts`).
             enable_elect: false,
-            election_timeout_max: config.timing.election_timeout_max_ms,
+            election_timeout_min: openraft_min_ms,
+            election_timeout_max: openraft_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
             max_in_snapshot_log_to_keep: config.snapshot_threshold.min(1000),
             max_payload_entries: 256,
@@ -282,7 +293,7 @@ impl Server {
         let raft = Raft::new(
             node_id,
             Arc::new(raft_config),
-            NetworkFactory::new(rpc.clone()),
+            NetworkFactory::new(rpc.clone(), log.clone()),
             log_store,
             state_store,
         )
@@ -309,6 +320,7 @@ impl Server {
             started: Instant::now(),
             leader_view: tokio::sync::watch::Sender::new(Default::default()),
             handing_off: AtomicBool::new(false),
+            probing_leader: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             snapshot_in: Mutex::new(Reassembly::new()),
             heartbeats,
@@ -319,10 +331,20 @@ impl Server {
             telemetry,
         });
         let handler_server = server.clone();
-        let serve = tokio::spawn(rpc::serve(listener, rpc_tls, move |req| {
-            let s = handler_server.clone();
-            async move { s.handle_rpc(req).await }
-        }));
+        let closed_server = Arc::downgrade(&server);
+        let serve = tokio::spawn(rpc::serve(
+            listener,
+            rpc_tls,
+            move |req| {
+                let s = handler_server.clone();
+                async move { s.handle_rpc(req).await }
+            },
+            move |peer| {
+                if let Some(s) = closed_server.upgrade() {
+                    s.peer_connection_closed(peer);
+                }
+            },
+        ));
         let formation = tokio::spawn(server.clone().formation_loop());
         let watchdog = tokio::spawn(server.clone().election_driver());
         let leader_view = tokio::spawn(server.clone().publish_leader_view());
