@@ -257,13 +257,8 @@ fn write_seeds() {
 /// seed must reach an endpoint, not die in routing).
 fn http_answer(input: &[u8]) -> Vec<u8> {
     fuzz_targets::http_api(input);
-    let (method, rest) = input.split_first().unwrap();
-    let method = ["GET", "PUT", "POST", "DELETE"][usize::from(*method) % 4];
-    let (target, body) = match rest.iter().position(|&b| b == b'\n') {
-        Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (rest, &[][..]),
-    };
-    fuzz_targets::ask_dev_agent(method, std::str::from_utf8(target).unwrap(), body)
+    let (method, target, body) = fuzz_targets::http_request_parts(input).unwrap();
+    fuzz_targets::ask_dev_agent(method, &target, body)
 }
 
 /// Log entries as the server decodes them: KV (with a transaction and a

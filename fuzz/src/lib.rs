@@ -436,15 +436,9 @@ const METHODS: [&str; 4] = ["GET", "PUT", "POST", "DELETE"];
 /// registrations carrying network health checks (HTTP, TCP, gRPC, UDP,
 /// H2PING, scripts), whose targets would be dialed.
 pub fn http_api(data: &[u8]) {
-    let Some((&method, rest)) = data.split_first() else {
+    let Some((method, target, body)) = http_request_parts(data) else {
         return;
     };
-    let method = METHODS[usize::from(method) % METHODS.len()];
-    let (target, body) = match rest.iter().position(|&b| b == b'\n') {
-        Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (rest, &[][..]),
-    };
-    let target = request_target(target);
     if ["leave", "raft/peer", "transfer-leader"]
         .iter()
         .any(|p| target.contains(p))
@@ -486,11 +480,9 @@ pub fn http_api(data: &[u8]) {
         }
         // Slow (a blocking query waits) or cut: the agent must still answer.
         Err(_) => {
-            let probe = exchange(
+            let probe = get(
                 agent,
-                "GET",
                 "/v1/status/leader",
-                b"",
                 std::time::Duration::from_secs(10),
             );
             assert!(
@@ -514,6 +506,18 @@ pub fn ask_dev_agent(method: &str, target: &str, body: &[u8]) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// The request an `http_api` input stands for: method, request target
+/// (percent-encoded where a URI needs it) and body.
+pub fn http_request_parts(data: &[u8]) -> Option<(&'static str, String, &[u8])> {
+    let (&method, rest) = data.split_first()?;
+    let method = METHODS[usize::from(method) % METHODS.len()];
+    let (target, body) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    Some((method, request_target(target), body))
+}
+
 /// `raw` as a request target hyper accepts: a leading `/`, and every byte
 /// outside the URI's visible characters percent-encoded.
 fn request_target(raw: &[u8]) -> String {
@@ -535,6 +539,15 @@ fn is_status_line(answer: &[u8]) -> bool {
     answer.len() >= 12
         && answer.starts_with(b"HTTP/1.1 ")
         && answer[9..12].iter().all(u8::is_ascii_digit)
+}
+
+/// `GET path` on a new connection; the whole answer.
+fn get(
+    agent: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<Vec<u8>> {
+    exchange(agent, "GET", path, b"", timeout)
 }
 
 /// One request on a new connection; the whole answer (the agent closes
@@ -609,22 +622,14 @@ fn dev_agent() -> std::net::SocketAddr {
         let addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().expect("address");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let leader = exchange(
-                addr,
-                "GET",
-                "/v1/status/leader",
-                b"",
-                std::time::Duration::from_secs(2),
-            );
+            let leader = get(addr, "/v1/status/leader", std::time::Duration::from_secs(2));
             // Settled: it leads, and has registered itself with its
             // serfHealth check (sessions need it).
             let led = leader.is_ok_and(|a| a.starts_with(b"HTTP/1.1 200") && !a.ends_with(b"\"\""));
             if led {
-                let own = exchange(
+                let own = get(
                     addr,
-                    "GET",
                     "/v1/health/node/dev",
-                    b"",
                     std::time::Duration::from_secs(2),
                 );
                 if own.is_ok_and(|a| String::from_utf8_lossy(&a).contains("serfHealth")) {

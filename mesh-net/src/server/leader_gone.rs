@@ -6,15 +6,16 @@
 //! connection it had open to this server ends. An ended connection from
 //! the leader's address is only a hint (connections also end for benign
 //! reasons), so it is checked: this server dials the leader's RPC port,
-//! and only a refused connection (nothing listens there: the process is
-//! gone, or restarting) is reported to the election machine as
-//! `LeaderGone`. A connection that succeeds or times out reports nothing,
+//! and only a refused connection, or one reset before any request (nothing
+//! listens there any more: the process is gone, or restarting), is
+//! reported to the election machine as `LeaderGone`. A connection that succeeds or times out reports nothing,
 //! and the lease decides as before; a partitioned leader is never
 //! "refused", so partitions keep the lease's protection.
 
 use std::net::SocketAddr;
 
 use mesh_core::election::Input;
+use tokio::io::AsyncReadExt;
 
 use super::*;
 
@@ -40,10 +41,24 @@ impl Server {
         }
         let server = self.clone();
         tokio::spawn(async move {
-            let refused = matches!(
-                clock::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(leader_addr)).await,
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
-            );
+            let refused =
+                match clock::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(leader_addr))
+                    .await
+                {
+                    Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+                    // A dying process's listening socket can still complete a
+                    // handshake (its connections close before it does); the
+                    // kernel then resets the connection, where a live server
+                    // would wait for the request.
+                    Ok(Ok(mut conn)) => {
+                        let mut byte = [0u8; 1];
+                        matches!(
+                            clock::timeout(PROBE_TIMEOUT, conn.read(&mut byte)).await,
+                            Ok(Ok(0) | Err(_))
+                        )
+                    }
+                    Err(_) => false,
+                };
             // Still the leader this server knew: a new term makes the
             // answer about someone else.
             let still = server.leader().is_some_and(|l| l.node_id == leader.node_id);
