@@ -8,7 +8,7 @@
 //! PreVote questions the machine asks for, calls openraft's `elect` when it
 //! says so, and otherwise sleeps until the machine's next deadline.
 
-use mesh_core::election::{ElectionTiming, Elections, Input, Output, Role};
+use mesh_core::election::{Elections, Input, Output, Role};
 use tokio::sync::mpsc;
 
 use super::*;
@@ -21,11 +21,7 @@ impl Server {
     pub(super) fn new_elections(node_id: u64, timing: RaftTiming) -> Elections {
         use openraft::AsyncRuntime;
         use rand::Rng;
-        let timing = ElectionTiming {
-            heartbeat_ms: timing.heartbeat_ms,
-            election_timeout_min_ms: timing.election_timeout_min_ms,
-            election_timeout_max_ms: timing.election_timeout_max_ms,
-        };
+        let timing = timing.election_timing();
         // Seeded by the simulator (through the getrandom patch).
         let seed = crate::runtime::MeshRuntime::thread_rng().gen::<u64>();
         Elections::new(node_id, timing, seed, 0)

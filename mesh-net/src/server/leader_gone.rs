@@ -8,11 +8,12 @@
 //! reasons), so it is checked: this server dials the leader's RPC port,
 //! and only a refused connection, or one reset before any request (nothing
 //! listens there any more: the process is gone, or restarting), is
-//! reported to the election machine as `LeaderGone`. A connection that succeeds or times out reports nothing,
-//! and the lease decides as before; a partitioned leader is never
-//! "refused", so partitions keep the lease's protection.
-
-use std::net::SocketAddr;
+//! reported to the election machine as `LeaderGone`. A connection that
+//! succeeds or times out reports nothing, and the lease decides as before.
+//! A partition that rejects connections (an nftables `reject` rule, or
+//! the simulator's network, which refuses across a cut link) also reads as
+//! "gone": that costs the lease's protection, never safety, since a
+//! PreVote still needs a majority and every vote is Raft's.
 
 use mesh_core::election::Input;
 use tokio::io::AsyncReadExt;

@@ -55,16 +55,29 @@ use crate::rpc::{self, RpcClient, RpcRequest, RpcResponse};
 use crate::state_store::{StateStore, StateView};
 
 /// Raft timing. Shorter than Consul's defaults (1 s heartbeat timeout):
-/// failover is bounded by `election_timeout_max_ms` (the leader lease).
+/// a leader that is paused or cut off is replaced after
+/// `election_timeout_max_ms` (the PreVote lease) and a draw; one whose
+/// process died, sooner (see `leader_gone`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaftTiming {
     /// Leader heartbeat period.
     pub heartbeat_ms: u64,
     /// Lower bound of the randomized election timeout.
     pub election_timeout_min_ms: u64,
-    /// Upper bound of the randomized election timeout; also the leader lease
-    /// during which followers refuse to vote for another candidate.
+    /// Upper bound of the randomized election timeout; also the lease
+    /// during which followers refuse PreVotes for another candidate.
     pub election_timeout_max_ms: u64,
+}
+
+impl RaftTiming {
+    /// The same numbers for the election machine.
+    pub(crate) fn election_timing(self) -> mesh_core::election::ElectionTiming {
+        mesh_core::election::ElectionTiming {
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+        }
+    }
 }
 
 impl Default for RaftTiming {
@@ -259,12 +272,8 @@ impl Server {
         };
         let formation = Formation::new(info.clone(), config.bootstrap, has_state)
             .map_err(|e| StartError::Config(e.to_string()))?;
-        let (openraft_min_ms, openraft_max_ms) = mesh_core::election::ElectionTiming {
-            heartbeat_ms: config.timing.heartbeat_ms,
-            election_timeout_min_ms: config.timing.election_timeout_min_ms,
-            election_timeout_max_ms: config.timing.election_timeout_max_ms,
-        }
-        .openraft_timeouts();
+        let (openraft_min_ms, openraft_max_ms) =
+            config.timing.election_timing().openraft_timeouts();
         let raft_config = openraft::Config {
             cluster_name: "mesh".into(),
             heartbeat_interval: config.timing.heartbeat_ms,
