@@ -16,6 +16,7 @@ pub mod filter;
 pub mod formation;
 pub mod hash;
 pub mod liveness;
+pub mod log_limit;
 pub mod record;
 pub mod session_api;
 pub mod session_ttl;

@@ -25,6 +25,7 @@ pub mod dns;
 pub mod flags;
 pub mod http;
 pub mod http_client;
+pub mod log_limit;
 pub mod log_store;
 pub mod mutants;
 pub mod network;

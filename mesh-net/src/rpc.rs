@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::clock;
+use crate::log_limit::LogGate;
 use crate::raft_types::{RaftEnvelope, RaftReply};
 use crate::rpc_tls::{PeerRole, RpcStream, RpcTls};
 
@@ -142,6 +143,9 @@ where
     F: Future<Output = RpcResponse> + Send + 'static,
     C: Fn(SocketAddr) + Clone + Send + Sync + 'static,
 {
+    // Anyone who can reach the port can cause refusals: their lines are
+    // limited per kind, and each line says how many were held back.
+    let refusal_log = Arc::new(LogGate::new());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -154,6 +158,7 @@ where
         let handler = handler.clone();
         let closed = closed.clone();
         let tls = tls.clone();
+        let refusal_log = refusal_log.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let (stream, role) = match &tls {
@@ -164,12 +169,16 @@ where
                     Err(e) => {
                         // A peer without the right certificate, or plaintext
                         // where TLS is required: closed, and said once.
-                        warn!(%peer, error = %e, "rpc connection refused");
+                        if let Some(held_back) = refusal_log.admit(RpcRefusal::Connection) {
+                            warn!(%peer, error = %e, held_back, "rpc connection refused");
+                        }
                         return;
                     }
                 },
             };
-            if let Err(e) = serve_connection(stream, tls.as_deref(), role, handler).await {
+            if let Err(e) =
+                serve_connection(stream, tls.as_deref(), role, handler, &refusal_log).await
+            {
                 // Garbage, a bad frame or a reset: this connection ends, nothing else.
                 debug!(%peer, error = %e, "rpc connection closed");
             }
@@ -178,11 +187,21 @@ where
     }
 }
 
+/// The kinds of refusal line an RPC listener logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum RpcRefusal {
+    /// The TLS handshake or the first bytes failed.
+    Connection,
+    /// A request this peer's role may not make.
+    Request,
+}
+
 async fn serve_connection<H, F>(
     mut stream: RpcStream,
     tls: Option<&RpcTls>,
     role: PeerRole,
     handler: H,
+    refusal_log: &LogGate<RpcRefusal>,
 ) -> io::Result<()>
 where
     H: Fn(RpcRequest) -> F,
@@ -192,11 +211,14 @@ where
         let refusal = tls.and_then(|tls| tls.refusal(&req, role));
         let resp = match refusal {
             Some(why) => {
-                warn!(
-                    ?role,
-                    request = request_kind(&req),
-                    "rpc request refused: {why}"
-                );
+                if let Some(held_back) = refusal_log.admit(RpcRefusal::Request) {
+                    warn!(
+                        ?role,
+                        request = request_kind(&req),
+                        held_back,
+                        "rpc request refused: {why}"
+                    );
+                }
                 Response::Error(RpcError::Rejected(why))
             }
             None => handler(req).await,

@@ -5,8 +5,9 @@
 //! last step: TLS handshake with the current server config (client leaf
 //! chained to the roots, in our trust domain) within the handshake
 //! timeout; the peer's SPIFFE ID; the [`Authorizer`]; a dial to the app;
-//! then the pipe. Each refusal is logged once, with its reason, and
-//! counted by class in [`Metrics`].
+//! then the pipe. Each refusal is counted by class in [`Metrics`] and
+//! logged with its reason, the lines of each class limited by a
+//! [`LogGate`]: anyone who can reach the port can cause refusals.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -24,6 +25,7 @@ use tracing::{debug, info, warn};
 use super::pipe::pipe;
 use super::{Authorizer, CurrentConfig, Limits, Metrics, Refusal, TlsMaterial};
 use crate::clock;
+use crate::log_limit::LogGate;
 use crate::mutants::{self, Mutant};
 use crate::tls;
 
@@ -35,6 +37,8 @@ struct Inbound {
     metrics: Arc<Metrics>,
     /// Connections still in their TLS handshake, per peer address.
     handshaking: Mutex<BTreeMap<IpAddr, usize>>,
+    /// Refusal log lines, per class.
+    refusal_log: LogGate<Refusal>,
 }
 
 /// One connection's place among its address's handshakes in flight;
@@ -101,6 +105,7 @@ pub async fn serve(
         limits,
         metrics,
         handshaking: Mutex::new(BTreeMap::new()),
+        refusal_log: LogGate::new(),
     });
     loop {
         let (permit, tcp, peer) = super::accept_slot(&listener, &slots, "inbound").await;
@@ -130,12 +135,15 @@ async fn connection<S>(
 {
     let refuse = |why: Refusal, reason: &dyn std::fmt::Display| {
         shared.metrics.refused(why);
+        let Some(held_back) = shared.refusal_log.admit(why) else {
+            return;
+        };
         match why {
             Refusal::Handshake | Refusal::Intention => {
-                info!(%peer, ?why, %reason, "sidecar inbound connection refused")
+                info!(%peer, ?why, %reason, held_back, "sidecar inbound connection refused")
             }
             Refusal::Identity | Refusal::AppDial => {
-                warn!(%peer, ?why, %reason, "sidecar inbound connection refused")
+                warn!(%peer, ?why, %reason, held_back, "sidecar inbound connection refused")
             }
         }
     };

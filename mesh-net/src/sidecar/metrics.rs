@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why the inbound side closed a connection before it reached the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Refusal {
     /// No TLS material yet, or the TLS handshake failed or timed out
     /// (wrong CA, expired leaf, no client certificate, not TLS at all).

@@ -5,7 +5,9 @@
 //! list (a per-listener counter, so the spread is deterministic) and walks
 //! the list once on dial or handshake failure, within the dial budget.
 //! When no instance answers in time the local connection is closed: the
-//! app sees a clean EOF and can retry.
+//! app sees a clean EOF and can retry. An app retrying in a loop would
+//! log a line per attempt, so failure lines are limited per kind by a
+//! [`LogGate`] (the metrics count every one).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::{CurrentConfig, Limits, Metrics, TlsMaterial};
 use crate::clock::{self, Instant};
+use crate::log_limit::LogGate;
 use crate::tls;
 
 /// What every connection of one upstream listener shares.
@@ -25,6 +28,15 @@ struct Upstream {
     destination: String,
     limits: Limits,
     metrics: Arc<Metrics>,
+    failure_log: LogGate<Failure>,
+}
+
+/// The kinds of failure line an upstream listener logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Failure {
+    NoTlsMaterial,
+    Handshake,
+    NoInstance,
 }
 
 /// Accepts the local app's connections on `listener` and carries each
@@ -52,6 +64,7 @@ pub async fn serve_upstream(
         destination,
         limits,
         metrics,
+        failure_log: LogGate::new(),
     });
     let mut opened: usize = 0;
     loop {
@@ -66,7 +79,9 @@ pub async fn serve_upstream(
             let _ = local.set_nodelay(true);
             let Some(config) = config else {
                 shared.metrics.outbound_failed();
-                info!(%app, destination = %shared.destination, "sidecar upstream refused: no TLS material yet");
+                if let Some(held_back) = shared.failure_log.admit(Failure::NoTlsMaterial) {
+                    info!(%app, destination = %shared.destination, held_back, "sidecar upstream refused: no TLS material yet");
+                }
                 return;
             };
             let Some((remote, instance)) = dial(&shared, config, &targets, first).await else {
@@ -130,7 +145,9 @@ async fn dial(
                 // A server that is not the destination, or an expired
                 // chain: another instance may still be right.
                 last_error = format!("{instance}: {e}");
-                warn!(destination = %shared.destination, %instance, error = %e, "upstream TLS handshake failed; trying the next instance");
+                if let Some(held_back) = shared.failure_log.admit(Failure::Handshake) {
+                    warn!(destination = %shared.destination, %instance, error = %e, held_back, "upstream TLS handshake failed; trying the next instance");
+                }
             }
             Err(elapsed) => {
                 last_error = format!("{instance}: TLS handshake: {elapsed}");
@@ -139,11 +156,14 @@ async fn dial(
         }
     }
     shared.metrics.outbound_failed();
-    warn!(
-        destination = %shared.destination,
-        instances = targets.len(),
-        last_error = %last_error,
-        "sidecar upstream: no instance reachable; closing the local connection"
-    );
+    if let Some(held_back) = shared.failure_log.admit(Failure::NoInstance) {
+        warn!(
+            destination = %shared.destination,
+            instances = targets.len(),
+            last_error = %last_error,
+            held_back,
+            "sidecar upstream: no instance reachable; closing the local connection"
+        );
+    }
     None
 }

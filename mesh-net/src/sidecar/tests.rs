@@ -301,6 +301,81 @@ async fn no_tls_material_yet_and_plaintext_clients_are_refused() {
     assert_eq!(mesh.app.connections(), 0);
 }
 
+/// Log lines written while the guard lives, on this thread (the tests'
+/// runtime runs every task on it).
+struct CapturedLog {
+    text: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl CapturedLog {
+    fn start() -> CapturedLog {
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let sink = text.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || CaptureWriter(sink.clone()))
+            .finish();
+        CapturedLog {
+            text,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.text.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_connections_logs_a_burst_and_counts_every_one() {
+    let log = CapturedLog::start();
+    let ca = TestCa::new("dc1");
+    let mesh = Mesh::start(&ca, |_| Ok(())).await;
+    const FLOOD: u64 = 4 * crate::log_limit::BURST as u64;
+    for _ in 0..FLOOD {
+        let mut plain = TcpStream::connect(mesh.inbound_addr).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        // The sidecar logs (or not) before it closes the connection.
+        let _ = clock::timeout(WITHIN, plain.read_to_end(&mut answer))
+            .await
+            .expect("closed within 10 s");
+    }
+    assert_eq!(
+        mesh.inbound_metrics.snapshot().inbound_refused_handshake,
+        FLOOD,
+        "every refusal is counted"
+    );
+    let lines = log.lines_with("sidecar inbound connection refused");
+    assert_eq!(
+        lines.len(),
+        crate::log_limit::BURST as usize,
+        "one window's burst of lines, not one per connection: {lines:#?}"
+    );
+    assert!(
+        lines.iter().all(|l| l.contains("held_back=0")),
+        "{lines:#?}"
+    );
+}
+
 #[tokio::test]
 async fn a_dead_first_instance_is_skipped_for_the_next() {
     let ca = TestCa::new("dc1");
