@@ -109,6 +109,9 @@ pub enum Mutant {
     /// A deposed leader's replication task keeps sending entries under its
     /// old vote after this server's log was overwritten by a newer leader.
     StaleVoteReplication,
+    /// The upstream side of a sidecar carries the app's bytes to the
+    /// destination's sidecar over plain TCP, without TLS.
+    UpstreamPlaintext,
 }
 
 impl Mutant {
@@ -150,6 +153,7 @@ impl Mutant {
         ("leaf_not_renewed_by_age", Mutant::LeafNotRenewedByAge),
         ("leader_gone_ignored", Mutant::LeaderGoneIgnored),
         ("stale_vote_replication", Mutant::StaleVoteReplication),
+        ("upstream_plaintext", Mutant::UpstreamPlaintext),
     ];
 
     /// The mutant called `name`.

@@ -11,7 +11,9 @@
 //! - Both sidecars run `mesh connect proxy`'s code (`sidecar::control`)
 //!   against their host's agent, as on bare metal.
 //!
-//! Checkers (`checkers::sidecar_security`): every request fcs received was
+//! Checkers (`checkers::wire_plaintext`): no byte of fcc's or fcs's
+//! plaintext crosses between hosts, judged on what the simulated network
+//! carries. (`checkers::sidecar_security`): every request fcs received was
 //! sent by fcc (no attacker byte reached it); every answer fcc accepted
 //! came from fcs (nothing else impersonated it); answers are intact; while
 //! the intention denies, nothing reaches fcs; traffic resumes within
@@ -38,6 +40,7 @@ use tracing::info;
 use crate::agent_hosts::BootTask;
 use crate::agents::{http, http_ok};
 use crate::checkers::sidecar_security::{self, Attack, Traffic};
+use crate::checkers::wire_plaintext::Wire;
 use crate::scenarios::{rand_ms, Report, Run, ELECTION_BOUND};
 
 const FCS: usize = 0;
@@ -197,7 +200,26 @@ async fn wait_answers(
     Ok(t.elapsed())
 }
 
+/// What only the application's plaintext contains: fcc's requests, and
+/// fcs's echoes of them.
+const APP_MARKER: &str = "REQ fcc-";
+/// Sidecar traffic between hosts a passing run must show: at least a
+/// handshake (over 1 KiB) for each of the answers it requires.
+const MIN_SIDECAR_BYTES: u64 = sidecar_security::MIN_ANSWERS as u64 * 1024;
+
 pub(crate) async fn connect() -> Result<Report, String> {
+    let wire = Arc::new(Mutex::new(Wire::new(APP_MARKER, SIDECAR_PORT)));
+    let tap = wire.clone();
+    madsim::net::NetSim::current().tap_tcp(move |writer, reader, bytes| {
+        tap.lock().expect("wire").flushed(writer, reader, bytes)
+    });
+    let result = connect_phases(&wire).await;
+    // Plaintext on the wire is the cause of whatever else failed with it.
+    wire.lock().expect("wire").leak()?;
+    result
+}
+
+async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
     let (mut run, _) = Run::three_servers(256).await?;
     run.cluster.add_agent_hosts();
     let traffic = Arc::new(Mutex::new(Traffic::default()));
@@ -327,9 +349,16 @@ pub(crate) async fn connect() -> Result<Report, String> {
     .await?;
     run.report.connect_restart_ms = took.as_millis() as u64;
 
+    info!("phase: a tour of the HTTP API through fcc00's agent and a server");
+    let agent = run.cluster.agents[FCC].http_addr();
+    let server = run.cluster.http_addr(rand_ms(0, 2).as_millis() as usize);
+    let calls = crate::api_tour::tour(&run, &agent, &server).await?;
+    info!(calls, "api tour done");
+
     let verdict = traffic.lock().expect("traffic").clone();
     run.report.connect_answers = verdict.answered() as u64;
     sidecar_security::check(&verdict)?;
+    wire.lock().expect("wire").check(MIN_SIDECAR_BYTES)?;
     run.finish().await
 }
 

@@ -10,6 +10,8 @@
 pub mod agent_hosts;
 #[cfg(madsim)]
 pub mod agents;
+#[cfg(madsim)]
+pub mod api_tour;
 pub mod checkers;
 #[cfg(madsim)]
 pub mod cluster;

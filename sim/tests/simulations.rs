@@ -229,6 +229,9 @@ fn planted_bugs_are_caught() {
         ("rpc_server_requests_from_agents", "connect", "0..5"),
         // A leaf kept past its renewal point (fcs00's clock jumps 66 h).
         ("leaf_not_renewed_by_age", "connect", "0..5"),
+        // The upstream sidecar without TLS: fcc's plaintext seen on the
+        // simulated network between hosts (wire_plaintext).
+        ("upstream_plaintext", "connect", "0..5"),
         // Group commit: a writer given another's answer in a batch.
         ("batch_results_misrouted", "group_commit", "0..5"),
         // Only the seeds whose fault is a kill can catch it.

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::{CurrentConfig, Limits, Metrics, TlsMaterial};
 use crate::clock::{self, Instant};
 use crate::log_limit::LogGate;
+use crate::mutants::{self, Mutant};
 use crate::tls;
 
 /// What every connection of one upstream listener shares.
@@ -84,6 +85,9 @@ pub async fn serve_upstream(
                 }
                 return;
             };
+            if mutants::enabled(Mutant::UpstreamPlaintext) {
+                return plaintext_upstream(local, app, &targets, first, &shared).await;
+            }
             let Some((remote, instance)) = dial(&shared, config, &targets, first).await else {
                 return;
             };
@@ -166,4 +170,30 @@ async fn dial(
         );
     }
     None
+}
+
+/// [`Mutant::UpstreamPlaintext`]: the app's bytes to the first instance
+/// over plain TCP.
+async fn plaintext_upstream(
+    local: TcpStream,
+    app: SocketAddr,
+    targets: &[SocketAddr],
+    first: usize,
+    shared: &Upstream,
+) {
+    let Some(&instance) = targets.get(first % targets.len().max(1)) else {
+        return;
+    };
+    if let Ok(remote) = TcpStream::connect(instance).await {
+        super::carry(
+            local,
+            remote,
+            &shared.limits,
+            &shared.metrics,
+            "upstream",
+            &app,
+            &instance,
+        )
+        .await;
+    }
 }

@@ -14,5 +14,6 @@ pub mod registrations;
 pub mod sidecar_security;
 pub mod state_machine;
 pub mod txn_atomicity;
+pub mod wire_plaintext;
 pub mod work_done;
 pub mod write_gap;

@@ -1,0 +1,613 @@
+//! A tour of the HTTP API as Consul's clients use it, run inside the
+//! Connect scenario once fcs and fcc talk through their sidecars: every
+//! endpoint family (agent, checks, catalog, health, intentions, CA,
+//! sessions, transactions, status, operator, metrics), each answer judged
+//! on its status and on the fields a client reads, and one malformed
+//! request per family answered 400, with nothing changed by it.
+//!
+//! It brings the API's handlers into the simulator, so they run against
+//! servers that have just failed over and agents that have just restarted,
+//! and the coverage measure (`sim/coverage/run.sh`) counts them.
+
+use std::time::Duration;
+
+use madsim::time::{sleep, Instant};
+use serde_json::Value;
+
+use crate::agents::http;
+use crate::scenarios::Run;
+
+/// How long one call may keep failing for reasons that are not its own
+/// (5xx, no leader, a connection refused) before the tour fails.
+const RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// Calls `method path` on `addr` until it answers `want` or something
+/// other than a 5xx or a transport error (bounded by [`RETRY_FOR`]); the answer must
+/// have status `want`. Returns the body as JSON (`Null` if it is not).
+async fn expect(
+    run: &Run,
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    want: u16,
+) -> Result<Value, String> {
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        match http(run, addr.to_owned(), method, path, body.as_bytes()).await {
+            Ok((status, text)) if status == want || status < 500 => {
+                if status != want {
+                    return Err(format!(
+                        "api tour: {method} {path} on {addr}: {status} (wanted {want}): {text}"
+                    ));
+                }
+                return Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)));
+            }
+            other if Instant::now() > deadline => {
+                return Err(format!(
+                    "api tour: {method} {path} on {addr} kept failing: {other:?}"
+                ))
+            }
+            _ => sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Fails the tour with `what` unless `ok`.
+fn judge(ok: bool, what: &str, seen: &Value) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        let mut seen = seen.to_string();
+        seen.truncate(600);
+        Err(format!("api tour: {what}; got {seen}"))
+    }
+}
+
+fn array_len(v: &Value) -> usize {
+    v.as_array().map_or(0, Vec::len)
+}
+
+/// Whether some element of array `v` has `field` equal to `want`.
+fn any_with(v: &Value, field: &str, want: &str) -> bool {
+    v.as_array()
+        .is_some_and(|a| a.iter().any(|e| e[field].as_str() == Some(want)))
+}
+
+/// The whole tour. `agent` is fcc00's agent, `server` a server's HTTP
+/// address; fcs and fcc are registered with sidecars, fcc → fcs allowed.
+pub(crate) async fn tour(run: &Run, agent: &str, server: &str) -> Result<u64, String> {
+    let mut calls = 0u64;
+    macro_rules! call {
+        ($addr:expr, $method:expr, $path:expr, $body:expr, $want:expr) => {{
+            calls += 1;
+            expect(run, $addr, $method, $path, $body, $want).await?
+        }};
+    }
+
+    // The agent itself.
+    let me = call!(agent, "GET", "/v1/agent/self", "", 200);
+    judge(
+        me["Config"]["NodeName"] == "fcc00" && me["Config"]["Datacenter"].is_string(),
+        "agent/self names fcc00 and its datacenter",
+        &me,
+    )?;
+    let members = call!(agent, "GET", "/v1/agent/members", "", 200);
+    judge(
+        any_with(&members, "Name", "fcs00") && any_with(&members, "Name", "fcc00"),
+        "agent/members lists both client hosts",
+        &members,
+    )?;
+    let services = call!(agent, "GET", "/v1/agent/services", "", 200);
+    judge(
+        services["fcc"]["Service"] == "fcc"
+            && services["fcc-sidecar-proxy"]["Kind"] == "connect-proxy",
+        "agent/services holds fcc and its sidecar",
+        &services,
+    )?;
+    let fcc = call!(agent, "GET", "/v1/agent/service/fcc", "", 200);
+    judge(fcc["Service"] == "fcc", "agent/service/fcc", &fcc)?;
+    call!(agent, "GET", "/v1/agent/service/no-such-service", "", 404);
+    let metrics = call!(agent, "GET", "/v1/agent/metrics", "", 200);
+    judge(
+        metrics["Gauges"].is_array() && metrics["Counters"].is_array(),
+        "agent/metrics has Gauges and Counters",
+        &metrics,
+    )?;
+    let prom = call!(agent, "GET", "/v1/agent/metrics?format=prometheus", "", 200);
+    judge(
+        prom.as_str().is_some_and(|t| t.contains("# TYPE")),
+        "agent/metrics?format=prometheus is Prometheus text",
+        &prom,
+    )?;
+
+    // A TTL check through its life.
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/check/register",
+        r#"{"Name":"tour","CheckID":"tour","TTL":"60s"}"#,
+        200
+    );
+    for (verb, status) in [
+        ("pass", "passing"),
+        ("warn", "warning"),
+        ("fail", "critical"),
+    ] {
+        call!(
+            agent,
+            "PUT",
+            &format!("/v1/agent/check/{verb}/tour?note=tour"),
+            "",
+            200
+        );
+        let checks = call!(agent, "GET", "/v1/agent/checks", "", 200);
+        judge(
+            checks["tour"]["Status"] == status,
+            &format!("check/{verb} leaves the check {status}"),
+            &checks,
+        )?;
+    }
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/check/update/tour",
+        r#"{"Status":"passing","Output":"all good"}"#,
+        200
+    );
+    let checks = call!(agent, "GET", "/v1/agent/checks", "", 200);
+    judge(
+        checks["tour"]["Status"] == "passing" && checks["tour"]["Output"] == "all good",
+        "check/update sets status and output",
+        &checks,
+    )?;
+    call!(agent, "PUT", "/v1/agent/check/register", "{", 400);
+    call!(agent, "PUT", "/v1/agent/check/deregister/tour", "", 200);
+    let checks = call!(agent, "GET", "/v1/agent/checks", "", 200);
+    judge(
+        checks.get("tour").is_none(),
+        "check/deregister removes it",
+        &checks,
+    )?;
+
+    // A service through its life, with maintenance.
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/service/register",
+        r#"{"Name":"tour-svc","ID":"tour-svc","Port":7070,"Tags":["a"]}"#,
+        200
+    );
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/service/register",
+        r#"{"Port":"x"}"#,
+        400
+    );
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/service/maintenance/tour-svc?enable=true&reason=tour",
+        "",
+        200
+    );
+    let health = call!(
+        agent,
+        "GET",
+        "/v1/agent/health/service/id/tour-svc",
+        "",
+        503
+    );
+    judge(
+        health["AggregatedStatus"] == "maintenance" || health["AggregatedStatus"] == "critical",
+        "a service in maintenance is not healthy",
+        &health,
+    )?;
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/service/maintenance/tour-svc?enable=false",
+        "",
+        200
+    );
+    let health = call!(
+        agent,
+        "GET",
+        "/v1/agent/health/service/name/tour-svc",
+        "",
+        200
+    );
+    judge(
+        array_len(&health) == 1 && health[0]["AggregatedStatus"] == "passing",
+        "out of maintenance, the service is passing",
+        &health,
+    )?;
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/service/deregister/tour-svc",
+        "",
+        200
+    );
+    let services = call!(agent, "GET", "/v1/agent/services", "", 200);
+    judge(
+        services.get("tour-svc").is_none(),
+        "service/deregister removes it",
+        &services,
+    )?;
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/maintenance?enable=true&reason=tour",
+        "",
+        200
+    );
+    call!(agent, "PUT", "/v1/agent/maintenance?enable=false", "", 200);
+    // Not implemented yet, and it says so rather than pretending.
+    call!(agent, "PUT", "/v1/agent/reload", "", 501);
+
+    // Connect: the CA, leaves and intentions.
+    let roots = call!(server, "GET", "/v1/connect/ca/roots", "", 200);
+    let active = roots["ActiveRootID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let trust_domain = roots["TrustDomain"].as_str().unwrap_or_default().to_owned();
+    judge(
+        !active.is_empty()
+            && !trust_domain.is_empty()
+            && roots["Roots"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|r| r["ID"] == active.as_str() && r["Active"] == true)
+            }),
+        "connect/ca/roots names an active root and the trust domain",
+        &roots,
+    )?;
+    let config = call!(server, "GET", "/v1/connect/ca/configuration", "", 200);
+    judge(
+        config["Provider"] == "consul",
+        "the CA provider is consul",
+        &config,
+    )?;
+    let agent_roots = call!(agent, "GET", "/v1/agent/connect/ca/roots", "", 200);
+    judge(
+        agent_roots["ActiveRootID"] == active.as_str(),
+        "the agent serves the cluster's active root",
+        &agent_roots,
+    )?;
+    let leaf = call!(agent, "GET", "/v1/agent/connect/ca/leaf/fcc", "", 200);
+    judge(
+        leaf["Service"] == "fcc"
+            && leaf["CertPEM"]
+                .as_str()
+                .is_some_and(|p| p.contains("BEGIN CERTIFICATE"))
+            && leaf["PrivateKeyPEM"]
+                .as_str()
+                .is_some_and(|p| p.contains("PRIVATE KEY")),
+        "agent/connect/ca/leaf/fcc is a certificate with its key",
+        &leaf,
+    )?;
+    let intentions = call!(agent, "GET", "/v1/connect/intentions", "", 200);
+    judge(
+        intentions.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|i| i["SourceName"] == "fcc" && i["DestinationName"] == "fcs")
+        }),
+        "connect/intentions lists fcc -> fcs",
+        &intentions,
+    )?;
+    let exact = call!(
+        agent,
+        "GET",
+        "/v1/connect/intentions/exact?source=fcc&destination=fcs",
+        "",
+        200
+    );
+    let check = call!(
+        agent,
+        "GET",
+        "/v1/connect/intentions/check?source=fcc&destination=fcs",
+        "",
+        200
+    );
+    judge(
+        check["Allowed"] == (exact["Action"] == "allow"),
+        "intentions/check agrees with the exact intention",
+        &serde_json::json!([exact, check]),
+    )?;
+    let authorize = call!(
+        agent,
+        "POST",
+        "/v1/agent/connect/authorize",
+        &format!(
+            r#"{{"Target":"fcs","ClientCertURI":"spiffe://{trust_domain}/ns/default/dc/dc1/svc/fcc"}}"#
+        ),
+        200
+    );
+    judge(
+        authorize["Authorized"] == check["Allowed"],
+        "agent/connect/authorize agrees with intentions/check",
+        &authorize,
+    )?;
+    call!(agent, "POST", "/v1/agent/connect/authorize", "[]", 400);
+    call!(
+        agent,
+        "PUT",
+        "/v1/connect/intentions/exact?source=tour-a&destination=tour-b",
+        r#"{"Action":"deny"}"#,
+        200
+    );
+    let denied = call!(
+        agent,
+        "GET",
+        "/v1/connect/intentions/check?source=tour-a&destination=tour-b",
+        "",
+        200
+    );
+    judge(
+        denied["Allowed"] == false,
+        "a deny intention denies",
+        &denied,
+    )?;
+    let matched = call!(
+        agent,
+        "GET",
+        "/v1/connect/intentions/match?by=source&name=tour-a",
+        "",
+        200
+    );
+    judge(
+        any_with(&matched["tour-a"], "DestinationName", "tour-b"),
+        "intentions/match by source finds it",
+        &matched,
+    )?;
+    call!(
+        agent,
+        "PUT",
+        "/v1/connect/intentions/exact?source=tour-a",
+        r#"{"Action":"deny"}"#,
+        400
+    );
+    call!(
+        agent,
+        "DELETE",
+        "/v1/connect/intentions/exact?source=tour-a&destination=tour-b",
+        "",
+        200
+    );
+    call!(
+        agent,
+        "GET",
+        "/v1/connect/intentions/exact?source=tour-a&destination=tour-b",
+        "",
+        404
+    );
+
+    // The catalog and health, on a server.
+    let dcs = call!(server, "GET", "/v1/catalog/datacenters", "", 200);
+    judge(array_len(&dcs) >= 1, "catalog/datacenters", &dcs)?;
+    let nodes = call!(server, "GET", "/v1/catalog/nodes", "", 200);
+    judge(
+        any_with(&nodes, "Node", "fcs00") && any_with(&nodes, "Node", "fcc00"),
+        "catalog/nodes lists both client hosts",
+        &nodes,
+    )?;
+    let catalog_services = call!(server, "GET", "/v1/catalog/services", "", 200);
+    judge(
+        catalog_services.get("fcs").is_some()
+            && catalog_services.get("fcs-sidecar-proxy").is_some(),
+        "catalog/services holds fcs and its sidecar",
+        &catalog_services,
+    )?;
+    let fcs = call!(server, "GET", "/v1/catalog/service/fcs", "", 200);
+    judge(
+        any_with(&fcs, "ServiceName", "fcs") && any_with(&fcs, "Node", "fcs00"),
+        "catalog/service/fcs is on fcs00",
+        &fcs,
+    )?;
+    let node = call!(server, "GET", "/v1/catalog/node/fcs00", "", 200);
+    judge(
+        node["Node"]["Node"] == "fcs00" && node["Services"].get("fcs").is_some(),
+        "catalog/node/fcs00 holds fcs",
+        &node,
+    )?;
+    let proxies = call!(server, "GET", "/v1/catalog/connect/fcs", "", 200);
+    judge(
+        any_with(&proxies, "ServiceKind", "connect-proxy"),
+        "catalog/connect/fcs lists its sidecar",
+        &proxies,
+    )?;
+    call!(
+        server,
+        "PUT",
+        "/v1/catalog/register",
+        r#"{"Node":"tour-ext","Address":"10.9.9.9","Service":{"Service":"tour-ext","Port":80}}"#,
+        200
+    );
+    let ext = call!(server, "GET", "/v1/catalog/service/tour-ext", "", 200);
+    judge(
+        any_with(&ext, "Address", "10.9.9.9"),
+        "catalog/register took",
+        &ext,
+    )?;
+    call!(
+        server,
+        "PUT",
+        "/v1/catalog/register",
+        r#"{"Address":1}"#,
+        400
+    );
+    call!(
+        server,
+        "PUT",
+        "/v1/catalog/deregister",
+        r#"{"Node":"tour-ext"}"#,
+        200
+    );
+    let ext = call!(server, "GET", "/v1/catalog/service/tour-ext", "", 200);
+    judge(array_len(&ext) == 0, "catalog/deregister removed it", &ext)?;
+    let healthy = call!(server, "GET", "/v1/health/service/fcs?passing", "", 200);
+    judge(
+        healthy
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["Service"]["Service"] == "fcs")),
+        "health/service/fcs?passing has fcs",
+        &healthy,
+    )?;
+    let connect_health = call!(server, "GET", "/v1/health/connect/fcs", "", 200);
+    judge(
+        connect_health
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["Service"]["Kind"] == "connect-proxy")),
+        "health/connect/fcs has the sidecar",
+        &connect_health,
+    )?;
+    let fcs_checks = call!(server, "GET", "/v1/health/checks/fcs", "", 200);
+    judge(
+        any_with(&fcs_checks, "CheckID", "fcs-tcp"),
+        "health/checks/fcs has its TCP check",
+        &fcs_checks,
+    )?;
+    let node_checks = call!(server, "GET", "/v1/health/node/fcs00", "", 200);
+    judge(
+        any_with(&node_checks, "CheckID", "serfHealth"),
+        "health/node/fcs00 has serfHealth",
+        &node_checks,
+    )?;
+    let any = call!(server, "GET", "/v1/health/state/any", "", 200);
+    judge(array_len(&any) >= 2, "health/state/any", &any)?;
+    call!(server, "GET", "/v1/health/state/critical", "", 200);
+    call!(server, "GET", "/v1/health/state/nonsense", "", 400);
+
+    // Status and operator.
+    let leader = call!(server, "GET", "/v1/status/leader", "", 200);
+    judge(
+        leader.as_str().is_some_and(|l| l.contains(':')),
+        "status/leader",
+        &leader,
+    )?;
+    let peers = call!(server, "GET", "/v1/status/peers", "", 200);
+    judge(
+        array_len(&peers) == 3,
+        "status/peers has three servers",
+        &peers,
+    )?;
+    let raft = call!(server, "GET", "/v1/operator/raft/configuration", "", 200);
+    let servers = raft["Servers"].as_array().cloned().unwrap_or_default();
+    judge(
+        servers.len() == 3 && servers.iter().filter(|s| s["Leader"] == true).count() <= 1,
+        "operator/raft/configuration: three servers, at most one leader",
+        &raft,
+    )?;
+    let autopilot = call!(
+        server,
+        "GET",
+        "/v1/operator/autopilot/configuration",
+        "",
+        200
+    );
+    judge(
+        autopilot.get("CleanupDeadServers").is_some(),
+        "operator/autopilot/configuration",
+        &autopilot,
+    )?;
+    // Fixed by design (dead servers are never removed automatically): a
+    // change is refused with the reason.
+    let fixed = call!(
+        server,
+        "PUT",
+        "/v1/operator/autopilot/configuration",
+        &autopilot.to_string(),
+        400
+    );
+    judge(
+        fixed.as_str().is_some_and(|t| t.contains("fixed")),
+        "an autopilot change is refused with its reason",
+        &fixed,
+    )?;
+    let ap_health = call!(server, "GET", "/v1/operator/autopilot/health", "", 200);
+    judge(
+        array_len(&ap_health["Servers"]) == 3,
+        "operator/autopilot/health lists three servers",
+        &ap_health,
+    )?;
+
+    // Sessions and transactions.
+    let created = call!(
+        server,
+        "PUT",
+        "/v1/session/create",
+        r#"{"Name":"tour","TTL":"60s","Behavior":"delete"}"#,
+        200
+    );
+    let id = created["ID"].as_str().unwrap_or_default().to_owned();
+    judge(!id.is_empty(), "session/create returns an ID", &created)?;
+    let info = call!(server, "GET", &format!("/v1/session/info/{id}"), "", 200);
+    judge(any_with(&info, "ID", &id), "session/info finds it", &info)?;
+    let list = call!(server, "GET", "/v1/session/list", "", 200);
+    judge(any_with(&list, "ID", &id), "session/list has it", &list)?;
+    let renewed = call!(server, "PUT", &format!("/v1/session/renew/{id}"), "", 200);
+    judge(
+        any_with(&renewed, "ID", &id),
+        "session/renew returns it",
+        &renewed,
+    )?;
+    let acquired = call!(
+        server,
+        "PUT",
+        &format!("/v1/kv/tour/lock?acquire={id}"),
+        "held",
+        200
+    );
+    judge(
+        acquired == true,
+        "a lock acquired with the session",
+        &acquired,
+    )?;
+    // Consul answers an invalid session 500, with its reason.
+    let invalid = call!(
+        server,
+        "PUT",
+        "/v1/session/create",
+        r#"{"TTL":"forever"}"#,
+        500
+    );
+    judge(
+        invalid.as_str().is_some_and(|t| t.contains("invalid")),
+        "an invalid session TTL is refused with its reason",
+        &invalid,
+    )?;
+    call!(server, "PUT", &format!("/v1/session/destroy/{id}"), "", 200);
+    let info = call!(server, "GET", &format!("/v1/session/info/{id}"), "", 200);
+    judge(array_len(&info) == 0, "a destroyed session is gone", &info)?;
+    call!(server, "GET", "/v1/kv/tour/lock", "", 404);
+
+    let txn = call!(
+        server,
+        "PUT",
+        "/v1/txn",
+        r#"[{"KV":{"Verb":"set","Key":"tour/a","Value":"YQ=="}},{"KV":{"Verb":"get","Key":"tour/a"}}]"#,
+        200
+    );
+    judge(
+        array_len(&txn["Results"]) == 2 && txn["Results"][1]["KV"]["Value"] == "YQ==",
+        "txn: set then get in one transaction",
+        &txn,
+    )?;
+    let refused = call!(
+        server,
+        "PUT",
+        "/v1/txn",
+        r#"[{"KV":{"Verb":"cas","Key":"tour/a","Value":"Yg==","Index":1}},{"KV":{"Verb":"set","Key":"tour/b","Value":"Yg=="}}]"#,
+        409
+    );
+    judge(
+        array_len(&refused["Errors"]) >= 1,
+        "txn: a failed CAS reports its error",
+        &refused,
+    )?;
+    call!(server, "GET", "/v1/kv/tour/b", "", 404);
+    call!(server, "PUT", "/v1/txn", r#"{"KV":1}"#, 400);
+    Ok(calls)
+}
