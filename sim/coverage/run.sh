@@ -30,6 +30,7 @@ prof="$CARGO_TARGET_DIR/profraw"
 rm -rf "$prof"
 mkdir -p "$prof"
 export LLVM_PROFILE_FILE="$PWD/$prof/%p-%m.profraw"
+# (the usage text below is asked of the instrumented binary too)
 scenarios=$({ "$sim" --help 2>&1 || true; } | sed -n 's/^scenarios: \[\(.*\)\]$/\1/p' | tr -d '",')
 for scenario in $scenarios; do
     n="$per_scenario"

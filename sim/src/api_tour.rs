@@ -74,9 +74,27 @@ fn any_with(v: &Value, field: &str, want: &str) -> bool {
         .is_some_and(|a| a.iter().any(|e| e[field].as_str() == Some(want)))
 }
 
+/// The value of the first Prometheus sample of `series` with `labels`
+/// (`None` if absent or unreadable).
+fn sample(text: &str, series: &str, labels: &str) -> Option<u64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(series) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// The whole tour. `agent` is fcc00's agent, `server` a server's HTTP
-/// address; fcs and fcc are registered with sidecars, fcc → fcs allowed.
-pub(crate) async fn tour(run: &Run, agent: &str, server: &str) -> Result<u64, String> {
+/// address, `fcs_metrics` fcs's sidecar's metrics address; fcs and fcc are
+/// registered with sidecars, fcc → fcs allowed, and fcs has received
+/// `fcs_received` requests in all (over every restart of its sidecar).
+pub(crate) async fn tour(
+    run: &Run,
+    agent: &str,
+    server: &str,
+    fcs_metrics: &str,
+    fcs_received: u64,
+) -> Result<u64, String> {
     let mut calls = 0u64;
     macro_rules! call {
         ($addr:expr, $method:expr, $path:expr, $body:expr, $want:expr) => {{
@@ -120,6 +138,23 @@ pub(crate) async fn tour(run: &Run, agent: &str, server: &str) -> Result<u64, St
         "agent/metrics?format=prometheus is Prometheus text",
         &prom,
     )?;
+
+    // fcs's sidecar's own counters, as Prometheus scrapes them: it has
+    // accepted connections since its last restart, no more than fcs
+    // received requests, and carried bytes both ways.
+    let sidecar = call!(fcs_metrics, "GET", "/metrics", "", 200);
+    let text = sidecar.as_str().unwrap_or_default();
+    let accepted = sample(text, "mesh_sidecar_inbound_accepted_total", "fcs");
+    let bytes_in = sample(text, "mesh_sidecar_bytes_total", "direction=\"in\"");
+    judge(
+        accepted.is_some_and(|n| n >= 1 && n <= fcs_received) && bytes_in.is_some_and(|n| n > 0),
+        &format!(
+            "fcs's sidecar counts 1..={fcs_received} accepted connections and bytes in \
+             (accepted {accepted:?}, bytes in {bytes_in:?})"
+        ),
+        &sidecar,
+    )?;
+    call!(fcs_metrics, "GET", "/nothing-here", "", 404);
 
     // A TTL check through its life.
     call!(

@@ -49,6 +49,8 @@ const FCC: usize = 1;
 const APP_PORT: u16 = 8181;
 /// The sidecars' public port.
 const SIDECAR_PORT: u16 = 9191;
+/// Each sidecar's Prometheus endpoint (`-metrics-addr`).
+pub(crate) const SIDECAR_METRICS_PORT: u16 = 9102;
 /// The attacker's address.
 const EVIL_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
 /// From the first registration to the first answer through both sidecars.
@@ -157,6 +159,17 @@ async fn sidecar(agent: String, service: &'static str) {
         };
         match control::start(opts).await {
             Ok(running) => {
+                // As `mesh connect proxy -metrics-addr` does.
+                if let Ok(listener) =
+                    tokio::net::TcpListener::bind(("0.0.0.0", SIDECAR_METRICS_PORT)).await
+                {
+                    mesh_net::sidecar::metrics::serve(
+                        listener,
+                        running.metrics.clone(),
+                        service.to_owned(),
+                    )
+                    .await;
+                }
                 std::future::pending::<()>().await;
                 drop(running);
             }
@@ -352,7 +365,9 @@ async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
     info!("phase: a tour of the HTTP API through fcc00's agent and a server");
     let agent = run.cluster.agents[FCC].http_addr();
     let server = run.cluster.http_addr(rand_ms(0, 2).as_millis() as usize);
-    let calls = crate::api_tour::tour(&run, &agent, &server).await?;
+    let fcs_metrics = format!("{}:{SIDECAR_METRICS_PORT}", run.cluster.agents[FCS].ip);
+    let fcs_received = traffic.lock().expect("traffic").received() as u64;
+    let calls = crate::api_tour::tour(&run, &agent, &server, &fcs_metrics, fcs_received).await?;
     info!(calls, "api tour done");
 
     let verdict = traffic.lock().expect("traffic").clone();

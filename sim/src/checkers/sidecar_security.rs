@@ -80,6 +80,11 @@ impl Traffic {
         }
     }
 
+    /// Requests fcs received so far.
+    pub fn received(&self) -> usize {
+        self.received.len()
+    }
+
     /// Correct answers so far.
     pub fn answered(&self) -> usize {
         self.answers.len()
