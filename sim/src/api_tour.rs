@@ -205,6 +205,56 @@ pub(crate) async fn tour(
         &checks,
     )?;
 
+    // HTTP checks, run by the agent: one against the agent's own API
+    // (passing), one against a path it answers 404 (critical).
+    let own = format!("http://{agent}");
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/check/register",
+        &format!(
+            r#"{{"Name":"tour-http","CheckID":"tour-http","HTTP":"{own}/v1/status/leader","Interval":"1s","Timeout":"1s"}}"#
+        ),
+        200
+    );
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/check/register",
+        &format!(
+            r#"{{"Name":"tour-http-404","CheckID":"tour-http-404","HTTP":"{own}/v1/nothing","Interval":"1s","Timeout":"1s"}}"#
+        ),
+        200
+    );
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        let checks = call!(agent, "GET", "/v1/agent/checks", "", 200);
+        if checks["tour-http"]["Status"] == "passing"
+            && checks["tour-http-404"]["Status"] == "critical"
+            && checks["tour-http"]["Type"] == "http"
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            return judge(false, "HTTP checks reach passing and critical", &checks).map(|_| 0);
+        }
+        sleep(Duration::from_millis(500)).await;
+    }
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/check/deregister/tour-http",
+        "",
+        200
+    );
+    call!(
+        agent,
+        "PUT",
+        "/v1/agent/check/deregister/tour-http-404",
+        "",
+        200
+    );
+
     // A service through its life, with maintenance.
     call!(
         agent,
@@ -304,6 +354,27 @@ pub(crate) async fn tour(
         config["Provider"] == "consul",
         "the CA provider is consul",
         &config,
+    )?;
+    call!(
+        server,
+        "PUT",
+        "/v1/connect/ca/configuration",
+        r#"{"Provider":"vault"}"#,
+        400
+    );
+    call!(
+        server,
+        "PUT",
+        "/v1/connect/ca/configuration",
+        r#"{"Provider":"consul","Config":{"LeafCertTTL":72}}"#,
+        400
+    );
+    call!(server, "DELETE", "/v1/connect/ca/roots", "", 405);
+    let unchanged = call!(server, "GET", "/v1/connect/ca/roots", "", 200);
+    judge(
+        unchanged["ActiveRootID"] == active.as_str(),
+        "refused CA changes left the active root alone",
+        &unchanged,
     )?;
     let agent_roots = call!(agent, "GET", "/v1/agent/connect/ca/roots", "", 200);
     judge(
@@ -415,6 +486,94 @@ pub(crate) async fn tour(
         agent,
         "GET",
         "/v1/connect/intentions/exact?source=tour-a&destination=tour-b",
+        "",
+        404
+    );
+
+    // Consul's older intention API, by ID.
+    let created = call!(
+        agent,
+        "POST",
+        "/v1/connect/intentions",
+        r#"{"SourceName":"tour-c","DestinationName":"tour-d","Action":"allow","Meta":{"by":"tour"}}"#,
+        200
+    );
+    let id = created["ID"].as_str().unwrap_or_default().to_owned();
+    judge(
+        !id.is_empty(),
+        "POST connect/intentions returns an ID",
+        &created,
+    )?;
+    call!(
+        agent,
+        "POST",
+        "/v1/connect/intentions",
+        r#"{"SourceName":"tour-c","DestinationName":"tour-d","Action":"deny"}"#,
+        409
+    );
+    call!(
+        agent,
+        "POST",
+        "/v1/connect/intentions",
+        r#"{"SourceName":"tour-c","DestinationName":"tour-e","Action":"maybe"}"#,
+        400
+    );
+    let by_id = call!(
+        agent,
+        "GET",
+        &format!("/v1/connect/intentions/{id}"),
+        "",
+        200
+    );
+    judge(
+        by_id["SourceName"] == "tour-c" && by_id["Meta"]["by"] == "tour",
+        "GET connect/intentions/:id",
+        &by_id,
+    )?;
+    call!(
+        agent,
+        "PUT",
+        &format!("/v1/connect/intentions/{id}"),
+        r#"{"Action":"deny"}"#,
+        200
+    );
+    call!(
+        agent,
+        "PUT",
+        &format!("/v1/connect/intentions/{id}"),
+        r#"{"SourceName":"tour-x","DestinationName":"tour-d","Action":"deny"}"#,
+        400
+    );
+    let flipped = call!(
+        agent,
+        "GET",
+        "/v1/connect/intentions/check?source=tour-c&destination=tour-d",
+        "",
+        200
+    );
+    judge(
+        flipped["Allowed"] == false,
+        "an update by ID took",
+        &flipped,
+    )?;
+    call!(
+        agent,
+        "DELETE",
+        &format!("/v1/connect/intentions/{id}"),
+        "",
+        200
+    );
+    call!(
+        agent,
+        "GET",
+        &format!("/v1/connect/intentions/{id}"),
+        "",
+        404
+    );
+    call!(
+        agent,
+        "DELETE",
+        &format!("/v1/connect/intentions/{id}"),
         "",
         404
     );
