@@ -114,21 +114,68 @@ impl SimCluster {
         }
     }
 
-    /// The `mesh agent` flags of client host `k`.
-    fn client_agent_args(&self, k: usize) -> Vec<String> {
+    /// Parses client host `k`'s `mesh agent` command line as the binary
+    /// does: a few flags, and the rest from config files (`-config-dir`)
+    /// holding the data dir, the servers to join and the RPC port's TLS
+    /// (`deploy/tls.json`'s shape, with PEM files beside it). The files
+    /// live in a directory of this process only while they are parsed.
+    fn parse_client_agent(&self, k: usize) -> command::AgentLaunch {
         let a = &self.agents[k];
-        let ip = a.ip.to_string();
-        let mut args: Vec<String> = ["-node", &a.name, "-bind", &ip, "-client", &ip]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.push("-data-dir=/var/lib/mesh".into());
-        args.push(format!("-http-port={HTTP_PORT}"));
-        args.push(format!("-dns-port={DNS_PORT}"));
-        for i in 0..self.servers.len() {
-            args.push(format!("-retry-join={}", self.rpc_addr(i)));
+        let dir = std::env::temp_dir().join(format!("mesh-sim-{}-{}", std::process::id(), a.name));
+        std::fs::create_dir_all(&dir).expect("a temporary config dir");
+        let path = |file: &str| dir.join(file).display().to_string();
+        // A client certificate, as `deploy/tls.json` gives fcs00 and fcc00.
+        let cert = self.rpc_tls.cert(CertKind::Client, &a.name);
+        let files = [
+            ("consul-agent-ca.pem", self.rpc_tls.ca_pem().to_owned()),
+            ("agent.pem", cert.cert_pem.clone()),
+            ("agent-key.pem", cert.key_pem.expose().to_owned()),
+            (
+                "agent.json",
+                serde_json::json!({
+                    "data_dir": "/var/lib/mesh",
+                    "retry_join": (0..self.servers.len()).map(|i| self.rpc_addr(i)).collect::<Vec<_>>(),
+                    "ports": { "http": HTTP_PORT, "dns": DNS_PORT },
+                })
+                .to_string(),
+            ),
+            (
+                "tls.json",
+                serde_json::json!({
+                    "tls": {
+                        "defaults": {
+                            "ca_file": path("consul-agent-ca.pem"),
+                            "cert_file": path("agent.pem"),
+                            "key_file": path("agent-key.pem"),
+                            "verify_incoming": true,
+                            "verify_outgoing": true,
+                        },
+                        "internal_rpc": { "verify_server_hostname": true },
+                    }
+                })
+                .to_string(),
+            ),
+        ];
+        for (name, text) in &files {
+            std::fs::write(dir.join(name), text).expect("a config file");
         }
-        args
+        let ip = a.ip.to_string();
+        let args: Vec<String> = [
+            "-node",
+            &a.name,
+            "-bind",
+            &ip,
+            "-client",
+            &ip,
+            "-config-dir",
+            &dir.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let launch = command::parse(&args);
+        let _ = std::fs::remove_dir_all(&dir);
+        launch.unwrap_or_else(|e| panic!("the harness wrote a bad agent config: {e}"))
     }
 
     /// Starts client host `k` (first boot, or after [`SimCluster::crash_agent`]).
@@ -144,12 +191,10 @@ impl SimCluster {
             Handle::current().restart(node.id());
             return;
         }
-        let mut launch = command::parse(&self.client_agent_args(k))
-            .unwrap_or_else(|e| panic!("the harness passed bad agent flags: {e}"));
-        // A client certificate, as `deploy/tls.json` gives fcs00 and fcc00.
-        launch.config.rpc_tls = Some(
-            self.rpc_tls
-                .for_node(CertKind::Client, &self.agents[k].name),
+        let launch = self.parse_client_agent(k);
+        assert!(
+            launch.config.rpc_tls.is_some(),
+            "the config files set up TLS on the RPC port"
         );
         let a = &mut self.agents[k];
         let (disk, live, app_up, has_app) =

@@ -674,6 +674,31 @@ pub(crate) async fn tour(
     call!(server, "GET", "/v1/health/state/critical", "", 200);
     call!(server, "GET", "/v1/health/state/nonsense", "", 400);
 
+    // A server's own view: its agent/self carries Raft's state, and its
+    // metrics gauge the catalog it holds.
+    let server_self = call!(server, "GET", "/v1/agent/self", "", 200);
+    judge(
+        server_self["Config"]["Server"] == true
+            && server_self["Stats"]["raft"]["term"]
+                .as_str()
+                .and_then(|t| t.parse::<u64>().ok())
+                .is_some_and(|t| t >= 1),
+        "a server's agent/self has its Raft term",
+        &server_self,
+    )?;
+    let server_metrics = call!(server, "GET", "/v1/agent/metrics", "", 200);
+    judge(
+        server_metrics["Gauges"].as_array().is_some_and(|g| {
+            g.iter().any(|g| {
+                g["Name"] == "consul.catalog.nodes" && g["Value"].as_f64().is_some_and(|v| v >= 5.0)
+            })
+        }),
+        "a server's metrics count the five nodes in the catalog",
+        &server_metrics,
+    )?;
+    // Client agents find servers through -retry-join only.
+    call!(agent, "PUT", "/v1/agent/join/10.0.0.99:8300", "", 400);
+
     // Status and operator.
     let leader = call!(server, "GET", "/v1/status/leader", "", 200);
     judge(

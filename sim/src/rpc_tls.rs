@@ -37,6 +37,11 @@ impl SimRpcTls {
         SimRpcTls { ca: new_ca() }
     }
 
+    /// The CA's certificate (`consul-agent-ca.pem`).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca.cert_pem
+    }
+
     /// A certificate of `kind` for `node`, signed by this CA.
     pub fn cert(&self, kind: CertKind, node: &str) -> CertAndKey {
         sign(&self.ca, kind, node)
