@@ -138,6 +138,9 @@ async fn tcp_connection(
         };
         stream.write_all(&reply_len.to_be_bytes()).await?;
         stream.write_all(&reply).await?;
+        // A no-op on a kernel socket, but what AsyncWrite asks for: a
+        // buffering stream (madsim's TCP, a BufWriter) sends on flush.
+        stream.flush().await?;
     }
 }
 

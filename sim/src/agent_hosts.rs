@@ -22,6 +22,8 @@ use crate::cluster::{SimCluster, HTTP_PORT};
 pub const FCS_PORT: u16 = 8181;
 /// The client agents' DNS port (Consul's 8600).
 pub const DNS_PORT: u16 = 8600;
+/// Client agents' HTTPS API port (Consul's 8501).
+pub const HTTPS_PORT: u16 = 8501;
 
 /// A task a client host runs beside its agent, started again at every
 /// boot (the Connect scenario's app, sidecar and consumer).
@@ -135,7 +137,7 @@ impl SimCluster {
                 serde_json::json!({
                     "data_dir": "/var/lib/mesh",
                     "retry_join": (0..self.servers.len()).map(|i| self.rpc_addr(i)).collect::<Vec<_>>(),
-                    "ports": { "http": HTTP_PORT, "dns": DNS_PORT },
+                    "ports": { "http": HTTP_PORT, "dns": DNS_PORT, "https": HTTPS_PORT },
                 })
                 .to_string(),
             ),
@@ -151,6 +153,9 @@ impl SimCluster {
                             "verify_outgoing": true,
                         },
                         "internal_rpc": { "verify_server_hostname": true },
+                        // The HTTPS API with the agent's certificate; any
+                        // client may call it, as over plain HTTP.
+                        "https": { "verify_incoming": false },
                     }
                 })
                 .to_string(),

@@ -11,9 +11,14 @@
 
 use std::time::Duration;
 
-use madsim::time::{sleep, Instant};
-use serde_json::Value;
+use std::net::IpAddr;
 
+use madsim::time::{sleep, Instant};
+use mesh_net::http_client::{HttpClient, HttpsTarget};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::agent_hosts::{DNS_PORT, HTTPS_PORT};
 use crate::agents::http;
 use crate::scenarios::Run;
 
@@ -51,6 +56,78 @@ async fn expect(
             _ => sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+/// `GET /v1/agent/self` over HTTPS on the agent at `agent` (host:port of
+/// its HTTP API; HTTPS is on [`HTTPS_PORT`] of the same host), verifying
+/// the agent's certificate against the operator CA.
+async fn https_self(run: &Run, agent: &str) -> Result<Value, String> {
+    let host = agent.rsplit_once(':').map_or(agent, |(h, _)| h).to_owned();
+    let target = HttpsTarget::new(run.cluster.rpc_tls.ca_pem(), None, "client.dc1.consul")?;
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        let target = target.clone();
+        let addr = format!("{host}:{HTTPS_PORT}");
+        let answer = run
+            .cluster
+            .client
+            .spawn(async move {
+                HttpClient::new(addr, Duration::from_secs(5))
+                    .with_tls(Some(target))
+                    .request("GET", "/v1/agent/self", Vec::new())
+                    .await
+                    .map(|r| (r.status, r.text()))
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| format!("client task failed: {e}"))?;
+        match answer {
+            Ok((200, text)) => {
+                return serde_json::from_str(&text)
+                    .map_err(|e| format!("api tour: HTTPS agent/self: {e}"))
+            }
+            other if Instant::now() > deadline => {
+                return Err(format!(
+                    "api tour: HTTPS agent/self kept failing: {other:?}"
+                ))
+            }
+            _ => sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// `fcs.service.consul` A over DNS's TCP transport (RFC 1035 4.2.2: each
+/// message prefixed by its length) from the agent whose HTTP API is at
+/// `agent`; the addresses answered.
+async fn dns_over_tcp(run: &Run, agent: &str) -> Result<Vec<IpAddr>, String> {
+    let host = agent.rsplit_once(':').map_or(agent, |(h, _)| h).to_owned();
+    let addr = format!("{host}:{DNS_PORT}");
+    run.cluster
+        .client
+        .spawn(async move {
+            let exchange = async {
+                let mut tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let query = mesh_core::dns::a_query(9, "fcs.service.consul.")
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let len = u16::try_from(query.len()).expect("a small query");
+                tcp.write_all(&len.to_be_bytes()).await?;
+                tcp.write_all(&query).await?;
+                tcp.flush().await?;
+                let mut len = [0u8; 2];
+                tcp.read_exact(&mut len).await?;
+                let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                tcp.read_exact(&mut reply).await?;
+                mesh_core::dns::read_answer(&reply)
+                    .map(|a| a.addresses)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            };
+            madsim::time::timeout(Duration::from_secs(5), exchange)
+                .await
+                .map_err(|_| "api tour: DNS over TCP: no answer within 5 s".to_string())?
+                .map_err(|e| format!("api tour: DNS over TCP: {e}"))
+        })
+        .await
+        .map_err(|e| format!("client task failed: {e}"))?
 }
 
 /// Fails the tour with `what` unless `ok`.
@@ -95,6 +172,20 @@ pub(crate) async fn tour(
     fcs_metrics: &str,
     fcs_received: u64,
 ) -> Result<u64, String> {
+    let https = https_self(run, agent).await?;
+    judge(
+        https["Config"]["NodeName"] == "fcc00",
+        "agent/self over HTTPS (port 8501, the agent's certificate) names fcc00",
+        &https,
+    )?;
+    let fcs00 = run.cluster.agents[crate::connect::FCS].ip;
+    let addresses = dns_over_tcp(run, agent).await?;
+    judge(
+        addresses.contains(&fcs00),
+        &format!("DNS over TCP answers fcs.service.consul with fcs00 ({fcs00})"),
+        &Value::String(format!("{addresses:?}")),
+    )?;
+
     let mut calls = 0u64;
     macro_rules! call {
         ($addr:expr, $method:expr, $path:expr, $body:expr, $want:expr) => {{
