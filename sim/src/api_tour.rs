@@ -691,6 +691,48 @@ pub(crate) async fn tour(
         "catalog/service/fcs is on fcs00",
         &fcs,
     )?;
+    // `?filter=` (Consul's bexpr): equality, a regex, and a bad expression.
+    let filtered = call!(
+        server,
+        "GET",
+        "/v1/catalog/service/fcs?filter=Node%20%3D%3D%20%22fcs00%22",
+        "",
+        200
+    );
+    judge(
+        array_len(&filtered) == array_len(&fcs) && array_len(&filtered) >= 1,
+        "catalog/service/fcs?filter=Node == \"fcs00\" keeps fcs00's instance",
+        &filtered,
+    )?;
+    let none = call!(
+        server,
+        "GET",
+        "/v1/catalog/service/fcs?filter=Node%20%3D%3D%20%22nowhere%22",
+        "",
+        200
+    );
+    judge(array_len(&none) == 0, "a filter matching nothing", &none)?;
+    let by_regex = call!(
+        server,
+        "GET",
+        "/v1/health/service/fcs?filter=Service.Service%20matches%20%22%5Efc%5Bs%5D%24%22%20and%20Checks.Status%20%21%3D%20%22critical%22",
+        "",
+        200
+    );
+    judge(
+        by_regex
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|e| e["Service"]["Service"] == "fcs")),
+        "health/service/fcs filtered by a regex and a check status",
+        &by_regex,
+    )?;
+    call!(
+        server,
+        "GET",
+        "/v1/catalog/service/fcs?filter=Node%20%3D%3D",
+        "",
+        400
+    );
     let node = call!(server, "GET", "/v1/catalog/node/fcs00", "", 200);
     judge(
         node["Node"]["Node"] == "fcs00" && node["Services"].get("fcs").is_some(),
