@@ -8,7 +8,7 @@
 #
 # Needs the llvm-tools component (`rustup component add llvm-tools`), whose
 # llvm-profdata/llvm-cov match rustc's LLVM. Output: target/cov/summary.txt
-# (per-file table), target/cov/mesh-net.lcov, and the totals on stdout.
+# (per-file table), target/cov/sim.lcov, and the totals on stdout.
 # Code under `cfg(not(madsim))` is not compiled into this build and so is
 # neither counted nor reached; the note in BENCHMARKS.md lists what that is.
 set -euo pipefail

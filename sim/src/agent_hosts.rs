@@ -124,7 +124,9 @@ impl SimCluster {
     fn parse_client_agent(&self, k: usize) -> command::AgentLaunch {
         let a = &self.agents[k];
         let dir = std::env::temp_dir().join(format!("mesh-sim-{}-{}", std::process::id(), a.name));
-        std::fs::create_dir_all(&dir).expect("a temporary config dir");
+        // A directory left by an earlier process with this pid goes first.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("a fresh temporary config dir");
         let path = |file: &str| dir.join(file).display().to_string();
         // A client certificate, as `deploy/tls.json` gives fcs00 and fcc00.
         let cert = self.rpc_tls.cert(CertKind::Client, &a.name);

@@ -235,6 +235,9 @@ pub(crate) async fn connect() -> Result<Report, String> {
 async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
     let (mut run, _) = Run::three_servers(256).await?;
     run.cluster.add_agent_hosts();
+    wire.lock()
+        .expect("wire")
+        .set_app_hosts(run.cluster.agents[FCS].ip, run.cluster.agents[FCC].ip);
     let traffic = Arc::new(Mutex::new(Traffic::default()));
     let seq = Arc::new(AtomicU64::new(0));
     let base = Instant::now();

@@ -184,6 +184,15 @@ fn seeded_cluster_simulations_pass_and_replay_exactly() {
 
 /// Each planted bug (see `mesh_net::mutants` and `sim::planted`) must be caught by some
 /// checker within its seed budget: this is how we know the checkers can fail.
+/// The checker that must be the one to catch `mutant`, where others would
+/// fail the run too.
+fn caught_only_by(mutant: &str) -> Option<&'static str> {
+    match mutant {
+        "upstream_plaintext" => Some("wire_plaintext:"),
+        _ => None,
+    }
+}
+
 #[test]
 fn planted_bugs_are_caught() {
     let sim = sim_binary();
@@ -275,6 +284,15 @@ fn planted_bugs_are_caught() {
         }
         if !out.status.success() {
             missed.push(format!("{mutant} on {scenario}"));
+        } else if let Some(checker) = caught_only_by(mutant) {
+            // Other checkers would notice this bug's side effects too; the
+            // hunt proves the checker made for it.
+            if !text
+                .lines()
+                .any(|l| l.starts_with("CAUGHT") && l.contains(&format!("by: {checker}")))
+            {
+                missed.push(format!("{mutant} on {scenario} (not by {checker})"));
+            }
         }
     }
     assert!(

@@ -350,6 +350,7 @@ async fn a_flood_of_refused_connections_logs_a_burst_and_counts_every_one() {
     let ca = TestCa::new("dc1");
     let mesh = Mesh::start(&ca, |_| Ok(())).await;
     const FLOOD: u64 = 4 * crate::log_limit::BURST as u64;
+    let started = std::time::Instant::now();
     for _ in 0..FLOOD {
         let mut plain = TcpStream::connect(mesh.inbound_addr).await.unwrap();
         plain.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
@@ -365,11 +366,20 @@ async fn a_flood_of_refused_connections_logs_a_burst_and_counts_every_one() {
         "every refusal is counted"
     );
     let lines = log.lines_with("sidecar inbound connection refused");
-    assert_eq!(
-        lines.len(),
-        crate::log_limit::BURST as usize,
-        "one window's burst of lines, not one per connection: {lines:#?}"
+    // One window's burst; two if a very slow machine took longer than a
+    // window over the flood. Never one line per connection.
+    let windows = if started.elapsed() < crate::log_limit::WINDOW {
+        1
+    } else {
+        2
+    };
+    assert!(
+        !lines.is_empty() && lines.len() <= windows * crate::log_limit::BURST as usize,
+        "at most {windows} window(s) of lines, not one per connection: {lines:#?}"
     );
+    if windows == 1 {
+        assert_eq!(lines.len(), crate::log_limit::BURST as usize, "{lines:#?}");
+    }
     assert!(
         lines.iter().all(|l| l.contains("held_back=0")),
         "{lines:#?}"

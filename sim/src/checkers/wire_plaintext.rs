@@ -9,11 +9,12 @@
 //! marker split across two flushes is still found. Loopback traffic (the
 //! app to its own sidecar) is the one place plaintext belongs.
 //!
-//! The verdict also requires real work: sidecar-port traffic between hosts
-//! must have been seen, or the tap saw nothing and proves nothing.
+//! The verdict also requires real work: sidecar-port traffic between the
+//! two application hosts must have been seen (traffic to or from any other
+//! host, an attacker's, does not count), or the tap proves nothing.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// One plaintext sighting.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,9 +32,11 @@ pub struct Leak {
 pub struct Wire {
     marker: Vec<u8>,
     sidecar_port: u16,
+    /// The two application hosts whose sidecar traffic counts as work.
+    app_hosts: Option<(IpAddr, IpAddr)>,
     /// Per stream (writer, reader): its last `marker.len() - 1` bytes.
     tails: BTreeMap<(SocketAddr, SocketAddr), Vec<u8>>,
-    /// Bytes between hosts to or from the sidecar port.
+    /// Bytes between the application hosts to or from the sidecar port.
     sidecar_bytes: u64,
     /// Bytes between hosts on any port.
     inter_host_bytes: u64,
@@ -52,12 +55,18 @@ impl Wire {
         Wire {
             marker: marker.as_bytes().to_vec(),
             sidecar_port,
+            app_hosts: None,
             tails: BTreeMap::new(),
             sidecar_bytes: 0,
             inter_host_bytes: 0,
             leaks: Vec::new(),
             leak_count: 0,
         }
+    }
+
+    /// Counts sidecar traffic between `a` and `b` (either way) as work.
+    pub fn set_app_hosts(&mut self, a: IpAddr, b: IpAddr) {
+        self.app_hosts = Some((a, b));
     }
 
     /// One flush of `bytes` from `writer` to `reader`.
@@ -68,7 +77,12 @@ impl Wire {
             return;
         }
         self.inter_host_bytes += bytes.len() as u64;
-        if writer.port() == self.sidecar_port || reader.port() == self.sidecar_port {
+        let between_apps = self.app_hosts.is_some_and(|(a, b)| {
+            (writer.ip(), reader.ip()) == (a, b) || (writer.ip(), reader.ip()) == (b, a)
+        });
+        if between_apps
+            && (writer.port() == self.sidecar_port || reader.port() == self.sidecar_port)
+        {
             self.sidecar_bytes += bytes.len() as u64;
         }
         let keep = self.marker.len() - 1;
@@ -93,7 +107,7 @@ impl Wire {
             .expect("inserted above") = window.split_off(from);
     }
 
-    /// Bytes seen between hosts to or from the sidecar port.
+    /// Bytes seen between the application hosts to or from the sidecar port.
     pub fn sidecar_bytes(&self) -> u64 {
         self.sidecar_bytes
     }
@@ -118,7 +132,7 @@ impl Wire {
         self.leak()?;
         if self.sidecar_bytes < min_sidecar_bytes {
             return Err(format!(
-                "wire_plaintext: only {} bytes of sidecar traffic between hosts seen ({} between hosts in all), fewer than {min_sidecar_bytes}: no verdict",
+                "wire_plaintext: only {} bytes of sidecar traffic between the application hosts seen ({} between hosts in all), fewer than {min_sidecar_bytes}: no verdict",
                 self.sidecar_bytes, self.inter_host_bytes
             ));
         }
@@ -141,9 +155,15 @@ mod tests {
     const FCC: &str = "10.0.2.2:40000";
     const FCS_SIDECAR: &str = "10.0.2.1:9191";
 
+    fn wire() -> Wire {
+        let mut wire = Wire::new("REQ fcc-", 9191);
+        wire.set_app_hosts(at(FCC).ip(), at(FCS_SIDECAR).ip());
+        wire
+    }
+
     #[test]
     fn tls_records_between_hosts_pass() {
-        let mut wire = Wire::new("REQ fcc-", 9191);
+        let mut wire = wire();
         wire.flushed(
             at(FCC),
             at(FCS_SIDECAR),
@@ -160,7 +180,7 @@ mod tests {
 
     #[test]
     fn plaintext_between_hosts_is_a_leak() {
-        let mut wire = Wire::new("REQ fcc-", 9191);
+        let mut wire = wire();
         wire.flushed(at(FCC), at(FCS_SIDECAR), b"REQ fcc-7 xxxx\n");
         let err = wire.check(0).unwrap_err();
         assert!(err.contains("10.0.2.2:40000 -> 10.0.2.1:9191"), "{err}");
@@ -169,7 +189,7 @@ mod tests {
 
     #[test]
     fn a_marker_split_across_flushes_is_found() {
-        let mut wire = Wire::new("REQ fcc-", 9191);
+        let mut wire = wire();
         wire.flushed(at(FCC), at(FCS_SIDECAR), b"\x17\x03REQ f");
         assert!(wire.leak().is_ok());
         wire.flushed(at(FCC), at(FCS_SIDECAR), b"cc-9 x\n");
@@ -178,7 +198,7 @@ mod tests {
 
     #[test]
     fn halves_on_different_streams_are_not_joined() {
-        let mut wire = Wire::new("REQ fcc-", 9191);
+        let mut wire = wire();
         wire.flushed(at(FCC), at(FCS_SIDECAR), b"REQ f");
         wire.flushed(at("10.0.2.2:40001"), at(FCS_SIDECAR), b"cc-9 x\n");
         assert!(wire.leak().is_ok());
@@ -186,7 +206,7 @@ mod tests {
 
     #[test]
     fn plaintext_on_loopback_or_within_a_host_is_allowed() {
-        let mut wire = Wire::new("REQ fcc-", 9191);
+        let mut wire = wire();
         wire.flushed(at("127.0.0.1:5000"), at("127.0.0.1:8181"), b"REQ fcc-1\n");
         wire.flushed(at("10.0.2.2:5000"), at("10.0.2.2:8500"), b"REQ fcc-1\n");
         assert!(wire.leak().is_ok());
@@ -194,8 +214,16 @@ mod tests {
     }
 
     #[test]
+    fn an_attackers_sidecar_traffic_is_not_work() {
+        let mut wire = wire();
+        wire.flushed(at("10.0.0.20:5000"), at(FCS_SIDECAR), &[0x16; 4096]);
+        assert_eq!(wire.sidecar_bytes(), 0);
+        assert!(wire.check(1).unwrap_err().contains("no verdict"));
+    }
+
+    #[test]
     fn seeing_no_sidecar_traffic_is_no_verdict() {
-        let mut wire = Wire::new("REQ fcc-", 9191);
+        let mut wire = wire();
         wire.flushed(at("10.0.2.2:5000"), at("10.0.1.1:8300"), b"\x16\x03\x01");
         let err = wire.check(1).unwrap_err();
         assert!(err.contains("no verdict"), "{err}");
