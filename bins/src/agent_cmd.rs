@@ -36,7 +36,9 @@ pub fn run(args: &[String]) -> i32 {
             }
         },
     };
-    crate::init_logging(&launch.log_level, launch.log_json);
+    let set_log_level = crate::init_logging(&launch.log_level, launch.log_json);
+    // SIGHUP and `mesh reload` parse the same command line again.
+    let reloader = command::Reloader::from_args(args.to_vec(), set_log_level);
     let rt = match crate::cli::process_runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -52,7 +54,7 @@ pub fn run(args: &[String]) -> i32 {
                 return 1;
             }
         };
-        match command::run(launch.config, disk, signals, |_| {}).await {
+        match command::run(launch.config, disk, signals, reloader, |_| {}).await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("==> {e}");
@@ -62,11 +64,12 @@ pub fn run(args: &[String]) -> i32 {
     })
 }
 
-/// SIGTERM and SIGINT, as the agent's stop requests.
+/// SIGTERM and SIGINT (stop) and SIGHUP (reload).
 fn os_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         loop {
@@ -74,6 +77,7 @@ fn os_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
                 biased;
                 _ = term.recv() => Signal::Terminate,
                 _ = int.recv() => Signal::Interrupt,
+                _ = hup.recv() => Signal::Hangup,
             };
             if tx.send(s).await.is_err() {
                 return;

@@ -256,6 +256,17 @@ pub fn leave(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// `mesh reload`: the local agent reads its configuration files again.
+pub fn reload(args: &[String]) -> Result<(), String> {
+    let flags = parse(args, &[], "Usage: mesh reload [options]")?;
+    expect_ok(
+        call(&flags, "PUT", "/v1/agent/reload", vec![])?,
+        "reloading",
+    )?;
+    println!("Configuration reload triggered");
+    Ok(())
+}
+
 /// `mesh members`
 pub fn members(args: &[String]) -> Result<(), String> {
     let flags = parse(args, &[], "Usage: mesh members [options]")?;

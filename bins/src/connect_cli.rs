@@ -60,7 +60,11 @@ fn proxy(args: &[String]) -> i32 {
         eprintln!("-sidecar-for is required: the ID of the service this sidecar fronts");
         return 1;
     };
-    crate::init_logging(flags.get("log-level").unwrap_or("info"), false);
+    // The sidecar has no reload: its hook is not kept.
+    drop(crate::init_logging(
+        flags.get("log-level").unwrap_or("info"),
+        false,
+    ));
     let opts_service = service.clone();
     let opts = ProxyOptions {
         // The sidecar speaks plain HTTP to the agent on its own host.

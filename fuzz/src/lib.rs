@@ -599,6 +599,7 @@ fn dev_agent() -> std::net::SocketAddr {
         .map(String::from)
         .to_vec();
         let launch = mesh_net::agent::command::parse(&args).expect("-dev flags parse");
+        let reloader = mesh_net::agent::command::Reloader::from_args(args, Box::new(|_| Ok(false)));
         std::thread::Builder::new()
             .name("dev-agent".into())
             .spawn(move || {
@@ -614,6 +615,7 @@ fn dev_agent() -> std::net::SocketAddr {
                     launch.config,
                     disk,
                     signals,
+                    reloader,
                     |_| {},
                 ));
                 panic!("the -dev agent stopped: {outcome:?}");

@@ -37,5 +37,6 @@ pub mod runtime;
 pub mod server;
 pub mod sidecar;
 pub mod state_store;
+pub mod swap;
 pub mod telemetry;
 pub mod tls;

@@ -41,6 +41,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::clock;
 use crate::mutants::{self, Mutant};
 use crate::rpc::RpcRequest;
+use crate::swap::Swap;
 use crate::tls::{pem_chain_and_key, pem_roots, provider, HostClock, ServerChainVerifier};
 
 /// How long a TLS handshake on the RPC port may take, either side.
@@ -93,8 +94,16 @@ pub enum PeerRole {
     Server,
 }
 
-/// Ready-to-use TLS for the RPC port, built once from [`RpcTlsConfig`].
+/// Ready-to-use TLS for the RPC port, built from [`RpcTlsConfig`] at start
+/// and again by each `mesh reload`.
 pub struct RpcTls {
+    /// Replaced as a whole by `mesh reload`: each new connection reads it
+    /// once, established ones keep what they were opened with.
+    current: Swap<Settings>,
+}
+
+/// One consistent set of RPC TLS settings.
+struct Settings {
     acceptor: Option<TlsAcceptor>,
     connector: Option<TlsConnector>,
     verify_incoming: bool,
@@ -105,12 +114,13 @@ pub struct RpcTls {
 
 impl fmt::Debug for RpcTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.current.get();
         f.debug_struct("RpcTls")
-            .field("serves_tls", &self.acceptor.is_some())
-            .field("dials_tls", &self.connector.is_some())
-            .field("verify_incoming", &self.verify_incoming)
-            .field("guard_server_requests", &self.guard_server_requests)
-            .field("server_name", &self.server_name)
+            .field("serves_tls", &s.acceptor.is_some())
+            .field("dials_tls", &s.connector.is_some())
+            .field("verify_incoming", &s.verify_incoming)
+            .field("guard_server_requests", &s.guard_server_requests)
+            .field("server_name", &s.server_name)
             .finish()
     }
 }
@@ -213,30 +223,41 @@ impl RpcTls {
             }
             _ => None,
         };
-        Ok(RpcTls {
+        let settings = Settings {
             acceptor,
             connector,
             verify_incoming: config.verify_incoming,
             guard_server_requests: config.verify_incoming && config.verify_server_hostname,
             server_name,
+        };
+        Ok(RpcTls {
+            current: Swap::new(Arc::new(settings)),
         })
+    }
+
+    /// Takes `other`'s settings (certificates, CA, verification) for every
+    /// connection opened from now on: `mesh reload` builds `other` from
+    /// the files as at start, so a bad file never replaces good settings.
+    pub fn adopt(&self, other: &RpcTls) {
+        self.current.set(other.current.get());
     }
 
     /// Whether outgoing RPC connections use TLS.
     pub fn dials_tls(&self) -> bool {
-        self.connector.is_some()
+        self.current.get().connector.is_some()
     }
 
     /// Wraps a fresh outgoing connection: a TLS handshake within
     /// [`HANDSHAKE_TIMEOUT`] when `verify_outgoing` is set.
     pub async fn connect(&self, tcp: TcpStream) -> io::Result<RpcStream> {
         let tcp = Sniffed::new(tcp, None);
-        let Some(connector) = &self.connector else {
+        let settings = self.current.get();
+        let Some(connector) = &settings.connector else {
             return Ok(RpcStream::Plain(tcp));
         };
         let tls = clock::timeout(
             HANDSHAKE_TIMEOUT,
-            connector.connect(self.server_name.clone(), tcp),
+            connector.connect(settings.server_name.clone(), tcp),
         )
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
@@ -266,9 +287,12 @@ impl RpcTls {
         }
         let stream = Sniffed::new(tcp, Some(first[0]));
         let is_tls = first[0] == TLS_HANDSHAKE_BYTE;
-        let acceptor = match (&self.acceptor, is_tls) {
+        // Read after the first byte: a reload while the peer was silent
+        // applies to it.
+        let settings = self.current.get();
+        let acceptor = match (&settings.acceptor, is_tls) {
             (_, false)
-                if self.verify_incoming && !mutants::enabled(Mutant::RpcPlaintextAccepted) =>
+                if settings.verify_incoming && !mutants::enabled(Mutant::RpcPlaintextAccepted) =>
             {
                 return Err(refused(
                     "plaintext RPC refused: verify_incoming requires TLS with a client certificate",
@@ -288,7 +312,7 @@ impl RpcTls {
         let role = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
             None => PeerRole::Anonymous,
             Some(leaf) => match ParsedCertificate::try_from(leaf) {
-                Ok(cert) if verify_server_name(&cert, &self.server_name).is_ok() => {
+                Ok(cert) if verify_server_name(&cert, &settings.server_name).is_ok() => {
                     PeerRole::Server
                 }
                 _ => PeerRole::Agent,
@@ -304,12 +328,13 @@ impl RpcTls {
     /// `verify_incoming` and `verify_server_hostname`, only servers may
     /// send what only servers send.
     pub fn refusal(&self, req: &RpcRequest, role: PeerRole) -> Option<String> {
-        let guarded =
-            self.guard_server_requests && !mutants::enabled(Mutant::RpcServerRequestsFromAgents);
+        let settings = self.current.get();
+        let guarded = settings.guard_server_requests
+            && !mutants::enabled(Mutant::RpcServerRequestsFromAgents);
         (guarded && is_server_only(req) && role != PeerRole::Server).then(|| {
             format!(
                 "this request is for servers only and the peer's certificate does not name {}",
-                server_name_str(&self.server_name)
+                server_name_str(&settings.server_name)
             )
         })
     }

@@ -50,6 +50,109 @@ pub struct SimAgentHost {
     pub node: Option<NodeHandle>,
     /// Whether it is up.
     pub running: bool,
+    /// Service definitions (JSON, Consul's shape) written to the agent's
+    /// config dir beside the harness's files: a test adds one and calls
+    /// `PUT /v1/agent/reload`.
+    pub extra_services: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+/// What a client host's `mesh agent` is started with: a few flags, and
+/// the rest from config files (`-config-dir`) holding the data dir, the
+/// servers to join and the RPC port's TLS (`deploy/tls.json`'s shape,
+/// with PEM files beside it).
+#[derive(Clone)]
+pub struct ClientAgentFiles {
+    name: String,
+    ip: IpAddr,
+    servers: Vec<String>,
+    rpc_tls: crate::rpc_tls::SimRpcTls,
+    extra_services: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl ClientAgentFiles {
+    /// Writes the files and parses the command line as the binary does.
+    /// The files live in a directory of this process only while they are
+    /// parsed. Each call signs a new client certificate, as an operator
+    /// renewing it before `mesh reload` would.
+    pub fn launch(&self) -> Result<command::AgentLaunch, String> {
+        let dir =
+            std::env::temp_dir().join(format!("mesh-sim-{}-{}", std::process::id(), self.name));
+        // A directory left by an earlier process with this pid goes first.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).map_err(|e| format!("config dir {}: {e}", dir.display()))?;
+        let written = self.write_files(&dir);
+        let launch = written.and_then(|()| {
+            let ip = self.ip.to_string();
+            let args: Vec<String> = [
+                "-node",
+                &self.name,
+                "-bind",
+                &ip,
+                "-client",
+                &ip,
+                "-config-dir",
+                &dir.display().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            command::parse(&args).map_err(|e| e.to_string())
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        launch
+    }
+
+    fn write_files(&self, dir: &std::path::Path) -> Result<(), String> {
+        let path = |file: &str| dir.join(file).display().to_string();
+        // A client certificate, as `deploy/tls.json` gives fcs00 and fcc00.
+        let cert = self.rpc_tls.cert(CertKind::Client, &self.name);
+        let services = self
+            .extra_services
+            .lock()
+            .expect("extra services lock")
+            .clone();
+        let files = [
+            ("consul-agent-ca.pem", self.rpc_tls.ca_pem().to_owned()),
+            ("agent.pem", cert.cert_pem.clone()),
+            ("agent-key.pem", cert.key_pem.expose().to_owned()),
+            (
+                "agent.json",
+                serde_json::json!({
+                    "data_dir": "/var/lib/mesh",
+                    "retry_join": self.servers,
+                    "ports": { "http": HTTP_PORT, "dns": DNS_PORT, "https": HTTPS_PORT },
+                })
+                .to_string(),
+            ),
+            (
+                "tls.json",
+                serde_json::json!({
+                    "tls": {
+                        "defaults": {
+                            "ca_file": path("consul-agent-ca.pem"),
+                            "cert_file": path("agent.pem"),
+                            "key_file": path("agent-key.pem"),
+                            "verify_incoming": true,
+                            "verify_outgoing": true,
+                        },
+                        "internal_rpc": { "verify_server_hostname": true },
+                        // The HTTPS API with the agent's certificate; any
+                        // client may call it, as over plain HTTP.
+                        "https": { "verify_incoming": false },
+                    }
+                })
+                .to_string(),
+            ),
+            (
+                "services.json",
+                serde_json::json!({ "services": services }).to_string(),
+            ),
+        ];
+        for (name, text) in &files {
+            std::fs::write(dir.join(name), text).map_err(|e| format!("writing {name}: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 impl SimAgentHost {
@@ -112,79 +215,22 @@ impl SimCluster {
                 boot_tasks: Vec::new(),
                 node: None,
                 running: false,
+                extra_services: Arc::new(Mutex::new(Vec::new())),
             });
         }
     }
 
-    /// Parses client host `k`'s `mesh agent` command line as the binary
-    /// does: a few flags, and the rest from config files (`-config-dir`)
-    /// holding the data dir, the servers to join and the RPC port's TLS
-    /// (`deploy/tls.json`'s shape, with PEM files beside it). The files
-    /// live in a directory of this process only while they are parsed.
-    fn parse_client_agent(&self, k: usize) -> command::AgentLaunch {
+    /// The configuration files and flags of client host `k`'s agent.
+    fn client_agent_files(&self, k: usize) -> ClientAgentFiles {
         let a = &self.agents[k];
-        let dir = std::env::temp_dir().join(format!("mesh-sim-{}-{}", std::process::id(), a.name));
-        // A directory left by an earlier process with this pid goes first.
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).expect("a fresh temporary config dir");
-        let path = |file: &str| dir.join(file).display().to_string();
-        // A client certificate, as `deploy/tls.json` gives fcs00 and fcc00.
-        let cert = self.rpc_tls.cert(CertKind::Client, &a.name);
-        let files = [
-            ("consul-agent-ca.pem", self.rpc_tls.ca_pem().to_owned()),
-            ("agent.pem", cert.cert_pem.clone()),
-            ("agent-key.pem", cert.key_pem.expose().to_owned()),
-            (
-                "agent.json",
-                serde_json::json!({
-                    "data_dir": "/var/lib/mesh",
-                    "retry_join": (0..self.servers.len()).map(|i| self.rpc_addr(i)).collect::<Vec<_>>(),
-                    "ports": { "http": HTTP_PORT, "dns": DNS_PORT, "https": HTTPS_PORT },
-                })
-                .to_string(),
-            ),
-            (
-                "tls.json",
-                serde_json::json!({
-                    "tls": {
-                        "defaults": {
-                            "ca_file": path("consul-agent-ca.pem"),
-                            "cert_file": path("agent.pem"),
-                            "key_file": path("agent-key.pem"),
-                            "verify_incoming": true,
-                            "verify_outgoing": true,
-                        },
-                        "internal_rpc": { "verify_server_hostname": true },
-                        // The HTTPS API with the agent's certificate; any
-                        // client may call it, as over plain HTTP.
-                        "https": { "verify_incoming": false },
-                    }
-                })
-                .to_string(),
-            ),
-        ];
-        for (name, text) in &files {
-            std::fs::write(dir.join(name), text).expect("a config file");
+        ClientAgentFiles {
+            name: a.name.clone(),
+            ip: a.ip,
+            servers: (0..self.servers.len()).map(|i| self.rpc_addr(i)).collect(),
+            rpc_tls: self.rpc_tls.clone(),
+            extra_services: a.extra_services.clone(),
         }
-        let ip = a.ip.to_string();
-        let args: Vec<String> = [
-            "-node",
-            &a.name,
-            "-bind",
-            &ip,
-            "-client",
-            &ip,
-            "-config-dir",
-            &dir.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let launch = command::parse(&args);
-        let _ = std::fs::remove_dir_all(&dir);
-        launch.unwrap_or_else(|e| panic!("the harness wrote a bad agent config: {e}"))
     }
-
     /// Starts client host `k` (first boot, or after [`SimCluster::crash_agent`]).
     pub fn start_agent(&mut self, k: usize) {
         assert!(
@@ -198,7 +244,10 @@ impl SimCluster {
             Handle::current().restart(node.id());
             return;
         }
-        let launch = self.parse_client_agent(k);
+        let files = self.client_agent_files(k);
+        let launch = files
+            .launch()
+            .unwrap_or_else(|e| panic!("the harness wrote a bad agent config: {e}"));
         assert!(
             launch.config.rpc_tls.is_some(),
             "the config files set up TLS on the RPC port"
@@ -213,6 +262,7 @@ impl SimCluster {
             .ip(a.ip)
             .init(move || {
                 let config = launch.config.clone();
+                let files = files.clone();
                 let (disk, live, app_up) = (disk.clone(), live.clone(), app_up.clone());
                 let boot_tasks = boot_tasks.clone();
                 async move {
@@ -225,7 +275,13 @@ impl SimCluster {
                     // Signals are not used on client hosts; the sender lives
                     // as long as the agent so `run` waits.
                     let (_tx, rx) = mpsc::channel::<Signal>(1);
-                    let _ = command::run(config, Arc::new(disk), rx, |agent| {
+                    // `PUT /v1/agent/reload` writes and reads the files again.
+                    let files = files.clone();
+                    let reloader = command::Reloader {
+                        read: Box::new(move || files.launch()),
+                        set_log_level: Box::new(|_| Ok(false)),
+                    };
+                    let _ = command::run(config, Arc::new(disk), rx, reloader, |agent| {
                         *live.lock().expect("live lock") = Some(agent.local().clone());
                     })
                     .await;

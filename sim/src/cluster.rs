@@ -179,13 +179,19 @@ impl SimCluster {
             Handle::current().restart(node.id());
             return;
         }
-        let mut launch = command::parse(&self.agent_args(i))
-            .unwrap_or_else(|e| panic!("the harness passed bad agent flags: {e}"));
-        // What `-config-file deploy/tls.json` gives a server on bare metal.
-        launch.config.rpc_tls = Some(
-            self.rpc_tls
-                .for_node(CertKind::Server, &self.servers[i].name),
+        let (args, rpc_tls, name) = (
+            self.agent_args(i),
+            self.rpc_tls.clone(),
+            self.servers[i].name.clone(),
         );
+        let read = move || {
+            let mut launch = command::parse(&args).map_err(|e| e.to_string())?;
+            // What `-config-file deploy/tls.json` gives a server on bare metal.
+            launch.config.rpc_tls = Some(rpc_tls.for_node(CertKind::Server, &name));
+            Ok::<_, String>(launch)
+        };
+        let launch = read().unwrap_or_else(|e| panic!("the harness passed bad agent flags: {e}"));
+        let read = Arc::new(read);
         let s = &mut self.servers[i];
         let disk = s.disk.clone();
         let live = s.live.clone();
@@ -202,6 +208,11 @@ impl SimCluster {
                 let start_error = start_error.clone();
                 let (tx, rx) = mpsc::channel(4);
                 *signals.lock().expect("signals lock") = Some(tx);
+                let read = read.clone();
+                let reloader = command::Reloader {
+                    read: Box::new(move || read()),
+                    set_log_level: Box::new(|_| Ok(false)),
+                };
                 // No span of our own: one created here would take the
                 // caller's (the supervisor's) span as parent, and every line
                 // logged on this node would be labelled with node 0. madsim
@@ -209,7 +220,7 @@ impl SimCluster {
                 async move {
                     // The same entry point as `mesh agent`, with simulated
                     // signals.
-                    let result = command::run(config, Arc::new(disk), rx, |agent| {
+                    let result = command::run(config, Arc::new(disk), rx, reloader, |agent| {
                         *live.lock().expect("live lock") = agent.server().cloned();
                     })
                     .await;

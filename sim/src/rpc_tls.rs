@@ -23,6 +23,7 @@ use mesh_net::rpc_tls::{RpcTls, RpcTlsConfig};
 const WEEK: Duration = Duration::from_secs(7 * 86_400);
 
 /// The operator CA of one simulated cluster.
+#[derive(Clone)]
 pub struct SimRpcTls {
     ca: CertAndKey,
 }

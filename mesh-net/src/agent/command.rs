@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use mesh_core::formation::BootstrapMode;
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use mesh_core::agent_tls;
 use mesh_core::connect::SecretPem;
 use mesh_core::definitions::{AgentFileConfig, ServiceDefinition, TlsFileConfig};
 
 use super::checks::CheckSpec;
+use super::reload::{ReloadReport, ReloadRequest};
 use super::{Agent, AgentConfig, Role, ServiceWithChecks};
 use crate::disk::Disk;
 use crate::flags::{usage, Flags, Kind, Spec};
@@ -47,13 +48,59 @@ pub enum Storage {
     Dir(PathBuf),
 }
 
-/// A request to stop, from the OS or the simulator.
+/// A signal from the OS or the simulator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    /// SIGTERM (`systemctl stop`).
+    /// SIGTERM (`systemctl stop`): stop.
     Terminate,
-    /// SIGINT (Ctrl-C).
+    /// SIGINT (Ctrl-C): stop.
     Interrupt,
+    /// SIGHUP (`systemctl reload`): read the configuration again.
+    Hangup,
+}
+
+/// How [`run`] reads the configuration again, on SIGHUP or `PUT
+/// /v1/agent/reload`.
+pub struct Reloader {
+    /// Reads the configuration as at start (the binary parses its
+    /// command line and the files it names again).
+    pub read: Box<dyn Fn() -> Result<AgentLaunch, String> + Send + Sync>,
+    /// Applies a log level; `Ok(true)` when it changed. Logging belongs
+    /// to the process, so the binary passes this.
+    pub set_log_level: Box<dyn Fn(&str) -> Result<bool, String> + Send + Sync>,
+}
+
+impl Reloader {
+    /// Parses `args` again, as `mesh agent` parsed them at start;
+    /// `set_log_level` as given.
+    pub fn from_args(
+        args: Vec<String>,
+        set_log_level: Box<dyn Fn(&str) -> Result<bool, String> + Send + Sync>,
+    ) -> Reloader {
+        Reloader {
+            read: Box::new(move || parse(&args).map_err(|e| e.to_string())),
+            set_log_level,
+        }
+    }
+
+    /// Reads the configuration and applies it to `agent`; the reason when
+    /// the files cannot be used (nothing changes then).
+    fn reload(&self, agent: &Agent) -> Result<ReloadReport, String> {
+        let launch = (self.read)().map_err(|e| {
+            error!(error = %e, "reload refused: the agent keeps its configuration");
+            format!("Failed to reload configs: {e}")
+        })?;
+        let mut report = agent.reload(&launch.config);
+        match (self.set_log_level)(&launch.log_level) {
+            Ok(true) => {
+                info!(level = %launch.log_level, "log level changed");
+                report.log_level = Some(launch.log_level);
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "reload: the log level was not changed"),
+        }
+        Ok(report)
+    }
 }
 
 /// The flags of `mesh agent`.
@@ -278,7 +325,10 @@ fn https_from(tls: &TlsFileConfig, bind: SocketAddr) -> Result<HttpsListener, St
         tls.verify_incoming.unwrap_or(false),
     )
     .map_err(|e| format!("HTTPS configuration: {e}"))?;
-    Ok(HttpsListener { bind, tls: config })
+    Ok(HttpsListener {
+        bind,
+        tls: crate::swap::Swap::new(config),
+    })
 }
 
 fn ip_of(name: &str, raw: &str) -> Result<IpAddr, String> {
@@ -509,13 +559,14 @@ pub async fn run(
     config: AgentConfig,
     disk: Arc<dyn Disk>,
     mut signals: mpsc::Receiver<Signal>,
+    reloader: Reloader,
     started: impl FnOnce(&Agent),
 ) -> Result<(), String> {
     let (must_join, join) = match config.server() {
         Some(s) => (!s.retry_join && !s.join.is_empty(), s.join.clone()),
         None => (false, Vec::new()),
     };
-    let agent = match Agent::start(config, disk).await {
+    let mut agent = match Agent::start(config, disk).await {
         Ok(a) => a,
         Err(e) => {
             error!(error = %e, "agent refused to start");
@@ -537,19 +588,45 @@ pub async fn run(
              use -retry-join to keep trying"
         ));
     }
-    tokio::select! {
-        biased;
-        signal = signals.recv() => {
-            match signal {
-                Some(s) => info!(signal = ?s, "caught a signal: handing off leadership and stopping"),
-                None => info!("signal source closed: handing off leadership and stopping"),
+    let mut reloads = agent.take_reload_requests();
+    loop {
+        tokio::select! {
+            biased;
+            signal = signals.recv() => {
+                match signal {
+                    Some(Signal::Hangup) => {
+                        info!("caught SIGHUP: reloading the configuration");
+                        // The outcome is logged; there is no one to answer.
+                        let _ = reloader.reload(&agent);
+                        continue;
+                    }
+                    Some(s) => info!(signal = ?s, "caught a signal: handing off leadership and stopping"),
+                    None => info!("signal source closed: handing off leadership and stopping"),
+                }
+                agent.terminate().await;
             }
-            agent.terminate().await;
+            request = next_reload(&mut reloads) => {
+                match request {
+                    // The caller may have given up waiting; the reload holds.
+                    Some(reply) => drop(reply.send(reloader.reload(&agent))),
+                    None => reloads = None,
+                }
+                continue;
+            }
+            () = agent.left() => {
+                info!("left the cluster; stopping");
+                agent.stop().await;
+            }
         }
-        () = agent.left() => {
-            info!("left the cluster; stopping");
-            agent.stop().await;
-        }
+        return Ok(());
     }
-    Ok(())
+}
+
+/// The next reload asked through the API; never, once there is no
+/// channel.
+async fn next_reload(reloads: &mut Option<mpsc::Receiver<ReloadRequest>>) -> Option<ReloadRequest> {
+    match reloads {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }

@@ -23,6 +23,7 @@ pub mod checks;
 pub mod command;
 pub mod connect;
 pub mod local;
+pub mod reload;
 
 use crate::server::{load_or_create_node_id, Server, ServerConfig, StartError};
 use checks::CheckSpec;
@@ -107,6 +108,10 @@ pub struct Agent {
     dns_tasks: Vec<JoinHandle<()>>,
     connect_task: JoinHandle<()>,
     left: Arc<Notify>,
+    /// What the agent runs with (a reload compares the files with it).
+    config: std::sync::Mutex<AgentConfig>,
+    /// Reloads asked through the HTTP API, for the run loop.
+    reload_requests: Option<tokio::sync::mpsc::Receiver<reload::ReloadRequest>>,
 }
 
 impl Agent {
@@ -200,27 +205,17 @@ impl Agent {
             if let Err(e) = local.register_service(consul, Vec::new(), true) {
                 warn!(error = %e, "could not register the consul service");
             }
+            local.mark_builtin("consul");
         }
-        for (service, checks) in config.services.clone() {
-            if let Err(e) = local.register_service(service, checks, true) {
-                warn!(error = %e, "a service from the configuration was refused");
-            }
+        let changes = local.apply_config(&config.services, &config.checks);
+        for refused in &changes.refused {
+            warn!(definition = %refused, "a definition from the configuration was refused");
         }
-        for (check, spec) in config.checks.clone() {
-            if let Err(e) = local.register_check(check, spec) {
-                warn!(error = %e, "a check from the configuration was refused");
-            }
-        }
-        let configured = config
-            .services
-            .iter()
-            .map(|(s, _)| s.id.clone())
-            .chain(config.checks.iter().map(|(c, _)| c.check_id.clone()))
-            .chain(std::iter::once("consul".to_string()));
-        local.mark_from_config(configured);
         let left = Arc::new(Notify::new());
         let connect = connect::ConnectCache::new(cluster.clone(), config.datacenter.clone());
         let connect_task = tokio::spawn(connect.clone().run());
+        // One reload at a time; a caller finding the queue full waits.
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
         let api = Arc::new(HttpApi::new(
             cluster.clone(),
             local.clone(),
@@ -228,6 +223,7 @@ impl Agent {
             config.clone(),
             connect,
             telemetry,
+            reload_tx,
         ));
         let https_task = match (https_listener, &config.https) {
             (Some(listener), Some(h)) => Some(tokio::spawn(http::serve_https(
@@ -262,6 +258,8 @@ impl Agent {
             dns_tasks,
             connect_task,
             left,
+            config: std::sync::Mutex::new(config),
+            reload_requests: Some(reload_rx),
         })
     }
 
@@ -278,6 +276,14 @@ impl Agent {
     /// The local services and checks.
     pub fn local(&self) -> &Arc<LocalAgent> {
         &self.local
+    }
+
+    /// The reloads asked through the HTTP API (once: the run loop answers
+    /// them).
+    pub fn take_reload_requests(
+        &mut self,
+    ) -> Option<tokio::sync::mpsc::Receiver<reload::ReloadRequest>> {
+        self.reload_requests.take()
     }
 
     /// Resolves when the agent left the cluster through the API and must exit.

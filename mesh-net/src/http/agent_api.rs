@@ -22,6 +22,11 @@ use crate::agent::checks::CheckSpec;
 use crate::agent::local::LocalError;
 use crate::agent::node_uuid;
 
+/// How long `PUT /v1/agent/reload` waits for the agent to apply the files
+/// (reading them and building TLS takes milliseconds; a queue of reloads
+/// takes longer).
+const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn local_error(e: LocalError) -> Reply {
     match e {
         LocalError::Invalid(m) => bad_request(m),
@@ -175,18 +180,35 @@ impl HttpApi {
                 Ok(node) => self.force_leave(node).await,
                 Err(r) => r,
             },
-            (Method::PUT, "reload", None) => {
-                // Configuration files are read at start; say so instead of
-                // pretending to reload.
-                text(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "reload is not supported yet: restart the agent to apply configuration changes",
-                )
-            }
+            (Method::PUT, "reload", None) => self.reload().await,
             (_, "self" | "members" | "services" | "checks" | "metrics", None) => {
                 method_not_allowed()
             }
             _ => not_found(format!("unknown endpoint {}", call.path)),
+        }
+    }
+
+    /// `PUT /v1/agent/reload`: the agent's run loop reads the files again
+    /// and applies them (see `crate::agent::reload`); 200 when it did,
+    /// 500 with the reason when the files were refused.
+    async fn reload(&self) -> Reply {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let asked = crate::clock::timeout(RELOAD_TIMEOUT, async {
+            self.reload.send(tx).await.ok()?;
+            rx.await.ok()
+        })
+        .await;
+        match asked {
+            Ok(Some(Ok(_report))) => ok(),
+            Ok(Some(Err(why))) => text(StatusCode::INTERNAL_SERVER_ERROR, why),
+            Ok(None) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent is stopping and does not reload",
+            ),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent did not finish the reload in time",
+            ),
         }
     }
 

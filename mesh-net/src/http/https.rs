@@ -11,6 +11,7 @@ use std::sync::Arc;
 use mesh_core::connect::SecretPem;
 use rustls::server::WebPkiClientVerifier;
 
+use crate::swap::Swap;
 use crate::tls::{pem_chain_and_key, pem_roots, provider, HostClock};
 
 /// Where the HTTPS API listens and with what.
@@ -18,8 +19,9 @@ use crate::tls::{pem_chain_and_key, pem_roots, provider, HostClock};
 pub struct HttpsListener {
     /// `-client` address and `ports.https`.
     pub bind: SocketAddr,
-    /// The server configuration (certificate, key, client verification).
-    pub tls: Arc<rustls::ServerConfig>,
+    /// The server configuration (certificate, key, client verification);
+    /// `mesh reload` replaces it.
+    pub tls: Swap<rustls::ServerConfig>,
 }
 
 impl fmt::Debug for HttpsListener {

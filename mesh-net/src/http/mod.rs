@@ -35,6 +35,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::clock;
+use crate::swap::Swap;
 use tracing::{debug, warn};
 
 pub use params::{parse_duration_ms, percent_decode, Query};
@@ -82,9 +83,12 @@ pub async fn serve(listener: TcpListener, api: Arc<HttpApi>) {
 }
 
 /// Serves the API over TLS on `listener` (the HTTPS port).
-pub async fn serve_https(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: Arc<HttpApi>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    serve_with(listener, Some(acceptor), move |req| {
+pub async fn serve_https(
+    listener: TcpListener,
+    tls: Swap<rustls::ServerConfig>,
+    api: Arc<HttpApi>,
+) {
+    serve_with(listener, Some(tls), move |req| {
         let api = api.clone();
         async move { api.handle(req).await }
     })
@@ -102,12 +106,14 @@ fn http1_builder() -> http1::Builder {
     builder
 }
 
-/// Serves HTTP/1.1 on `listener` (over TLS when `tls` is given) with
-/// `handle` answering every request, under the same head-read timeout as
-/// the API (the sidecar's metrics endpoint uses it too).
+/// Serves HTTP/1.1 on `listener` (over TLS when `tls` is given: each
+/// connection takes the settings current when it arrives, so `mesh reload`
+/// reaches new connections) with `handle` answering every request, under
+/// the same head-read timeout as the API (the sidecar's metrics endpoint
+/// uses it too).
 pub async fn serve_with<H, F>(
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Swap<rustls::ServerConfig>>,
     handle: H,
 ) where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -123,7 +129,9 @@ pub async fn serve_with<H, F>(
             }
         };
         let handle = handle.clone();
-        let tls = tls.clone();
+        let tls = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.get()));
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let svc = service_fn(move |req| {

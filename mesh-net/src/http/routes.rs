@@ -34,6 +34,8 @@ pub struct HttpApi {
     pub(super) connect: Arc<crate::agent::connect::ConnectCache>,
     /// The agent's metrics.
     pub(super) telemetry: crate::telemetry::Telemetry,
+    /// Where `PUT /v1/agent/reload` asks the agent's run loop to reload.
+    pub(super) reload: tokio::sync::mpsc::Sender<crate::agent::reload::ReloadRequest>,
 }
 
 /// One request, taken apart.
@@ -54,6 +56,7 @@ impl HttpApi {
         config: AgentConfig,
         connect: Arc<crate::agent::connect::ConnectCache>,
         telemetry: crate::telemetry::Telemetry,
+        reload: tokio::sync::mpsc::Sender<crate::agent::reload::ReloadRequest>,
     ) -> Self {
         Self {
             cluster,
@@ -62,6 +65,7 @@ impl HttpApi {
             config,
             connect,
             telemetry,
+            reload,
             intention_cache: Default::default(),
         }
     }

@@ -58,7 +58,7 @@ fn client_only(ca: &CertAndKey) -> RpcTlsConfig {
 /// A server that answers every request `Done` unless its TLS refuses it,
 /// and reports each connection's role.
 async fn server(
-    tls: RpcTls,
+    tls: impl Into<Arc<RpcTls>>,
 ) -> (
     String,
     tokio::sync::mpsc::UnboundedReceiver<Result<PeerRole, String>>,
@@ -66,7 +66,7 @@ async fn server(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let tls = Arc::new(tls);
+    let tls = tls.into();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
@@ -146,6 +146,60 @@ async fn servers_talk_and_client_certs_cannot_speak_for_servers() {
         }
         other => panic!("a client certificate sent a server-only request: {other:?}"),
     }
+}
+
+/// A status request over an open connection.
+async fn status(s: &mut RpcStream) -> io::Result<Option<RpcResponse>> {
+    write_message(s, &RpcRequest::Status).await?;
+    read_message(s).await
+}
+
+#[tokio::test]
+async fn a_reload_moves_new_connections_to_the_new_settings_and_keeps_established_ones() {
+    let (old_ca, new_ca) = (ca(), ca());
+    let tls =
+        Arc::new(RpcTls::new(&config(&old_ca, Some(&cert(&old_ca, CertKind::Server)))).unwrap());
+    let (addr, mut roles) = server(tls.clone()).await;
+    let old_peer = RpcTls::new(&config(&old_ca, Some(&cert(&old_ca, CertKind::Server)))).unwrap();
+    let new_peer = RpcTls::new(&config(&new_ca, Some(&cert(&new_ca, CertKind::Server)))).unwrap();
+
+    let mut established = old_peer
+        .connect(TcpStream::connect(&addr).await.unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(
+        status(&mut established).await,
+        Ok(Some(Response::Done))
+    ));
+    assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Server));
+    assert!(call(&new_peer, &addr, &Request::Status).await.is_err());
+    assert!(roles.recv().await.unwrap().is_err());
+
+    // The operator replaced the CA and the certificate, then reloaded.
+    tls.adopt(&RpcTls::new(&config(&new_ca, Some(&cert(&new_ca, CertKind::Server)))).unwrap());
+
+    assert!(matches!(
+        call(&new_peer, &addr, &Request::Status).await.unwrap(),
+        Response::Done
+    ));
+    assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Server));
+    assert!(call(&old_peer, &addr, &Request::Status).await.is_err());
+    assert!(roles.recv().await.unwrap().is_err());
+    // Opened before the reload: it keeps going.
+    assert!(matches!(
+        status(&mut established).await,
+        Ok(Some(Response::Done))
+    ));
+    // And the dialing side changed too: the server dials with its new
+    // certificate, which a peer on the new CA accepts.
+    let (new_addr, mut new_roles) =
+        server(RpcTls::new(&config(&new_ca, Some(&cert(&new_ca, CertKind::Server)))).unwrap())
+            .await;
+    assert!(matches!(
+        call(&tls, &new_addr, &Request::Status).await.unwrap(),
+        Response::Done
+    ));
+    assert_eq!(new_roles.recv().await.unwrap(), Ok(PeerRole::Server));
 }
 
 #[tokio::test]

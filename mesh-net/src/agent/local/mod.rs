@@ -24,10 +24,14 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::checks::{self, CheckSpec, Probe};
+use config::ConfigItem;
+
+mod config;
 use crate::backend::Cluster;
 use crate::clock::{self, Instant};
 use crate::disk::Disk;
 use crate::log_store::{decode_record, json_record, read_records, FileKind, OpenError};
+pub use config::ConfigChanges;
 
 const LOCAL_FILE: &str = "agent-local";
 const KIND_AGENT_LOCAL: u8 = 8;
@@ -79,7 +83,9 @@ struct Inner {
     /// Ids of services and checks that came from config files: the files
     /// are their source of truth, so they are not persisted (a service
     /// deleted from the files must not come back from the data dir).
-    from_config: std::collections::BTreeSet<String>,
+    /// Each entry keeps what the files said, so a reload touches only
+    /// what changed.
+    from_config: BTreeMap<String, ConfigItem>,
 }
 
 /// The local state of one agent.
@@ -145,7 +151,7 @@ impl LocalAgent {
                 ttl_deadlines: BTreeMap::new(),
                 critical_since: BTreeMap::new(),
                 runners: BTreeMap::new(),
-                from_config: std::collections::BTreeSet::new(),
+                from_config: BTreeMap::new(),
             }),
             wake: Notify::new(),
             tasks: Mutex::new(Vec::new()),
@@ -262,18 +268,6 @@ impl LocalAgent {
         }
         self.persist();
         Ok(())
-    }
-
-    /// Marks services and checks as coming from config files (not
-    /// persisted; see `Inner::from_config`).
-    pub fn mark_from_config(&self, ids: impl IntoIterator<Item = String>) {
-        let _batch = self.batch.lock().expect("batch lock");
-        self.inner
-            .lock()
-            .expect("agent lock")
-            .from_config
-            .extend(ids);
-        self.persist();
     }
 
     /// Removes a service and its checks.
@@ -568,7 +562,7 @@ impl LocalAgent {
     fn persist(&self) {
         let state = {
             let inner = self.inner.lock().expect("agent lock");
-            let own = |id: &str| inner.from_config.contains(id);
+            let own = |id: &str| inner.from_config.contains_key(id);
             Persisted {
                 services: inner
                     .ae

@@ -1,0 +1,128 @@
+//! `mesh reload`, SIGHUP and `PUT /v1/agent/reload`: the agent reads its
+//! configuration again and applies what can change while it runs, as
+//! Consul's reload does:
+//!
+//! - services and checks from the files (added, changed, removed; see
+//!   [`super::local::ConfigChanges`]);
+//! - the TLS material and verification settings of the RPC port and of the
+//!   HTTPS API, for every connection opened afterwards;
+//! - the log level (the process's logging belongs to the binary, which
+//!   passes a hook).
+//!
+//! Settings that only a restart can change (addresses, ports, node name,
+//! datacenter, server mode, join addresses) are left as they were and
+//! named in a warning. The new files are parsed and every TLS file built
+//! before anything changes, so a bad file fails the reload with its reason
+//! and the agent keeps running on what it had.
+
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::local::ConfigChanges;
+use super::{Agent, AgentConfig, Role};
+
+/// A reload asked through the HTTP API: the answer goes back on the
+/// channel.
+pub type ReloadRequest = oneshot::Sender<Result<ReloadReport, String>>;
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Services and checks from the files.
+    pub changes: ConfigChanges,
+    /// Which TLS settings were replaced: `"rpc"`, `"https"`.
+    pub tls_reloaded: Vec<&'static str>,
+    /// The log level, when it changed.
+    pub log_level: Option<String>,
+    /// Settings that changed in the files and need a restart (Consul's
+    /// names).
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// The settings that differ between `old` and `new` and that only a
+/// restart applies.
+pub fn needs_restart(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut differs = |name: &'static str, changed: bool| {
+        if changed {
+            out.push(name);
+        }
+    };
+    differs("node_name", old.node_name != new.node_name);
+    differs("datacenter", old.datacenter != new.datacenter);
+    differs("advertise_addr", old.advertise != new.advertise);
+    differs("client_addr/ports.http", old.http_bind != new.http_bind);
+    differs("ports.dns", old.dns_bind != new.dns_bind);
+    differs(
+        "ports.https",
+        old.https.as_ref().map(|h| h.bind) != new.https.as_ref().map(|h| h.bind),
+    );
+    differs(
+        "tls (turned on or off)",
+        old.rpc_tls.is_some() != new.rpc_tls.is_some(),
+    );
+    differs(
+        "enable_script_checks",
+        old.enable_script_checks != new.enable_script_checks,
+    );
+    differs(
+        "acl.default_policy",
+        old.default_intention_allow != new.default_intention_allow,
+    );
+    match (&old.role, &new.role) {
+        (Role::Server(a), Role::Server(b)) => {
+            differs("bind_addr/ports.server", a.rpc_bind != b.rpc_bind);
+            differs("retry_join", a.join != b.join);
+            differs(
+                "snapshot_threshold",
+                a.snapshot_threshold != b.snapshot_threshold,
+            );
+        }
+        (Role::Client { servers: a }, Role::Client { servers: b }) => {
+            differs("retry_join", a != b);
+        }
+        _ => differs("server", true),
+    }
+    out
+}
+
+impl Agent {
+    /// Applies `new` (the configuration read again) as far as a running
+    /// agent can; see the module's doc.
+    pub fn reload(&self, new: &AgentConfig) -> ReloadReport {
+        let mut current = self.config.lock().expect("config lock");
+        let needs_restart = needs_restart(&current, new);
+        if !needs_restart.is_empty() {
+            warn!(
+                settings = ?needs_restart,
+                "reload: these settings changed and take effect only after a restart"
+            );
+        }
+        let changes = self.local.apply_config(&new.services, &new.checks);
+        for refused in &changes.refused {
+            warn!(definition = %refused, "reload: a definition was refused");
+        }
+        let mut tls_reloaded = Vec::new();
+        if let (Some(now), Some(next)) = (&current.rpc_tls, &new.rpc_tls) {
+            now.adopt(next);
+            tls_reloaded.push("rpc");
+        }
+        if let (Some(now), Some(next)) = (&current.https, &new.https) {
+            if now.bind == next.bind {
+                now.tls.set(next.tls.get());
+                tls_reloaded.push("https");
+            }
+        }
+        // What was applied becomes the base of the next comparison; the
+        // rest keeps what the agent runs with.
+        current.services = new.services.clone();
+        current.checks = new.checks.clone();
+        info!(%changes, tls = ?tls_reloaded, "configuration reloaded");
+        ReloadReport {
+            changes,
+            tls_reloaded,
+            log_level: None,
+            needs_restart,
+        }
+    }
+}
