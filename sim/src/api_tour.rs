@@ -151,6 +151,16 @@ fn is_empty_array(v: &Value) -> bool {
     v.as_array().is_some_and(Vec::is_empty)
 }
 
+/// The ids of `/v1/agent/services`' answer, sorted.
+fn service_ids(v: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = v
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
 fn array_len(v: &Value) -> usize {
     v.as_array().map_or(0, Vec::len)
 }
@@ -430,8 +440,51 @@ pub(crate) async fn tour(
         200
     );
     call!(agent, "PUT", "/v1/agent/maintenance?enable=false", "", 200);
-    // Not implemented yet, and it says so rather than pretending.
-    call!(agent, "PUT", "/v1/agent/reload", "", 501);
+    // Reload, as an operator adds a service file to the config dir and
+    // runs `mesh reload`, then takes it out again. The harness writes the
+    // files at each read, with a newly signed client certificate, so the
+    // RPC port's TLS is replaced too and the calls after it use it.
+    let before = service_ids(&call!(agent, "GET", "/v1/agent/services", "", 200));
+    let files = run.cluster.agents[crate::connect::FCC]
+        .extra_services
+        .clone();
+    files
+        .lock()
+        .expect("extra services lock")
+        .push(serde_json::json!({
+            "id": "tour-reload", "name": "tour-reload", "port": 7070,
+            "check": { "id": "tour-reload-ttl", "name": "tour reload", "ttl": "60s" }
+        }));
+    call!(agent, "PUT", "/v1/agent/reload", "", 200);
+    let services = call!(agent, "GET", "/v1/agent/services", "", 200);
+    let mut with_new = before.clone();
+    with_new.push("tour-reload".into());
+    with_new.sort();
+    judge(
+        service_ids(&services) == with_new && services["tour-reload"]["Port"] == 7070,
+        "reload registers the service added to the files and keeps the others",
+        &services,
+    )?;
+    let checks = call!(agent, "GET", "/v1/agent/checks", "", 200);
+    judge(
+        checks["tour-reload-ttl"]["ServiceID"] == "tour-reload",
+        "reload registers the service's check",
+        &checks,
+    )?;
+    files.lock().expect("extra services lock").clear();
+    call!(agent, "PUT", "/v1/agent/reload", "", 200);
+    let services = call!(agent, "GET", "/v1/agent/services", "", 200);
+    judge(
+        service_ids(&services) == before,
+        "reload removes the service taken out of the files, and only it",
+        &services,
+    )?;
+    let checks = call!(agent, "GET", "/v1/agent/checks", "", 200);
+    judge(
+        checks.get("tour-reload-ttl").is_none(),
+        "its check goes with it",
+        &checks,
+    )?;
 
     // Connect: the CA, leaves and intentions.
     let roots = call!(server, "GET", "/v1/connect/ca/roots", "", 200);

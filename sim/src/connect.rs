@@ -44,7 +44,7 @@ use crate::checkers::wire_plaintext::Wire;
 use crate::scenarios::{rand_ms, Report, Run, ELECTION_BOUND};
 
 pub(crate) const FCS: usize = 0;
-const FCC: usize = 1;
+pub(crate) const FCC: usize = 1;
 /// fcs's port on fcs00's loopback, and fcc's upstream port on fcc00's.
 const APP_PORT: u16 = 8181;
 /// The sidecars' public port.
