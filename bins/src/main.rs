@@ -56,7 +56,7 @@ pub(crate) fn init_logging(level: &str, json: bool) -> LogLevelHook {
     macro_rules! hook {
         ($handle:expr) => {{
             let handle = $handle;
-            Box::new(move |level: &str| {
+            let hook: LogLevelHook = Box::new(move |level: &str| {
                 let wanted = level_name(level);
                 let mut now = current
                     .lock()
@@ -70,7 +70,8 @@ pub(crate) fn init_logging(level: &str, json: bool) -> LogLevelHook {
                     .map_err(|e| format!("cannot change the log level: {e}"))?;
                 *now = wanted;
                 Ok(true)
-            })
+            });
+            hook
         }};
     }
     if json {
@@ -86,8 +87,7 @@ pub(crate) fn init_logging(level: &str, json: bool) -> LogLevelHook {
     }
 }
 
-/// Changes the log level of a running agent (`mesh reload`).
-pub(crate) type LogLevelHook = Box<dyn Fn(&str) -> Result<bool, String> + Send + Sync>;
+use mesh_net::agent::command::LogLevelHook;
 
 /// A `-log-level` in tracing's spelling (Consul's `err` and `warning` too).
 fn level_name(level: &str) -> &'static str {

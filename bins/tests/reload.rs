@@ -199,6 +199,7 @@ async fn reload_applies_changed_files_and_keeps_the_agent_running_on_a_bad_one()
         json!({ "service": { "name": "api", "port": 9000 } }),
     );
     install(1);
+    write_json(conf.join("log.json"), json!({ "log_level": "debug" }));
     assert!(Command::new("kill")
         .args(["-HUP", &pid])
         .status()
@@ -220,6 +221,13 @@ async fn reload_applies_changed_files_and_keeps_the_agent_running_on_a_bad_one()
         pem_body(&cert1),
         "new connections get the new certificate"
     );
+    // The level changes right after the services, in the same reload.
+    let log = dir.join("agent.log");
+    poll_until(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("log level changed"))
+    })
+    .await
+    .expect("SIGHUP applies log_level");
     poll_until(Duration::from_secs(10), || async {
         get("/v1/catalog/service/api")
             .await

@@ -59,6 +59,9 @@ pub enum Signal {
     Hangup,
 }
 
+/// Applies a log level; `Ok(true)` when it changed.
+pub type LogLevelHook = Box<dyn Fn(&str) -> Result<bool, String> + Send + Sync>;
+
 /// How [`run`] reads the configuration again, on SIGHUP or `PUT
 /// /v1/agent/reload`.
 pub struct Reloader {
@@ -67,16 +70,13 @@ pub struct Reloader {
     pub read: Box<dyn Fn() -> Result<AgentLaunch, String> + Send + Sync>,
     /// Applies a log level; `Ok(true)` when it changed. Logging belongs
     /// to the process, so the binary passes this.
-    pub set_log_level: Box<dyn Fn(&str) -> Result<bool, String> + Send + Sync>,
+    pub set_log_level: LogLevelHook,
 }
 
 impl Reloader {
     /// Parses `args` again, as `mesh agent` parsed them at start;
     /// `set_log_level` as given.
-    pub fn from_args(
-        args: Vec<String>,
-        set_log_level: Box<dyn Fn(&str) -> Result<bool, String> + Send + Sync>,
-    ) -> Reloader {
+    pub fn from_args(args: Vec<String>, set_log_level: LogLevelHook) -> Reloader {
         Reloader {
             read: Box::new(move || parse(&args).map_err(|e| e.to_string())),
             set_log_level,

@@ -126,3 +126,56 @@ impl Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::command::parse;
+
+    fn config(args: &[&str]) -> AgentConfig {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        parse(&args).expect("flags parse").config
+    }
+
+    #[test]
+    fn only_settings_a_restart_applies_are_named() {
+        let base = config(&["-dev", "-node", "a"]);
+        assert_eq!(
+            needs_restart(&base, &config(&["-dev", "-node", "a"])),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            needs_restart(
+                &base,
+                &config(&[
+                    "-dev",
+                    "-node",
+                    "b",
+                    "-http-port",
+                    "18500",
+                    "-dns-port",
+                    "-1"
+                ])
+            ),
+            ["node_name", "client_addr/ports.http", "ports.dns"]
+        );
+        let client = config(&[
+            "-node",
+            "a",
+            "-data-dir",
+            "/tmp/x",
+            "-retry-join",
+            "127.0.0.1:8300",
+        ]);
+        assert_eq!(needs_restart(&base, &client), ["server"]);
+        let moved = config(&[
+            "-node",
+            "a",
+            "-data-dir",
+            "/tmp/x",
+            "-retry-join",
+            "127.0.0.2:8300",
+        ]);
+        assert_eq!(needs_restart(&client, &moved), ["retry_join"]);
+    }
+}

@@ -179,3 +179,223 @@ impl LocalAgent {
         check
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::future::BoxFuture;
+    use mesh_core::connect::ca::{IssuedLeaf, SecretPem};
+    use mesh_core::state::ca::CaConfig;
+    use mesh_core::state::catalog::{CheckStatus, Node, NodeService};
+    use mesh_core::state::sessions::Session;
+    use mesh_core::state::{Command, CommandResult};
+    use mesh_core::wire::{ClusterStatus, ReadRequest, ReadResponse, RpcError};
+
+    use super::*;
+    use crate::agent::checks::Probe;
+    use crate::backend::{Cluster, LeafRequest};
+    use crate::disk::MemDisk;
+    use crate::server::Server;
+
+    /// No server answers: the local state works alone (anti-entropy
+    /// retries in the background), which is all these tests look at.
+    struct Offline;
+
+    fn no_leader<T: Send + 'static>() -> BoxFuture<'static, Result<T, RpcError>> {
+        Box::pin(async { Err(RpcError::NoLeader) })
+    }
+
+    impl Cluster for Offline {
+        fn read(&self, _: ReadRequest) -> BoxFuture<'_, Result<ReadResponse, RpcError>> {
+            no_leader()
+        }
+        fn write(&self, _: Command) -> BoxFuture<'_, Result<(u64, CommandResult), RpcError>> {
+            no_leader()
+        }
+        fn status(&self) -> BoxFuture<'_, Result<ClusterStatus, RpcError>> {
+            no_leader()
+        }
+        fn leader_status(&self) -> BoxFuture<'_, Result<ClusterStatus, RpcError>> {
+            no_leader()
+        }
+        fn heartbeat(&self, _: String) -> BoxFuture<'_, Result<(), RpcError>> {
+            no_leader()
+        }
+        fn sign_leaf(&self, _: LeafRequest) -> BoxFuture<'_, Result<IssuedLeaf, RpcError>> {
+            no_leader()
+        }
+        fn rotate_root(
+            &self,
+            _: SecretPem,
+            _: Option<CaConfig>,
+        ) -> BoxFuture<'_, Result<(), RpcError>> {
+            no_leader()
+        }
+        fn renew_session(&self, _: String) -> BoxFuture<'_, Result<Option<Session>, RpcError>> {
+            no_leader()
+        }
+        fn known_leader(&self) -> bool {
+            false
+        }
+        fn last_contact_ms(&self) -> u64 {
+            0
+        }
+        fn server(&self) -> Option<&Arc<Server>> {
+            None
+        }
+    }
+
+    fn agent() -> Arc<LocalAgent> {
+        let node = Node {
+            node: "n1".into(),
+            ..Node::default()
+        };
+        LocalAgent::start(
+            node,
+            Arc::new(Offline),
+            Arc::new(MemDisk::new()),
+            1,
+            false,
+            crate::telemetry::Telemetry::new(),
+        )
+        .expect("an empty disk")
+    }
+
+    fn ttl_check(id: &str) -> (HealthCheck, CheckSpec) {
+        let check = HealthCheck {
+            check_id: id.into(),
+            name: id.into(),
+            status: CheckStatus::Critical,
+            ..HealthCheck::default()
+        };
+        let spec = CheckSpec {
+            probe: Probe::Ttl { ttl_ms: 60_000 },
+            interval_ms: 0,
+            timeout_ms: 0,
+            deregister_critical_after_ms: None,
+        };
+        (check, spec)
+    }
+
+    fn web(tags: &[&str]) -> ServiceWithChecks {
+        let service = NodeService {
+            id: "web".into(),
+            service: "web".into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..NodeService::default()
+        };
+        (service, vec![ttl_check("web-ttl")])
+    }
+
+    fn ids(agent: &LocalAgent) -> (Vec<String>, Vec<String>) {
+        let services = agent.services().into_iter().map(|s| s.id).collect();
+        let checks = agent.checks().into_iter().map(|c| c.check_id).collect();
+        (services, checks)
+    }
+
+    fn status(agent: &LocalAgent, id: &str) -> Option<CheckStatus> {
+        agent
+            .checks()
+            .into_iter()
+            .find(|c| c.check_id == id)
+            .map(|c| c.status)
+    }
+
+    fn changes(
+        added: &[&str],
+        updated: &[&str],
+        removed: &[&str],
+        unchanged: usize,
+    ) -> ConfigChanges {
+        let own = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        ConfigChanges {
+            added: own(added),
+            updated: own(updated),
+            removed: own(removed),
+            unchanged,
+            refused: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reload_adds_changes_and_removes_only_what_the_files_changed() {
+        let a = agent();
+        a.register_service(
+            NodeService {
+                id: "consul".into(),
+                service: "consul".into(),
+                ..NodeService::default()
+            },
+            Vec::new(),
+            true,
+        )
+        .unwrap();
+        a.mark_builtin("consul");
+        let node_check = ttl_check("disk");
+
+        let first = a.apply_config(&[web(&["v1"])], std::slice::from_ref(&node_check));
+        assert_eq!(first, changes(&["web", "disk"], &[], &[], 0));
+        // The API registers one of its own; the files know nothing of it.
+        a.register_service(
+            NodeService {
+                id: "manual".into(),
+                service: "manual".into(),
+                ..NodeService::default()
+            },
+            vec![ttl_check("manual-ttl")],
+            true,
+        )
+        .unwrap();
+        a.update_ttl("web-ttl", CheckStatus::Passing, "ok").unwrap();
+
+        let same = a.apply_config(&[web(&["v1"])], std::slice::from_ref(&node_check));
+        assert_eq!(same, changes(&[], &[], &[], 2));
+        assert_eq!(status(&a, "web-ttl"), Some(CheckStatus::Passing));
+
+        let retagged = a.apply_config(&[web(&["v2"])], &[]);
+        assert_eq!(retagged, changes(&[], &["web"], &["disk"], 0));
+        let web_now = a.services().into_iter().find(|s| s.id == "web").unwrap();
+        assert_eq!(web_now.tags, ["v2"]);
+        assert_eq!(
+            status(&a, "web-ttl"),
+            Some(CheckStatus::Passing),
+            "a changed definition keeps the check's last status"
+        );
+
+        let emptied = a.apply_config(&[], &[]);
+        assert_eq!(emptied, changes(&[], &[], &["web"], 0));
+        assert_eq!(
+            ids(&a),
+            (
+                vec!["consul".to_string(), "manual".into()],
+                vec!["manual-ttl".to_string()]
+            ),
+            "the builtin and the API's registrations stay"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_definition_is_reported_and_the_rest_applies() {
+        let a = agent();
+        let (check, _) = ttl_check("script");
+        let script = CheckSpec {
+            probe: Probe::Script {
+                args: vec!["/bin/true".into()],
+            },
+            interval_ms: 10_000,
+            timeout_ms: 1_000,
+            deregister_critical_after_ms: None,
+        };
+        let got = a.apply_config(&[web(&[])], &[(check, script)]);
+        assert_eq!(got.added, ["web"]);
+        assert_eq!(got.refused.len(), 1, "{got}");
+        assert!(
+            got.refused[0].starts_with("script: Scripts are disabled"),
+            "{got}"
+        );
+        // Refused, so not remembered: the next reload tries it again.
+        let again = a.apply_config(&[web(&[])], &[]);
+        assert_eq!(again, changes(&[], &[], &[], 1));
+    }
+}
