@@ -2,6 +2,7 @@
 //! simulator runs too. Here only what is the process's own: logging, the
 //! runtime, the data directory on a real disk, and OS signals.
 
+use mesh_bins::logging::init_logging;
 use std::sync::Arc;
 
 use mesh_net::agent::command::{self, LaunchError, Signal, Storage};
@@ -36,7 +37,7 @@ pub fn run(args: &[String]) -> i32 {
             }
         },
     };
-    let set_log_level = crate::init_logging(&launch.log_level, launch.log_json);
+    let set_log_level = init_logging(&launch.log_level, launch.log_json);
     // SIGHUP and `mesh reload` parse the same command line again.
     let reloader = command::Reloader::from_args(args.to_vec(), set_log_level);
     let rt = match crate::cli::process_runtime() {

@@ -1,5 +1,6 @@
 //! Connect on real processes over loopback: three servers, the client
-//! agents fcs00 and fcc00, and `mesh connect proxy` for each service.
+//! agents fcs00 and fcc00, and a sidecar for each service (`mesh connect
+//! proxy` for fcs, the `mesh-sidecar` binary for fcc).
 //! fcc's requests reach an echo app behind fcs's sidecar through both
 //! sidecars; a tap between the sidecars sees TLS records only; a client
 //! with a self-signed certificate and a plaintext client are refused;
@@ -117,6 +118,8 @@ fn mesh(args: &[&str]) -> std::process::Output {
         .expect("run mesh")
 }
 
+/// fcs's sidecar runs as `mesh connect proxy`, fcc's as the small
+/// `mesh-sidecar` binary: both entry points carry the traffic.
 fn proxy(service: &str, agent: &str, log: &std::path::Path) -> Proc {
     let log = std::fs::File::create(log).expect("log");
     let metrics = if service == "fcs" {
@@ -124,11 +127,16 @@ fn proxy(service: &str, agent: &str, log: &std::path::Path) -> Proc {
     } else {
         FCC_METRICS
     };
+    let mut command = if service == "fcs" {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mesh"));
+        c.args(["connect", "proxy"]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_mesh-sidecar"))
+    };
     Proc(
-        Command::new(env!("CARGO_BIN_EXE_mesh"))
+        command
             .args([
-                "connect",
-                "proxy",
                 "-sidecar-for",
                 service,
                 "-http-addr",
