@@ -3,9 +3,11 @@
 # in one run (method and load generator: mtls_proxy_bench.py + netbench.c beside this file, copied
 # from the shared reference scripts shared/bench/). See benches/README.md, "Sidecar vs stunnel".
 #
-#   bash benches/peers/sidecar_vs_stunnel.sh [--mesh PATH] [--repeats N] [--out DIR] [-- PY_ARGS...]
+#   bash benches/peers/sidecar_vs_stunnel.sh [--mesh PATH] [--proxy] [--repeats N] [--out DIR] [-- PY_ARGS...]
 #
-# Without --mesh it builds `cargo build --release --bin mesh` (CARGO_TARGET_DIR is honoured).
+# Without --mesh it builds `cargo build --release --bins` (CARGO_TARGET_DIR is honoured). The
+# sidecars run as `mesh-sidecar` (beside the mesh binary), or with --proxy as `mesh connect proxy`
+# (the same code in the full binary, which maps more pages: see BENCHMARKS.md).
 # Then, all on 127.0.0.1: a -dev agent (HTTP $HTTP_PORT, RPC $RPC_PORT, no DNS) whose config file
 # registers fcs (app 17000 = the bench's echo server, sidecar 21000), fcsiperf (app 17001 = the
 # bench's iperf3 server, sidecar 21001) and fcc (sidecar 21002, upstreams fcs -> 20000 and
@@ -18,6 +20,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 mesh=""
+proxy=0
 repeats=2
 out=""
 HTTP_PORT=${HTTP_PORT:-28500}
@@ -26,10 +29,11 @@ py_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --mesh) mesh="$2"; shift 2 ;;
+    --proxy) proxy=1; shift ;;
     --repeats) repeats="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --) shift; py_args=("$@"); break ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,11 +50,17 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 if [ -z "$mesh" ]; then
-  (cd "$root" && cargo build --release --bin mesh)
+  (cd "$root" && cargo build --release --bins)
   mesh="${CARGO_TARGET_DIR:-$root/target}/release/mesh"
 fi
 mesh="$(cd "$(dirname "$mesh")" && pwd)/$(basename "$mesh")"
 [ -x "$mesh" ] || { echo "no mesh binary at $mesh" >&2; exit 1; }
+if [ "$proxy" = 1 ]; then
+  sidecar=("$mesh" connect proxy)
+else
+  sidecar=("$(dirname "$mesh")/mesh-sidecar")
+  [ -x "${sidecar[0]}" ] || { echo "no mesh-sidecar beside $mesh (build with --bins, or pass --proxy)" >&2; exit 1; }
+fi
 [ -n "$out" ] || out="${CARGO_TARGET_DIR:-$root/target}/peer-bench/sidecar-vs-stunnel-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
@@ -123,7 +133,7 @@ done
 
 sidecar_pids=()
 for s in fcs fcsiperf fcc; do
-  "$mesh" connect proxy -sidecar-for "$s" -http-addr "$agent_http" >"$work/sidecar-$s.log" 2>&1 &
+  "${sidecar[@]}" -sidecar-for "$s" -http-addr "$agent_http" >"$work/sidecar-$s.log" 2>&1 &
   pids+=("$!")
   sidecar_pids+=("$!")
 done
@@ -175,7 +185,7 @@ EOF
 
 {
   echo "== machine: $(nproc) vCPU, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), kernel $(uname -r), $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "== mesh sidecar PIDs (fcs fcsiperf fcc): ${sidecar_pids[*]}; agent PID $agent_pid"
+  echo "== mesh sidecars (${sidecar[*]}) PIDs (fcs fcsiperf fcc): ${sidecar_pids[*]}; agent PID $agent_pid"
 } | tee "$out/machine.txt"
 
 pid_list="$(IFS=,; echo "${sidecar_pids[*]}")"
