@@ -16,6 +16,7 @@ use mesh_net::disk::MemDisk;
 use tokio::sync::mpsc;
 use tracing::info;
 
+use crate::agent_files::AgentFiles;
 use crate::cluster::{SimCluster, HTTP_PORT};
 
 /// The port fcs listens on.
@@ -54,105 +55,6 @@ pub struct SimAgentHost {
     /// config dir beside the harness's files: a test adds one and calls
     /// `PUT /v1/agent/reload`.
     pub extra_services: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-/// What a client host's `mesh agent` is started with: a few flags, and
-/// the rest from config files (`-config-dir`) holding the data dir, the
-/// servers to join and the RPC port's TLS (`deploy/tls.json`'s shape,
-/// with PEM files beside it).
-#[derive(Clone)]
-pub struct ClientAgentFiles {
-    name: String,
-    ip: IpAddr,
-    servers: Vec<String>,
-    rpc_tls: crate::rpc_tls::SimRpcTls,
-    extra_services: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl ClientAgentFiles {
-    /// Writes the files and parses the command line as the binary does.
-    /// The files live in a directory of this process only while they are
-    /// parsed. Each call signs a new client certificate, as an operator
-    /// renewing it before `mesh reload` would.
-    pub fn launch(&self) -> Result<command::AgentLaunch, String> {
-        let dir =
-            std::env::temp_dir().join(format!("mesh-sim-{}-{}", std::process::id(), self.name));
-        // A directory left by an earlier process with this pid goes first.
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).map_err(|e| format!("config dir {}: {e}", dir.display()))?;
-        let written = self.write_files(&dir);
-        let launch = written.and_then(|()| {
-            let ip = self.ip.to_string();
-            let args: Vec<String> = [
-                "-node",
-                &self.name,
-                "-bind",
-                &ip,
-                "-client",
-                &ip,
-                "-config-dir",
-                &dir.display().to_string(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            command::parse(&args).map_err(|e| e.to_string())
-        });
-        let _ = std::fs::remove_dir_all(&dir);
-        launch
-    }
-
-    fn write_files(&self, dir: &std::path::Path) -> Result<(), String> {
-        let path = |file: &str| dir.join(file).display().to_string();
-        // A client certificate, as `deploy/tls.json` gives fcs00 and fcc00.
-        let cert = self.rpc_tls.cert(CertKind::Client, &self.name);
-        let services = self
-            .extra_services
-            .lock()
-            .expect("extra services lock")
-            .clone();
-        let files = [
-            ("consul-agent-ca.pem", self.rpc_tls.ca_pem().to_owned()),
-            ("agent.pem", cert.cert_pem.clone()),
-            ("agent-key.pem", cert.key_pem.expose().to_owned()),
-            (
-                "agent.json",
-                serde_json::json!({
-                    "data_dir": "/var/lib/mesh",
-                    "retry_join": self.servers,
-                    "ports": { "http": HTTP_PORT, "dns": DNS_PORT, "https": HTTPS_PORT },
-                })
-                .to_string(),
-            ),
-            (
-                "tls.json",
-                serde_json::json!({
-                    "tls": {
-                        "defaults": {
-                            "ca_file": path("consul-agent-ca.pem"),
-                            "cert_file": path("agent.pem"),
-                            "key_file": path("agent-key.pem"),
-                            "verify_incoming": true,
-                            "verify_outgoing": true,
-                        },
-                        "internal_rpc": { "verify_server_hostname": true },
-                        // The HTTPS API with the agent's certificate; any
-                        // client may call it, as over plain HTTP.
-                        "https": { "verify_incoming": false },
-                    }
-                })
-                .to_string(),
-            ),
-            (
-                "services.json",
-                serde_json::json!({ "services": services }).to_string(),
-            ),
-        ];
-        for (name, text) in &files {
-            std::fs::write(dir.join(name), text).map_err(|e| format!("writing {name}: {e}"))?;
-        }
-        Ok(())
-    }
 }
 
 impl SimAgentHost {
@@ -220,13 +122,27 @@ impl SimCluster {
         }
     }
 
-    /// The configuration files and flags of client host `k`'s agent.
-    fn client_agent_files(&self, k: usize) -> ClientAgentFiles {
+    /// The flags and configuration files of client host `k`'s agent: the
+    /// data dir, the servers to join and the ports in `agent.json`, a
+    /// client certificate, and the HTTPS API open to any caller that
+    /// trusts the CA.
+    fn client_agent_files(&self, k: usize) -> AgentFiles {
         let a = &self.agents[k];
-        ClientAgentFiles {
+        let ip = a.ip.to_string();
+        let servers: Vec<String> = (0..self.servers.len()).map(|i| self.rpc_addr(i)).collect();
+        AgentFiles {
             name: a.name.clone(),
-            ip: a.ip,
-            servers: (0..self.servers.len()).map(|i| self.rpc_addr(i)).collect(),
+            flags: ["-node", &a.name, "-bind", &ip, "-client", &ip]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            cert: CertKind::Client,
+            https: true,
+            agent_json: Some(serde_json::json!({
+                "data_dir": "/var/lib/mesh",
+                "retry_join": servers,
+                "ports": { "http": HTTP_PORT, "dns": DNS_PORT, "https": HTTPS_PORT },
+            })),
             rpc_tls: self.rpc_tls.clone(),
             extra_services: a.extra_services.clone(),
         }

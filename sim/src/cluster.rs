@@ -11,6 +11,8 @@ use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
 use mesh_core::agent_tls::CertKind;
 use mesh_net::agent::command::{self, Signal};
+
+use crate::agent_files::AgentFiles;
 use mesh_net::clock::ClockSim;
 use mesh_net::disk::MemDisk;
 use mesh_net::server::Server;
@@ -179,18 +181,21 @@ impl SimCluster {
             Handle::current().restart(node.id());
             return;
         }
-        let (args, rpc_tls, name) = (
-            self.agent_args(i),
-            self.rpc_tls.clone(),
-            self.servers[i].name.clone(),
-        );
-        let read = move || {
-            let mut launch = command::parse(&args).map_err(|e| e.to_string())?;
-            // What `-config-file deploy/tls.json` gives a server on bare metal.
-            launch.config.rpc_tls = Some(rpc_tls.for_node(CertKind::Server, &name));
-            Ok::<_, String>(launch)
+        // What `mesh agent -server ... -config-dir /etc/mesh.d` with
+        // `deploy/tls.json` and a server certificate gives on bare metal.
+        let files = AgentFiles {
+            name: self.servers[i].name.clone(),
+            flags: self.agent_args(i),
+            cert: CertKind::Server,
+            https: false,
+            agent_json: None,
+            rpc_tls: self.rpc_tls.clone(),
+            extra_services: Default::default(),
         };
-        let launch = read().unwrap_or_else(|e| panic!("the harness passed bad agent flags: {e}"));
+        let launch = files
+            .launch()
+            .unwrap_or_else(|e| panic!("the harness passed bad agent flags: {e}"));
+        let read = move || files.launch();
         let read = Arc::new(read);
         let s = &mut self.servers[i];
         let disk = s.disk.clone();

@@ -7,6 +7,8 @@
 //! `tests/simulations.rs`).
 
 #[cfg(madsim)]
+pub mod agent_files;
+#[cfg(madsim)]
 pub mod agent_hosts;
 #[cfg(madsim)]
 pub mod agents;

@@ -52,11 +52,6 @@ impl SimRpcTls {
     pub fn agent(&self, cert: &CertAndKey) -> Arc<RpcTls> {
         agent_tls(&self.ca, cert)
     }
-
-    /// The RPC TLS of server or client agent `node`.
-    pub fn for_node(&self, kind: CertKind, node: &str) -> Arc<RpcTls> {
-        self.agent(&self.cert(kind, node))
-    }
 }
 
 impl Default for SimRpcTls {
