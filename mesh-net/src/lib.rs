@@ -40,3 +40,5 @@ pub mod state_store;
 pub mod swap;
 pub mod telemetry;
 pub mod tls;
+#[cfg(madsim)]
+pub mod vote_log;

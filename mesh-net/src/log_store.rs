@@ -414,6 +414,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        #[cfg(madsim)]
+        crate::vote_log::record(vote);
         let disk = {
             let mut inner = self.lock();
             let bytes = json_record(KIND_VOTE, vote);

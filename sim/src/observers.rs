@@ -1,4 +1,9 @@
-//! Feeds the checkers from periodic samples of the live servers.
+//! Feeds the checkers from periodic samples of the live servers, and
+//! election safety also from every committed vote any server saved since
+//! the last sample (`mesh_net::vote_log`), so a leader too short-lived for
+//! any sample is still seen.
+
+use std::collections::BTreeMap;
 
 use crate::checkers::{election, log_matching, state_machine};
 use crate::cluster::SimCluster;
@@ -13,11 +18,23 @@ pub struct Observers {
     /// Log matching.
     pub log_matching: log_matching::LogMatching,
     samples: u64,
+    /// Raft node ids of the servers seen running, by id.
+    names: BTreeMap<u64, String>,
+    /// Committed votes seen (how much the vote log gave).
+    pub committed_votes: u64,
 }
 
 /// Logs are compared on every this many samples: copying every log is the
 /// costliest observation, and divergence persists until repaired.
 const LOG_SAMPLE_EVERY: u64 = 10;
+
+/// A server's name by its Raft node id, once seen running.
+fn name(names: &BTreeMap<u64, String>, id: u64) -> String {
+    match names.get(&id) {
+        Some(n) => format!("{n} (raft node {id})"),
+        None => format!("raft node {id}"),
+    }
+}
 
 impl Observers {
     /// Samples every live server once.
@@ -27,14 +44,24 @@ impl Observers {
             let Some(server) = cluster.server(i) else {
                 continue;
             };
+            self.names
+                .entry(server.node_id())
+                .or_insert_with(|| cluster.servers[i].name.clone());
             let m = server.metrics();
             if server.is_leader() {
+                let names = &self.names;
                 self.election
-                    .observe(m.current_term, &cluster.servers[i].name)?;
+                    .observe(m.current_term, server.node_id(), |id| name(names, id))?;
             }
             let (applied, digest) = server.view().digest();
             self.state_machine
                 .observe(&cluster.servers[i].name, applied, digest)?;
+        }
+        for vote in mesh_net::vote_log::VoteLog::drain() {
+            self.committed_votes += 1;
+            let names = &self.names;
+            self.election
+                .observe(vote.term, vote.leader, |id| name(names, id))?;
         }
         if self.samples % LOG_SAMPLE_EVERY == 1 {
             self.compare_logs(cluster)?;

@@ -355,6 +355,11 @@ impl Run {
         self.report.definite_failures = history.definite_failures.len();
         self.report.history_digest = history.digest();
         self.report.terms = self.observers.election.terms_with_leader();
+        // Every run elects a leader, which saves its committed vote: none
+        // seen means election safety was only sampled.
+        if self.observers.committed_votes == 0 {
+            return Err("the vote log saw no committed vote (is VoteLog registered?)".into());
+        }
         Ok(())
     }
 

@@ -129,6 +129,8 @@ mod imp {
         rt.set_time_limit(Duration::from_secs(3600));
         // Each host's own clock (drift and skew faults).
         rt.add_simulator::<mesh_net::clock::ClockSim>();
+        // Every committed vote, for election safety between samples.
+        rt.add_simulator::<mesh_net::vote_log::VoteLog>();
         let wall = Instant::now();
         let scenario_name = scenario.to_string();
         let (result, sim_elapsed) = rt.block_on(async move {
