@@ -148,7 +148,7 @@ async fn reload_applies_changed_files_and_keeps_the_agent_running_on_a_bad_one()
             }}
         }),
     );
-    write_json(conf.join("web.json"), web(&["v1"], "30s"));
+    write_json(conf.join("web.json"), web(&["v1"], "10m"));
 
     let log = std::fs::File::create(dir.join("agent.log")).expect("log");
     let conf_arg = conf.display().to_string();
@@ -261,7 +261,7 @@ async fn reload_applies_changed_files_and_keeps_the_agent_running_on_a_bad_one()
 
     // A broken file: the reload fails with its name and nothing changes.
     std::fs::write(conf.join("zz-broken.json"), "{ \"service\": ").expect("write");
-    write_json(conf.join("web.json"), web(&["v2"], "45s"));
+    write_json(conf.join("web.json"), web(&["v2"], "15m"));
     let (status, body) = call("PUT", "/v1/agent/reload", Value::Null).await;
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("zz-broken.json"), "{body}");
@@ -269,8 +269,28 @@ async fn reload_applies_changed_files_and_keeps_the_agent_running_on_a_bad_one()
     assert!(!out.status.success(), "mesh reload reports the failure");
     assert_eq!(get("/v1/agent/service/web").await["Tags"], json!(["v1"]));
 
-    // Fixed: the changed definition applies and the check keeps its status.
+    // A definition the agent refuses (a script check without
+    // enable_script_checks): the reload fails and says which.
     std::fs::remove_file(conf.join("zz-broken.json")).expect("remove");
+    write_json(
+        conf.join("script.json"),
+        json!({ "check": { "id": "probe", "name": "probe", "args": ["/bin/true"], "interval": "10s" } }),
+    );
+    let (status, body) = call("PUT", "/v1/agent/reload", Value::Null).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("probe") && body.contains("Scripts are disabled"),
+        "{body}"
+    );
+    std::fs::remove_file(conf.join("script.json")).expect("remove");
+    // An unknown log level is refused like a file that does not parse.
+    write_json(conf.join("log.json"), json!({ "log_level": "loud" }));
+    let (status, body) = call("PUT", "/v1/agent/reload", Value::Null).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("Invalid log level: loud"), "{body}");
+    write_json(conf.join("log.json"), json!({ "log_level": "debug" }));
+
+    // Fixed: the changed definition applies and the check keeps its status.
     assert_eq!(call("PUT", "/v1/agent/reload", Value::Null).await.0, 200);
     assert_eq!(get("/v1/agent/service/web").await["Tags"], json!(["v2"]));
     assert_eq!(

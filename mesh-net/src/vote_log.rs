@@ -1,4 +1,4 @@
-//! Every committed vote any server makes durable, for the simulator's
+//! Every committed vote any server saves, for the simulator's
 //! election-safety checker. A leader saves its own committed vote before
 //! it appends its first entry (openraft's `establish_leader`), and a
 //! follower saves the committed vote of the leader it follows, so two

@@ -99,6 +99,14 @@ impl Reloader {
             Ok(false) => {}
             Err(e) => warn!(error = %e, "reload: the log level was not changed"),
         }
+        // As Consul's: a definition the agent refuses fails the reload
+        // (the rest of the files did apply, and the message says so).
+        if !report.changes.refused.is_empty() {
+            return Err(format!(
+                "Failed reloading services: refused {:?}; the rest of the configuration was applied",
+                report.changes.refused
+            ));
+        }
         Ok(report)
     }
 }
@@ -540,6 +548,11 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
         .or(file.log_level.as_deref())
         .unwrap_or("info")
         .to_string();
+    if !LOG_LEVELS.contains(&log_level.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "Invalid log level: {log_level}. Valid log levels are: [trace debug info warn err]"
+        ));
+    }
     Ok(AgentLaunch {
         config,
         storage,
@@ -547,6 +560,10 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
         log_json: flags.bool("log-json"),
     })
 }
+
+/// `log_level` values, as Consul spells them (and tracing's `warning`,
+/// `error`).
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "warning", "err", "error"];
 
 /// How long `-join` (without retry) may take before startup fails.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -603,6 +620,8 @@ pub async fn run(
                     Some(s) => info!(signal = ?s, "caught a signal: handing off leadership and stopping"),
                     None => info!("signal source closed: handing off leadership and stopping"),
                 }
+                // A reload asked from now on is answered "stopping" at once.
+                drop(reloads.take());
                 agent.terminate().await;
             }
             request = next_reload(&mut reloads) => {
@@ -615,6 +634,7 @@ pub async fn run(
             }
             () = agent.left() => {
                 info!("left the cluster; stopping");
+                drop(reloads.take());
                 agent.stop().await;
             }
         }

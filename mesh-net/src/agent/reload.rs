@@ -72,6 +72,7 @@ pub fn needs_restart(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> 
     match (&old.role, &new.role) {
         (Role::Server(a), Role::Server(b)) => {
             differs("bind_addr/ports.server", a.rpc_bind != b.rpc_bind);
+            differs("bootstrap/bootstrap_expect", a.bootstrap != b.bootstrap);
             differs("retry_join", a.join != b.join);
             differs(
                 "snapshot_threshold",
@@ -177,5 +178,20 @@ mod tests {
             "127.0.0.2:8300",
         ]);
         assert_eq!(needs_restart(&client, &moved), ["retry_join"]);
+    }
+
+    #[test]
+    fn an_unknown_log_level_is_refused() {
+        let args: Vec<String> = ["-dev", "-log-level", "loud"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let err = parse(&args).expect_err("refused").to_string();
+        assert!(err.starts_with("Invalid log level: loud."), "{err}");
+        let ok: Vec<String> = ["-dev", "-log-level", "ERR"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(parse(&ok).is_ok());
     }
 }

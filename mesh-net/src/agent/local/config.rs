@@ -15,6 +15,19 @@ use super::{LocalAgent, LocalError};
 use crate::agent::checks::CheckSpec;
 use crate::agent::ServiceWithChecks;
 
+/// Whether a config id names a service or a check: the two have separate
+/// id spaces (a service `web` and a check `web` may both exist).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum ItemKind {
+    /// A service (with the checks nested in its definition).
+    Service,
+    /// A check defined on its own.
+    Check,
+}
+
+/// What the files registered, by kind and id.
+pub(super) type ConfigKey = (ItemKind, String);
+
 /// What the files said about one id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum ConfigItem {
@@ -38,8 +51,9 @@ pub struct ConfigChanges {
     pub removed: Vec<String>,
     /// Ids the files name as before.
     pub unchanged: usize,
-    /// Definitions the agent refused, with the reason (as at start, the
-    /// rest still applies).
+    /// Definitions the agent refused, with the reason. As at start, the
+    /// rest still applies; what a refused definition would have replaced
+    /// stays as it was.
     pub refused: Vec<String>,
 }
 
@@ -68,14 +82,15 @@ fn check_id(check: &HealthCheck) -> String {
 }
 
 impl LocalAgent {
-    /// Marks `id` as the agent's own registration (kept by reloads).
+    /// Marks service `id` as the agent's own registration (kept by
+    /// reloads).
     pub fn mark_builtin(&self, id: &str) {
         let _batch = self.batch.lock().expect("batch lock");
         self.inner
             .lock()
             .expect("agent lock")
             .from_config
-            .insert(id.to_string(), ConfigItem::Builtin);
+            .insert((ItemKind::Service, id.to_string()), ConfigItem::Builtin);
         self.persist();
     }
 
@@ -86,62 +101,51 @@ impl LocalAgent {
         services: &[ServiceWithChecks],
         checks: &[(HealthCheck, CheckSpec)],
     ) -> ConfigChanges {
-        let mut wanted: BTreeMap<String, ConfigItem> = BTreeMap::new();
+        let mut wanted: BTreeMap<ConfigKey, ConfigItem> = BTreeMap::new();
         for s in services {
-            wanted.insert(s.0.id.clone(), ConfigItem::Service(s.clone()));
+            wanted.insert(
+                (ItemKind::Service, s.0.id.clone()),
+                ConfigItem::Service(s.clone()),
+            );
         }
         for (c, spec) in checks {
-            wanted.insert(check_id(c), ConfigItem::Check(c.clone(), spec.clone()));
+            wanted.insert(
+                (ItemKind::Check, check_id(c)),
+                ConfigItem::Check(c.clone(), spec.clone()),
+            );
         }
         let before = self.inner.lock().expect("agent lock").from_config.clone();
         let mut changes = ConfigChanges::default();
-        let mut now_from_config: BTreeMap<String, ConfigItem> = before
+        let mut now_from_config: BTreeMap<ConfigKey, ConfigItem> = before
             .iter()
             .filter(|(_, item)| **item == ConfigItem::Builtin)
-            .map(|(id, item)| (id.clone(), item.clone()))
+            .map(|(key, item)| (key.clone(), item.clone()))
             .collect();
 
-        for (id, item) in &before {
-            let removed = match item {
-                ConfigItem::Builtin => continue,
-                _ if wanted.contains_key(id) => continue,
-                ConfigItem::Service(_) => self.deregister_service(id),
-                ConfigItem::Check(..) => self.deregister_check(id),
+        for (key, item) in &before {
+            let removed = match (key.0, item) {
+                (_, ConfigItem::Builtin) => continue,
+                _ if wanted.contains_key(key) => continue,
+                (ItemKind::Service, _) => self.deregister_service(&key.1),
+                (ItemKind::Check, _) => self.deregister_check(&key.1),
             };
             // Already gone (deregistered through the API): nothing to do.
             if removed.is_ok() {
-                changes.removed.push(id.clone());
+                changes.removed.push(key.1.clone());
             }
         }
 
-        let present = |id: &str| {
-            let inner = self.inner.lock().expect("agent lock");
-            inner.ae.services().contains_key(id) || inner.ae.checks().contains_key(id)
-        };
-        // Services first: a check in the files may name one of them.
-        let ordered = wanted
-            .iter()
-            .filter(|(_, i)| matches!(i, ConfigItem::Service(_)))
-            .chain(
-                wanted
-                    .iter()
-                    .filter(|(_, i)| matches!(i, ConfigItem::Check(..))),
-            );
-        for (id, item) in ordered {
-            let old = before.get(id);
-            if old == Some(item) && present(id) {
+        // Keys order services before checks: a check in the files may
+        // name one of the services.
+        for (key, item) in &wanted {
+            let old = before.get(key);
+            if old == Some(item) && self.present(key) {
                 changes.unchanged += 1;
-                now_from_config.insert(id.clone(), item.clone());
+                now_from_config.insert(key.clone(), item.clone());
                 continue;
             }
             let result = match item {
-                ConfigItem::Service((service, checks)) => {
-                    let checks = checks
-                        .iter()
-                        .map(|(c, spec)| (self.with_current_state(c.clone()), spec.clone()))
-                        .collect();
-                    self.register_service(service.clone(), checks, true)
-                }
+                ConfigItem::Service(new) => self.replace_config_service(old, new),
                 ConfigItem::Check(c, spec) => {
                     self.register_check(self.with_current_state(c.clone()), spec.clone())
                 }
@@ -154,11 +158,17 @@ impl LocalAgent {
                     } else {
                         &mut changes.added
                     };
-                    list.push(id.clone());
-                    now_from_config.insert(id.clone(), item.clone());
+                    list.push(key.1.clone());
+                    now_from_config.insert(key.clone(), item.clone());
                 }
                 Err(LocalError::Invalid(why) | LocalError::NotFound(why)) => {
-                    changes.refused.push(format!("{id}: {why}"));
+                    changes.refused.push(format!("{}: {why}", key.1));
+                    // What it would have replaced is still registered and
+                    // still the files': a later reload must be able to
+                    // remove it, and it must not be persisted as the API's.
+                    if let Some(old) = old {
+                        now_from_config.insert(key.clone(), old.clone());
+                    }
                 }
             }
         }
@@ -166,6 +176,54 @@ impl LocalAgent {
         self.inner.lock().expect("agent lock").from_config = now_from_config;
         self.persist();
         changes
+    }
+
+    /// Registers a service from the files in place of `old` (what the
+    /// files said before, if anything): its nested checks that did not
+    /// change keep running untouched, changed ones keep their last status,
+    /// ones the new definition drops are removed, and checks attached to
+    /// it from elsewhere (the API, a check file) stay.
+    fn replace_config_service(
+        &self,
+        old: Option<&ConfigItem>,
+        (service, checks): &ServiceWithChecks,
+    ) -> Result<(), LocalError> {
+        let old_checks: &[(HealthCheck, CheckSpec)] = match old {
+            Some(ConfigItem::Service((_, checks))) => checks,
+            _ => &[],
+        };
+        let changed: Vec<(HealthCheck, CheckSpec)> = checks
+            .iter()
+            .filter(|c| !(old_checks.contains(c) && self.has_check(&check_id(&c.0))))
+            .map(|(c, spec)| (self.with_current_state(c.clone()), spec.clone()))
+            .collect();
+        self.register_service(service.clone(), changed, false)?;
+        let keep: Vec<String> = checks.iter().map(|(c, _)| check_id(c)).collect();
+        for (c, _) in old_checks {
+            let id = check_id(c);
+            if !keep.contains(&id) {
+                // Already gone through the API: nothing to do.
+                let _ = self.deregister_check(&id);
+            }
+        }
+        Ok(())
+    }
+
+    fn has_check(&self, id: &str) -> bool {
+        self.inner
+            .lock()
+            .expect("agent lock")
+            .ae
+            .checks()
+            .contains_key(id)
+    }
+
+    fn present(&self, (kind, id): &ConfigKey) -> bool {
+        let inner = self.inner.lock().expect("agent lock");
+        match kind {
+            ItemKind::Service => inner.ae.services().contains_key(id),
+            ItemKind::Check => inner.ae.checks().contains_key(id),
+        }
     }
 
     /// `check` with the status and output its id has now, if it exists: a
@@ -375,11 +433,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_refused_definition_is_reported_and_the_rest_applies() {
-        let a = agent();
-        let (check, _) = ttl_check("script");
-        let script = CheckSpec {
+    fn script_check(id: &str) -> (HealthCheck, CheckSpec) {
+        let (check, _) = ttl_check(id);
+        let spec = CheckSpec {
             probe: Probe::Script {
                 args: vec!["/bin/true".into()],
             },
@@ -387,7 +443,13 @@ mod tests {
             timeout_ms: 1_000,
             deregister_critical_after_ms: None,
         };
-        let got = a.apply_config(&[web(&[])], &[(check, script)]);
+        (check, spec)
+    }
+
+    #[tokio::test]
+    async fn a_refused_definition_is_reported_and_the_rest_applies() {
+        let a = agent();
+        let got = a.apply_config(&[web(&[])], &[script_check("script")]);
         assert_eq!(got.added, ["web"]);
         assert_eq!(got.refused.len(), 1, "{got}");
         assert!(
@@ -397,5 +459,79 @@ mod tests {
         // Refused, so not remembered: the next reload tries it again.
         let again = a.apply_config(&[web(&[])], &[]);
         assert_eq!(again, changes(&[], &[], &[], 1));
+    }
+
+    #[tokio::test]
+    async fn a_refused_change_keeps_the_old_definition_and_a_later_reload_can_remove_it() {
+        let a = agent();
+        a.apply_config(&[web(&["v1"])], &[]);
+        let (mut service, mut checks) = web(&["v2"]);
+        checks.push(script_check("web-script"));
+        service.tags = vec!["v2".into()];
+        let refused = a.apply_config(&[(service, checks)], &[]);
+        assert_eq!(refused.refused.len(), 1, "{refused}");
+        let web_now = a.services().into_iter().find(|s| s.id == "web").unwrap();
+        assert_eq!(web_now.tags, ["v1"], "the refused change did not apply");
+        let emptied = a.apply_config(&[], &[]);
+        assert_eq!(emptied, changes(&[], &[], &["web"], 0));
+        assert_eq!(ids(&a), (vec![], vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_service_and_a_check_may_share_an_id() {
+        let a = agent();
+        let got = a.apply_config(&[web(&[])], &[ttl_check("web")]);
+        assert_eq!(got, changes(&["web", "web"], &[], &[], 0));
+        assert_eq!(
+            ids(&a),
+            (
+                vec!["web".to_string()],
+                vec!["web".to_string(), "web-ttl".into()]
+            )
+        );
+        let again = a.apply_config(&[web(&[])], &[ttl_check("web")]);
+        assert_eq!(again, changes(&[], &[], &[], 2));
+    }
+
+    #[tokio::test]
+    async fn changing_a_service_keeps_checks_attached_from_elsewhere_and_drops_its_removed_ones() {
+        let a = agent();
+        let (service, mut nested) = web(&["v1"]);
+        nested.push(ttl_check("web-extra"));
+        a.apply_config(&[(service.clone(), nested)], &[]);
+        // Attached by the API, and by a check file.
+        let (mut api_check, spec) = ttl_check("web-api");
+        api_check.service_id = "web".into();
+        a.register_check(api_check, spec).unwrap();
+        let (mut file_check, file_spec) = ttl_check("web-file");
+        file_check.service_id = "web".into();
+        a.update_ttl("web-ttl", CheckStatus::Passing, "ok").unwrap();
+        let first = a.apply_config(
+            &[(
+                service.clone(),
+                vec![ttl_check("web-ttl"), ttl_check("web-extra")],
+            )],
+            &[(file_check.clone(), file_spec.clone())],
+        );
+        assert_eq!(first, changes(&["web-file"], &[], &[], 1));
+        a.update_ttl("web-file", CheckStatus::Passing, "ok")
+            .unwrap();
+
+        let retagged = NodeService {
+            tags: vec!["v2".into()],
+            ..service
+        };
+        let second = a.apply_config(
+            &[(retagged, vec![ttl_check("web-ttl")])],
+            &[(file_check, file_spec)],
+        );
+        assert_eq!(second, changes(&[], &["web"], &[], 1));
+        assert_eq!(
+            ids(&a).1,
+            ["web-api", "web-file", "web-ttl"],
+            "web-extra left the definition; the API's and the file's checks stay"
+        );
+        assert_eq!(status(&a, "web-ttl"), Some(CheckStatus::Passing));
+        assert_eq!(status(&a, "web-file"), Some(CheckStatus::Passing));
     }
 }

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::checks::{self, CheckSpec, Probe};
-use config::ConfigItem;
+use config::{ConfigItem, ConfigKey, ItemKind};
 
 mod config;
 use crate::backend::Cluster;
@@ -85,7 +85,7 @@ struct Inner {
     /// deleted from the files must not come back from the data dir).
     /// Each entry keeps what the files said, so a reload touches only
     /// what changed.
-    from_config: BTreeMap<String, ConfigItem>,
+    from_config: BTreeMap<ConfigKey, ConfigItem>,
 }
 
 /// The local state of one agent.
@@ -562,20 +562,23 @@ impl LocalAgent {
     fn persist(&self) {
         let state = {
             let inner = self.inner.lock().expect("agent lock");
-            let own = |id: &str| inner.from_config.contains_key(id);
+            let own =
+                |kind: ItemKind, id: &str| inner.from_config.contains_key(&(kind, id.to_string()));
             Persisted {
                 services: inner
                     .ae
                     .services()
                     .values()
-                    .filter(|s| !own(&s.id))
+                    .filter(|s| !own(ItemKind::Service, &s.id))
                     .cloned()
                     .collect(),
                 checks: inner
                     .ae
                     .checks()
                     .values()
-                    .filter(|c| !own(&c.check_id) && !own(&c.service_id))
+                    .filter(|c| {
+                        !own(ItemKind::Check, &c.check_id) && !own(ItemKind::Service, &c.service_id)
+                    })
                     .filter_map(|c| {
                         inner.specs.get(&c.check_id).map(|spec| LocalCheck {
                             check: c.clone(),
