@@ -2,7 +2,7 @@
 //! `-log-level` in Consul's spellings, `-log-json`, `MESH_LOG` for a
 //! filter of one's own, and a hook `mesh reload` uses to change the level.
 
-use mesh_net::agent::command::LogLevelHook;
+use mesh_net::agent::command::{tracing_level, LogLevelHook};
 use tracing_subscriber::EnvFilter;
 
 /// Sets up logging: `-log-level` (Consul spellings) and `-log-json`.
@@ -61,13 +61,9 @@ pub fn init_logging(level: &str, json: bool) -> LogLevelHook {
     }
 }
 
-/// A `-log-level` in tracing's spelling (Consul's `err` and `warning` too).
+/// A `-log-level` in tracing's spelling. `mesh agent` refuses unknown
+/// levels when it parses its configuration; the sidecar's flag falls
+/// back to `info`.
 fn level_name(level: &str) -> &'static str {
-    match level.to_ascii_lowercase().as_str() {
-        "err" | "error" => "error",
-        "warn" | "warning" => "warn",
-        "debug" => "debug",
-        "trace" => "trace",
-        _ => "info",
-    }
+    tracing_level(level).unwrap_or("info")
 }

@@ -3,7 +3,6 @@
 //! connection opened after it and leaves established ones alone (as
 //! Consul's TLS configurator does).
 
-use std::fmt;
 use std::sync::{Arc, RwLock};
 
 /// A shared, replaceable value. Clones see the same value.
@@ -37,12 +36,6 @@ impl<T> Swap<T> {
 impl<T> Clone for Swap<T> {
     fn clone(&self) -> Self {
         Swap(self.0.clone())
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for Swap<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.get().fmt(f)
     }
 }
 

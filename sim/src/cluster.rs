@@ -11,13 +11,13 @@ use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
 use mesh_core::agent_tls::CertKind;
 use mesh_net::agent::command::{self, Signal};
-
-use crate::agent_files::AgentFiles;
 use mesh_net::clock::ClockSim;
 use mesh_net::disk::MemDisk;
 use mesh_net::server::Server;
 use tokio::sync::mpsc;
 use tracing::info;
+
+use crate::agent_files::AgentFiles;
 
 /// Server RPC port (Consul's 8300).
 pub const RPC_PORT: u16 = 8300;

@@ -18,7 +18,7 @@ pub struct Observers {
     /// Log matching.
     pub log_matching: log_matching::LogMatching,
     samples: u64,
-    /// Raft node ids of the servers seen running, by id.
+    /// Names of the servers seen running, by Raft node id.
     names: BTreeMap<u64, String>,
     /// Committed votes seen (how much the vote log gave).
     pub committed_votes: u64,

@@ -18,7 +18,7 @@ use mesh_core::connect::SecretPem;
 use mesh_core::definitions::{AgentFileConfig, ServiceDefinition, TlsFileConfig};
 
 use super::checks::CheckSpec;
-use super::reload::{ReloadReport, ReloadRequest};
+use super::reload::ReloadRequest;
 use super::{Agent, AgentConfig, Role, ServiceWithChecks};
 use crate::disk::Disk;
 use crate::flags::{usage, Flags, Kind, Spec};
@@ -85,29 +85,26 @@ impl Reloader {
 
     /// Reads the configuration and applies it to `agent`; the reason when
     /// the files cannot be used (nothing changes then).
-    fn reload(&self, agent: &Agent) -> Result<ReloadReport, String> {
+    fn reload(&self, agent: &Agent) -> Result<(), String> {
         let launch = (self.read)().map_err(|e| {
             error!(error = %e, "reload refused: the agent keeps its configuration");
             format!("Failed to reload configs: {e}")
         })?;
-        let mut report = agent.reload(&launch.config);
+        let changes = agent.reload(&launch.config);
         match (self.set_log_level)(&launch.log_level) {
-            Ok(true) => {
-                info!(level = %launch.log_level, "log level changed");
-                report.log_level = Some(launch.log_level);
-            }
+            Ok(true) => info!(level = %launch.log_level, "log level changed"),
             Ok(false) => {}
             Err(e) => warn!(error = %e, "reload: the log level was not changed"),
         }
         // As Consul's: a definition the agent refuses fails the reload
         // (the rest of the files did apply, and the message says so).
-        if !report.changes.refused.is_empty() {
+        if !changes.refused.is_empty() {
             return Err(format!(
                 "Failed reloading services: refused {:?}; the rest of the configuration was applied",
-                report.changes.refused
+                changes.refused
             ));
         }
-        Ok(report)
+        Ok(())
     }
 }
 
@@ -548,7 +545,7 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
         .or(file.log_level.as_deref())
         .unwrap_or("info")
         .to_string();
-    if !LOG_LEVELS.contains(&log_level.to_ascii_lowercase().as_str()) {
+    if tracing_level(&log_level).is_none() {
         return Err(format!(
             "Invalid log level: {log_level}. Valid log levels are: [trace debug info warn err]"
         ));
@@ -561,9 +558,18 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
     })
 }
 
-/// `log_level` values, as Consul spells them (and tracing's `warning`,
-/// `error`).
-const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "warning", "err", "error"];
+/// A `log_level` (Consul's spellings, `err` and `warning` too, any case)
+/// in tracing's spelling; `None` for one that is neither.
+pub fn tracing_level(level: &str) -> Option<&'static str> {
+    match level.to_ascii_lowercase().as_str() {
+        "trace" => Some("trace"),
+        "debug" => Some("debug"),
+        "info" => Some("info"),
+        "warn" | "warning" => Some("warn"),
+        "err" | "error" => Some("error"),
+        _ => None,
+    }
+}
 
 /// How long `-join` (without retry) may take before startup fails.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);

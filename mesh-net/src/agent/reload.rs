@@ -21,23 +21,9 @@ use tracing::{info, warn};
 use super::local::ConfigChanges;
 use super::{Agent, AgentConfig, Role};
 
-/// A reload asked through the HTTP API: the answer goes back on the
-/// channel.
-pub type ReloadRequest = oneshot::Sender<Result<ReloadReport, String>>;
-
-/// What a reload changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReloadReport {
-    /// Services and checks from the files.
-    pub changes: ConfigChanges,
-    /// Which TLS settings were replaced: `"rpc"`, `"https"`.
-    pub tls_reloaded: Vec<&'static str>,
-    /// The log level, when it changed.
-    pub log_level: Option<String>,
-    /// Settings that changed in the files and need a restart (Consul's
-    /// names).
-    pub needs_restart: Vec<&'static str>,
-}
+/// A reload asked through the HTTP API: the outcome (the reason when it
+/// failed) goes back on the channel.
+pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
 
 /// The settings that differ between `old` and `new` and that only a
 /// restart applies.
@@ -89,8 +75,9 @@ pub fn needs_restart(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> 
 
 impl Agent {
     /// Applies `new` (the configuration read again) as far as a running
-    /// agent can; see the module's doc.
-    pub fn reload(&self, new: &AgentConfig) -> ReloadReport {
+    /// agent can (see the module's doc); what it did to the services and
+    /// checks from the files.
+    pub fn reload(&self, new: &AgentConfig) -> ConfigChanges {
         let mut current = self.config.lock().expect("config lock");
         let needs_restart = needs_restart(&current, new);
         if !needs_restart.is_empty() {
@@ -119,12 +106,7 @@ impl Agent {
         current.services = new.services.clone();
         current.checks = new.checks.clone();
         info!(%changes, tls = ?tls_reloaded, "configuration reloaded");
-        ReloadReport {
-            changes,
-            tls_reloaded,
-            log_level: None,
-            needs_restart,
-        }
+        changes
     }
 }
 

@@ -199,7 +199,7 @@ impl HttpApi {
         })
         .await;
         match asked {
-            Ok(Some(Ok(_report))) => ok(),
+            Ok(Some(Ok(()))) => ok(),
             Ok(Some(Err(why))) => text(StatusCode::INTERNAL_SERVER_ERROR, why),
             Ok(None) => text(
                 StatusCode::SERVICE_UNAVAILABLE,

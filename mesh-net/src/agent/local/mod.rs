@@ -24,13 +24,13 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::checks::{self, CheckSpec, Probe};
-use config::{ConfigItem, ConfigKey, ItemKind};
-
-mod config;
 use crate::backend::Cluster;
 use crate::clock::{self, Instant};
 use crate::disk::Disk;
 use crate::log_store::{decode_record, json_record, read_records, FileKind, OpenError};
+use config::{ConfigItem, ConfigKey, ItemKind};
+
+mod config;
 pub use config::ConfigChanges;
 
 const LOCAL_FILE: &str = "agent-local";
