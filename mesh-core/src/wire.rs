@@ -371,11 +371,30 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
     serde_json::from_slice(payload).map_err(|e| WireError(e.to_string()))
 }
 
-/// Evaluates a query against the applied state. The index follows Consul:
-/// the queried table's last-modified index, never 0 (blocking clients treat
-/// 0 as "no index").
+/// The index a query's answer carries (`X-Consul-Index`), and the one a
+/// blocking query waits to pass. It follows Consul: a single key that
+/// exists answers with its own `ModifyIndex` (clients such as Patroni block
+/// on an entry's `ModifyIndex`, and with the table's index they would be
+/// woken at once, over and over); every other query answers with the
+/// queried table's last-modified index. Never 0: blocking clients treat 0
+/// as "no index".
+///
+/// Whatever could change an answer moves its index past the old one: a
+/// write, lock or release of the key moves its `ModifyIndex`; deleting it
+/// falls back to the table's index, which that delete moved past the key's.
+pub fn query_index(sm: &StateMachine, query: &Query) -> u64 {
+    if let Query::Kv(KvQuery::Get { key }) = query {
+        if let Some(entry) = sm.kv().get(key) {
+            return entry.modify_index.max(1);
+        }
+    }
+    sm.table_index(query.table()).max(1)
+}
+
+/// Evaluates a query against the applied state, with its
+/// [`query_index`].
 pub fn evaluate(sm: &StateMachine, query: &Query) -> (u64, QueryResult) {
-    let index = sm.table_index(query.table()).max(1);
+    let index = query_index(sm, query);
     let result = match query {
         Query::Kv(q) => {
             let kv = sm.kv();
@@ -403,4 +422,58 @@ pub fn evaluate(sm: &StateMachine, query: &Query) -> (u64, QueryResult) {
         }
     };
     (index, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::KvCommand;
+
+    fn set(key: &str) -> Command {
+        KvCommand::Set {
+            key: key.into(),
+            value: b"v".to_vec(),
+            flags: 0,
+        }
+        .into()
+    }
+
+    fn get(key: &str) -> Query {
+        KvQuery::Get { key: key.into() }.into()
+    }
+
+    /// Patroni blocks on the leader key with `?index=<its ModifyIndex>`:
+    /// writes to other keys must not wake it, a change to the key must.
+    #[test]
+    fn a_key_answers_with_its_modify_index_and_only_its_own_changes_move_it() {
+        let mut sm = StateMachine::new();
+        assert_eq!(query_index(&sm, &get("leader")), 1, "never 0");
+        sm.apply(1, &set("leader"));
+        sm.apply(2, &set("members/a"));
+        sm.apply(3, &set("members/b"));
+        assert_eq!(query_index(&sm, &get("leader")), 1);
+        assert_eq!(evaluate(&sm, &get("leader")).0, 1);
+        let list = Query::from(KvQuery::List {
+            prefix: String::new(),
+        });
+        assert_eq!(query_index(&sm, &list), 3, "a prefix read: the table's");
+        sm.apply(4, &set("leader"));
+        assert_eq!(query_index(&sm, &get("leader")), 4);
+        sm.apply(5, &set("members/a"));
+        sm.apply(
+            6,
+            &KvCommand::Delete {
+                key: "leader".into(),
+            }
+            .into(),
+        );
+        assert_eq!(
+            query_index(&sm, &get("leader")),
+            6,
+            "a deleted key answers with the table's index, past its last ModifyIndex"
+        );
+        sm.apply(7, &set("other"));
+        assert_eq!(query_index(&sm, &get("leader")), 7, "absent: the table's");
+        assert_eq!(query_index(&sm, &get("other")), 7);
+    }
 }

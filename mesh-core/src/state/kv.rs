@@ -13,8 +13,10 @@
 //! * `session`: the session holding the key's lock, if any.
 //! * [`KvStore::table_index`]: index of the last write that changed *any*
 //!   key, deletes included. Blocking queries (`?index=`, `X-Consul-Index`)
-//!   use it, so it must move whenever a read could return something new, and
-//!   must not move otherwise (a failed CAS changes nothing).
+//!   on a prefix, or on a key that does not exist, use it, so it must move
+//!   whenever a read could return something new, and must not move
+//!   otherwise (a failed CAS changes nothing). A key that exists answers
+//!   with its own `modify_index`, as in Consul ([`crate::wire::query_index`]).
 //!
 //! Differences from Consul, on purpose:
 //!
@@ -22,9 +24,9 @@
 //!   ones (the modify index does not move). Here every `set` advances
 //!   `modify_index`: one rule instead of two, and a CAS client holding the
 //!   old index merely retries once.
-//! * Consul reports per-prefix indexes through tombstones; here every read
-//!   uses the single table index. Blocking queries may wake more often, never
-//!   less often.
+//! * Consul reports per-prefix indexes through tombstones; here a prefix
+//!   read uses the single table index. Blocking prefix queries may wake more
+//!   often, never less often.
 //!
 //! Keys are not validated here: any string, including the empty one, is a
 //! key (the HTTP layer rejects bad keys with [`crate::api::validate_key`]).

@@ -18,8 +18,7 @@ impl Server {
             // Stale reads are served by any server, from its own state
             // (client agents send them to whichever server they reach).
             Request::Read(r) if r.consistency == Consistency::Stale => {
-                self.wait_for_index(r.query.table(), r.min_index, r.wait_ms)
-                    .await;
+                self.wait_for_index(&r.query, r.min_index, r.wait_ms).await;
                 Ok(Response::Read(self.read_local(&r)))
             }
             Request::Read(r) => self.read_here(r).await.map(Response::Read),
@@ -126,12 +125,14 @@ impl Server {
         }
     }
 
-    pub(super) async fn wait_for_index(&self, table: Table, min_index: u64, wait_ms: u64) {
+    /// Waits, up to `wait_ms`, until `query`'s answer carries an index
+    /// past `min_index` (a blocking query), or at once without one.
+    pub(super) async fn wait_for_index(&self, query: &Query, min_index: u64, wait_ms: u64) {
         if min_index == 0 {
             return;
         }
         let mut view = self.view.clone();
-        let current = || self.view.read(|sm| sm.table_index(table));
+        let current = || self.view.read(|sm| query_index(sm, query));
         let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
         let _ = clock::timeout(wait, async {
             while current() <= min_index {
@@ -155,8 +156,7 @@ impl Server {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
-        self.wait_for_index(r.query.table(), r.min_index, r.wait_ms)
-            .await;
+        self.wait_for_index(&r.query, r.min_index, r.wait_ms).await;
         // Confirm leadership with a quorum *after* waiting, right before
         // reading: a leader deposed meanwhile must not answer.
         if mutants::enabled(Mutant::SkipReadQuorum)

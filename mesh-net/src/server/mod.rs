@@ -34,8 +34,8 @@ use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};
 use mesh_core::snapshot_transfer::{Progress, Reassembly, TransferId};
 use mesh_core::state::{Command, CommandResult, Table};
 use mesh_core::wire::{
-    evaluate, ClusterStatus, Consistency, PeerStatus, ReadRequest, ReadResponse, Request, Response,
-    RpcError,
+    evaluate, query_index, ClusterStatus, Consistency, PeerStatus, Query, ReadRequest,
+    ReadResponse, Request, Response, RpcError,
 };
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};
 use openraft::storage::Snapshot;

@@ -65,8 +65,7 @@ impl Server {
             || (mutants::enabled(Mutant::StaleFollowerRead)
                 && r.consistency == Consistency::Default);
         if local {
-            self.wait_for_index(r.query.table(), r.min_index, r.wait_ms)
-                .await;
+            self.wait_for_index(&r.query, r.min_index, r.wait_ms).await;
             return Ok(self.read_local(&r));
         }
         let timeout = FORWARD_TIMEOUT + Duration::from_millis(r.wait_ms.min(MAX_WAIT_MS));
