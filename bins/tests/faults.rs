@@ -4,11 +4,14 @@
 //! (nftables), and killed (kill -9) in turn. What the simulator cannot
 //! reach (kernel TCP, real timers, FileDisk) is exercised here.
 //!
-//! The history is then judged: every acknowledged write is present with
-//! its value; no write answered "No cluster leader" (a definite failure)
-//! took effect; no client of a live server waited longer than the
-//! election bound for an answer; and writes resumed within a bound after
-//! each fault.
+//! Besides the unique-key writers, register clients read, write and
+//! check-and-set a few shared keys. The history is then judged with the
+//! simulator's own checkers (`sim::checkers`): the registers'
+//! linearizability (an "unknown" verdict fails), no definitely failed
+//! write seen by a read or in the final state, and the write gap after
+//! each fault; and here: every acknowledged write is present with its
+//! value, and no client of a live server, the faulted one included once it
+//! runs, waited longer than the election bound for an answer.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,9 +19,16 @@ use std::time::{Duration, Instant};
 
 use mesh_bins::process_cluster::{test_dir, Partitions, ProcessCluster};
 use mesh_net::http_client::HttpClient;
+use sim::checkers::definite_failures::{self, FailedWrite, Seen};
+use sim::checkers::linearizable::{self, OpKind};
+use sim::checkers::write_gap::{self, LeaderFault, WriteAttempt};
+use sim::outcome::{classify, register_read, Outcome as Answer};
 
 const IPS: [&str; 3] = ["127.0.0.20", "127.0.0.21", "127.0.0.22"];
 const CLIENTS: usize = 6;
+/// Clients of the shared registers, and how many registers.
+const REGISTER_CLIENTS: usize = 3;
+const REGISTERS: usize = 4;
 /// The longest a client of a live, connected server may wait: an election
 /// (3 election timeouts at most, 1.2 s, after which a server without a
 /// leader answers at once) plus slack for a loaded 2-core machine. Before
@@ -49,6 +59,14 @@ struct Op {
 #[derive(Default)]
 struct Shared {
     history: Vec<Op>,
+    /// The registers' operations, per key, for the linearizability check.
+    registers: BTreeMap<String, Vec<linearizable::Op>>,
+    /// Register writes that definitely failed: never to be seen.
+    failed: Vec<FailedWrite>,
+    /// Every value a register read returned.
+    reads_seen: Vec<(usize, String, Vec<u8>)>,
+    /// Successful register reads, acknowledged writes, swapped CAS.
+    register_work: [usize; 3],
     /// Servers a client must not hold to the answer bound right now (paused).
     exempt: Vec<usize>,
     /// When each exemption ended (requests started before it are exempt too).
@@ -60,11 +78,7 @@ async fn client(id: usize, shared: Arc<Mutex<Shared>>, stop: Arc<Mutex<bool>>) {
     while !*stop.lock().unwrap() && n < 100_000 {
         // Like a load balancer, clients stop picking a server known to be
         // hung; requests already sent to it wait (and are exempt below).
-        let paused = shared.lock().unwrap().exempt.clone();
-        let server = (0..IPS.len())
-            .map(|k| (id + n + k) % IPS.len())
-            .find(|s| !paused.contains(s))
-            .unwrap_or(0);
+        let server = pick_server(&shared, id, n);
         let key = format!("fault/c{id}-{n}");
         let mut http = HttpClient::new(format!("{}:18520", IPS[server]), Duration::from_secs(10));
         let start = Instant::now();
@@ -87,6 +101,125 @@ async fn client(id: usize, shared: Arc<Mutex<Shared>>, stop: Arc<Mutex<bool>>) {
         });
         n += 1;
         if !matches!(resp, Ok(ref r) if r.status == 200) {
+            // Do not spin on a dead server.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Nanoseconds since the run started (the checkers' clock).
+fn ns_since(t0: Instant, t: Instant) -> u64 {
+    u64::try_from((t - t0).as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+/// A server for client `id`'s `n`th request, avoiding paused ones.
+fn pick_server(shared: &Mutex<Shared>, id: usize, n: usize) -> usize {
+    let paused = shared.lock().unwrap().exempt.clone();
+    (0..IPS.len())
+        .map(|k| (id + n + k) % IPS.len())
+        .find(|s| !paused.contains(s))
+        .unwrap_or(0)
+}
+
+/// Reads, writes and check-and-sets of the shared registers `reg/0..`,
+/// each value written at most once, recorded as the simulator's workload
+/// records them.
+async fn register_client(
+    id: usize,
+    t0: Instant,
+    shared: Arc<Mutex<Shared>>,
+    stop: Arc<Mutex<bool>>,
+) {
+    let mut n = 0usize;
+    while !*stop.lock().unwrap() && n < 100_000 {
+        let server = pick_server(&shared, id, n);
+        let key = format!("reg/{}", (id * 7 + n) % REGISTERS);
+        let path = format!("/v1/kv/{key}");
+        let value = format!("r{id}-{n}");
+        let mut http = HttpClient::new(format!("{}:18520", IPS[server]), Duration::from_secs(10));
+        let record = |call: Instant, ret: Option<Instant>, kind: OpKind| {
+            let mut s = shared.lock().unwrap();
+            let done = ret.is_some();
+            match &kind {
+                OpKind::Read(seen) => {
+                    s.register_work[0] += 1;
+                    if let Some(v) = seen {
+                        s.reads_seen.push((id, key.clone(), v.clone().into_bytes()));
+                    }
+                }
+                OpKind::Write(_) if done => s.register_work[1] += 1,
+                OpKind::Cas {
+                    swapped: Some(true),
+                    ..
+                } => s.register_work[2] += 1,
+                _ => {}
+            }
+            s.registers
+                .entry(key.clone())
+                .or_default()
+                .push(linearizable::Op {
+                    client: id,
+                    call: ns_since(t0, call),
+                    ret: ret.map_or(u64::MAX, |r| ns_since(t0, r)),
+                    kind,
+                });
+        };
+        let failed = |why: String| {
+            shared.lock().unwrap().failed.push(FailedWrite {
+                client: id,
+                key: key.clone(),
+                value: value.clone().into_bytes(),
+                why,
+            })
+        };
+        let call = Instant::now();
+        let read = http.request("GET", &path, vec![]).await;
+        let seen = read.as_ref().ok().and_then(register_read);
+        if let Some(seen) = &seen {
+            let kind = OpKind::Read(seen.clone().map(|(v, _)| v));
+            record(call, Some(Instant::now()), kind);
+        }
+        // Every third round writes, every third reads then CAS-es against
+        // the ModifyIndex just read (cas=0 when absent), the rest only read.
+        let update = match (n % 3, seen) {
+            (0, _) => Some((path.clone(), None)),
+            (1, Some(seen)) => {
+                let index = seen.as_ref().map_or(0, |(_, i)| *i);
+                Some((format!("{path}?cas={index}"), Some(seen.map(|(v, _)| v))))
+            }
+            _ => None,
+        };
+        if let Some((target, cas)) = update {
+            let call = Instant::now();
+            let r = http
+                .request("PUT", &target, value.clone().into_bytes())
+                .await;
+            let answer = classify(&r);
+            // When it took effect, if known (an unknown update may take
+            // effect at any time after its call, or never).
+            let ret = match answer {
+                Answer::DefiniteFailure => {
+                    // It did not happen: out of the history, never to be seen.
+                    failed(format!("{r:?}"));
+                    None
+                }
+                Answer::Applied | Answer::Refused => Some(Some(Instant::now())),
+                Answer::Unknown => Some(None),
+            };
+            if let Some(ret) = ret {
+                let kind = match cas {
+                    None => OpKind::Write(value.clone()),
+                    Some(expected) => OpKind::Cas {
+                        expected,
+                        new: value.clone(),
+                        swapped: ret.map(|_| answer == Answer::Applied),
+                    },
+                };
+                record(call, ret, kind);
+            }
+        }
+        n += 1;
+        if !matches!(read, Ok(ref r) if r.status == 200 || r.status == 404) {
             // Do not spin on a dead server.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -118,14 +251,23 @@ async fn writes_survive_pause_partition_and_kill_of_the_leader() {
 
     let shared = Arc::new(Mutex::new(Shared::default()));
     let stop = Arc::new(Mutex::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
+    let t0 = Instant::now();
+    let mut clients: Vec<_> = (0..CLIENTS)
         .map(|id| tokio::spawn(client(id, shared.clone(), stop.clone())))
         .collect();
-    let mut faults: Vec<(&str, Instant)> = Vec::new();
+    clients.extend((0..REGISTER_CLIENTS).map(|id| {
+        tokio::spawn(register_client(
+            CLIENTS + id,
+            t0,
+            shared.clone(),
+            stop.clone(),
+        ))
+    }));
+    let mut faults: Vec<(&str, Instant, usize)> = Vec::new();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     phase("pause the leader (SIGSTOP) for 2.5 s");
-    faults.push(("pause", Instant::now()));
+    faults.push(("pause", Instant::now(), leader));
     shared.lock().unwrap().exempt.push(leader);
     c.pause(leader);
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -148,7 +290,7 @@ async fn writes_survive_pause_partition_and_kill_of_the_leader() {
                 p.cut(IPS[leader], IPS[other]).expect("cut");
             }
             // Once every rule is in (each `nft` call takes milliseconds).
-            faults.push(("partition", Instant::now()));
+            faults.push(("partition", Instant::now(), leader));
             tokio::time::sleep(Duration::from_millis(2500)).await;
             p.heal().expect("heal");
             drop(p);
@@ -165,7 +307,7 @@ async fn writes_survive_pause_partition_and_kill_of_the_leader() {
         .await
         .expect("a leader after the partition");
     phase("kill -9 the leader, restart it 1.5 s later");
-    faults.push(("kill", Instant::now()));
+    faults.push(("kill", Instant::now(), leader));
     c.kill(leader);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     c.start(leader).expect("restart");
@@ -209,7 +351,7 @@ async fn writes_survive_pause_partition_and_kill_of_the_leader() {
     // What the cluster holds at the end (a consistent read at the leader).
     let mut http = HttpClient::new(c.http_addr(leader), Duration::from_secs(10));
     let resp = http
-        .request("GET", "/v1/kv/fault/?recurse&consistent", vec![])
+        .request("GET", "/v1/kv/?recurse&consistent", vec![])
         .await
         .expect("final read");
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -233,13 +375,62 @@ async fn writes_survive_pause_partition_and_kill_of_the_leader() {
             op.key
         );
     }
-    for op in &not_run {
-        assert!(
-            !stored.contains_key(&op.key),
-            "write {} was answered as not run, yet took effect",
-            op.key
-        );
-    }
+    // No definitely failed write took effect: not the unique-key writes
+    // answered "not run", not the register updates the simulator's
+    // classifier calls definite failures.
+    let mut failed: Vec<FailedWrite> = not_run
+        .iter()
+        .map(|op| FailedWrite {
+            client: 0,
+            key: op.key.clone(),
+            value: op.key.clone().into_bytes(),
+            why: "not run".into(),
+        })
+        .collect();
+    let (registers, reads_seen, register_work) = {
+        let s = shared.lock().unwrap();
+        failed.extend(s.failed.iter().cloned());
+        (s.registers.clone(), s.reads_seen.clone(), s.register_work)
+    };
+    let observed = reads_seen
+        .iter()
+        .map(|(client, key, value)| {
+            (
+                key.as_str(),
+                value.as_slice(),
+                Seen::Read { client: *client },
+            )
+        })
+        .chain(stored.iter().map(|(key, value)| {
+            (
+                key.as_str(),
+                value.as_bytes(),
+                Seen::FinalState { server: "leader" },
+            )
+        }));
+    let observations =
+        definite_failures::check(&failed, observed).unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "{} definitely failed writes, none among {observations} observations",
+        failed.len()
+    );
+
+    // The registers are linearizable, with a verdict for every key.
+    println!(
+        "registers: {} reads, {} acknowledged writes, {} swapped CAS",
+        register_work[0], register_work[1], register_work[2]
+    );
+    assert!(
+        register_work[0] >= 50 && register_work[1] >= 10 && register_work[2] >= 5,
+        "the register clients did too little work: {register_work:?}"
+    );
+    let checked = linearizable::check(&registers).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        checked.unknown_keys.is_empty(),
+        "linearizability search ran out of budget (no verdict) for {:?}",
+        checked.unknown_keys
+    );
+    println!("linearizable: {} register operations", checked.ops);
 
     // Answer bound: clients of a paused server wait by nature.
     let exempt = |op: &Op| {
@@ -265,24 +456,33 @@ async fn writes_survive_pause_partition_and_kill_of_the_leader() {
         slowest
     );
 
-    // Write gap after each fault: time to the first acknowledged write that
-    // started after the fault.
-    for (name, at) in &faults {
-        let resumed = acked
-            .iter()
-            .filter(|o| o.start >= *at)
-            .map(|o| o.end)
-            .min()
-            .expect("writes after the fault");
-        let gap = resumed - *at;
+    // Write gap after each fault, by the simulator's checker: writes resume
+    // within the bound, and no live server takes longer to answer.
+    let attempts: Vec<WriteAttempt> = history
+        .iter()
+        .map(|op| WriteAttempt {
+            server: op.server,
+            call_ns: ns_since(t0, op.start),
+            ret_ns: ns_since(t0, op.end),
+            acked: op.outcome == Outcome::Ok,
+            avoided: false,
+        })
+        .collect();
+    let leader_faults: Vec<LeaderFault> = faults
+        .iter()
+        .map(|(_, at, server)| LeaderFault {
+            at_ns: ns_since(t0, *at),
+            server: *server,
+        })
+        .collect();
+    let bound_ns = u64::try_from(WRITE_GAP_BOUND.as_nanos()).unwrap();
+    let gaps =
+        write_gap::check(&leader_faults, &attempts, bound_ns).unwrap_or_else(|e| panic!("{e}"));
+    for ((name, _, _), gap) in faults.iter().zip(&gaps) {
         println!(
-            "{name}: first acknowledged write {} ms after the fault",
-            gap.as_millis()
-        );
-        assert!(
-            gap <= WRITE_GAP_BOUND,
-            "{name}: no write for {} ms",
-            gap.as_millis()
+            "{name}: first acknowledged write {} ms after the fault, slowest live answer {} ms",
+            gap.resume_ns / 1_000_000,
+            gap.longest_answer_ns / 1_000_000
         );
     }
     c.stop_all();

@@ -61,6 +61,23 @@ pub fn classify_status(status: u16, body: &[u8]) -> Outcome {
     }
 }
 
+/// What a default-mode read of one key (`GET /v1/kv/<key>`) saw:
+/// `Some(None)` if the key is absent, `Some(Some((value, ModifyIndex)))`
+/// if present, `None` if the read failed (it then had no effect and
+/// proves nothing).
+pub fn register_read(r: &HttpResponse) -> Option<Option<(String, u64)>> {
+    match r.status {
+        404 => Some(None),
+        200 => {
+            let pairs: Vec<mesh_core::api::KvPair> = serde_json::from_slice(&r.body).ok()?;
+            let pair = pairs.first()?;
+            let value = String::from_utf8(pair.decoded_value().ok()?).ok()?;
+            Some(Some((value, pair.modify_index)))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,6 @@ use crate::checkers::monotonic_index::MonotonicIndex;
 use crate::checkers::work_done::WorkDone;
 use crate::outcome::{classify, Outcome};
 use crate::planted::{self, SimMutant};
-use mesh_core::api::KvPair;
 use mesh_core::hash::Fnv1a64;
 use mesh_net::http_client::{HttpClient, HttpClientError, HttpResponse};
 
@@ -310,17 +309,7 @@ async fn register_op(
 /// `Some(Some((value, ModifyIndex)))` if present, `None` if the read failed
 /// (which had no effect).
 async fn read_register(client: &mut HttpClient, path: &str) -> Option<Option<(String, u64)>> {
-    let r = send(client, "GET", path, vec![]).await.ok()?;
-    match r.status {
-        404 => Some(None),
-        200 => {
-            let pairs: Vec<KvPair> = serde_json::from_slice(&r.body).ok()?;
-            let pair = pairs.first()?;
-            let value = String::from_utf8(pair.decoded_value().ok()?).ok()?;
-            Some(Some((value, pair.modify_index)))
-        }
-        _ => None,
-    }
+    crate::outcome::register_read(&send(client, "GET", path, vec![]).await.ok()?)
 }
 
 /// Shared history.
