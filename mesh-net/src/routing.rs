@@ -17,7 +17,12 @@
 //! - this node has been without a working leader for longer than an
 //!   election takes ([`RouteLimits::leaderless_give_up_ms`]): "no leader" at
 //!   once instead of waiting out the whole wait, so a client of a cut-off
-//!   server learns it within the election bound.
+//!   server learns it within the election bound;
+//! - this node leads and runs the request itself: the same `timeout` as a
+//!   forwarded request, then "outcome unknown". A leader that keeps its
+//!   quorum's acknowledgements but whose entries never commit (seen with
+//!   a planted vote-forgetting bug: the write hung for good) must still
+//!   answer.
 
 use std::future::Future;
 use std::time::Duration;
@@ -109,7 +114,21 @@ impl Router<'_> {
             let view = views.borrow_and_update().clone();
             let target = hint.take().or(view.leader.clone());
             let resp = match target {
-                Some(l) if Some(l.node_id) == self.me => local(req.clone()).await,
+                Some(l) if Some(l.node_id) == self.me => {
+                    match clock::timeout(timeout, local(req.clone())).await {
+                        Ok(resp) => resp,
+                        Err(_) => {
+                            tracing::warn!(
+                                ?timeout,
+                                "a request to this server, the leader, was not carried out in time"
+                            );
+                            return Err(RpcError::OutcomeUnknown(format!(
+                                "not carried out within {timeout:?} by this server, the \
+                                 leader; it may or may not have been"
+                            )));
+                        }
+                    }
+                }
                 Some(l) => match self.send(&l, &view, &req, idempotence, timeout).await {
                     Sent::Answer(resp) => *resp,
                     Sent::NotRun => Response::Error(RpcError::NoLeader),
@@ -219,4 +238,72 @@ enum Sent {
     LeaderMoved,
     /// Sent, then the connection failed or timed out: outcome unknown.
     Failed(CallError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUND: Duration = Duration::from_millis(200);
+
+    struct Leading(watch::Sender<LeaderView>);
+
+    impl LeaderSource for Leading {
+        fn leader_view(&self) -> watch::Receiver<LeaderView> {
+            self.0.subscribe()
+        }
+        fn leaderless_ms(&self) -> u64 {
+            0
+        }
+    }
+
+    fn me() -> ServerInfo {
+        ServerInfo {
+            node_id: 7,
+            name: "consul00".into(),
+            rpc_addr: "127.0.0.1:8300".into(),
+            http_addr: "127.0.0.1:8500".into(),
+            bootstrap_expect: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_this_leader_never_answers_is_outcome_unknown_after_the_timeout() {
+        let source = Leading(watch::Sender::new(LeaderView {
+            leader: Some(me()),
+            term: 3,
+        }));
+        let rpc = RpcClient::new();
+        let router = Router {
+            source: &source,
+            rpc: &rpc,
+            me: Some(7),
+            limits: RouteLimits {
+                leader_wait: Duration::from_secs(7),
+                leader_silent_ms: 1_200,
+                leaderless_give_up_ms: 1_200,
+            },
+        };
+        let req = mesh_core::wire::Request::Heartbeat {
+            node: "fcs00".into(),
+        };
+        let started = Instant::now();
+        let never = router.forward(req.clone(), Idempotence::AtMostOnce, BOUND, |_| {
+            std::future::pending::<RpcResponse>()
+        });
+        let answer = tokio::time::timeout(Duration::from_secs(10), never)
+            .await
+            .expect("answered, not hung");
+        assert!(
+            matches!(&answer, Err(RpcError::OutcomeUnknown(m)) if m.contains("200ms")),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() >= BOUND);
+        let answer = router
+            .forward(req, Idempotence::AtMostOnce, BOUND, |_| async {
+                Response::Done
+            })
+            .await;
+        assert!(matches!(answer, Ok(Response::Done)), "{answer:?}");
+    }
 }
