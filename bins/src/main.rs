@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod catalog_cli;
 mod cli;
+mod config_cli;
 mod connect_cli;
 mod demo;
 mod intention_cli;
@@ -25,6 +26,7 @@ Commands:
     services   Registers or deregisters services with the local agent
     watch      Watches a key, prefix, service, nodes or checks for changes
     intention  Connect intentions: create, delete, get, check, list
+    config     Config entries (service-intentions): write, read, list, delete
     connect    Connect: run a sidecar (proxy -sidecar-for SERVICE), CA settings (ca)
     tls        The operator CA and agent certificates for TLS on the RPC port (ca create, cert create)
     version    Prints the version";
@@ -56,6 +58,7 @@ fn main() {
         Some("services") => report(catalog_cli::services(rest)),
         Some("watch") => report(catalog_cli::watch(rest)),
         Some("intention") => report(intention_cli::intention(rest)),
+        Some("config") => report(config_cli::config(rest)),
         Some("connect") => connect_cli::connect(rest),
         Some("tls") => tls_cli::tls(rest),
         Some("version" | "-version" | "--version") => {

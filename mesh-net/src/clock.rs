@@ -54,6 +54,14 @@ pub fn wall_now() -> SystemTime {
     }
 }
 
+/// This host's wall-clock time in whole seconds since the Unix epoch (0
+/// before it), as commands carry it.
+pub fn wall_unix_secs() -> u64 {
+    wall_now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A future bounded by a deadline; nameable, unlike madsim's `timeout`.
 pub struct Timeout<T> {
     future: Pin<Box<T>>,

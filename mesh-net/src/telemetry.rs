@@ -344,9 +344,7 @@ fn consul_name(prom: &str) -> String {
 
 /// `2026-11-29 16:20:00 +0000 UTC`, as Go prints a UTC time.
 fn timestamp() -> String {
-    let secs = clock::wall_now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = clock::wall_unix_secs();
     let iso = mesh_core::state::intentions::rfc3339(secs);
     format!("{} {} +0000 UTC", &iso[..10], &iso[11..19])
 }

@@ -45,11 +45,43 @@ pub enum IntentionCommand {
         /// The called service, or `*`.
         destination: String,
     },
+    /// Make `sources` the whole set of intentions towards `destination`, in
+    /// one step: Consul's `service-intentions` config entry written
+    /// (`PUT /v1/config`) or, with no sources, deleted. Pairs that stay keep
+    /// their ID and creation; pairs not listed go. Result: `Bool(false)`
+    /// when `cas` does not match the entry's `ModifyIndex` (0: only if the
+    /// destination has no intention), `Failed` naming a bad name or a
+    /// source listed twice (nothing changes), `Bool(true)` otherwise.
+    #[serde(rename = "IntentionReplace")]
+    Replace {
+        /// The called service, or `*`.
+        destination: String,
+        /// Every source, with its decision.
+        sources: Vec<SourceRule>,
+        /// The entry's operator metadata, kept on each of its intentions.
+        meta: BTreeMap<String, String>,
+        /// Check-and-set against [`IntentionTable::entry_indexes`].
+        cas: Option<u64>,
+        /// The proposing server's wall clock, seconds since the Unix epoch.
+        now_unix: u64,
+    },
+}
+
+/// One source of a `service-intentions` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRule {
+    /// The calling service, or `*`.
+    pub name: String,
+    /// Allow or deny.
+    pub action: Action,
+    /// Free text.
+    pub description: String,
 }
 
 impl IntentionCommand {
     /// The JSON names of the variants, the keys `Command` dispatches on.
-    pub const JSON_NAMES: &'static [&'static str] = &["IntentionUpsert", "IntentionDelete"];
+    pub const JSON_NAMES: &'static [&'static str] =
+        &["IntentionUpsert", "IntentionDelete", "IntentionReplace"];
 
     /// An upper bound on the JSON encoding's length.
     pub fn encoded_len_bound(&self) -> usize {
@@ -75,6 +107,22 @@ impl IntentionCommand {
                 source,
                 destination,
             } => 64 + text(source) + text(destination),
+            IntentionCommand::Replace {
+                destination,
+                sources,
+                meta,
+                ..
+            } => {
+                160 + text(destination)
+                    + sources
+                        .iter()
+                        .map(|r| 64 + text(&r.name) + text(&r.description))
+                        .sum::<usize>()
+                    + meta
+                        .iter()
+                        .map(|(k, v)| 2 + text(k) + text(v))
+                        .sum::<usize>()
+            }
         }
     }
 }
@@ -116,6 +164,72 @@ impl IntentionTable {
     /// snapshot section and feeds nothing to the digest).
     pub fn is_pristine(&self) -> bool {
         *self == IntentionTable::default()
+    }
+
+    /// The intentions towards `destination`, in source order: the
+    /// `service-intentions` config entry named after it.
+    pub fn towards<'a>(&'a self, destination: &'a str) -> impl Iterator<Item = &'a Intention> {
+        self.by_pair
+            .values()
+            .filter(move |i| i.destination_name == destination)
+    }
+
+    /// The `CreateIndex` and `ModifyIndex` of `destination`'s config
+    /// entry: the oldest creation and the latest change among its
+    /// intentions; `None` when it has none.
+    pub fn entry_indexes(&self, destination: &str) -> Option<(u64, u64)> {
+        self.towards(destination).fold(None, |acc, i| {
+            let (c, m) = acc.unwrap_or((u64::MAX, 0));
+            Some((c.min(i.create_index), m.max(i.modify_index)))
+        })
+    }
+
+    fn replace(&mut self, index: u64, cmd: &IntentionCommand) -> Result<(bool, bool), String> {
+        let IntentionCommand::Replace {
+            destination,
+            sources,
+            meta,
+            cas,
+            now_unix,
+        } = cmd
+        else {
+            unreachable!("replace called with {cmd:?}");
+        };
+        intention::validate_name("DestinationName", destination)?;
+        let mut listed = std::collections::BTreeSet::new();
+        for rule in sources {
+            intention::validate_name("Sources[].Name", &rule.name)?;
+            if !listed.insert(rule.name.as_str()) {
+                return Err(format!("Sources: {:?} is listed twice", rule.name));
+            }
+        }
+        let current = self.entry_indexes(destination).map_or(0, |(_, m)| m);
+        if cas.is_some_and(|expected| expected != current) {
+            return Ok((false, false));
+        }
+        let gone: Vec<(String, String)> = self
+            .towards(destination)
+            .filter(|i| !listed.contains(i.source_name.as_str()))
+            .map(|i| (i.source_name.clone(), i.destination_name.clone()))
+            .collect();
+        let changed = !gone.is_empty() || !sources.is_empty();
+        for pair in gone {
+            self.by_pair.remove(&pair);
+        }
+        for rule in sources {
+            self.upsert(
+                index,
+                &IntentionCommand::Upsert {
+                    source: rule.name.clone(),
+                    destination: destination.clone(),
+                    action: rule.action,
+                    description: rule.description.clone(),
+                    meta: meta.clone(),
+                    now_unix: *now_unix,
+                },
+            )?;
+        }
+        Ok((changed, true))
     }
 
     fn upsert(&mut self, index: u64, cmd: &IntentionCommand) -> Result<bool, String> {
@@ -200,16 +314,19 @@ impl TableState for IntentionTable {
     fn apply(&mut self, index: u64, cmd: &IntentionCommand) -> CommandResult {
         super::advance(Self::TABLE, &mut self.last_index, index);
         let result = match cmd {
-            IntentionCommand::Upsert { .. } => self.upsert(index, cmd),
+            IntentionCommand::Upsert { .. } => self.upsert(index, cmd).map(|c| (c, true)),
             IntentionCommand::Delete {
                 source,
                 destination,
-            } => Ok(self
-                .by_pair
-                .remove(&(source.clone(), destination.clone()))
-                .is_some()),
+            } => Ok((
+                self.by_pair
+                    .remove(&(source.clone(), destination.clone()))
+                    .is_some(),
+                true,
+            )),
+            IntentionCommand::Replace { .. } => self.replace(index, cmd),
         };
-        let result = result.map(|changed| (changed, CommandResult::Bool(true)));
+        let result = result.map(|(changed, ok)| (changed, CommandResult::Bool(ok)));
         super::outcome(&mut self.table_index, index, result)
     }
 
@@ -301,6 +418,110 @@ mod tests {
             description: String::new(),
             meta: BTreeMap::new(),
             now_unix,
+        }
+    }
+
+    fn replace(
+        destination: &str,
+        sources: &[(&str, Action)],
+        cas: Option<u64>,
+    ) -> IntentionCommand {
+        IntentionCommand::Replace {
+            destination: destination.into(),
+            sources: sources
+                .iter()
+                .map(|(name, action)| SourceRule {
+                    name: (*name).into(),
+                    action: *action,
+                    description: String::new(),
+                })
+                .collect(),
+            meta: BTreeMap::from([("owner".to_string(), "team-a".to_string())]),
+            cas,
+            now_unix: 1_700_000_000,
+        }
+    }
+
+    fn sources_of(t: &IntentionTable, destination: &str) -> Vec<(String, Action)> {
+        t.towards(destination)
+            .map(|i| (i.source_name.clone(), i.action))
+            .collect()
+    }
+
+    #[test]
+    fn a_config_entry_replaces_the_destinations_intentions_in_one_step() {
+        let mut t = IntentionTable::default();
+        t.apply(2, &upsert("fcc", "fcs", Action::Allow, 1_700_000_000));
+        t.apply(3, &upsert("web", "fcs", Action::Allow, 1_700_000_000));
+        t.apply(4, &upsert("fcc", "db", Action::Allow, 1_700_000_000));
+        let fcc_id = t.get("fcc", "fcs").unwrap().id.clone();
+        assert_eq!(t.entry_indexes("fcs"), Some((2, 3)));
+
+        // web goes, fcc stays (same ID, creation) with a new action, * comes.
+        let entry = replace("fcs", &[("fcc", Action::Deny), ("*", Action::Allow)], None);
+        assert_eq!(t.apply(6, &entry), CommandResult::Bool(true));
+        assert_eq!(
+            sources_of(&t, "fcs"),
+            [
+                ("*".to_string(), Action::Allow),
+                ("fcc".to_string(), Action::Deny)
+            ]
+        );
+        let fcc = t.get("fcc", "fcs").unwrap();
+        assert_eq!((fcc.id.as_str(), fcc.create_index), (fcc_id.as_str(), 2));
+        assert_eq!(fcc.meta["owner"], "team-a");
+        assert_eq!(t.entry_indexes("fcs"), Some((2, 6)));
+        assert!(t.get("fcc", "db").is_some(), "other destinations untouched");
+
+        // Check-and-set against the entry's ModifyIndex.
+        assert_eq!(
+            t.apply(7, &replace("fcs", &[], Some(3))),
+            CommandResult::Bool(false)
+        );
+        assert_eq!(sources_of(&t, "fcs").len(), 2);
+        assert_eq!(
+            t.apply(8, &replace("fcs", &[], Some(6))),
+            CommandResult::Bool(true)
+        );
+        assert_eq!(
+            t.entry_indexes("fcs"),
+            None,
+            "an empty entry deletes them all"
+        );
+        assert_eq!(t.table_index(), 8);
+        // cas=0: only if the entry does not exist.
+        let create = replace("fcs", &[("fcc", Action::Allow)], Some(0));
+        assert_eq!(t.apply(9, &create), CommandResult::Bool(true));
+        assert_eq!(t.apply(10, &create), CommandResult::Bool(false));
+        assert_eq!(t.table_index(), 9, "a refused CAS changes nothing");
+        assert!(t.validate().is_ok());
+    }
+
+    #[test]
+    fn a_bad_config_entry_changes_nothing() {
+        let mut t = IntentionTable::default();
+        t.apply(2, &upsert("fcc", "fcs", Action::Allow, 1_700_000_000));
+        let before = t.clone();
+        for bad in [
+            replace(
+                "fcs",
+                &[("web", Action::Allow), ("web", Action::Deny)],
+                None,
+            ),
+            replace(
+                "fcs",
+                &[("web", Action::Allow), ("a/b", Action::Deny)],
+                None,
+            ),
+            replace("", &[("web", Action::Allow)], None),
+        ] {
+            assert!(
+                matches!(t.apply(3, &bad), CommandResult::Failed(_)),
+                "{bad:?}"
+            );
+            let mut expected = before.clone();
+            expected.last_index = 3;
+            assert_eq!(t, expected);
         }
     }
 

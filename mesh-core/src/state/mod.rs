@@ -77,8 +77,8 @@ pub use ca::CaCommand;
 use ca::CaTable;
 pub use catalog::CatalogCommand;
 use catalog::CatalogTable;
-pub use intentions::IntentionCommand;
 use intentions::IntentionTable;
+pub use intentions::{IntentionCommand, SourceRule};
 pub use kv::KvCommand;
 use kv::KvStore;
 pub use locks::LockDelay;
@@ -261,6 +261,7 @@ impl Command {
             Command::Intentions(c) => match c {
                 IntentionCommand::Upsert { .. } => "IntentionUpsert",
                 IntentionCommand::Delete { .. } => "IntentionDelete",
+                IntentionCommand::Replace { .. } => "IntentionReplace",
             },
             Command::Ca(c) => match c {
                 CaCommand::Initialize { .. } => "CaInitialize",

@@ -52,7 +52,7 @@ impl IntentionCache {
 /// A value of a JSON object by Consul's rules for request bodies: the
 /// field name matched as `mesh_core::definitions` matches every body's
 /// keys (any case, underscores ignored).
-fn field<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
+pub(super) fn field<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
     let wanted = normalize_key(name);
     body.as_object()?
         .iter()
@@ -61,7 +61,7 @@ fn field<'a>(body: &'a Value, name: &str) -> Option<&'a Value> {
         .filter(|v| !v.is_null())
 }
 
-fn string_field(body: &Value, name: &str) -> Result<Option<String>, String> {
+pub(super) fn string_field(body: &Value, name: &str) -> Result<Option<String>, String> {
     match field(body, name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -90,12 +90,25 @@ fn decode_body(body: &Value) -> Result<IntentionBody, String> {
             return Err(format!("SourceType must be \"consul\", got {t:?}"));
         }
     }
-    let action = match string_field(body, "Action")?.as_deref() {
-        Some(a) if a.eq_ignore_ascii_case("allow") => Action::Allow,
-        Some(a) if a.eq_ignore_ascii_case("deny") => Action::Deny,
-        Some(a) => return Err(format!("Action must be \"allow\" or \"deny\", got {a:?}")),
-        None => return Err("Action is required (\"allow\" or \"deny\")".into()),
-    };
+    Ok(IntentionBody {
+        action: action_field(body)?,
+        description: string_field(body, "Description")?.unwrap_or_default(),
+        meta: meta_field(body)?,
+    })
+}
+
+/// `Action`: `allow` or `deny` (any case), required.
+pub(super) fn action_field(body: &Value) -> Result<Action, String> {
+    match string_field(body, "Action")?.as_deref() {
+        Some(a) if a.eq_ignore_ascii_case("allow") => Ok(Action::Allow),
+        Some(a) if a.eq_ignore_ascii_case("deny") => Ok(Action::Deny),
+        Some(a) => Err(format!("Action must be \"allow\" or \"deny\", got {a:?}")),
+        None => Err("Action is required (\"allow\" or \"deny\")".into()),
+    }
+}
+
+/// `Meta`: an object of strings, or absent.
+pub(super) fn meta_field(body: &Value) -> Result<BTreeMap<String, String>, String> {
     let mut meta = BTreeMap::new();
     match field(body, "Meta") {
         None => {}
@@ -109,11 +122,7 @@ fn decode_body(body: &Value) -> Result<IntentionBody, String> {
         }
         Some(other) => return Err(format!("Meta: expected an object, got {other}")),
     }
-    Ok(IntentionBody {
-        action,
-        description: string_field(body, "Description")?.unwrap_or_default(),
-        meta,
-    })
+    Ok(meta)
 }
 
 /// `?source=&destination=`, both required.
@@ -184,7 +193,7 @@ impl HttpApi {
 
     /// Every intention, with the request's consistency and blocking
     /// parameters; refreshes the agent's cache.
-    async fn read_intentions(
+    pub(super) async fn read_intentions(
         &self,
         query: &Query,
     ) -> Result<(mesh_core::wire::ReadResponse, Vec<Intention>), Reply> {
@@ -243,9 +252,7 @@ impl HttpApi {
         destination: String,
         b: IntentionBody,
     ) -> Reply {
-        let now_unix = clock::wall_now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now_unix = clock::wall_unix_secs();
         self.write_bool(
             IntentionCommand::Upsert {
                 source,

@@ -11,6 +11,7 @@
 
 mod agent_api;
 mod catalog;
+mod config_entries;
 mod connect_ca;
 pub mod https;
 mod intentions;

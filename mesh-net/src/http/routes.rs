@@ -147,6 +147,10 @@ impl HttpApi {
         if let Some(rest) = path.strip_prefix("/v1/connect/intentions") {
             return self.intentions(call, rest).await;
         }
+        if path == "/v1/config" || path.starts_with("/v1/config/") {
+            let rest = path["/v1/config".len()..].to_string();
+            return self.config_entries(call, &rest).await;
+        }
         if let Some(rest) = path.strip_prefix("/v1/session/") {
             return self.sessions(call, rest).await;
         }
@@ -227,6 +231,7 @@ fn path_family(path: &str) -> &'static str {
         "/v1/operator",
         "/v1/event",
         "/v1/coordinate",
+        "/v1/config",
     ];
     FAMILIES
         .iter()
