@@ -645,6 +645,81 @@ pub(crate) async fn tour(
         404
     );
 
+    // Consul 1.9+'s config entries: a destination's intentions as one entry.
+    let written = call!(
+        agent,
+        "PUT",
+        "/v1/config",
+        r#"{"Kind":"service-intentions","Name":"tour-b","Sources":[{"Name":"*","Action":"deny"},{"Name":"tour-a","Action":"allow"}]}"#,
+        200
+    );
+    judge(written == true, "PUT /v1/config answers true", &written)?;
+    let entry = call!(
+        agent,
+        "GET",
+        "/v1/config/service-intentions/tour-b",
+        "",
+        200
+    );
+    judge(
+        entry["Sources"].as_array().map(Vec::len) == Some(2)
+            && entry["Sources"][0]["Name"] == "tour-a"
+            && entry["Sources"][0]["Precedence"] == 9,
+        "a service-intentions entry lists its sources, exact names first",
+        &entry,
+    )?;
+    let allowed = call!(
+        agent,
+        "GET",
+        "/v1/connect/intentions/check?source=tour-a&destination=tour-b",
+        "",
+        200
+    );
+    judge(
+        allowed["Allowed"] == true,
+        "the entry's allow decides",
+        &allowed,
+    )?;
+    let stale = call!(
+        agent,
+        "PUT",
+        "/v1/config?cas=1",
+        r#"{"Kind":"service-intentions","Name":"tour-b","Sources":[]}"#,
+        200
+    );
+    judge(
+        stale == false,
+        "a config write with a stale ?cas changes nothing",
+        &stale,
+    )?;
+    call!(
+        agent,
+        "PUT",
+        "/v1/config",
+        r#"{"Kind":"service-defaults","Name":"tour-b","Protocol":"http"}"#,
+        400
+    );
+    let entries = call!(agent, "GET", "/v1/config/service-intentions", "", 200);
+    judge(
+        any_with(&entries, "Name", "tour-b"),
+        "config entries list the entry",
+        &entries,
+    )?;
+    call!(
+        agent,
+        "DELETE",
+        "/v1/config/service-intentions/tour-b",
+        "",
+        200
+    );
+    call!(
+        agent,
+        "GET",
+        "/v1/config/service-intentions/tour-b",
+        "",
+        404
+    );
+
     // Consul's older intention API, by ID.
     let created = call!(
         agent,
