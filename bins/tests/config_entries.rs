@@ -172,6 +172,18 @@ Sources = [
             "twice",
         ),
         (r#"{"Kind":"service-intentions","Name":"fcs","#, "decode"),
+        (
+            r#"{"Kind":"service-intentions","Name":"fcs","Source":[{"Name":"fcc","Action":"allow"}]}"#,
+            "invalid config key",
+        ),
+        (
+            r#"{"Kind":"service-intentions","Name":"fcs"}"#,
+            "Sources is required",
+        ),
+        (
+            r#"{"Kind":"service-intentions","Name":"fcs","Sources":[{"Name":"fcc","Action":"allow","Acton":"deny"}]}"#,
+            "invalid config key",
+        ),
     ] {
         let r = c
             .request(0, "PUT", "/v1/config", body.as_bytes())

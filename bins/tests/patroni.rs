@@ -184,14 +184,21 @@ postgresql:
         self.signal_postmaster("-KILL");
     }
 
+    /// Signals this member's postmaster, if it still runs: the PID file
+    /// outlives a killed postmaster, and its PID may since belong to
+    /// another process (checked by name before signalling).
     fn signal_postmaster(&self, sig: &str) {
         let pid_file = self.dir.join("data/postmaster.pid");
-        if let Some(pid) = fs::read_to_string(pid_file)
+        let Some(pid) = fs::read_to_string(pid_file)
             .ok()
-            .and_then(|s| s.lines().next().map(str::to_string))
-        {
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+        else {
+            return;
+        };
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "postgres" {
             let _ = Command::new("kill")
-                .args([sig, pid.trim()])
+                .args([sig, &pid])
                 .stderr(Stdio::null())
                 .status();
         }

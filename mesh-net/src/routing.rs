@@ -19,10 +19,11 @@
 //!   once instead of waiting out the whole wait, so a client of a cut-off
 //!   server learns it within the election bound;
 //! - this node leads and runs the request itself: the same `timeout` as a
-//!   forwarded request, then "outcome unknown". A leader that keeps its
-//!   quorum's acknowledgements but whose entries never commit (seen with
-//!   a planted vote-forgetting bug: the write hung for good) must still
-//!   answer.
+//!   forwarded request, then "outcome unknown" for a request that must run
+//!   at most once (an idempotent one is tried again until the wait runs
+//!   out, then "no leader"). A leader that keeps its quorum's
+//!   acknowledgements but whose entries never commit (seen with a planted
+//!   vote-forgetting bug: the write hung for good) must still answer.
 
 use std::future::Future;
 use std::time::Duration;
@@ -90,6 +91,11 @@ const SILENCE_CHECK: Duration = Duration::from_millis(25);
 /// Pause between attempts when nothing announced a new leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// Waits until a new leader is announced, or a pause has passed.
+async fn continue_after_pause(views: &mut watch::Receiver<LeaderView>) {
+    let _ = clock::timeout(RETRY_PAUSE, views.changed()).await;
+}
+
 impl Router<'_> {
     /// Sends `req` to the leader (running it with `local` when that is this
     /// node) and returns its answer; see the module docs for the rules.
@@ -122,6 +128,15 @@ impl Router<'_> {
                                 ?timeout,
                                 "a request to this server, the leader, was not carried out in time"
                             );
+                            if resend_ok {
+                                // A read or a renewal: try again (here or at
+                                // a new leader) until the wait runs out.
+                                continue_after_pause(&mut views).await;
+                                if Instant::now() >= deadline {
+                                    return Err(RpcError::NoLeader);
+                                }
+                                continue;
+                            }
                             return Err(RpcError::OutcomeUnknown(format!(
                                 "not carried out within {timeout:?} by this server, the \
                                  leader; it may or may not have been"
@@ -164,8 +179,7 @@ impl Router<'_> {
                 return Err(RpcError::NoLeader);
             }
             if hint.is_none() {
-                // Retry when a new leader is announced, or after a pause.
-                let _ = clock::timeout(RETRY_PAUSE, views.changed()).await;
+                continue_after_pause(&mut views).await;
             }
         }
     }
@@ -245,6 +259,7 @@ mod tests {
     use super::*;
 
     const BOUND: Duration = Duration::from_millis(200);
+    const LEADER_WAIT: Duration = Duration::from_millis(700);
 
     struct Leading(watch::Sender<LeaderView>);
 
@@ -279,7 +294,7 @@ mod tests {
             rpc: &rpc,
             me: Some(7),
             limits: RouteLimits {
-                leader_wait: Duration::from_secs(7),
+                leader_wait: LEADER_WAIT,
                 leader_silent_ms: 1_200,
                 leaderless_give_up_ms: 1_200,
             },
@@ -299,6 +314,16 @@ mod tests {
             "{answer:?}"
         );
         assert!(started.elapsed() >= BOUND);
+        // An idempotent request is tried again until the wait runs out.
+        let started = Instant::now();
+        let never = router.forward(req.clone(), Idempotence::Idempotent, BOUND, |_| {
+            std::future::pending::<RpcResponse>()
+        });
+        let answer = tokio::time::timeout(Duration::from_secs(10), never)
+            .await
+            .expect("answered, not hung");
+        assert!(matches!(answer, Err(RpcError::NoLeader)), "{answer:?}");
+        assert!(started.elapsed() >= LEADER_WAIT);
         let answer = router
             .forward(req, Idempotence::AtMostOnce, BOUND, |_| async {
                 Response::Done

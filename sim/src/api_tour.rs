@@ -684,7 +684,7 @@ pub(crate) async fn tour(
         agent,
         "PUT",
         "/v1/config?cas=1",
-        r#"{"Kind":"service-intentions","Name":"tour-b","Sources":[]}"#,
+        r#"{"Kind":"service-intentions","Name":"tour-b","Sources":[{"Name":"tour-a","Action":"deny"}]}"#,
         200
     );
     judge(
@@ -823,6 +823,34 @@ pub(crate) async fn tour(
             && catalog_services.get("fcs-sidecar-proxy").is_some(),
         "catalog/services holds fcs and its sidecar",
         &catalog_services,
+    )?;
+    // Prometheus' consul_sd narrows the service list with ?filter and
+    // ?node-meta, judged per instance with its node.
+    let filtered = call!(
+        server,
+        "GET",
+        "/v1/catalog/services?filter=ServiceName%20%3D%3D%20%22fcs%22",
+        "",
+        200
+    );
+    judge(
+        filtered
+            .as_object()
+            .is_some_and(|o| o.len() == 1 && o.contains_key("fcs")),
+        "catalog/services ?filter keeps only fcs",
+        &filtered,
+    )?;
+    let unmatched = call!(
+        server,
+        "GET",
+        "/v1/catalog/services?node-meta=no-such-key:x",
+        "",
+        200
+    );
+    judge(
+        unmatched.as_object().is_some_and(|o| o.is_empty()),
+        "catalog/services ?node-meta that no node carries lists nothing",
+        &unmatched,
     )?;
     let fcs = call!(server, "GET", "/v1/catalog/service/fcs", "", 200);
     judge(

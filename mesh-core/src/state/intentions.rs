@@ -131,6 +131,11 @@ impl IntentionCommand {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IntentionTable {
     by_pair: BTreeMap<(String, String), Intention>,
+    /// Per destination, the index of the last write that removed one of
+    /// its intentions: a config entry's `ModifyIndex` must move when a
+    /// source goes, whichever API removed it, or a `?cas=` write holding
+    /// the old index would bring the removed source back.
+    removed_at: BTreeMap<String, u64>,
     table_index: u64,
     last_index: u64,
 }
@@ -141,6 +146,10 @@ struct Image {
     table_index: u64,
     last_index: u64,
     intentions: Vec<Intention>,
+    /// Absent in snapshots from before config entries (and when empty, so
+    /// the digest of a table without removals did not change).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    removed_at: BTreeMap<String, u64>,
 }
 
 impl IntentionTable {
@@ -175,13 +184,25 @@ impl IntentionTable {
     }
 
     /// The `CreateIndex` and `ModifyIndex` of `destination`'s config
-    /// entry: the oldest creation and the latest change among its
-    /// intentions; `None` when it has none.
+    /// entry: the oldest creation among its intentions, and the latest
+    /// change to them, removals included; `None` when it has none.
     pub fn entry_indexes(&self, destination: &str) -> Option<(u64, u64)> {
+        let removed = self.removed_at.get(destination).copied().unwrap_or(0);
         self.towards(destination).fold(None, |acc, i| {
-            let (c, m) = acc.unwrap_or((u64::MAX, 0));
+            let (c, m) = acc.unwrap_or((u64::MAX, removed));
             Some((c.min(i.create_index), m.max(i.modify_index)))
         })
+    }
+
+    fn remove(&mut self, index: u64, source: &str, destination: &str) -> bool {
+        let gone = self
+            .by_pair
+            .remove(&(source.to_owned(), destination.to_owned()))
+            .is_some();
+        if gone {
+            self.removed_at.insert(destination.to_owned(), index);
+        }
+        gone
     }
 
     fn replace(&mut self, index: u64, cmd: &IntentionCommand) -> Result<(bool, bool), String> {
@@ -213,8 +234,8 @@ impl IntentionTable {
             .map(|i| (i.source_name.clone(), i.destination_name.clone()))
             .collect();
         let changed = !gone.is_empty() || !sources.is_empty();
-        for pair in gone {
-            self.by_pair.remove(&pair);
+        for (source, destination) in gone {
+            self.remove(index, &source, &destination);
         }
         for rule in sources {
             self.upsert(
@@ -318,12 +339,7 @@ impl TableState for IntentionTable {
             IntentionCommand::Delete {
                 source,
                 destination,
-            } => Ok((
-                self.by_pair
-                    .remove(&(source.clone(), destination.clone()))
-                    .is_some(),
-                true,
-            )),
+            } => Ok((self.remove(index, source, destination), true)),
             IntentionCommand::Replace { .. } => self.replace(index, cmd),
         };
         let result = result.map(|(changed, ok)| (changed, CommandResult::Bool(ok)));
@@ -349,6 +365,7 @@ impl TableState for IntentionTable {
             table_index: self.table_index,
             last_index: self.last_index,
             intentions: self.by_pair.values().cloned().collect(),
+            removed_at: self.removed_at.clone(),
         };
         let json = serde_json::to_vec(&image).expect("intentions serialize");
         put_bytes32(out, &json);
@@ -361,6 +378,7 @@ impl TableState for IntentionTable {
         let mut t = IntentionTable {
             table_index: image.table_index,
             last_index: image.last_index,
+            removed_at: image.removed_at,
             ..IntentionTable::default()
         };
         for i in image.intentions {
@@ -377,6 +395,16 @@ impl TableState for IntentionTable {
             return Err(format!(
                 "table index {} is above the last applied index {}",
                 self.table_index, self.last_index
+            ));
+        }
+        if let Some((destination, at)) = self
+            .removed_at
+            .iter()
+            .find(|(_, at)| **at > self.table_index)
+        {
+            return Err(format!(
+                "a removal towards {destination} at {at} is above the table index {}",
+                self.table_index
             ));
         }
         for ((source, destination), i) in &self.by_pair {
@@ -494,6 +522,38 @@ mod tests {
         assert_eq!(t.apply(9, &create), CommandResult::Bool(true));
         assert_eq!(t.apply(10, &create), CommandResult::Bool(false));
         assert_eq!(t.table_index(), 9, "a refused CAS changes nothing");
+        assert!(t.validate().is_ok());
+    }
+
+    #[test]
+    fn removing_a_source_by_the_older_api_moves_the_entrys_modify_index() {
+        let mut t = IntentionTable::default();
+        let entry = replace(
+            "fcs",
+            &[("fcc", Action::Allow), ("web", Action::Allow)],
+            None,
+        );
+        t.apply(5, &entry);
+        assert_eq!(t.entry_indexes("fcs"), Some((5, 5)));
+        let delete = IntentionCommand::Delete {
+            source: "web".into(),
+            destination: "fcs".into(),
+        };
+        assert_eq!(t.apply(7, &delete), CommandResult::Bool(true));
+        assert_eq!(t.entry_indexes("fcs"), Some((5, 7)));
+        // A writer still holding index 5 must not bring web back.
+        let stale = replace(
+            "fcs",
+            &[("fcc", Action::Allow), ("web", Action::Allow)],
+            Some(5),
+        );
+        assert_eq!(t.apply(8, &stale), CommandResult::Bool(false));
+        assert!(t.get("web", "fcs").is_none());
+        // The removal survives a snapshot.
+        let mut bytes = Vec::new();
+        t.encode(&mut bytes);
+        let back = IntentionTable::decode(&mut Reader::new(&bytes, 0)).unwrap();
+        assert_eq!(back, t);
         assert!(t.validate().is_ok());
     }
 

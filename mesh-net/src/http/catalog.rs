@@ -78,11 +78,10 @@ pub(super) fn filter_rows(query: &Query, rows: Vec<Value>) -> Result<Vec<Value>,
     match query.get("filter").filter(|f| !f.trim().is_empty()) {
         None => Ok(rows),
         Some(expr) => {
-            let filter = mesh_core::filter::Filter::parse(expr).map_err(|e| {
-                bad_request(format!(
-                    "Failed to create boolean expression evaluator: {e}"
-                ))
-            })?;
+            // The parse error already reads as Consul's ("Failed to create
+            // boolean expression evaluator: ...").
+            let filter =
+                mesh_core::filter::Filter::parse(expr).map_err(|e| bad_request(e.to_string()))?;
             mesh_core::filter::apply(&filter, rows)
                 .map_err(|e| bad_request(format!("Failed to apply filter: {e}")))
         }
@@ -128,13 +127,52 @@ impl HttpApi {
                     Ok(r) => r,
                     Err(r) => return r,
                 };
+                let entries = &slice_of(&resp).services;
                 let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                for e in &slice_of(&resp).services {
-                    let tags = out.entry(e.service.service.clone()).or_default();
-                    for t in &e.service.tags {
-                        if !tags.contains(t) {
-                            tags.push(t.clone());
+                let mut add = |name: &str, tags: &[String]| {
+                    let seen = out.entry(name.to_string()).or_default();
+                    for t in tags {
+                        if !seen.contains(t) {
+                            seen.push(t.clone());
                         }
+                    }
+                };
+                if q.has("node-meta") || q.has("filter") {
+                    // Both judge each instance with its node, as Consul's
+                    // ServiceNode rows (Prometheus' consul_sd sends them):
+                    // read the nodes too, only then.
+                    let nodes = match self.read(&q.without_blocking(), CatalogQuery::Nodes).await {
+                        Ok(r) => r,
+                        Err(r) => return r,
+                    };
+                    let nodes: BTreeMap<&str, &Node> = slice_of(&nodes)
+                        .nodes
+                        .iter()
+                        .map(|n| (n.node.as_str(), n))
+                        .collect();
+                    let mut rows = Vec::new();
+                    for e in entries {
+                        let Some(node) = nodes.get(e.node.as_str()) else {
+                            continue;
+                        };
+                        match node_meta_matches(node, q) {
+                            Ok(true) => rows.push(catalog_service_row(node, &e.service)),
+                            Ok(false) => {}
+                            Err(r) => return r,
+                        }
+                    }
+                    let rows = match filter_rows(q, rows) {
+                        Ok(rows) => rows,
+                        Err(r) => return with_read_headers(r, &resp),
+                    };
+                    for row in &rows {
+                        let tags: Vec<String> =
+                            serde_json::from_value(row["ServiceTags"].clone()).unwrap_or_default();
+                        add(row["ServiceName"].as_str().unwrap_or_default(), &tags);
+                    }
+                } else {
+                    for e in entries {
+                        add(&e.service.service, &e.service.tags);
                     }
                 }
                 with_read_headers(json_reply(&out), &resp)

@@ -8,7 +8,14 @@
 //! stay or come, others go; `?cas=` against the entry's `ModifyIndex`),
 //! `DELETE /v1/config/service-intentions/:name` removes it, and the reads
 //! group the intentions table by destination. The exact-match API
-//! (`/v1/connect/intentions/exact`) and this one see the same intentions.
+//! (`/v1/connect/intentions/exact`) and this one see the same intentions;
+//! the entry's `ModifyIndex` moves when either changes or removes one.
+//!
+//! Differences from Consul, by the model: the entry's `Meta` is stored on
+//! each of its intentions and read back from one of them (an intention
+//! given other `Meta` through the older API shows through); its
+//! `CreateIndex` is its oldest intention's, so it moves when that one is
+//! removed.
 //!
 //! Other kinds (`service-defaults`, `proxy-defaults`, routers, gateways)
 //! configure Envoy features this mesh's sidecars do not have: they are
@@ -18,6 +25,8 @@ use hyper::{Method, StatusCode};
 use mesh_core::connect::intention::{self, Intention};
 use mesh_core::state::{IntentionCommand, SourceRule};
 use serde_json::{json, Value};
+
+use mesh_core::definitions::normalize_key;
 
 use super::intentions::{action_field, field, meta_field, string_field};
 use super::params::Query;
@@ -37,13 +46,65 @@ fn unsupported_kind(kind: &str) -> Reply {
     ))
 }
 
-/// The entry's sources, from a `PUT /v1/config` body.
+/// The keys an entry may carry (any case, underscores ignored, as every
+/// body's keys): what `GET` answers can be written back. Anything else is
+/// refused, as Consul refuses unknown keys: a misspelled `Sources` must
+/// not read as "no sources".
+const ENTRY_KEYS: &[&str] = &[
+    "Kind",
+    "Name",
+    "Namespace",
+    "Partition",
+    "Meta",
+    "Sources",
+    "CreateIndex",
+    "ModifyIndex",
+];
+const SOURCE_KEYS: &[&str] = &[
+    "Name",
+    "Action",
+    "Description",
+    "Precedence",
+    "Type",
+    "Namespace",
+    "Partition",
+    "Peer",
+    "SamenessGroup",
+    "Permissions",
+    "LegacyID",
+    "LegacyMeta",
+    "LegacyCreateTime",
+    "LegacyUpdateTime",
+];
+
+fn unknown_key(object: &Value, known: &[&str]) -> Option<String> {
+    let known: Vec<String> = known.iter().map(|k| normalize_key(k)).collect();
+    object
+        .as_object()?
+        .keys()
+        .find(|k| !known.contains(&normalize_key(k)))
+        .cloned()
+}
+
+/// The entry's sources, from a `PUT /v1/config` body: required and not
+/// empty (an entry without sources is removed with `DELETE`, never by a
+/// body that lost them).
 fn decode_sources(body: &Value) -> Result<Vec<SourceRule>, String> {
+    if let Some(key) = unknown_key(body, ENTRY_KEYS) {
+        return Err(format!("invalid config key {key:?}"));
+    }
     let sources = match field(body, "Sources") {
-        None => return Ok(Vec::new()),
-        Some(Value::Array(a)) => a,
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        None | Some(Value::Array(_)) => {
+            return Err(
+                "Sources is required and must not be empty (to remove the entry, DELETE \
+                 /v1/config/service-intentions/NAME)"
+                    .into(),
+            )
+        }
         Some(other) => return Err(format!("Sources: expected an array, got {other}")),
     };
+    let mut names = std::collections::BTreeSet::new();
     sources
         .iter()
         .enumerate()
@@ -51,6 +112,9 @@ fn decode_sources(body: &Value) -> Result<Vec<SourceRule>, String> {
             let at = |e: String| format!("Sources[{n}]: {e}");
             if !source.is_object() {
                 return Err(at("expected an object".into()));
+            }
+            if let Some(key) = unknown_key(source, SOURCE_KEYS) {
+                return Err(at(format!("invalid config key {key:?}")));
             }
             if field(source, "Permissions")
                 .is_some_and(|p| p.as_array().is_none_or(|a| !a.is_empty()))
@@ -85,6 +149,9 @@ fn decode_sources(body: &Value) -> Result<Vec<SourceRule>, String> {
                 .map_err(at)?
                 .ok_or_else(|| at("Name is required".into()))?;
             intention::validate_name("Name", &name).map_err(at)?;
+            if !names.insert(name.clone()) {
+                return Err(at(format!("{name:?} is listed twice")));
+            }
             Ok(SourceRule {
                 name,
                 action: action_field(source).map_err(at)?,
@@ -187,7 +254,9 @@ impl HttpApi {
             (&Method::DELETE, [kind, name]) if kind == SERVICE_INTENTIONS => {
                 self.config_delete(name, &call.query).await
             }
-            (&Method::GET | &Method::DELETE, [kind, ..]) => unsupported_kind(kind),
+            (&Method::GET | &Method::DELETE, [kind, ..]) if kind != SERVICE_INTENTIONS => {
+                unsupported_kind(kind)
+            }
             (&Method::GET | &Method::PUT | &Method::DELETE, _) => bad_request(format!(
                 "expected PUT /v1/config, GET /v1/config/:kind[/:name] or DELETE \
                  /v1/config/:kind/:name, got {} /v1/config{rest}",

@@ -62,7 +62,7 @@ impl Server {
                 .call(
                     &target,
                     &Request::Join(self.info.clone()),
-                    Duration::from_secs(30),
+                    MEMBERSHIP_TIMEOUT,
                 )
                 .await
                 .map_err(|e| RpcError::Internal(e.to_string()))?;

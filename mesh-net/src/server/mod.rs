@@ -149,6 +149,9 @@ const KIND_NODE_ID: u8 = 5;
 pub(crate) const LEADER_WAIT: Duration = Duration::from_secs(7);
 /// RPC deadline for forwarded requests (writes include replication).
 pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a membership change (removing a server) may take at the
+/// leader: as long as a join is given (`formation`'s join RPC).
+pub(crate) const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on a quorum check for a consistent read.
 const LINEARIZE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Consul's maximum blocking-query wait.

@@ -79,11 +79,13 @@ impl Server {
     }
 
     /// Removes a server from the Raft configuration (through the leader).
+    /// Two membership changes commit one after the other (joint, then
+    /// final), so it gets the membership bound, not a write's.
     pub async fn remove_peer(&self, node_id: u64) -> Result<(), RpcError> {
         self.on_leader(
             Request::RemovePeer { node_id },
             Idempotence::AtMostOnce,
-            FORWARD_TIMEOUT,
+            MEMBERSHIP_TIMEOUT,
         )
         .await
         .map(|_| ())

@@ -4,6 +4,14 @@
 //! are linearizable (each is served by a leader that confirmed its
 //! leadership with a quorum after the previous one returned), so the index
 //! a later read reports can never be older than an earlier one's.
+//!
+//! What the index is depends on the read (`mesh_core::wire::query_index`):
+//! a prefix or catalog read carries its table's index, a read of one
+//! existing key that key's `ModifyIndex`. The workload reads the key it
+//! last wrote, whose index only grows from one read to the next, so there
+//! this checks the per-key promise; a stale read there is caught as a
+//! missing key or by linearizability. The table-index form is checked on
+//! the agents' catalog watch (`crate::agents`).
 
 /// The last index one client saw.
 #[derive(Default, Debug)]
