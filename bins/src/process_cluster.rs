@@ -457,3 +457,15 @@ where
     }
     None
 }
+
+/// Polls until `probe` holds, failing the test (a panic naming `what`)
+/// after `limit`; how long it took.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll_until(limit, probe)
+        .await
+        .unwrap_or_else(|| panic!("{what}: not within {limit:?}"))
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use mesh_bins::process_cluster::{poll_until, test_dir, ProcessCluster};
+use mesh_bins::process_cluster::{eventually, test_dir, ProcessCluster};
 use serde_json::Value;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
@@ -37,17 +37,6 @@ fn cluster(name: &str, ips: &[&str; 5], rpc: u16, http: u16) -> (ProcessCluster,
 async fn get_json(c: &ProcessCluster, i: usize, path: &str) -> Option<Value> {
     let r = c.request(i, "GET", path, b"").await.ok()?;
     (r.status == 200).then(|| serde_json::from_slice(&r.body).ok())?
-}
-
-/// Polls until `probe` holds, failing the test after `limit`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, probe: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    poll_until(limit, probe)
-        .await
-        .unwrap_or_else(|| panic!("{what}: not within {limit:?}"))
 }
 
 /// One DNS question to `ip:8600`, over UDP or (`tcp`) TCP.

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesh_bins::process_cluster::{poll_until, test_dir, ProcessCluster};
+use mesh_bins::process_cluster::{eventually, test_dir, ProcessCluster};
 use serde_json::Value;
 
 const IPS: [&str; 5] = [
@@ -294,16 +294,6 @@ async fn instances(c: &ProcessCluster, via: usize) -> Vec<(String, Vec<String>, 
 fn has_instance(list: &[(String, Vec<String>, bool)], id: &str, tag: &str) -> bool {
     list.iter()
         .any(|(i, tags, passing)| i == id && *passing && tags.iter().any(|t| t == tag))
-}
-
-async fn eventually<F, Fut>(what: &str, limit: Duration, probe: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    poll_until(limit, probe)
-        .await
-        .unwrap_or_else(|| panic!("{what}: not within {limit:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
