@@ -1,8 +1,9 @@
 //! Real processes: three servers and the client agents fcs00 and fcc00,
 //! started from the checked-in `deploy/` config files with loopback
 //! addresses of their own. Client agents register services, keep them in
-//! the catalog through a leader failover and their own restart, and an
-//! unmodified Consul client library (py-consul, from PyPI) drives the API.
+//! the catalog through a leader failover and their own restart, and
+//! unmodified Consul client libraries (py-consul from PyPI, `consul` from
+//! npm) drive the API.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -253,18 +254,60 @@ async fn client_agents_keep_their_services_through_failover_and_restart() {
     c.stop_all();
 }
 
+/// Runs one client library's check script (`clients/<lang>/...`) with
+/// `program` against a client agent and a server of a fresh cluster, and
+/// asserts it passed.
+async fn client_library_check(
+    name: &str,
+    ips: &[&str; 5],
+    rpc: u16,
+    program: String,
+    script: &str,
+) {
+    let (mut c, fcs, _fcc) = cluster(name, ips, rpc, rpc + 200);
+    c.wait_for_leader(Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let script = format!("{}/../clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let agent = c.http_addr(fcs);
+    let server = c.http_addr(0);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(program)
+            .arg(script)
+            .arg(agent)
+            .arg(server)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run the client check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    c.stop_all();
+    assert!(
+        out.status.success() && stdout.contains("PASS"),
+        "{name} check failed:\n{stdout}\n{stderr}"
+    );
+    println!("{stdout}");
+}
+
+/// A client library is missing: a failure in CI (which sets
+/// `MESH_REQUIRE_CONSUL_CLIENTS` after installing them), a skip elsewhere.
+fn skip_missing(what: &str) {
+    assert!(
+        std::env::var_os("MESH_REQUIRE_CONSUL_CLIENTS").is_none(),
+        "{what} is missing: run .ci/run, which installs it"
+    );
+    eprintln!("skipped: {what} is not installed (.ci/run installs it)");
+}
+
 /// py-consul 1.8.0 from PyPI, unmodified, against a client agent and a
 /// server. `.ci/run` installs it into a virtualenv and sets
-/// `MESH_CONSUL_PYTHON` to that interpreter; without it the test is skipped
-/// (unless `MESH_REQUIRE_CONSUL_CLIENTS` is set, as in CI).
+/// `MESH_CONSUL_PYTHON` to that interpreter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmodified_consul_client_library_works() {
     let Ok(python) = std::env::var("MESH_CONSUL_PYTHON") else {
-        assert!(
-            std::env::var_os("MESH_REQUIRE_CONSUL_CLIENTS").is_none(),
-            "MESH_CONSUL_PYTHON is not set: run .ci/run, which installs py-consul"
-        );
-        eprintln!("skipped: set MESH_CONSUL_PYTHON to a python with py-consul installed");
+        skip_missing("MESH_CONSUL_PYTHON (a python with py-consul)");
         return;
     };
     let ips = [
@@ -274,32 +317,42 @@ async fn an_unmodified_consul_client_library_works() {
         "127.0.0.63",
         "127.0.0.64",
     ];
-    let (mut c, fcs, _fcc) = cluster("pyconsul", &ips, 18360, 18560);
-    c.wait_for_leader(Duration::from_secs(20))
-        .await
-        .expect("a leader");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../clients/python/consul_client_check.py"
-    );
-    let agent = c.http_addr(fcs);
-    let server = c.http_addr(0);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .arg(agent)
-            .arg(server)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    c.stop_all();
-    assert!(
-        out.status.success() && stdout.contains("PASS"),
-        "py-consul check failed:\n{stdout}\n{stderr}"
-    );
-    println!("{stdout}");
+    client_library_check(
+        "pyconsul",
+        &ips,
+        18360,
+        python,
+        "python/consul_client_check.py",
+    )
+    .await;
+}
+
+/// The `consul` package from npm (2.0.1, pinned in
+/// `clients/node/package-lock.json`), unmodified, under Node.js: its Watch
+/// helper, sessions and locks, transactions. `.ci/run` runs `npm ci` in
+/// `clients/node`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmodified_node_consul_client_works() {
+    let installed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../clients/node/node_modules/consul/package.json")
+        .exists();
+    if !installed {
+        skip_missing("clients/node/node_modules (npm ci --prefix clients/node)");
+        return;
+    }
+    let ips = [
+        "127.0.0.130",
+        "127.0.0.131",
+        "127.0.0.132",
+        "127.0.0.133",
+        "127.0.0.134",
+    ];
+    client_library_check(
+        "nodeconsul",
+        &ips,
+        18366,
+        "node".into(),
+        "node/consul_client_check.js",
+    )
+    .await;
 }
