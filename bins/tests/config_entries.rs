@@ -153,6 +153,61 @@ Sources = [
     assert!(allowed(&c, "web").await);
     assert!(!allowed(&c, "fcc").await, "fcc was not listed any more");
 
+    // A source removed through the older API changes the entry: its
+    // ModifyIndex as read moves, a write holding the old one is refused,
+    // and one holding the index read back applies.
+    let two = r#"{"Kind":"service-intentions","Name":"fcs","Sources":[{"Name":"web","Action":"allow"},{"Name":"db","Action":"allow"}]}"#;
+    let r = c
+        .request(0, "PUT", "/v1/config", two.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.text().trim()), (200, "true"));
+    let (_, entry) = get(&c, "/v1/config/service-intentions/fcs").await;
+    let before = entry["ModifyIndex"].as_u64().unwrap();
+    let r = c
+        .request(
+            0,
+            "DELETE",
+            "/v1/connect/intentions/exact?source=db&destination=fcs",
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let (_, entry) = get(&c, "/v1/config/service-intentions/fcs").await;
+    let after = entry["ModifyIndex"].as_u64().unwrap();
+    assert!(after > before, "ModifyIndex {before} -> {after}: {entry}");
+    let r = c
+        .request(
+            0,
+            "PUT",
+            &format!("/v1/config?cas={before}"),
+            two.as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.text().trim()),
+        (200, "false"),
+        "the stale write must not restore db"
+    );
+    let (status, _) = get(&c, "/v1/connect/intentions/exact?source=db&destination=fcs").await;
+    assert_eq!(status, 404);
+    let r = c
+        .request(
+            0,
+            "PUT",
+            &format!("/v1/config?cas={after}"),
+            json_entry.as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.text().trim()),
+        (200, "true"),
+        "a read-modify-write round trip applies"
+    );
+
     // Refused, and nothing changes.
     for (body, why) in [
         (

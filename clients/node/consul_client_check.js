@@ -136,6 +136,10 @@ async function main() {
       { KV: { Verb: "check-not-exists", Key: "node/t1" } },
     ]);
   } catch (e) {
+    // Consul answers a rolled-back transaction 409 (a 400 would be a
+    // request the agent did not understand).
+    const status = e && e.response && e.response.statusCode;
+    if (status !== 409) fail("txn rollback status", `${status}: ${e}`);
     rolledBack = true;
   }
   if (!rolledBack || (await b.kv.get("node/t2"))) fail("txn rollback", "a failing transaction took effect");

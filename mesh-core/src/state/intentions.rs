@@ -131,11 +131,6 @@ impl IntentionCommand {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IntentionTable {
     by_pair: BTreeMap<(String, String), Intention>,
-    /// Per destination, the index of the last write that removed one of
-    /// its intentions: a config entry's `ModifyIndex` must move when a
-    /// source goes, whichever API removed it, or a `?cas=` write holding
-    /// the old index would bring the removed source back.
-    removed_at: BTreeMap<String, u64>,
     table_index: u64,
     last_index: u64,
 }
@@ -146,10 +141,6 @@ struct Image {
     table_index: u64,
     last_index: u64,
     intentions: Vec<Intention>,
-    /// Absent in snapshots from before config entries (and when empty, so
-    /// the digest of a table without removals did not change).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    removed_at: BTreeMap<String, u64>,
 }
 
 impl IntentionTable {
@@ -184,23 +175,29 @@ impl IntentionTable {
     }
 
     /// The `CreateIndex` and `ModifyIndex` of `destination`'s config
-    /// entry: the oldest creation among its intentions, and the latest
-    /// change to them, removals included; `None` when it has none.
+    /// entry: the oldest creation and the latest change among its
+    /// intentions; `None` when it has none. Every read of the entry and
+    /// every `?cas=` against it use these.
     pub fn entry_indexes(&self, destination: &str) -> Option<(u64, u64)> {
-        let removed = self.removed_at.get(destination).copied().unwrap_or(0);
-        self.towards(destination).fold(None, |acc, i| {
-            let (c, m) = acc.unwrap_or((u64::MAX, removed));
-            Some((c.min(i.create_index), m.max(i.modify_index)))
-        })
+        entry_indexes(self.towards(destination))
     }
 
+    /// Removes one intention. The ones left towards its destination take
+    /// this index as their `ModifyIndex`, as in Consul, whose intentions
+    /// share their config entry's index: the entry changed, whichever API
+    /// removed the source, so a `?cas=` write holding the entry's old index
+    /// must not bring the source back.
     fn remove(&mut self, index: u64, source: &str, destination: &str) -> bool {
         let gone = self
             .by_pair
             .remove(&(source.to_owned(), destination.to_owned()))
             .is_some();
         if gone {
-            self.removed_at.insert(destination.to_owned(), index);
+            for i in self.by_pair.values_mut() {
+                if i.destination_name == destination {
+                    i.modify_index = index;
+                }
+            }
         }
         gone
     }
@@ -285,6 +282,18 @@ impl IntentionTable {
     }
 }
 
+/// The `CreateIndex` and `ModifyIndex` of a config entry made of
+/// `intentions` (all towards one destination): the oldest creation, the
+/// latest change; `None` for none.
+pub fn entry_indexes<'a>(
+    intentions: impl IntoIterator<Item = &'a Intention>,
+) -> Option<(u64, u64)> {
+    intentions.into_iter().fold(None, |acc, i| {
+        let (c, m) = acc.unwrap_or((u64::MAX, 0));
+        Some((c.min(i.create_index), m.max(i.modify_index)))
+    })
+}
+
 /// A UUID-shaped ID every replica derives alike from the creating write.
 fn uuid_for(index: u64, source: &str, destination: &str) -> String {
     let half = |salt: &[u8]| {
@@ -365,7 +374,6 @@ impl TableState for IntentionTable {
             table_index: self.table_index,
             last_index: self.last_index,
             intentions: self.by_pair.values().cloned().collect(),
-            removed_at: self.removed_at.clone(),
         };
         let json = serde_json::to_vec(&image).expect("intentions serialize");
         put_bytes32(out, &json);
@@ -378,7 +386,6 @@ impl TableState for IntentionTable {
         let mut t = IntentionTable {
             table_index: image.table_index,
             last_index: image.last_index,
-            removed_at: image.removed_at,
             ..IntentionTable::default()
         };
         for i in image.intentions {
@@ -395,16 +402,6 @@ impl TableState for IntentionTable {
             return Err(format!(
                 "table index {} is above the last applied index {}",
                 self.table_index, self.last_index
-            ));
-        }
-        if let Some((destination, at)) = self
-            .removed_at
-            .iter()
-            .find(|(_, at)| **at > self.table_index)
-        {
-            return Err(format!(
-                "a removal towards {destination} at {at} is above the table index {}",
-                self.table_index
             ));
         }
         for ((source, destination), i) in &self.by_pair {

@@ -9,7 +9,9 @@
 //! `DELETE /v1/config/service-intentions/:name` removes it, and the reads
 //! group the intentions table by destination. The exact-match API
 //! (`/v1/connect/intentions/exact`) and this one see the same intentions;
-//! the entry's `ModifyIndex` moves when either changes or removes one.
+//! the entry's `ModifyIndex` moves when either changes or removes one (a
+//! removal moves the remaining intentions' `ModifyIndex`, as Consul's
+//! intentions share their entry's).
 //!
 //! Differences from Consul, by the model: the entry's `Meta` is stored on
 //! each of its intentions and read back from one of them (an intention
@@ -23,6 +25,7 @@
 
 use hyper::{Method, StatusCode};
 use mesh_core::connect::intention::{self, Intention};
+use mesh_core::state::intentions::entry_indexes;
 use mesh_core::state::{IntentionCommand, SourceRule};
 use serde_json::{json, Value};
 
@@ -167,8 +170,8 @@ fn decode_sources(body: &Value) -> Result<Vec<SourceRule>, String> {
 /// there are none: the entry does not exist).
 fn entry_json(destination: &str, intentions: &[&Intention]) -> Option<Value> {
     let first = intentions.first()?;
-    let create = intentions.iter().map(|i| i.create_index).min()?;
-    let modify = intentions.iter().map(|i| i.modify_index).max()?;
+    // The same indexes `?cas=` is checked against when the entry is written.
+    let (create, modify) = entry_indexes(intentions.iter().copied())?;
     // Intentions are listed by source; Consul lists the sources by
     // precedence, highest first (exact names before the wildcard).
     let mut ordered = intentions.to_vec();
