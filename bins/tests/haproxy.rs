@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mesh_bins::process_cluster::{poll_until, test_dir, ProcessCluster};
+use mesh_bins::process_cluster::{eventually, poll_until, test_dir, ProcessCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -129,6 +129,17 @@ async fn haproxy_follows_the_catalog_through_dns_srv() {
     c.wait_for_leader(Duration::from_secs(30))
         .await
         .expect("the server leads");
+    // The client agent starts alongside; its API may not listen yet.
+    eventually(
+        "the client agent answers",
+        Duration::from_secs(30),
+        || async {
+            c.request(agent, "GET", "/v1/agent/self", b"")
+                .await
+                .is_ok_and(|r| r.status == 200)
+        },
+    )
+    .await;
 
     let names = ["a", "b", "c"];
     let mut ports = Vec::new();
