@@ -37,6 +37,15 @@ async fn get(c: &ProcessCluster, path: &str) -> (u16, Value) {
     )
 }
 
+/// One request to the server: its status and trimmed body.
+async fn call(c: &ProcessCluster, method: &str, path: &str, body: &str) -> (u16, String) {
+    let r = c
+        .request(0, method, path, body.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (r.status, r.text().trim().to_string())
+}
+
 async fn allowed(c: &ProcessCluster, source: &str) -> bool {
     let (status, v) = get(
         c,
@@ -140,16 +149,14 @@ Sources = [
     assert!(!ok && out.contains("did not match"), "{out}");
     let json_entry =
         r#"{"Kind":"service-intentions","Name":"fcs","Sources":[{"Name":"web","Action":"allow"}]}"#;
-    let r = c
-        .request(
-            0,
-            "PUT",
-            &format!("/v1/config?cas={modify_index}"),
-            json_entry.as_bytes(),
-        )
-        .await
-        .unwrap();
-    assert_eq!((r.status, r.text().trim()), (200, "true"));
+    let written = call(
+        &c,
+        "PUT",
+        &format!("/v1/config?cas={modify_index}"),
+        json_entry,
+    )
+    .await;
+    assert_eq!(written, (200, "true".into()));
     assert!(allowed(&c, "web").await);
     assert!(!allowed(&c, "fcc").await, "fcc was not listed any more");
 
@@ -157,54 +164,33 @@ Sources = [
     // ModifyIndex as read moves, a write holding the old one is refused,
     // and one holding the index read back applies.
     let two = r#"{"Kind":"service-intentions","Name":"fcs","Sources":[{"Name":"web","Action":"allow"},{"Name":"db","Action":"allow"}]}"#;
-    let r = c
-        .request(0, "PUT", "/v1/config", two.as_bytes())
-        .await
-        .unwrap();
-    assert_eq!((r.status, r.text().trim()), (200, "true"));
+    assert_eq!(
+        call(&c, "PUT", "/v1/config", two).await,
+        (200, "true".into())
+    );
     let (_, entry) = get(&c, "/v1/config/service-intentions/fcs").await;
     let before = entry["ModifyIndex"].as_u64().unwrap();
-    let r = c
-        .request(
-            0,
-            "DELETE",
-            "/v1/connect/intentions/exact?source=db&destination=fcs",
-            b"",
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200);
+    let (status, _) = call(
+        &c,
+        "DELETE",
+        "/v1/connect/intentions/exact?source=db&destination=fcs",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
     let (_, entry) = get(&c, "/v1/config/service-intentions/fcs").await;
     let after = entry["ModifyIndex"].as_u64().unwrap();
     assert!(after > before, "ModifyIndex {before} -> {after}: {entry}");
-    let r = c
-        .request(
-            0,
-            "PUT",
-            &format!("/v1/config?cas={before}"),
-            two.as_bytes(),
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        (r.status, r.text().trim()),
-        (200, "false"),
+        call(&c, "PUT", &format!("/v1/config?cas={before}"), two).await,
+        (200, "false".into()),
         "the stale write must not restore db"
     );
     let (status, _) = get(&c, "/v1/connect/intentions/exact?source=db&destination=fcs").await;
     assert_eq!(status, 404);
-    let r = c
-        .request(
-            0,
-            "PUT",
-            &format!("/v1/config?cas={after}"),
-            json_entry.as_bytes(),
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        (r.status, r.text().trim()),
-        (200, "true"),
+        call(&c, "PUT", &format!("/v1/config?cas={after}"), json_entry).await,
+        (200, "true".into()),
         "a read-modify-write round trip applies"
     );
 
@@ -240,12 +226,9 @@ Sources = [
             "invalid config key",
         ),
     ] {
-        let r = c
-            .request(0, "PUT", "/v1/config", body.as_bytes())
-            .await
-            .unwrap();
-        assert_eq!(r.status, 400, "{body}: {}", r.text());
-        assert!(r.text().contains(why), "{body}: {}", r.text());
+        let (status, text) = call(&c, "PUT", "/v1/config", body).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(why), "{body}: {text}");
     }
     assert!(allowed(&c, "web").await, "the refusals changed nothing");
 

@@ -56,6 +56,14 @@ struct Op {
     outcome: Outcome,
 }
 
+/// What the register clients got done.
+#[derive(Clone, Copy, Debug, Default)]
+struct RegisterWork {
+    reads: usize,
+    acked_writes: usize,
+    swapped_cas: usize,
+}
+
 #[derive(Default)]
 struct Shared {
     history: Vec<Op>,
@@ -65,8 +73,7 @@ struct Shared {
     failed: Vec<FailedWrite>,
     /// Every value a register read returned.
     reads_seen: Vec<(usize, String, Vec<u8>)>,
-    /// Successful register reads, acknowledged writes, swapped CAS.
-    register_work: [usize; 3],
+    register_work: RegisterWork,
     /// Servers a client must not hold to the answer bound right now (paused).
     exempt: Vec<usize>,
     /// When each exemption ended (requests started before it are exempt too).
@@ -142,16 +149,16 @@ async fn register_client(
             let done = ret.is_some();
             match &kind {
                 OpKind::Read(seen) => {
-                    s.register_work[0] += 1;
+                    s.register_work.reads += 1;
                     if let Some(v) = seen {
                         s.reads_seen.push((id, key.clone(), v.clone().into_bytes()));
                     }
                 }
-                OpKind::Write(_) if done => s.register_work[1] += 1,
+                OpKind::Write(_) if done => s.register_work.acked_writes += 1,
                 OpKind::Cas {
                     swapped: Some(true),
                     ..
-                } => s.register_work[2] += 1,
+                } => s.register_work.swapped_cas += 1,
                 _ => {}
             }
             s.registers
@@ -418,10 +425,12 @@ async fn writes_survive_pause_partition_and_kill_of_the_leader() {
     // The registers are linearizable, with a verdict for every key.
     println!(
         "registers: {} reads, {} acknowledged writes, {} swapped CAS",
-        register_work[0], register_work[1], register_work[2]
+        register_work.reads, register_work.acked_writes, register_work.swapped_cas
     );
     assert!(
-        register_work[0] >= 50 && register_work[1] >= 10 && register_work[2] >= 5,
+        register_work.reads >= 50
+            && register_work.acked_writes >= 10
+            && register_work.swapped_cas >= 5,
         "the register clients did too little work: {register_work:?}"
     );
     let checked = linearizable::check(&registers).unwrap_or_else(|e| panic!("{e}"));

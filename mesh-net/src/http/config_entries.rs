@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 
 use mesh_core::definitions::normalize_key;
 
-use super::intentions::{action_field, field, meta_field, string_field};
+use super::intentions::{action_field, field, meta_field, refuse_permissions, string_field};
 use super::params::Query;
 use super::reply::{
     bad_request, json_reply, method_not_allowed, not_found, read_json, with_read_headers, Reply,
@@ -119,14 +119,7 @@ fn decode_sources(body: &Value) -> Result<Vec<SourceRule>, String> {
             if let Some(key) = unknown_key(source, SOURCE_KEYS) {
                 return Err(at(format!("invalid config key {key:?}")));
             }
-            if field(source, "Permissions")
-                .is_some_and(|p| p.as_array().is_none_or(|a| !a.is_empty()))
-            {
-                return Err(at(
-                    "Permissions (L7 intentions) are not supported: use Action allow or deny"
-                        .into(),
-                ));
-            }
+            refuse_permissions(source).map_err(at)?;
             for scope in ["Peer", "SamenessGroup"] {
                 if string_field(source, scope)
                     .map_err(at)?

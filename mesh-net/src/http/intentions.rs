@@ -80,11 +80,7 @@ fn decode_body(body: &Value) -> Result<IntentionBody, String> {
     if !body.is_object() {
         return Err("Request decode failed: the body must be a JSON object".into());
     }
-    if field(body, "Permissions").is_some_and(|p| p.as_array().is_none_or(|a| !a.is_empty())) {
-        return Err(
-            "Permissions (L7 intentions) are not supported: use Action allow or deny".into(),
-        );
-    }
+    refuse_permissions(body)?;
     if let Some(t) = string_field(body, "SourceType")? {
         if t != "consul" {
             return Err(format!("SourceType must be \"consul\", got {t:?}"));
@@ -95,6 +91,17 @@ fn decode_body(body: &Value) -> Result<IntentionBody, String> {
         description: string_field(body, "Description")?.unwrap_or_default(),
         meta: meta_field(body)?,
     })
+}
+
+/// Refuses non-empty `Permissions`: layer-7 intentions need an HTTP-aware
+/// proxy, and the sidecars forward bytes.
+pub(super) fn refuse_permissions(body: &Value) -> Result<(), String> {
+    if field(body, "Permissions").is_some_and(|p| p.as_array().is_none_or(|a| !a.is_empty())) {
+        return Err(
+            "Permissions (L7 intentions) are not supported: use Action allow or deny".into(),
+        );
+    }
+    Ok(())
 }
 
 /// `Action`: `allow` or `deny` (any case), required.
