@@ -6,8 +6,8 @@
 //
 // Registers a service with a TTL check through the first agent, reads it
 // back through the catalog and health endpoints of the second (so the
-// answer crossed the cluster), watches a key with the library's Watch
-// (blocking queries on X-Consul-Index), takes and releases a lock with a
+// answer crossed the cluster), watches a service's health and a key with
+// the library's Watch (blocking queries on X-Consul-Index), takes and releases a lock with a
 // session, and runs a transaction. Every wait is bounded; any mismatch
 // exits non-zero naming the step. Prints one line per step.
 "use strict";
@@ -88,6 +88,42 @@ async function main() {
     return r.length === 1;
   });
   console.log("ok agent.check.pass -> health.service?passing");
+
+  // A Watch on one service's health wakes for that service only: checks of
+  // another service on the same agent change five times, then this one's.
+  await a.agent.service.register({ name: "nodeother", id: "nodeother1", port: 8081, check: { ttl: "30s" } });
+  const otherTtl = await waitFor("nodeother's check", async () => {
+    const c = await a.agent.check.list();
+    return Object.keys(c).find((id) => c[id].ServiceID === "nodeother1");
+  });
+  await waitFor("nodeother in the catalog", async () => (await b.catalog.service.nodes("nodeother")).length === 1);
+  // The servers add the node's own serfHealth check once they see the
+  // agent alive; start from that settled state.
+  await waitFor("serfHealth on nodeweb's node", async () => {
+    const r = await b.health.service("nodeweb");
+    return r.length === 1 && r[0].Checks.some((c) => c.CheckID === "serfHealth");
+  });
+  const health = [];
+  const hwatch = b.watch({ method: b.health.service, options: { service: "nodeweb", wait: "5s" } });
+  hwatch.on("change", (data) => health.push(data.map((r) => r.Checks.map((c) => c.Status).join("/")).join(",")));
+  hwatch.on("error", (e) => fail("health watch", String(e)));
+  await waitFor("health watch first answer", () => health.length >= 1, 10000);
+  for (let i = 0; i < 5; i++) {
+    if (i % 2 === 0) await a.agent.check.pass({ id: otherTtl, note: `round ${i}` });
+    else await a.agent.check.warn({ id: otherTtl, note: `round ${i}` });
+  }
+  await waitFor("nodeother's last status", async () => {
+    const r = await b.health.checks("nodeother");
+    return r.length && r[0].Status === "passing" && r[0].Output === "round 4";
+  });
+  await sleep(500);
+  if (health.length !== 1) fail("health watch woke for another service", health);
+  await a.agent.check.fail({ id: ttlId, note: "down" });
+  await waitFor("health watch saw nodeweb fail", () => health.some((h) => h.includes("critical")), 10000);
+  hwatch.end();
+  await a.agent.check.pass({ id: ttlId, note: "back" });
+  await a.agent.service.deregister("nodeother1");
+  console.log(`ok watch on a service's health (${health.length} answers: ${health.join(" | ")})`);
 
   // The library's Watch (blocking queries) sees a key change, and only
   // then: a single key's index is its own ModifyIndex.

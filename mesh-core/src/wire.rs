@@ -375,20 +375,25 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
 /// blocking query waits to pass. It follows Consul: a single key that
 /// exists answers with its own `ModifyIndex` (clients such as Patroni block
 /// on an entry's `ModifyIndex`, and with the table's index they would be
-/// woken at once, over and over); every other query answers with the
-/// queried table's last-modified index. Never 0: blocking clients treat 0
-/// as "no index".
+/// woken at once, over and over); a catalog read answers with the last
+/// write that changed what it returns (see
+/// [`crate::state::catalog::CatalogTable::query_index`]); every other query
+/// answers with the queried table's last-modified index. Never 0: blocking
+/// clients treat 0 as "no index".
 ///
 /// Whatever could change an answer moves its index past the old one: a
 /// write, lock or release of the key moves its `ModifyIndex`; deleting it
 /// falls back to the table's index, which that delete moved past the key's.
 pub fn query_index(sm: &StateMachine, query: &Query) -> u64 {
-    if let Query::Kv(KvQuery::Get { key }) = query {
-        if let Some(entry) = sm.kv().get(key) {
-            return entry.modify_index.max(1);
-        }
-    }
-    sm.table_index(query.table()).max(1)
+    let index = match query {
+        Query::Kv(KvQuery::Get { key }) => match sm.kv().get(key) {
+            Some(entry) => entry.modify_index,
+            None => sm.table_index(query.table()),
+        },
+        Query::Catalog(q) => sm.catalog().query_index(q),
+        _ => sm.table_index(query.table()),
+    };
+    index.max(1)
 }
 
 /// Evaluates a query against the applied state, with its

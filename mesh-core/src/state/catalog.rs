@@ -6,15 +6,13 @@
 //!
 //! Indexes follow Consul: each row carries `CreateIndex` (the write that
 //! created it) and `ModifyIndex` (the last write that changed it), and the
-//! table index ([`CatalogTable::table_index`], the `X-Consul-Index` of every
-//! catalog and health read) moves only when some row changed. A registration
-//! that repeats what is stored changes nothing: anti-entropy re-sends a
-//! node's whole state periodically, and blocking queries must not wake for
-//! it.
-//!
-//! Differences from Consul, on purpose: one index for the whole catalog
-//! (Consul keeps one per table and per service), so blocking queries may
-//! wake more often, never less often.
+//! table index ([`CatalogTable::table_index`]) moves only when some row
+//! changed. A registration that repeats what is stored changes nothing:
+//! anti-entropy re-sends a node's whole state periodically, and blocking
+//! queries must not wake for it. Each read answers with its own index
+//! ([`CatalogTable::query_index`], see `indexes`): a blocking read of one
+//! service wakes when that service changes, as in Consul, not on every
+//! catalog write.
 //!
 //! Snapshots carry the table as one JSON document (see `encode`): catalog
 //! rows hold no bulk bytes, and JSON of `BTreeMap`s and structs is canonical,
@@ -27,6 +25,9 @@ use serde::{Deserialize, Serialize};
 use super::binary::{put_bytes32, Reader};
 use super::{CommandResult, Table, TableState};
 use crate::hash::Fnv1a64;
+use indexes::{NodeRows, ReadIndexes};
+
+mod indexes;
 
 /// Check id of the node-liveness check the servers own (Consul's name).
 pub const SERF_HEALTH_CHECK: &str = "serfHealth";
@@ -306,6 +307,17 @@ pub enum CatalogCommand {
 }
 
 impl CatalogCommand {
+    /// The one node the command changes rows of.
+    pub fn node(&self) -> &str {
+        match self {
+            CatalogCommand::Register(r) => &r.node.node,
+            CatalogCommand::Deregister { node, .. } | CatalogCommand::NodeHealth { node, .. } => {
+                node
+            }
+            CatalogCommand::SyncNode(sync) => &sync.node.node,
+        }
+    }
+
     /// The JSON names of the variants, the keys `Command` dispatches on.
     pub const JSON_NAMES: &'static [&'static str] = &[
         "CatalogRegister",
@@ -332,6 +344,12 @@ pub enum CatalogQuery {
     /// Instances named `name`, their nodes, and the checks on both.
     Service {
         /// The service name.
+        name: String,
+    },
+    /// The sidecar proxies fronting service `name` (`/v1/health/connect`),
+    /// their nodes, and the checks on both.
+    Connect {
+        /// The fronted service's name.
         name: String,
     },
     /// One node, its instances and its checks.
@@ -386,6 +404,8 @@ pub struct CatalogTable {
     checks: BTreeMap<(String, String), HealthCheck>,
     table_index: u64,
     last_index: u64,
+    /// What each read answers with.
+    indexes: ReadIndexes,
 }
 
 /// Whether two rows are equal apart from their indexes.
@@ -467,9 +487,42 @@ impl CatalogTable {
             .map(|(_, c)| c)
     }
 
+    /// Every check, in (node, id) order.
+    pub fn checks(&self) -> impl Iterator<Item = &HealthCheck> {
+        self.checks.values()
+    }
+
     /// Index of the last write that changed the catalog.
     pub fn table_index(&self) -> u64 {
         self.table_index
+    }
+
+    /// The index a read of `query` answers with (`X-Consul-Index`): the
+    /// last write that changed what it returns, or may have (0 if none).
+    pub fn query_index(&self, query: &CatalogQuery) -> u64 {
+        self.indexes.of_query(self, query)
+    }
+
+    /// The names that have instances, in order.
+    fn service_names(&self) -> Vec<String> {
+        let names: std::collections::BTreeSet<&str> =
+            self.services.values().map(|s| s.service.as_str()).collect();
+        names.into_iter().map(str::to_string).collect()
+    }
+
+    /// The names of the sidecar proxies fronting `name`, in order.
+    fn proxy_names(&self, name: &str) -> Vec<String> {
+        let names: std::collections::BTreeSet<&str> = self
+            .services
+            .values()
+            .filter(|s| {
+                s.proxy
+                    .as_ref()
+                    .is_some_and(|p| p.destination_service_name == name)
+            })
+            .map(|s| s.service.as_str())
+            .collect();
+        names.into_iter().map(str::to_string).collect()
     }
 
     /// The rows `query` selects.
@@ -482,26 +535,15 @@ impl CatalogTable {
             }
             CatalogQuery::Service { name } => {
                 out.services = self.entries(|s| s.service == *name);
-                let mut nodes: Vec<&str> = out.services.iter().map(|e| e.node.as_str()).collect();
-                nodes.dedup();
-                for node in nodes {
-                    if let Some(n) = self.nodes.get(node) {
-                        out.nodes.push(n.clone());
-                    }
-                    let ids: Vec<&str> = out
-                        .services
-                        .iter()
-                        .filter(|e| e.node == node)
-                        .map(|e| e.service.id.as_str())
-                        .collect();
-                    out.checks.extend(
-                        self.node_checks(node)
-                            .filter(|c| {
-                                c.service_id.is_empty() || ids.contains(&c.service_id.as_str())
-                            })
-                            .cloned(),
-                    );
-                }
+                self.add_nodes_and_checks(&mut out);
+            }
+            CatalogQuery::Connect { name } => {
+                out.services = self.entries(|s| {
+                    s.proxy
+                        .as_ref()
+                        .is_some_and(|p| p.destination_service_name == *name)
+                });
+                self.add_nodes_and_checks(&mut out);
             }
             CatalogQuery::Node { node } => {
                 if let Some(n) = self.nodes.get(node) {
@@ -526,6 +568,29 @@ impl CatalogTable {
             }
         }
         out
+    }
+
+    /// Adds the nodes of the selected instances and the checks that apply
+    /// to them (their own and their nodes').
+    fn add_nodes_and_checks(&self, out: &mut CatalogSlice) {
+        let mut nodes: Vec<String> = out.services.iter().map(|e| e.node.clone()).collect();
+        nodes.dedup();
+        for node in nodes {
+            if let Some(n) = self.nodes.get(&node) {
+                out.nodes.push(n.clone());
+            }
+            let ids: Vec<&str> = out
+                .services
+                .iter()
+                .filter(|e| e.node == node)
+                .map(|e| e.service.id.as_str())
+                .collect();
+            out.checks.extend(
+                self.node_checks(&node)
+                    .filter(|c| c.service_id.is_empty() || ids.contains(&c.service_id.as_str()))
+                    .cloned(),
+            );
+        }
     }
 
     fn entries(&self, keep: impl Fn(&NodeService) -> bool) -> Vec<ServiceEntry> {
@@ -750,6 +815,9 @@ struct Image {
     nodes: Vec<Node>,
     services: Vec<ServiceEntry>,
     checks: Vec<HealthCheck>,
+    /// Absent in snapshots written before reads had their own indexes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    read_indexes: Option<ReadIndexes>,
 }
 
 impl TableState for CatalogTable {
@@ -758,6 +826,8 @@ impl TableState for CatalogTable {
 
     fn apply(&mut self, index: u64, cmd: &CatalogCommand) -> CommandResult {
         super::advance(Self::TABLE, &mut self.last_index, index);
+        let node = cmd.node();
+        let before = NodeRows::of(self, node);
         let result = match cmd {
             CatalogCommand::Register(r) => self.register(index, r),
             CatalogCommand::Deregister {
@@ -772,6 +842,14 @@ impl TableState for CatalogTable {
                 output,
             } => Ok(self.node_health(index, node, *status, output)),
         };
+        if let Ok(true) = result {
+            let after = NodeRows::of(self, node);
+            let mut indexes = std::mem::take(&mut self.indexes);
+            indexes.note(index, &before, &after, |name| {
+                self.services.values().any(|s| s.service == name)
+            });
+            self.indexes = indexes;
+        }
         let result = result.map(|changed| (changed, CommandResult::Bool(true)));
         super::outcome(&mut self.table_index, index, result)
     }
@@ -797,6 +875,7 @@ impl TableState for CatalogTable {
             nodes: self.nodes.values().cloned().collect(),
             services: self.entries(|_| true),
             checks: self.checks.values().cloned().collect(),
+            read_indexes: Some(self.indexes.clone()),
         };
         let json = serde_json::to_vec(&image).expect("catalog rows serialize");
         put_bytes32(out, &json);
@@ -811,6 +890,7 @@ impl TableState for CatalogTable {
             last_index: image.last_index,
             ..CatalogTable::default()
         };
+        let read_indexes = image.read_indexes;
         for n in image.nodes {
             if t.nodes.insert(n.node.clone(), n).is_some() {
                 return Err("a node appears twice".into());
@@ -832,6 +912,7 @@ impl TableState for CatalogTable {
                 return Err("a check appears twice".into());
             }
         }
+        t.indexes = read_indexes.unwrap_or_else(|| ReadIndexes::conservative(&t));
         Ok(t)
     }
 
@@ -887,7 +968,7 @@ impl TableState for CatalogTable {
             }
             check_row(format!("check {node}/{id}"), c.create_index, c.modify_index)?;
         }
-        Ok(())
+        self.indexes.validate(self)
     }
 }
 

@@ -346,34 +346,12 @@ impl HttpApi {
         Ok((rows, resp))
     }
 
-    /// The sidecar proxies fronting `name`, with their nodes and checks,
-    /// as one catalog slice (blocking on the catalog's index like any
-    /// catalog read).
+    /// The sidecar proxies fronting `name`, with their nodes and checks.
     async fn sidecars_of(&self, q: &Query, name: &str) -> Result<ReadResponse, Reply> {
-        let mut resp = self.read(q, CatalogQuery::Services).await?;
-        let proxies: std::collections::BTreeSet<String> = slice_of(&resp)
-            .services
-            .iter()
-            .filter(|e| {
-                e.service
-                    .proxy
-                    .as_ref()
-                    .is_some_and(|p| p.destination_service_name == name)
-            })
-            .map(|e| e.service.service.clone())
-            .collect();
-        // The first read blocked (if asked to); these answer at once.
-        let now = q.without_blocking();
-        let mut merged = CatalogSlice::default();
-        for p in proxies {
-            let r = self.read(&now, CatalogQuery::Service { name: p }).await?;
-            let s = slice_of(&r).clone();
-            merged.nodes.extend(s.nodes);
-            merged.services.extend(s.services);
-            merged.checks.extend(s.checks);
-        }
-        resp.result = QueryResult::Catalog(merged);
-        Ok(resp)
+        let query = CatalogQuery::Connect {
+            name: name.to_string(),
+        };
+        self.read(q, query).await
     }
 
     /// Answers a list after `?filter`, with the read's headers.
