@@ -6,9 +6,9 @@
 //
 // Registers a service with a TTL check through the first agent, reads it
 // back through the catalog and health endpoints of the second (so the
-// answer crossed the cluster), watches a service's health and a key with
-// the library's Watch (blocking queries on X-Consul-Index), takes and releases a lock with a
-// session, and runs a transaction. Every wait is bounded; any mismatch
+// answer crossed the cluster), watches a service's health, a key and a
+// prefix with the library's Watch (blocking queries on X-Consul-Index),
+// takes and releases a lock with a session, and runs a transaction. Every wait is bounded; any mismatch
 // exits non-zero naming the step. Prints one line per step.
 "use strict";
 
@@ -140,6 +140,27 @@ async function main() {
   await waitFor("watch saw the change", () => seen.includes("two"), 10000);
   watch.end();
   console.log(`ok watch on a key (${seen.length} answers: ${seen.join(", ")})`);
+
+  // A Watch on a prefix (consul-template's `ls`, `consul watch -type
+  // keyprefix`) wakes for writes and deletes under it only.
+  await a.kv.set("node/dir/a", "1");
+  await a.kv.set("node/dir/b", "1");
+  const listed = [];
+  const pwatch = b.watch({ method: b.kv.get, options: { key: "node/dir/", recurse: true, wait: "5s" } });
+  pwatch.on("change", (data) => listed.push((data || []).map((e) => e.Key.slice(9)).join("+")));
+  pwatch.on("error", (e) => fail("prefix watch", String(e)));
+  await waitFor("prefix watch first answer", () => listed.length >= 1, 10000);
+  for (let i = 0; i < 3; i++) await a.kv.set(`node/outside-${i}`, "x");
+  await a.kv.del("node/outside-0");
+  await a.kv.del({ key: "node/outside-", recurse: true });
+  await sleep(500);
+  if (listed.length !== 1) fail("prefix watch woke for writes or deletes elsewhere", listed);
+  await a.kv.set("node/dir/c", "1");
+  await waitFor("prefix watch saw a write", () => listed.includes("a+b+c"), 10000);
+  await a.kv.del("node/dir/a");
+  await waitFor("prefix watch saw a delete", () => listed.includes("b+c"), 10000);
+  pwatch.end();
+  console.log(`ok watch on a prefix (${listed.length} answers: ${listed.join(" | ")})`);
 
   // A lock: a session acquires a key, a second session cannot, release.
   // (A key of this run's own: a lock freed by destroying its session stays

@@ -375,7 +375,9 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, WireError> {
 /// blocking query waits to pass. It follows Consul: a single key that
 /// exists answers with its own `ModifyIndex` (clients such as Patroni block
 /// on an entry's `ModifyIndex`, and with the table's index they would be
-/// woken at once, over and over); a catalog read answers with the last
+/// woken at once, over and over); a prefix read answers with the highest
+/// index under its prefix, deletes included
+/// ([`crate::state::kv::KvStore::prefix_index`]); a catalog read answers with the last
 /// write that changed what it returns (see
 /// [`crate::state::catalog::CatalogTable::query_index`]); every other query
 /// answers with the queried table's last-modified index. Never 0: blocking
@@ -390,6 +392,9 @@ pub fn query_index(sm: &StateMachine, query: &Query) -> u64 {
             Some(entry) => entry.modify_index,
             None => sm.table_index(query.table()),
         },
+        Query::Kv(KvQuery::List { prefix } | KvQuery::Keys { prefix, .. }) => {
+            sm.kv().prefix_index(prefix)
+        }
         Query::Catalog(q) => sm.catalog().query_index(q),
         _ => sm.table_index(query.table()),
     };

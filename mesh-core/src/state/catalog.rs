@@ -820,6 +820,22 @@ struct Image {
     read_indexes: Option<ReadIndexes>,
 }
 
+/// `[JSON length u32][JSON of the Image]`.
+fn put_image(t: &CatalogTable, read_indexes: Option<ReadIndexes>) -> Vec<u8> {
+    let image = Image {
+        table_index: t.table_index,
+        last_index: t.last_index,
+        nodes: t.nodes.values().cloned().collect(),
+        services: t.entries(|_| true),
+        checks: t.checks.values().cloned().collect(),
+        read_indexes,
+    };
+    let json = serde_json::to_vec(&image).expect("catalog rows serialize");
+    let mut out = Vec::with_capacity(json.len() + 4);
+    put_bytes32(&mut out, &json);
+    out
+}
+
 impl TableState for CatalogTable {
     const TABLE: Table = Table::Catalog;
     type Command = CatalogCommand;
@@ -862,23 +878,17 @@ impl TableState for CatalogTable {
         self.last_index
     }
 
+    /// The JSON image without the read indexes: they only shape the
+    /// indexes reads answer with, and replicas of builds from before them
+    /// must keep agreeing on the rows.
     fn digest(&self, h: &mut Fnv1a64) {
-        super::digest_encoded(self, h);
+        h.len_prefixed(&put_image(self, None));
     }
 
     /// `[JSON length u32][JSON of an Image: the indexes and every row in
     /// key order]`.
     fn encode(&self, out: &mut Vec<u8>) {
-        let image = Image {
-            table_index: self.table_index,
-            last_index: self.last_index,
-            nodes: self.nodes.values().cloned().collect(),
-            services: self.entries(|_| true),
-            checks: self.checks.values().cloned().collect(),
-            read_indexes: Some(self.indexes.clone()),
-        };
-        let json = serde_json::to_vec(&image).expect("catalog rows serialize");
-        put_bytes32(out, &json);
+        out.extend_from_slice(&put_image(self, Some(self.indexes.clone())));
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, String> {

@@ -24,9 +24,14 @@
 //!   ones (the modify index does not move). Here every `set` advances
 //!   `modify_index`: one rule instead of two, and a CAS client holding the
 //!   old index merely retries once.
-//! * Consul reports per-prefix indexes through tombstones; here a prefix
-//!   read uses the single table index. Blocking prefix queries may wake more
-//!   often, never less often.
+//! * A prefix read (`?recurse`, `?keys`) answers with the highest index
+//!   under its prefix, as Consul's: its entries' `modify_index` and the
+//!   tombstones its deletes left ([`KvStore::prefix_index`]). Consul reaps
+//!   tombstones on a timer through the log; here the table keeps the newest
+//!   [`MAX_TOMBSTONES`] and folds older ones into one floor that every
+//!   prefix index is at least, so memory stays bounded, every server keeps
+//!   the same ones, and a prefix read wakes for an old delete elsewhere at
+//!   worst once.
 //!
 //! Keys are not validated here: any string, including the empty one, is a
 //! key (the HTTP layer rejects bad keys with [`crate::api::validate_key`]).
@@ -228,7 +233,17 @@ pub struct KvStore {
     /// Highest index passed to any mutation, changed something or not. Kept
     /// (and snapshotted) only so the monotonicity assertion is exact.
     last_index: u64,
+    /// Deleted keys and the index that deleted them, at most
+    /// [`MAX_TOMBSTONES`] (the newest).
+    #[serde(skip)]
+    tombstones: BTreeMap<String, u64>,
+    /// The highest index of a tombstone dropped to keep that bound.
+    #[serde(skip)]
+    tombstone_floor: u64,
 }
+
+/// How many deleted keys the table remembers for prefix indexes.
+pub const MAX_TOMBSTONES: usize = 1024;
 
 impl KvStore {
     /// The entry stored under exactly `key`.
@@ -273,9 +288,41 @@ impl KvStore {
     }
 
     /// Raft index of the last write that changed any key; 0 if none did.
-    /// This is the `X-Consul-Index` of every KV read.
+    /// The `X-Consul-Index` of a read of a key that does not exist, and of
+    /// a prefix read of everything.
     pub fn table_index(&self) -> u64 {
         self.table_index
+    }
+
+    /// The `X-Consul-Index` of a prefix read: the last write that changed
+    /// a key under `prefix` (a tombstone remembers a delete), or the
+    /// tombstone floor if higher. Every write that changes what the read
+    /// returns moves it; writes elsewhere do not.
+    pub fn prefix_index(&self, prefix: &str) -> u64 {
+        if prefix.is_empty() {
+            return self.table_index;
+        }
+        let live = self.under(prefix).map(|(_, e)| e.modify_index);
+        let dead = self
+            .tombstones
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, &i)| i);
+        live.chain(dead).fold(self.tombstone_floor, u64::max)
+    }
+
+    /// A store read from a format without tombstones: deletes it cannot
+    /// see may have happened up to its table index.
+    pub(super) fn assume_unseen_deletes(&mut self) {
+        self.tombstone_floor = self.table_index;
+    }
+
+    /// This store as a build without tombstones would restore it.
+    #[cfg(test)]
+    pub(crate) fn restored_without_tombstones(mut self) -> KvStore {
+        self.tombstones.clear();
+        self.assume_unseen_deletes();
+        self
     }
 
     /// Highest Raft index passed to any mutation (successful or not); 0 if
@@ -347,8 +394,9 @@ impl KvStore {
     /// As [`KvStore::set`].
     pub fn delete(&mut self, index: u64, key: &str) -> bool {
         self.advance(index);
-        if self.entries.remove(key).is_some() {
+        if self.remove(index, key) {
             self.table_index = index;
+            self.prune_tombstones();
         }
         true
     }
@@ -370,8 +418,9 @@ impl KvStore {
         match self.entries.get(key) {
             None => true,
             Some(entry) if entry.modify_index == expected_modify_index => {
-                self.entries.remove(key);
+                self.remove(index, key);
                 self.table_index = index;
+                self.prune_tombstones();
                 true
             }
             Some(_) => false,
@@ -389,11 +438,12 @@ impl KvStore {
         self.advance(index);
         let doomed: Vec<String> = self.under(prefix).map(|(k, _)| k.clone()).collect();
         for key in &doomed {
-            let removed = self.entries.remove(key);
-            assert!(removed.is_some(), "key {key:?} vanished during delete_tree");
+            let removed = self.remove(index, key);
+            assert!(removed, "key {key:?} vanished during delete_tree");
         }
         if !doomed.is_empty() {
             self.table_index = index;
+            self.prune_tombstones();
         }
         true
     }
@@ -429,11 +479,12 @@ impl KvStore {
                     changed = true;
                 }
                 // Deleting an absent key changes nothing.
-                None => changed |= self.entries.remove(&key).is_some(),
+                None => changed |= self.remove(index, &key),
             }
         }
         if changed {
             self.table_index = index;
+            self.prune_tombstones();
         }
         outcome
     }
@@ -528,13 +579,14 @@ impl KvStore {
         self.last_index = index;
         for key in &keys {
             if delete {
-                self.entries.remove(key);
+                self.remove(index, key);
             } else if let Some(e) = self.entries.get_mut(key) {
                 e.session = None;
                 e.modify_index = index;
             }
         }
         self.table_index = index;
+        self.prune_tombstones();
         keys
     }
 
@@ -640,7 +692,55 @@ impl KvStore {
                 return Err(format!("{key:?} is locked but has lock index 0"));
             }
         }
+        if self.tombstones.len() > MAX_TOMBSTONES {
+            return Err(format!(
+                "{} tombstones, more than the {MAX_TOMBSTONES} kept",
+                self.tombstones.len()
+            ));
+        }
+        let newest = self.tombstones.values().copied().max().unwrap_or(0);
+        if newest.max(self.tombstone_floor) > self.table_index {
+            return Err(format!(
+                "a tombstone at {} is after the table index {}",
+                newest.max(self.tombstone_floor),
+                self.table_index
+            ));
+        }
+        if self.tombstones.values().any(|&i| i == 0) {
+            return Err("a tombstone has index 0".into());
+        }
         Ok(())
+    }
+
+    /// Removes `key`, leaving a tombstone at `index`; whether it was
+    /// there. The caller moves the table index and then prunes.
+    fn remove(&mut self, index: u64, key: &str) -> bool {
+        if self.entries.remove(key).is_none() {
+            return false;
+        }
+        self.tombstones.insert(key.to_string(), index);
+        true
+    }
+
+    /// Keeps the newest [`MAX_TOMBSTONES`] tombstones (by index, then key)
+    /// and raises the floor to the highest one dropped.
+    fn prune_tombstones(&mut self) {
+        let excess = self.tombstones.len().saturating_sub(MAX_TOMBSTONES);
+        if excess == 0 {
+            return;
+        }
+        let mut by_age: Vec<(u64, &String)> =
+            self.tombstones.iter().map(|(k, &i)| (i, k)).collect();
+        by_age.sort_unstable();
+        let dropped: Vec<(u64, String)> = by_age
+            .into_iter()
+            .take(excess)
+            .map(|(i, k)| (i, k.clone()))
+            .collect();
+        for (i, key) in dropped {
+            self.tombstones.remove(&key);
+            self.tombstone_floor = self.tombstone_floor.max(i);
+        }
     }
 
     /// Entries whose key starts with `prefix`, in key order.
@@ -757,6 +857,9 @@ impl TableState for KvStore {
                 h.len_prefixed(session.as_bytes());
             }
         }
+        // Tombstones are not hashed: they only shape the indexes reads
+        // answer with, and replicas of builds from before them must keep
+        // agreeing on the data.
     }
 
     /// ```text
@@ -764,10 +867,16 @@ impl TableState for KvStore {
     /// entry × count, keys strictly increasing:
     ///   [key len u32][key UTF-8][value len u32][value]
     ///   [flags u64][create_index u64][modify_index u64][lock_index u64]
-    /// only if some key is locked (older builds wrote no more):
-    ///   [lock count u64] lock × count, keys strictly increasing:
-    ///     [key len u32][key UTF-8][session len u32][session UTF-8]
+    /// [lock count u64] lock × count, keys strictly increasing:
+    ///   [key len u32][key UTF-8][session len u32][session UTF-8]
+    /// [tombstone floor u64][tombstone count u64] tombstone × count, keys
+    /// strictly increasing:
+    ///   [key len u32][key UTF-8][delete index u64]
     /// ```
+    ///
+    /// Older builds wrote no tombstones, and wrote the lock list only if
+    /// some key was locked; both are read, and such a store is taken to
+    /// have had deletes up to its table index.
     fn encode(&self, out: &mut Vec<u8>) {
         put_u64(out, self.table_index);
         put_u64(out, self.last_index);
@@ -785,12 +894,16 @@ impl TableState for KvStore {
             .values()
             .filter_map(|e| Some((e.key.as_str(), e.session.as_deref()?)))
             .collect();
-        if !locked.is_empty() {
-            put_u64(out, locked.len() as u64);
-            for (key, session) in locked {
-                put_bytes32(out, key.as_bytes());
-                put_bytes32(out, session.as_bytes());
-            }
+        put_u64(out, locked.len() as u64);
+        for (key, session) in locked {
+            put_bytes32(out, key.as_bytes());
+            put_bytes32(out, session.as_bytes());
+        }
+        put_u64(out, self.tombstone_floor);
+        put_u64(out, self.tombstones.len() as u64);
+        for (key, &i) in &self.tombstones {
+            put_bytes32(out, key.as_bytes());
+            put_u64(out, i);
         }
     }
 
@@ -842,14 +955,17 @@ impl TableState for KvStore {
             entries: entries.into_iter().collect(),
             table_index,
             last_index,
+            tombstones: BTreeMap::new(),
+            tombstone_floor: 0,
         };
         if !r.is_empty() {
             let count_at = r.offset();
             let count = r.u64(&|| "KV lock count".into())?;
-            if count > (r.remaining() / 8) as u64 || count == 0 {
+            if count > (r.remaining() / 8) as u64 || (count == 0 && r.is_empty()) {
                 return Err(format!(
                     "at byte {count_at}: KV lock count {count} does not fit the {} bytes that \
-                     remain (or is 0, which is written as no lock list)",
+                     remain (or is 0 with no tombstones after it, which older builds wrote \
+                     as no lock list)",
                     r.remaining()
                 ));
             }
@@ -871,6 +987,33 @@ impl TableState for KvStore {
                 };
                 entry.session = Some(session.to_string());
             }
+        }
+        if r.is_empty() {
+            store.assume_unseen_deletes();
+            return Ok(store);
+        }
+        store.tombstone_floor = r.u64(&|| "KV tombstone floor".into())?;
+        let count_at = r.offset();
+        let count = r.u64(&|| "KV tombstone count".into())?;
+        if count > MAX_TOMBSTONES as u64 || count > (r.remaining() / 12) as u64 {
+            return Err(format!(
+                "at byte {count_at}: KV tombstone count {count} is above {MAX_TOMBSTONES} or \
+                 does not fit the {} bytes that remain",
+                r.remaining()
+            ));
+        }
+        let mut previous: Option<&str> = None;
+        for i in 0..count {
+            let key = r.str32(&|| format!("key of KV tombstone #{i}"))?;
+            if previous.is_some_and(|p| p >= key) {
+                return Err(format!(
+                    "KV tombstone #{i}: key {key:?} does not follow {previous:?} (keys must be \
+                     strictly increasing)"
+                ));
+            }
+            previous = Some(key);
+            let index = r.u64(&|| format!("index of KV tombstone {key:?}"))?;
+            store.tombstones.insert(key.to_string(), index);
         }
         Ok(store)
     }
@@ -1005,5 +1148,7 @@ pub(super) fn unlock_entry(
 
 pub mod txn;
 
+#[cfg(test)]
+mod prefix_index_tests;
 #[cfg(test)]
 mod tests;

@@ -136,7 +136,9 @@ struct BodyV1 {
 }
 
 fn decode_v1(json: &[u8]) -> Result<StateMachine, String> {
-    let body: BodyV1 = serde_json::from_slice(json).map_err(|e| format!("version 1 JSON: {e}"))?;
+    let mut body: BodyV1 =
+        serde_json::from_slice(json).map_err(|e| format!("version 1 JSON: {e}"))?;
+    body.kv.assume_unseen_deletes();
     Ok(StateMachine {
         last_applied: body.last_applied,
         kv: body.kv,
