@@ -62,17 +62,30 @@ pub const MAX_RECORD_LEN: usize = 256 << 20;
 /// If `payload` is longer than [`MAX_RECORD_LEN`]: writing a record that
 /// [`scan`] would reject is a bug in the caller.
 pub fn encode_record(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.reserve(RECORD_HEADER_LEN + payload.len());
+    out.extend_from_slice(&record_header(kind, payload));
+    out.extend_from_slice(payload);
+}
+
+/// The header of the record [`encode_record`] would write for `payload`,
+/// for writers that send the payload from where it lies instead of
+/// copying it (a snapshot's parts).
+///
+/// # Panics
+///
+/// As [`encode_record`].
+pub fn record_header(kind: u8, payload: &[u8]) -> [u8; RECORD_HEADER_LEN] {
     assert!(
         payload.len() <= MAX_RECORD_LEN,
         "record payload of {} bytes exceeds MAX_RECORD_LEN ({MAX_RECORD_LEN})",
         payload.len()
     );
     let len = u32::try_from(payload.len()).expect("MAX_RECORD_LEN fits in u32");
-    out.reserve(RECORD_HEADER_LEN + payload.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&checksum(kind, payload).to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(payload);
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[..4].copy_from_slice(&len.to_le_bytes());
+    h[4..8].copy_from_slice(&checksum(kind, payload).to_le_bytes());
+    h[8] = kind;
+    h
 }
 
 /// One valid record found by [`scan`], borrowing from the scanned bytes.

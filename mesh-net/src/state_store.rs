@@ -19,7 +19,9 @@ use crate::clock::Instant;
 use crate::disk::{wait_durable, Disk};
 use crate::log_store::{read_records, FileKind, OpenError};
 use crate::mutants::{self, Mutant};
-use crate::raft_types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::raft_types::{
+    Entry, LogId, SnapshotBytes, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const KIND_SNAPSHOT: u8 = 6;
@@ -35,7 +37,7 @@ struct Inner {
     sm: StateMachine,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    snapshot: Option<(SnapshotMeta, SnapshotBytes)>,
     snapshots_built: u64,
     /// `(applied index, digest)` computed last; the digest walks the whole
     /// state, and checkers ask for it often.
@@ -117,24 +119,34 @@ pub struct StateStore {
     applied_tx: watch::Sender<u64>,
 }
 
-fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
+/// Replaces the snapshot file with `meta` and `data`: a first record of
+/// the meta and up to [`SNAPSHOT_PART_LEN`] bytes, then one record per
+/// further part. Only the first record is built in memory; the other parts
+/// are written from `data` itself.
+fn write_snapshot(disk: &dyn Disk, meta: &SnapshotMeta, data: &[u8]) -> std::io::Result<()> {
     let meta_json = serde_json::to_vec(meta).expect("snapshot meta serializes");
     let (first, rest) = data.split_at(data.len().min(SNAPSHOT_PART_LEN));
     let mut payload = Vec::with_capacity(4 + meta_json.len() + first.len());
     payload.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
     payload.extend_from_slice(&meta_json);
     payload.extend_from_slice(first);
-    let parts = rest.len().div_ceil(SNAPSHOT_PART_LEN);
-    let mut out =
-        Vec::with_capacity(payload.len() + rest.len() + (parts + 1) * record::RECORD_HEADER_LEN);
-    record::encode_record(KIND_SNAPSHOT, &payload, &mut out);
-    for part in rest.chunks(SNAPSHOT_PART_LEN) {
-        record::encode_record(KIND_SNAPSHOT_MORE, part, &mut out);
+    let mut head = Vec::with_capacity(record::RECORD_HEADER_LEN + payload.len());
+    record::encode_record(KIND_SNAPSHOT, &payload, &mut head);
+    let headers: Vec<[u8; record::RECORD_HEADER_LEN]> = rest
+        .chunks(SNAPSHOT_PART_LEN)
+        .map(|part| record::record_header(KIND_SNAPSHOT_MORE, part))
+        .collect();
+    let mut parts: Vec<&[u8]> = vec![&head];
+    for (header, part) in headers.iter().zip(rest.chunks(SNAPSHOT_PART_LEN)) {
+        parts.push(header);
+        parts.push(part);
     }
-    out
+    disk.write_atomic_parts(SNAPSHOT_FILE, &parts)
 }
 
-fn decode_snapshot(payload: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
+/// The meta and the state bytes of a snapshot's first record (the bytes
+/// moved in place, not copied).
+fn decode_snapshot(mut payload: Vec<u8>) -> Result<(SnapshotMeta, Vec<u8>), String> {
     let len_bytes: [u8; 4] = payload
         .get(..4)
         .and_then(|b| b.try_into().ok())
@@ -145,7 +157,8 @@ fn decode_snapshot(payload: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
         .get(4..meta_end)
         .ok_or("snapshot meta overruns record")?;
     let meta = serde_json::from_slice(meta_json).map_err(|e| e.to_string())?;
-    Ok((meta, payload[meta_end..].to_vec()))
+    payload.drain(..meta_end);
+    Ok((meta, payload))
 }
 
 /// Notes an entry without state change. openraft's `initialize` writes the
@@ -178,7 +191,8 @@ impl StateStore {
             FileKind::Atomic,
             &[KIND_SNAPSHOT, KIND_SNAPSHOT_MORE],
         )?;
-        if let Some((rec, more)) = records.split_first() {
+        let mut records = records.into_iter();
+        if let Some(rec) = records.next() {
             let undecodable = |offset: u64, reason: String| OpenError::Undecodable {
                 file: disk.describe(SNAPSHOT_FILE),
                 offset,
@@ -190,9 +204,12 @@ impl StateStore {
                     "snapshot file does not start with its header record".into(),
                 ));
             }
+            let offset = rec.offset;
             let (meta, mut data) =
-                decode_snapshot(&rec.payload).map_err(|e| undecodable(rec.offset, e))?;
-            for part in more {
+                decode_snapshot(rec.payload).map_err(|e| undecodable(offset, e))?;
+            // Each part is dropped once copied, so the file is held about
+            // once, not twice, while the state is rebuilt.
+            for part in records {
                 if part.kind != KIND_SNAPSHOT_MORE {
                     return Err(undecodable(
                         part.offset,
@@ -201,12 +218,12 @@ impl StateStore {
                 }
                 data.extend_from_slice(&part.payload);
             }
-            let undecodable = |reason: String| undecodable(rec.offset, reason);
+            let undecodable = |reason: String| undecodable(offset, reason);
             inner.sm = StateMachine::restore(&data).map_err(|e| undecodable(e.to_string()))?;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             info!(last_applied = ?meta.last_log_id.map(|l| l.index), "restored state from snapshot");
-            inner.snapshot = Some((meta, data));
+            inner.snapshot = Some((meta, data.into()));
         }
         let applied = inner.last_applied.map_or(0, |l| l.index);
         let (applied_tx, applied_rx) = watch::channel(applied);
@@ -227,8 +244,7 @@ impl StateStore {
     }
 
     fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        self.disk
-            .write_atomic(SNAPSHOT_FILE, &encode_snapshot(meta, data))
+        write_snapshot(self.disk.as_ref(), meta, data)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
     }
 }
@@ -249,7 +265,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (meta, data) = {
             let mut inner = self.store.inner.write().expect("state lock poisoned");
             inner.snapshots_built += 1;
-            let data = inner.sm.snapshot();
+            let data = SnapshotBytes::from(inner.sm.snapshot());
             let last = inner.last_applied;
             let snapshot_id = match last {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, inner.snapshots_built),
@@ -262,9 +278,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             (meta, data)
         };
-        self.store
-            .disk
-            .write_atomic(SNAPSHOT_FILE, &encode_snapshot(&meta, &data))
+        write_snapshot(self.store.disk.as_ref(), &meta, &data)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         wait_durable(self.store.disk.as_ref()).await;
         self.store
@@ -367,14 +381,14 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Vec<u8>>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBytes>, StorageError> {
         Ok(Box::default())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Vec<u8>>,
+        snapshot: Box<SnapshotBytes>,
     ) -> Result<(), StorageError> {
         let sm = StateMachine::restore(&snapshot)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
@@ -402,5 +416,59 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             meta: meta.clone(),
             snapshot: Box::new(data.clone()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_core::state::KvCommand;
+
+    use super::*;
+    use crate::disk::MemDisk;
+
+    /// A state larger than one snapshot record is written as several
+    /// records straight from its bytes, in the layout the joined encoder
+    /// wrote before (so older files and newer files read alike), and a
+    /// restarted store rebuilds the same state from them.
+    #[test]
+    fn a_snapshot_of_several_records_is_written_in_place_and_read_back() {
+        let mut sm = StateMachine::new();
+        let value = vec![0xA5u8; 1 << 20];
+        for i in 0..(SNAPSHOT_PART_LEN >> 20) as u64 + 2 {
+            let set = KvCommand::Set {
+                key: format!("big/{i:03}"),
+                value: value.clone(),
+                flags: i,
+            };
+            sm.apply(i + 1, &set.into());
+        }
+        let data = sm.snapshot();
+        assert!(data.len() > SNAPSHOT_PART_LEN + (1 << 20));
+        let meta = SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "t-1".into(),
+        };
+        let disk = Arc::new(MemDisk::new());
+        write_snapshot(disk.as_ref(), &meta, &data).unwrap();
+
+        let meta_json = serde_json::to_vec(&meta).unwrap();
+        let mut joined = (meta_json.len() as u32).to_le_bytes().to_vec();
+        joined.extend_from_slice(&meta_json);
+        joined.extend_from_slice(&data[..SNAPSHOT_PART_LEN]);
+        let mut expected = Vec::new();
+        record::encode_record(KIND_SNAPSHOT, &joined, &mut expected);
+        record::encode_record(
+            KIND_SNAPSHOT_MORE,
+            &data[SNAPSHOT_PART_LEN..],
+            &mut expected,
+        );
+        assert!(
+            disk.read(SNAPSHOT_FILE).unwrap().unwrap() == expected,
+            "the layout of the joined encoder"
+        );
+
+        let (_, view) = StateStore::open(disk, Default::default()).unwrap();
+        assert_eq!(view.read(|restored| restored.digest()), sm.digest());
     }
 }

@@ -113,7 +113,7 @@ impl Server {
             Ok(Progress::Complete(data)) => {
                 let snapshot = Snapshot {
                     meta: chunk.meta,
-                    snapshot: Box::new(data),
+                    snapshot: Box::new(data.into()),
                 };
                 self.raft
                     .install_full_snapshot(chunk.vote, snapshot)
