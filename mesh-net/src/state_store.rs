@@ -37,7 +37,10 @@ struct Inner {
     sm: StateMachine,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    snapshot: Option<(SnapshotMeta, SnapshotBytes)>,
+    /// Whether `snapshot.bin` holds a snapshot. Its bytes stay on disk,
+    /// read back only to send them to a follower: holding them in memory
+    /// too made a server's memory twice its state, for good.
+    has_snapshot: bool,
     snapshots_built: u64,
     /// `(applied index, digest)` computed last; the digest walks the whole
     /// state, and checkers ask for it often.
@@ -161,6 +164,45 @@ fn decode_snapshot(mut payload: Vec<u8>) -> Result<(SnapshotMeta, Vec<u8>), Stri
     Ok((meta, payload))
 }
 
+/// The snapshot in `snapshot.bin`, if there is one: its meta and the state
+/// bytes. Each record is dropped once copied, so the file is held about
+/// once, not twice.
+fn read_snapshot(disk: &dyn Disk) -> Result<Option<(SnapshotMeta, Vec<u8>)>, OpenError> {
+    let records = read_records(
+        disk,
+        SNAPSHOT_FILE,
+        FileKind::Atomic,
+        &[KIND_SNAPSHOT, KIND_SNAPSHOT_MORE],
+    )?;
+    let mut records = records.into_iter();
+    let Some(rec) = records.next() else {
+        return Ok(None);
+    };
+    let undecodable = |offset: u64, reason: String| OpenError::Undecodable {
+        file: disk.describe(SNAPSHOT_FILE),
+        offset,
+        reason,
+    };
+    if rec.kind != KIND_SNAPSHOT {
+        return Err(undecodable(
+            rec.offset,
+            "snapshot file does not start with its header record".into(),
+        ));
+    }
+    let offset = rec.offset;
+    let (meta, mut data) = decode_snapshot(rec.payload).map_err(|e| undecodable(offset, e))?;
+    for part in records {
+        if part.kind != KIND_SNAPSHOT_MORE {
+            return Err(undecodable(
+                part.offset,
+                "a second snapshot header in one file".into(),
+            ));
+        }
+        data.extend_from_slice(&part.payload);
+    }
+    Ok(Some((meta, data)))
+}
+
 /// Notes an entry without state change. openraft's `initialize` writes the
 /// first membership at index 0, which the state machine's "strictly after"
 /// rule would reject: nothing precedes it, so there is nothing to record.
@@ -180,50 +222,22 @@ impl StateStore {
             sm: StateMachine::new(),
             last_applied: None,
             membership: StoredMembership::default(),
-            snapshot: None,
+            has_snapshot: false,
             snapshots_built: 0,
             digest_cache: std::sync::Mutex::new(None),
             lock_delays: BTreeMap::new(),
         };
-        let records = read_records(
-            disk.as_ref(),
-            SNAPSHOT_FILE,
-            FileKind::Atomic,
-            &[KIND_SNAPSHOT, KIND_SNAPSHOT_MORE],
-        )?;
-        let mut records = records.into_iter();
-        if let Some(rec) = records.next() {
-            let undecodable = |offset: u64, reason: String| OpenError::Undecodable {
+        if let Some((meta, data)) = read_snapshot(disk.as_ref())? {
+            let undecodable = |reason: String| OpenError::Undecodable {
                 file: disk.describe(SNAPSHOT_FILE),
-                offset,
+                offset: 0,
                 reason,
             };
-            if rec.kind != KIND_SNAPSHOT {
-                return Err(undecodable(
-                    rec.offset,
-                    "snapshot file does not start with its header record".into(),
-                ));
-            }
-            let offset = rec.offset;
-            let (meta, mut data) =
-                decode_snapshot(rec.payload).map_err(|e| undecodable(offset, e))?;
-            // Each part is dropped once copied, so the file is held about
-            // once, not twice, while the state is rebuilt.
-            for part in records {
-                if part.kind != KIND_SNAPSHOT_MORE {
-                    return Err(undecodable(
-                        part.offset,
-                        "a second snapshot header in one file".into(),
-                    ));
-                }
-                data.extend_from_slice(&part.payload);
-            }
-            let undecodable = |reason: String| undecodable(offset, reason);
             inner.sm = StateMachine::restore(&data).map_err(|e| undecodable(e.to_string()))?;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             info!(last_applied = ?meta.last_log_id.map(|l| l.index), "restored state from snapshot");
-            inner.snapshot = Some((meta, data.into()));
+            inner.has_snapshot = true;
         }
         let applied = inner.last_applied.map_or(0, |l| l.index);
         let (applied_tx, applied_rx) = watch::channel(applied);
@@ -285,7 +299,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .inner
             .write()
             .expect("state lock poisoned")
-            .snapshot = Some((meta.clone(), data.clone()));
+            .has_snapshot = true;
         info!(last_log_id = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
@@ -402,7 +416,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             *inner.digest_cache.lock().expect("digest cache poisoned") = None;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
-            inner.snapshot = Some((meta.clone(), *snapshot));
+            inner.has_snapshot = true;
             inner.last_applied.map_or(0, |l| l.index)
         };
         info!(last_log_id = ?meta.last_log_id.map(|l| l.index), "installed snapshot from leader");
@@ -410,11 +424,18 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         Ok(())
     }
 
+    /// The snapshot as stored (meta and bytes from the same file, which a
+    /// newer snapshot replaces atomically), read for a transfer and dropped
+    /// when it ends.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let inner = self.inner.read().expect("state lock poisoned");
-        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(data.clone()),
+        if !self.inner.read().expect("state lock poisoned").has_snapshot {
+            return Ok(None);
+        }
+        let stored = read_snapshot(self.disk.as_ref())
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(stored.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(data.into()),
         }))
     }
 }
