@@ -92,8 +92,9 @@ async fn main() {
         assert_eq!(r.status, 200, "write {i}: {}", r.text());
     }
     println!(
-        "loaded {count} values of {VALUE_LEN} bytes ({mib} MiB) in {:.1} s",
-        t.elapsed().as_secs_f64()
+        "loaded {count} values of {VALUE_LEN} bytes ({mib} MiB) in {:.1} s; sender's peak RSS so far {} MiB",
+        t.elapsed().as_secs_f64(),
+        peak_rss_mib(&leader)
     );
 
     let t = Instant::now();

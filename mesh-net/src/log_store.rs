@@ -113,13 +113,45 @@ pub(crate) fn read_records(
     file_kind: FileKind,
     expected_kinds: &[u8],
 ) -> Result<Vec<StoredRecord>, OpenError> {
+    let Some((bytes, spans)) = read_record_spans(disk, name, file_kind, expected_kinds)? else {
+        return Ok(Vec::new());
+    };
+    Ok(spans
+        .into_iter()
+        .map(|s| StoredRecord {
+            kind: s.kind,
+            offset: s.offset,
+            payload: bytes[s.payload].to_vec(),
+        })
+        .collect())
+}
+
+/// A file's bytes and where each record's payload lies in them.
+pub(crate) type FileRecords = (Vec<u8>, Vec<RecordSpan>);
+
+/// Where one record's payload lies in the file's bytes.
+pub(crate) struct RecordSpan {
+    pub kind: u8,
+    pub offset: u64,
+    pub payload: std::ops::Range<usize>,
+}
+
+/// [`read_records`] without copying the payloads: the file's bytes (`None`
+/// if it does not exist) and where each record's payload lies in them,
+/// for files too large to hold twice (a snapshot).
+pub(crate) fn read_record_spans(
+    disk: &dyn Disk,
+    name: &str,
+    file_kind: FileKind,
+    expected_kinds: &[u8],
+) -> Result<Option<FileRecords>, OpenError> {
     let file = disk.describe(name);
     let io_err = |source| OpenError::Io {
         file: file.clone(),
         source,
     };
     let Some(bytes) = disk.read(name).map_err(io_err)? else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let scan = record::scan(&bytes).map_err(|source| OpenError::Corrupt {
         file: file.clone(),
@@ -134,10 +166,11 @@ pub(crate) fn read_records(
                 reason: format!("unknown record kind {}", rec.kind),
             });
         }
-        out.push(StoredRecord {
+        let start = rec.offset as usize + record::RECORD_HEADER_LEN;
+        out.push(RecordSpan {
             kind: rec.kind,
             offset: rec.offset,
-            payload: rec.payload.to_vec(),
+            payload: start..start + rec.payload.len(),
         });
     }
     if let (Some(torn), FileKind::Atomic) = (&scan.torn_tail, file_kind) {
@@ -164,7 +197,8 @@ pub(crate) fn read_records(
             disk.truncate(name, scan.valid_len).map_err(io_err)?;
         }
     }
-    Ok(out)
+    drop(scan);
+    Ok(Some((bytes, out)))
 }
 
 /// Decodes a record's JSON payload.

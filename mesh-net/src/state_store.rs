@@ -17,7 +17,7 @@ use tracing::info;
 
 use crate::clock::Instant;
 use crate::disk::{wait_durable, Disk};
-use crate::log_store::{read_records, FileKind, OpenError};
+use crate::log_store::{read_record_spans, FileKind, OpenError};
 use crate::mutants::{self, Mutant};
 use crate::raft_types::{
     Entry, LogId, SnapshotBytes, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -147,9 +147,9 @@ fn write_snapshot(disk: &dyn Disk, meta: &SnapshotMeta, data: &[u8]) -> std::io:
     disk.write_atomic_parts(SNAPSHOT_FILE, &parts)
 }
 
-/// The meta and the state bytes of a snapshot's first record (the bytes
-/// moved in place, not copied).
-fn decode_snapshot(mut payload: Vec<u8>) -> Result<(SnapshotMeta, Vec<u8>), String> {
+/// The meta of a snapshot's first record, and where its state bytes start
+/// in that record.
+fn decode_snapshot_head(payload: &[u8]) -> Result<(SnapshotMeta, usize), String> {
     let len_bytes: [u8; 4] = payload
         .get(..4)
         .and_then(|b| b.try_into().ok())
@@ -160,22 +160,20 @@ fn decode_snapshot(mut payload: Vec<u8>) -> Result<(SnapshotMeta, Vec<u8>), Stri
         .get(4..meta_end)
         .ok_or("snapshot meta overruns record")?;
     let meta = serde_json::from_slice(meta_json).map_err(|e| e.to_string())?;
-    payload.drain(..meta_end);
-    Ok((meta, payload))
+    Ok((meta, meta_end))
 }
 
 /// The snapshot in `snapshot.bin`, if there is one: its meta and the state
-/// bytes. Each record is dropped once copied, so the file is held about
-/// once, not twice.
+/// bytes. The state bytes are the file's own buffer with the record
+/// headers and the meta squeezed out in place, so the file is held once.
 fn read_snapshot(disk: &dyn Disk) -> Result<Option<(SnapshotMeta, Vec<u8>)>, OpenError> {
-    let records = read_records(
+    let Some((mut bytes, spans)) = read_record_spans(
         disk,
         SNAPSHOT_FILE,
         FileKind::Atomic,
         &[KIND_SNAPSHOT, KIND_SNAPSHOT_MORE],
-    )?;
-    let mut records = records.into_iter();
-    let Some(rec) = records.next() else {
+    )?
+    else {
         return Ok(None);
     };
     let undecodable = |offset: u64, reason: String| OpenError::Undecodable {
@@ -183,24 +181,38 @@ fn read_snapshot(disk: &dyn Disk) -> Result<Option<(SnapshotMeta, Vec<u8>)>, Ope
         offset,
         reason,
     };
-    if rec.kind != KIND_SNAPSHOT {
+    let Some((first, more)) = spans.split_first() else {
+        return Ok(None);
+    };
+    if first.kind != KIND_SNAPSHOT {
         return Err(undecodable(
-            rec.offset,
+            first.offset,
             "snapshot file does not start with its header record".into(),
         ));
     }
-    let offset = rec.offset;
-    let (meta, mut data) = decode_snapshot(rec.payload).map_err(|e| undecodable(offset, e))?;
-    for part in records {
+    let (meta, data_start) = decode_snapshot_head(&bytes[first.payload.clone()])
+        .map_err(|e| undecodable(first.offset, e))?;
+    let mut end = 0;
+    let mut keep = |bytes: &mut Vec<u8>, range: std::ops::Range<usize>| {
+        let len = range.len();
+        bytes.copy_within(range, end);
+        end += len;
+    };
+    keep(
+        &mut bytes,
+        first.payload.start + data_start..first.payload.end,
+    );
+    for part in more {
         if part.kind != KIND_SNAPSHOT_MORE {
             return Err(undecodable(
                 part.offset,
                 "a second snapshot header in one file".into(),
             ));
         }
-        data.extend_from_slice(&part.payload);
+        keep(&mut bytes, part.payload.clone());
     }
-    Ok(Some((meta, data)))
+    bytes.truncate(end);
+    Ok(Some((meta, bytes)))
 }
 
 /// Notes an entry without state change. openraft's `initialize` writes the
