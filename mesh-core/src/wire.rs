@@ -5,6 +5,8 @@
 //! can be read (and fuzzed) without a runtime. A message travels as the
 //! payload of one `codec` frame, encoded as JSON.
 
+use std::fmt;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +130,76 @@ pub enum Response<R> {
     Renewed(Option<Session>),
     /// The request failed.
     Error(RpcError),
+}
+
+/// Each request's own reply type: the one place that turns the shared
+/// [`Response`] into what the caller of that request gets. An error reply
+/// is its error; a reply meant for another request is
+/// [`RpcError::UnexpectedReply`].
+impl<R: fmt::Debug> Response<R> {
+    /// The answer to [`Request::Read`].
+    pub fn into_read(self) -> Result<ReadResponse, RpcError> {
+        match self {
+            Response::Read(r) => Ok(r),
+            other => Err(other.unexpected("a read")),
+        }
+    }
+
+    /// The answer to [`Request::Write`]: the index it was applied at and
+    /// what applying it returned.
+    pub fn into_written(self) -> Result<(u64, CommandResult), RpcError> {
+        match self {
+            Response::Written { index, result } => Ok((index, result)),
+            other => Err(other.unexpected("a write")),
+        }
+    }
+
+    /// The answer to [`Request::Status`] and [`Request::Hello`].
+    pub fn into_status(self) -> Result<ClusterStatus, RpcError> {
+        match self {
+            Response::Status(s) => Ok(s),
+            other => Err(other.unexpected("a status request")),
+        }
+    }
+
+    /// The answer to [`Request::SignLeaf`].
+    pub fn into_leaf(self) -> Result<IssuedLeaf, RpcError> {
+        match self {
+            Response::Leaf(l) => Ok(l),
+            other => Err(other.unexpected("a leaf signing request")),
+        }
+    }
+
+    /// The answer to [`Request::RenewSession`].
+    pub fn into_renewed(self) -> Result<Option<Session>, RpcError> {
+        match self {
+            Response::Renewed(s) => Ok(s),
+            other => Err(other.unexpected("a session renewal")),
+        }
+    }
+
+    /// The answer to requests that only succeed or fail ([`Request::Join`],
+    /// [`Request::RemovePeer`], [`Request::Heartbeat`], ...).
+    pub fn into_done(self) -> Result<(), RpcError> {
+        match self {
+            Response::Done => Ok(()),
+            other => Err(other.unexpected("a request answered with done")),
+        }
+    }
+
+    fn unexpected(self, request: &str) -> RpcError {
+        match self {
+            Response::Error(e) => e,
+            other => {
+                // A reply can be a whole catalog: keep what identifies it.
+                let reply: String = format!("{other:?}").chars().take(160).collect();
+                RpcError::UnexpectedReply {
+                    request: request.to_string(),
+                    reply,
+                }
+            }
+        }
+    }
 }
 
 /// Consul's read consistency modes.
@@ -329,6 +401,15 @@ pub enum RpcError {
     /// The server failed; the outcome of a write is unknown.
     #[error("server error: {0}")]
     Internal(String),
+    /// The peer answered with a reply of another request: it is broken or
+    /// speaks another protocol version. The outcome of a write is unknown.
+    #[error("{request} was answered with {reply}")]
+    UnexpectedReply {
+        /// The request sent.
+        request: String,
+        /// The start of the reply received.
+        reply: String,
+    },
 }
 
 /// Why a received message could not be decoded: the peer is broken or not
@@ -485,5 +566,42 @@ mod tests {
         sm.apply(7, &set("other"));
         assert_eq!(query_index(&sm, &get("leader")), 7, "absent: the table's");
         assert_eq!(query_index(&sm, &get("other")), 7);
+    }
+
+    /// Each request's reply accessor: its own reply is its value, an error
+    /// reply is that error, and another request's reply is a peer fault
+    /// naming both (cut short: a reply can be a whole catalog).
+    #[test]
+    fn each_request_gets_its_own_reply_type() {
+        type R = Response<()>;
+        let written = R::Written {
+            index: 7,
+            result: CommandResult::Bool(true),
+        };
+        assert_eq!(
+            written.clone().into_written(),
+            Ok((7, CommandResult::Bool(true)))
+        );
+        assert_eq!(R::Done.into_done(), Ok(()));
+        assert_eq!(R::Renewed(None).into_renewed(), Ok(None));
+        assert_eq!(
+            R::Error(RpcError::NoLeader).into_read(),
+            Err(RpcError::NoLeader)
+        );
+        let Err(RpcError::UnexpectedReply { request, reply }) = written.into_read() else {
+            panic!("a write's reply is not a read's");
+        };
+        assert_eq!(request, "a read");
+        assert!(reply.starts_with("Written"), "{reply}");
+        let huge = R::Error(RpcError::Rejected("x".repeat(10_000)));
+        assert!(matches!(huge.into_done(), Err(RpcError::Rejected(_))));
+        let big = R::Renewed(Some(Session {
+            name: "y".repeat(10_000),
+            ..Session::default()
+        }));
+        let Err(RpcError::UnexpectedReply { reply, .. }) = big.into_status() else {
+            panic!("a renewal is not a status");
+        };
+        assert_eq!(reply.chars().count(), 160);
     }
 }

@@ -142,31 +142,23 @@ impl RemoteServers {
             self.to_leader(Request::Read(r), Idempotence::Idempotent, timeout)
                 .await?
         };
-        match resp {
-            Response::Read(resp) => Ok(resp),
-            other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
-        }
+        resp.into_read()
     }
 
     async fn write_impl(&self, cmd: Command) -> Result<(u64, CommandResult), RpcError> {
-        match self
-            .to_leader(
-                Request::Write(cmd),
-                Idempotence::AtMostOnce,
-                FORWARD_TIMEOUT,
-            )
-            .await?
-        {
-            Response::Written { index, result } => Ok((index, result)),
-            other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
-        }
+        self.to_leader(
+            Request::Write(cmd),
+            Idempotence::AtMostOnce,
+            FORWARD_TIMEOUT,
+        )
+        .await?
+        .into_written()
     }
 
     async fn status_impl(&self) -> Result<ClusterStatus, RpcError> {
-        match self.to_any(Request::Status, STATUS_TIMEOUT).await? {
-            Response::Status(st) => Ok(st),
-            other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
-        }
+        self.to_any(Request::Status, STATUS_TIMEOUT)
+            .await?
+            .into_status()
     }
 
     async fn leader_status_impl(&self) -> Result<ClusterStatus, RpcError> {
@@ -174,15 +166,11 @@ impl RemoteServers {
         let Some(leader) = leader else {
             return Err(RpcError::NoLeader);
         };
-        match self
-            .rpc
+        self.rpc
             .call(&leader.rpc_addr, &Request::Status, FORWARD_TIMEOUT)
             .await
-        {
-            Ok(Response::Status(st)) => Ok(st),
-            Ok(other) => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
-            Err(e) => Err(RpcError::Internal(e.to_string())),
-        }
+            .map_err(|e| RpcError::Internal(e.to_string()))?
+            .into_status()
     }
 
     async fn heartbeat_impl(&self, node: String) -> Result<(), RpcError> {
@@ -313,13 +301,9 @@ impl Cluster for RemoteServers {
                 datacenter: r.datacenter,
                 public_key_der: r.public_key_der,
             };
-            match self
-                .to_leader(req, Idempotence::Idempotent, FORWARD_TIMEOUT)
+            self.to_leader(req, Idempotence::Idempotent, FORWARD_TIMEOUT)
                 .await?
-            {
-                Response::Leaf(leaf) => Ok(leaf),
-                other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
-            }
+                .into_leaf()
         })
     }
 
@@ -347,17 +331,13 @@ impl Cluster for RemoteServers {
         id: String,
     ) -> BoxFuture<'_, Result<Option<mesh_core::state::sessions::Session>, RpcError>> {
         Box::pin(async move {
-            match self
-                .to_leader(
-                    Request::RenewSession { id },
-                    Idempotence::Idempotent,
-                    FORWARD_TIMEOUT,
-                )
-                .await?
-            {
-                Response::Renewed(s) => Ok(s),
-                other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
-            }
+            self.to_leader(
+                Request::RenewSession { id },
+                Idempotence::Idempotent,
+                FORWARD_TIMEOUT,
+            )
+            .await?
+            .into_renewed()
         })
     }
 

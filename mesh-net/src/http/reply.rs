@@ -74,7 +74,9 @@ pub fn rpc_error(e: RpcError) -> Reply {
             text(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader")
         }
         RpcError::Internal(m) => text(StatusCode::INTERNAL_SERVER_ERROR, m),
-        e @ RpcError::OutcomeUnknown(_) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        e @ (RpcError::OutcomeUnknown(_) | RpcError::UnexpectedReply { .. }) => {
+            text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     }
 }
 

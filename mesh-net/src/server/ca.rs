@@ -124,21 +124,17 @@ impl Server {
         datacenter: String,
         public_key_der: Vec<u8>,
     ) -> Result<IssuedLeaf, RpcError> {
-        match self
-            .on_leader(
-                Request::SignLeaf {
-                    service,
-                    datacenter,
-                    public_key_der,
-                },
-                crate::routing::Idempotence::Idempotent,
-                FORWARD_TIMEOUT,
-            )
-            .await?
-        {
-            Response::Leaf(leaf) => Ok(leaf),
-            other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
-        }
+        self.on_leader(
+            Request::SignLeaf {
+                service,
+                datacenter,
+                public_key_der,
+            },
+            crate::routing::Idempotence::Idempotent,
+            FORWARD_TIMEOUT,
+        )
+        .await?
+        .into_leaf()
     }
 }
 

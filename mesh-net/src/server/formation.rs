@@ -33,11 +33,7 @@ impl Server {
             .call(addr, &Request::Hello(self.info.clone()), FORWARD_TIMEOUT)
             .await
             .map_err(|e| RpcError::Internal(e.to_string()))?;
-        let Response::Status(st) = resp else {
-            return Err(RpcError::Internal(format!(
-                "unexpected answer to hello from {addr}"
-            )));
-        };
+        let st = resp.into_status()?;
         self.observe_server(st.me.clone());
         for s in &st.known_servers {
             if s.node_id != self.node_id {
@@ -72,12 +68,7 @@ impl Server {
                     return Ok(());
                 }
                 Response::Error(RpcError::NotLeader { leader: Some(l) }) => target = l.rpc_addr,
-                Response::Error(e) => return Err(e),
-                other => {
-                    return Err(RpcError::Internal(format!(
-                        "unexpected answer to join: {other:?}"
-                    )))
-                }
+                other => return other.into_done(),
             }
         }
         Err(RpcError::NoLeader)

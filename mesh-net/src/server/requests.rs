@@ -46,17 +46,13 @@ impl Server {
 
     /// Commits a write through the leader.
     pub async fn write(&self, cmd: Command) -> Result<(u64, CommandResult), RpcError> {
-        match self
-            .on_leader(
-                Request::Write(cmd),
-                Idempotence::AtMostOnce,
-                FORWARD_TIMEOUT,
-            )
-            .await?
-        {
-            Response::Written { index, result } => Ok((index, result)),
-            other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
-        }
+        self.on_leader(
+            Request::Write(cmd),
+            Idempotence::AtMostOnce,
+            FORWARD_TIMEOUT,
+        )
+        .await?
+        .into_written()
     }
 
     /// Reads in the requested consistency mode.
@@ -69,13 +65,9 @@ impl Server {
             return Ok(self.read_local(&r));
         }
         let timeout = FORWARD_TIMEOUT + Duration::from_millis(r.wait_ms.min(MAX_WAIT_MS));
-        match self
-            .on_leader(Request::Read(r), Idempotence::Idempotent, timeout)
+        self.on_leader(Request::Read(r), Idempotence::Idempotent, timeout)
             .await?
-        {
-            Response::Read(resp) => Ok(resp),
-            other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
-        }
+            .into_read()
     }
 
     /// Removes a server from the Raft configuration (through the leader).

@@ -46,17 +46,13 @@ impl Server {
 
     /// Renews a session through the leader.
     pub async fn renew_session(&self, id: String) -> Result<Option<Session>, RpcError> {
-        match self
-            .on_leader(
-                Request::RenewSession { id },
-                Idempotence::Idempotent,
-                FORWARD_TIMEOUT,
-            )
-            .await?
-        {
-            Response::Renewed(s) => Ok(s),
-            other => Err(RpcError::Internal(format!("unexpected answer {other:?}"))),
-        }
+        self.on_leader(
+            Request::RenewSession { id },
+            Idempotence::Idempotent,
+            FORWARD_TIMEOUT,
+        )
+        .await?
+        .into_renewed()
     }
 
     /// What the leader answers, without proposing, for a lock of a key

@@ -72,10 +72,7 @@ impl Server {
                     .call(&l.rpc_addr, &Request::Status, FORWARD_TIMEOUT)
                     .await
                 {
-                    Ok(Response::Status(st)) => return Ok(st),
-                    Ok(other) => {
-                        return Err(RpcError::Internal(format!("unexpected answer {other:?}")))
-                    }
+                    Ok(reply) => return reply.into_status(),
                     Err(e) if !e.not_delivered() => return Err(RpcError::Internal(e.to_string())),
                     Err(_) => {}
                 },
