@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use base64::Engine;
+use mesh_core::api::agent::{Member, RaftConfiguration};
 use mesh_core::api::KvPair;
 use mesh_net::http_client::HttpResponse;
 use serde_json::Value;
@@ -151,7 +152,8 @@ pub fn members(args: &[String]) -> Result<(), String> {
         call(&flags, "GET", "/v1/agent/members", vec![])?,
         "retrieving members",
     )?;
-    let members = json(&resp)?;
+    let members: Vec<Member> =
+        serde_json::from_slice(&resp.body).map_err(|e| format!("Error decoding members: {e}"))?;
     let mut rows = vec![vec![
         "Node".to_string(),
         "Address".into(),
@@ -159,27 +161,13 @@ pub fn members(args: &[String]) -> Result<(), String> {
         "Type".into(),
         "DC".into(),
     ]];
-    for m in members.as_array().into_iter().flatten() {
-        let status = match m["Status"].as_u64() {
-            Some(1) => "alive",
-            Some(3) => "left",
-            Some(4) => "failed",
-            _ => "unknown",
-        };
+    for m in &members {
         rows.push(vec![
-            m["Name"].as_str().unwrap_or("").to_string(),
-            format!(
-                "{}:{}",
-                m["Addr"].as_str().unwrap_or(""),
-                m["Port"].as_u64().unwrap_or(0)
-            ),
-            status.into(),
-            if m["Tags"]["role"] == "consul" {
-                "server".into()
-            } else {
-                "client".into()
-            },
-            m["Tags"]["dc"].as_str().unwrap_or("dc1").to_string(),
+            m.name.clone(),
+            format!("{}:{}", m.addr, m.port),
+            m.status_name().into(),
+            if m.is_server() { "server" } else { "client" }.into(),
+            m.tags.get("dc").map_or("dc1", String::as_str).to_string(),
         ]);
     }
     print_table(&rows);
@@ -207,7 +195,8 @@ pub fn operator(args: &[String]) -> Result<(), String> {
                 call(&flags, "GET", path, vec![])?,
                 "retrieving the Raft configuration",
             )?;
-            let config = json(&resp)?;
+            let config: RaftConfiguration = serde_json::from_slice(&resp.body)
+                .map_err(|e| format!("Error decoding the Raft configuration: {e}"))?;
             let mut rows = vec![vec![
                 "Node".to_string(),
                 "ID".into(),
@@ -216,19 +205,14 @@ pub fn operator(args: &[String]) -> Result<(), String> {
                 "Voter".into(),
                 "Commit Index".into(),
             ]];
-            for s in config["Servers"].as_array().into_iter().flatten() {
+            for s in &config.servers {
                 rows.push(vec![
-                    s["Node"].as_str().unwrap_or("").to_string(),
-                    s["ID"].as_str().unwrap_or("").to_string(),
-                    s["Address"].as_str().unwrap_or("").to_string(),
-                    if s["Leader"].as_bool() == Some(true) {
-                        "leader"
-                    } else {
-                        "follower"
-                    }
-                    .into(),
-                    s["Voter"].as_bool().unwrap_or(false).to_string(),
-                    s["LastIndex"].as_u64().unwrap_or(0).to_string(),
+                    s.node.clone(),
+                    s.id.clone(),
+                    s.address.clone(),
+                    if s.leader { "leader" } else { "follower" }.into(),
+                    s.voter.to_string(),
+                    s.last_index.to_string(),
                 ]);
             }
             print_table(&rows);

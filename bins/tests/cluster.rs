@@ -39,6 +39,44 @@ async fn write_batch(
     }
 }
 
+/// `mesh members` and `mesh operator raft list-peers`, as a Consul user
+/// runs them, read the typed JSON of the agent: every server alive and a
+/// server, the leader named leader, every one a voter.
+fn cli_lists_the_cluster(c: &ProcessCluster, leader: usize) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+            .args(args)
+            .arg(format!("-http-addr={}", c.http_addr(leader)))
+            .output()
+            .expect("run mesh");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let members = run(&["members"]);
+    let peers = run(&["operator", "raft", "list-peers"]);
+    for node in &c.nodes {
+        let row = members
+            .lines()
+            .find(|l| l.starts_with(&node.name))
+            .unwrap_or_else(|| panic!("{} missing from members:\n{members}", node.name));
+        assert!(row.contains("alive") && row.contains("server"), "{row}");
+        let row = peers
+            .lines()
+            .find(|l| l.starts_with(&node.name))
+            .unwrap_or_else(|| panic!("{} missing from list-peers:\n{peers}", node.name));
+        let state = if node.name == c.nodes[leader].name {
+            "leader"
+        } else {
+            "follower"
+        };
+        assert!(row.contains(state) && row.contains("true"), "{row}");
+    }
+}
+
 async fn assert_all_present(c: &ProcessCluster, acked: &BTreeMap<String, String>) {
     for (k, v) in acked {
         let resp = c
@@ -84,6 +122,7 @@ async fn three_servers_fail_over_and_survive_a_full_restart() {
         t.elapsed().as_millis()
     );
     write_batch(&c, &mut acked, "before/", 20).await;
+    cli_lists_the_cluster(&c, leader);
 
     // phase: kill -9 the leader
     c.kill(leader);

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::kv::KvEntry;
 
+pub mod agent;
+
 /// Longest key accepted, in bytes. Consul has no explicit key limit (its
 /// request-size limits bound keys indirectly); 8 KiB is far above real keys
 /// and keeps a key, which travels in the URL path, within common proxies'

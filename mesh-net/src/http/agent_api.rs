@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 
 use hyper::{Method, StatusCode};
+use mesh_core::api::agent::{
+    AclResolverSettings, AgentSelf, DebugConfig, Member, SelfConfig, SelfStats,
+};
 use mesh_core::definitions::{decode_check, decode_service, CheckDefinition, ServiceDefinition};
 use mesh_core::state::catalog::{
     CatalogCommand, CatalogQuery, CheckStatus, HealthCheck, NodeService, SERF_HEALTH_CHECK,
@@ -397,57 +400,69 @@ impl HttpApi {
             .map(|l| l.rpc_addr.clone())
             .unwrap_or_default();
         let raft = match (self.cluster.server(), &status) {
-            (Some(server), Some(st)) => json!({
-                "term": st.term.to_string(),
-                "last_log_index": st.last_log_index.to_string(),
-                "applied_index": st.applied_index.to_string(),
-                "state": format!("{:?}", server.metrics().state),
-            }),
-            _ => json!({}),
+            (Some(server), Some(st)) => [
+                ("term", st.term.to_string()),
+                ("last_log_index", st.last_log_index.to_string()),
+                ("applied_index", st.applied_index.to_string()),
+                ("state", format!("{:?}", server.metrics().state)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            _ => BTreeMap::new(),
         };
-        json_reply(&json!({
-            "Config": {
-                "Datacenter": self.config.datacenter,
-                "NodeName": node.node,
-                "NodeID": node.id,
-                "Server": self.cluster.server().is_some(),
-                "Version": env!("CARGO_PKG_VERSION"),
-                "Revision": "",
+        let server = self.cluster.server();
+        let consul = [
+            ("server", server.is_some().to_string()),
+            ("leader", server.is_some_and(|s| s.is_leader()).to_string()),
+            ("leader_addr", leader_addr),
+            (
+                "known_servers",
+                status.as_ref().map_or(0, |s| s.peers.len()).to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let policy = if self.config.default_intention_allow {
+            "allow"
+        } else {
+            "deny"
+        };
+        json_reply(&AgentSelf {
+            config: SelfConfig {
+                datacenter: self.config.datacenter.clone(),
+                node_name: node.node.clone(),
+                node_id: node.id.clone(),
+                server: server.is_some(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                revision: String::new(),
             },
-            "Stats": {
-                "consul": {
-                    "server": self.cluster.server().is_some().to_string(),
-                    "leader": self.cluster.server().is_some_and(|s| s.is_leader()).to_string(),
-                    "leader_addr": leader_addr,
-                    "known_servers": status.as_ref().map_or(0, |s| s.peers.len()).to_string(),
+            stats: SelfStats {
+                consul,
+                raft,
+                formation_error: server.and_then(|s| s.formation_error()),
+            },
+            // Where Consul 1.10+ reports the default policy; sidecars read
+            // it to decide connections no intention matches.
+            debug_config: DebugConfig {
+                acl_resolver_settings: AclResolverSettings {
+                    acl_default_policy: policy.into(),
                 },
-                "raft": raft,
-                "formation_error": self.cluster.server().and_then(|s| s.formation_error()),
             },
-            "DebugConfig": {
-                // Where Consul 1.10+ reports it; sidecars read it to decide
-                // connections no intention matches.
-                "ACLResolverSettings": {
-                    "ACLDefaultPolicy": if self.config.default_intention_allow { "allow" } else { "deny" },
-                },
-            },
-            "Member": self.member_row(&node.node, &node.address, self.cluster.server().is_some(), 1, &node.id),
-            "Meta": node.meta,
-        }))
+            member: self.member(
+                &node.node,
+                &node.address,
+                server.is_some(),
+                Member::ALIVE,
+                &node.id,
+            ),
+            meta: node.meta.clone(),
+        })
     }
 
-    fn member_row(&self, name: &str, addr: &str, server: bool, status: u8, id: &str) -> Value {
-        let role = if server { "consul" } else { "node" };
-        json!({
-            "Name": name,
-            "Addr": addr,
-            "Port": 8301,
-            "Tags": { "role": role, "dc": self.config.datacenter, "id": id },
-            // Serf status: 1 alive, 3 left, 4 failed.
-            "Status": status,
-            "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
-            "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
-        })
+    fn member(&self, name: &str, addr: &str, server: bool, status: u8, id: &str) -> Member {
+        Member::new(name, addr, server, status, &self.config.datacenter, id)
     }
 
     /// Servers (from the Raft configuration) and every node of the catalog,
@@ -457,7 +472,7 @@ impl HttpApi {
             Ok(s) => s,
             Err(e) => return rpc_error(e),
         };
-        let mut rows: BTreeMap<String, Value> = BTreeMap::new();
+        let mut rows: BTreeMap<String, Member> = BTreeMap::new();
         // Catalog nodes with their liveness; a stale read is enough for a
         // membership listing and keeps it available without a leader.
         let q = Query::parse(Some("stale")).expect("static query");
@@ -476,13 +491,13 @@ impl HttpApi {
                         .iter()
                         .find(|c| c.node == n.node && c.check_id == SERF_HEALTH_CHECK);
                     let status = match serf.map(|c| c.status) {
-                        Some(CheckStatus::Critical) => 4,
-                        _ => 1,
+                        Some(CheckStatus::Critical) => Member::FAILED,
+                        _ => Member::ALIVE,
                     };
                     let server = servers.contains(&n.node);
                     rows.insert(
                         n.node.clone(),
-                        self.member_row(&n.node, &n.address, server, status, &n.id),
+                        self.member(&n.node, &n.address, server, status, &n.id),
                     );
                 }
             }
@@ -496,17 +511,23 @@ impl HttpApi {
                     .map_or(p.info.rpc_addr.as_str(), |(a, _)| a);
                 rows.insert(
                     p.info.name.clone(),
-                    self.member_row(&p.info.name, addr, true, 1, &node_uuid(p.info.node_id)),
+                    self.member(
+                        &p.info.name,
+                        addr,
+                        true,
+                        Member::ALIVE,
+                        &node_uuid(p.info.node_id),
+                    ),
                 );
             }
         }
         let me = self.local.node();
         rows.entry(me.node.clone()).or_insert_with(|| {
-            self.member_row(
+            self.member(
                 &me.node,
                 &me.address,
                 self.cluster.server().is_some(),
-                1,
+                Member::ALIVE,
                 &me.id,
             )
         });

@@ -1,6 +1,7 @@
 //! `/v1/status` and `/v1/operator/raft`: who leads, who votes.
 
 use hyper::Method;
+use mesh_core::api::agent::{RaftConfiguration, RaftServer};
 use mesh_core::wire::ClusterStatus;
 use serde_json::json;
 
@@ -110,22 +111,23 @@ impl HttpApi {
 }
 
 fn raft_configuration(st: &ClusterStatus) -> Reply {
-    let servers: Vec<_> = st
+    let servers = st
         .peers
         .iter()
-        .map(|p| {
-            json!({
-                "ID": p.info.node_id.to_string(),
-                "Node": p.info.name,
-                "Address": p.info.rpc_addr,
-                "Leader": p.leader,
-                "Voter": p.voter,
-                "ProtocolVersion": "3",
-                "LastIndex": p.last_index,
-            })
+        .map(|p| RaftServer {
+            id: p.info.node_id.to_string(),
+            node: p.info.name.clone(),
+            address: p.info.rpc_addr.clone(),
+            leader: p.leader,
+            voter: p.voter,
+            protocol_version: "3".into(),
+            last_index: p.last_index,
         })
         .collect();
-    json_reply(&json!({ "Servers": servers, "Index": st.config_index }))
+    json_reply(&RaftConfiguration {
+        servers,
+        index: st.config_index,
+    })
 }
 
 /// How far behind the leader's log a server may be and still count as

@@ -18,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use mesh_core::api::agent::AgentSelf;
 use mesh_core::connect::intention::{self, Intention};
 use mesh_core::connect::SpiffeId;
 use serde_json::Value;
@@ -259,12 +260,14 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningSidecar, SidecarError> {
     let (me, _) = get_json(&mut client, "/v1/agent/self")
         .await
         .map_err(|e| agent_error(&agent, e))?;
-    let node_address = me["Member"]["Addr"]
-        .as_str()
-        .unwrap_or("127.0.0.1")
-        .to_owned();
-    let default_allow =
-        me["DebugConfig"]["ACLResolverSettings"]["ACLDefaultPolicy"].as_str() == Some("allow");
+    let me: AgentSelf = serde_json::from_value(me)
+        .map_err(|e| agent_error(&agent, format!("GET /v1/agent/self: {e}")))?;
+    let node_address = if me.member.addr.is_empty() {
+        "127.0.0.1".to_owned()
+    } else {
+        me.member.addr
+    };
+    let default_allow = me.debug_config.acl_resolver_settings.acl_default_policy == "allow";
     let (services, _) = get_json(&mut client, "/v1/agent/services")
         .await
         .map_err(|e| agent_error(&agent, e))?;
