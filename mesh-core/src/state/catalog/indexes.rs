@@ -48,57 +48,102 @@ pub(super) struct ReadIndexes {
     pub(super) last_extinction: u64,
 }
 
-/// One node's rows, as they were before a command and after it.
+/// One node's rows, as they were before a command and after it, keyed by
+/// id.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct NodeRows {
     node: Option<Node>,
-    services: Vec<NodeService>,
-    checks: Vec<HealthCheck>,
-}
-
-/// What a read of one service name sees of one node.
-#[derive(PartialEq, Eq)]
-struct ServiceView<'a> {
-    node: Option<&'a Node>,
-    instances: Vec<&'a NodeService>,
-    checks: Vec<&'a HealthCheck>,
+    services: BTreeMap<String, NodeService>,
+    checks: BTreeMap<String, HealthCheck>,
 }
 
 impl NodeRows {
     pub(super) fn of(table: &CatalogTable, node: &str) -> NodeRows {
         NodeRows {
             node: table.node(node).cloned(),
-            services: table.node_services(node).cloned().collect(),
-            checks: table.node_checks(node).cloned().collect(),
+            services: table
+                .node_services(node)
+                .map(|s| (s.id.clone(), s.clone()))
+                .collect(),
+            checks: table
+                .node_checks(node)
+                .map(|c| (c.check_id.clone(), c.clone()))
+                .collect(),
         }
     }
 
     fn names(&self) -> impl Iterator<Item = &str> {
-        self.services.iter().map(|s| s.service.as_str())
+        self.services.values().map(|s| s.service.as_str())
     }
 
-    /// What a read of `name` sees here; empty if no instance of `name` is
-    /// on this node (then nothing here reaches that read).
-    fn view(&self, name: &str) -> ServiceView<'_> {
-        let instances: Vec<&NodeService> =
-            self.services.iter().filter(|s| s.service == name).collect();
-        if instances.is_empty() {
-            return ServiceView {
-                node: None,
-                instances,
-                checks: Vec::new(),
-            };
+    /// The service name of the instance a check is about; `None` for a
+    /// node check (it applies to every name here).
+    fn name_of(&self, check: &HealthCheck) -> Option<&str> {
+        if check.service_id.is_empty() {
+            return None;
         }
-        let checks = self
-            .checks
-            .iter()
-            .filter(|c| c.service_id.is_empty() || instances.iter().any(|s| s.id == c.service_id))
+        self.services
+            .get(&check.service_id)
+            .map(|s| s.service.as_str())
+    }
+
+    fn node_checks(&self) -> impl Iterator<Item = &HealthCheck> {
+        self.checks.values().filter(|c| c.service_id.is_empty())
+    }
+
+    /// The names whose read sees something else here in `after` than in
+    /// `before`. A read of a name sees here the node row, the name's
+    /// instances, the node's own checks and the checks of those
+    /// instances; so a change to the node row or a node check reaches
+    /// every name on the node, and any other change only the names of the
+    /// instances it touched. Linear in the node's rows (a node may carry
+    /// thousands of services).
+    fn changed_names<'a>(before: &'a NodeRows, after: &'a NodeRows) -> BTreeSet<&'a str> {
+        if before.node != after.node || !before.node_checks().eq(after.node_checks()) {
+            return before.names().chain(after.names()).collect();
+        }
+        let mut out = BTreeSet::new();
+        let ids: BTreeSet<&String> = before
+            .services
+            .keys()
+            .chain(after.services.keys())
             .collect();
-        ServiceView {
-            node: self.node.as_ref(),
-            instances,
-            checks,
+        for id in ids {
+            let (was, now) = (before.services.get(id), after.services.get(id));
+            if was != now {
+                out.extend(was.map(|s| s.service.as_str()));
+                out.extend(now.map(|s| s.service.as_str()));
+            }
         }
+        let ids: BTreeSet<&String> = before.checks.keys().chain(after.checks.keys()).collect();
+        for id in ids {
+            let (was, now) = (before.checks.get(id), after.checks.get(id));
+            if was != now {
+                out.extend(was.and_then(|c| before.name_of(c)));
+                out.extend(now.and_then(|c| after.name_of(c)));
+            }
+        }
+        out
+    }
+
+    /// For each name here, the highest modify index its read sees here.
+    fn newest_by_name(&self) -> BTreeMap<&str, u64> {
+        let node = self.node.as_ref().map_or(0, |n| n.modify_index);
+        let shared = self
+            .node_checks()
+            .map(|c| c.modify_index)
+            .fold(node, u64::max);
+        let mut out: BTreeMap<&str, u64> = BTreeMap::new();
+        for s in self.services.values() {
+            let at = out.entry(s.service.as_str()).or_insert(shared);
+            *at = (*at).max(s.modify_index);
+        }
+        for c in self.checks.values() {
+            if let Some(at) = self.name_of(c).and_then(|n| out.get_mut(n)) {
+                *at = (*at).max(c.modify_index);
+            }
+        }
+        out
     }
 }
 
@@ -123,13 +168,9 @@ impl ReadIndexes {
         if before.checks != after.checks {
             self.checks = index;
         }
-        let names: BTreeSet<&str> = before.names().chain(after.names()).collect();
-        for name in names {
-            let now = after.view(name);
-            if before.view(name) == now {
-                continue;
-            }
-            if !now.instances.is_empty() || exists(name) {
+        let remaining: BTreeSet<&str> = after.names().collect();
+        for name in NodeRows::changed_names(before, after) {
+            if remaining.contains(name) || exists(name) {
                 self.per_service.insert(name.to_string(), index);
             } else {
                 self.per_service.remove(name);
@@ -226,16 +267,9 @@ impl ReadIndexes {
         let mut newest: BTreeMap<String, u64> = BTreeMap::new();
         for node in table.nodes() {
             let rows = NodeRows::of(table, &node.node);
-            for name in rows.names() {
-                let v = rows.view(name);
-                let here = v
-                    .node
-                    .map(|n| n.modify_index)
-                    .into_iter()
-                    .chain(v.instances.iter().map(|s| s.modify_index))
-                    .chain(v.checks.iter().map(|c| c.modify_index));
+            for (name, i) in rows.newest_by_name() {
                 let at = newest.entry(name.to_string()).or_default();
-                *at = here.fold(*at, u64::max);
+                *at = (*at).max(i);
             }
         }
         for (name, &i) in &self.per_service {
