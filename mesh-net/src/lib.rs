@@ -36,6 +36,7 @@ pub mod rpc_tls;
 pub mod runtime;
 pub mod server;
 pub mod sidecar;
+mod snapshot_file;
 pub mod state_store;
 pub mod swap;
 pub mod telemetry;

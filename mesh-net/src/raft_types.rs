@@ -43,11 +43,23 @@ openraft::declare_raft_types!(
         AsyncRuntime = MeshRuntime,
 );
 
-/// A snapshot's bytes, shared: the stored snapshot, openraft's copy and
-/// the one being sent to each follower are one allocation (with a plain
-/// `Vec` each was a copy, and a 1 GiB state cost 4 GiB on the leader).
+/// A snapshot's bytes, shared: openraft's copy and the ones being sent to
+/// followers are one allocation (with a plain `Vec` each was a copy, and a
+/// 1 GiB state cost 4 GiB on the leader).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct SnapshotBytes(Arc<Vec<u8>>);
+
+impl SnapshotBytes {
+    /// Bytes someone else holds too.
+    pub fn from_shared(bytes: Arc<Vec<u8>>) -> Self {
+        SnapshotBytes(bytes)
+    }
+
+    /// A handle that finds these bytes while anyone still holds them.
+    pub fn downgrade(&self) -> std::sync::Weak<Vec<u8>> {
+        Arc::downgrade(&self.0)
+    }
+}
 
 impl From<Vec<u8>> for SnapshotBytes {
     fn from(bytes: Vec<u8>) -> Self {

@@ -1,46 +1,30 @@
 //! The Raft state machine store: applies committed entries to
 //! `mesh_core::state::StateMachine`, builds and installs snapshots, and keeps
-//! the latest snapshot on disk so a restarted server starts from it.
-//!
-//! `snapshot.bin` is replaced atomically and holds one record:
-//! `[meta_len: u32 LE][meta JSON][state machine bytes]`.
+//! the latest snapshot on disk (`snapshot_file`) so a restarted server
+//! starts from it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use mesh_core::record;
 use mesh_core::state::{Command, CommandResult, KvCommand, StateMachine};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::clock::Instant;
 use crate::disk::{wait_durable, Disk};
-use crate::log_store::{read_record_spans, FileKind, OpenError};
+use crate::log_store::OpenError;
 use crate::mutants::{self, Mutant};
 use crate::raft_types::{
     Entry, LogId, SnapshotBytes, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-
-const SNAPSHOT_FILE: &str = "snapshot.bin";
-const KIND_SNAPSHOT: u8 = 6;
-/// The rest of a snapshot's bytes, after its first record.
-const KIND_SNAPSHOT_MORE: u8 = 7;
-/// Snapshot bytes per record: a state larger than one record may hold
-/// (`record::MAX_RECORD_LEN`, 256 MiB) is stored as several. One record
-/// made every server panic once its state passed 256 MiB (found by
-/// `examples/join_large` at 1 GiB).
-const SNAPSHOT_PART_LEN: usize = 64 << 20;
+use crate::snapshot_file::{SnapshotFile, SNAPSHOT_FILE};
 
 struct Inner {
     sm: StateMachine,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    /// Whether `snapshot.bin` holds a snapshot. Its bytes stay on disk,
-    /// read back only to send them to a follower: holding them in memory
-    /// too made a server's memory twice its state, for good.
-    has_snapshot: bool,
     snapshots_built: u64,
     /// `(applied index, digest)` computed last; the digest walks the whole
     /// state, and checkers ask for it often.
@@ -116,103 +100,26 @@ impl StateView {
 
 /// The state machine half of a server's Raft storage.
 pub struct StateStore {
-    disk: Arc<dyn Disk>,
+    file: Arc<SnapshotFile>,
     telemetry: crate::telemetry::Telemetry,
     inner: Arc<RwLock<Inner>>,
     applied_tx: watch::Sender<u64>,
 }
 
-/// Replaces the snapshot file with `meta` and `data`: a first record of
-/// the meta and up to [`SNAPSHOT_PART_LEN`] bytes, then one record per
-/// further part. Only the first record is built in memory; the other parts
-/// are written from `data` itself.
-fn write_snapshot(disk: &dyn Disk, meta: &SnapshotMeta, data: &[u8]) -> std::io::Result<()> {
-    let meta_json = serde_json::to_vec(meta).expect("snapshot meta serializes");
-    let (first, rest) = data.split_at(data.len().min(SNAPSHOT_PART_LEN));
-    let mut payload = Vec::with_capacity(4 + meta_json.len() + first.len());
-    payload.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
-    payload.extend_from_slice(&meta_json);
-    payload.extend_from_slice(first);
-    let mut head = Vec::with_capacity(record::RECORD_HEADER_LEN + payload.len());
-    record::encode_record(KIND_SNAPSHOT, &payload, &mut head);
-    let headers: Vec<[u8; record::RECORD_HEADER_LEN]> = rest
-        .chunks(SNAPSHOT_PART_LEN)
-        .map(|part| record::record_header(KIND_SNAPSHOT_MORE, part))
-        .collect();
-    let mut parts: Vec<&[u8]> = vec![&head];
-    for (header, part) in headers.iter().zip(rest.chunks(SNAPSHOT_PART_LEN)) {
-        parts.push(header);
-        parts.push(part);
-    }
-    disk.write_atomic_parts(SNAPSHOT_FILE, &parts)
-}
-
-/// The meta of a snapshot's first record, and where its state bytes start
-/// in that record.
-fn decode_snapshot_head(payload: &[u8]) -> Result<(SnapshotMeta, usize), String> {
-    let len_bytes: [u8; 4] = payload
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or("snapshot record too short")?;
-    let meta_len = u32::from_le_bytes(len_bytes) as usize;
-    let meta_end = 4usize.checked_add(meta_len).ok_or("bad meta length")?;
-    let meta_json = payload
-        .get(4..meta_end)
-        .ok_or("snapshot meta overruns record")?;
-    let meta = serde_json::from_slice(meta_json).map_err(|e| e.to_string())?;
-    Ok((meta, meta_end))
-}
-
-/// The snapshot in `snapshot.bin`, if there is one: its meta and the state
-/// bytes. The state bytes are the file's own buffer with the record
-/// headers and the meta squeezed out in place, so the file is held once.
-fn read_snapshot(disk: &dyn Disk) -> Result<Option<(SnapshotMeta, Vec<u8>)>, OpenError> {
-    let Some((mut bytes, spans)) = read_record_spans(
-        disk,
-        SNAPSHOT_FILE,
-        FileKind::Atomic,
-        &[KIND_SNAPSHOT, KIND_SNAPSHOT_MORE],
-    )?
-    else {
-        return Ok(None);
+/// A snapshot of the applied state, named after the last applied entry and
+/// the count of snapshots this process made.
+fn snapshot_of(inner: &Inner) -> (SnapshotMeta, SnapshotBytes) {
+    let last = inner.last_applied;
+    let snapshot_id = match last {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, inner.snapshots_built),
+        None => format!("0-0-{}", inner.snapshots_built),
     };
-    let undecodable = |offset: u64, reason: String| OpenError::Undecodable {
-        file: disk.describe(SNAPSHOT_FILE),
-        offset,
-        reason,
+    let meta = SnapshotMeta {
+        last_log_id: last,
+        last_membership: inner.membership.clone(),
+        snapshot_id,
     };
-    let Some((first, more)) = spans.split_first() else {
-        return Ok(None);
-    };
-    if first.kind != KIND_SNAPSHOT {
-        return Err(undecodable(
-            first.offset,
-            "snapshot file does not start with its header record".into(),
-        ));
-    }
-    let (meta, data_start) = decode_snapshot_head(&bytes[first.payload.clone()])
-        .map_err(|e| undecodable(first.offset, e))?;
-    let mut end = 0;
-    let mut keep = |bytes: &mut Vec<u8>, range: std::ops::Range<usize>| {
-        let len = range.len();
-        bytes.copy_within(range, end);
-        end += len;
-    };
-    keep(
-        &mut bytes,
-        first.payload.start + data_start..first.payload.end,
-    );
-    for part in more {
-        if part.kind != KIND_SNAPSHOT_MORE {
-            return Err(undecodable(
-                part.offset,
-                "a second snapshot header in one file".into(),
-            ));
-        }
-        keep(&mut bytes, part.payload.clone());
-    }
-    bytes.truncate(end);
-    Ok(Some((meta, bytes)))
+    (meta, SnapshotBytes::from(inner.sm.snapshot()))
 }
 
 /// Notes an entry without state change. openraft's `initialize` writes the
@@ -234,12 +141,12 @@ impl StateStore {
             sm: StateMachine::new(),
             last_applied: None,
             membership: StoredMembership::default(),
-            has_snapshot: false,
             snapshots_built: 0,
             digest_cache: std::sync::Mutex::new(None),
             lock_delays: BTreeMap::new(),
         };
-        if let Some((meta, data)) = read_snapshot(disk.as_ref())? {
+        let (file, found) = SnapshotFile::open(disk.clone())?;
+        if let Some((meta, data)) = found {
             let undecodable = |reason: String| OpenError::Undecodable {
                 file: disk.describe(SNAPSHOT_FILE),
                 offset: 0,
@@ -249,7 +156,6 @@ impl StateStore {
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             info!(last_applied = ?meta.last_log_id.map(|l| l.index), "restored state from snapshot");
-            inner.has_snapshot = true;
         }
         let applied = inner.last_applied.map_or(0, |l| l.index);
         let (applied_tx, applied_rx) = watch::channel(applied);
@@ -260,7 +166,7 @@ impl StateStore {
         };
         Ok((
             Self {
-                disk,
+                file: Arc::new(file),
                 telemetry,
                 inner,
                 applied_tx,
@@ -269,9 +175,15 @@ impl StateStore {
         ))
     }
 
-    fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        write_snapshot(self.disk.as_ref(), meta, data)
+    fn save_snapshot(&self, meta: &SnapshotMeta, data: &SnapshotBytes) -> Result<(), StorageError> {
+        self.file
+            .store(meta, data)
+            .map(|_| ())
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    }
+
+    fn disk(&self) -> &dyn Disk {
+        self.file.disk()
     }
 }
 
@@ -282,7 +194,7 @@ pub struct SnapshotBuilder {
 
 /// What a [`SnapshotBuilder`] needs from its store.
 struct StateStoreRef {
-    disk: Arc<dyn Disk>,
+    file: Arc<SnapshotFile>,
     inner: Arc<RwLock<Inner>>,
 }
 
@@ -291,27 +203,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (meta, data) = {
             let mut inner = self.store.inner.write().expect("state lock poisoned");
             inner.snapshots_built += 1;
-            let data = SnapshotBytes::from(inner.sm.snapshot());
-            let last = inner.last_applied;
-            let snapshot_id = match last {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, inner.snapshots_built),
-                None => format!("0-0-{}", inner.snapshots_built),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: last,
-                last_membership: inner.membership.clone(),
-                snapshot_id,
-            };
-            (meta, data)
+            snapshot_of(&inner)
         };
-        write_snapshot(self.store.disk.as_ref(), &meta, &data)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        wait_durable(self.store.disk.as_ref()).await;
+        // A snapshot installed meanwhile is newer: the file keeps it.
         self.store
-            .inner
-            .write()
-            .expect("state lock poisoned")
-            .has_snapshot = true;
+            .file
+            .store(&meta, &data)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        wait_durable(self.store.file.disk()).await;
         info!(last_log_id = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
@@ -401,7 +300,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             store: StateStoreRef {
-                disk: self.disk.clone(),
+                file: self.file.clone(),
                 inner: self.inner.clone(),
             },
         }
@@ -419,7 +318,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let sm = StateMachine::restore(&snapshot)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         self.save_snapshot(meta, &snapshot)?;
-        wait_durable(self.disk.as_ref()).await;
+        wait_durable(self.disk()).await;
         let applied = {
             let mut inner = self.inner.write().expect("state lock poisoned");
             if !mutants::enabled(Mutant::SkipSnapshotInstall) {
@@ -428,7 +327,6 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             *inner.digest_cache.lock().expect("digest cache poisoned") = None;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
-            inner.has_snapshot = true;
             inner.last_applied.map_or(0, |l| l.index)
         };
         info!(last_log_id = ?meta.last_log_id.map(|l| l.index), "installed snapshot from leader");
@@ -436,72 +334,30 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         Ok(())
     }
 
-    /// The snapshot as stored (meta and bytes from the same file, which a
-    /// newer snapshot replaces atomically), read for a transfer and dropped
-    /// when it ends.
+    /// The stored snapshot, read back for a transfer and dropped when it
+    /// ends. If the file does not hold what this process wrote (a read
+    /// error, an operator removed it), a snapshot of the applied state
+    /// takes its place and is stored anew: an error here would stop Raft.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        if !self.inner.read().expect("state lock poisoned").has_snapshot {
-            return Ok(None);
-        }
-        let stored = read_snapshot(self.disk.as_ref())
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(stored.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(data.into()),
-        }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use mesh_core::state::KvCommand;
-
-    use super::*;
-    use crate::disk::MemDisk;
-
-    /// A state larger than one snapshot record is written as several
-    /// records straight from its bytes, in the layout the joined encoder
-    /// wrote before (so older files and newer files read alike), and a
-    /// restarted store rebuilds the same state from them.
-    #[test]
-    fn a_snapshot_of_several_records_is_written_in_place_and_read_back() {
-        let mut sm = StateMachine::new();
-        let value = vec![0xA5u8; 1 << 20];
-        for i in 0..(SNAPSHOT_PART_LEN >> 20) as u64 + 2 {
-            let set = KvCommand::Set {
-                key: format!("big/{i:03}"),
-                value: value.clone(),
-                flags: i,
-            };
-            sm.apply(i + 1, &set.into());
-        }
-        let data = sm.snapshot();
-        assert!(data.len() > SNAPSHOT_PART_LEN + (1 << 20));
-        let meta = SnapshotMeta {
-            last_log_id: None,
-            last_membership: StoredMembership::default(),
-            snapshot_id: "t-1".into(),
+        let (meta, data) = match self.file.current() {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Ok(None),
+            Err(reason) => {
+                warn!(%reason, "the stored snapshot cannot be read; sending the applied state");
+                let (meta, data) = {
+                    let mut inner = self.inner.write().expect("state lock poisoned");
+                    inner.snapshots_built += 1;
+                    snapshot_of(&inner)
+                };
+                if let Err(e) = self.file.store(&meta, &data) {
+                    warn!(error = %e, "could not store the snapshot again");
+                }
+                (meta, data)
+            }
         };
-        let disk = Arc::new(MemDisk::new());
-        write_snapshot(disk.as_ref(), &meta, &data).unwrap();
-
-        let meta_json = serde_json::to_vec(&meta).unwrap();
-        let mut joined = (meta_json.len() as u32).to_le_bytes().to_vec();
-        joined.extend_from_slice(&meta_json);
-        joined.extend_from_slice(&data[..SNAPSHOT_PART_LEN]);
-        let mut expected = Vec::new();
-        record::encode_record(KIND_SNAPSHOT, &joined, &mut expected);
-        record::encode_record(
-            KIND_SNAPSHOT_MORE,
-            &data[SNAPSHOT_PART_LEN..],
-            &mut expected,
-        );
-        assert!(
-            disk.read(SNAPSHOT_FILE).unwrap().unwrap() == expected,
-            "the layout of the joined encoder"
-        );
-
-        let (_, view) = StateStore::open(disk, Default::default()).unwrap();
-        assert_eq!(view.read(|restored| restored.digest()), sm.digest());
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(data),
+        }))
     }
 }
