@@ -29,6 +29,9 @@ const KIND_SNAPSHOT_MORE: u8 = 7;
 /// `examples/join_large` at 1 GiB).
 const SNAPSHOT_PART_LEN: usize = 64 << 20;
 
+/// A snapshot read from the file: its meta and its state bytes.
+pub(crate) type Found = (SnapshotMeta, Vec<u8>);
+
 /// `snapshot.bin` of one server.
 pub(crate) struct SnapshotFile {
     disk: Arc<dyn Disk>,
@@ -46,9 +49,7 @@ struct Stored {
 
 impl SnapshotFile {
     /// The file on `disk` and the snapshot in it, if any.
-    pub(crate) fn open(
-        disk: Arc<dyn Disk>,
-    ) -> Result<(SnapshotFile, Option<(SnapshotMeta, Vec<u8>)>), OpenError> {
+    pub(crate) fn open(disk: Arc<dyn Disk>) -> Result<(SnapshotFile, Option<Found>), OpenError> {
         let found = read_snapshot(disk.as_ref())?;
         let stored = Stored {
             meta: found.as_ref().map(|(m, _)| m.clone()),
@@ -157,7 +158,7 @@ fn decode_snapshot_head(payload: &[u8]) -> Result<(SnapshotMeta, usize), String>
 /// The snapshot in `snapshot.bin`, if there is one: its meta and the state
 /// bytes. The state bytes are the file's own buffer with the record
 /// headers and the meta squeezed out in place, so the file is held once.
-fn read_snapshot(disk: &dyn Disk) -> Result<Option<(SnapshotMeta, Vec<u8>)>, OpenError> {
+fn read_snapshot(disk: &dyn Disk) -> Result<Option<Found>, OpenError> {
     let Some((mut bytes, spans)) = read_record_spans(
         disk,
         SNAPSHOT_FILE,
