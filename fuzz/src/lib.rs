@@ -106,16 +106,16 @@ pub fn wire_decode(data: &[u8]) {
 
 /// Snapshot restore over arbitrary bytes, as a server reads them from disk
 /// or from the leader. The first byte picks a header to prepend (none,
-/// version 2 or version 1) so the fuzzer spends its time in the bodies. A
+/// version 3, 2 or 1) so the fuzzer spends its time in the bodies. A
 /// snapshot that restores must hold the state machine's invariants, and
 /// snapshot and restore again to an equal state with an equal digest.
 pub fn snapshot_restore(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let bytes = match mode % 3 {
+    let bytes = match mode % 4 {
         0 => rest.to_vec(),
-        v => [SNAPSHOT_MAGIC.as_slice(), &[3 - v], rest].concat(),
+        v => [SNAPSHOT_MAGIC.as_slice(), &[4 - v], rest].concat(),
     };
     if let Ok(sm) = StateMachine::restore(&bytes) {
         sm.check_invariants();

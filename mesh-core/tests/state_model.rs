@@ -342,9 +342,12 @@ proptest! {
     }
 
     /// A server upgraded from the JSON build restores the snapshot that
-    /// build left to the same state (and digest) as today's binary one.
+    /// build left to the same data (and digest) as today's binary one. It
+    /// cannot know the deletes that build saw, so its prefix reads answer
+    /// at least what they would have (never less: a blocking read must not
+    /// sleep through a change).
     #[test]
-    fn v1_and_v2_snapshots_restore_to_the_same_state(entries in log()) {
+    fn v1_and_current_snapshots_restore_to_the_same_data(entries in log()) {
         // Version 1 predates the catalog: it holds KV states only.
         let entries: Vec<_> = entries
             .into_iter()
@@ -354,9 +357,18 @@ proptest! {
         run(&mut sm, &entries);
         let from_v1 = StateMachine::restore(&snapshot_v1(&sm)).expect("v1 restores");
         from_v1.check_invariants();
-        prop_assert_eq!(&from_v1, &sm);
+        prop_assert!(from_v1.kv().iter().eq(sm.kv().iter()));
+        prop_assert_eq!(from_v1.last_applied(), sm.last_applied());
         prop_assert_eq!(from_v1.digest(), sm.digest());
-        prop_assert_eq!(from_v1.snapshot(), sm.snapshot());
+        for e in sm.kv().iter() {
+            for cut in 0..=e.key.len() {
+                if let Some(prefix) = e.key.get(..cut) {
+                    prop_assert!(from_v1.kv().prefix_index(prefix) >= sm.kv().prefix_index(prefix));
+                }
+            }
+        }
+        let again = StateMachine::restore(&from_v1.snapshot()).expect("restores");
+        prop_assert_eq!(&again, &from_v1, "and from then on round-trips exactly");
     }
 
     /// Different states at the same applied index (the case the simulator's

@@ -16,7 +16,7 @@
 //!
 //! Snapshots carry the table as one JSON document (see `encode`): catalog
 //! rows hold no bulk bytes, and JSON of `BTreeMap`s and structs is canonical,
-//! so the same bytes also feed the digest.
+//! so the same bytes, without the read indexes, also feed the digest.
 
 use std::collections::BTreeMap;
 

@@ -13,10 +13,11 @@
 //! * `session`: the session holding the key's lock, if any.
 //! * [`KvStore::table_index`]: index of the last write that changed *any*
 //!   key, deletes included. Blocking queries (`?index=`, `X-Consul-Index`)
-//!   on a prefix, or on a key that does not exist, use it, so it must move
-//!   whenever a read could return something new, and must not move
+//!   on a key that does not exist, or on everything, use it, so it must
+//!   move whenever a read could return something new, and must not move
 //!   otherwise (a failed CAS changes nothing). A key that exists answers
-//!   with its own `modify_index`, as in Consul ([`crate::wire::query_index`]).
+//!   with its own `modify_index`, a prefix with [`KvStore::prefix_index`],
+//!   as in Consul ([`crate::wire::query_index`]).
 //!
 //! Differences from Consul, on purpose:
 //!
@@ -29,9 +30,11 @@
 //!   tombstones its deletes left ([`KvStore::prefix_index`]). Consul reaps
 //!   tombstones on a timer through the log; here the table keeps the newest
 //!   [`MAX_TOMBSTONES`] and folds older ones into one floor that every
-//!   prefix index is at least, so memory stays bounded, every server keeps
-//!   the same ones, and a prefix read wakes for an old delete elsewhere at
-//!   worst once.
+//!   prefix index is at least, so memory stays bounded and every server
+//!   keeps the same ones. The price: once more than that many keys were
+//!   deleted, each further delete raises the floor and wakes every prefix
+//!   read (a `DELETE ?recurse` of more keys than that, at once), where
+//!   Consul's would sleep on.
 //!
 //! Keys are not validated here: any string, including the empty one, is a
 //! key (the HTTP layer rejects bad keys with [`crate::api::validate_key`]).

@@ -32,10 +32,10 @@
 //!
 //! # Snapshot format
 //!
-//! Version 2, written by this build (integers little-endian):
+//! Version 3, written by this build (integers little-endian):
 //!
 //! ```text
-//! [magic "MSSM"][version u8 = 2][last_applied u64][section count u8]
+//! [magic "MSSM"][version u8 = 3][last_applied u64][section count u8]
 //! section × count, table ids strictly increasing:
 //!   [table id u8][body length u64][body]
 //! ```
@@ -47,6 +47,12 @@
 //! length is checked against the bytes that remain before anything is
 //! allocated, and trailing bytes are refused, so damage is
 //! [`SnapshotError::Malformed`], never a panic.
+//!
+//! Version 2 is the same layout without what reads need for their indexes
+//! (the KV tombstones, the catalog's read indexes); it is still read, as a
+//! state whose every read index may have moved up to its table index.
+//! Version 3 got its own number so that a build that knows only version 2
+//! refuses it as "from a newer release" rather than as damage.
 //!
 //! Version 1, still read so an upgraded server can load the snapshot an
 //! older build left on disk (or a leader still on that build sends):
@@ -89,7 +95,7 @@ use sessions::SessionTable;
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"MSSM";
 /// The snapshot format version this build writes. It also reads every
 /// older version (1, JSON).
-pub const SNAPSHOT_VERSION: u8 = 2;
+pub const SNAPSHOT_VERSION: u8 = 3;
 
 /// The tables of the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

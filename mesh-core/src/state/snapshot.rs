@@ -70,7 +70,9 @@ pub(super) fn decode(bytes: &[u8]) -> Result<StateMachine, SnapshotError> {
     })?;
     let sm = match version {
         1 => decode_v1(body),
-        2 => decode_v2(body),
+        // Version 3 adds optional parts to version 2's sections, which
+        // the same reader knows how to miss.
+        2 | 3 => decode_v2(body),
         _ => return Err(SnapshotError::UnsupportedVersion(version)),
     }
     .map_err(SnapshotError::Malformed)?;

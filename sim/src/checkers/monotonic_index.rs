@@ -6,12 +6,13 @@
 //! a later read reports can never be older than an earlier one's.
 //!
 //! What the index is depends on the read (`mesh_core::wire::query_index`):
-//! a prefix or catalog read carries its table's index, a read of one
-//! existing key that key's `ModifyIndex`. The workload reads the key it
-//! last wrote, whose index only grows from one read to the next, so there
-//! this checks the per-key promise; a stale read there is caught as a
-//! missing key or by linearizability. The table-index form is checked on
-//! the agents' catalog watch (`crate::agents`).
+//! a read of one existing key carries that key's `ModifyIndex`, a prefix
+//! read the highest index under it, a catalog read the last write that
+//! changed what it returns. The workload reads the key it last wrote, whose
+//! index only grows from one read to the next, so there this checks the
+//! per-key promise; a stale read there is caught as a missing key or by
+//! linearizability. The per-service form is checked on the agents' watch
+//! of fcs's health (`crate::agents`).
 
 /// The last index one client saw.
 #[derive(Default, Debug)]

@@ -97,7 +97,8 @@ fn v2_layout_is_pinned() {
     );
     sm.skip(3);
     let body = empty_trailer(kv_body(2, 2, &[("k", b"v", [9, 2, 2, 0])]));
-    let expected = v2(3, &[(1, &body)]);
+    let mut expected = v2(3, &[(1, &body)]);
+    expected[4] = 3;
     assert_eq!(sm.snapshot(), expected);
     assert_eq!(expected.len(), 14 + 9 + 66 + 24);
     assert_eq!(StateMachine::restore(&expected), Ok(sm));
@@ -107,7 +108,7 @@ fn v2_layout_is_pinned() {
 fn v2_round_trips() {
     for sm in [StateMachine::new(), sample()] {
         let bytes = sm.snapshot();
-        assert!(bytes.starts_with(b"MSSM\x02"));
+        assert!(bytes.starts_with(b"MSSM\x03"));
         let back = StateMachine::restore(&bytes).unwrap();
         back.check_invariants();
         assert_eq!(back, sm);
@@ -303,7 +304,7 @@ fn v1_snapshot_still_restores() {
     sm.check_invariants();
     assert_eq!(sm, sample_without_tombstones());
     assert_eq!(sm.digest(), sample().digest(), "the same data");
-    assert!(sm.snapshot().starts_with(b"MSSM\x02"), "rewritten as v2");
+    assert!(sm.snapshot().starts_with(b"MSSM\x03"), "rewritten as v3");
 }
 
 #[test]
@@ -335,7 +336,7 @@ fn header_errors_are_classified() {
     );
     let m = malformed(b"MSSM");
     assert!(m.contains("no version byte"), "{m}");
-    for version in [0, 3, 255] {
+    for version in [0, 4, 255] {
         let mut bytes = sample().snapshot();
         bytes[4] = version;
         assert_eq!(
@@ -343,9 +344,9 @@ fn header_errors_are_classified() {
             Err(SnapshotError::UnsupportedVersion(version))
         );
     }
-    let text = SnapshotError::UnsupportedVersion(3).to_string();
-    assert!(text.contains("version 3 is not supported"), "{text}");
-    assert!(text.contains("reads versions 1 to 2"), "{text}");
+    let text = SnapshotError::UnsupportedVersion(4).to_string();
+    assert!(text.contains("version 4 is not supported"), "{text}");
+    assert!(text.contains("reads versions 1 to 3"), "{text}");
     assert!(text.contains("upgrade this server"), "{text}");
 }
 
