@@ -482,6 +482,19 @@ pub fn query_index(sm: &StateMachine, query: &Query) -> u64 {
     index.max(1)
 }
 
+/// Whether [`query_index`] of `query` is above `since`: what a blocking
+/// query waits for, asked after every applied write, so cheaper than the
+/// index itself where that walks rows (a prefix read asks the recent
+/// changes instead of every key under the prefix).
+pub fn changed_since(sm: &StateMachine, query: &Query, since: u64) -> bool {
+    match query {
+        Query::Kv(KvQuery::List { prefix } | KvQuery::Keys { prefix, .. }) => {
+            since == 0 || sm.kv().prefix_changed_since(prefix, since)
+        }
+        _ => query_index(sm, query) > since,
+    }
+}
+
 /// Evaluates a query against the applied state, with its
 /// [`query_index`].
 pub fn evaluate(sm: &StateMachine, query: &Query) -> (u64, QueryResult) {

@@ -13,6 +13,7 @@ use mesh_core::state::{
     Batch, Command, CommandResult, IntentionCommand, KvCommand, SessionCommand, SnapshotError,
     StateMachine, Table, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
 };
+use mesh_core::wire::{changed_since, query_index, KvQuery, Query};
 use proptest::prelude::*;
 use serde::Serialize;
 
@@ -251,9 +252,36 @@ fn run(sm: &mut StateMachine, entries: &[(u64, Entry)]) -> Vec<Option<CommandRes
                 }
             };
             sm.check_invariants();
+            blocking_prefix_reads_agree(sm, *index);
             result
         })
         .collect()
+}
+
+/// What a blocking prefix read asks after each write (`changed_since`,
+/// from the recent changes) agrees with the prefix's index, through
+/// sessions, locks and their releases too.
+fn blocking_prefix_reads_agree(sm: &StateMachine, index: u64) {
+    let mut prefixes: Vec<String> = vec![String::new()];
+    for e in sm.kv().iter() {
+        for cut in [1, 2] {
+            if let Some(p) = e.key.get(..cut) {
+                prefixes.push(p.to_string());
+            }
+        }
+    }
+    for prefix in prefixes {
+        let query = Query::Kv(KvQuery::List {
+            prefix: prefix.clone(),
+        });
+        for since in [1, index / 2, index.saturating_sub(1), index] {
+            assert_eq!(
+                changed_since(sm, &query, since),
+                query_index(sm, &query) > since,
+                "prefix {prefix:?} since {since} at {index}"
+            );
+        }
+    }
 }
 
 proptest! {

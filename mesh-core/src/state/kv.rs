@@ -243,6 +243,62 @@ pub struct KvStore {
     /// The highest index of a tombstone dropped to keep that bound.
     #[serde(skip)]
     tombstone_floor: u64,
+    /// The keys the latest writes changed, so a blocking prefix read can
+    /// tell whether anything under its prefix changed without walking it.
+    #[serde(skip)]
+    recent: RecentChanges,
+}
+
+/// How many changed keys [`RecentChanges`] remembers.
+const MAX_RECENT: usize = 4096;
+
+/// The keys changed (written or deleted) by the latest writes, oldest
+/// first. A cache, not state: it starts empty however the store was made
+/// (restored, decoded, new) and covers only what was applied since, so it
+/// takes no part in equality, digests or snapshots.
+#[derive(Clone, Debug, Default)]
+struct RecentChanges {
+    /// `Some(i)`: every change at an index above `i` is in `keys`. `None`
+    /// until the first change this cache saw.
+    complete_after: Option<u64>,
+    keys: std::collections::VecDeque<(u64, String)>,
+}
+
+impl PartialEq for RecentChanges {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for RecentChanges {}
+
+impl RecentChanges {
+    /// Records that the write at `index` changed `key`; `table_index` is
+    /// the store's index before that write.
+    fn note(&mut self, table_index: u64, index: u64, key: &str) {
+        self.complete_after.get_or_insert(table_index);
+        self.keys.push_back((index, key.to_string()));
+        if self.keys.len() > MAX_RECENT {
+            if let Some((dropped, _)) = self.keys.pop_front() {
+                self.complete_after = Some(dropped);
+            }
+        }
+    }
+
+    /// Whether a key starting with `prefix` changed after `since`, if this
+    /// cache knows every change after it.
+    fn changed_under(&self, prefix: &str, since: u64) -> Option<bool> {
+        if self.complete_after.is_none_or(|after| since < after) {
+            return None;
+        }
+        Some(
+            self.keys
+                .iter()
+                .rev()
+                .take_while(|(i, _)| *i > since)
+                .any(|(_, k)| k.starts_with(prefix)),
+        )
+    }
 }
 
 /// How many deleted keys the table remembers for prefix indexes.
@@ -312,6 +368,22 @@ impl KvStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(_, &i)| i);
         live.chain(dead).fold(self.tombstone_floor, u64::max)
+    }
+
+    /// Whether [`KvStore::prefix_index`] of `prefix` is above `since`, what
+    /// a blocking prefix read waits for, asked after every write: from the
+    /// recent changes when they reach back that far, instead of walking
+    /// every key under the prefix each time.
+    pub fn prefix_changed_since(&self, prefix: &str, since: u64) -> bool {
+        if self.table_index <= since {
+            return false;
+        }
+        if prefix.is_empty() || self.tombstone_floor > since {
+            return true;
+        }
+        self.recent
+            .changed_under(prefix, since)
+            .unwrap_or_else(|| self.prefix_index(prefix) > since)
     }
 
     /// A store read from a format without tombstones: deletes it cannot
@@ -478,6 +550,7 @@ impl KvStore {
         for (key, change) in changes {
             match change {
                 Some(entry) => {
+                    self.recent.note(self.table_index, index, &key);
                     self.entries.insert(key, entry);
                     changed = true;
                 }
@@ -553,6 +626,7 @@ impl KvStore {
         };
         entry.value = value;
         entry.flags = flags;
+        self.recent.note(self.table_index, index, &entry.key);
         self.entries.insert(entry.key.clone(), entry);
         self.table_index = index;
         true
@@ -586,6 +660,7 @@ impl KvStore {
             } else if let Some(e) = self.entries.get_mut(key) {
                 e.session = None;
                 e.modify_index = index;
+                self.recent.note(self.table_index, index, key);
             }
         }
         self.table_index = index;
@@ -721,6 +796,7 @@ impl KvStore {
         if self.entries.remove(key).is_none() {
             return false;
         }
+        self.recent.note(self.table_index, index, key);
         self.tombstones.insert(key.to_string(), index);
         true
     }
@@ -769,6 +845,7 @@ impl KvStore {
 
     /// The write half of `set` and `cas`; the caller has called `advance`.
     fn write(&mut self, index: u64, key: &str, value: Vec<u8>, flags: u64) {
+        self.recent.note(self.table_index, index, key);
         match self.entries.get_mut(key) {
             Some(entry) => {
                 entry.value = value;
@@ -960,6 +1037,7 @@ impl TableState for KvStore {
             last_index,
             tombstones: BTreeMap::new(),
             tombstone_floor: 0,
+            recent: RecentChanges::default(),
         };
         if !r.is_empty() {
             let count_at = r.offset();

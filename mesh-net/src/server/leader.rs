@@ -132,10 +132,10 @@ impl Server {
             return;
         }
         let mut view = self.view.clone();
-        let current = || self.view.read(|sm| query_index(sm, query));
+        let changed = || self.view.read(|sm| changed_since(sm, query, min_index));
         let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
         let _ = clock::timeout(wait, async {
-            while current() <= min_index {
+            while !changed() {
                 view.changed().await;
             }
         })

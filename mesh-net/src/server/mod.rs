@@ -34,7 +34,7 @@ use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};
 use mesh_core::snapshot_transfer::{Progress, Reassembly, TransferId};
 use mesh_core::state::{Command, CommandResult, Table};
 use mesh_core::wire::{
-    evaluate, query_index, ClusterStatus, Consistency, PeerStatus, Query, ReadRequest,
+    changed_since, evaluate, ClusterStatus, Consistency, PeerStatus, Query, ReadRequest,
     ReadResponse, Request, Response, RpcError,
 };
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, RaftError};

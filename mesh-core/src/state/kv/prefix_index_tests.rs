@@ -27,6 +27,34 @@ fn a_prefix_moves_for_its_own_writes_and_deletes_only() {
     kv.check_invariants();
 }
 
+/// The recent changes reach back only so far: older indexes are answered
+/// by walking the prefix, and a restored store (no recent changes) too.
+#[test]
+fn blocking_prefix_reads_agree_with_the_index_beyond_the_recent_changes() {
+    let mut kv = KvStore::default();
+    kv.set(1, "app/a", b"1".to_vec(), 0);
+    for i in 0..MAX_RECENT as u64 + 10 {
+        kv.set(2 + i, &format!("other/{}", i % 7), Vec::new(), 0);
+    }
+    let last = kv.table_index();
+    assert!(!kv.prefix_changed_since("app/", 1));
+    assert!(kv.prefix_changed_since("app/", 0));
+    assert!(kv.prefix_changed_since("other/", last - 1));
+    assert!(!kv.prefix_changed_since("other/", last));
+    kv.set(last + 1, "app/b", Vec::new(), 0);
+    assert!(kv.prefix_changed_since("app/", last));
+    let mut bytes = Vec::new();
+    kv.encode(&mut bytes);
+    let restored = KvStore::decode(&mut Reader::new(&bytes, 0)).unwrap();
+    for since in [0, 1, last, last + 1] {
+        assert_eq!(
+            restored.prefix_changed_since("app/", since),
+            kv.prefix_changed_since("app/", since),
+            "since {since}"
+        );
+    }
+}
+
 #[test]
 fn old_tombstones_fold_into_the_floor() {
     let mut kv = KvStore::default();
@@ -101,6 +129,34 @@ fn command() -> impl Strategy<Value = KvCommand> {
         (key(), 0u64..12).prop_map(|(key, index)| KvCommand::DeleteCas { key, index }),
         prop::sample::select(vec!["a", "a/", "b", ""])
             .prop_map(|p| KvCommand::DeleteTree { prefix: p.into() }),
+        prop::collection::vec(
+            (
+                prop::sample::select(vec![
+                    "set",
+                    "delete",
+                    "delete-tree",
+                    "cas",
+                    "check-not-exists"
+                ]),
+                key(),
+                0u64..12
+            ),
+            1..4
+        )
+        .prop_map(|ops| KvCommand::Txn {
+            ops: ops
+                .into_iter()
+                .map(|(verb, key, index)| txn::TxnOp {
+                    verb: verb.into(),
+                    key,
+                    value: vec![7],
+                    flags: 0,
+                    index,
+                    session: String::new(),
+                    checked_at: 0,
+                })
+                .collect()
+        }),
     ]
 }
 
@@ -130,6 +186,15 @@ proptest! {
                     prop_assert_eq!(now, index, "{:?} changed by {:?}", p, cmd);
                 } else {
                     prop_assert_eq!(now, was, "{:?} moved though {:?} changed nothing under it", p, cmd);
+                }
+                // What blocking reads ask after every write agrees with
+                // the index, for every index a client could hold.
+                for since in 0..=index {
+                    prop_assert_eq!(
+                        kv.prefix_changed_since(p, since),
+                        now > since,
+                        "{:?} since {} after {:?}", p, since, cmd
+                    );
                 }
             }
         }
