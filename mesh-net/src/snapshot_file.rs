@@ -97,7 +97,7 @@ impl SnapshotFile {
             return Ok(Some((meta, SnapshotBytes::from_shared(bytes))));
         }
         match read_snapshot(self.disk.as_ref()) {
-            Ok(Some((read, data))) if read.snapshot_id == meta.snapshot_id => {
+            Ok(Some((read, data))) if read == meta => {
                 let data = SnapshotBytes::from(data);
                 stored.shared = data.downgrade();
                 Ok(Some((meta, data)))

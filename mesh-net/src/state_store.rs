@@ -205,11 +205,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             inner.snapshots_built += 1;
             snapshot_of(&inner)
         };
-        // A snapshot installed meanwhile is newer: the file keeps it.
-        self.store
+        let stored = self
+            .store
             .file
             .store(&meta, &data)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        if !stored {
+            // A snapshot installed while this one was built is newer.
+            info!(snapshot = %meta.snapshot_id, "kept the newer snapshot already stored");
+        }
         wait_durable(self.store.file.disk()).await;
         info!(last_log_id = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
         Ok(Snapshot {

@@ -861,8 +861,15 @@ impl TableState for CatalogTable {
         if let Ok(true) = result {
             let after = NodeRows::of(self, node);
             let mut indexes = std::mem::take(&mut self.indexes);
+            // Asked for each name that left the node: one walk of the
+            // catalog however many left (a node deregistered with all it
+            // ran).
+            let remaining = std::cell::OnceCell::new();
             indexes.note(index, &before, &after, |name| {
-                self.services.values().any(|s| s.service == name)
+                remaining
+                    .get_or_init(|| self.service_names())
+                    .binary_search_by(|n: &String| n.as_str().cmp(name))
+                    .is_ok()
             });
             self.indexes = indexes;
         }

@@ -1050,16 +1050,9 @@ impl TableState for KvStore {
                     r.remaining()
                 ));
             }
-            let mut previous: Option<&str> = None;
+            let mut previous = None;
             for i in 0..count {
-                let key = r.str32(&|| format!("key of KV lock #{i}"))?;
-                if previous.is_some_and(|p| p >= key) {
-                    return Err(format!(
-                        "KV lock #{i}: key {key:?} does not follow {previous:?} (keys must be \
-                         strictly increasing)"
-                    ));
-                }
-                previous = Some(key);
+                let key = next_key(r, &mut previous, &|| format!("KV lock #{i}"))?;
                 let session = r.str32(&|| format!("session of KV lock #{i}"))?;
                 let Some(entry) = store.entries.get_mut(key) else {
                     return Err(format!(
@@ -1083,16 +1076,9 @@ impl TableState for KvStore {
                 r.remaining()
             ));
         }
-        let mut previous: Option<&str> = None;
+        let mut previous = None;
         for i in 0..count {
-            let key = r.str32(&|| format!("key of KV tombstone #{i}"))?;
-            if previous.is_some_and(|p| p >= key) {
-                return Err(format!(
-                    "KV tombstone #{i}: key {key:?} does not follow {previous:?} (keys must be \
-                     strictly increasing)"
-                ));
-            }
-            previous = Some(key);
+            let key = next_key(r, &mut previous, &|| format!("KV tombstone #{i}"))?;
             let index = r.u64(&|| format!("index of KV tombstone {key:?}"))?;
             store.tombstones.insert(key.to_string(), index);
         }
@@ -1102,6 +1088,24 @@ impl TableState for KvStore {
     fn validate(&self) -> Result<(), String> {
         KvStore::validate(self)
     }
+}
+
+/// Reads the key of the list item `what`, which must sort after the one
+/// before it (`previous`).
+fn next_key<'a>(
+    r: &mut Reader<'a>,
+    previous: &mut Option<&'a str>,
+    what: &dyn Fn() -> String,
+) -> Result<&'a str, String> {
+    let key = r.str32(&|| format!("key of {}", what()))?;
+    if previous.is_some_and(|p| p >= key) {
+        return Err(format!(
+            "{}: key {key:?} does not follow {previous:?} (keys must be strictly increasing)",
+            what()
+        ));
+    }
+    *previous = Some(key);
+    Ok(key)
 }
 
 /// Serde adapter: `Vec<u8>` as a standard-alphabet, padded base64 string.

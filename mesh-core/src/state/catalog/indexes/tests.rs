@@ -101,28 +101,22 @@ fn indexes(t: &CatalogTable) -> [u64; 8] {
     ]
 }
 
+/// fcs's TTL check turns critical at `index`.
+fn fcs_fails(t: &mut CatalogTable, index: u64) {
+    let failing = vec![check("fcs-ttl", "fcs", CheckStatus::Critical)];
+    register(t, index, "fcs00", None, failing);
+}
+
 #[test]
 fn a_check_of_one_service_moves_that_service_and_the_checks_only() {
     let mut t = mesh();
     // connect/fcs: at least the services index (fcc's registration).
     assert_eq!(indexes(&t), [1, 2, 3, 3, 3, 3, 1, 3]);
-    register(
-        &mut t,
-        4,
-        "fcs00",
-        None,
-        vec![check("fcs-ttl", "fcs", CheckStatus::Critical)],
-    );
+    fcs_fails(&mut t, 4);
     // fcc's watchers, the sidecar's and /v1/catalog/services sleep on.
     assert_eq!(indexes(&t), [4, 2, 3, 3, 3, 3, 4, 4]);
     // Re-sending the same status changes nothing at all.
-    register(
-        &mut t,
-        5,
-        "fcs00",
-        None,
-        vec![check("fcs-ttl", "fcs", CheckStatus::Critical)],
-    );
+    fcs_fails(&mut t, 5);
     assert_eq!(indexes(&t), [4, 2, 3, 3, 3, 3, 4, 4]);
 }
 
@@ -183,13 +177,7 @@ fn renaming_an_instance_moves_both_names() {
 #[test]
 fn indexes_survive_a_snapshot_and_an_old_snapshot_gets_the_table_index() {
     let mut t = mesh();
-    register(
-        &mut t,
-        4,
-        "fcs00",
-        None,
-        vec![check("fcs-ttl", "fcs", CheckStatus::Critical)],
-    );
+    fcs_fails(&mut t, 4);
     let mut bytes = Vec::new();
     t.encode(&mut bytes);
     let back = CatalogTable::decode(&mut crate::state::binary::Reader::new(&bytes, 0)).unwrap();
@@ -218,13 +206,7 @@ fn indexes_survive_a_snapshot_and_an_old_snapshot_gets_the_table_index() {
 #[test]
 fn validation_catches_an_index_that_a_change_did_not_move() {
     let mut t = mesh();
-    register(
-        &mut t,
-        4,
-        "fcs00",
-        None,
-        vec![check("fcs-ttl", "fcs", CheckStatus::Critical)],
-    );
+    fcs_fails(&mut t, 4);
     t.indexes.per_service.insert("fcs".into(), 1);
     let e = t.validate().unwrap_err();
     assert!(e.contains("service \"fcs\" has index 1"), "{e}");
