@@ -485,12 +485,14 @@ pub fn query_index(sm: &StateMachine, query: &Query) -> u64 {
 /// Whether [`query_index`] of `query` is above `since`: what a blocking
 /// query waits for, asked after every applied write, so cheaper than the
 /// index itself where that walks rows (a prefix read asks the recent
-/// changes instead of every key under the prefix).
+/// changes instead of every key under the prefix; a connect read first
+/// asks whether anything it could return changed at all).
 pub fn changed_since(sm: &StateMachine, query: &Query, since: u64) -> bool {
     match query {
         Query::Kv(KvQuery::List { prefix } | KvQuery::Keys { prefix, .. }) => {
             since == 0 || sm.kv().prefix_changed_since(prefix, since)
         }
+        Query::Catalog(q) => since == 0 || sm.catalog().changed_since(q, since),
         _ => query_index(sm, query) > since,
     }
 }

@@ -503,6 +503,22 @@ impl CatalogTable {
         self.indexes.of_query(self, query)
     }
 
+    /// Whether [`CatalogTable::query_index`] of `query` is above `since`:
+    /// what a blocking read waits for, asked after every applied write.
+    /// A connect read's index walks every instance to find the proxies; it
+    /// can only have moved if the services or the checks index did (a
+    /// proxy's own index moves with an instance, node or check change, and
+    /// each of those moves one of them), so most writes are answered
+    /// without the walk.
+    pub fn changed_since(&self, query: &CatalogQuery, since: u64) -> bool {
+        if matches!(query, CatalogQuery::Connect { .. })
+            && self.indexes.services.max(self.indexes.checks) <= since
+        {
+            return false;
+        }
+        self.query_index(query) > since
+    }
+
     /// The names that have instances, in order.
     fn service_names(&self) -> Vec<String> {
         let names: std::collections::BTreeSet<&str> =

@@ -336,6 +336,11 @@ proptest! {
                 if exact && !changed {
                     prop_assert_eq!(now, was, "{:?} moved though {:?} changed nothing it returns", q, cmd);
                 }
+                // What blocking reads ask after every write agrees with
+                // the index, for every index a client could hold.
+                for since in 0..=index {
+                    prop_assert_eq!(t.changed_since(q, since), now > since, "{:?} since {}", q, since);
+                }
             }
         }
     }
