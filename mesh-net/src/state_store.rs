@@ -106,9 +106,10 @@ pub struct StateStore {
     applied_tx: watch::Sender<u64>,
 }
 
-/// A snapshot of the applied state, named after the last applied entry and
-/// the count of snapshots this process made.
-fn snapshot_of(inner: &Inner) -> (SnapshotMeta, SnapshotBytes) {
+/// A new snapshot of the applied state, named after the last applied entry
+/// and the count of snapshots this process made.
+fn snapshot_of(inner: &mut Inner) -> (SnapshotMeta, SnapshotBytes) {
+    inner.snapshots_built += 1;
     let last = inner.last_applied;
     let snapshot_id = match last {
         Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, inner.snapshots_built),
@@ -202,8 +203,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (meta, data) = {
             let mut inner = self.store.inner.write().expect("state lock poisoned");
-            inner.snapshots_built += 1;
-            snapshot_of(&inner)
+            snapshot_of(&mut inner)
         };
         let stored = self
             .store
@@ -350,8 +350,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 warn!(%reason, "the stored snapshot cannot be read; sending the applied state");
                 let (meta, data) = {
                     let mut inner = self.inner.write().expect("state lock poisoned");
-                    inner.snapshots_built += 1;
-                    snapshot_of(&inner)
+                    snapshot_of(&mut inner)
                 };
                 if let Err(e) = self.file.store(&meta, &data) {
                     warn!(error = %e, "could not store the snapshot again");

@@ -192,6 +192,15 @@ pub struct NodeService {
     pub modify_index: u64,
 }
 
+impl NodeService {
+    /// Whether this is a sidecar proxy fronting service `name`.
+    pub fn fronts(&self, name: &str) -> bool {
+        self.proxy
+            .as_ref()
+            .is_some_and(|p| p.destination_service_name == name)
+    }
+}
+
 /// A health check on a node or on one of its service instances.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -531,11 +540,7 @@ impl CatalogTable {
         let names: std::collections::BTreeSet<&str> = self
             .services
             .values()
-            .filter(|s| {
-                s.proxy
-                    .as_ref()
-                    .is_some_and(|p| p.destination_service_name == name)
-            })
+            .filter(|s| s.fronts(name))
             .map(|s| s.service.as_str())
             .collect();
         names.into_iter().map(str::to_string).collect()
@@ -554,11 +559,7 @@ impl CatalogTable {
                 self.add_nodes_and_checks(&mut out);
             }
             CatalogQuery::Connect { name } => {
-                out.services = self.entries(|s| {
-                    s.proxy
-                        .as_ref()
-                        .is_some_and(|p| p.destination_service_name == *name)
-                });
+                out.services = self.entries(|s| s.fronts(name));
                 self.add_nodes_and_checks(&mut out);
             }
             CatalogQuery::Node { node } => {

@@ -18,7 +18,8 @@ fn svc(id: &str, name: &str, port: u16) -> NodeService {
     }
 }
 
-fn check(id: &str, service_id: &str, status: CheckStatus) -> HealthCheck {
+/// A check on instance `service_id` (a node check if empty).
+pub(super) fn check(id: &str, service_id: &str, status: CheckStatus) -> HealthCheck {
     HealthCheck {
         check_id: id.into(),
         name: id.into(),

@@ -1,5 +1,6 @@
 use proptest::prelude::*;
 
+use super::super::tests::check;
 use super::super::*;
 use crate::state::TableState;
 
@@ -28,16 +29,6 @@ fn proxy(id: &str, name: &str, fronts: &str) -> NodeService {
             ..ProxyConfig::default()
         }),
         ..svc(id, name)
-    }
-}
-
-fn check(id: &str, service_id: &str, status: CheckStatus) -> HealthCheck {
-    HealthCheck {
-        check_id: id.into(),
-        name: id.into(),
-        service_id: service_id.into(),
-        status,
-        ..HealthCheck::default()
     }
 }
 
