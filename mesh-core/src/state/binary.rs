@@ -68,51 +68,20 @@ impl<'a> Reader<'a> {
         self.base + self.pos
     }
 
-    /// True once every byte was read.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.remaining() == 0
-    }
-
     /// The next `n` bytes, or an error naming `what` if fewer remain.
     pub(crate) fn take(&mut self, n: usize, what: &dyn Fn() -> String) -> Result<&'a [u8], String> {
         if n > self.remaining() {
-            return Err(format!(
-                "at byte {}: {} needs {n} bytes but only {} remain (truncated, or a damaged length)",
-                self.offset(),
-                what(),
-                self.remaining()
-            ));
+            return Err(overrun(self.offset(), n, self.remaining(), what));
         }
         let taken = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
         Ok(taken)
     }
 
-    /// A reader over the next `n` bytes, which this reader skips.
-    pub(crate) fn sub(
-        &mut self,
-        n: usize,
-        what: &dyn Fn() -> String,
-    ) -> Result<Reader<'a>, String> {
-        let base = self.offset();
-        Ok(Reader::new(self.take(n, what)?, base))
-    }
-
-    /// One byte.
-    pub(crate) fn u8(&mut self, what: &dyn Fn() -> String) -> Result<u8, String> {
-        Ok(self.take(1, what)?[0])
-    }
-
     /// A little-endian `u32`.
     pub(crate) fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, String> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes(b.try_into().expect("took 4 bytes")))
-    }
-
-    /// A little-endian `u64`.
-    pub(crate) fn u64(&mut self, what: &dyn Fn() -> String) -> Result<u64, String> {
-        let b = self.take(8, what)?;
-        Ok(u64::from_le_bytes(b.try_into().expect("took 8 bytes")))
     }
 
     /// A `u32`-length-prefixed byte string, borrowed from the input.
@@ -124,17 +93,66 @@ impl<'a> Reader<'a> {
         self.take(len, what)
     }
 
-    /// A `u32`-length-prefixed UTF-8 string, borrowed from the input.
-    pub(crate) fn str32(&mut self, what: &dyn Fn() -> String) -> Result<&'a str, String> {
-        let start = self.offset();
-        let bytes = self.bytes32(what)?;
-        std::str::from_utf8(bytes)
-            .map_err(|e| format!("at byte {start}: {} is not UTF-8 ({e})", what()))
-    }
-
     /// Fails if any byte is left: a body must be exactly as long as its
     /// header says, or something upstream miscounted.
     pub(crate) fn finish(&self, what: &str) -> Result<(), String> {
+        self.finish_input(what)
+    }
+}
+
+/// What a table decoder reads from: a slice ([`Reader`]) or a stream
+/// ([`StreamReader`], a snapshot section read from disk a piece at a time).
+/// Every read is checked against [`Input::remaining`] before anything is
+/// allocated, so a forged length costs an error, not memory.
+pub(crate) trait Input {
+    /// Bytes not yet read.
+    fn remaining(&self) -> usize;
+    /// Absolute offset of the next byte, for error messages.
+    fn offset(&self) -> usize;
+    /// The next `buf.len()` bytes, or an error naming `what` if fewer remain.
+    fn fill(&mut self, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<(), String>;
+
+    /// True once every byte was read.
+    fn is_empty(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    /// The next `n` bytes as a new vector, checked against what remains
+    /// before the vector is allocated.
+    fn vec(&mut self, n: usize, what: &dyn Fn() -> String) -> Result<Vec<u8>, String> {
+        if n > self.remaining() {
+            return Err(overrun(self.offset(), n, self.remaining(), what));
+        }
+        let mut out = vec![0; n];
+        self.fill(&mut out, what)?;
+        Ok(out)
+    }
+
+    /// A little-endian `u64`.
+    fn u64_le(&mut self, what: &dyn Fn() -> String) -> Result<u64, String> {
+        let mut b = [0; 8];
+        self.fill(&mut b, what)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// A `u32`-length-prefixed byte string.
+    fn vec32(&mut self, what: &dyn Fn() -> String) -> Result<Vec<u8>, String> {
+        let mut b = [0; 4];
+        self.fill(&mut b, &|| format!("length of {}", what()))?;
+        let len = usize::try_from(u32::from_le_bytes(b))
+            .map_err(|_| format!("{} is too long", what()))?;
+        self.vec(len, what)
+    }
+
+    /// A `u32`-length-prefixed UTF-8 string.
+    fn string32(&mut self, what: &dyn Fn() -> String) -> Result<String, String> {
+        let start = self.offset();
+        String::from_utf8(self.vec32(what)?)
+            .map_err(|e| format!("at byte {start}: {} is not UTF-8 ({e})", what()))
+    }
+
+    /// Fails if any byte is left (see [`Reader::finish`]).
+    fn finish_input(&self, what: &str) -> Result<(), String> {
         if self.is_empty() {
             Ok(())
         } else {
@@ -144,6 +162,89 @@ impl<'a> Reader<'a> {
                 self.remaining()
             ))
         }
+    }
+}
+
+fn overrun(offset: usize, n: usize, remaining: usize, what: &dyn Fn() -> String) -> String {
+    format!(
+        "at byte {offset}: {} needs {n} bytes but only {remaining} remain (truncated, or a \
+         damaged length)",
+        what()
+    )
+}
+
+impl Input for Reader<'_> {
+    fn remaining(&self) -> usize {
+        Reader::remaining(self)
+    }
+
+    fn offset(&self) -> usize {
+        Reader::offset(self)
+    }
+
+    fn fill(&mut self, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<(), String> {
+        buf.copy_from_slice(self.take(buf.len(), what)?);
+        Ok(())
+    }
+}
+
+/// Reads `len` bytes of a snapshot from a stream, never more: the bytes a
+/// section or a whole snapshot announces, read from a file or a transfer
+/// piece by piece, so a gigabyte of state is never one buffer.
+pub(crate) struct StreamReader<'r> {
+    source: &'r mut dyn std::io::Read,
+    remaining: usize,
+    offset: usize,
+}
+
+impl<'r> StreamReader<'r> {
+    /// A reader of the next `len` bytes of `source`, which start at offset
+    /// `base` of the snapshot.
+    pub(crate) fn new(source: &'r mut dyn std::io::Read, len: usize, base: usize) -> Self {
+        StreamReader {
+            source,
+            remaining: len,
+            offset: base,
+        }
+    }
+
+    /// A reader of the next `n` bytes, which this reader counts as read:
+    /// the caller reads the section to its end (or gives up on the whole
+    /// snapshot). Fails if fewer than `n` remain.
+    pub(crate) fn section(
+        &mut self,
+        n: usize,
+        what: &dyn Fn() -> String,
+    ) -> Result<StreamReader<'_>, String> {
+        if n > self.remaining {
+            return Err(overrun(self.offset, n, self.remaining, what));
+        }
+        let base = self.offset;
+        self.remaining -= n;
+        self.offset += n;
+        Ok(StreamReader::new(&mut *self.source, n, base))
+    }
+}
+
+impl Input for StreamReader<'_> {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn offset(&self) -> usize {
+        self.offset
+    }
+
+    fn fill(&mut self, buf: &mut [u8], what: &dyn Fn() -> String) -> Result<(), String> {
+        if buf.len() > self.remaining {
+            return Err(overrun(self.offset, buf.len(), self.remaining, what));
+        }
+        self.source
+            .read_exact(buf)
+            .map_err(|e| format!("at byte {}: reading {}: {e}", self.offset, what()))?;
+        self.remaining -= buf.len();
+        self.offset += buf.len();
+        Ok(())
     }
 }
 
@@ -165,11 +266,11 @@ mod tests {
         put_bytes32(&mut out, "é".as_bytes());
         assert_eq!(out.len(), 1 + 4 + 8 + (4 + 2) + (4 + 2));
         let mut r = Reader::new(&out, 0);
-        assert_eq!(r.u8(&what), Ok(7));
+        assert_eq!(r.take(1, &what), Ok(&[7u8][..]));
         assert_eq!(r.u32(&what), Ok(0xdead_beef));
-        assert_eq!(r.u64(&what), Ok(u64::MAX - 1));
+        assert_eq!(r.u64_le(&what), Ok(u64::MAX - 1));
         assert_eq!(r.bytes32(&what), Ok(&b"\x00\xff"[..]));
-        assert_eq!(r.str32(&what), Ok("é"));
+        assert_eq!(r.string32(&what), Ok("é".to_string()));
         assert!(r.is_empty());
         assert_eq!(r.finish("all"), Ok(()));
     }
@@ -205,7 +306,7 @@ mod tests {
         put_bytes32(&mut out, b"\xff\xfe");
         out.push(0);
         let mut r = Reader::new(&out, 0);
-        let err = r.str32(&what).unwrap_err();
+        let err = r.string32(&what).unwrap_err();
         assert!(err.contains("the thing is not UTF-8"), "{err}");
 
         let mut r = Reader::new(&out, 0);
@@ -218,14 +319,31 @@ mod tests {
     }
 
     #[test]
-    fn sub_reader_reports_absolute_offsets() {
+    fn stream_sections_report_absolute_offsets() {
         let input = [0u8; 6];
-        let mut r = Reader::new(&input, 10);
-        r.take(2, &what).unwrap();
-        let mut sub = r.sub(3, &what).unwrap();
-        assert_eq!(sub.offset(), 12);
+        let mut source = &input[..];
+        let mut r = StreamReader::new(&mut source, 6, 10);
+        r.vec(2, &what).unwrap();
+        {
+            let mut section = r.section(3, &what).unwrap();
+            assert_eq!(section.offset(), 12);
+            let err = section.u64_le(&what).unwrap_err();
+            assert!(err.starts_with("at byte 12:"), "{err}");
+        }
         assert_eq!(r.remaining(), 1);
-        let err = sub.u64(&what).unwrap_err();
-        assert!(err.starts_with("at byte 12:"), "{err}");
+        assert_eq!(r.offset(), 15);
+        let err = r.section(2, &what).map(|_| ()).unwrap_err();
+        assert!(err.contains("needs 2 bytes but only 1 remain"), "{err}");
+    }
+
+    /// A stream that ends before the length it announced is an error that
+    /// names the offset, as a short slice is.
+    #[test]
+    fn short_stream_is_an_error() {
+        let input = [1u8, 0, 0, 0];
+        let mut source = &input[..];
+        let mut r = StreamReader::new(&mut source, 8, 0);
+        let err = r.u64_le(&what).unwrap_err();
+        assert!(err.starts_with("at byte 0: reading the thing"), "{err}");
     }
 }

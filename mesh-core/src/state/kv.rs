@@ -50,7 +50,7 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
-use super::binary::{put_bytes32, put_u64, Reader};
+use super::binary::{put_bytes32, put_u64, Input, Reader};
 use super::{CommandResult, Table, TableState};
 use crate::hash::Fnv1a64;
 
@@ -898,6 +898,192 @@ impl<'a> Iterator for Under<'a, '_> {
 /// entries are read.
 const MIN_ENTRY_LEN: usize = 4 + 4 + 4 * 8;
 
+/// Bytes the KV section body is written out in: large enough that a
+/// writer sees few calls, small enough that a gigabyte of state is never
+/// a second gigabyte in memory.
+const WRITE_BUFFER_LEN: usize = 1 << 20;
+
+impl KvStore {
+    /// The length [`KvStore::write_body`] writes, known before it writes
+    /// (a section's header carries its body's length).
+    pub(super) fn body_len(&self) -> u64 {
+        let str32 = |s: &[u8]| 4 + s.len() as u64;
+        let mut len = 3 * 8;
+        for e in self.entries.values() {
+            len += str32(e.key.as_bytes()) + str32(&e.value) + 4 * 8;
+        }
+        len += 8;
+        for e in self.entries.values() {
+            if let Some(session) = &e.session {
+                len += str32(e.key.as_bytes()) + str32(session.as_bytes());
+            }
+        }
+        len += 2 * 8;
+        for key in self.tombstones.keys() {
+            len += str32(key.as_bytes()) + 8;
+        }
+        len
+    }
+
+    /// Writes the section body to `out` a buffer at a time:
+    ///
+    /// ```text
+    /// [table_index u64][last_index u64][entry count u64]
+    /// entry × count, keys strictly increasing:
+    ///   [key len u32][key UTF-8][value len u32][value]
+    ///   [flags u64][create_index u64][modify_index u64][lock_index u64]
+    /// [lock count u64] lock × count, keys strictly increasing:
+    ///   [key len u32][key UTF-8][session len u32][session UTF-8]
+    /// [tombstone floor u64][tombstone count u64] tombstone × count, keys
+    /// strictly increasing:
+    ///   [key len u32][key UTF-8][delete index u64]
+    /// ```
+    ///
+    /// Older builds wrote no tombstones, and wrote the lock list only if
+    /// some key was locked; both are read, and such a store is taken to
+    /// have had deletes up to its table index.
+    pub(super) fn write_body(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(WRITE_BUFFER_LEN);
+        let spill = |buf: &mut Vec<u8>, out: &mut dyn std::io::Write| {
+            if buf.len() < WRITE_BUFFER_LEN {
+                return Ok(());
+            }
+            out.write_all(buf)?;
+            buf.clear();
+            Ok::<(), std::io::Error>(())
+        };
+        put_u64(&mut buf, self.table_index);
+        put_u64(&mut buf, self.last_index);
+        put_u64(&mut buf, self.entries.len() as u64);
+        for e in self.entries.values() {
+            put_bytes32(&mut buf, e.key.as_bytes());
+            put_bytes32(&mut buf, &e.value);
+            put_u64(&mut buf, e.flags);
+            put_u64(&mut buf, e.create_index);
+            put_u64(&mut buf, e.modify_index);
+            put_u64(&mut buf, e.lock_index);
+            spill(&mut buf, out)?;
+        }
+        let locked = self.entries.values().filter(|e| e.session.is_some());
+        put_u64(&mut buf, locked.clone().count() as u64);
+        for e in locked {
+            put_bytes32(&mut buf, e.key.as_bytes());
+            put_bytes32(
+                &mut buf,
+                e.session.as_deref().unwrap_or_default().as_bytes(),
+            );
+            spill(&mut buf, out)?;
+        }
+        put_u64(&mut buf, self.tombstone_floor);
+        put_u64(&mut buf, self.tombstones.len() as u64);
+        for (key, &i) in &self.tombstones {
+            put_bytes32(&mut buf, key.as_bytes());
+            put_u64(&mut buf, i);
+        }
+        out.write_all(&buf)
+    }
+
+    /// Reads a section body written by [`KvStore::write_body`] (or by an
+    /// older build), from a slice or a stream alike.
+    pub(super) fn read_body(r: &mut impl Input) -> Result<KvStore, String> {
+        let table_index = r.u64_le(&|| "KV table index".into())?;
+        let last_index = r.u64_le(&|| "KV last index".into())?;
+        let count_at = r.offset();
+        let count = r.u64_le(&|| "KV entry count".into())?;
+        let max_count = r.remaining() / MIN_ENTRY_LEN;
+        if count > max_count as u64 {
+            return Err(format!(
+                "at byte {count_at}: KV entry count {count} cannot fit in the {} bytes that \
+                 remain (at most {max_count} entries)",
+                r.remaining()
+            ));
+        }
+        // Bounded by the input length just above.
+        let mut entries: Vec<(String, KvEntry)> = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let key = r.string32(&|| format!("key of KV entry #{i}"))?;
+            if let Some((prev, _)) = entries.last() {
+                if *prev >= key {
+                    return Err(format!(
+                        "KV entry #{i}: key {key:?} does not follow {prev:?} (keys must be \
+                         strictly increasing)"
+                    ));
+                }
+            }
+            let what = |field: &str| format!("{field} of KV key {key:?}");
+            let value = r.vec32(&|| what("value"))?;
+            let flags = r.u64_le(&|| what("flags"))?;
+            let create_index = r.u64_le(&|| what("create index"))?;
+            let modify_index = r.u64_le(&|| what("modify index"))?;
+            let lock_index = r.u64_le(&|| what("lock index"))?;
+            let entry = KvEntry {
+                key: key.clone(),
+                value,
+                flags,
+                create_index,
+                modify_index,
+                lock_index,
+                session: None,
+            };
+            entries.push((key, entry));
+        }
+        let mut store = KvStore {
+            // Sorted and unique (checked above), so `collect` builds the
+            // tree in one pass.
+            entries: entries.into_iter().collect(),
+            table_index,
+            last_index,
+            tombstones: BTreeMap::new(),
+            tombstone_floor: 0,
+            recent: RecentChanges::default(),
+        };
+        if !r.is_empty() {
+            let count_at = r.offset();
+            let count = r.u64_le(&|| "KV lock count".into())?;
+            if count > (r.remaining() / 8) as u64 || (count == 0 && r.is_empty()) {
+                return Err(format!(
+                    "at byte {count_at}: KV lock count {count} does not fit the {} bytes that \
+                     remain (or is 0 with no tombstones after it, which older builds wrote \
+                     as no lock list)",
+                    r.remaining()
+                ));
+            }
+            let mut previous = None;
+            for i in 0..count {
+                let key = next_key(r, &mut previous, &|| format!("KV lock #{i}"))?;
+                let session = r.string32(&|| format!("session of KV lock #{i}"))?;
+                let Some(entry) = store.entries.get_mut(&key) else {
+                    return Err(format!(
+                        "KV lock #{i} is for key {key:?}, which is not stored"
+                    ));
+                };
+                entry.session = Some(session);
+            }
+        }
+        if r.is_empty() {
+            store.assume_unseen_deletes();
+            return Ok(store);
+        }
+        store.tombstone_floor = r.u64_le(&|| "KV tombstone floor".into())?;
+        let count_at = r.offset();
+        let count = r.u64_le(&|| "KV tombstone count".into())?;
+        if count > MAX_TOMBSTONES as u64 || count > (r.remaining() / 12) as u64 {
+            return Err(format!(
+                "at byte {count_at}: KV tombstone count {count} is above {MAX_TOMBSTONES} or \
+                 does not fit the {} bytes that remain",
+                r.remaining()
+            ));
+        }
+        let mut previous = None;
+        for i in 0..count {
+            let key = next_key(r, &mut previous, &|| format!("KV tombstone #{i}"))?;
+            let index = r.u64_le(&|| format!("index of KV tombstone {key:?}"))?;
+            store.tombstones.insert(key, index);
+        }
+        Ok(store)
+    }
+}
+
 impl TableState for KvStore {
     const TABLE: Table = Table::Kv;
     type Command = KvCommand;
@@ -942,147 +1128,14 @@ impl TableState for KvStore {
         // agreeing on the data.
     }
 
-    /// ```text
-    /// [table_index u64][last_index u64][entry count u64]
-    /// entry × count, keys strictly increasing:
-    ///   [key len u32][key UTF-8][value len u32][value]
-    ///   [flags u64][create_index u64][modify_index u64][lock_index u64]
-    /// [lock count u64] lock × count, keys strictly increasing:
-    ///   [key len u32][key UTF-8][session len u32][session UTF-8]
-    /// [tombstone floor u64][tombstone count u64] tombstone × count, keys
-    /// strictly increasing:
-    ///   [key len u32][key UTF-8][delete index u64]
-    /// ```
-    ///
-    /// Older builds wrote no tombstones, and wrote the lock list only if
-    /// some key was locked; both are read, and such a store is taken to
-    /// have had deletes up to its table index.
+    /// The layout is on [`KvStore::write_body`].
     fn encode(&self, out: &mut Vec<u8>) {
-        put_u64(out, self.table_index);
-        put_u64(out, self.last_index);
-        put_u64(out, self.entries.len() as u64);
-        for e in self.entries.values() {
-            put_bytes32(out, e.key.as_bytes());
-            put_bytes32(out, &e.value);
-            put_u64(out, e.flags);
-            put_u64(out, e.create_index);
-            put_u64(out, e.modify_index);
-            put_u64(out, e.lock_index);
-        }
-        let locked: Vec<(&str, &str)> = self
-            .entries
-            .values()
-            .filter_map(|e| Some((e.key.as_str(), e.session.as_deref()?)))
-            .collect();
-        put_u64(out, locked.len() as u64);
-        for (key, session) in locked {
-            put_bytes32(out, key.as_bytes());
-            put_bytes32(out, session.as_bytes());
-        }
-        put_u64(out, self.tombstone_floor);
-        put_u64(out, self.tombstones.len() as u64);
-        for (key, &i) in &self.tombstones {
-            put_bytes32(out, key.as_bytes());
-            put_u64(out, i);
-        }
+        self.write_body(out)
+            .expect("writing to a vector cannot fail");
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, String> {
-        let table_index = r.u64(&|| "KV table index".into())?;
-        let last_index = r.u64(&|| "KV last index".into())?;
-        let count_at = r.offset();
-        let count = r.u64(&|| "KV entry count".into())?;
-        let max_count = r.remaining() / MIN_ENTRY_LEN;
-        if count > max_count as u64 {
-            return Err(format!(
-                "at byte {count_at}: KV entry count {count} cannot fit in the {} bytes that \
-                 remain (at most {max_count} entries)",
-                r.remaining()
-            ));
-        }
-        // Bounded by the input length just above.
-        let mut entries: Vec<(String, KvEntry)> = Vec::with_capacity(count as usize);
-        for i in 0..count {
-            let key = r.str32(&|| format!("key of KV entry #{i}"))?;
-            if let Some((prev, _)) = entries.last() {
-                if prev.as_str() >= key {
-                    return Err(format!(
-                        "KV entry #{i}: key {key:?} does not follow {prev:?} (keys must be \
-                         strictly increasing)"
-                    ));
-                }
-            }
-            let what = |field: &str| format!("{field} of KV key {key:?}");
-            let value = r.bytes32(&|| what("value"))?.to_vec();
-            let flags = r.u64(&|| what("flags"))?;
-            let create_index = r.u64(&|| what("create index"))?;
-            let modify_index = r.u64(&|| what("modify index"))?;
-            let lock_index = r.u64(&|| what("lock index"))?;
-            let entry = KvEntry {
-                key: key.to_string(),
-                value,
-                flags,
-                create_index,
-                modify_index,
-                lock_index,
-                session: None,
-            };
-            entries.push((key.to_string(), entry));
-        }
-        let mut store = KvStore {
-            // Sorted and unique (checked above), so `collect` builds the
-            // tree in one pass.
-            entries: entries.into_iter().collect(),
-            table_index,
-            last_index,
-            tombstones: BTreeMap::new(),
-            tombstone_floor: 0,
-            recent: RecentChanges::default(),
-        };
-        if !r.is_empty() {
-            let count_at = r.offset();
-            let count = r.u64(&|| "KV lock count".into())?;
-            if count > (r.remaining() / 8) as u64 || (count == 0 && r.is_empty()) {
-                return Err(format!(
-                    "at byte {count_at}: KV lock count {count} does not fit the {} bytes that \
-                     remain (or is 0 with no tombstones after it, which older builds wrote \
-                     as no lock list)",
-                    r.remaining()
-                ));
-            }
-            let mut previous = None;
-            for i in 0..count {
-                let key = next_key(r, &mut previous, &|| format!("KV lock #{i}"))?;
-                let session = r.str32(&|| format!("session of KV lock #{i}"))?;
-                let Some(entry) = store.entries.get_mut(key) else {
-                    return Err(format!(
-                        "KV lock #{i} is for key {key:?}, which is not stored"
-                    ));
-                };
-                entry.session = Some(session.to_string());
-            }
-        }
-        if r.is_empty() {
-            store.assume_unseen_deletes();
-            return Ok(store);
-        }
-        store.tombstone_floor = r.u64(&|| "KV tombstone floor".into())?;
-        let count_at = r.offset();
-        let count = r.u64(&|| "KV tombstone count".into())?;
-        if count > MAX_TOMBSTONES as u64 || count > (r.remaining() / 12) as u64 {
-            return Err(format!(
-                "at byte {count_at}: KV tombstone count {count} is above {MAX_TOMBSTONES} or \
-                 does not fit the {} bytes that remain",
-                r.remaining()
-            ));
-        }
-        let mut previous = None;
-        for i in 0..count {
-            let key = next_key(r, &mut previous, &|| format!("KV tombstone #{i}"))?;
-            let index = r.u64(&|| format!("index of KV tombstone {key:?}"))?;
-            store.tombstones.insert(key.to_string(), index);
-        }
-        Ok(store)
+        KvStore::read_body(r)
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -1092,19 +1145,19 @@ impl TableState for KvStore {
 
 /// Reads the key of the list item `what`, which must sort after the one
 /// before it (`previous`).
-fn next_key<'a>(
-    r: &mut Reader<'a>,
-    previous: &mut Option<&'a str>,
+fn next_key(
+    r: &mut impl Input,
+    previous: &mut Option<String>,
     what: &dyn Fn() -> String,
-) -> Result<&'a str, String> {
-    let key = r.str32(&|| format!("key of {}", what()))?;
-    if previous.is_some_and(|p| p >= key) {
+) -> Result<String, String> {
+    let key = r.string32(&|| format!("key of {}", what()))?;
+    if previous.as_ref().is_some_and(|p| *p >= key) {
         return Err(format!(
             "{}: key {key:?} does not follow {previous:?} (keys must be strictly increasing)",
             what()
         ));
     }
-    *previous = Some(key);
+    *previous = Some(key.clone());
     Ok(key)
 }
 

@@ -611,6 +611,26 @@ impl StateMachine {
         snapshot::decode(bytes)
     }
 
+    /// Writes the bytes of [`StateMachine::snapshot`] to `out` a piece at a
+    /// time (at most about a megabyte in memory beyond the state itself),
+    /// so a gigabyte of state is written to a file without a second
+    /// gigabyte in memory. The caller owns the I/O; `out` errors pass
+    /// through.
+    pub fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        snapshot::write(self, out)
+    }
+
+    /// [`StateMachine::restore`] from the next `len` bytes of `source`,
+    /// read a piece at a time: the KV table straight into the state, so
+    /// restoring costs the restored state, not the snapshot bytes too. An
+    /// error reading `source` is [`SnapshotError::Malformed`] naming it.
+    pub fn restore_from(
+        source: &mut dyn std::io::Read,
+        len: u64,
+    ) -> Result<StateMachine, SnapshotError> {
+        snapshot::decode_from(source, len)
+    }
+
     /// Panics if the state is inconsistent: each table's own invariants,
     /// and no table write after [`StateMachine::last_applied`].
     pub fn check_invariants(&self) {
