@@ -88,6 +88,37 @@ pub fn record_header(kind: u8, payload: &[u8]) -> [u8; RECORD_HEADER_LEN] {
     h
 }
 
+/// The fields of a record header, for readers that take a large file a
+/// record at a time instead of scanning it whole (a snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Payload length as stored (unchecked: compare with
+    /// [`MAX_RECORD_LEN`] and the file's length before reading it).
+    pub len: u32,
+    /// Stored checksum over kind and payload.
+    pub crc: u32,
+    /// Stored kind.
+    pub kind: u8,
+}
+
+impl Header {
+    /// Splits the header bytes into their fields.
+    pub fn parse(bytes: [u8; RECORD_HEADER_LEN]) -> Header {
+        let [l0, l1, l2, l3, c0, c1, c2, c3, kind] = bytes;
+        Header {
+            len: u32::from_le_bytes([l0, l1, l2, l3]),
+            crc: u32::from_le_bytes([c0, c1, c2, c3]),
+            kind,
+        }
+    }
+
+    /// Whether `payload` is the payload this header describes: its
+    /// length and checksum match.
+    pub fn matches(&self, payload: &[u8]) -> bool {
+        payload.len() == self.len as usize && checksum(self.kind, payload) == self.crc
+    }
+}
+
 /// One valid record found by [`scan`], borrowing from the scanned bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -270,6 +301,16 @@ fn checksum(kind: u8, payload: &[u8]) -> u32 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn headers_parse_and_check_their_payload() {
+        let h = Header::parse(record_header(7, b"abc"));
+        assert_eq!((h.len, h.kind), (3, 7));
+        assert!(h.matches(b"abc"));
+        assert!(!h.matches(b"abd"));
+        assert!(!h.matches(b"abcd"));
+        assert!(!Header { kind: 8, ..h }.matches(b"abc"));
+    }
 
     fn file(records: &[(u8, &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -1,4 +1,4 @@
-//! Snapshot transfer in chunks: the receiving side's reassembly.
+//! Snapshot transfer in chunks: the receiving side's decisions.
 //!
 //! A snapshot can be far larger than one RPC frame, so the leader sends it
 //! as a sequence of chunks `(offset, bytes)` and the follower answers each
@@ -8,8 +8,10 @@
 //! "I already hold N bytes" for the same snapshot, and the leader goes on
 //! from N instead of resending everything.
 //!
-//! Only one transfer is kept at a time (a newer snapshot replaces it), so
-//! the receiver's memory is bounded by one snapshot.
+//! [`Reassembly`] decides what to do with each chunk; the caller stores
+//! the bytes (the server appends them to a file, so a gigabyte snapshot is
+//! never a gigabyte in memory). Only one transfer is kept at a time (a
+//! newer snapshot replaces it).
 
 /// Largest snapshot a receiver accepts, so a hostile or broken peer cannot
 /// make it reserve unbounded memory.
@@ -29,7 +31,24 @@ pub struct TransferId {
     pub total_len: u64,
 }
 
-/// What the receiver holds after a chunk.
+/// What the receiver does with a chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The first chunk of a new transfer: drop whatever was stored, store
+    /// this chunk, then call [`Reassembly::stored`].
+    Begin,
+    /// The next chunk of the current transfer: store it after what is
+    /// stored, then call [`Reassembly::stored`].
+    Append,
+    /// A duplicate, early or orphan chunk: keep nothing of it and answer
+    /// that the first `held` bytes are here.
+    Answer {
+        /// Bytes held so far.
+        held: u64,
+    },
+}
+
+/// What the receiver holds after storing a chunk.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progress {
     /// The first `held` bytes are here; send from there.
@@ -37,8 +56,8 @@ pub enum Progress {
         /// Bytes held so far.
         held: u64,
     },
-    /// Every byte is here: install these.
-    Complete(Vec<u8>),
+    /// Every byte is here: install them.
+    Complete,
 }
 
 /// A chunk the receiver refuses: the peer is broken; nothing is kept.
@@ -62,7 +81,8 @@ pub enum ChunkError {
 /// The receiving side of chunked snapshot transfers.
 #[derive(Debug, Default)]
 pub struct Reassembly {
-    current: Option<(TransferId, Vec<u8>)>,
+    /// The transfer in progress and the bytes stored of it.
+    current: Option<(TransferId, u64)>,
 }
 
 impl Reassembly {
@@ -71,23 +91,17 @@ impl Reassembly {
         Self::default()
     }
 
-    /// Takes one chunk and says what the receiver now holds.
+    /// Decides what to do with a chunk of `len` bytes at `offset`.
     ///
     /// A chunk of another transfer than the current one starts a new
     /// transfer if it is the first chunk (offset 0), and is otherwise
     /// answered with `held: 0` so the sender restarts. Duplicate or early
     /// chunks of the current transfer change nothing and are answered with
     /// what is held, so the sender resumes at the right place.
-    pub fn accept(
-        &mut self,
-        id: TransferId,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<Progress, ChunkError> {
+    pub fn accept(&mut self, id: TransferId, offset: u64, len: u64) -> Result<Step, ChunkError> {
         if id.total_len > MAX_SNAPSHOT_LEN {
             return Err(ChunkError::TooLarge(id.total_len));
         }
-        let len = data.len() as u64;
         if offset.checked_add(len).is_none_or(|end| end > id.total_len) {
             return Err(ChunkError::PastEnd {
                 offset,
@@ -95,32 +109,50 @@ impl Reassembly {
                 total: id.total_len,
             });
         }
-        let same = self.current.as_ref().is_some_and(|(cur, _)| *cur == id);
-        if !same {
-            if offset != 0 {
-                return Ok(Progress::Partial { held: 0 });
+        match &self.current {
+            Some((cur, held)) if *cur == id => Ok(if offset == *held {
+                Step::Append
+            } else {
+                Step::Answer { held: *held }
+            }),
+            _ if offset != 0 => Ok(Step::Answer { held: 0 }),
+            _ => {
+                self.current = Some((id, 0));
+                Ok(Step::Begin)
             }
-            // Reserve what the announcement says, but no more than one chunk
-            // ahead: a lying total cannot reserve memory it never sends.
-            let reserve = (id.total_len as usize).min(2 * CHUNK_LEN);
-            self.current = Some((id, Vec::with_capacity(reserve)));
         }
-        let (cur, buf) = self.current.as_mut().expect("set above");
-        if offset == buf.len() as u64 {
-            buf.extend_from_slice(data);
+    }
+
+    /// Notes that the `len` bytes of the chunk [`Reassembly::accept`] let
+    /// through are stored.
+    ///
+    /// # Panics
+    ///
+    /// If no transfer is in progress: the caller stores only what
+    /// `accept` let through, and calls this once per such chunk.
+    pub fn stored(&mut self, len: u64) -> Progress {
+        let (id, held) = self
+            .current
+            .as_mut()
+            .expect("stored() follows an accept() that let a chunk through");
+        *held += len;
+        if *held == id.total_len {
+            self.current = None;
+            Progress::Complete
+        } else {
+            Progress::Partial { held: *held }
         }
-        if buf.len() as u64 == cur.total_len {
-            let (_, bytes) = self.current.take().expect("set above");
-            return Ok(Progress::Complete(bytes));
-        }
-        Ok(Progress::Partial {
-            held: buf.len() as u64,
-        })
+    }
+
+    /// Forgets the transfer in progress (its bytes could not be stored):
+    /// the sender is told to start over.
+    pub fn abandon(&mut self) {
+        self.current = None;
     }
 
     /// Bytes held by the transfer in progress (0 when idle).
     pub fn held(&self) -> u64 {
-        self.current.as_ref().map_or(0, |(_, b)| b.len() as u64)
+        self.current.as_ref().map_or(0, |(_, held)| *held)
     }
 }
 
@@ -136,89 +168,113 @@ mod tests {
         }
     }
 
+    /// A receiver and what it stored, as the server keeps them.
+    #[derive(Default)]
+    struct Receiver {
+        r: Reassembly,
+        stored: Vec<u8>,
+    }
+
+    impl Receiver {
+        /// One chunk, as the server handles it: the answer, or the
+        /// complete bytes.
+        fn chunk(
+            &mut self,
+            id: TransferId,
+            offset: u64,
+            data: &[u8],
+        ) -> Result<Progress, ChunkError> {
+            match self.r.accept(id, offset, data.len() as u64)? {
+                Step::Answer { held } => return Ok(Progress::Partial { held }),
+                Step::Begin => self.stored.clear(),
+                Step::Append => {}
+            }
+            self.stored.extend_from_slice(data);
+            Ok(self.r.stored(data.len() as u64))
+        }
+    }
+
     #[test]
     fn chunks_in_order_complete_the_snapshot() {
-        let mut r = Reassembly::new();
+        let mut r = Receiver::default();
         assert_eq!(
-            r.accept(id("s", 5), 0, b"ab"),
+            r.chunk(id("s", 5), 0, b"ab"),
             Ok(Progress::Partial { held: 2 })
         );
         assert_eq!(
-            r.accept(id("s", 5), 2, b"cd"),
+            r.chunk(id("s", 5), 2, b"cd"),
             Ok(Progress::Partial { held: 4 })
         );
-        assert_eq!(
-            r.accept(id("s", 5), 4, b"e"),
-            Ok(Progress::Complete(b"abcde".to_vec()))
-        );
-        assert_eq!(r.held(), 0);
+        assert_eq!(r.chunk(id("s", 5), 4, b"e"), Ok(Progress::Complete));
+        assert_eq!(r.stored, b"abcde");
+        assert_eq!(r.r.held(), 0);
     }
 
     #[test]
     fn a_restarted_sender_resumes_where_the_receiver_is() {
-        let mut r = Reassembly::new();
-        r.accept(id("s", 6), 0, b"ab").unwrap();
-        r.accept(id("s", 6), 2, b"cd").unwrap();
+        let mut r = Receiver::default();
+        r.chunk(id("s", 6), 0, b"ab").unwrap();
+        r.chunk(id("s", 6), 2, b"cd").unwrap();
         // The connection dropped; the sender starts over at 0.
         assert_eq!(
-            r.accept(id("s", 6), 0, b"ab"),
-            Ok(Progress::Partial { held: 4 })
+            r.r.accept(id("s", 6), 0, 2),
+            Ok(Step::Answer { held: 4 }),
+            "nothing stored twice"
         );
-        assert_eq!(
-            r.accept(id("s", 6), 4, b"ef"),
-            Ok(Progress::Complete(b"abcdef".to_vec()))
-        );
+        assert_eq!(r.chunk(id("s", 6), 4, b"ef"), Ok(Progress::Complete));
+        assert_eq!(r.stored, b"abcdef");
     }
 
     #[test]
     fn a_gap_is_answered_with_what_is_held() {
-        let mut r = Reassembly::new();
-        r.accept(id("s", 6), 0, b"ab").unwrap();
-        assert_eq!(
-            r.accept(id("s", 6), 4, b"ef"),
-            Ok(Progress::Partial { held: 2 })
-        );
-        assert_eq!(r.held(), 2);
+        let mut r = Receiver::default();
+        r.chunk(id("s", 6), 0, b"ab").unwrap();
+        assert_eq!(r.r.accept(id("s", 6), 4, 2), Ok(Step::Answer { held: 2 }));
+        assert_eq!(r.r.held(), 2);
     }
 
     #[test]
     fn a_new_snapshot_replaces_the_old_transfer() {
-        let mut r = Reassembly::new();
-        r.accept(id("old", 4), 0, b"ab").unwrap();
+        let mut r = Receiver::default();
+        r.chunk(id("old", 4), 0, b"ab").unwrap();
         // A middle chunk of an unknown transfer: start over.
+        assert_eq!(r.r.accept(id("new", 4), 2, 2), Ok(Step::Answer { held: 0 }));
         assert_eq!(
-            r.accept(id("new", 4), 2, b"cd"),
-            Ok(Progress::Partial { held: 0 })
-        );
-        assert_eq!(
-            r.held(),
+            r.r.held(),
             2,
             "the old transfer is kept until a new one starts"
         );
-        assert_eq!(
-            r.accept(id("new", 4), 0, b"wx"),
-            Ok(Progress::Partial { held: 2 })
-        );
-        assert_eq!(
-            r.accept(id("new", 4), 2, b"yz"),
-            Ok(Progress::Complete(b"wxyz".to_vec()))
-        );
+        assert_eq!(r.r.accept(id("new", 4), 0, 2), Ok(Step::Begin));
+        r.stored.clear();
+        r.stored.extend_from_slice(b"wx");
+        assert_eq!(r.r.stored(2), Progress::Partial { held: 2 });
+        assert_eq!(r.chunk(id("new", 4), 2, b"yz"), Ok(Progress::Complete));
+        assert_eq!(r.stored, b"wxyz");
     }
 
     #[test]
     fn an_empty_snapshot_completes_at_once() {
-        let mut r = Reassembly::new();
-        assert_eq!(
-            r.accept(id("e", 0), 0, b""),
-            Ok(Progress::Complete(Vec::new()))
-        );
+        let mut r = Receiver::default();
+        assert_eq!(r.chunk(id("e", 0), 0, b""), Ok(Progress::Complete));
+    }
+
+    /// A chunk that could not be stored abandons the transfer: the next
+    /// chunk is answered `held: 0`, and the sender starts over.
+    #[test]
+    fn an_abandoned_transfer_starts_over() {
+        let mut r = Receiver::default();
+        r.chunk(id("s", 6), 0, b"ab").unwrap();
+        assert_eq!(r.r.accept(id("s", 6), 2, 2), Ok(Step::Append));
+        r.r.abandon();
+        assert_eq!(r.r.accept(id("s", 6), 2, 2), Ok(Step::Answer { held: 0 }));
+        assert_eq!(r.r.accept(id("s", 6), 0, 2), Ok(Step::Begin));
     }
 
     #[test]
     fn broken_chunks_are_refused() {
         let mut r = Reassembly::new();
         assert_eq!(
-            r.accept(id("s", 2), 1, b"ab"),
+            r.accept(id("s", 2), 1, 2),
             Err(ChunkError::PastEnd {
                 offset: 1,
                 len: 2,
@@ -226,7 +282,7 @@ mod tests {
             })
         );
         assert_eq!(
-            r.accept(id("s", 2), u64::MAX, b"a"),
+            r.accept(id("s", 2), u64::MAX, 1),
             Err(ChunkError::PastEnd {
                 offset: u64::MAX,
                 len: 1,
@@ -234,7 +290,7 @@ mod tests {
             })
         );
         assert_eq!(
-            r.accept(id("s", MAX_SNAPSHOT_LEN + 1), 0, b""),
+            r.accept(id("s", MAX_SNAPSHOT_LEN + 1), 0, 1),
             Err(ChunkError::TooLarge(MAX_SNAPSHOT_LEN + 1))
         );
         assert_eq!(r.held(), 0);

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -29,12 +29,17 @@ pub trait Disk: Send + Sync + 'static {
     /// Replaces `name` with `bytes` durably: after a crash the file holds
     /// either the old or the new content, never a mix.
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
-    /// [`Disk::write_atomic`] of the parts one after another, without
-    /// joining them in memory first (a snapshot's gigabyte is written from
-    /// where it lies).
-    fn write_atomic_parts(&self, name: &str, parts: &[&[u8]]) -> io::Result<()> {
-        self.write_atomic(name, &parts.concat())
-    }
+    /// Up to `len` bytes of `name` from `offset` (fewer at its end): a large
+    /// file (a snapshot) is read a window at a time, never whole.
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// The length of `name`, or `None` if it does not exist.
+    fn len(&self, name: &str) -> io::Result<Option<u64>>;
+    /// Replaces `to` with `from` (which the caller synced) and makes that
+    /// durable: after a crash `to` holds its old or its new content, never
+    /// a mix. `from` is gone afterwards.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Removes `name` if it exists.
+    fn remove(&self, name: &str) -> io::Result<()>;
     /// A human-readable location, for error messages.
     fn describe(&self, name: &str) -> String;
     /// Extra time a sync takes beyond the call itself. Real disks spend it
@@ -156,22 +161,50 @@ impl Disk for FileDisk {
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.write_atomic_parts(name, &[bytes])
-    }
-
-    fn write_atomic_parts(&self, name: &str, parts: &[&[u8]]) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{name}.tmp"));
+        let tmp = format!("{name}.tmp");
         {
-            let mut f = File::create(&tmp)?;
-            for part in parts {
-                f.write_all(part)?;
-            }
+            let mut f = File::create(self.dir.join(&tmp))?;
+            f.write_all(bytes)?;
             f.sync_all()?;
         }
-        // Drop our append handle first: it would keep writing to the old inode.
-        self.open.lock().expect("disk lock poisoned").remove(name);
-        fs::rename(&tmp, self.dir.join(name))?;
+        self.rename(&tmp, name)
+    }
+
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut f = File::open(self.dir.join(name))?;
+        f.seek(io::SeekFrom::Start(offset))?;
+        let mut buf = Vec::with_capacity(len);
+        f.take(len as u64).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn len(&self, name: &str) -> io::Result<Option<u64>> {
+        match fs::metadata(self.dir.join(name)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        // Drop our append handles first: they would keep writing to the
+        // inodes the names no longer point to.
+        {
+            let mut open = self.open.lock().expect("disk lock poisoned");
+            open.remove(from);
+            open.remove(to);
+        }
+        fs::rename(self.dir.join(from), self.dir.join(to))?;
         self.sync_dir()
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.open.lock().expect("disk lock poisoned").remove(name);
+        match fs::remove_file(self.dir.join(name)) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn describe(&self, name: &str) -> String {
@@ -408,6 +441,38 @@ impl Disk for MemDisk {
         Ok(())
     }
 
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let files = self.files.lock().expect("disk lock poisoned");
+        let f = files
+            .get(name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no file {name}")))?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(f.data.len());
+        let end = start.saturating_add(len).min(f.data.len());
+        Ok(f.data[start..end].to_vec())
+    }
+
+    fn len(&self, name: &str) -> io::Result<Option<u64>> {
+        let files = self.files.lock().expect("disk lock poisoned");
+        Ok(files.get(name).map(|f| f.data.len() as u64))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let moved = self
+            .files
+            .lock()
+            .expect("disk lock poisoned")
+            .remove(from)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no file {from}")))?;
+        self.write_atomic(to, &moved.data)
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.files.lock().expect("disk lock poisoned").remove(name);
+        Ok(())
+    }
+
     fn sync_latency(&self) -> std::time::Duration {
         let us = self
             .base_sync_latency_us
@@ -441,6 +506,24 @@ mod tests {
         disk.append("a", b"+").unwrap();
         disk.sync("a").unwrap();
         assert_eq!(disk.read("a").unwrap().unwrap(), b"new+");
+        assert_eq!(disk.len("a").unwrap(), Some(4));
+        assert_eq!(disk.len("b").unwrap(), None);
+        assert_eq!(disk.read_at("a", 1, 2).unwrap(), b"ew");
+        assert_eq!(disk.read_at("a", 3, 10).unwrap(), b"+");
+        assert_eq!(disk.read_at("a", 9, 10).unwrap(), b"");
+        assert!(disk.read_at("b", 0, 1).is_err());
+        disk.append("b", b"staged").unwrap();
+        disk.sync("b").unwrap();
+        disk.rename("b", "a").unwrap();
+        assert_eq!(disk.read("a").unwrap().unwrap(), b"staged");
+        assert_eq!(disk.read("b").unwrap(), None);
+        // Appends after a rename go to the file the name now holds.
+        disk.append("a", b"!").unwrap();
+        disk.sync("a").unwrap();
+        assert_eq!(disk.read("a").unwrap().unwrap(), b"staged!");
+        disk.remove("a").unwrap();
+        disk.remove("a").unwrap();
+        assert_eq!(disk.read("a").unwrap(), None);
     }
 
     #[test]

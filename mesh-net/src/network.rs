@@ -27,6 +27,7 @@ use crate::raft_types::{
     Vote,
 };
 use crate::rpc::{CallError, RpcClient, RpcRequest};
+use crate::snapshot_file::SNAPSHOT_PART_LEN;
 
 /// Creates a [`PeerNetwork`] per replication target.
 #[derive(Clone)]
@@ -241,17 +242,27 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<SnapshotResponse<u64>, StreamingError<TypeConfig, Fatal<u64>>> {
         let data = *snapshot.snapshot;
-        let total_len = data.len() as u64;
+        let total_len = data.len();
         let mut cancel = std::pin::pin!(cancel);
         let mut offset: u64 = 0;
         // Each chunk moves the transfer forward or tells where the follower
         // is; bound the exchanges anyway so a confused peer cannot keep the
-        // replication task here forever.
-        let max_exchanges = 2 * (data.len() / CHUNK_LEN + 2);
+        // replication task here forever. Chunks end at record boundaries
+        // of the file, so there are at most two per record.
+        let records = total_len / SNAPSHOT_PART_LEN as u64 + 2;
+        let max_exchanges = 2 * (total_len / CHUNK_LEN as u64 + 2 * records);
         for _ in 0..max_exchanges {
-            let start = usize::try_from(offset).expect("offset within the snapshot");
-            let end = (start + CHUNK_LEN).min(data.len());
-            let last = end == data.len();
+            // A part of the stored file, read and checked a record at a
+            // time: the transfer holds one record, not the snapshot.
+            let bytes = if offset == total_len {
+                Vec::new()
+            } else {
+                data.read(offset, CHUNK_LEN).map_err(|e| {
+                    warn!(error = %e, "cannot read the snapshot being sent");
+                    StreamingError::Network(NetworkError::new(&AnyError::error(e)))
+                })?
+            };
+            let last = offset + bytes.len() as u64 == total_len;
             // The last chunk makes the follower install the snapshot, which
             // takes time in proportion to its size.
             let timeout = if last {
@@ -264,7 +275,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
                 meta: snapshot.meta.clone(),
                 total_len,
                 offset,
-                data: data[start..end].to_vec(),
+                data: bytes,
             });
             let reply = tokio::select! {
                 biased;

@@ -1,7 +1,6 @@
 //! The openraft type configuration of the mesh and the Raft RPC payloads.
 
 use std::fmt;
-use std::sync::Arc;
 
 use mesh_core::state::{Command, CommandResult};
 use openraft::error::{Fatal, RaftError};
@@ -38,49 +37,12 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = ServerNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = SnapshotBytes,
+        SnapshotData = SnapshotData,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
         AsyncRuntime = MeshRuntime,
 );
 
-/// A snapshot's bytes, shared: openraft's copy and the ones being sent to
-/// followers are one allocation (with a plain `Vec` each was a copy, and a
-/// 1 GiB state cost 4 GiB on the leader).
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct SnapshotBytes(Arc<Vec<u8>>);
-
-impl SnapshotBytes {
-    /// Bytes someone else holds too.
-    pub fn from_shared(bytes: Arc<Vec<u8>>) -> Self {
-        SnapshotBytes(bytes)
-    }
-
-    /// A handle that finds these bytes while anyone still holds them.
-    pub fn downgrade(&self) -> std::sync::Weak<Vec<u8>> {
-        Arc::downgrade(&self.0)
-    }
-}
-
-impl From<Vec<u8>> for SnapshotBytes {
-    fn from(bytes: Vec<u8>) -> Self {
-        SnapshotBytes(Arc::new(bytes))
-    }
-}
-
-impl std::ops::Deref for SnapshotBytes {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// The length only: a snapshot is too large to print.
-impl fmt::Debug for SnapshotBytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SnapshotBytes({} bytes)", self.0.len())
-    }
-}
+pub use crate::snapshot_file::SnapshotData;
 
 /// The Raft instance of a server.
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -1,142 +1,164 @@
-//! `snapshot.bin`: the latest snapshot of a server's state, and what the
-//! process knows of it.
+//! `snapshot.bin`: the latest snapshot of a server's state, written, sent,
+//! received and restored a record at a time, so a server's memory is its
+//! state plus a few megabytes, never its state twice.
 //!
-//! The file is replaced atomically. It holds a first record
-//! `[meta_len: u32 LE][meta JSON][state bytes, up to 64 MiB]` and one
-//! record per further 64 MiB of state bytes. The bytes are not kept in
-//! memory: a transfer reads them back (several transfers at once share one
-//! read), so a server's memory is its state, not twice its state.
+//! The file holds a first record `[meta_len: u32 LE][meta JSON][state
+//! bytes]` and one record per further part of the state bytes, each
+//! checksummed (`mesh_core::record`). This build writes parts of
+//! [`SNAPSHOT_PART_LEN`]; files of older builds (parts of 64 MiB) read
+//! alike.
 //!
-//! Writes are serialized and an older snapshot never replaces a newer one
-//! (a slow build finishing after an install of a later snapshot would
-//! otherwise put the file back in time).
+//! - A snapshot is built into `snapshot.building` while the state is
+//!   written out a buffer at a time, synced, and renamed over
+//!   `snapshot.bin`.
+//! - A snapshot from the leader arrives in chunks, each appended to
+//!   `snapshot.incoming` as a record of its own (with the meta in the
+//!   first), so the file that arrives is a snapshot file like any other.
+//!   Once whole it is synced and renamed to `snapshot.received`, restored
+//!   from there a record at a time, and renamed over `snapshot.bin`.
+//! - A transfer to a follower reads the stored file a part at a time and
+//!   checks each part's checksum before sending it.
+//!
+//! An older snapshot never replaces a newer one (a slow build finishing
+//! after an install of a later snapshot would otherwise put the file back
+//! in time).
 
-use std::sync::{Arc, Mutex, Weak};
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
 
-use mesh_core::record;
+use mesh_core::record::{self, Header, MAX_RECORD_LEN, RECORD_HEADER_LEN};
+use mesh_core::state::StateMachine;
 
-use crate::disk::Disk;
-use crate::log_store::{read_record_spans, FileKind, OpenError};
-use crate::raft_types::{SnapshotBytes, SnapshotMeta};
+use crate::disk::{wait_durable, Disk};
+use crate::log_store::OpenError;
+use crate::raft_types::SnapshotMeta;
 
 pub(crate) const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// A snapshot being built, until it replaces [`SNAPSHOT_FILE`].
+const BUILDING_FILE: &str = "snapshot.building";
+/// A snapshot arriving from the leader, chunk by chunk.
+pub(crate) const INCOMING_FILE: &str = "snapshot.incoming";
+/// A snapshot that arrived whole, while it is restored.
+const RECEIVED_FILE: &str = "snapshot.received";
 const KIND_SNAPSHOT: u8 = 6;
 /// The rest of a snapshot's bytes, after its first record.
 const KIND_SNAPSHOT_MORE: u8 = 7;
-/// Snapshot bytes per record: a state larger than one record may hold
-/// (`record::MAX_RECORD_LEN`, 256 MiB) is stored as several. One record
-/// made every server panic once its state passed 256 MiB (found by
-/// `examples/join_large` at 1 GiB).
-const SNAPSHOT_PART_LEN: usize = 64 << 20;
+/// State bytes per record this build writes: the unit a transfer reads,
+/// checks and sends, so also what a transfer holds in memory.
+pub(crate) const SNAPSHOT_PART_LEN: usize = 4 << 20;
 
-/// A snapshot read from the file: its meta and its state bytes.
-pub(crate) type Found = (SnapshotMeta, Vec<u8>);
-
-/// `snapshot.bin` of one server.
-pub(crate) struct SnapshotFile {
-    disk: Arc<dyn Disk>,
-    state: Mutex<Stored>,
+/// Where a snapshot's state bytes lie in its file: its records, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Layout {
+    parts: Vec<Part>,
 }
 
-/// What the file holds, as this process last wrote or read it.
-#[derive(Default)]
-struct Stored {
-    /// The meta of the snapshot in the file, if any.
-    meta: Option<SnapshotMeta>,
-    /// Its bytes, while some transfer still holds them.
-    shared: Weak<Vec<u8>>,
+/// One record of a snapshot file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Part {
+    /// Offset of the record's header in the file.
+    at: u64,
+    header: Header,
+    /// Where the state bytes start in the payload (after the meta, in the
+    /// first record).
+    state_from: u32,
 }
 
-impl SnapshotFile {
-    /// The file on `disk` and the snapshot in it, if any.
-    pub(crate) fn open(disk: Arc<dyn Disk>) -> Result<(SnapshotFile, Option<Found>), OpenError> {
-        let found = read_snapshot(disk.as_ref())?;
-        let stored = Stored {
-            meta: found.as_ref().map(|(m, _)| m.clone()),
-            shared: Weak::new(),
-        };
-        let file = SnapshotFile {
-            disk,
-            state: Mutex::new(stored),
-        };
-        Ok((file, found))
+impl Part {
+    fn state_len(&self) -> u64 {
+        u64::from(self.header.len - self.state_from)
+    }
+}
+
+impl Layout {
+    /// Length of the state bytes.
+    pub(crate) fn state_len(&self) -> u64 {
+        self.parts.iter().map(Part::state_len).sum()
     }
 
-    /// The disk the file lives on.
-    pub(crate) fn disk(&self) -> &dyn Disk {
-        self.disk.as_ref()
-    }
-
-    /// Replaces the file with this snapshot unless it holds a newer one;
-    /// says whether it wrote. Not durable until `wait_durable`.
-    pub(crate) fn store(&self, meta: &SnapshotMeta, data: &SnapshotBytes) -> std::io::Result<bool> {
-        let mut stored = self.state.lock().expect("snapshot file lock poisoned");
-        if stored
-            .meta
-            .as_ref()
-            .is_some_and(|m| m.last_log_id > meta.last_log_id)
-        {
-            return Ok(false);
-        }
-        write_snapshot(self.disk.as_ref(), meta, data)?;
-        stored.meta = Some(meta.clone());
-        stored.shared = data.downgrade();
-        Ok(true)
-    }
-
-    /// The stored snapshot for a transfer: the bytes another transfer
-    /// holds, or read back from the file. An error says why the file does
-    /// not hold what this process wrote there (read failure, removed,
-    /// replaced by someone else).
-    pub(crate) fn current(&self) -> Result<Option<(SnapshotMeta, SnapshotBytes)>, String> {
-        let mut stored = self.state.lock().expect("snapshot file lock poisoned");
-        let Some(meta) = stored.meta.clone() else {
-            return Ok(None);
-        };
-        if let Some(bytes) = stored.shared.upgrade() {
-            return Ok(Some((meta, SnapshotBytes::from_shared(bytes))));
-        }
-        match read_snapshot(self.disk.as_ref()) {
-            Ok(Some((read, data))) if read == meta => {
-                let data = SnapshotBytes::from(data);
-                stored.shared = data.downgrade();
-                Ok(Some((meta, data)))
+    /// The part holding state byte `offset`, and where that part's state
+    /// bytes start.
+    fn part_at(&self, offset: u64) -> Option<(usize, u64)> {
+        let mut start = 0;
+        for (i, p) in self.parts.iter().enumerate() {
+            if offset < start + p.state_len() {
+                return Some((i, start));
             }
-            Ok(Some((read, _))) => Err(format!(
-                "{} holds snapshot {}, not {}",
-                self.disk.describe(SNAPSHOT_FILE),
-                read.snapshot_id,
-                meta.snapshot_id
-            )),
-            Ok(None) => Err(format!("{} is gone", self.disk.describe(SNAPSHOT_FILE))),
-            Err(e) => Err(e.to_string()),
+            start += p.state_len();
+        }
+        None
+    }
+}
+
+/// Reads the record `part` of `name` and checks its checksum: the payload.
+fn read_part(disk: &dyn Disk, name: &str, part: &Part) -> Result<Vec<u8>, String> {
+    let len = part.header.len as usize;
+    let bytes = disk
+        .read_at(name, part.at, RECORD_HEADER_LEN + len)
+        .map_err(|e| format!("{}: {e}", disk.describe(name)))?;
+    let damaged = |why: &str| {
+        format!(
+            "{}: snapshot record at byte {}: {why}",
+            disk.describe(name),
+            part.at
+        )
+    };
+    let (head, payload) = bytes
+        .split_at_checked(RECORD_HEADER_LEN)
+        .ok_or_else(|| damaged("truncated header"))?;
+    let head: [u8; RECORD_HEADER_LEN] = head.try_into().expect("split at the header length");
+    if Header::parse(head) != part.header {
+        return Err(damaged("its header changed since the file was opened"));
+    }
+    if !part.header.matches(payload) {
+        return Err(damaged("checksum mismatch (damaged on disk)"));
+    }
+    Ok(bytes[RECORD_HEADER_LEN..].to_vec())
+}
+
+/// The state bytes of a snapshot file as a stream, one checked record at a
+/// time.
+struct PartsReader<'a> {
+    disk: &'a dyn Disk,
+    name: &'a str,
+    parts: &'a [Part],
+    payload: Vec<u8>,
+    pos: usize,
+}
+
+impl<'a> PartsReader<'a> {
+    fn new(disk: &'a dyn Disk, name: &'a str, layout: &'a Layout) -> Self {
+        PartsReader {
+            disk,
+            name,
+            parts: &layout.parts,
+            payload: Vec::new(),
+            pos: 0,
         }
     }
 }
 
-/// Replaces the snapshot file with `meta` and `data`: a first record of
-/// the meta and up to [`SNAPSHOT_PART_LEN`] bytes, then one record per
-/// further part. Only the first record is built in memory; the other parts
-/// are written from `data` itself.
-fn write_snapshot(disk: &dyn Disk, meta: &SnapshotMeta, data: &[u8]) -> std::io::Result<()> {
-    let meta_json = serde_json::to_vec(meta).expect("snapshot meta serializes");
-    let (first, rest) = data.split_at(data.len().min(SNAPSHOT_PART_LEN));
-    let mut payload = Vec::with_capacity(4 + meta_json.len() + first.len());
-    payload.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
-    payload.extend_from_slice(&meta_json);
-    payload.extend_from_slice(first);
-    let mut head = Vec::with_capacity(record::RECORD_HEADER_LEN + payload.len());
-    record::encode_record(KIND_SNAPSHOT, &payload, &mut head);
-    let headers: Vec<[u8; record::RECORD_HEADER_LEN]> = rest
-        .chunks(SNAPSHOT_PART_LEN)
-        .map(|part| record::record_header(KIND_SNAPSHOT_MORE, part))
-        .collect();
-    let mut parts: Vec<&[u8]> = vec![&head];
-    for (header, part) in headers.iter().zip(rest.chunks(SNAPSHOT_PART_LEN)) {
-        parts.push(header);
-        parts.push(part);
+impl Read for PartsReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.payload.len() {
+            let Some((part, rest)) = self.parts.split_first() else {
+                return Ok(0);
+            };
+            self.payload = read_part(self.disk, self.name, part).map_err(io::Error::other)?;
+            self.pos = part.state_from as usize;
+            self.parts = rest;
+        }
+        let n = buf.len().min(self.payload.len() - self.pos);
+        buf[..n].copy_from_slice(&self.payload[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
-    disk.write_atomic_parts(SNAPSHOT_FILE, &parts)
+}
+
+/// Restores the state a snapshot file holds, a record at a time.
+fn restore_file(disk: &dyn Disk, name: &str, layout: &Layout) -> Result<StateMachine, String> {
+    let mut parts = PartsReader::new(disk, name, layout);
+    StateMachine::restore_from(&mut parts, layout.state_len()).map_err(|e| e.to_string())
 }
 
 /// The meta of a snapshot's first record, and where its state bytes start
@@ -155,190 +177,496 @@ fn decode_snapshot_head(payload: &[u8]) -> Result<(SnapshotMeta, usize), String>
     Ok((meta, meta_end))
 }
 
-/// The snapshot in `snapshot.bin`, if there is one: its meta and the state
-/// bytes. The state bytes are the file's own buffer with the record
-/// headers and the meta squeezed out in place, so the file is held once.
-fn read_snapshot(disk: &dyn Disk) -> Result<Option<Found>, OpenError> {
-    let Some((mut bytes, spans)) = read_record_spans(
-        disk,
-        SNAPSHOT_FILE,
-        FileKind::Atomic,
-        &[KIND_SNAPSHOT, KIND_SNAPSHOT_MORE],
-    )?
-    else {
+/// The meta and the layout of the snapshot file `name`, from its record
+/// headers (and the first record, checked): `None` if there is no file or
+/// it is empty. Errors name the byte offset of the damage.
+fn read_layout(
+    disk: &dyn Disk,
+    name: &str,
+) -> Result<Option<(SnapshotMeta, Layout)>, (u64, String)> {
+    let io_err = |e: io::Error| (0, format!("{e}"));
+    let Some(file_len) = disk.len(name).map_err(io_err)? else {
         return Ok(None);
     };
-    let undecodable = |offset: u64, reason: String| OpenError::Undecodable {
-        file: disk.describe(SNAPSHOT_FILE),
-        offset,
-        reason,
-    };
-    let Some((first, more)) = spans.split_first() else {
+    if file_len == 0 {
         return Ok(None);
-    };
-    if first.kind != KIND_SNAPSHOT {
-        return Err(undecodable(
-            first.offset,
-            "snapshot file does not start with its header record".into(),
-        ));
     }
-    let (meta, data_start) = decode_snapshot_head(&bytes[first.payload.clone()])
-        .map_err(|e| undecodable(first.offset, e))?;
-    let mut end = 0;
-    let mut keep = |bytes: &mut Vec<u8>, range: std::ops::Range<usize>| {
-        let len = range.len();
-        bytes.copy_within(range, end);
-        end += len;
-    };
-    keep(
-        &mut bytes,
-        first.payload.start + data_start..first.payload.end,
-    );
-    for part in more {
-        if part.kind != KIND_SNAPSHOT_MORE {
-            return Err(undecodable(
-                part.offset,
-                "a second snapshot header in one file".into(),
+    let mut layout = Layout::default();
+    let mut meta = None;
+    let mut at = 0u64;
+    while at < file_len {
+        let head = disk.read_at(name, at, RECORD_HEADER_LEN).map_err(io_err)?;
+        let head: [u8; RECORD_HEADER_LEN] = head
+            .try_into()
+            .map_err(|_| (at, "truncated record header (a torn write?)".to_string()))?;
+        let header = Header::parse(head);
+        let end = at + (RECORD_HEADER_LEN as u64) + u64::from(header.len);
+        if header.len as usize > MAX_RECORD_LEN || end > file_len {
+            return Err((
+                at,
+                format!(
+                    "record length {} runs past the file's {file_len} bytes",
+                    header.len
+                ),
             ));
         }
-        keep(&mut bytes, part.payload.clone());
+        let expected = if meta.is_none() {
+            KIND_SNAPSHOT
+        } else {
+            KIND_SNAPSHOT_MORE
+        };
+        if header.kind != expected {
+            return Err((
+                at,
+                format!("record kind {} where {expected} belongs", header.kind),
+            ));
+        }
+        let mut part = Part {
+            at,
+            header,
+            state_from: 0,
+        };
+        if meta.is_none() {
+            let payload = read_part(disk, name, &part).map_err(|e| (at, e))?;
+            let (m, state_from) = decode_snapshot_head(&payload).map_err(|e| (at, e))?;
+            meta = Some(m);
+            part.state_from = u32::try_from(state_from).expect("within a record");
+        }
+        layout.parts.push(part);
+        at = end;
     }
-    bytes.truncate(end);
-    Ok(Some((meta, bytes)))
+    Ok(meta.map(|m| (m, layout)))
+}
+
+/// Appends a snapshot's records to a file: the first carries the meta,
+/// each holds up to [`SNAPSHOT_PART_LEN`] state bytes.
+struct RecordWriter<'a> {
+    disk: &'a dyn Disk,
+    name: &'static str,
+    /// The meta prefix while the first record is unwritten.
+    first: Option<Vec<u8>>,
+    buf: Vec<u8>,
+    layout: Layout,
+    file_len: u64,
+}
+
+impl<'a> RecordWriter<'a> {
+    /// A writer of a new `name` (whatever was there is removed).
+    fn create(disk: &'a dyn Disk, name: &'static str, meta: &SnapshotMeta) -> io::Result<Self> {
+        disk.remove(name)?;
+        let meta_json = serde_json::to_vec(meta).expect("snapshot meta serializes");
+        let mut first = Vec::with_capacity(4 + meta_json.len());
+        first.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
+        first.extend_from_slice(&meta_json);
+        Ok(RecordWriter {
+            disk,
+            name,
+            first: Some(first),
+            buf: Vec::new(),
+            layout: Layout::default(),
+            file_len: 0,
+        })
+    }
+
+    /// A writer that goes on appending to a file it wrote before.
+    fn resume(disk: &'a dyn Disk, name: &'static str, layout: Layout) -> Self {
+        let file_len = layout.parts.last().map_or(0, |p| {
+            p.at + (RECORD_HEADER_LEN as u64) + u64::from(p.header.len)
+        });
+        RecordWriter {
+            disk,
+            name,
+            first: None,
+            buf: Vec::new(),
+            layout,
+            file_len,
+        }
+    }
+
+    /// Writes `state` (at most [`SNAPSHOT_PART_LEN`] bytes) as one record.
+    fn write_record(&mut self, state: &[u8]) -> io::Result<()> {
+        let (kind, payload, state_from) = match self.first.take() {
+            Some(mut first) => {
+                let state_from = first.len();
+                first.extend_from_slice(state);
+                (KIND_SNAPSHOT, first, state_from)
+            }
+            None => (KIND_SNAPSHOT_MORE, Vec::new(), 0),
+        };
+        let payload: &[u8] = if kind == KIND_SNAPSHOT {
+            &payload
+        } else {
+            state
+        };
+        let head = record::record_header(kind, payload);
+        self.disk.append(self.name, &head)?;
+        self.disk.append(self.name, payload)?;
+        self.layout.parts.push(Part {
+            at: self.file_len,
+            header: Header::parse(head),
+            state_from: u32::try_from(state_from).expect("the meta is small"),
+        });
+        self.file_len += (RECORD_HEADER_LEN + payload.len()) as u64;
+        Ok(())
+    }
+
+    /// Writes what is buffered (the first record even if empty) and
+    /// returns where everything lies.
+    fn finish(mut self) -> io::Result<Layout> {
+        let rest = std::mem::take(&mut self.buf);
+        if !rest.is_empty() || self.first.is_some() {
+            self.write_record(&rest)?;
+        }
+        Ok(self.layout)
+    }
+}
+
+impl Write for RecordWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= SNAPSHOT_PART_LEN {
+            let full = std::mem::take(&mut self.buf);
+            let mut parts = full.chunks_exact(SNAPSHOT_PART_LEN);
+            for part in parts.by_ref() {
+                self.write_record(part)?;
+            }
+            self.buf = parts.remainder().to_vec();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A snapshot written to a staging file, not yet in place.
+pub(crate) struct Staged {
+    name: &'static str,
+    meta: SnapshotMeta,
+    layout: Layout,
+}
+
+/// `snapshot.bin` of one server.
+pub(crate) struct SnapshotFile {
+    disk: Arc<dyn Disk>,
+    state: Mutex<Stored>,
+}
+
+/// What the file holds, as this process last wrote or read it.
+#[derive(Default)]
+struct Stored {
+    /// The snapshot in the file, if any.
+    current: Option<(SnapshotMeta, Arc<Layout>)>,
+    /// Why the file cannot be sent, once a transfer found out.
+    damaged: Option<String>,
+    /// The snapshot arriving in [`INCOMING_FILE`].
+    incoming: Option<(SnapshotMeta, Layout)>,
+}
+
+impl SnapshotFile {
+    /// The file on `disk` and the state restored from it, if any. Staging
+    /// files a crash left behind are removed.
+    pub(crate) fn open(
+        disk: Arc<dyn Disk>,
+    ) -> Result<(SnapshotFile, Option<(SnapshotMeta, StateMachine)>), OpenError> {
+        let io = |name: &str, source: io::Error| OpenError::Io {
+            file: disk.describe(name),
+            source,
+        };
+        for stale in [BUILDING_FILE, INCOMING_FILE, RECEIVED_FILE] {
+            disk.remove(stale).map_err(|e| io(stale, e))?;
+        }
+        let undecodable = |(offset, reason): (u64, String)| OpenError::Undecodable {
+            file: disk.describe(SNAPSHOT_FILE),
+            offset,
+            reason,
+        };
+        let found = read_layout(disk.as_ref(), SNAPSHOT_FILE).map_err(undecodable)?;
+        let restored = match &found {
+            None => None,
+            Some((meta, layout)) => {
+                let sm = restore_file(disk.as_ref(), SNAPSHOT_FILE, layout)
+                    .map_err(|e| undecodable((0, e)))?;
+                Some((meta.clone(), sm))
+            }
+        };
+        let stored = Stored {
+            current: found.map(|(m, l)| (m, Arc::new(l))),
+            ..Stored::default()
+        };
+        let file = SnapshotFile {
+            disk,
+            state: Mutex::new(stored),
+        };
+        Ok((file, restored))
+    }
+
+    /// The disk the file lives on.
+    pub(crate) fn disk(&self) -> &dyn Disk {
+        self.disk.as_ref()
+    }
+
+    /// Writes a new snapshot to the staging file, `write` handing out the
+    /// state bytes a piece at a time. Not in place until [`Self::commit`].
+    pub(crate) fn build(
+        &self,
+        meta: &SnapshotMeta,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<Staged> {
+        let mut writer = RecordWriter::create(self.disk(), BUILDING_FILE, meta)?;
+        write(&mut writer)?;
+        let layout = writer.finish()?;
+        Ok(Staged {
+            name: BUILDING_FILE,
+            meta: meta.clone(),
+            layout,
+        })
+    }
+
+    /// Makes a staged snapshot durable and puts it in place unless the file
+    /// holds a newer one; says whether it did.
+    pub(crate) async fn commit(&self, staged: Staged) -> io::Result<bool> {
+        self.disk.sync(staged.name)?;
+        wait_durable(self.disk()).await;
+        let placed = {
+            let mut stored = self.state.lock().expect("snapshot file lock poisoned");
+            let newer_stored = stored
+                .current
+                .as_ref()
+                .is_some_and(|(m, _)| m.last_log_id > staged.meta.last_log_id);
+            if newer_stored {
+                self.disk.remove(staged.name)?;
+            } else {
+                self.disk.rename(staged.name, SNAPSHOT_FILE)?;
+                stored.current = Some((staged.meta, Arc::new(staged.layout)));
+                stored.damaged = None;
+            }
+            !newer_stored
+        };
+        wait_durable(self.disk()).await;
+        Ok(placed)
+    }
+
+    /// The stored snapshot for a transfer, or why the file cannot serve
+    /// one (damaged, removed, or replaced by someone else): the caller
+    /// builds a new one then.
+    pub(crate) fn current(self: &Arc<Self>) -> Result<Option<SnapshotData>, String> {
+        let stored = self.state.lock().expect("snapshot file lock poisoned");
+        let Some((meta, layout)) = stored.current.clone() else {
+            return Ok(None);
+        };
+        if let Some(why) = &stored.damaged {
+            return Err(why.clone());
+        }
+        match read_layout(self.disk(), SNAPSHOT_FILE) {
+            Ok(Some((read, read_layout))) if read == meta && read_layout == *layout => {}
+            Ok(Some((read, _))) => {
+                return Err(format!(
+                    "{} holds snapshot {}, not {}",
+                    self.disk.describe(SNAPSHOT_FILE),
+                    read.snapshot_id,
+                    meta.snapshot_id
+                ))
+            }
+            Ok(None) => return Err(format!("{} is gone", self.disk.describe(SNAPSHOT_FILE))),
+            Err((offset, e)) => {
+                return Err(format!(
+                    "{} at byte {offset}: {e}",
+                    self.disk.describe(SNAPSHOT_FILE)
+                ))
+            }
+        }
+        Ok(Some(SnapshotData {
+            file: self.clone(),
+            source: Source::Stored,
+            meta,
+            layout,
+            cached: Mutex::new(None),
+        }))
+    }
+
+    /// Starts receiving `meta` in [`INCOMING_FILE`], dropping any transfer
+    /// that was arriving.
+    pub(crate) fn begin_incoming(&self, meta: &SnapshotMeta) -> io::Result<()> {
+        let mut stored = self.state.lock().expect("snapshot file lock poisoned");
+        stored.incoming = None;
+        self.disk.remove(INCOMING_FILE)?;
+        stored.incoming = Some((meta.clone(), Layout::default()));
+        Ok(())
+    }
+
+    /// Appends the next chunk of state bytes of the incoming snapshot as
+    /// one record (the first with the meta).
+    pub(crate) fn append_incoming(&self, chunk: &[u8]) -> io::Result<()> {
+        let mut stored = self.state.lock().expect("snapshot file lock poisoned");
+        let (meta, layout) = stored
+            .incoming
+            .take()
+            .ok_or_else(|| io::Error::other("no incoming snapshot was begun"))?;
+        let mut writer = if layout.parts.is_empty() {
+            RecordWriter::create(self.disk(), INCOMING_FILE, &meta)?
+        } else {
+            RecordWriter::resume(self.disk(), INCOMING_FILE, layout)
+        };
+        writer.write_record(chunk)?;
+        stored.incoming = Some((meta, writer.layout));
+        Ok(())
+    }
+
+    /// The incoming snapshot, complete: synced and moved aside so that the
+    /// next transfer can begin while this one is restored.
+    pub(crate) fn received(self: &Arc<Self>) -> io::Result<SnapshotData> {
+        let mut stored = self.state.lock().expect("snapshot file lock poisoned");
+        let (meta, layout) = stored
+            .incoming
+            .take()
+            .ok_or_else(|| io::Error::other("no incoming snapshot was begun"))?;
+        let layout = if layout.parts.is_empty() {
+            // An empty state in one empty chunk: write its meta record.
+            RecordWriter::create(self.disk(), INCOMING_FILE, &meta)?.finish()?
+        } else {
+            layout
+        };
+        self.disk.sync(INCOMING_FILE)?;
+        self.disk.rename(INCOMING_FILE, RECEIVED_FILE)?;
+        Ok(SnapshotData {
+            file: self.clone(),
+            source: Source::Received,
+            meta,
+            layout: Arc::new(layout),
+            cached: Mutex::new(None),
+        })
+    }
+
+    /// Notes that the stored file failed a check while being sent: later
+    /// transfers get a new snapshot of the applied state instead.
+    fn mark_damaged(&self, meta: &SnapshotMeta, why: String) {
+        let mut stored = self.state.lock().expect("snapshot file lock poisoned");
+        if stored.current.as_ref().is_some_and(|(m, _)| m == meta) {
+            stored.damaged = Some(why);
+        }
+    }
+}
+
+/// Which file a [`SnapshotData`] lies in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// `snapshot.bin`, as long as it holds this snapshot.
+    Stored,
+    /// `snapshot.received`, a snapshot that arrived whole.
+    Received,
+}
+
+/// A snapshot's state bytes where they lie on disk: what openraft hands
+/// between building, sending and installing a snapshot. A transfer reads
+/// them a part at a time; an install restores them a record at a time.
+pub struct SnapshotData {
+    file: Arc<SnapshotFile>,
+    source: Source,
+    meta: SnapshotMeta,
+    layout: Arc<Layout>,
+    /// The part a transfer read last (chunks are cut within one part).
+    cached: Mutex<Option<(usize, Arc<Vec<u8>>)>>,
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotData")
+            .field("source", &self.source)
+            .field("snapshot_id", &self.meta.snapshot_id)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl SnapshotData {
+    /// Which snapshot these are.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Length of the state bytes.
+    pub fn len(&self) -> u64 {
+        self.layout.state_len()
+    }
+
+    /// Whether there are no state bytes (never, for a real snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn file_name(&self) -> &'static str {
+        match self.source {
+            Source::Stored => SNAPSHOT_FILE,
+            Source::Received => RECEIVED_FILE,
+        }
+    }
+
+    /// Up to `max` state bytes from `offset`, never past the end of the
+    /// record that holds `offset`, checked against the record's checksum.
+    /// An error says why they cannot be read; a damaged stored file is
+    /// not offered again.
+    pub fn read(&self, offset: u64, max: usize) -> Result<Vec<u8>, String> {
+        let (index, part_start) = self.layout.part_at(offset).ok_or_else(|| {
+            format!(
+                "offset {offset} is past the snapshot's {} bytes",
+                self.len()
+            )
+        })?;
+        let part = self.layout.parts[index];
+        let mut cached = self.cached.lock().expect("snapshot cache lock poisoned");
+        let payload = match cached.as_ref() {
+            Some((i, payload)) if *i == index => payload.clone(),
+            _ => {
+                let payload = Arc::new(self.read_part(&part)?);
+                *cached = Some((index, payload.clone()));
+                payload
+            }
+        };
+        let from =
+            part.state_from as usize + usize::try_from(offset - part_start).unwrap_or(usize::MAX);
+        let to = from.saturating_add(max).min(payload.len());
+        Ok(payload[from..to].to_vec())
+    }
+
+    fn read_part(&self, part: &Part) -> Result<Vec<u8>, String> {
+        // Under the file's lock: a commit renames over the stored file
+        // only while holding it, so the bytes are this snapshot's.
+        let read = {
+            let stored = self.file.state.lock().expect("snapshot file lock poisoned");
+            if self.source == Source::Stored
+                && stored.current.as_ref().is_none_or(|(m, _)| *m != self.meta)
+            {
+                return Err(format!(
+                    "snapshot {} was replaced by a newer one during the transfer",
+                    self.meta.snapshot_id
+                ));
+            }
+            read_part(self.file.disk(), self.file_name(), part)
+        };
+        if let (Err(why), Source::Stored) = (&read, self.source) {
+            self.file.mark_damaged(&self.meta, why.clone());
+        }
+        read
+    }
+
+    /// The state these bytes restore, read a record at a time.
+    pub fn restore(&self) -> Result<StateMachine, String> {
+        restore_file(self.file.disk(), self.file_name(), &self.layout)
+    }
+
+    /// Puts a received snapshot in place of the stored one, unless that
+    /// is newer (then it is dropped); says whether it did.
+    pub(crate) async fn commit(self) -> io::Result<bool> {
+        let staged = Staged {
+            name: self.file_name(),
+            meta: self.meta,
+            layout: Arc::unwrap_or_clone(self.layout),
+        };
+        self.file.commit(staged).await
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use mesh_core::state::{KvCommand, StateMachine};
-    use openraft::storage::RaftStateMachine;
-
-    use super::*;
-    use crate::disk::MemDisk;
-    use crate::raft_types::StoredMembership;
-    use crate::state_store::StateStore;
-
-    fn meta(id: &str, index: Option<u64>) -> SnapshotMeta {
-        SnapshotMeta {
-            last_log_id: index
-                .map(|i| openraft::LogId::new(openraft::CommittedLeaderId::new(1, 0), i)),
-            last_membership: StoredMembership::default(),
-            snapshot_id: id.into(),
-        }
-    }
-
-    fn state(keys: u64) -> StateMachine {
-        let mut sm = StateMachine::new();
-        for i in 1..=keys {
-            let set = KvCommand::Set {
-                key: format!("k{i}"),
-                value: vec![1; 10],
-                flags: 0,
-            };
-            sm.apply(i, &set.into());
-        }
-        sm
-    }
-
-    /// A slow build finishing after an install of a later snapshot does not
-    /// put the file back in time; transfers share one read while they run.
-    #[test]
-    fn an_older_snapshot_never_replaces_a_newer_one_and_transfers_share_bytes() {
-        let disk: Arc<dyn Disk> = Arc::new(MemDisk::new());
-        let (file, found) = SnapshotFile::open(disk.clone()).unwrap();
-        assert!(found.is_none());
-        assert_eq!(file.current(), Ok(None));
-        let newer = SnapshotBytes::from(state(5).snapshot());
-        assert!(file.store(&meta("new", Some(5)), &newer).unwrap());
-        let older = SnapshotBytes::from(state(3).snapshot());
-        assert!(!file.store(&meta("old", Some(3)), &older).unwrap());
-        drop(newer);
-        let (m, first) = file.current().unwrap().unwrap();
-        assert_eq!(m.snapshot_id, "new");
-        assert_eq!(
-            StateMachine::restore(&first).unwrap().digest(),
-            state(5).digest()
-        );
-        let (_, second) = file.current().unwrap().unwrap();
-        assert!(
-            std::ptr::eq(first.as_ptr(), second.as_ptr()),
-            "one read, shared"
-        );
-        drop((first, second));
-
-        // Someone else's file in its place is noticed, not sent.
-        let (other, _) = SnapshotFile::open(disk.clone()).unwrap();
-        other
-            .store(
-                &meta("theirs", Some(9)),
-                &SnapshotBytes::from(state(9).snapshot()),
-            )
-            .unwrap();
-        let e = file.current().unwrap_err();
-        assert!(e.contains("holds snapshot theirs, not new"), "{e}");
-    }
-
-    /// A stored snapshot that cannot be read any more does not stop Raft:
-    /// the applied state is sent instead, and stored again.
-    #[tokio::test]
-    async fn an_unreadable_snapshot_file_is_replaced_by_the_applied_state() {
-        let disk: Arc<dyn Disk> = Arc::new(MemDisk::new());
-        let sm = state(4);
-        write_snapshot(disk.as_ref(), &meta("t-4", Some(4)), &sm.snapshot()).unwrap();
-        let (mut store, _) = StateStore::open(disk.clone(), Default::default()).unwrap();
-        disk.write_atomic(SNAPSHOT_FILE, b"damaged").unwrap();
-        let sent = store.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(sent.meta.last_log_id.map(|l| l.index), Some(4));
-        assert_eq!(
-            StateMachine::restore(&sent.snapshot).unwrap().digest(),
-            sm.digest()
-        );
-        let (stored, _) = read_snapshot(disk.as_ref()).unwrap().unwrap();
-        assert_eq!(stored.snapshot_id, sent.meta.snapshot_id, "stored again");
-    }
-
-    /// A state larger than one snapshot record is written as several
-    /// records straight from its bytes, in the layout the joined encoder
-    /// wrote before (so older files and newer files read alike), and a
-    /// restarted store rebuilds the same state from them.
-    #[test]
-    fn a_snapshot_of_several_records_is_written_in_place_and_read_back() {
-        let mut sm = StateMachine::new();
-        let value = vec![0xA5u8; 1 << 20];
-        for i in 0..(SNAPSHOT_PART_LEN >> 20) as u64 + 2 {
-            let set = KvCommand::Set {
-                key: format!("big/{i:03}"),
-                value: value.clone(),
-                flags: i,
-            };
-            sm.apply(i + 1, &set.into());
-        }
-        let data = sm.snapshot();
-        assert!(data.len() > SNAPSHOT_PART_LEN + (1 << 20));
-        let meta = SnapshotMeta {
-            last_log_id: None,
-            last_membership: StoredMembership::default(),
-            snapshot_id: "t-1".into(),
-        };
-        let disk = Arc::new(MemDisk::new());
-        write_snapshot(disk.as_ref(), &meta, &data).unwrap();
-
-        let meta_json = serde_json::to_vec(&meta).unwrap();
-        let mut joined = (meta_json.len() as u32).to_le_bytes().to_vec();
-        joined.extend_from_slice(&meta_json);
-        joined.extend_from_slice(&data[..SNAPSHOT_PART_LEN]);
-        let mut expected = Vec::new();
-        record::encode_record(KIND_SNAPSHOT, &joined, &mut expected);
-        record::encode_record(
-            KIND_SNAPSHOT_MORE,
-            &data[SNAPSHOT_PART_LEN..],
-            &mut expected,
-        );
-        assert!(
-            disk.read(SNAPSHOT_FILE).unwrap().unwrap() == expected,
-            "the layout of the joined encoder"
-        );
-
-        let (_, view) = StateStore::open(disk, Default::default()).unwrap();
-        assert_eq!(view.read(|restored| restored.digest()), sm.digest());
-    }
-}
+mod tests;

@@ -4,6 +4,7 @@
 //! starts from it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use mesh_core::state::{Command, CommandResult, KvCommand, StateMachine};
@@ -13,19 +14,21 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::clock::Instant;
-use crate::disk::{wait_durable, Disk};
+use crate::disk::Disk;
 use crate::log_store::OpenError;
 use crate::mutants::{self, Mutant};
 use crate::raft_types::{
-    Entry, LogId, SnapshotBytes, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, LogId, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::snapshot_file::{SnapshotFile, SNAPSHOT_FILE};
+use crate::snapshot_file::SnapshotFile;
 
 struct Inner {
     sm: StateMachine,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    snapshots_built: u64,
+    /// Counts the snapshots this process built, to name them: atomic, so
+    /// a build needs only the read lock (reads go on while it writes).
+    snapshots_built: AtomicU64,
     /// `(applied index, digest)` computed last; the digest walks the whole
     /// state, and checkers ask for it often.
     digest_cache: std::sync::Mutex<Option<(u64, u64)>>,
@@ -106,21 +109,37 @@ pub struct StateStore {
     applied_tx: watch::Sender<u64>,
 }
 
-/// A new snapshot of the applied state, named after the last applied entry
-/// and the count of snapshots this process made.
-fn snapshot_of(inner: &mut Inner) -> (SnapshotMeta, SnapshotBytes) {
-    inner.snapshots_built += 1;
+/// The meta of a new snapshot of the applied state, named after the last
+/// applied entry and the count of snapshots this process made.
+fn next_snapshot_meta(inner: &Inner) -> SnapshotMeta {
+    let built = inner.snapshots_built.fetch_add(1, Ordering::Relaxed) + 1;
     let last = inner.last_applied;
     let snapshot_id = match last {
-        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, inner.snapshots_built),
-        None => format!("0-0-{}", inner.snapshots_built),
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, built),
+        None => format!("0-0-{built}"),
     };
-    let meta = SnapshotMeta {
+    SnapshotMeta {
         last_log_id: last,
         last_membership: inner.membership.clone(),
         snapshot_id,
+    }
+}
+
+/// Writes a snapshot of the applied state to the staging file (holding
+/// the state's read lock: reads go on, applies wait) and puts it in place
+/// after the lock is released (the sync can take a while).
+async fn build_snapshot(
+    file: &Arc<SnapshotFile>,
+    inner: &RwLock<Inner>,
+) -> std::io::Result<(SnapshotMeta, bool)> {
+    let (meta, staged) = {
+        let inner = inner.read().expect("state lock poisoned");
+        let meta = next_snapshot_meta(&inner);
+        let staged = file.build(&meta, |out| inner.sm.write_snapshot(out))?;
+        (meta, staged)
     };
-    (meta, SnapshotBytes::from(inner.sm.snapshot()))
+    let placed = file.commit(staged).await?;
+    Ok((meta, placed))
 }
 
 /// Notes an entry without state change. openraft's `initialize` writes the
@@ -142,18 +161,13 @@ impl StateStore {
             sm: StateMachine::new(),
             last_applied: None,
             membership: StoredMembership::default(),
-            snapshots_built: 0,
+            snapshots_built: AtomicU64::new(0),
             digest_cache: std::sync::Mutex::new(None),
             lock_delays: BTreeMap::new(),
         };
-        let (file, found) = SnapshotFile::open(disk.clone())?;
-        if let Some((meta, data)) = found {
-            let undecodable = |reason: String| OpenError::Undecodable {
-                file: disk.describe(SNAPSHOT_FILE),
-                offset: 0,
-                reason,
-            };
-            inner.sm = StateMachine::restore(&data).map_err(|e| undecodable(e.to_string()))?;
+        let (file, found) = SnapshotFile::open(disk)?;
+        if let Some((meta, sm)) = found {
+            inner.sm = sm;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             info!(last_applied = ?meta.last_log_id.map(|l| l.index), "restored state from snapshot");
@@ -176,16 +190,45 @@ impl StateStore {
         ))
     }
 
-    fn save_snapshot(&self, meta: &SnapshotMeta, data: &SnapshotBytes) -> Result<(), StorageError> {
-        self.file
-            .store(meta, data)
-            .map(|_| ())
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    /// The snapshot file, where snapshots from the leader arrive.
+    pub(crate) fn snapshot_file(&self) -> Arc<SnapshotFile> {
+        self.file.clone()
     }
 
-    fn disk(&self) -> &dyn Disk {
-        self.file.disk()
+    /// Builds a snapshot of the applied state and returns it as stored.
+    async fn snapshot_now(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        snapshot_now(&self.file, &self.inner).await
     }
+}
+
+/// [`build_snapshot`], then the snapshot as the file now holds it.
+async fn snapshot_now(
+    file: &Arc<SnapshotFile>,
+    inner: &RwLock<Inner>,
+) -> Result<Snapshot<TypeConfig>, StorageError> {
+    let (meta, placed) = build_snapshot(file, inner)
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+    if !placed {
+        // A snapshot installed while this one was built is newer.
+        info!(snapshot = %meta.snapshot_id, "kept the newer snapshot already stored");
+    }
+    let (meta, data) = match file.current() {
+        Ok(Some(data)) => (data.meta().clone(), data),
+        Ok(None) => {
+            let e = std::io::Error::other("no snapshot stored after building one");
+            return Err(StorageIOError::read_snapshot(Some(meta.signature()), &e).into());
+        }
+        Err(why) => {
+            let e = std::io::Error::other(why);
+            return Err(StorageIOError::read_snapshot(Some(meta.signature()), &e).into());
+        }
+    };
+    info!(last_log_id = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(data),
+    })
 }
 
 /// Builds snapshots from a point-in-time copy of the state.
@@ -201,25 +244,7 @@ struct StateStoreRef {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (meta, data) = {
-            let mut inner = self.store.inner.write().expect("state lock poisoned");
-            snapshot_of(&mut inner)
-        };
-        let stored = self
-            .store
-            .file
-            .store(&meta, &data)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        if !stored {
-            // A snapshot installed while this one was built is newer.
-            info!(snapshot = %meta.snapshot_id, "kept the newer snapshot already stored");
-        }
-        wait_durable(self.store.file.disk()).await;
-        info!(last_log_id = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(data),
-        })
+        snapshot_now(&self.store.file, &self.store.inner).await
     }
 }
 
@@ -310,19 +335,26 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBytes>, StorageError> {
-        Ok(Box::default())
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        // Snapshots arrive through `Server::receive_chunk` into the
+        // snapshot file; openraft's chunked API, which would call this,
+        // is not used.
+        let e = std::io::Error::other("snapshots are received through the snapshot file");
+        Err(StorageIOError::read_snapshot(None, &e).into())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<SnapshotBytes>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        let sm = StateMachine::restore(&snapshot)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        self.save_snapshot(meta, &snapshot)?;
-        wait_durable(self.disk()).await;
+        let sm = snapshot.restore().map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e))
+        })?;
+        snapshot
+            .commit()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let applied = {
             let mut inner = self.inner.write().expect("state lock poisoned");
             if !mutants::enabled(Mutant::SkipSnapshotInstall) {
@@ -338,29 +370,22 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         Ok(())
     }
 
-    /// The stored snapshot, read back for a transfer and dropped when it
-    /// ends. If the file does not hold what this process wrote (a read
-    /// error, an operator removed it), a snapshot of the applied state
-    /// takes its place and is stored anew: an error here would stop Raft.
+    /// The stored snapshot, for a transfer that reads it a part at a
+    /// time. If the file does not hold what this process wrote (a read
+    /// error, a damaged part found by an earlier transfer, an operator
+    /// removed it), a new snapshot of the applied state takes its place:
+    /// an error here would stop Raft.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let (meta, data) = match self.file.current() {
-            Ok(Some(stored)) => stored,
-            Ok(None) => return Ok(None),
+        match self.file.current() {
+            Ok(Some(data)) => Ok(Some(Snapshot {
+                meta: data.meta().clone(),
+                snapshot: Box::new(data),
+            })),
+            Ok(None) => Ok(None),
             Err(reason) => {
                 warn!(%reason, "the stored snapshot cannot be read; sending the applied state");
-                let (meta, data) = {
-                    let mut inner = self.inner.write().expect("state lock poisoned");
-                    snapshot_of(&mut inner)
-                };
-                if let Err(e) = self.file.store(&meta, &data) {
-                    warn!(error = %e, "could not store the snapshot again");
-                }
-                (meta, data)
+                self.snapshot_now().await.map(Some)
             }
-        };
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(data),
-        }))
+        }
     }
 }

@@ -103,28 +103,61 @@ impl Server {
             term: chunk.vote.leader_id().term,
             total_len: chunk.total_len,
         };
-        let progress =
-            self.snapshot_in
-                .lock()
-                .expect("snapshot lock")
-                .accept(id, chunk.offset, &chunk.data);
-        match progress {
-            Ok(Progress::Partial { held }) => Ok(ChunkAck::Held(held)),
-            Ok(Progress::Complete(data)) => {
-                let snapshot = Snapshot {
-                    meta: chunk.meta,
-                    snapshot: Box::new(data.into()),
-                };
-                self.raft
-                    .install_full_snapshot(chunk.vote, snapshot)
-                    .await
-                    .map(ChunkAck::Installed)
+        let last = chunk.offset.saturating_add(chunk.data.len() as u64) == chunk.total_len;
+        // Taken before the chunk is stored: see `snapshot_install`.
+        let _installing = if last {
+            Some(self.snapshot_install.lock().await)
+        } else {
+            None
+        };
+        let received = {
+            let mut transfer = self.snapshot_in.lock().expect("snapshot lock");
+            match transfer.accept(id, chunk.offset, chunk.data.len() as u64) {
+                Ok(Step::Answer { held }) => return Ok(ChunkAck::Held(held)),
+                Ok(step) => {
+                    let stored = self.store_chunk(step, &chunk.meta, &chunk.data);
+                    let progress = stored.map(|()| transfer.stored(chunk.data.len() as u64));
+                    match progress {
+                        Ok(Progress::Partial { held }) => return Ok(ChunkAck::Held(held)),
+                        Ok(Progress::Complete) => self.snapshot_file.received(),
+                        Err(e) => Err(e),
+                    }
+                    .inspect_err(|_| transfer.abandon())
+                }
+                Err(e) => {
+                    // A broken sender; keep nothing of this chunk and say so.
+                    warn!(error = %e, "refused a snapshot chunk");
+                    return Ok(ChunkAck::Held(0));
+                }
             }
-            Err(e) => {
-                // A broken sender; keep nothing of this chunk and say so.
-                warn!(error = %e, "refused a snapshot chunk");
-                Ok(ChunkAck::Held(0))
-            }
+        };
+        let data = received.map_err(|e| {
+            error!(error = %e, "could not store a snapshot chunk from the leader");
+            Fatal::StorageError(
+                openraft::StorageIOError::write_snapshot(Some(chunk.meta.signature()), &e).into(),
+            )
+        })?;
+        crate::disk::wait_durable(self.snapshot_file.disk()).await;
+        let snapshot = Snapshot {
+            meta: chunk.meta,
+            snapshot: Box::new(data),
+        };
+        self.raft
+            .install_full_snapshot(chunk.vote, snapshot)
+            .await
+            .map(ChunkAck::Installed)
+    }
+
+    /// Stores a chunk [`Reassembly::accept`] let through.
+    fn store_chunk(
+        &self,
+        step: Step,
+        meta: &crate::raft_types::SnapshotMeta,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        if step == Step::Begin {
+            self.snapshot_file.begin_incoming(meta)?;
         }
+        self.snapshot_file.append_incoming(data)
     }
 }

@@ -31,7 +31,7 @@ pub mod write_batch;
 
 use crate::clock::{self, Instant};
 use mesh_core::formation::{BootstrapMode, Decision, Formation, ServerInfo};
-use mesh_core::snapshot_transfer::{Progress, Reassembly, TransferId};
+use mesh_core::snapshot_transfer::{Progress, Reassembly, Step, TransferId};
 use mesh_core::state::{Command, CommandResult, Table};
 use mesh_core::wire::{
     changed_since, evaluate, ClusterStatus, Consistency, PeerStatus, Query, ReadRequest,
@@ -52,6 +52,7 @@ use crate::raft_types::{
     ChunkAck, Raft, RaftEnvelope, RaftReply, RaftRequest, ServerNode, SnapshotChunk,
 };
 use crate::rpc::{self, RpcClient, RpcRequest, RpcResponse};
+use crate::snapshot_file::SnapshotFile;
 use crate::state_store::{StateStore, StateView};
 
 /// Raft timing. Shorter than Consul's defaults (1 s heartbeat timeout):
@@ -185,6 +186,12 @@ pub struct Server {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The snapshot being received from the leader, chunk by chunk.
     snapshot_in: Mutex<Reassembly>,
+    /// Where received chunks are stored (the state store's snapshot file).
+    snapshot_file: Arc<SnapshotFile>,
+    /// Held from a transfer's last chunk until its install ends: a second
+    /// transfer that completes meanwhile waits instead of moving its file
+    /// over the one being restored.
+    snapshot_install: tokio::sync::Mutex<()>,
     /// Agents' heartbeats, for the liveness driver while this server leads.
     heartbeats: tokio::sync::mpsc::Sender<String>,
     /// Session TTL timers, while this server leads (see `session_driver`).
@@ -263,6 +270,7 @@ impl Server {
         let log = log_store.clone();
         let has_state = log_store.has_state();
         let (state_store, view) = StateStore::open(disk.clone(), telemetry.clone())?;
+        let snapshot_file = state_store.snapshot_file();
         let info = ServerInfo {
             node_id,
             name: config.node_name.clone(),
@@ -335,6 +343,8 @@ impl Server {
             probing_leader: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             snapshot_in: Mutex::new(Reassembly::new()),
+            snapshot_file,
+            snapshot_install: tokio::sync::Mutex::new(()),
             heartbeats,
             session_timers: Mutex::new(None),
             write_queue,
