@@ -379,6 +379,7 @@ async fn tls_cluster_forms_and_refuses_peers_without_a_server_certificate() {
         verify_outgoing: true,
         verify_server_hostname: true,
         server_name: "server.dc1.consul".into(),
+        auto_encrypt: mesh_net::rpc_tls::AutoEncrypt::Off,
     })
     .expect("client TLS");
     let as_client =

@@ -1334,6 +1334,48 @@ impl TlsFileConfig {
     }
 }
 
+/// `auto_encrypt { ... }`: client agents get their RPC certificates from
+/// the servers instead of the operator.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AutoEncryptConfig {
+    /// `tls` (client agents): ask the servers for a certificate at start,
+    /// and again before it expires.
+    pub tls: Option<bool>,
+    /// `allow_tls` (servers): sign such certificates, and accept them.
+    pub allow_tls: Option<bool>,
+    /// `dns_san`: extra DNS names in the certificate (appended across files).
+    pub dns_san: Vec<String>,
+    /// `ip_san`: extra IP addresses in the certificate (appended across files).
+    pub ip_san: Vec<String>,
+}
+
+impl AutoEncryptConfig {
+    fn from_file(o: &Obj) -> Result<AutoEncryptConfig, DefinitionError> {
+        let Some(a) = o.object(&["auto_encrypt"])? else {
+            return Ok(AutoEncryptConfig::default());
+        };
+        Ok(AutoEncryptConfig {
+            tls: a.bool(&["tls"])?,
+            allow_tls: a.bool(&["allow_tls"])?,
+            dns_san: a.strings(&["dns_san"])?,
+            ip_san: a.strings(&["ip_san"])?,
+        })
+    }
+
+    fn merge(self, later: AutoEncryptConfig) -> AutoEncryptConfig {
+        let mut dns_san = self.dns_san;
+        dns_san.extend(later.dns_san);
+        let mut ip_san = self.ip_san;
+        ip_san.extend(later.ip_san);
+        AutoEncryptConfig {
+            tls: later.tls.or(self.tls),
+            allow_tls: later.allow_tls.or(self.allow_tls),
+            dns_san,
+            ip_san,
+        }
+    }
+}
+
 /// The subset of Consul's agent configuration this project reads, from one
 /// file or merged from several ([`AgentFileConfig::merge`]). Scalars are
 /// `None` when no file set them, so merging can tell "unset" from a value.
@@ -1385,6 +1427,8 @@ pub struct AgentFileConfig {
     pub tls: TlsFileConfig,
     /// TLS of the HTTPS API (`tls.https`, over `tls.defaults`).
     pub tls_https: TlsFileConfig,
+    /// `auto_encrypt { ... }`.
+    pub auto_encrypt: AutoEncryptConfig,
 }
 
 fn file_value_to_config(v: &Value) -> Result<AgentFileConfig, DefinitionError> {
@@ -1469,6 +1513,7 @@ fn file_value_to_config(v: &Value) -> Result<AgentFileConfig, DefinitionError> {
         domain: o.string(&["domain"])?,
         tls,
         tls_https,
+        auto_encrypt: AutoEncryptConfig::from_file(&o)?,
     })
 }
 
@@ -1548,6 +1593,7 @@ impl AgentFileConfig {
             domain: later.domain.or(self.domain),
             tls: self.tls.overridden_by(later.tls),
             tls_https: self.tls_https.overridden_by(later.tls_https),
+            auto_encrypt: self.auto_encrypt.merge(later.auto_encrypt),
         }
     }
 }

@@ -78,6 +78,24 @@ pub enum Request<R> {
         #[serde(with = "crate::kv::base64_bytes")]
         public_key_der: Vec<u8>,
     },
+    /// Sign a client agent's RPC certificate (Consul's `auto_encrypt`)
+    /// for `node` over its public key, with the active Connect root.
+    /// Answered [`Response::Leaf`] by the leader; servers forward it there.
+    /// The only request a server with `auto_encrypt.allow_tls` takes from
+    /// a TLS peer without a certificate.
+    SignAgentCert {
+        /// The agent's node name.
+        node: String,
+        /// The agent's datacenter, for the SPIFFE ID.
+        datacenter: String,
+        /// `auto_encrypt.dns_san`.
+        dns_san: Vec<String>,
+        /// `auto_encrypt.ip_san`.
+        ip_san: Vec<std::net::IpAddr>,
+        /// The agent's P-256 public key, SubjectPublicKeyInfo DER.
+        #[serde(with = "crate::kv::base64_bytes")]
+        public_key_der: Vec<u8>,
+    },
     /// Rotate the Connect CA to a new root made from this private key
     /// (Consul's `Config.PrivateKey`), cross-signed by the current root.
     /// Leader only; answered [`Response::Done`].
@@ -123,7 +141,7 @@ pub enum Response<R> {
     },
     /// The request was carried out.
     Done,
-    /// Answer to [`Request::SignLeaf`].
+    /// Answer to [`Request::SignLeaf`] and [`Request::SignAgentCert`].
     Leaf(IssuedLeaf),
     /// Answer to [`Request::RenewSession`]: the session, or `None` if the
     /// leader has no such session (it expired or was destroyed).

@@ -250,6 +250,7 @@ pub fn request_kind(req: &RpcRequest) -> &'static str {
         Request::Status => "Status",
         Request::Heartbeat { .. } => "Heartbeat",
         Request::SignLeaf { .. } => "SignLeaf",
+        Request::SignAgentCert { .. } => "SignAgentCert",
         Request::RotateRoot { .. } => "RotateRoot",
         Request::RenewSession { .. } => "RenewSession",
     }

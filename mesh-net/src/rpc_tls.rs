@@ -33,6 +33,7 @@ use mesh_core::connect::SecretPem;
 use mesh_core::wire::Request;
 use rustls::client::verify_server_name;
 use rustls::pki_types::ServerName;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -67,6 +68,26 @@ pub struct RpcTlsConfig {
     pub verify_server_hostname: bool,
     /// `server.<datacenter>.<domain>`.
     pub server_name: String,
+    /// This agent's part in `auto_encrypt`.
+    pub auto_encrypt: AutoEncrypt,
+}
+
+/// This agent's part in Consul's `auto_encrypt`: client agents get their
+/// RPC certificates from the servers, signed by the Connect CA.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AutoEncrypt {
+    /// Neither.
+    #[default]
+    Off,
+    /// A server with `auto_encrypt.allow_tls`: it signs agent
+    /// certificates, takes a TLS peer without a certificate for that one
+    /// request, and trusts the Connect CA's roots for client certificates
+    /// (never for a server's).
+    SignsCertificates,
+    /// A client agent with `auto_encrypt.tls`: it verifies the servers
+    /// with `ca_file` and presents the certificate they sign it
+    /// ([`RpcTls::use_identity`]) once it has one.
+    GetsCertificate,
 }
 
 impl fmt::Debug for RpcTlsConfig {
@@ -79,6 +100,7 @@ impl fmt::Debug for RpcTlsConfig {
             .field("verify_outgoing", &self.verify_outgoing)
             .field("verify_server_hostname", &self.verify_server_hostname)
             .field("server_name", &self.server_name)
+            .field("auto_encrypt", &self.auto_encrypt)
             .finish()
     }
 }
@@ -88,18 +110,35 @@ impl fmt::Debug for RpcTlsConfig {
 pub enum PeerRole {
     /// Plaintext, or TLS without a client certificate.
     Anonymous,
-    /// A certificate the CA signed that does not name a server.
+    /// A certificate a trusted CA signed that is not a server's.
     Agent,
-    /// A certificate naming `server.<datacenter>.<domain>`.
+    /// A certificate from the operator CA naming
+    /// `server.<datacenter>.<domain>`.
     Server,
 }
 
 /// Ready-to-use TLS for the RPC port, built from [`RpcTlsConfig`] at start
-/// and again by each `mesh reload`.
+/// and again by each `mesh reload`, and from the certificates and roots
+/// `auto_encrypt` brings while the agent runs.
 pub struct RpcTls {
-    /// Replaced as a whole by `mesh reload`: each new connection reads it
-    /// once, established ones keep what they were opened with.
+    /// Replaced as a whole: each new connection reads it once,
+    /// established ones keep what they were opened with.
     current: Swap<Settings>,
+    /// What `current` was built from.
+    inputs: std::sync::Mutex<Inputs>,
+}
+
+/// Everything RPC TLS is built from: the files, and what `auto_encrypt`
+/// added since.
+#[derive(Clone)]
+struct Inputs {
+    config: RpcTlsConfig,
+    /// The Connect CA's roots (PEM), trusted for client certificates on a
+    /// server with [`AutoEncrypt::SignsCertificates`].
+    connect_roots: Vec<String>,
+    /// The certificate chain and key the servers signed for this client
+    /// agent ([`AutoEncrypt::GetsCertificate`]).
+    identity: Option<(String, SecretPem)>,
 }
 
 /// One consistent set of RPC TLS settings.
@@ -109,7 +148,14 @@ struct Settings {
     verify_incoming: bool,
     /// Server-only requests need a [`PeerRole::Server`] peer.
     guard_server_requests: bool,
+    /// A TLS peer without a certificate may only ask for one
+    /// (`SignAgentCert`).
+    anonymous_may_only_sign: bool,
+    /// Confirms a certificate naming a server against the operator CA
+    /// alone: the Connect CA signs agents, never servers.
+    server_roots: Option<Arc<dyn ClientCertVerifier>>,
     server_name: ServerName<'static>,
+    signs_agent_certificates: bool,
 }
 
 impl fmt::Debug for RpcTls {
@@ -125,13 +171,24 @@ impl fmt::Debug for RpcTls {
     }
 }
 
-impl RpcTls {
+impl Inputs {
     /// Builds the rustls configurations; refuses inconsistent settings
     /// with the reason (as Consul refuses them at startup).
-    pub fn new(config: &RpcTlsConfig) -> Result<RpcTls, String> {
+    fn build(&self) -> Result<Settings, String> {
+        let config = &self.config;
         let provider = provider();
-        let verify_outgoing = config.verify_outgoing || config.verify_server_hostname;
-        let roots = match &config.ca_pem {
+        let gets_certificate = config.auto_encrypt == AutoEncrypt::GetsCertificate;
+        let signs = config.auto_encrypt == AutoEncrypt::SignsCertificates;
+        let verify_outgoing =
+            config.verify_outgoing || config.verify_server_hostname || gets_certificate;
+        let operator_roots = match &config.ca_pem {
+            None if gets_certificate => {
+                return Err(
+                    "auto_encrypt.tls is set but no ca_file is given to verify the \
+                            servers it asks for a certificate"
+                        .into(),
+                )
+            }
             None if config.verify_incoming => {
                 return Err("verify_incoming is set but no ca_file is given".into())
             }
@@ -143,7 +200,10 @@ impl RpcTls {
         };
         let identity = match (&config.cert_pem, &config.key_pem) {
             (Some(cert), Some(key)) => Some(pem_chain_and_key(cert, key.expose())?),
-            (None, None) => None,
+            (None, None) => match &self.identity {
+                Some((cert, key)) => Some(pem_chain_and_key(cert, key.expose())?),
+                None => None,
+            },
             (Some(_), None) => return Err("cert_file is set but key_file is not".into()),
             (None, Some(_)) => return Err("key_file is set but cert_file is not".into()),
         };
@@ -153,9 +213,38 @@ impl RpcTls {
                 config.server_name
             )
         })?;
+        if signs && identity.is_none() {
+            return Err(
+                "auto_encrypt.allow_tls is set but no cert_file and key_file are given \
+                        (the server presents its own certificate to the agents it signs for)"
+                    .into(),
+            );
+        }
+        // Client certificates: the operator CA's, and on a server that
+        // signs agent certificates the Connect CA's roots too.
+        let client_roots = match &operator_roots {
+            Some(_) if signs && !self.connect_roots.is_empty() => {
+                let mut pems = config.ca_pem.clone().unwrap_or_default();
+                for root in &self.connect_roots {
+                    pems.push('\n');
+                    pems.push_str(root);
+                }
+                Some(pem_roots("ca_file and the Connect CA roots", &pems)?)
+            }
+            roots => roots.clone(),
+        };
+        let server_roots = match &operator_roots {
+            Some(roots) => Some(
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| format!("ca_file: {e}"))?,
+            ),
+            None => None,
+        };
 
-        let acceptor = match (&identity, &roots) {
-            (None, _) if config.verify_incoming => {
+        let acceptor = match (&identity, &client_roots) {
+            // A client agent waiting for its certificate accepts no RPC.
+            (None, _) if config.verify_incoming && !gets_certificate => {
                 return Err("verify_incoming is set but no cert_file and key_file are given".into())
             }
             (None, _) => None,
@@ -173,7 +262,10 @@ impl RpcTls {
                             roots.clone(),
                             provider.clone(),
                         );
-                        let verifier = if config.verify_incoming {
+                        // A server that signs agent certificates lets a
+                        // peer without one through the handshake: its only
+                        // request can be to get one (`refusal`).
+                        let verifier = if config.verify_incoming && !signs {
                             verifier.build()
                         } else {
                             verifier.allow_unauthenticated().build()
@@ -189,7 +281,7 @@ impl RpcTls {
             }
         };
 
-        let connector = match (&roots, verify_outgoing) {
+        let connector = match (&operator_roots, verify_outgoing) {
             (Some(roots), true) => {
                 let check_name = config.verify_server_hostname;
                 let verifier = Arc::new(ServerChainVerifier {
@@ -223,23 +315,88 @@ impl RpcTls {
             }
             _ => None,
         };
-        let settings = Settings {
+        Ok(Settings {
             acceptor,
             connector,
             verify_incoming: config.verify_incoming,
             guard_server_requests: config.verify_incoming && config.verify_server_hostname,
+            anonymous_may_only_sign: config.verify_incoming && signs,
+            server_roots,
             server_name,
+            signs_agent_certificates: signs,
+        })
+    }
+}
+
+impl RpcTls {
+    /// Builds the rustls configurations; refuses inconsistent settings
+    /// with the reason (as Consul refuses them at startup).
+    pub fn new(config: &RpcTlsConfig) -> Result<RpcTls, String> {
+        let inputs = Inputs {
+            config: config.clone(),
+            connect_roots: Vec::new(),
+            identity: None,
         };
+        let settings = inputs.build()?;
         Ok(RpcTls {
             current: Swap::new(Arc::new(settings)),
+            inputs: std::sync::Mutex::new(inputs),
         })
     }
 
-    /// Takes `other`'s settings (certificates, CA, verification) for every
+    /// Rebuilds the settings from the inputs `change` makes; on an error
+    /// the current settings stay.
+    fn rebuild(&self, change: impl FnOnce(&mut Inputs)) -> Result<(), String> {
+        let mut inputs = self.inputs.lock().expect("rpc tls inputs poisoned");
+        let mut next = inputs.clone();
+        change(&mut next);
+        let settings = next.build()?;
+        *inputs = next;
+        self.current.set(Arc::new(settings));
+        Ok(())
+    }
+
+    /// Takes `other`'s files (certificates, CA, verification) for every
     /// connection opened from now on: `mesh reload` builds `other` from
     /// the files as at start, so a bad file never replaces good settings.
+    /// What `auto_encrypt` brought (a signed certificate, the Connect
+    /// roots) is kept.
     pub fn adopt(&self, other: &RpcTls) {
-        self.current.set(other.current.get());
+        let config = other
+            .inputs
+            .lock()
+            .expect("rpc tls inputs poisoned")
+            .config
+            .clone();
+        if let Err(e) = self.rebuild(|inputs| inputs.config = config) {
+            tracing::warn!(error = %e, "reloaded RPC TLS files do not combine with the auto_encrypt certificate or roots; using the files alone");
+            self.current.set(other.current.get());
+        }
+    }
+
+    /// Trusts the Connect CA's `roots` (PEM) for client certificates from
+    /// now on, beside `ca_file` (a server with
+    /// [`AutoEncrypt::SignsCertificates`]; others ignore them).
+    pub fn trust_connect_roots(&self, roots: Vec<String>) -> Result<(), String> {
+        self.rebuild(|inputs| inputs.connect_roots = roots)
+    }
+
+    /// Presents `chain` (PEM, leaf first) and `key` on every connection
+    /// opened from now on: the certificate the servers signed for this
+    /// client agent.
+    pub fn use_identity(&self, chain: String, key: SecretPem) -> Result<(), String> {
+        self.rebuild(|inputs| inputs.identity = Some((chain, key)))
+    }
+
+    /// Whether this agent signs `auto_encrypt` certificates.
+    pub fn signs_agent_certificates(&self) -> bool {
+        self.current.get().signs_agent_certificates
+    }
+
+    /// `server.<datacenter>.<domain>`: the name only servers' certificates
+    /// carry.
+    pub fn server_name(&self) -> String {
+        server_name_str(&self.current.get().server_name)
     }
 
     /// Whether outgoing RPC connections use TLS.
@@ -309,14 +466,24 @@ impl RpcTls {
         let tls = clock::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        let role = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-            None => PeerRole::Anonymous,
-            Some(leaf) => match ParsedCertificate::try_from(leaf) {
-                Ok(cert) if verify_server_name(&cert, &settings.server_name).is_ok() => {
+        let role = match tls.get_ref().1.peer_certificates() {
+            Some([leaf, intermediates @ ..]) => {
+                let names_server = ParsedCertificate::try_from(leaf)
+                    .is_ok_and(|cert| verify_server_name(&cert, &settings.server_name).is_ok());
+                // Only the operator CA makes servers: a certificate the
+                // Connect CA signed (an agent's) never counts as one,
+                // whatever names it carries.
+                let from_operator = settings.server_roots.as_ref().is_some_and(|v| {
+                    v.verify_client_cert(leaf, intermediates, HostClock::now())
+                        .is_ok()
+                });
+                if names_server && from_operator {
                     PeerRole::Server
+                } else {
+                    PeerRole::Agent
                 }
-                _ => PeerRole::Agent,
-            },
+            }
+            _ => PeerRole::Anonymous,
         };
         Ok(Some((
             RpcStream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))),
@@ -331,12 +498,19 @@ impl RpcTls {
         let settings = self.current.get();
         let guarded = settings.guard_server_requests
             && !mutants::enabled(Mutant::RpcServerRequestsFromAgents);
-        (guarded && is_server_only(req) && role != PeerRole::Server).then(|| {
-            format!(
+        if guarded && is_server_only(req) && role != PeerRole::Server {
+            return Some(format!(
                 "this request is for servers only and the peer's certificate does not name {}",
                 server_name_str(&settings.server_name)
-            )
-        })
+            ));
+        }
+        let asks_for_certificate = matches!(req, Request::SignAgentCert { .. });
+        (settings.anonymous_may_only_sign && role == PeerRole::Anonymous && !asks_for_certificate)
+            .then(|| {
+                "verify_incoming requires a client certificate; a peer without one may only \
+                 ask for one (auto_encrypt)"
+                    .to_string()
+            })
     }
 }
 

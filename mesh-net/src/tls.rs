@@ -326,6 +326,13 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 #[derive(Debug)]
 pub(crate) struct HostClock;
 
+impl HostClock {
+    /// The host's wall clock as rustls takes it.
+    pub(crate) fn now() -> UnixTime {
+        unix_time(clock::wall_now())
+    }
+}
+
 impl TimeProvider for HostClock {
     fn current_time(&self) -> Option<UnixTime> {
         Some(unix_time(clock::wall_now()))

@@ -1,7 +1,9 @@
 //! How the simulator starts every agent, servers and client hosts alike:
 //! as `mesh agent` is started on bare metal, with a few flags and a
 //! `-config-dir` holding `deploy/tls.json`'s TLS settings with the PEM
-//! files beside them, and whatever else the host's config says. The
+//! files beside them (every server with `auto_encrypt.allow_tls`; fcs00
+//! asks for its RPC certificate with `auto_encrypt.tls`), and whatever
+//! else the host's config says. The
 //! production parser reads the files; `mesh reload` (through
 //! `PUT /v1/agent/reload`) writes and reads them again.
 
@@ -22,6 +24,10 @@ pub struct AgentFiles {
     /// Serve the HTTPS API with that certificate, open to any caller that
     /// trusts the CA.
     pub https: bool,
+    /// `auto_encrypt`: a server signs agent certificates (`allow_tls`); a
+    /// client host asks for its RPC certificate (`tls`) instead of being
+    /// given one (its HTTPS API keeps the operator's).
+    pub auto_encrypt: bool,
     /// `agent.json`, if the host has one.
     pub agent_json: Option<serde_json::Value>,
     /// The operator CA that signs the certificate.
@@ -69,6 +75,24 @@ impl AgentFiles {
         });
         if self.https {
             tls["tls"]["https"] = serde_json::json!({ "verify_incoming": false });
+        }
+        match (self.auto_encrypt, self.cert) {
+            (false, _) => {}
+            (true, CertKind::Server) => {
+                tls["auto_encrypt"] = serde_json::json!({ "allow_tls": true });
+            }
+            (true, _) => {
+                tls["auto_encrypt"] = serde_json::json!({ "tls": true });
+                let defaults = tls["tls"]["defaults"]
+                    .as_object_mut()
+                    .expect("defaults is an object");
+                defaults.remove("cert_file");
+                defaults.remove("key_file");
+                if self.https {
+                    tls["tls"]["https"]["cert_file"] = path("agent.pem").into();
+                    tls["tls"]["https"]["key_file"] = path("agent-key.pem").into();
+                }
+            }
         }
         let services = self
             .extra_services

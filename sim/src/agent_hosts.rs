@@ -138,6 +138,9 @@ impl SimCluster {
                 .collect(),
             cert: CertKind::Client,
             https: true,
+            // fcs00 gets its RPC certificate from the servers, fcc00 from
+            // the operator: every run exercises both.
+            auto_encrypt: a.name == "fcs00",
             agent_json: Some(serde_json::json!({
                 "data_dir": "/var/lib/mesh",
                 "retry_join": servers,

@@ -188,6 +188,7 @@ impl SimCluster {
             flags: self.agent_args(i),
             cert: CertKind::Server,
             https: false,
+            auto_encrypt: true,
             agent_json: None,
             rpc_tls: self.rpc_tls.clone(),
             extra_services: Default::default(),

@@ -100,6 +100,7 @@ pub fn agent_tls(ca: &CertAndKey, cert: &CertAndKey) -> Arc<RpcTls> {
         verify_outgoing: true,
         verify_server_hostname: true,
         server_name: server_name("dc1", DEFAULT_DOMAIN),
+        auto_encrypt: mesh_net::rpc_tls::AutoEncrypt::Off,
     };
     Arc::new(RpcTls::new(&config).expect("the simulated RPC TLS settings"))
 }

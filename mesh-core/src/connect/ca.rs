@@ -211,6 +211,11 @@ pub enum CaError {
     /// characters a certificate cannot hold.
     #[error("signing the certificate failed: {0}")]
     Signing(String),
+    /// A name asked for in a certificate is not one it may hold (a node
+    /// name with characters outside letters, digits, `-`, `_` and `.`, or
+    /// a DNS SAN that is not a DNS name). It came from the requester.
+    #[error("{0}")]
+    BadName(String),
 }
 
 pub(crate) fn signing(e: rcgen::Error) -> CaError {
@@ -352,6 +357,124 @@ pub fn sign_leaf(
     now: SystemTime,
     ttl: Duration,
 ) -> Result<IssuedLeaf, CaError> {
+    let spiffe_id = service.to_string();
+    let leaf = Leaf {
+        common_name: &service.service,
+        uri: &spiffe_id,
+        dns_names: &[],
+        ip_addresses: &[],
+    };
+    let (cert_pem, valid_after, valid_before) =
+        sign_end_entity(root, &leaf, public_key_der, serial, now, ttl)?;
+    Ok(IssuedLeaf {
+        cert_pem,
+        serial_number: serial,
+        valid_after,
+        valid_before,
+        root_id: root.id.clone(),
+        service: service.service.clone(),
+        spiffe_id,
+    })
+}
+
+/// The SPIFFE ID of a client agent's certificate, as Consul writes it:
+/// `spiffe://<trust-domain>/agent/client/dc/<datacenter>/id/<node>`.
+pub fn agent_spiffe_id(trust_domain: &str, datacenter: &str, node: &str) -> String {
+    format!("spiffe://{trust_domain}/agent/client/dc/{datacenter}/id/{node}")
+}
+
+/// Signs a client agent's RPC certificate (Consul's `auto_encrypt`) for
+/// `node` over its public key: like [`sign_leaf`], with the URI SAN
+/// [`agent_spiffe_id`], `CN=<node>`, and the DNS names `localhost` and
+/// `dns_sans` and the IP addresses 127.0.0.1 and `ip_sans` as further SANs
+/// (Consul's defaults). [`IssuedLeaf::service`] holds the node name.
+///
+/// The caller vets `dns_sans` (a name the servers' certificates carry must
+/// never be signed here): this function signs what it is given.
+#[allow(clippy::too_many_arguments)]
+pub fn sign_agent_leaf(
+    root: &CaRoot,
+    datacenter: &str,
+    node: &str,
+    dns_sans: &[String],
+    ip_sans: &[std::net::IpAddr],
+    public_key_der: &[u8],
+    serial: u64,
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<IssuedLeaf, CaError> {
+    let node_ok = !node.is_empty()
+        && node.len() <= 128
+        && node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !node_ok {
+        return Err(CaError::BadName(format!(
+            "{node:?} is not a node name (letters, digits, '-', '_' and '.', at most 128)"
+        )));
+    }
+    if let Some(bad) = dns_sans.iter().find(|n| !is_dns_name(n)) {
+        return Err(CaError::BadName(format!(
+            "dns_san {bad:?} is not a DNS name"
+        )));
+    }
+    let spiffe_id = agent_spiffe_id(&root.trust_domain, datacenter, node);
+    let mut dns_names = vec!["localhost".to_string()];
+    dns_names.extend(dns_sans.iter().cloned());
+    let mut ip_addresses = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+    ip_addresses.extend(ip_sans);
+    let leaf = Leaf {
+        common_name: node,
+        uri: &spiffe_id,
+        dns_names: &dns_names,
+        ip_addresses: &ip_addresses,
+    };
+    let (cert_pem, valid_after, valid_before) =
+        sign_end_entity(root, &leaf, public_key_der, serial, now, ttl)?;
+    Ok(IssuedLeaf {
+        cert_pem,
+        serial_number: serial,
+        valid_after,
+        valid_before,
+        root_id: root.id.clone(),
+        service: node.to_string(),
+        spiffe_id,
+    })
+}
+
+/// Whether `name` is a DNS name: dot-separated labels of letters, digits
+/// and inner hyphens (a leading `*.` wildcard allowed), at most 253 bytes.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// What an end-entity certificate names.
+struct Leaf<'a> {
+    common_name: &'a str,
+    uri: &'a str,
+    dns_names: &'a [String],
+    ip_addresses: &'a [std::net::IpAddr],
+}
+
+/// Signs `leaf` over `public_key_der` with `root` (see [`sign_leaf`] for
+/// the profile): the PEM and the validity, unix seconds.
+fn sign_end_entity(
+    root: &CaRoot,
+    leaf: &Leaf<'_>,
+    public_key_der: &[u8],
+    serial: u64,
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<(String, u64, u64), CaError> {
     let public_key = p256_public_key(public_key_der)?;
     let now = unix_secs(now)?;
     let valid_after = now.saturating_sub(CLOCK_SKEW_MARGIN.as_secs());
@@ -363,17 +486,19 @@ pub fn sign_leaf(
         });
     }
     let issuer = root_issuer(root)?;
-    let spiffe_id = service.to_string();
 
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    let common_name: String = service.service.chars().take(MAX_COMMON_NAME).collect();
+    let common_name: String = leaf.common_name.chars().take(MAX_COMMON_NAME).collect();
     params
         .distinguished_name
         .push(DnType::CommonName, common_name);
-    params.subject_alt_names = vec![SanType::URI(
-        spiffe_id.as_str().try_into().map_err(signing)?,
-    )];
+    let mut sans = vec![SanType::URI(leaf.uri.try_into().map_err(signing)?)];
+    for name in leaf.dns_names {
+        sans.push(SanType::DnsName(name.as_str().try_into().map_err(signing)?));
+    }
+    sans.extend(leaf.ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.subject_alt_names = sans;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -388,16 +513,7 @@ pub fn sign_leaf(
     params.not_before = asn1_time(valid_after)?;
     params.not_after = asn1_time(valid_before)?;
     let cert = params.signed_by(&public_key, &issuer).map_err(signing)?;
-
-    Ok(IssuedLeaf {
-        cert_pem: cert.pem(),
-        serial_number: serial,
-        valid_after,
-        valid_before,
-        root_id: root.id.clone(),
-        service: service.service.clone(),
-        spiffe_id,
-    })
+    Ok((cert.pem(), valid_after, valid_before))
 }
 
 /// A certificate for `new_root`'s key and subject signed by `old_root`'s
@@ -689,6 +805,84 @@ mod tests {
         cert.verify_signature(None).expect("self-signed");
         let ku = cert.key_usage().unwrap().unwrap().value;
         assert!(ku.key_cert_sign() && ku.crl_sign() && ku.digital_signature());
+    }
+
+    /// An auto_encrypt certificate: the agent's SPIFFE ID, `CN=<node>`,
+    /// localhost and 127.0.0.1 plus what was asked, signed by the root.
+    #[test]
+    fn an_agent_leaf_names_the_node_and_its_addresses() {
+        let root = generate_root(TD, 1, at(T0), 10 * DAY).unwrap();
+        let key = generate_leaf_key().unwrap();
+        let leaf = sign_agent_leaf(
+            &root,
+            "dc1",
+            "fcs00",
+            &["fcs00.example".into()],
+            &["10.0.0.13".parse().unwrap()],
+            &key.public_key_der,
+            9,
+            at(T0),
+            3 * DAY,
+        )
+        .unwrap();
+        let id = format!("spiffe://{TD}/agent/client/dc/dc1/id/fcs00");
+        assert_eq!(
+            (leaf.spiffe_id.as_str(), leaf.service.as_str()),
+            (id.as_str(), "fcs00")
+        );
+        let der = parsed(&leaf.cert_pem);
+        let cert = parse_der(&der).unwrap();
+        let root_der = parsed(&root.root_cert_pem);
+        cert.verify_signature(Some(parse_der(&root_der).unwrap().public_key()))
+            .expect("signed by the root");
+        let cn = cert.subject().iter_common_name().next().unwrap();
+        assert_eq!(cn.as_str().unwrap(), "fcs00");
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::URI(u) => format!("uri:{u}"),
+                GeneralName::DNSName(d) => format!("dns:{d}"),
+                GeneralName::IPAddress(ip) => format!("ip:{ip:?}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                format!("uri:{id}"),
+                "dns:localhost".into(),
+                "dns:fcs00.example".into(),
+                "ip:[127, 0, 0, 1]".into(),
+                "ip:[10, 0, 0, 13]".into(),
+            ]
+        );
+        let refused = |node: &str, dns: &str| {
+            let sans = [dns.to_string()];
+            let sans = if dns.is_empty() { &[][..] } else { &sans[..] };
+            sign_agent_leaf(
+                &root,
+                "dc1",
+                node,
+                sans,
+                &[],
+                &key.public_key_der,
+                1,
+                at(T0),
+                DAY,
+            )
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(refused("n", "not a name!").contains("is not a DNS name"));
+        assert!(refused("n", "-a.b").contains("is not a DNS name"));
+        assert!(refused("a/../b", "").contains("is not a node name"));
+        assert!(refused("", "").contains("is not a node name"));
     }
 
     #[test]

@@ -1026,3 +1026,34 @@ fn tls_keys_in_all_three_places_with_consuls_precedence() {
         (Some(true), Some(true), Some(true))
     );
 }
+
+#[test]
+fn auto_encrypt_in_json_and_hcl_merges_like_consul() {
+    let server = AgentFileConfig::parse_json(r#"{"auto_encrypt": {"allow_tls": true}}"#).unwrap();
+    assert_eq!(server.auto_encrypt.allow_tls, Some(true));
+    assert_eq!(server.auto_encrypt.tls, None);
+    let client = AgentFileConfig::parse(
+        "client.hcl",
+        "auto_encrypt {\n  tls = true\n  dns_san = [\"fcs00.example\"]\n  ip_san = [\"10.0.0.13\"]\n}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        client.auto_encrypt,
+        AutoEncryptConfig {
+            tls: Some(true),
+            allow_tls: None,
+            dns_san: vec!["fcs00.example".into()],
+            ip_san: vec!["10.0.0.13".into()],
+        }
+    );
+    let later =
+        AgentFileConfig::parse_json(r#"{"auto_encrypt": {"tls": false, "dns_san": ["b"]}}"#)
+            .unwrap();
+    let merged = client.merge(later);
+    assert_eq!(merged.auto_encrypt.tls, Some(false));
+    assert_eq!(merged.auto_encrypt.dns_san, ["fcs00.example", "b"]);
+    let err = AgentFileConfig::parse_json(r#"{"auto_encrypt": {"tls": "yes"}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("auto_encrypt.tls"), "{err}");
+}

@@ -15,15 +15,18 @@ use tracing::{error, info, warn};
 
 use mesh_core::agent_tls;
 use mesh_core::connect::SecretPem;
-use mesh_core::definitions::{AgentFileConfig, ServiceDefinition, TlsFileConfig};
+use mesh_core::definitions::{
+    AgentFileConfig, AutoEncryptConfig, ServiceDefinition, TlsFileConfig,
+};
 
+use super::auto_encrypt;
 use super::checks::CheckSpec;
 use super::reload::ReloadRequest;
 use super::{Agent, AgentConfig, Role, ServiceWithChecks};
 use crate::disk::Disk;
 use crate::flags::{usage, Flags, Kind, Spec};
 use crate::http::https::HttpsListener;
-use crate::rpc_tls::{RpcTls, RpcTlsConfig};
+use crate::rpc_tls::{AutoEncrypt, RpcTls, RpcTlsConfig};
 use crate::server::{RaftTiming, ServerConfig};
 
 /// What `mesh agent` was asked to run.
@@ -277,10 +280,11 @@ fn load_config_files(flags: &Flags) -> Result<AgentFileConfig, String> {
 /// `None` when nothing about TLS is configured.
 fn rpc_tls_from(
     tls: &TlsFileConfig,
+    auto_encrypt: AutoEncrypt,
     datacenter: &str,
     domain: Option<&str>,
 ) -> Result<Option<Arc<RpcTls>>, String> {
-    if *tls == TlsFileConfig::default() {
+    if *tls == TlsFileConfig::default() && auto_encrypt == AutoEncrypt::Off {
         return Ok(None);
     }
     let read = |key: &str, path: &Option<String>| -> Result<Option<String>, String> {
@@ -301,9 +305,31 @@ fn rpc_tls_from(
         verify_outgoing: tls.verify_outgoing.unwrap_or(false),
         verify_server_hostname: tls.verify_server_hostname.unwrap_or(false),
         server_name: agent_tls::server_name(datacenter, domain),
+        auto_encrypt,
     };
     let built = RpcTls::new(&config).map_err(|e| format!("TLS configuration: {e}"))?;
     Ok(Some(Arc::new(built)))
+}
+
+/// What a client agent with `auto_encrypt.tls` asks the servers for.
+fn auto_encrypt_request(
+    config: &AutoEncryptConfig,
+) -> Result<Option<auto_encrypt::Request>, String> {
+    if config.tls != Some(true) {
+        return Ok(None);
+    }
+    let ip_san = config
+        .ip_san
+        .iter()
+        .map(|ip| {
+            ip.parse()
+                .map_err(|_| format!("auto_encrypt.ip_san {ip:?} is not an IP address"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Some(auto_encrypt::Request {
+        dns_san: config.dns_san.clone(),
+        ip_san,
+    }))
 }
 
 /// The HTTPS API's listener from the `tls.https` settings (over
@@ -487,7 +513,10 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
                 "a client agent needs -retry-join (or -join) with the address of a server".into(),
             );
         }
-        Role::Client { servers: join }
+        Role::Client {
+            servers: join,
+            auto_encrypt: auto_encrypt_request(&file.auto_encrypt)?,
+        }
     };
     let mut services = Vec::new();
     for def in &file.services {
@@ -522,7 +551,29 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
         rpc_tls: None,
         https: None,
     };
-    let rpc_tls = rpc_tls_from(&file.tls, &config.datacenter, file.domain.as_deref())?;
+    let auto_encrypt = match (&file.auto_encrypt, is_server) {
+        (a, true) if a.tls == Some(true) => {
+            return Err("auto_encrypt.tls is for client agents; servers sign their \
+                        certificates (auto_encrypt.allow_tls)"
+                .into())
+        }
+        (a, false) if a.allow_tls == Some(true) => {
+            return Err(
+                "auto_encrypt.allow_tls is for servers; a client agent asks for its \
+                        certificate with auto_encrypt.tls"
+                    .into(),
+            )
+        }
+        (a, true) if a.allow_tls == Some(true) => AutoEncrypt::SignsCertificates,
+        (a, false) if a.tls == Some(true) => AutoEncrypt::GetsCertificate,
+        _ => AutoEncrypt::Off,
+    };
+    let rpc_tls = rpc_tls_from(
+        &file.tls,
+        auto_encrypt,
+        &config.datacenter,
+        file.domain.as_deref(),
+    )?;
     let https_port = match flags.number::<i32>("https-port")? {
         Some(p) => Some(p),
         None => file.ports.https,

@@ -19,6 +19,7 @@ use crate::backend::{Cluster, LocalServer};
 use crate::client::RemoteServers;
 use crate::disk::Disk;
 use crate::http::{self, HttpApi};
+pub mod auto_encrypt;
 pub mod checks;
 pub mod command;
 pub mod connect;
@@ -38,6 +39,8 @@ pub enum Role {
     Client {
         /// Server addresses (`-retry-join`, `-join`).
         servers: Vec<String>,
+        /// `auto_encrypt.tls`: the certificate to ask the servers for.
+        auto_encrypt: Option<auto_encrypt::Request>,
     },
 }
 
@@ -107,6 +110,9 @@ pub struct Agent {
     https_task: Option<JoinHandle<()>>,
     dns_tasks: Vec<JoinHandle<()>>,
     connect_task: JoinHandle<()>,
+    /// Renews the `auto_encrypt` certificate (client agents with
+    /// `auto_encrypt.tls`).
+    auto_encrypt_task: Option<JoinHandle<()>>,
     left: Arc<Notify>,
     /// What the agent runs with (a reload compares the files with it).
     config: std::sync::Mutex<AgentConfig>,
@@ -147,6 +153,7 @@ impl Agent {
             None => None,
         };
         let telemetry = crate::telemetry::Telemetry::new();
+        let mut renewal = None;
         let (server, cluster, node_id): (Option<Arc<Server>>, Arc<dyn Cluster>, u64) =
             match &config.role {
                 Role::Server(s) => {
@@ -160,8 +167,23 @@ impl Agent {
                     let id = server.node_id();
                     (Some(server.clone()), Arc::new(LocalServer(server)), id)
                 }
-                Role::Client { servers } => {
+                Role::Client {
+                    servers,
+                    auto_encrypt,
+                } => {
                     let id = load_or_create_node_id(disk.as_ref())?;
+                    if let (Some(request), Some(tls)) = (auto_encrypt, &config.rpc_tls) {
+                        let asker = auto_encrypt::Asker {
+                            request: request.clone(),
+                            node: config.node_name.clone(),
+                            datacenter: config.datacenter.clone(),
+                            servers: servers.clone(),
+                            source_ip: config.advertise,
+                            tls: tls.clone(),
+                        };
+                        let leaf = asker.provision().await;
+                        renewal = Some(asker.spawn_renewal(leaf));
+                    }
                     (
                         None,
                         RemoteServers::start(servers, config.advertise, config.rpc_tls.clone()),
@@ -257,6 +279,7 @@ impl Agent {
             https_task,
             dns_tasks,
             connect_task,
+            auto_encrypt_task: renewal,
             left,
             config: std::sync::Mutex::new(config),
             reload_requests: Some(reload_rx),
@@ -308,6 +331,9 @@ impl Agent {
             t.abort();
         }
         self.connect_task.abort();
+        if let Some(t) = &self.auto_encrypt_task {
+            t.abort();
+        }
         for t in &self.dns_tasks {
             t.abort();
         }

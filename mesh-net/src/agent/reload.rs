@@ -65,8 +65,18 @@ pub fn needs_restart(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> 
                 a.snapshot_threshold != b.snapshot_threshold,
             );
         }
-        (Role::Client { servers: a }, Role::Client { servers: b }) => {
+        (
+            Role::Client {
+                servers: a,
+                auto_encrypt: x,
+            },
+            Role::Client {
+                servers: b,
+                auto_encrypt: y,
+            },
+        ) => {
             differs("retry_join", a != b);
+            differs("auto_encrypt", x != y);
         }
         _ => differs("server", true),
     }

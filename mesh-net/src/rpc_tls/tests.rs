@@ -44,6 +44,7 @@ fn config(ca: &CertAndKey, own: Option<&CertAndKey>) -> RpcTlsConfig {
         verify_outgoing: true,
         verify_server_hostname: true,
         server_name: "server.dc1.consul".into(),
+        auto_encrypt: AutoEncrypt::Off,
     }
 }
 
@@ -323,4 +324,120 @@ async fn a_connection_that_says_nothing_is_dropped_after_the_handshake_timeout()
     let mut byte = [0u8; 1];
     let closed = tokio::io::AsyncReadExt::read(&mut silent, &mut byte).await;
     assert!(matches!(closed, Ok(0)) || closed.is_err(), "{closed:?}");
+}
+
+/// auto_encrypt on the RPC port. A server with `allow_tls` lets a TLS peer
+/// without a certificate through the handshake for `SignAgentCert` and
+/// nothing else. A certificate the Connect CA signed (trusted once the
+/// server has the roots) makes an agent, never a server, even one that
+/// names the server. A client presents the certificate it was given from
+/// its next connection on. A server without `allow_tls` refuses a peer
+/// without a certificate at the handshake.
+#[tokio::test]
+async fn auto_encrypt_lets_agents_ask_for_a_certificate_and_nothing_more() {
+    use mesh_core::connect::ca::{generate_leaf_key, generate_root, sign_agent_leaf};
+    let day = std::time::Duration::from_secs(86_400);
+    let ca = ca();
+    let server_cert = cert(&ca, CertKind::Server);
+    let signing = RpcTlsConfig {
+        auto_encrypt: AutoEncrypt::SignsCertificates,
+        ..config(&ca, Some(&server_cert))
+    };
+    let server_tls = Arc::new(RpcTls::new(&signing).unwrap());
+    assert!(server_tls.signs_agent_certificates());
+    assert_eq!(server_tls.server_name(), "server.dc1.consul");
+    let root = generate_root("td.consul", 1, SystemTime::now(), 10 * day).unwrap();
+    server_tls
+        .trust_connect_roots(vec![root.root_cert_pem.clone()])
+        .unwrap();
+    let (addr, mut roles) = server(server_tls.clone()).await;
+    let asking = RpcTlsConfig {
+        auto_encrypt: AutoEncrypt::GetsCertificate,
+        ..config(&ca, None)
+    };
+    let client = RpcTls::new(&asking).unwrap();
+    let sign = Request::SignAgentCert {
+        node: "fcs00".into(),
+        datacenter: "dc1".into(),
+        dns_san: Vec::new(),
+        ip_san: Vec::new(),
+        public_key_der: Vec::new(),
+    };
+    match call(&client, &addr, &Request::Status).await.unwrap() {
+        Response::Error(RpcError::Rejected(why)) => {
+            assert!(why.contains("may only ask for one"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Anonymous));
+    assert!(matches!(
+        call(&client, &addr, &sign).await.unwrap(),
+        Response::Done
+    ));
+    assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Anonymous));
+
+    let agent_cert = |node: &str, dns: &[String]| {
+        let key = generate_leaf_key().unwrap();
+        let leaf = sign_agent_leaf(
+            &root,
+            "dc1",
+            node,
+            dns,
+            &[],
+            &key.public_key_der,
+            5,
+            SystemTime::now(),
+            day,
+        )
+        .unwrap();
+        (leaf.cert_pem, key.key)
+    };
+    let (pem, key) = agent_cert("fcs00", &[]);
+    client.use_identity(pem, key).unwrap();
+    assert!(matches!(
+        call(&client, &addr, &Request::Status).await.unwrap(),
+        Response::Done
+    ));
+    assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Agent));
+
+    let impostor = RpcTls::new(&asking).unwrap();
+    let (pem, key) = agent_cert("evil", &["server.dc1.consul".to_string()]);
+    impostor.use_identity(pem, key).unwrap();
+    match call(&impostor, &addr, &join_request()).await.unwrap() {
+        Response::Error(RpcError::Rejected(why)) => {
+            assert!(why.contains("for servers only"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Agent));
+
+    let (strict, mut strict_roles) =
+        server(RpcTls::new(&config(&ca, Some(&server_cert))).unwrap()).await;
+    let fresh = RpcTls::new(&asking).unwrap();
+    assert!(call(&fresh, &strict, &sign).await.is_err());
+    assert!(strict_roles.recv().await.unwrap().is_err());
+}
+
+/// `auto_encrypt.tls` needs `ca_file` (the servers it asks must be
+/// verified), and `allow_tls` the server's own certificate.
+#[test]
+fn auto_encrypt_settings_that_cannot_work_are_refused() {
+    let ca = ca();
+    let no_ca = RpcTlsConfig {
+        ca_pem: None,
+        auto_encrypt: AutoEncrypt::GetsCertificate,
+        ..config(&ca, None)
+    };
+    let e = RpcTls::new(&no_ca).unwrap_err();
+    assert!(e.contains("auto_encrypt.tls is set but no ca_file"), "{e}");
+    let no_cert = RpcTlsConfig {
+        verify_incoming: false,
+        auto_encrypt: AutoEncrypt::SignsCertificates,
+        ..config(&ca, None)
+    };
+    let e = RpcTls::new(&no_cert).unwrap_err();
+    assert!(
+        e.contains("auto_encrypt.allow_tls is set but no cert_file"),
+        "{e}"
+    );
 }

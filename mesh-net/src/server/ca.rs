@@ -36,6 +36,40 @@ impl Server {
         }
     }
 
+    /// Runs for the server's lifetime on a server with
+    /// `auto_encrypt.allow_tls`: trusts every Connect CA root the state
+    /// holds (the active one and those rotated out whose agent
+    /// certificates may still be in use) for client certificates on the
+    /// RPC port.
+    pub(super) async fn connect_roots_driver(self: Arc<Self>) {
+        let Some(tls) = self
+            .rpc_tls
+            .clone()
+            .filter(|t| t.signs_agent_certificates())
+        else {
+            return;
+        };
+        let mut view = self.view.clone();
+        let mut trusted = Vec::new();
+        loop {
+            let roots: Vec<String> = self.view.read(|sm| {
+                sm.ca()
+                    .roots()
+                    .iter()
+                    .map(|r| r.root.root_cert_pem.clone())
+                    .collect()
+            });
+            if roots != trusted {
+                match tls.trust_connect_roots(roots.clone()) {
+                    Ok(()) => info!(roots = roots.len(), "auto_encrypt: agent certificates of these Connect CA roots are trusted on the RPC port"),
+                    Err(e) => warn!(error = %e, "auto_encrypt: the Connect CA roots do not load"),
+                }
+                trusted = roots;
+            }
+            view.changed().await;
+        }
+    }
+
     async fn initialize_ca(&self) -> Result<(), String> {
         let (bytes, serial) = {
             let mut rng = crate::runtime::MeshRuntime::thread_rng();
@@ -73,6 +107,74 @@ impl Server {
         }
     }
 
+    /// The active root and the leaf TTL, or why nothing can be signed.
+    fn signing_root(&self) -> Result<(ca_crypto::CaRoot, u64), RpcError> {
+        let (root, ttl) = self.view.read(|sm| {
+            (
+                sm.ca().active_root().cloned(),
+                sm.ca().config().leaf_cert_ttl_secs,
+            )
+        });
+        let root = root.ok_or_else(|| {
+            RpcError::Internal(
+                "the Connect CA is not initialized yet (the leader creates it after its \
+                 election); retry shortly"
+                    .into(),
+            )
+        })?;
+        Ok((root, ttl))
+    }
+
+    /// Signs a client agent's RPC certificate (`auto_encrypt`) if this
+    /// server leads and allows it.
+    pub(super) fn sign_agent_cert_here(
+        &self,
+        node: &str,
+        datacenter: &str,
+        dns_san: &[String],
+        ip_san: &[std::net::IpAddr],
+        public_key_der: &[u8],
+    ) -> Result<RpcResponse, RpcError> {
+        let Some(tls) = self
+            .rpc_tls
+            .as_ref()
+            .filter(|t| t.signs_agent_certificates())
+        else {
+            return Err(RpcError::Rejected(format!(
+                "auto_encrypt.allow_tls is not set on server {}: it signs no agent certificates",
+                self.info.name
+            )));
+        };
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        // Defence in depth: a server's role also needs the operator CA.
+        let server_name = tls.server_name();
+        if let Some(name) = dns_san
+            .iter()
+            .find(|n| n.trim_end_matches('.').eq_ignore_ascii_case(&server_name))
+        {
+            return Err(RpcError::Rejected(format!(
+                "dns_san {name:?} is the servers' name: an agent certificate cannot carry it"
+            )));
+        }
+        let (root, ttl) = self.signing_root()?;
+        let serial = crate::runtime::MeshRuntime::thread_rng().gen::<u64>() >> 1;
+        ca_crypto::sign_agent_leaf(
+            &root,
+            datacenter,
+            node,
+            dns_san,
+            ip_san,
+            public_key_der,
+            serial,
+            clock::wall_now(),
+            Duration::from_secs(ttl),
+        )
+        .map(Response::Leaf)
+        .map_err(|e| RpcError::Rejected(format!("cannot sign an agent certificate: {e}")))
+    }
+
     /// Signs a leaf if this server leads.
     pub(super) fn sign_leaf_here(
         &self,
@@ -90,19 +192,7 @@ impl Server {
                 "{service:?} is not a service name a leaf can be signed for"
             )));
         }
-        let (root, ttl) = self.view.read(|sm| {
-            (
-                sm.ca().active_root().cloned(),
-                sm.ca().config().leaf_cert_ttl_secs,
-            )
-        });
-        let Some(root) = root else {
-            return Err(RpcError::Internal(
-                "the Connect CA is not initialized yet (the leader creates it after its \
-                 election); retry shortly"
-                    .into(),
-            ));
-        };
+        let (root, ttl) = self.signing_root()?;
         let id = SpiffeId::service(&root.trust_domain, datacenter, service);
         let serial = crate::runtime::MeshRuntime::thread_rng().gen::<u64>() >> 1;
         ca_crypto::sign_leaf(

@@ -58,6 +58,12 @@ impl Server {
                     Err(e) => Response::Error(RpcError::Internal(e.to_string())),
                 }
             }
+            // From an agent that may not know the leader (it has no
+            // certificate yet, so it follows no leader view): forwarded.
+            req @ Request::SignAgentCert { .. } => self
+                .on_leader(req, crate::routing::Idempotence::Idempotent, FORWARD_TIMEOUT)
+                .await
+                .unwrap_or_else(Response::Error),
             other => self.handle_as_leader(other).await,
         }
     }

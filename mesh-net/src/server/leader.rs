@@ -28,6 +28,13 @@ impl Server {
                 datacenter,
                 public_key_der,
             } => self.sign_leaf_here(&service, &datacenter, &public_key_der),
+            Request::SignAgentCert {
+                node,
+                datacenter,
+                dns_san,
+                ip_san,
+                public_key_der,
+            } => self.sign_agent_cert_here(&node, &datacenter, &dns_san, &ip_san, &public_key_der),
             Request::RotateRoot {
                 private_key,
                 config,

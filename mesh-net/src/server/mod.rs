@@ -162,6 +162,9 @@ pub const MAX_WAIT_MS: u64 = 600_000;
 pub struct Server {
     node_id: u64,
     info: ServerInfo,
+    /// TLS on the RPC port, if configured (`auto_encrypt` reads and
+    /// extends it).
+    rpc_tls: Option<Arc<crate::rpc_tls::RpcTls>>,
     raft: Raft,
     view: StateView,
     /// A reader of the log openraft owns; clones share state.
@@ -327,6 +330,7 @@ impl Server {
         let server = Arc::new(Self {
             node_id,
             info,
+            rpc_tls: rpc_tls.clone(),
             raft,
             view,
             log,
@@ -372,6 +376,7 @@ impl Server {
         let leader_view = tokio::spawn(server.clone().publish_leader_view());
         let liveness = tokio::spawn(server.clone().liveness_driver(heartbeats_rx));
         let ca = tokio::spawn(server.clone().ca_driver());
+        let connect_roots = tokio::spawn(server.clone().connect_roots_driver());
         let sessions = tokio::spawn(server.clone().session_driver());
         let batcher = tokio::spawn(server.clone().write_batcher(write_queue_rx));
         let read_rounds = tokio::spawn(server.clone().read_round_driver(read_queue_rx));
@@ -382,6 +387,7 @@ impl Server {
             leader_view,
             liveness,
             ca,
+            connect_roots,
             sessions,
             batcher,
             read_rounds,
