@@ -443,3 +443,250 @@ async fn tls_cluster_forms_and_refuses_peers_without_a_server_certificate() {
     c.stop_all();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Addresses of the auto_encrypt test (its own, so it can run beside the
+/// test above).
+const AE_IPS: [&str; 5] = [
+    "127.0.0.140",
+    "127.0.0.141",
+    "127.0.0.142",
+    "127.0.0.143",
+    "127.0.0.144",
+];
+const AE_RPC_PORT: u16 = 18310;
+const AE_HTTP_PORT: u16 = 18510;
+
+/// `auto_encrypt` with real processes: three servers with
+/// `verify_incoming` and `allow_tls`; fcs00 holds only the operator CA and
+/// `auto_encrypt.tls`, gets its certificate from the servers and writes
+/// through them; fcc00, with neither a certificate nor `auto_encrypt`,
+/// cannot. By hand, a peer without a certificate may ask for one and do
+/// nothing else, cannot have the servers' name put in it, and the
+/// certificate it gets does not make it a server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_encrypt_gives_a_client_agent_its_certificate() {
+    use mesh_core::connect::ca::{cert_info, generate_leaf_key};
+    use mesh_net::rpc_tls::AutoEncrypt;
+
+    let dir = test_dir("auto-encrypt");
+    std::fs::create_dir_all(&dir).expect("dir");
+    mesh_tls(&dir, &["ca", "create"]).expect("ca create");
+    for (i, ip) in AE_IPS[..3].iter().enumerate() {
+        let node = format!("consul{i:02}");
+        mesh_tls(
+            &dir,
+            &[
+                "cert",
+                "create",
+                "-server",
+                "-node",
+                &node,
+                "-additional-ipaddress",
+                ip,
+            ],
+        )
+        .expect("server cert");
+    }
+    let mut c = ProcessCluster::new(
+        Path::new(env!("CARGO_BIN_EXE_mesh")),
+        &dir,
+        &AE_IPS[..3],
+        AE_RPC_PORT,
+        AE_HTTP_PORT,
+    )
+    .expect("cluster dir");
+    for i in 0..3 {
+        let path = tls_config(
+            &dir,
+            &format!("consul{i:02}"),
+            &format!("dc1-server-consul-{i}"),
+            None,
+        );
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        config["auto_encrypt"] = serde_json::json!({ "allow_tls": true });
+        std::fs::write(&path, config.to_string()).expect("write");
+        c.set_node_args(i, &["-config-file", path.to_str().expect("utf-8")]);
+    }
+    // Consul's client configuration for auto_encrypt: the CA, the checks,
+    // no certificate.
+    let client_config = |name: &str, auto_encrypt: bool| {
+        let path = dir.join(format!("{name}.json"));
+        // Consul refuses verify_incoming without a certificate unless
+        // auto_encrypt brings one; so does mesh.
+        let mut body = serde_json::json!({
+            "tls": {
+                "defaults": {
+                    "ca_file": dir.join("consul-agent-ca.pem"),
+                    "verify_incoming": auto_encrypt,
+                    "verify_outgoing": true
+                },
+                "internal_rpc": { "verify_server_hostname": true }
+            }
+        });
+        if auto_encrypt {
+            body["auto_encrypt"] = serde_json::json!({ "tls": true, "dns_san": ["fcs00.example"] });
+        }
+        std::fs::write(&path, body.to_string()).expect("write config");
+        path
+    };
+    let fcs_config = client_config("fcs00", true);
+    let fcs = c.add_client(
+        "fcs00",
+        AE_IPS[3],
+        &["-config-file", fcs_config.to_str().expect("utf-8")],
+    );
+    let fcc_config = client_config("fcc00", false);
+    let fcc = c.add_client(
+        "fcc00",
+        AE_IPS[4],
+        &["-config-file", fcc_config.to_str().expect("utf-8")],
+    );
+    for i in 0..5 {
+        c.start(i).expect("start");
+    }
+    let leader = c
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .expect("three TLS servers elect a leader");
+
+    // fcs00 writes through the servers with the certificate they signed.
+    let t = Instant::now();
+    loop {
+        let put = HttpClient::new(c.http_addr(fcs), Duration::from_secs(3))
+            .request("PUT", "/v1/kv/ae/probe", b"signed".to_vec())
+            .await;
+        if matches!(&put, Ok(r) if r.status == 200) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "fcs00 never wrote with its auto_encrypt certificate: {put:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fcs_log = std::fs::read_to_string(c.log_path(fcs)).expect("fcs00 log");
+    assert!(
+        fcs_log.contains("the servers signed this agent's RPC certificate")
+            && fcs_log.contains("/agent/client/dc/dc1/id/fcs00"),
+        "{fcs_log}"
+    );
+    // fcc00 has no certificate: the servers refuse everything it sends.
+    let put = HttpClient::new(c.http_addr(fcc), Duration::from_secs(10))
+        .request("PUT", "/v1/kv/ae/fcc", b"refused".to_vec())
+        .await;
+    match &put {
+        Ok(r) => assert!(
+            r.status != 200,
+            "fcc00 wrote without a certificate: {}",
+            r.status
+        ),
+        Err(e) => panic!("fcc00's agent did not answer: {e}"),
+    }
+    // It says why, once.
+    let fcc_log = std::fs::read_to_string(c.log_path(fcc)).expect("fcc00 log");
+    let refusals = fcc_log
+        .lines()
+        .filter(|l| l.contains("a server refuses this agent") && l.contains("may only ask for one"))
+        .count();
+    assert!(
+        (1..=3).contains(&refusals),
+        "{refusals} refusal lines (one per distinct reason expected): {fcc_log}"
+    );
+
+    // By hand: a TLS peer without a certificate.
+    let ca_pem = std::fs::read_to_string(dir.join("consul-agent-ca.pem")).expect("ca");
+    let asking = RpcTls::new(&RpcTlsConfig {
+        ca_pem: Some(ca_pem),
+        cert_pem: None,
+        key_pem: None,
+        verify_incoming: false,
+        verify_outgoing: true,
+        verify_server_hostname: true,
+        server_name: "server.dc1.consul".into(),
+        auto_encrypt: AutoEncrypt::GetsCertificate,
+    })
+    .expect("asking TLS");
+    let asking = Arc::new(asking);
+    let leader_rpc = c.rpc_addr(leader);
+    let key = generate_leaf_key().expect("key");
+    let sign = |dns_san: Vec<String>| Request::SignAgentCert {
+        node: "probe".into(),
+        datacenter: "dc1".into(),
+        dns_san,
+        ip_san: Vec::new(),
+        public_key_der: key.public_key_der.clone(),
+    };
+    let anonymous = RpcClient::with_source_ip(AE_IPS[4].parse().expect("ip"), Some(asking.clone()));
+    match anonymous
+        .call(&leader_rpc, &Request::Status, Duration::from_secs(3))
+        .await
+    {
+        Ok(Response::Error(RpcError::Rejected(why))) => {
+            assert!(why.contains("may only ask for one"), "{why}")
+        }
+        other => panic!("a peer without a certificate asked for status: {other:?}"),
+    }
+    match anonymous
+        .call(
+            &leader_rpc,
+            &sign(vec!["server.dc1.consul".into()]),
+            Duration::from_secs(3),
+        )
+        .await
+    {
+        Ok(Response::Error(RpcError::Rejected(why))) => {
+            assert!(why.contains("the servers' name"), "{why}")
+        }
+        other => panic!("the servers' name was signed for an agent: {other:?}"),
+    }
+    // Through a follower, which forwards it to the leader.
+    let follower = (0..3).find(|&i| i != leader).expect("a follower");
+    let leaf = match anonymous
+        .call(
+            &c.rpc_addr(follower),
+            &sign(Vec::new()),
+            Duration::from_secs(5),
+        )
+        .await
+    {
+        Ok(Response::Leaf(leaf)) => leaf,
+        other => panic!("no certificate for a peer without one: {other:?}"),
+    };
+    let info = cert_info(&leaf.cert_pem).expect("certificate");
+    assert!(
+        info.uri_sans
+            .iter()
+            .any(|u| u.ends_with("/agent/client/dc/dc1/id/probe")),
+        "{:?}",
+        info.uri_sans
+    );
+    asking
+        .use_identity(leaf.cert_pem, key.key)
+        .expect("the certificate loads");
+    let signed = RpcClient::with_source_ip(AE_IPS[4].parse().expect("ip"), Some(asking));
+    assert!(
+        matches!(
+            signed
+                .call(&leader_rpc, &Request::Status, Duration::from_secs(3))
+                .await,
+            Ok(Response::Status(_))
+        ),
+        "the signed certificate reaches the servers"
+    );
+    match signed
+        .call(
+            &leader_rpc,
+            &join_request("intruder", AE_IPS[4]),
+            Duration::from_secs(3),
+        )
+        .await
+    {
+        Ok(Response::Error(RpcError::Rejected(why))) => {
+            assert!(why.contains("for servers only"), "{why}")
+        }
+        other => panic!("an agent certificate sent a join: {other:?}"),
+    }
+    c.stop_all();
+    let _ = std::fs::remove_dir_all(&dir);
+}

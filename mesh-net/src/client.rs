@@ -25,7 +25,7 @@ use mesh_core::wire::{
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::backend::Cluster;
 use crate::clock::{self, Instant};
@@ -200,12 +200,22 @@ fn candidates(shared: &Shared) -> Vec<String> {
 
 /// Keeps the leader view fresh for the agent's lifetime.
 async fn track(shared: Arc<Shared>, rpc: RpcClient) {
+    // The last refusal logged: a server that refuses this agent (its TLS
+    // settings do not admit it) is said once, not at every poll.
+    let mut refused: Option<String> = None;
     loop {
         let mut confirmed = false;
         for addr in candidates(&shared) {
-            let Ok(Response::Status(st)) = rpc.call(&addr, &Request::Status, STATUS_TIMEOUT).await
-            else {
-                continue;
+            let st = match rpc.call(&addr, &Request::Status, STATUS_TIMEOUT).await {
+                Ok(Response::Status(st)) => st,
+                Ok(Response::Error(RpcError::Rejected(why))) => {
+                    if refused.as_ref() != Some(&why) {
+                        warn!(server = %addr, reason = %why, "a server refuses this agent; it finds no leader until its settings admit it");
+                        refused = Some(why);
+                    }
+                    continue;
+                }
+                _ => continue,
             };
             learn_servers(&shared, &st);
             let term = st.term;

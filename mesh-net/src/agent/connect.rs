@@ -216,6 +216,9 @@ impl ConnectCache {
     /// before they expire and after a rotation.
     pub async fn run(self: Arc<Self>) {
         let mut server_index = 0;
+        // The last failure logged: a long outage is one line, not two a
+        // second, and the return is logged once.
+        let mut failing: Option<String> = None;
         loop {
             // Roots: a blocking read from the last index seen.
             let request = ReadRequest {
@@ -226,13 +229,20 @@ impl ConnectCache {
             };
             match self.cluster.read(request).await {
                 Ok(resp) => {
+                    if failing.take().is_some() {
+                        info!("reading the Connect CA roots again");
+                    }
                     server_index = resp.index;
                     if let QueryResult::Ca(view) = resp.result {
                         self.store_roots(view);
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "could not read the Connect CA roots; serving the cached ones");
+                    let error = e.to_string();
+                    if failing.as_ref() != Some(&error) {
+                        warn!(%error, "could not read the Connect CA roots; serving the cached ones (logged again when the error changes or reads succeed)");
+                        failing = Some(error);
+                    }
                     clock::sleep(RETRY).await;
                 }
             }
