@@ -421,6 +421,23 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
         ok >= 20,
         "only {ok} requests through the sidecars during the failover"
     );
+
+    // Every server down, and fcs's sidecar restarted: its agent answers
+    // the leaf, the roots and the intentions from its cache (Consul's
+    // `?cached`), so the new sidecar lets fcc in as the old one did.
+    for i in 0..3 {
+        if i != leader {
+            c.kill(i);
+        }
+    }
+    drop(_fcs_proxy);
+    let _fcs_proxy = proxy("fcs", &c.http_addr(fcs), &dir.join("fcs-proxy-2.log"));
+    let back = poll_until(Duration::from_secs(15), || async { works("no-servers") }).await;
+    assert!(
+        back.is_some(),
+        "a sidecar restarted while no server answers refused fcc: {}",
+        std::fs::read_to_string(dir.join("fcs-proxy-2.log")).unwrap_or_default()
+    );
     stop.store(true, Ordering::SeqCst);
     c.stop_all();
 }

@@ -405,19 +405,54 @@ impl HttpApi {
         if names.is_empty() {
             return bad_request("required query parameter 'name' not set");
         }
+        let matches = |all: &[Intention]| {
+            let mut out = serde_json::Map::new();
+            for name in &names {
+                let matches = if by == "source" {
+                    intention::match_source(all, name)
+                } else {
+                    intention::match_destination(all, name)
+                };
+                out.insert(name.clone(), json!(matches));
+            }
+            json_reply(&Value::Object(out))
+        };
+        // `?cached` (Consul's agent cache): a question without an index is
+        // answered from the agent's copy when it has one, and a blocking
+        // one from the copy when no server answers and the copy is newer
+        // than the caller's. A sidecar started while no server answers
+        // then decides as the agent last knew (it refused everyone).
+        let cached = query.has("cached");
+        let min_index = query.u64("index").ok().flatten().unwrap_or(0);
+        let from_cache = |hit: (u64, Vec<Intention>)| {
+            let mut reply = matches(&hit.1);
+            let h = reply.headers_mut();
+            h.insert("X-Cache", hyper::header::HeaderValue::from_static("HIT"));
+            h.insert("X-Consul-Index", hyper::header::HeaderValue::from(hit.0));
+            h.insert(
+                "X-Consul-KnownLeader",
+                hyper::header::HeaderValue::from_static("false"),
+            );
+            reply
+        };
+        if cached && min_index == 0 {
+            if let Some(hit) = self.intention_cache.load() {
+                return from_cache(hit);
+            }
+        }
         match self.read_intentions(query).await {
             Ok((resp, all)) => {
-                let mut out = serde_json::Map::new();
-                for name in names {
-                    let matches = if by == "source" {
-                        intention::match_source(&all, &name)
-                    } else {
-                        intention::match_destination(&all, &name)
-                    };
-                    out.insert(name, json!(matches));
+                let mut reply = with_read_headers(matches(&all), &resp);
+                if cached {
+                    let miss = hyper::header::HeaderValue::from_static("MISS");
+                    reply.headers_mut().insert("X-Cache", miss);
                 }
-                with_read_headers(json_reply(&Value::Object(out)), &resp)
+                reply
             }
+            Err(r) if cached => match self.intention_cache.load() {
+                Some(hit) if hit.0 > min_index => from_cache(hit),
+                _ => r,
+            },
             Err(r) => r,
         }
     }

@@ -428,7 +428,7 @@ async fn watch_intentions(
     let mut index = 0;
     loop {
         let path = format!(
-            "/v1/connect/intentions/match?by=destination&name={service}&index={index}&wait={BLOCKING_WAIT}"
+            "/v1/connect/intentions/match?by=destination&name={service}&index={index}&wait={BLOCKING_WAIT}&cached"
         );
         match get_json(&mut client, &path).await {
             Ok((v, i)) => {
