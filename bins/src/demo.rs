@@ -236,12 +236,12 @@ impl FcsApp {
     }
 }
 
-/// What fcc does: one line to its upstream for fcs (127.0.0.14:8181, fcc's
+/// What fcc does: one line to its upstream for fcs (127.0.0.1:8181, fcc's
 /// sidecar) and the answer, if one came within 2 s.
 async fn fcc_request(line: &str) -> Option<String> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let exchange = async {
-        let conn = tokio::net::TcpStream::connect("127.0.0.14:8181")
+        let conn = tokio::net::TcpStream::connect("127.0.0.1:8181")
             .await
             .ok()?;
         let (r, mut w) = conn.into_split();
@@ -304,7 +304,7 @@ fn intention(c: &ProcessCluster, i: usize, action: &str) -> Result<(), String> {
 }
 
 async fn connect_story(c: &mut ProcessCluster, fcs: usize, fcc: usize) -> Result<(), String> {
-    step("starting the sidecars: mesh connect proxy -sidecar-for fcs (127.0.0.13:9191) and -sidecar-for fcc (upstream fcs on 127.0.0.14:8181)");
+    step("starting the sidecars: mesh connect proxy -sidecar-for fcs (127.0.0.13:9191) and -sidecar-for fcc (upstream fcs on 127.0.0.1:8181)");
     let _app = FcsApp::start().await?;
     let _fcs_proxy = sidecar(c, fcs, "fcs")?;
     let _fcc_proxy = sidecar(c, fcc, "fcc")?;
