@@ -29,6 +29,7 @@ Commands:
     config     Config entries (service-intentions): write, read, list, delete
     connect    Connect: run a sidecar (proxy -sidecar-for SERVICE), CA settings (ca)
     tls        The operator CA and agent certificates for TLS on the RPC port (ca create, cert create)
+    keygen     Prints a new gossip encryption key (for `encrypt`, as consul keygen)
     version    Prints the version";
 
 fn report(result: Result<(), String>) -> i32 {
@@ -39,6 +40,22 @@ fn report(result: Result<(), String>) -> i32 {
             1
         }
     }
+}
+
+/// `mesh keygen`: 32 random bytes from the operating system, base64, as
+/// `consul keygen` prints them.
+fn keygen(args: &[String]) -> i32 {
+    if !args.is_empty() {
+        eprintln!("keygen takes no arguments");
+        return 1;
+    }
+    let mut random = [0u8; 32];
+    if let Err(e) = getrandom::getrandom(&mut random) {
+        eprintln!("Error reading random data: {e}");
+        return 1;
+    }
+    println!("{}", mesh_core::gossip_key::encode(&random));
+    0
 }
 
 fn main() {
@@ -61,6 +78,7 @@ fn main() {
         Some("config") => report(config_cli::config(rest)),
         Some("connect") => connect_cli::connect(rest),
         Some("tls") => tls_cli::tls(rest),
+        Some("keygen") => keygen(rest),
         Some("version" | "-version" | "--version") => {
             println!("mesh v{}", env!("CARGO_PKG_VERSION"));
             0

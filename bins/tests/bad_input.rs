@@ -60,6 +60,15 @@ fn bad_flags_are_clear_errors() {
         ),
         (&["kv", "put"], "Usage: mesh kv put"),
         (&["frobnicate"], "unknown command"),
+        (
+            &["agent", "-dev", "-encrypt", "not base64!"],
+            "encrypt: Failed to decode encryption key",
+        ),
+        (
+            &["agent", "-dev", "-encrypt", "AAAAAAAAAAAAAAAAAAAAAAAAAAA="],
+            "encrypt: Invalid encryption key: 20 bytes",
+        ),
+        (&["keygen", "extra"], "keygen takes no arguments"),
     ];
     for (args, expected) in cases {
         let out = mesh(args);
@@ -72,6 +81,20 @@ fn bad_flags_are_clear_errors() {
     }
     let out = mesh(&["kv", "get", "x", "-http-addr", "127.0.0.1:1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the agent"));
+    // `mesh keygen`, as `consul keygen`: a new 32-byte key each time, one
+    // that `encrypt` takes.
+    let keys: Vec<String> = (0..2)
+        .map(|_| {
+            let out = mesh(&["keygen"]);
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect();
+    assert_ne!(keys[0], keys[1]);
+    for key in &keys {
+        assert_eq!(mesh_core::gossip_key::check(key), Ok(()), "{key}");
+        assert_eq!(key.len(), 44, "{key}");
+    }
 }
 
 struct Agent(Child);

@@ -1429,6 +1429,8 @@ pub struct AgentFileConfig {
     pub tls_https: TlsFileConfig,
     /// `auto_encrypt { ... }`.
     pub auto_encrypt: AutoEncryptConfig,
+    /// `encrypt`: Consul's gossip key (checked; there is no gossip here).
+    pub encrypt: Option<String>,
 }
 
 fn file_value_to_config(v: &Value) -> Result<AgentFileConfig, DefinitionError> {
@@ -1514,6 +1516,7 @@ fn file_value_to_config(v: &Value) -> Result<AgentFileConfig, DefinitionError> {
         tls,
         tls_https,
         auto_encrypt: AutoEncryptConfig::from_file(&o)?,
+        encrypt: o.string(&["encrypt"])?,
     })
 }
 
@@ -1594,6 +1597,7 @@ impl AgentFileConfig {
             tls: self.tls.overridden_by(later.tls),
             tls_https: self.tls_https.overridden_by(later.tls_https),
             auto_encrypt: self.auto_encrypt.merge(later.auto_encrypt),
+            encrypt: later.encrypt.or(self.encrypt),
         }
     }
 }

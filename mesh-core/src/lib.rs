@@ -14,6 +14,7 @@ pub mod dns;
 pub mod election;
 pub mod filter;
 pub mod formation;
+pub mod gossip_key;
 pub mod hash;
 pub mod liveness;
 pub mod log_limit;

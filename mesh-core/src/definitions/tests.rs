@@ -1052,6 +1052,17 @@ fn auto_encrypt_in_json_and_hcl_merges_like_consul() {
     let merged = client.merge(later);
     assert_eq!(merged.auto_encrypt.tls, Some(false));
     assert_eq!(merged.auto_encrypt.dns_san, ["fcs00.example", "b"]);
+    let keyed = AgentFileConfig::parse_json(r#"{"encrypt": "k1"}"#).unwrap();
+    assert_eq!(
+        keyed
+            .clone()
+            .merge(AgentFileConfig::default())
+            .encrypt
+            .as_deref(),
+        Some("k1")
+    );
+    let rekeyed = AgentFileConfig::parse_json(r#"{"encrypt": "k2"}"#).unwrap();
+    assert_eq!(keyed.merge(rekeyed).encrypt.as_deref(), Some("k2"));
     let err = AgentFileConfig::parse_json(r#"{"auto_encrypt": {"tls": "yes"}}"#)
         .unwrap_err()
         .to_string();

@@ -134,6 +134,11 @@ pub const AGENT_FLAGS: &[Spec] = &[
         "Datacenter of the agent. Default: dc1.",
     ),
     (
+        "encrypt",
+        Kind::Value,
+        "Consul's gossip key (base64, as `mesh keygen` makes): checked, and otherwise unused (there is no gossip; TLS protects RPC).",
+    ),
+    (
         "enable-script-checks",
         Kind::Bool,
         "Allow health checks that run scripts.",
@@ -550,7 +555,12 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
         },
         rpc_tls: None,
         https: None,
+        gossip_key_given: false,
     };
+    let encrypt = flags.get("encrypt").or(file.encrypt.as_deref());
+    if let Some(key) = encrypt {
+        mesh_core::gossip_key::check(key).map_err(|e| format!("encrypt: {e}"))?;
+    }
     let auto_encrypt = match (&file.auto_encrypt, is_server) {
         (a, true) if a.tls == Some(true) => {
             return Err("auto_encrypt.tls is for client agents; servers sign their \
@@ -589,6 +599,7 @@ fn launch_from(flags: &Flags) -> Result<AgentLaunch, String> {
     let config = AgentConfig {
         rpc_tls,
         https,
+        gossip_key_given: encrypt.is_some(),
         ..config
     };
     let log_level = flags

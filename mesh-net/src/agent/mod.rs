@@ -77,6 +77,8 @@ pub struct AgentConfig {
     pub rpc_tls: Option<Arc<crate::rpc_tls::RpcTls>>,
     /// The HTTPS API (`ports.https`), if configured.
     pub https: Option<crate::http::https::HttpsListener>,
+    /// `encrypt` was given (checked; there is no gossip to encrypt).
+    pub gossip_key_given: bool,
 }
 
 impl AgentConfig {
@@ -152,6 +154,9 @@ impl Agent {
             ),
             None => None,
         };
+        if config.gossip_key_given {
+            warn!("encrypt is set, but this build has no gossip layer (no Serf): the key is checked and otherwise unused; TLS on the RPC port (tls.*) protects what gossip would carry");
+        }
         let telemetry = crate::telemetry::Telemetry::new();
         let mut renewal = None;
         let (server, cluster, node_id): (Option<Arc<Server>>, Arc<dyn Cluster>, u64) =
