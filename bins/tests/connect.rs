@@ -407,6 +407,144 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
         .await
         .expect("allow takes effect");
 
+    // The intention CLI as Consul's: check (the answer is also the exit
+    // code), list, get, delete.
+    let stdout = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let out = mesh(&["intention", "check", "-http-addr", &fcc_http, "fcc", "fcs"]);
+    assert!(
+        out.status.success() && stdout(&out).trim() == "Allowed",
+        "{out:?}"
+    );
+    let out = mesh(&["intention", "check", "-http-addr", &fcc_http, "fcs", "fcc"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(stdout(&out).trim(), "Denied");
+    let out = mesh(&["intention", "list", "-http-addr", &fcc_http]);
+    let listed = stdout(&out);
+    assert!(
+        out.status.success()
+            && listed
+                .lines()
+                .any(|l| l.contains("fcc") && l.contains("allow") && l.contains("fcs")),
+        "{listed}"
+    );
+    let out = mesh(&["intention", "get", "-http-addr", &fcc_http, "fcc", "fcs"]);
+    assert!(stdout(&out).contains("Action:\tallow"), "{out:?}");
+
+    // Root rotation during traffic (`mesh connect ca rotate`): a
+    // connection opened before keeps working, no new connection fails,
+    // and the sidecars move to leaves of the new root.
+    let mut held = TcpStream::connect((FCC_IP, 8181)).expect("a held connection");
+    held.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut held_reader = BufReader::new(held.try_clone().unwrap());
+    let mut echo = |w: &mut TcpStream, nonce: &str| {
+        writeln!(w, "REQ {nonce}").ok()?;
+        let mut line = String::new();
+        held_reader.read_line(&mut line).ok()?;
+        Some(line.trim_end().to_owned())
+    };
+    assert_eq!(
+        echo(&mut held, "held-0").as_deref(),
+        Some("ECHO REQ held-0")
+    );
+    let roots_before: serde_json::Value = serde_json::from_slice(
+        &c.request(fcc, "GET", "/v1/connect/ca/roots", b"")
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let out = mesh(&["connect", "ca", "rotate", "-http-addr", &fcc_http]);
+    assert!(
+        out.status.success() && stdout(&out).contains("Root rotated"),
+        "{out:?}"
+    );
+    let t = Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    while t.elapsed() < Duration::from_secs(5) {
+        if works(&format!("rotation-{ok}")) {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        failed == 0 && ok >= 20,
+        "{failed} of {} new connections failed during the rotation",
+        ok + failed
+    );
+    assert_eq!(
+        echo(&mut held, "held-1").as_deref(),
+        Some("ECHO REQ held-1"),
+        "the connection opened before the rotation was dropped"
+    );
+    let roots: serde_json::Value = serde_json::from_slice(
+        &c.request(fcc, "GET", "/v1/connect/ca/roots", b"")
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let active = roots["ActiveRootID"].as_str().unwrap().to_owned();
+    assert_ne!(active, roots_before["ActiveRootID"].as_str().unwrap());
+    assert_eq!(roots["Roots"].as_array().map(Vec::len), Some(2), "{roots}");
+    let out = mesh(&["connect", "ca", "roots", "-http-addr", &fcc_http]);
+    assert_eq!(
+        stdout(&out).matches("active=true").count(),
+        1,
+        "{}",
+        stdout(&out)
+    );
+    // A leaf of the new root comes with the new root cross-signed by the
+    // old one (the first root had no such certificate).
+    let cross_signed = roots["Roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ID"] == active.as_str())
+        .and_then(|r| r["IntermediateCerts"][0].as_str())
+        .expect("the new root's cross-signed certificate")
+        .trim()
+        .to_owned();
+    for (agent, service) in [(fcs, "fcs"), (fcc, "fcc")] {
+        let path = format!("/v1/agent/connect/ca/leaf/{service}");
+        let moved = poll_until(Duration::from_secs(20), || {
+            let c = &c;
+            let path = path.clone();
+            let cross_signed = cross_signed.clone();
+            async move {
+                let leaf = c.request(agent, "GET", &path, b"").await.unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&leaf.body).unwrap();
+                v["CertPEM"]
+                    .as_str()
+                    .is_some_and(|chain| chain.contains(&cross_signed))
+            }
+        })
+        .await;
+        assert!(moved.is_some(), "{service}'s leaf is not of the new root");
+    }
+    assert!(works("after-rotation"));
+
+    // Deleting the intention brings back the default (deny).
+    let out = mesh(&["intention", "delete", "-http-addr", &fcc_http, "fcc", "fcs"]);
+    assert!(stdout(&out).contains("Intention deleted."), "{out:?}");
+    poll_until(Duration::from_secs(10), || async { !works("deleted") })
+        .await
+        .expect("the delete takes effect");
+    let out = mesh(&[
+        "intention",
+        "create",
+        "-http-addr",
+        &fcc_http,
+        "-allow",
+        "fcc",
+        "fcs",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    poll_until(Duration::from_secs(10), || async { works("recreated") })
+        .await
+        .expect("allow takes effect again");
+
     // kill -9 the leader: the data plane does not depend on it.
     c.kill(leader);
     let t = Instant::now();

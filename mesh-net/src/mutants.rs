@@ -90,8 +90,10 @@ pub enum Mutant {
     ReleaseByAnyone,
     /// A transaction of several operations applies only its first half.
     TxnAppliedHalf,
-    /// A server with `verify_incoming` still serves plaintext RPC
-    /// connections (the first-byte sniff lets a frame through).
+    /// A server with `verify_incoming` still serves peers without a
+    /// certificate: plaintext RPC connections (the first-byte sniff lets a
+    /// frame through), and, with `auto_encrypt.allow_tls`, TLS peers
+    /// without one beyond asking for one.
     RpcPlaintextAccepted,
     /// A server answers server-only requests (join, Raft, PreVote) from a
     /// peer whose certificate does not name a server (CVE-2021-37219).

@@ -148,6 +148,10 @@ struct Settings {
     verify_incoming: bool,
     /// Server-only requests need a [`PeerRole::Server`] peer.
     guard_server_requests: bool,
+    /// A [`PeerRole::Server`] certificate must name the servers
+    /// (`verify_server_hostname`); without, any certificate the operator
+    /// CA signed is one.
+    server_must_be_named: bool,
     /// A TLS peer without a certificate may only ask for one
     /// (`SignAgentCert`).
     anonymous_may_only_sign: bool,
@@ -319,7 +323,12 @@ impl Inputs {
             acceptor,
             connector,
             verify_incoming: config.verify_incoming,
-            guard_server_requests: config.verify_incoming && config.verify_server_hostname,
+            // A server that signs agent certificates guards server-only
+            // requests even without verify_server_hostname: anyone who
+            // reaches the port can get an agent certificate.
+            guard_server_requests: config.verify_incoming
+                && (config.verify_server_hostname || signs),
+            server_must_be_named: config.verify_server_hostname,
             anonymous_may_only_sign: config.verify_incoming && signs,
             server_roots,
             server_name,
@@ -370,6 +379,14 @@ impl RpcTls {
             .clone();
         if let Err(e) = self.rebuild(|inputs| inputs.config = config) {
             tracing::warn!(error = %e, "reloaded RPC TLS files do not combine with the auto_encrypt certificate or roots; using the files alone");
+            // The files alone from now on, in the inputs too: a later
+            // certificate or roots must not bring back the old files.
+            let files_alone = other
+                .inputs
+                .lock()
+                .expect("rpc tls inputs poisoned")
+                .clone();
+            *self.inputs.lock().expect("rpc tls inputs poisoned") = files_alone;
             self.current.set(other.current.get());
         }
     }
@@ -386,6 +403,21 @@ impl RpcTls {
     /// client agent.
     pub fn use_identity(&self, chain: String, key: SecretPem) -> Result<(), String> {
         self.rebuild(|inputs| inputs.identity = Some((chain, key)))
+    }
+
+    /// The same settings without the certificate `auto_encrypt` brought:
+    /// what a client agent asks for a new one with, so an expired one
+    /// (a long outage, a clock fault) never stands in the way.
+    pub fn without_identity(&self) -> Result<RpcTls, String> {
+        let inputs = Inputs {
+            identity: None,
+            ..self.inputs.lock().expect("rpc tls inputs poisoned").clone()
+        };
+        let settings = inputs.build()?;
+        Ok(RpcTls {
+            current: Swap::new(Arc::new(settings)),
+            inputs: std::sync::Mutex::new(inputs),
+        })
     }
 
     /// Whether this agent signs `auto_encrypt` certificates.
@@ -477,7 +509,7 @@ impl RpcTls {
                     v.verify_client_cert(leaf, intermediates, HostClock::now())
                         .is_ok()
                 });
-                if names_server && from_operator {
+                if from_operator && (names_server || !settings.server_must_be_named) {
                     PeerRole::Server
                 } else {
                     PeerRole::Agent
@@ -505,7 +537,11 @@ impl RpcTls {
             ));
         }
         let asks_for_certificate = matches!(req, Request::SignAgentCert { .. });
-        (settings.anonymous_may_only_sign && role == PeerRole::Anonymous && !asks_for_certificate)
+        let enforced = !mutants::enabled(Mutant::RpcPlaintextAccepted);
+        (enforced
+            && settings.anonymous_may_only_sign
+            && role == PeerRole::Anonymous
+            && !asks_for_certificate)
             .then(|| {
                 "verify_incoming requires a client certificate; a peer without one may only \
                  ask for one (auto_encrypt)"

@@ -1,6 +1,8 @@
 //! `snapshot.bin`: the latest snapshot of a server's state, written, sent,
-//! received and restored a record at a time, so a server's memory is its
-//! state plus a few megabytes, never its state twice.
+//! received and restored a record at a time, so the snapshot's bytes are
+//! never in memory beside the state (a few megabytes of them at a time).
+//! Installing a snapshot still holds the old state until the new one is
+//! restored.
 //!
 //! The file holds a first record `[meta_len: u32 LE][meta JSON][state
 //! bytes]` and one record per further part of the state bytes, each
@@ -351,6 +353,10 @@ pub(crate) struct Staged {
 pub(crate) struct SnapshotFile {
     disk: Arc<dyn Disk>,
     state: Mutex<Stored>,
+    /// Held from a build's first byte to its commit: openraft's builds and
+    /// the rebuild of `get_current_snapshot` would otherwise share
+    /// [`BUILDING_FILE`].
+    building: tokio::sync::Mutex<()>,
 }
 
 /// What the file holds, as this process last wrote or read it.
@@ -398,6 +404,7 @@ impl SnapshotFile {
         let file = SnapshotFile {
             disk,
             state: Mutex::new(stored),
+            building: tokio::sync::Mutex::new(()),
         };
         Ok((file, restored))
     }
@@ -407,8 +414,15 @@ impl SnapshotFile {
         self.disk.as_ref()
     }
 
+    /// Waits until no other build runs; hold the guard from
+    /// [`Self::build`] to [`Self::commit`].
+    pub(crate) async fn lock_build(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.building.lock().await
+    }
+
     /// Writes a new snapshot to the staging file, `write` handing out the
-    /// state bytes a piece at a time. Not in place until [`Self::commit`].
+    /// state bytes a piece at a time (call with [`Self::lock_build`]'s
+    /// guard held). Not in place until [`Self::commit`].
     pub(crate) fn build(
         &self,
         meta: &SnapshotMeta,
@@ -427,6 +441,18 @@ impl SnapshotFile {
     /// Makes a staged snapshot durable and puts it in place unless the file
     /// holds a newer one; says whether it did.
     pub(crate) async fn commit(&self, staged: Staged) -> io::Result<bool> {
+        // What was staged must still be there, whole: never sync (which
+        // creates) and rename an empty or foreign file over the snapshot.
+        let expected = staged.layout.parts.last().map_or(0, |p| {
+            p.at + (RECORD_HEADER_LEN as u64) + u64::from(p.header.len)
+        });
+        let found = self.disk.len(staged.name)?;
+        if found != Some(expected) {
+            return Err(io::Error::other(format!(
+                "{} holds {found:?} bytes where {expected} were staged",
+                self.disk.describe(staged.name)
+            )));
+        }
         self.disk.sync(staged.name)?;
         wait_durable(self.disk()).await;
         let placed = {
@@ -528,7 +554,8 @@ impl SnapshotFile {
         } else {
             layout
         };
-        self.disk.sync(INCOMING_FILE)?;
+        // No sync here (under the locks, a gigabyte's): the commit syncs
+        // the received file before it puts it in place.
         self.disk.rename(INCOMING_FILE, RECEIVED_FILE)?;
         Ok(SnapshotData {
             file: self.clone(),

@@ -27,7 +27,7 @@ struct Inner {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     /// Counts the snapshots this process built, to name them: atomic, so
-    /// a build needs only the read lock (reads go on while it writes).
+    /// a build needs only the read lock.
     snapshots_built: AtomicU64,
     /// `(applied index, digest)` computed last; the digest walks the whole
     /// state, and checkers ask for it often.
@@ -125,13 +125,16 @@ fn next_snapshot_meta(inner: &Inner) -> SnapshotMeta {
     }
 }
 
-/// Writes a snapshot of the applied state to the staging file (holding
-/// the state's read lock: reads go on, applies wait) and puts it in place
-/// after the lock is released (the sync can take a while).
+/// Writes a snapshot of the applied state to the staging file and puts it
+/// in place after the state's lock is released (the sync can take a
+/// while). The write holds the state's read lock: applies wait for it, and
+/// so do reads that come after a waiting apply (std's lock lets writers
+/// go first), for as long as writing the state to the page cache takes.
 async fn build_snapshot(
     file: &Arc<SnapshotFile>,
     inner: &RwLock<Inner>,
 ) -> std::io::Result<(SnapshotMeta, bool)> {
+    let _building = file.lock_build().await;
     let (meta, staged) = {
         let inner = inner.read().expect("state lock poisoned");
         let meta = next_snapshot_meta(&inner);

@@ -17,7 +17,8 @@
 //! sent by fcc (no attacker byte reached it); every answer fcc accepted
 //! came from fcs (nothing else impersonated it); answers are intact; while
 //! the intention denies, nothing reaches fcs; traffic resumes within
-//! bounds after a leader kill, an allow, and a restart of fcs00. Attacks:
+//! bounds after a leader kill, an allow, a restart of fcs's sidecar while
+//! every server is down, and a restart of fcs00. Attacks:
 //! plaintext to :9191, a direct connection to :8181, a certificate from
 //! another CA claiming to be fcc, an expired leaf of the real CA for fcc,
 //! and an impostor sidecar registered for fcs holding a real leaf for
@@ -35,6 +36,7 @@ use mesh_net::sidecar::control::{self, ProxyOptions};
 use mesh_net::sidecar::Limits;
 use mesh_net::tls::{self, Identity, TrustBundle};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Notify;
 use tracing::info;
 
 use crate::agent_hosts::BootTask;
@@ -63,6 +65,10 @@ pub const INTENTION_BOUND: Duration = Duration::from_secs(2);
 const ROTATION_BOUND: Duration = Duration::from_secs(5);
 /// From fcs00 booting again to fcc's first answer.
 const RESTART_BOUND: Duration = Duration::from_secs(20);
+/// From fcs's sidecar restarting, while no server runs, to fcc's first
+/// answer: its agent serves the leaf, the roots and the intentions from
+/// its cache.
+const OUTAGE_RESTART_BOUND: Duration = Duration::from_secs(5);
 
 /// fcs's registration: the app on 8181 with a TCP check, and a sidecar.
 const FCS_REGISTRATION: &str = r#"{"Name":"fcs","ID":"fcs","Port":8181,
@@ -149,8 +155,9 @@ async fn fcc_client(traffic: Arc<Mutex<Traffic>>, seq: Arc<AtomicU64>, base: Ins
 }
 
 /// `mesh connect proxy -sidecar-for <service>` against this host's agent,
-/// started again whenever it fails to.
-async fn sidecar(agent: String, service: &'static str) {
+/// started again whenever it fails to, or when `restart` is notified (the
+/// sidecar alone restarts; the agent and the app go on).
+async fn sidecar(agent: String, service: &'static str, restart: Arc<Notify>) {
     loop {
         let opts = ProxyOptions {
             agent_http: agent.clone(),
@@ -160,17 +167,24 @@ async fn sidecar(agent: String, service: &'static str) {
         match control::start(opts).await {
             Ok(running) => {
                 // As `mesh connect proxy -metrics-addr` does.
-                if let Ok(listener) =
-                    tokio::net::TcpListener::bind(("0.0.0.0", SIDECAR_METRICS_PORT)).await
-                {
-                    mesh_net::sidecar::metrics::serve(
-                        listener,
-                        running.metrics.clone(),
-                        service.to_owned(),
-                    )
-                    .await;
+                let metrics = async {
+                    if let Ok(listener) =
+                        tokio::net::TcpListener::bind(("0.0.0.0", SIDECAR_METRICS_PORT)).await
+                    {
+                        mesh_net::sidecar::metrics::serve(
+                            listener,
+                            running.metrics.clone(),
+                            service.to_owned(),
+                        )
+                        .await;
+                    }
+                    std::future::pending::<()>().await
+                };
+                tokio::select! {
+                    biased;
+                    _ = restart.notified() => info!(service, "sidecar restarts"),
+                    () = metrics => {}
                 }
-                std::future::pending::<()>().await;
                 drop(running);
             }
             Err(_) => sleep(Duration::from_millis(500)).await,
@@ -241,18 +255,21 @@ async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
     let traffic = Arc::new(Mutex::new(Traffic::default()));
     let seq = Arc::new(AtomicU64::new(0));
     let base = Instant::now();
+    let fcs_sidecar_restart = Arc::new(Notify::new());
     {
         let fcs = &mut run.cluster.agents[FCS];
         fcs.has_app = false;
         let agent = fcs.http_addr();
         let t = traffic.clone();
         fcs.boot_tasks.push(boot(move || fcs_echo(t.clone(), base)));
+        let restart = fcs_sidecar_restart.clone();
         fcs.boot_tasks
-            .push(boot(move || sidecar(agent.clone(), "fcs")));
+            .push(boot(move || sidecar(agent.clone(), "fcs", restart.clone())));
         let fcc = &mut run.cluster.agents[FCC];
         let agent = fcc.http_addr();
+        let never = Arc::new(Notify::new());
         fcc.boot_tasks
-            .push(boot(move || sidecar(agent.clone(), "fcc")));
+            .push(boot(move || sidecar(agent.clone(), "fcc", never.clone())));
         let (t, s) = (traffic.clone(), seq.clone());
         fcc.boot_tasks
             .push(boot(move || fcc_client(t.clone(), s.clone(), base)));
@@ -350,6 +367,32 @@ async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
 
     info!("phase: fcs00's wall clock jumps past its leaf's renewal point");
     renew_by_age(&mut run, &traffic, base).await?;
+
+    info!(
+        "phase: every server stops and fcs's sidecar restarts: the agents' caches carry fcc -> fcs"
+    );
+    for i in all {
+        run.cluster.crash(i, 0);
+    }
+    sleep(rand_ms(200, 1000)).await;
+    fcs_sidecar_restart.notify_one();
+    let took = wait_answers(
+        &mut run,
+        &traffic,
+        3,
+        OUTAGE_RESTART_BOUND,
+        "after fcs's sidecar restarted with no server up",
+    )
+    .await?;
+    info!(
+        took_ms = took.as_millis() as u64,
+        "a sidecar restarted during a full outage serves again"
+    );
+    for i in all {
+        run.cluster.start(i);
+    }
+    run.leader_among(&all, ELECTION_BOUND).await?;
+    run.settle(Duration::from_secs(2)).await?;
 
     info!("phase: fcs00 restarts (agent, app and sidecar)");
     run.cluster.crash_agent(FCS);

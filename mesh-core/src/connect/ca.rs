@@ -403,19 +403,32 @@ pub fn sign_agent_leaf(
     now: SystemTime,
     ttl: Duration,
 ) -> Result<IssuedLeaf, CaError> {
-    let node_ok = !node.is_empty()
-        && node.len() <= 128
-        && node
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !node_ok {
+    let plain_name = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    for (what, name) in [("node name", node), ("datacenter", datacenter)] {
+        if !plain_name(name) {
+            return Err(CaError::BadName(format!(
+                "{name:?} is not a {what} (letters, digits, '-', '_' and '.', at most 128)"
+            )));
+        }
+    }
+    if dns_sans.len() > MAX_AGENT_SANS || ip_sans.len() > MAX_AGENT_SANS {
         return Err(CaError::BadName(format!(
-            "{node:?} is not a node name (letters, digits, '-', '_' and '.', at most 128)"
+            "at most {MAX_AGENT_SANS} dns_san and {MAX_AGENT_SANS} ip_san entries"
         )));
     }
-    if let Some(bad) = dns_sans.iter().find(|n| !is_dns_name(n)) {
+    // No wildcards: a wildcard can cover a name only servers may carry.
+    if let Some(bad) = dns_sans
+        .iter()
+        .find(|n| n.starts_with("*.") || !is_dns_name(n))
+    {
         return Err(CaError::BadName(format!(
-            "dns_san {bad:?} is not a DNS name"
+            "dns_san {bad:?} is not a DNS name (wildcards are refused)"
         )));
     }
     let spiffe_id = agent_spiffe_id(&root.trust_domain, datacenter, node);
@@ -456,6 +469,10 @@ fn is_dns_name(name: &str) -> bool {
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
 }
+
+/// The most extra DNS names, and the most extra IP addresses, an agent
+/// certificate carries: a request is input from the network.
+pub const MAX_AGENT_SANS: usize = 32;
 
 /// What an end-entity certificate names.
 struct Leaf<'a> {
@@ -882,6 +899,38 @@ mod tests {
         assert!(refused("n", "not a name!").contains("is not a DNS name"));
         assert!(refused("n", "-a.b").contains("is not a DNS name"));
         assert!(refused("a/../b", "").contains("is not a node name"));
+        assert!(refused("n", "*.dc1.consul").contains("wildcards are refused"));
+        let many: Vec<String> = (0..=MAX_AGENT_SANS)
+            .map(|i| format!("h{i}.example"))
+            .collect();
+        let e = sign_agent_leaf(
+            &root,
+            "dc1",
+            "n",
+            &many,
+            &[],
+            &key.public_key_der,
+            1,
+            at(T0),
+            DAY,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at most 32"), "{e}");
+        let e = sign_agent_leaf(
+            &root,
+            "dc1/../x",
+            "n",
+            &[],
+            &[],
+            &key.public_key_der,
+            1,
+            at(T0),
+            DAY,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is not a datacenter"), "{e}");
         assert!(refused("", "").contains("is not a node name"));
     }
 

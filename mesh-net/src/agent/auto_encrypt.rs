@@ -119,9 +119,11 @@ impl Asker {
             ip_san: self.request.ip_san.clone(),
             public_key_der: key.public_key_der.clone(),
         };
-        // A client of its own: its connections close with it, so none made
-        // without a certificate is reused once the agent has one.
-        let rpc = RpcClient::with_source_ip(self.source_ip, Some(self.tls.clone()));
+        // A client of its own, presenting no certificate: an expired one
+        // would fail the handshake, and its connections close with it, so
+        // none made without a certificate is reused by the agent.
+        let asking = self.tls.without_identity()?;
+        let rpc = RpcClient::with_source_ip(self.source_ip, Some(Arc::new(asking)));
         let mut targets: Vec<String> = self.servers.iter().rev().map(|s| rpc_target(s)).collect();
         let mut answers = Vec::new();
         // Each server once, and a few leaders they name.

@@ -411,6 +411,34 @@ async fn auto_encrypt_lets_agents_ask_for_a_certificate_and_nothing_more() {
     }
     assert_eq!(roles.recv().await.unwrap(), Ok(PeerRole::Agent));
 
+    // Without verify_server_hostname, a server that signs agent
+    // certificates still keeps server-only requests to certificates from
+    // the operator CA: anyone can get an agent certificate.
+    let unnamed = Arc::new(
+        RpcTls::new(&RpcTlsConfig {
+            verify_server_hostname: false,
+            ..signing.clone()
+        })
+        .unwrap(),
+    );
+    unnamed
+        .trust_connect_roots(vec![root.root_cert_pem.clone()])
+        .unwrap();
+    let (loose, mut loose_roles) = server(unnamed).await;
+    match call(&client, &loose, &join_request()).await.unwrap() {
+        Response::Error(RpcError::Rejected(why)) => {
+            assert!(why.contains("for servers only"), "{why}")
+        }
+        other => panic!("an agent certificate sent a join: {other:?}"),
+    }
+    assert_eq!(loose_roles.recv().await.unwrap(), Ok(PeerRole::Agent));
+    let peer = RpcTls::new(&config(&ca, Some(&server_cert))).unwrap();
+    assert!(matches!(
+        call(&peer, &loose, &join_request()).await.unwrap(),
+        Response::Done
+    ));
+    assert_eq!(loose_roles.recv().await.unwrap(), Ok(PeerRole::Server));
+
     let (strict, mut strict_roles) =
         server(RpcTls::new(&config(&ca, Some(&server_cert))).unwrap()).await;
     let fresh = RpcTls::new(&asking).unwrap();

@@ -150,6 +150,7 @@ impl Server {
         }
         // Defence in depth: a server's role also needs the operator CA.
         let server_name = tls.server_name();
+        // (Wildcards are refused when signing.)
         if let Some(name) = dns_san
             .iter()
             .find(|n| n.trim_end_matches('.').eq_ignore_ascii_case(&server_name))

@@ -230,3 +230,41 @@ async fn a_damaged_file_is_refused_at_open_with_its_offset() {
         "{e}"
     );
 }
+
+/// A commit whose staged file is gone or was cut (another build took the
+/// staging name) fails instead of putting an empty or foreign file in
+/// place; builds that hold the build lock never share the staging file.
+#[tokio::test]
+async fn a_commit_never_places_a_file_it_did_not_stage() {
+    let disk: Arc<dyn Disk> = Arc::new(MemDisk::new());
+    let (file, _) = SnapshotFile::open(disk.clone()).unwrap();
+    assert!(store(&file, &meta("first", Some(2)), &state(2)).await);
+    let staged = file
+        .build(&meta("second", Some(4)), |out| state(4).write_snapshot(out))
+        .unwrap();
+    disk.remove(BUILDING_FILE).unwrap();
+    let e = file.commit(staged).await.unwrap_err().to_string();
+    assert!(e.contains("were staged"), "{e}");
+    let staged = file
+        .build(&meta("third", Some(5)), |out| state(5).write_snapshot(out))
+        .unwrap();
+    disk.truncate(BUILDING_FILE, 3).unwrap();
+    assert!(file.commit(staged).await.is_err());
+    let (_, found) = SnapshotFile::open(disk.clone()).unwrap();
+    assert_eq!(
+        found.unwrap().0.snapshot_id,
+        "first",
+        "the stored snapshot stays"
+    );
+
+    let file = Arc::new(file);
+    let guard = file.lock_build().await;
+    let second = file.clone();
+    let waiting = tokio::spawn(async move {
+        let _g = second.lock_build().await;
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "a second build waits for the first");
+    drop(guard);
+    waiting.await.unwrap();
+}
