@@ -114,6 +114,9 @@ pub enum Mutant {
     /// The upstream side of a sidecar carries the app's bytes to the
     /// destination's sidecar over plain TCP, without TLS.
     UpstreamPlaintext,
+    /// The agent ignores `?cached` on `/v1/connect/intentions/match`: a
+    /// sidecar started while no server answers refuses everyone.
+    IntentionCacheIgnored,
 }
 
 impl Mutant {
@@ -156,6 +159,7 @@ impl Mutant {
         ("leader_gone_ignored", Mutant::LeaderGoneIgnored),
         ("stale_vote_replication", Mutant::StaleVoteReplication),
         ("upstream_plaintext", Mutant::UpstreamPlaintext),
+        ("intention_cache_ignored", Mutant::IntentionCacheIgnored),
     ];
 
     /// The mutant called `name`.

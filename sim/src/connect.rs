@@ -187,7 +187,10 @@ async fn sidecar(agent: String, service: &'static str, restart: Arc<Notify>) {
                 }
                 drop(running);
             }
-            Err(_) => sleep(Duration::from_millis(500)).await,
+            Err(e) => {
+                info!(service, error = %e, "sidecar did not start; retrying");
+                sleep(Duration::from_millis(500)).await
+            }
         }
     }
 }

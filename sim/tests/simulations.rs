@@ -241,6 +241,9 @@ fn planted_bugs_are_caught() {
         // The upstream sidecar without TLS: fcc's plaintext seen on the
         // simulated network between hosts (wire_plaintext).
         ("upstream_plaintext", "connect", "0..5"),
+        // The agent's intentions cache ignored: fcs's sidecar, restarted
+        // while every server is down, refuses fcc (the outage phase).
+        ("intention_cache_ignored", "connect", "0..5"),
         // Group commit: a writer given another's answer in a batch.
         ("batch_results_misrouted", "group_commit", "0..5"),
         // Only the seeds whose fault is a kill can catch it.

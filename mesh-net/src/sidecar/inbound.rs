@@ -107,13 +107,14 @@ pub async fn serve(
         handshaking: Mutex::new(BTreeMap::new()),
         refusal_log: LogGate::new(),
     });
+    let connections = super::Connections::new();
     loop {
         let (permit, tcp, peer) = super::accept_slot(&listener, &slots, "inbound").await;
         // Taken at accept: a renewed leaf serves the next connection, and
         // connections already open keep theirs.
         let config = configs.get(&tls);
         let shared = shared.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
             if mutants::enabled(Mutant::ForwardBeforeHandshake) {

@@ -68,6 +68,7 @@ pub async fn serve_upstream(
         failure_log: LogGate::new(),
     });
     let mut opened: usize = 0;
+    let connections = super::Connections::new();
     loop {
         let (permit, local, app) = super::accept_slot(&listener, &slots, "upstream").await;
         let config = configs.get(&tls);
@@ -75,7 +76,7 @@ pub async fn serve_upstream(
         let first = opened;
         opened = opened.wrapping_add(1);
         let shared = shared.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             let _ = local.set_nodelay(true);
             let Some(config) = config else {
