@@ -362,6 +362,46 @@ mod tests {
         }
     }
 
+    /// A deposed leader's replication task (its vote is no longer the
+    /// stored one) sends nothing: the guard swarm seed 105 once found
+    /// missing, checked without a network. The simulator no longer reaches
+    /// that race on a fixed seed (see `sim/tests/simulations.rs`).
+    #[tokio::test]
+    async fn a_deposed_leaders_entries_are_not_sent() {
+        use openraft::storage::RaftLogStorage;
+        let disk: Arc<dyn crate::disk::Disk> = Arc::new(crate::disk::MemDisk::new());
+        let mut log = LogStore::open(disk).unwrap();
+        let current = Vote::new_committed(3, 2);
+        log.save_vote(&current).await.unwrap();
+        let mut factory = NetworkFactory::new(RpcClient::new(), log);
+        let node = ServerNode {
+            name: "consul01".into(),
+            rpc_addr: "127.0.0.1:1".into(),
+            http_addr: "127.0.0.1:2".into(),
+        };
+        let mut peer = factory.new_client(1, &node).await;
+        let request = |vote| AppendEntriesRequest {
+            vote,
+            prev_log_id: None,
+            entries: vec![entry(1, 10)],
+            leader_commit: None,
+        };
+        let option = || RPCOption::new(Duration::from_millis(200));
+        let stale = peer
+            .append_entries(request(Vote::new_committed(2, 0)), option())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(stale.contains("a deposed leader's replication"), "{stale}");
+        // Under the stored vote it goes out (and fails: nobody listens).
+        let sent = peer
+            .append_entries(request(current), option())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!sent.contains("deposed"), "{sent}");
+    }
+
     #[test]
     fn small_batches_pass_whole() {
         let entries: Vec<Entry> = (1..=256).map(|i| entry(i, 1024)).collect();

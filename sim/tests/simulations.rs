@@ -248,9 +248,10 @@ fn planted_bugs_are_caught() {
         ("batch_results_misrouted", "group_commit", "0..5"),
         // Only the seeds whose fault is a kill can catch it.
         ("leader_gone_ignored", "failover", "0..20"),
-        // Found by swarm seed 105 once survivors of a "gone" leader stopped
-        // waiting out the lease; only that seed reaches it so far.
-        ("stale_vote_replication", "swarm", "105..106"),
+        // `stale_vote_replication` is not hunted: swarm seed 105 found the
+        // race once, and the seed moved with the schedule (no seed of
+        // 0..3000 reaches it on this build). The guard is checked without a
+        // network instead: `network::tests::a_deposed_leaders_entries_are_not_sent`.
         // Sessions and locks: each caught by the lock-safety or the
         // transaction-atomicity checker (first caught at seeds 1, 1, 0, 0).
         ("lock_delay_ignored", "locks", "0..10"),

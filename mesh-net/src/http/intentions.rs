@@ -423,8 +423,7 @@ impl HttpApi {
         // one from the copy when no server answers and the copy is newer
         // than the caller's. A sidecar started while no server answers
         // then decides as the agent last knew (it refused everyone).
-        let cached =
-            query.has("cached") && !mutants::enabled(Mutant::IntentionCacheIgnored);
+        let cached = query.has("cached") && !mutants::enabled(Mutant::IntentionCacheIgnored);
         let min_index = query.u64("index").ok().flatten().unwrap_or(0);
         let from_cache = |hit: (u64, Vec<Intention>)| {
             let mut reply = matches(&hit.1);
