@@ -152,6 +152,19 @@ fn proxy(service: &str, agent: &str, log: &std::path::Path) -> Proc {
     )
 }
 
+/// `mesh intention create -allow [flags] fcc fcs` through fcc00's agent,
+/// then waits until fcc's requests get through.
+async fn allow(fcc_http: &str, flags: &[&str], nonce: &str) {
+    let mut args = vec!["intention", "create", "-http-addr", fcc_http, "-allow"];
+    args.extend_from_slice(flags);
+    args.extend(["fcc", "fcs"]);
+    let out = mesh(&args);
+    assert!(out.status.success(), "{out:?}");
+    poll_until(Duration::from_secs(10), || async { works(nonce) })
+        .await
+        .unwrap_or_else(|| panic!("{nonce}: the allow did not take effect"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
     let dir = test_dir("connect");
@@ -392,20 +405,7 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
             "a request got through a deny"
         );
     }
-    let out = mesh(&[
-        "intention",
-        "create",
-        "-http-addr",
-        &fcc_http,
-        "-allow",
-        "-replace",
-        "fcc",
-        "fcs",
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    poll_until(Duration::from_secs(10), || async { works("allowed-again") })
-        .await
-        .expect("allow takes effect");
+    allow(&fcc_http, &["-replace"], "allowed-again").await;
 
     // The intention CLI as Consul's: check (the answer is also the exit
     // code), list, get, delete.
@@ -531,19 +531,7 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
     poll_until(Duration::from_secs(10), || async { !works("deleted") })
         .await
         .expect("the delete takes effect");
-    let out = mesh(&[
-        "intention",
-        "create",
-        "-http-addr",
-        &fcc_http,
-        "-allow",
-        "fcc",
-        "fcs",
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    poll_until(Duration::from_secs(10), || async { works("recreated") })
-        .await
-        .expect("allow takes effect again");
+    allow(&fcc_http, &[], "recreated").await;
 
     // kill -9 the leader: the data plane does not depend on it.
     c.kill(leader);

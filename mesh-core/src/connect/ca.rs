@@ -364,17 +364,7 @@ pub fn sign_leaf(
         dns_names: &[],
         ip_addresses: &[],
     };
-    let (cert_pem, valid_after, valid_before) =
-        sign_end_entity(root, &leaf, public_key_der, serial, now, ttl)?;
-    Ok(IssuedLeaf {
-        cert_pem,
-        serial_number: serial,
-        valid_after,
-        valid_before,
-        root_id: root.id.clone(),
-        service: service.service.clone(),
-        spiffe_id,
-    })
+    sign_end_entity(root, &leaf, public_key_der, serial, now, ttl)
 }
 
 /// The SPIFFE ID of a client agent's certificate, as Consul writes it:
@@ -442,17 +432,7 @@ pub fn sign_agent_leaf(
         dns_names: &dns_names,
         ip_addresses: &ip_addresses,
     };
-    let (cert_pem, valid_after, valid_before) =
-        sign_end_entity(root, &leaf, public_key_der, serial, now, ttl)?;
-    Ok(IssuedLeaf {
-        cert_pem,
-        serial_number: serial,
-        valid_after,
-        valid_before,
-        root_id: root.id.clone(),
-        service: node.to_string(),
-        spiffe_id,
-    })
+    sign_end_entity(root, &leaf, public_key_der, serial, now, ttl)
 }
 
 /// Whether `name` is a DNS name: dot-separated labels of letters, digits
@@ -483,7 +463,7 @@ struct Leaf<'a> {
 }
 
 /// Signs `leaf` over `public_key_der` with `root` (see [`sign_leaf`] for
-/// the profile): the PEM and the validity, unix seconds.
+/// the profile); [`IssuedLeaf::service`] is its common name.
 fn sign_end_entity(
     root: &CaRoot,
     leaf: &Leaf<'_>,
@@ -491,7 +471,7 @@ fn sign_end_entity(
     serial: u64,
     now: SystemTime,
     ttl: Duration,
-) -> Result<(String, u64, u64), CaError> {
+) -> Result<IssuedLeaf, CaError> {
     let public_key = p256_public_key(public_key_der)?;
     let now = unix_secs(now)?;
     let valid_after = now.saturating_sub(CLOCK_SKEW_MARGIN.as_secs());
@@ -530,7 +510,15 @@ fn sign_end_entity(
     params.not_before = asn1_time(valid_after)?;
     params.not_after = asn1_time(valid_before)?;
     let cert = params.signed_by(&public_key, &issuer).map_err(signing)?;
-    Ok((cert.pem(), valid_after, valid_before))
+    Ok(IssuedLeaf {
+        cert_pem: cert.pem(),
+        serial_number: serial,
+        valid_after,
+        valid_before,
+        root_id: root.id.clone(),
+        service: leaf.common_name.to_string(),
+        spiffe_id: leaf.uri.to_string(),
+    })
 }
 
 /// A certificate for `new_root`'s key and subject signed by `old_root`'s
@@ -878,14 +866,12 @@ mod tests {
                 "ip:[10, 0, 0, 13]".into(),
             ]
         );
-        let refused = |node: &str, dns: &str| {
-            let sans = [dns.to_string()];
-            let sans = if dns.is_empty() { &[][..] } else { &sans[..] };
+        let refused = |datacenter: &str, node: &str, dns: &[String]| {
             sign_agent_leaf(
                 &root,
-                "dc1",
+                datacenter,
                 node,
-                sans,
+                dns,
                 &[],
                 &key.public_key_der,
                 1,
@@ -896,42 +882,17 @@ mod tests {
             .unwrap_err()
             .to_string()
         };
-        assert!(refused("n", "not a name!").contains("is not a DNS name"));
-        assert!(refused("n", "-a.b").contains("is not a DNS name"));
-        assert!(refused("a/../b", "").contains("is not a node name"));
-        assert!(refused("n", "*.dc1.consul").contains("wildcards are refused"));
+        let name = |n: &str| vec![n.to_string()];
+        assert!(refused("dc1", "n", &name("not a name!")).contains("is not a DNS name"));
+        assert!(refused("dc1", "n", &name("-a.b")).contains("is not a DNS name"));
+        assert!(refused("dc1", "n", &name("*.dc1.consul")).contains("wildcards are refused"));
+        assert!(refused("dc1", "a/../b", &[]).contains("is not a node name"));
+        assert!(refused("dc1", "", &[]).contains("is not a node name"));
+        assert!(refused("dc1/../x", "n", &[]).contains("is not a datacenter"));
         let many: Vec<String> = (0..=MAX_AGENT_SANS)
             .map(|i| format!("h{i}.example"))
             .collect();
-        let e = sign_agent_leaf(
-            &root,
-            "dc1",
-            "n",
-            &many,
-            &[],
-            &key.public_key_der,
-            1,
-            at(T0),
-            DAY,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("at most 32"), "{e}");
-        let e = sign_agent_leaf(
-            &root,
-            "dc1/../x",
-            "n",
-            &[],
-            &[],
-            &key.public_key_der,
-            1,
-            at(T0),
-            DAY,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("is not a datacenter"), "{e}");
-        assert!(refused("", "").contains("is not a node name"));
+        assert!(refused("dc1", "n", &many).contains("at most 32"));
     }
 
     #[test]
