@@ -50,21 +50,34 @@ impl Server {
             return;
         };
         let mut view = self.view.clone();
-        let mut trusted = Vec::new();
+        // Which roots are trusted, by the indexes that added and changed
+        // them: compared after every applied entry, so kept cheap.
+        let mut trusted: Vec<(u64, u64)> = Vec::new();
         loop {
-            let roots: Vec<String> = self.view.read(|sm| {
-                sm.ca()
-                    .roots()
+            let (version, roots) = self.view.read(|sm| {
+                let stored = sm.ca().roots();
+                let version: Vec<(u64, u64)> = stored
                     .iter()
-                    .map(|r| r.root.root_cert_pem.clone())
-                    .collect()
+                    .map(|r| (r.create_index, r.modify_index))
+                    .collect();
+                let changed = trusted != version;
+                let roots: Vec<String> = if changed {
+                    stored
+                        .iter()
+                        .map(|r| r.root.root_cert_pem.clone())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                (version, changed.then_some(roots))
             });
-            if roots != trusted {
-                match tls.trust_connect_roots(roots.clone()) {
-                    Ok(()) => info!(roots = roots.len(), "auto_encrypt: agent certificates of these Connect CA roots are trusted on the RPC port"),
+            if let Some(roots) = roots {
+                let count = roots.len();
+                match tls.trust_connect_roots(roots) {
+                    Ok(()) => info!(roots = count, "auto_encrypt: agent certificates of these Connect CA roots are trusted on the RPC port"),
                     Err(e) => warn!(error = %e, "auto_encrypt: the Connect CA roots do not load"),
                 }
-                trusted = roots;
+                trusted = version;
             }
             view.changed().await;
         }
