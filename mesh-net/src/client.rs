@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::Cluster;
 use crate::clock::{self, Instant};
+use crate::log_limit::Repeats;
 use crate::routing::{Idempotence, LeaderSource, LeaderView, RouteLimits, Router};
 use crate::rpc::{RpcClient, RpcRequest, RpcResponse};
 use crate::server::{rpc_target, Server, FORWARD_TIMEOUT, LEADER_WAIT, MAX_WAIT_MS};
@@ -202,16 +203,15 @@ fn candidates(shared: &Shared) -> Vec<String> {
 async fn track(shared: Arc<Shared>, rpc: RpcClient) {
     // The last refusal logged: a server that refuses this agent (its TLS
     // settings do not admit it) is said once, not at every poll.
-    let mut refused: Option<String> = None;
+    let mut refused = Repeats::default();
     loop {
         let mut confirmed = false;
         for addr in candidates(&shared) {
             let st = match rpc.call(&addr, &Request::Status, STATUS_TIMEOUT).await {
                 Ok(Response::Status(st)) => st,
                 Ok(Response::Error(RpcError::Rejected(why))) => {
-                    if refused.as_ref() != Some(&why) {
+                    if refused.changed(&why) {
                         warn!(server = %addr, reason = %why, "a server refuses this agent; it finds no leader until its settings admit it");
-                        refused = Some(why);
                     }
                     continue;
                 }

@@ -53,3 +53,44 @@ impl<K: Ord> Default for LogGate<K> {
         Self::new()
     }
 }
+
+/// A condition that repeats (a server that keeps refusing, an outage that
+/// keeps failing reads), logged when it starts or changes and when it
+/// ends, not at every repeat.
+#[derive(Debug, Default)]
+pub struct Repeats {
+    last: Option<String>,
+}
+
+impl Repeats {
+    /// Notes `what`; true when it differs from the last one noted (log it).
+    pub fn changed(&mut self, what: &str) -> bool {
+        if self.last.as_deref() == Some(what) {
+            return false;
+        }
+        self.last = Some(what.to_owned());
+        true
+    }
+
+    /// Forgets the condition; true when there was one (log its end).
+    pub fn cleared(&mut self) -> bool {
+        self.last.take().is_some()
+    }
+}
+
+#[cfg(test)]
+mod repeats_tests {
+    use super::Repeats;
+
+    #[test]
+    fn a_condition_is_logged_when_it_starts_changes_and_ends() {
+        let mut r = Repeats::default();
+        assert!(!r.cleared(), "nothing to end yet");
+        assert!(r.changed("refused"));
+        assert!(!r.changed("refused"));
+        assert!(r.changed("timed out"));
+        assert!(r.cleared());
+        assert!(!r.cleared());
+        assert!(r.changed("timed out"), "a return after an end is news");
+    }
+}

@@ -78,6 +78,13 @@ impl Layout {
         self.parts.iter().map(Part::state_len).sum()
     }
 
+    /// Length of the file its records make.
+    fn file_len(&self) -> u64 {
+        self.parts.last().map_or(0, |p| {
+            p.at + (RECORD_HEADER_LEN as u64) + u64::from(p.header.len)
+        })
+    }
+
     /// The part holding state byte `offset`, and where that part's state
     /// bytes start.
     fn part_at(&self, offset: u64) -> Option<(usize, u64)> {
@@ -249,7 +256,6 @@ struct RecordWriter<'a> {
     first: Option<Vec<u8>>,
     buf: Vec<u8>,
     layout: Layout,
-    file_len: u64,
 }
 
 impl<'a> RecordWriter<'a> {
@@ -266,49 +272,40 @@ impl<'a> RecordWriter<'a> {
             first: Some(first),
             buf: Vec::new(),
             layout: Layout::default(),
-            file_len: 0,
         })
     }
 
     /// A writer that goes on appending to a file it wrote before.
     fn resume(disk: &'a dyn Disk, name: &'static str, layout: Layout) -> Self {
-        let file_len = layout.parts.last().map_or(0, |p| {
-            p.at + (RECORD_HEADER_LEN as u64) + u64::from(p.header.len)
-        });
         RecordWriter {
             disk,
             name,
             first: None,
             buf: Vec::new(),
             layout,
-            file_len,
         }
     }
 
     /// Writes `state` (at most [`SNAPSHOT_PART_LEN`] bytes) as one record.
     fn write_record(&mut self, state: &[u8]) -> io::Result<()> {
-        let (kind, payload, state_from) = match self.first.take() {
-            Some(mut first) => {
-                let state_from = first.len();
-                first.extend_from_slice(state);
-                (KIND_SNAPSHOT, first, state_from)
-            }
-            None => (KIND_SNAPSHOT_MORE, Vec::new(), 0),
-        };
-        let payload: &[u8] = if kind == KIND_SNAPSHOT {
-            &payload
-        } else {
-            state
+        // The first record carries the meta before its state bytes.
+        let first = self.first.take().map(|mut meta| {
+            let state_from = meta.len();
+            meta.extend_from_slice(state);
+            (meta, state_from)
+        });
+        let (kind, payload, state_from) = match &first {
+            Some((payload, state_from)) => (KIND_SNAPSHOT, payload.as_slice(), *state_from),
+            None => (KIND_SNAPSHOT_MORE, state, 0),
         };
         let head = record::record_header(kind, payload);
         self.disk.append(self.name, &head)?;
         self.disk.append(self.name, payload)?;
         self.layout.parts.push(Part {
-            at: self.file_len,
+            at: self.layout.file_len(),
             header: Header::parse(head),
             state_from: u32::try_from(state_from).expect("the meta is small"),
         });
-        self.file_len += (RECORD_HEADER_LEN + payload.len()) as u64;
         Ok(())
     }
 
@@ -443,9 +440,7 @@ impl SnapshotFile {
     pub(crate) async fn commit(&self, staged: Staged) -> io::Result<bool> {
         // What was staged must still be there, whole: never sync (which
         // creates) and rename an empty or foreign file over the snapshot.
-        let expected = staged.layout.parts.last().map_or(0, |p| {
-            p.at + (RECORD_HEADER_LEN as u64) + u64::from(p.header.len)
-        });
+        let expected = staged.layout.file_len();
         let found = self.disk.len(staged.name)?;
         if found != Some(expected) {
             return Err(io::Error::other(format!(

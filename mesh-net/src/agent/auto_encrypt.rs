@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::clock;
+use crate::log_limit::Repeats;
 use crate::rpc::RpcClient;
 use crate::rpc_tls::RpcTls;
 use crate::runtime::MeshRuntime;
@@ -67,7 +68,7 @@ impl Asker {
     /// RPC connection opened from now on.
     pub(crate) async fn provision(&self) -> IssuedLeaf {
         let mut wait = RETRY_FIRST;
-        let mut last_error = String::new();
+        let mut failures = Repeats::default();
         loop {
             match self.ask_once().await {
                 Ok(leaf) => {
@@ -80,9 +81,8 @@ impl Asker {
                 }
                 Err(e) => {
                     // Once per distinct failure: a long outage is one line.
-                    if e != last_error {
+                    if failures.changed(&e) {
                         warn!(error = %e, "auto_encrypt: no server signed a certificate yet; retrying");
-                        last_error = e;
                     }
                     clock::sleep(wait).await;
                     wait = (wait * 2).min(RETRY_MAX);

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::backend::{Cluster, LeafRequest};
 use crate::clock;
+use crate::log_limit::Repeats;
 
 /// How long one blocking read of the roots waits on the server.
 const ROOTS_WAIT_MS: u64 = 10_000;
@@ -218,7 +219,7 @@ impl ConnectCache {
         let mut server_index = 0;
         // The last failure logged: a long outage is one line, not two a
         // second, and the return is logged once.
-        let mut failing: Option<String> = None;
+        let mut failing = Repeats::default();
         loop {
             // Roots: a blocking read from the last index seen.
             let request = ReadRequest {
@@ -229,7 +230,7 @@ impl ConnectCache {
             };
             match self.cluster.read(request).await {
                 Ok(resp) => {
-                    if failing.take().is_some() {
+                    if failing.cleared() {
                         info!("reading the Connect CA roots again");
                     }
                     server_index = resp.index;
@@ -239,9 +240,8 @@ impl ConnectCache {
                 }
                 Err(e) => {
                     let error = e.to_string();
-                    if failing.as_ref() != Some(&error) {
+                    if failing.changed(&error) {
                         warn!(%error, "could not read the Connect CA roots; serving the cached ones (logged again when the error changes or reads succeed)");
-                        failing = Some(error);
                     }
                     clock::sleep(RETRY).await;
                 }
