@@ -1,11 +1,12 @@
-//! Connect on real processes over loopback: three servers, the client
-//! agents fcs00 and fcc00, and a sidecar for each service (`mesh connect
-//! proxy` for fcs, the `mesh-sidecar` binary for fcc).
+//! Connect on real processes over loopback (127.0.0.10-14): three
+//! servers, the client agents fcs00 and fcc00, and a sidecar for each
+//! service (`mesh connect proxy` for fcs, the `mesh-sidecar` binary for
+//! fcc).
 //! fcc's requests reach an echo app behind fcs's sidecar through both
 //! sidecars; a tap between the sidecars sees TLS records only; a client
 //! with a self-signed certificate and a plaintext client are refused;
 //! a deny intention stops new connections and an allow lets them through
-//! again; traffic survives a kill -9 of the leader.
+//! again; traffic survives a kill -9 of fcs00's agent and of the leader.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,20 +19,20 @@ use mesh_bins::process_cluster::{poll_until, test_dir, ProcessCluster};
 use mesh_net::http_client::HttpClient;
 
 const IPS: [&str; 5] = [
-    "127.0.0.80",
-    "127.0.0.81",
-    "127.0.0.82",
-    "127.0.0.83",
-    "127.0.0.84",
+    "127.0.0.10",
+    "127.0.0.11",
+    "127.0.0.12",
+    "127.0.0.13",
+    "127.0.0.14",
 ];
 const RPC: u16 = 18380;
 const HTTP: u16 = 18580;
-const FCS_IP: &str = "127.0.0.83";
-const FCC_IP: &str = "127.0.0.84";
-const TAP: &str = "127.0.0.85:9192";
+const FCS_IP: &str = "127.0.0.13";
+const FCC_IP: &str = "127.0.0.14";
+const TAP: &str = "127.0.0.15:9192";
 /// Where the sidecars serve their counters.
-const FCS_METRICS: &str = "127.0.0.83:19100";
-const FCC_METRICS: &str = "127.0.0.84:19100";
+const FCS_METRICS: &str = "127.0.0.13:19100";
+const FCC_METRICS: &str = "127.0.0.14:19100";
 
 struct Proc(Child);
 
@@ -253,7 +254,7 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
     // rotates through instances, so some connections cross it.
     let seen = Arc::new(Mutex::new(Vec::new()));
     tap(seen.clone());
-    let tap_node = r#"{"Node":"tap00","Address":"127.0.0.85","Service":{"ID":"fcs-sidecar-proxy","Service":"fcs-sidecar-proxy","Kind":"connect-proxy","Port":9192,"Proxy":{"DestinationServiceName":"fcs","DestinationServiceID":"fcs","LocalServicePort":8181}}}"#;
+    let tap_node = r#"{"Node":"tap00","Address":"127.0.0.15","Service":{"ID":"fcs-sidecar-proxy","Service":"fcs-sidecar-proxy","Kind":"connect-proxy","Port":9192,"Proxy":{"DestinationServiceName":"fcs","DestinationServiceID":"fcs","LocalServicePort":8181}}}"#;
     let r = c
         .request(leader, "PUT", "/v1/catalog/register", tap_node.as_bytes())
         .await
@@ -532,6 +533,31 @@ async fn fcc_reaches_fcs_through_both_sidecars_over_mutual_tls() {
         .await
         .expect("the delete takes effect");
     allow(&fcc_http, &[], "recreated").await;
+
+    // fcs00's agent dies (kill -9) and systemd starts it again: the
+    // sidecars go on from what they hold, and the new agent reads the
+    // catalog before it writes, so its checks' initial `critical` never
+    // takes fcs's sidecar out of fcc's healthy instances. No request may
+    // fail.
+    c.kill(fcs);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.start(fcs).expect("start fcs00's agent again");
+    let t = Instant::now();
+    let mut answered = 0;
+    while t.elapsed() < Duration::from_secs(6) {
+        let nonce = format!("agent-restart-{answered}");
+        assert!(
+            works(&nonce),
+            "request {nonce} failed while fcs00's agent restarted ({:?} after the restart)",
+            t.elapsed()
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        answered >= 20,
+        "only {answered} requests across the agent restart"
+    );
 
     // kill -9 the leader: the data plane does not depend on it.
     c.kill(leader);

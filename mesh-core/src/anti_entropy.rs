@@ -19,13 +19,21 @@
 //!   catalog's view of the node ([`Output::Fetch`]) and writes only if it
 //!   differs, so a quiet cluster costs reads, not Raft entries;
 //! - after a failed sync, again after a backoff that doubles up to
-//!   [`SyncTiming::max_backoff_ms`].
+//!   [`SyncTiming::max_backoff_ms`];
+//! - at start, when the agent loaded checks (from its data dir or its
+//!   configuration), it reads the catalog before it writes: a loaded check
+//!   that has not run yet keeps the status the catalog holds for it,
+//!   instead of overwriting it with the initial `critical`. A restarted
+//!   agent thus never takes a healthy instance out of service for the
+//!   time its checks need to run once (Consul's does: sidecars and DNS
+//!   drop the instance until the check passes again). The check's first
+//!   run then decides, as always.
 //!
 //! Time is passed in; randomness is a seeded generator; every collection is
 //! ordered. Drain [`AntiEntropy::poll_output`] after each call and wake at
 //! [`AntiEntropy::poll_timeout`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::state::catalog::{
     CatalogSlice, CheckStatus, HealthCheck, Node, NodeService, NodeSync, SERF_HEALTH_CHECK,
@@ -102,6 +110,12 @@ pub struct AntiEntropy {
     outputs: VecDeque<Output>,
     /// Successful writes, for tests and metrics.
     syncs: u64,
+    /// Nothing was read or written yet: checks added now were loaded at
+    /// start.
+    fresh: bool,
+    /// Checks loaded at start that have not run since: they take the
+    /// catalog's status when the first read arrives.
+    unobserved: BTreeSet<String>,
 }
 
 impl AntiEntropy {
@@ -125,6 +139,8 @@ impl AntiEntropy {
             rng: seed | 1,
             outputs: VecDeque::new(),
             syncs: 0,
+            fresh: true,
+            unobserved: BTreeSet::new(),
         }
     }
 
@@ -187,6 +203,9 @@ impl AntiEntropy {
             check.service_name = s.service.clone();
             check.service_tags = s.tags.clone();
         }
+        if self.fresh {
+            self.unobserved.insert(check.check_id.clone());
+        }
         if self.checks.get(&check.check_id) != Some(&check) {
             self.checks.insert(check.check_id.clone(), check);
             self.changed(now_ms);
@@ -195,6 +214,7 @@ impl AntiEntropy {
 
     /// Removes a check; whether it existed.
     pub fn remove_check(&mut self, now_ms: u64, id: &str) -> bool {
+        self.unobserved.remove(id);
         if self.checks.remove(id).is_none() {
             return false;
         }
@@ -214,6 +234,7 @@ impl AntiEntropy {
         let Some(c) = self.checks.get_mut(id) else {
             return false;
         };
+        self.unobserved.remove(id);
         if c.status != status {
             c.status = status;
             c.output = output.to_string();
@@ -233,6 +254,7 @@ impl AntiEntropy {
         self.in_flight = None;
         self.retry_at_ms = None;
         self.backoff_ms = self.timing.first_backoff_ms;
+        self.adopt_catalog_statuses(view);
         if self.differs(view) || self.output_pending {
             // Force a write even if no local change happened.
             self.generation += 1;
@@ -240,6 +262,29 @@ impl AntiEntropy {
             self.synced = self.generation;
         }
         self.step(now_ms);
+    }
+
+    /// Loaded checks that have not run yet take the status (and output)
+    /// the catalog holds for them; checks the catalog does not know keep
+    /// their initial status. Either way they are settled.
+    fn adopt_catalog_statuses(&mut self, view: &CatalogSlice) {
+        for id in std::mem::take(&mut self.unobserved) {
+            let theirs = view
+                .checks
+                .iter()
+                .find(|c| c.check_id == id && c.node == self.node.node);
+            if let (Some(theirs), Some(ours)) = (theirs, self.checks.get_mut(&id)) {
+                if theirs.service_id == ours.service_id {
+                    ours.status = theirs.status;
+                    ours.output = theirs.output.clone();
+                }
+            }
+        }
+    }
+
+    /// Loaded checks still waiting for the catalog's statuses.
+    pub fn awaiting_catalog(&self) -> &BTreeSet<String> {
+        &self.unobserved
     }
 
     /// The sync carrying `generation` was committed.
@@ -326,7 +371,13 @@ impl AntiEntropy {
             return;
         }
         let retrying = self.retry_at_ms.take().is_some();
-        if !self.in_sync() {
+        self.fresh = false;
+        if !self.unobserved.is_empty() {
+            // Loaded checks: read the catalog's statuses before writing.
+            self.schedule_round(now_ms);
+            self.in_flight = Some(InFlight::Fetch);
+            self.outputs.push_back(Output::Fetch);
+        } else if !self.in_sync() {
             let gap_over = match self.last_sync_ms {
                 None => true,
                 Some(t) => now_ms >= t + self.timing.min_gap_ms,

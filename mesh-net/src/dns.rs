@@ -101,13 +101,15 @@ async fn send_to(socket: &UdpSocket, bytes: &[u8], to: SocketAddr) {
 /// Serves DNS over TCP (RFC 1035 §4.2.2 length-prefixed messages) until
 /// the task is dropped.
 pub async fn serve_tcp(listener: TcpListener, cluster: Arc<dyn Cluster>, datacenter: String) {
+    // Connections end with the loop, as a stopped process's would.
+    let connections = crate::owned_tasks::Connections::new();
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             clock::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let (cluster, dc) = (cluster.clone(), datacenter.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = tcp_connection(stream, cluster.as_ref(), &dc).await {
                 debug!(%peer, error = %e, "DNS TCP connection ended");
             }

@@ -29,6 +29,7 @@ pub mod log_limit;
 pub mod log_store;
 pub mod mutants;
 pub mod network;
+pub mod owned_tasks;
 pub mod raft_types;
 pub mod routing;
 pub mod rpc;

@@ -117,6 +117,10 @@ pub enum Mutant {
     /// The agent ignores `?cached` on `/v1/connect/intentions/match`: a
     /// sidecar started while no server answers refuses everyone.
     IntentionCacheIgnored,
+    /// A restarted agent writes its loaded checks' initial `critical` over
+    /// the catalog's statuses before they run (Consul's behaviour): the
+    /// node's instances drop out of service while its agent restarts.
+    RestartOverwritesStatus,
 }
 
 impl Mutant {
@@ -160,6 +164,7 @@ impl Mutant {
         ("stale_vote_replication", Mutant::StaleVoteReplication),
         ("upstream_plaintext", Mutant::UpstreamPlaintext),
         ("intention_cache_ignored", Mutant::IntentionCacheIgnored),
+        ("restart_overwrites_status", Mutant::RestartOverwritesStatus),
     ];
 
     /// The mutant called `name`.

@@ -146,6 +146,8 @@ where
     // Anyone who can reach the port can cause refusals: their lines are
     // limited per kind, and each line says how many were held back.
     let refusal_log = Arc::new(LogGate::new());
+    // Connections end with the loop, as a stopped process's would.
+    let connections = crate::owned_tasks::Connections::new();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -159,7 +161,7 @@ where
         let closed = closed.clone();
         let tls = tls.clone();
         let refusal_log = refusal_log.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _ = stream.set_nodelay(true);
             let (stream, role) = match &tls {
                 None => (RpcStream::plain(stream), PeerRole::Anonymous),

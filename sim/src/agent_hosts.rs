@@ -51,6 +51,9 @@ pub struct SimAgentHost {
     pub node: Option<NodeHandle>,
     /// Whether it is up.
     pub running: bool,
+    /// The running agent's signal channel: SIGTERM through it stops the
+    /// agent alone, and the host starts it again (`systemctl restart`).
+    pub agent_signals: Arc<Mutex<Option<mpsc::Sender<Signal>>>>,
     /// Service definitions (JSON, Consul's shape) written to the agent's
     /// config dir beside the harness's files: a test adds one and calls
     /// `PUT /v1/agent/reload`.
@@ -117,6 +120,7 @@ impl SimCluster {
                 boot_tasks: Vec::new(),
                 node: None,
                 running: false,
+                agent_signals: Arc::new(Mutex::new(None)),
                 extra_services: Arc::new(Mutex::new(Vec::new())),
             });
         }
@@ -175,6 +179,7 @@ impl SimCluster {
         let (disk, live, app_up, has_app) =
             (a.disk.clone(), a.live.clone(), a.app_up.clone(), a.has_app);
         let boot_tasks = a.boot_tasks.clone();
+        let signals = a.agent_signals.clone();
         let node = Handle::current()
             .create_node()
             .name(&a.name)
@@ -184,6 +189,7 @@ impl SimCluster {
                 let files = files.clone();
                 let (disk, live, app_up) = (disk.clone(), live.clone(), app_up.clone());
                 let boot_tasks = boot_tasks.clone();
+                let signals = signals.clone();
                 async move {
                     if has_app {
                         tokio::spawn(fcs_app(app_up));
@@ -191,20 +197,33 @@ impl SimCluster {
                     for task in &boot_tasks {
                         tokio::spawn(task());
                     }
-                    // Signals are not used on client hosts; the sender lives
-                    // as long as the agent so `run` waits.
-                    let (_tx, rx) = mpsc::channel::<Signal>(1);
-                    // `PUT /v1/agent/reload` writes and reads the files again.
-                    let files = files.clone();
-                    let reloader = command::Reloader {
-                        read: Box::new(move || files.launch()),
-                        set_log_level: Box::new(|_| Ok(false)),
-                    };
-                    let _ = command::run(config, Arc::new(disk), rx, reloader, |agent| {
-                        *live.lock().expect("live lock") = Some(agent.local().clone());
-                    })
-                    .await;
-                    *live.lock().expect("live lock") = None;
+                    // The agent is this host's service: stopped by a signal,
+                    // it is started again after a pause, as systemd's
+                    // `Restart=always` does; the app and the boot tasks go on.
+                    loop {
+                        let (tx, rx) = mpsc::channel::<Signal>(1);
+                        *signals.lock().expect("signals lock") = Some(tx);
+                        // `PUT /v1/agent/reload` writes and reads the files again.
+                        let files = files.clone();
+                        let reloader = command::Reloader {
+                            read: Box::new(move || files.launch()),
+                            set_log_level: Box::new(|_| Ok(false)),
+                        };
+                        let live_now = live.clone();
+                        let _ = command::run(
+                            config.clone(),
+                            Arc::new(disk.clone()),
+                            rx,
+                            reloader,
+                            |agent| {
+                                *live_now.lock().expect("live lock") = Some(agent.local().clone());
+                            },
+                        )
+                        .await;
+                        *live.lock().expect("live lock") = None;
+                        madsim::time::sleep(crate::scenarios::rand_ms(100, 1000)).await;
+                        info!("the agent starts again");
+                    }
                 }
             })
             .build();
@@ -221,6 +240,19 @@ impl SimCluster {
         *a.live.lock().expect("live lock") = None;
         a.disk.crash(0);
         a.running = false;
+    }
+
+    /// `systemctl restart` of client host `k`'s agent alone: SIGTERM, and
+    /// the host starts it again after a pause (its app, sidecar and
+    /// consumer go on).
+    pub async fn restart_agent_process(&self, k: usize) -> Result<(), String> {
+        let a = &self.agents[k];
+        let tx = a.agent_signals.lock().expect("signals lock").take();
+        let tx = tx.ok_or_else(|| format!("{}'s agent is not running", a.name))?;
+        info!(agent = %a.name, "SIGTERM to the agent (the host starts it again)");
+        tx.send(Signal::Terminate)
+            .await
+            .map_err(|_| format!("{}'s agent stopped reading its signals", a.name))
     }
 
     /// Makes client host `k`'s clock run at `rate_ppm` millionths of true

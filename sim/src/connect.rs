@@ -397,6 +397,34 @@ async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
     run.leader_among(&all, ELECTION_BOUND).await?;
     run.settle(Duration::from_secs(2)).await?;
 
+    info!("phase: fcs00's agent restarts alone; fcs and its sidecar go on");
+    let t0 = ms_since(base);
+    run.cluster.restart_agent_process(FCS).await?;
+    let t = Instant::now();
+    while run.cluster.agent(FCS).is_some() {
+        run.settle(Duration::from_millis(20)).await?;
+    }
+    while run.cluster.agent(FCS).is_none() {
+        if t.elapsed() > RESTART_BOUND {
+            return Err(format!(
+                "fcs00's agent did not start again within {RESTART_BOUND:?}"
+            ));
+        }
+        run.settle(Duration::from_millis(20)).await?;
+    }
+    // The sidecar finds its agent again: its watches resume.
+    run.settle(Duration::from_secs(3)).await?;
+    wait_answers(
+        &mut run,
+        &traffic,
+        3,
+        Duration::from_secs(5),
+        "after fcs00's agent restarted",
+    )
+    .await?;
+    run.report.connect_agent_restart_gap_ms =
+        no_pause_no_loss(&traffic, t0, base, "fcs00's agent restarting")?;
+
     info!("phase: fcs00 restarts (agent, app and sidecar)");
     run.cluster.crash_agent(FCS);
     sleep(rand_ms(200, 1500)).await;
@@ -474,28 +502,29 @@ async fn rotate(
     }
     let took = t.elapsed();
     run.settle(Duration::from_secs(2)).await?;
-    no_long_pause(traffic, t0, base, "the root rotation")?;
+    no_pause_no_loss(traffic, t0, base, "the root rotation")?;
     Ok(took.as_millis() as u64)
 }
 
 /// fcc's answers may not pause longer than [`FAILOVER_GAP_BOUND`] between
-/// `t0` (ms since `base`) and now, across `what`.
-fn no_long_pause(
+/// `t0` (ms since `base`) and now, across `what`, and no request of that
+/// window may go unanswered (the checker judges that at the end).
+fn no_pause_no_loss(
     traffic: &Arc<Mutex<Traffic>>,
     t0: u64,
     base: Instant,
     what: &str,
-) -> Result<(), String> {
-    let gap = traffic
-        .lock()
-        .expect("traffic")
-        .longest_gap(t0, ms_since(base));
+) -> Result<u64, String> {
+    let now = ms_since(base);
+    let mut traffic = traffic.lock().expect("traffic");
+    traffic.lossless_between(t0, now, what);
+    let gap = traffic.longest_gap(t0, now);
     if gap > FAILOVER_GAP_BOUND.as_millis() as u64 {
         return Err(format!(
             "fcc's traffic paused {gap} ms across {what} (bound {FAILOVER_GAP_BOUND:?})"
         ));
     }
-    Ok(())
+    Ok(gap)
 }
 
 /// The serial number of the leaf `service`'s agent serves, if any.
@@ -551,7 +580,7 @@ async fn renew_by_age(
         "after the leaf renewal",
     )
     .await?;
-    no_long_pause(traffic, t0, base, "fcs's leaf renewal")
+    no_pause_no_loss(traffic, t0, base, "fcs's leaf renewal").map(|_| ())
 }
 
 /// Every attack from evil00; each must be refused before a byte reaches

@@ -91,6 +91,9 @@ pub struct Report {
     pub intention_ms: Vec<u64>,
     /// Simulated ms from fcs00 booting again to fcc's answers.
     pub connect_restart_ms: u64,
+    /// Longest pause in fcc's answers while fcs00's agent alone restarted
+    /// (ms).
+    pub connect_agent_restart_gap_ms: u64,
     /// Requests answered through the sidecars.
     pub connect_answers: u64,
     /// Simulated ms from a root rotation to both agents serving leaves of

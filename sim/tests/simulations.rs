@@ -244,6 +244,9 @@ fn planted_bugs_are_caught() {
         // The agent's intentions cache ignored: fcs's sidecar, restarted
         // while every server is down, refuses fcc (the outage phase).
         ("intention_cache_ignored", "connect", "0..5"),
+        // A restarted agent syncing its checks' initial `critical`: fcc's
+        // requests fail while fcs00's agent restarts (the lossless window).
+        ("restart_overwrites_status", "connect", "0..5"),
         // Group commit: a writer given another's answer in a batch.
         ("batch_results_misrouted", "group_commit", "0..5"),
         // Only the seeds whose fault is a kill can catch it.

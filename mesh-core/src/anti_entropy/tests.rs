@@ -142,6 +142,9 @@ fn output_only_changes_wait_for_the_periodic_round() {
         },
     );
     ae.handle_timeout(0);
+    // A check present at start: the catalog is read first (it is empty).
+    assert_eq!(drain(&mut ae), [Output::Fetch]);
+    ae.catalog_view(0, &node_view(&table));
     let outs = drain(&mut ae);
     commit(&mut ae, &mut table, &mut index, 0, outs);
     ae.update_check(
@@ -310,4 +313,120 @@ fn a_reachable_cluster_cuts_a_pending_backoff_short() {
     let mut quiet = AntiEntropy::new(timing(), node(), 9, 0);
     quiet.reachable(5);
     assert_eq!(quiet.poll_timeout(), Some(0));
+}
+
+/// A restarted agent: its service and check come back from the data dir
+/// with the check's initial status (critical).
+fn restarted(now: u64) -> AntiEntropy {
+    let mut ae = AntiEntropy::new(timing(), node(), 5, now);
+    ae.add_service(now, fcs());
+    ae.add_check(
+        now,
+        HealthCheck {
+            status: CheckStatus::Critical,
+            ..tcp_check()
+        },
+    );
+    ae
+}
+
+/// The catalog as the agent left it before its restart: the check passing.
+fn catalog_before_restart() -> (CatalogTable, u64) {
+    let (mut table, mut index) = (CatalogTable::default(), 0);
+    let mut before = AntiEntropy::new(timing(), node(), 5, 0);
+    before.add_service(0, fcs());
+    before.handle_timeout(0);
+    let outs = drain(&mut before);
+    commit(&mut before, &mut table, &mut index, 0, outs);
+    before.add_check(
+        200,
+        HealthCheck {
+            status: CheckStatus::Passing,
+            output: "TCP connect ok".into(),
+            ..tcp_check()
+        },
+    );
+    before.handle_timeout(200);
+    let outs = drain(&mut before);
+    commit(&mut before, &mut table, &mut index, 200, outs);
+    (table, index)
+}
+
+fn node_view(table: &CatalogTable) -> CatalogSlice {
+    table.select(&crate::state::catalog::CatalogQuery::Node {
+        node: "fcs00".into(),
+    })
+}
+
+#[test]
+fn a_restarted_agent_keeps_the_catalogs_status_for_checks_that_have_not_run() {
+    let (table, _) = catalog_before_restart();
+    let mut ae = restarted(1_000);
+    ae.handle_timeout(1_000);
+    // It reads before it writes.
+    assert_eq!(drain(&mut ae), [Output::Fetch]);
+    ae.catalog_view(1_005, &node_view(&table));
+    // The catalog already holds everything, the passing status included:
+    // nothing to write, and the agent reports the status it adopted.
+    assert!(drain(&mut ae).is_empty(), "no write carrying 'critical'");
+    assert!(ae.in_sync());
+    assert_eq!(ae.checks()["service:fcs"].status, CheckStatus::Passing);
+    assert!(ae.awaiting_catalog().is_empty());
+    // The check's first run decides from then on.
+    ae.update_check(1_400, "service:fcs", CheckStatus::Critical, "refused");
+    ae.handle_timeout(1_400);
+    let outs = drain(&mut ae);
+    assert!(
+        matches!(outs.as_slice(), [Output::Sync { sync, .. }] if sync.checks[0].status == CheckStatus::Critical),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn a_check_that_ran_before_the_catalog_answered_keeps_its_own_status() {
+    let (table, _) = catalog_before_restart();
+    let mut ae = restarted(1_000);
+    ae.handle_timeout(1_000);
+    assert_eq!(drain(&mut ae), [Output::Fetch]);
+    ae.update_check(1_002, "service:fcs", CheckStatus::Critical, "refused");
+    ae.catalog_view(1_005, &node_view(&table));
+    let outs = drain(&mut ae);
+    assert!(
+        matches!(outs.as_slice(), [Output::Sync { sync, .. }] if sync.checks[0].status == CheckStatus::Critical && sync.checks[0].output == "refused"),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn loaded_checks_the_catalog_does_not_know_sync_their_initial_status() {
+    let mut ae = restarted(0);
+    ae.handle_timeout(0);
+    assert_eq!(drain(&mut ae), [Output::Fetch]);
+    ae.catalog_view(5, &node_view(&CatalogTable::default()));
+    let outs = drain(&mut ae);
+    assert!(
+        matches!(outs.as_slice(), [Output::Sync { sync, .. }] if sync.checks[0].status == CheckStatus::Critical),
+        "{outs:?}"
+    );
+    // Checks registered later are never held back for a read.
+    ae.add_check(
+        50,
+        HealthCheck {
+            check_id: "late".into(),
+            name: "late".into(),
+            ..HealthCheck::default()
+        },
+    );
+    assert!(ae.awaiting_catalog().is_empty());
+}
+
+#[test]
+fn a_failed_first_read_is_retried_before_any_write() {
+    let mut ae = restarted(0);
+    ae.handle_timeout(0);
+    assert_eq!(drain(&mut ae), [Output::Fetch]);
+    ae.sync_failed(3);
+    let retry = ae.poll_timeout().expect("a retry");
+    ae.handle_timeout(retry);
+    assert_eq!(drain(&mut ae), [Output::Fetch]);
 }

@@ -110,6 +110,8 @@ pub struct Agent {
     local: Arc<LocalAgent>,
     http_task: JoinHandle<()>,
     https_task: Option<JoinHandle<()>>,
+    /// Waits for the HTTP(S) connections to end once the servers stop.
+    http_drain: crate::owned_tasks::Drain,
     dns_tasks: Vec<JoinHandle<()>>,
     connect_task: JoinHandle<()>,
     /// Renews the `auto_encrypt` certificate (client agents with
@@ -238,6 +240,7 @@ impl Agent {
         for refused in &changes.refused {
             warn!(definition = %refused, "a definition from the configuration was refused");
         }
+        local.start_syncing();
         let left = Arc::new(Notify::new());
         let connect = connect::ConnectCache::new(cluster.clone(), config.datacenter.clone());
         let connect_task = tokio::spawn(connect.clone().run());
@@ -252,15 +255,17 @@ impl Agent {
             telemetry,
             reload_tx,
         ));
+        let drain = crate::owned_tasks::Drain::new();
         let https_task = match (https_listener, &config.https) {
             (Some(listener), Some(h)) => Some(tokio::spawn(http::serve_https(
                 listener,
                 h.tls.clone(),
                 api.clone(),
+                drain.token(),
             ))),
             _ => None,
         };
-        let http_task = tokio::spawn(http::serve(http_listener, api));
+        let http_task = tokio::spawn(http::serve(http_listener, api, drain.token()));
         let mut dns_tasks = Vec::new();
         if let Some((udp, tcp)) = dns_sockets {
             let dc = config.datacenter.clone();
@@ -282,6 +287,7 @@ impl Agent {
             local,
             http_task,
             https_task,
+            http_drain: drain,
             dns_tasks,
             connect_task,
             auto_encrypt_task: renewal,
@@ -345,6 +351,15 @@ impl Agent {
         self.local.stop();
         if let Some(server) = &self.server {
             server.shutdown().await;
+        }
+        // The API's connections finish the answer they were writing (the
+        // leave's own), then close: once this returns, the ports are free.
+        if !self
+            .http_drain
+            .wait(http::SHUTDOWN_GRACE + Duration::from_millis(250))
+            .await
+        {
+            warn!("HTTP connections were still open when the agent stopped");
         }
     }
 }

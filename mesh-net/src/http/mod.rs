@@ -36,6 +36,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::clock;
+use crate::owned_tasks::{Connections, DrainToken, Stopping};
 use crate::swap::Swap;
 use tracing::{debug, warn};
 
@@ -74,12 +75,18 @@ impl hyper::rt::Timer for ClockTimer {
     }
 }
 
-/// Serves the API on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, api: Arc<HttpApi>) {
-    serve_with(listener, None, move |req| {
-        let api = api.clone();
-        async move { api.handle(req).await }
-    })
+/// Serves the API on `listener` until the task is dropped; its
+/// connections hold `drain`'s token until they end.
+pub async fn serve(listener: TcpListener, api: Arc<HttpApi>, drain: DrainToken) {
+    serve_with(
+        listener,
+        None,
+        move |req| {
+            let api = api.clone();
+            async move { api.handle(req).await }
+        },
+        Some(drain),
+    )
     .await
 }
 
@@ -88,11 +95,17 @@ pub async fn serve_https(
     listener: TcpListener,
     tls: Swap<rustls::ServerConfig>,
     api: Arc<HttpApi>,
+    drain: DrainToken,
 ) {
-    serve_with(listener, Some(tls), move |req| {
-        let api = api.clone();
-        async move { api.handle(req).await }
-    })
+    serve_with(
+        listener,
+        Some(tls),
+        move |req| {
+            let api = api.clone();
+            async move { api.handle(req).await }
+        },
+        Some(drain),
+    )
     .await
 }
 
@@ -107,19 +120,53 @@ fn http1_builder() -> http1::Builder {
     builder
 }
 
+/// How long a connection may go on finishing the request it was answering
+/// once its server stopped (`PUT /v1/agent/leave`'s own answer, a blocking
+/// query cut short).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(250);
+
+/// Serves one connection until it ends, or until `stopping`: then the
+/// request in flight is finished (within [`SHUTDOWN_GRACE`]) and no other
+/// is read.
+async fn serve_connection<I, S>(io: I, svc: S, stopping: &mut Stopping) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http1_builder().serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        biased;
+        served = conn.as_mut() => served,
+        () = stopping.wait() => {
+            conn.as_mut().graceful_shutdown();
+            clock::timeout(SHUTDOWN_GRACE, conn).await.unwrap_or(Ok(()))
+        }
+    }
+}
+
 /// Serves HTTP/1.1 on `listener` (over TLS when `tls` is given: each
 /// connection takes the settings current when it arrives, so `mesh reload`
 /// reaches new connections) with `handle` answering every request, under
 /// the same head-read timeout as the API (the sidecar's metrics endpoint
-/// uses it too).
+/// uses it too). Connections end with the loop: an agent stopped in
+/// process (`Agent::stop`) leaves no connection answering behind it.
 pub async fn serve_with<H, F>(
     listener: TcpListener,
     tls: Option<Swap<rustls::ServerConfig>>,
     handle: H,
+    drain: Option<DrainToken>,
 ) where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = reply::Reply> + Send + 'static,
 {
+    let connections = match drain {
+        Some(token) => Connections::tracked(token),
+        None => Connections::new(),
+    };
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -133,24 +180,23 @@ pub async fn serve_with<H, F>(
         let tls = tls
             .as_ref()
             .map(|t| tokio_rustls::TlsAcceptor::from(t.get()));
-        tokio::spawn(async move {
+        connections.spawn_graceful(|mut stopping| async move {
             let _ = stream.set_nodelay(true);
             let svc = service_fn(move |req| {
                 let answer = handle(req);
                 async move { Ok::<_, Infallible>(answer.await) }
             });
             let served = match tls {
-                None => {
-                    http1_builder()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await
-                }
+                None => serve_connection(TokioIo::new(stream), svc, &mut stopping).await,
                 Some(acceptor) => {
-                    match clock::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let accepted = tokio::select! {
+                        biased;
+                        () = stopping.wait() => return,
+                        a = clock::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => a,
+                    };
+                    match accepted {
                         Ok(Ok(tls)) => {
-                            http1_builder()
-                                .serve_connection(TokioIo::new(tls), svc)
-                                .await
+                            serve_connection(TokioIo::new(tls), svc, &mut stopping).await
                         }
                         Ok(Err(e)) => {
                             debug!(%peer, error = %e, "https handshake failed");

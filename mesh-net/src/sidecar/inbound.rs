@@ -107,7 +107,7 @@ pub async fn serve(
         handshaking: Mutex::new(BTreeMap::new()),
         refusal_log: LogGate::new(),
     });
-    let connections = super::Connections::new();
+    let connections = crate::owned_tasks::Connections::new();
     loop {
         let (permit, tcp, peer) = super::accept_slot(&listener, &slots, "inbound").await;
         // Taken at accept: a renewed leaf serves the next connection, and

@@ -229,21 +229,26 @@ pub async fn serve(
     metrics: std::sync::Arc<Metrics>,
     service: String,
 ) {
-    crate::http::serve_with(listener, None, move |req| {
-        let (metrics, service) = (metrics.clone(), service.clone());
-        async move {
-            use crate::http::reply::{method_not_allowed, not_found, reply};
-            match (req.method(), req.uri().path()) {
-                (&hyper::Method::GET, "/metrics") => reply(
-                    hyper::StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    metrics.snapshot().prometheus(&service),
-                ),
-                (_, "/metrics") => method_not_allowed(),
-                (_, path) => not_found(format!("unknown path {path}: metrics are at /metrics")),
+    crate::http::serve_with(
+        listener,
+        None,
+        move |req| {
+            let (metrics, service) = (metrics.clone(), service.clone());
+            async move {
+                use crate::http::reply::{method_not_allowed, not_found, reply};
+                match (req.method(), req.uri().path()) {
+                    (&hyper::Method::GET, "/metrics") => reply(
+                        hyper::StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics.snapshot().prometheus(&service),
+                    ),
+                    (_, "/metrics") => method_not_allowed(),
+                    (_, path) => not_found(format!("unknown path {path}: metrics are at /metrics")),
+                }
             }
-        }
-    })
+        },
+        None,
+    )
     .await
 }
 

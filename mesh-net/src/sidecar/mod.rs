@@ -174,34 +174,6 @@ async fn carry<D, U>(
     }
 }
 
-/// Ties connection tasks to the accept loop that spawned them: when the
-/// loop's future is dropped (its sidecar stopped), every connection it
-/// spawned ends too, as a stopped process's would, instead of running on
-/// unowned.
-pub(crate) struct Connections {
-    alive: tokio::sync::watch::Sender<()>,
-}
-
-impl Connections {
-    pub(crate) fn new() -> Self {
-        Connections {
-            alive: tokio::sync::watch::channel(()).0,
-        }
-    }
-
-    /// Spawns `conn`, ended when `self` is dropped.
-    pub(crate) fn spawn(&self, conn: impl std::future::Future<Output = ()> + Send + 'static) {
-        let mut stop = self.alive.subscribe();
-        tokio::spawn(async move {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => {}
-                () = conn => {}
-            }
-        });
-    }
-}
-
 /// Waits for a free connection slot, then for a connection on `listener`.
 /// An accept error (out of file descriptors) is logged and retried after a
 /// pause, never spun on.

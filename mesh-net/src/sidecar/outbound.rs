@@ -68,7 +68,7 @@ pub async fn serve_upstream(
         failure_log: LogGate::new(),
     });
     let mut opened: usize = 0;
-    let connections = super::Connections::new();
+    let connections = crate::owned_tasks::Connections::new();
     loop {
         let (permit, local, app) = super::accept_slot(&listener, &slots, "upstream").await;
         let config = configs.get(&tls);

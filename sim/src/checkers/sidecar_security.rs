@@ -10,6 +10,8 @@
 //!   refused (wrong SPIFFE ID).
 //! - Answers are byte-for-byte the echo of the request.
 //! - Nothing reaches fcs in a window where the intention denies fcc.
+//! - No request goes unanswered in a window that must lose none (a leaf
+//!   renewal, a root rotation, fcs00's agent restarting).
 //! - Every attack kind ran, and none got an answer.
 //! - Enough real traffic flowed for the rest to mean something.
 
@@ -49,8 +51,11 @@ pub struct Traffic {
     /// (nonce, ms) of every request fcs got.
     received: Vec<(String, u64)>,
     corrupt: Vec<String>,
-    failures: u64,
+    /// (nonce, ms) of every request fcc gave up on.
+    failures: Vec<(String, u64)>,
     forbidden: Vec<(u64, u64)>,
+    /// Windows (from, to, across what) in which no request may fail.
+    lossless: Vec<(u64, u64, String)>,
     /// What the attacker tried.
     pub attacks: Vec<Attack>,
 }
@@ -76,7 +81,7 @@ impl Traffic {
                 "request {nonce} was answered {:?} (expected its echo)",
                 a.chars().take(80).collect::<String>()
             )),
-            None => self.failures += 1,
+            None => self.failures.push((nonce.to_owned(), at_ms)),
         }
     }
 
@@ -106,6 +111,12 @@ impl Traffic {
     pub fn forbid_between(&mut self, from: u64, to: u64) {
         self.forbidden.push((from, to));
     }
+
+    /// Every request fcc gives up on in `[from, to]` is a lost request,
+    /// which `what` may not cause.
+    pub fn lossless_between(&mut self, from: u64, to: u64, what: &str) {
+        self.lossless.push((from, to, what.to_owned()));
+    }
 }
 
 /// The verdict on a run's traffic.
@@ -134,6 +145,15 @@ pub fn check(t: &Traffic) -> Result<(), String> {
         if let Some((n, at)) = t.received.iter().find(|(_, at)| at >= from && at <= to) {
             return Err(format!(
                 "intentions: fcs received {n:?} {} ms into a window where fcc -> fcs is denied",
+                at - from
+            ));
+        }
+    }
+    for (from, to, what) in &t.lossless {
+        if let Some((n, at)) = t.failures.iter().find(|(_, at)| at >= from && at <= to) {
+            return Err(format!(
+                "sidecar availability: fcc's request {n:?} got no answer {} ms into {what}, \
+                 which must lose no request",
                 at - from
             ));
         }
@@ -209,6 +229,12 @@ mod tests {
             passing().longest_gap(0, 100),
             100 - (MIN_ANSWERS as u64 - 1)
         );
+        let mut t = passing();
+        t.fcc_sent("fcc-lost");
+        t.fcc_answer("fcc-lost", "REQ fcc-lost x", None, 50);
+        assert_eq!(check(&t), Ok(()), "a failure outside every lossless window");
+        t.lossless_between(40, 60, "the root rotation");
+        assert!(check(&t).unwrap_err().contains("fcc-lost"));
         let mut t = passing();
         t.answers.truncate(3);
         assert!(check(&t).unwrap_err().contains("only 3"));

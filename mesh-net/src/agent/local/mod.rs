@@ -173,17 +173,30 @@ impl LocalAgent {
             // would have taken its checks with it.
             let _ = agent.add_check_inner(c.check, c.spec);
         }
-        let sync = tokio::spawn(Self::sync_driver(Arc::downgrade(&agent)));
-        let heartbeat = tokio::spawn(Self::heartbeat_loop(
-            Arc::downgrade(&agent),
-            node.node.clone(),
-        ));
-        agent
-            .tasks
+        Ok(agent)
+    }
+
+    /// Whether loaded checks still wait for the catalog's statuses.
+    fn awaiting_catalog(&self) -> bool {
+        !self
+            .inner
+            .lock()
+            .expect("agent lock")
+            .ae
+            .awaiting_catalog()
+            .is_empty()
+    }
+
+    /// Starts syncing with the catalog and heartbeating, once everything
+    /// loaded at start (the data dir, the configuration) is in: anti-entropy
+    /// treats checks added before its first step as loaded ones.
+    pub fn start_syncing(self: &Arc<Self>) {
+        let sync = tokio::spawn(Self::sync_driver(Arc::downgrade(self)));
+        let heartbeat = tokio::spawn(Self::heartbeat_loop(Arc::downgrade(self), self.node_name()));
+        self.tasks
             .lock()
             .expect("tasks lock")
             .extend([sync, heartbeat]);
-        Ok(agent)
     }
 
     /// Stops syncing, heartbeats and checks.
@@ -672,6 +685,17 @@ impl LocalAgent {
                 inner.ae.poll_output()
             };
             match output {
+                Some(Output::Fetch)
+                    if crate::mutants::enabled(crate::mutants::Mutant::RestartOverwritesStatus)
+                        && agent.awaiting_catalog() =>
+                {
+                    // The old way: write at once, as if the catalog held
+                    // nothing for this node.
+                    let now = agent.now_ms();
+                    let mut inner = agent.inner.lock().expect("agent lock");
+                    inner.ae.catalog_view(now, &Default::default());
+                    continue;
+                }
                 Some(Output::Fetch) => {
                     let node = agent.node_name();
                     let read = ReadRequest {
@@ -685,7 +709,18 @@ impl LocalAgent {
                     let mut inner = agent.inner.lock().expect("agent lock");
                     match result {
                         Ok(r) => match r.result {
-                            QueryResult::Catalog(slice) => inner.ae.catalog_view(now, &slice),
+                            QueryResult::Catalog(slice) => {
+                                let loaded: Vec<String> =
+                                    inner.ae.awaiting_catalog().iter().cloned().collect();
+                                inner.ae.catalog_view(now, &slice);
+                                // Loaded checks may have taken the catalog's status.
+                                for id in loaded {
+                                    let status = inner.ae.checks().get(&id).map(|c| c.status);
+                                    if let Some(status) = status {
+                                        Self::track_critical(&mut inner, &id, status, now);
+                                    }
+                                }
+                            }
                             _ => inner.ae.sync_failed(now),
                         },
                         Err(e) => {
