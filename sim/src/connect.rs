@@ -371,32 +371,6 @@ async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
     info!("phase: fcs00's wall clock jumps past its leaf's renewal point");
     renew_by_age(&mut run, &traffic, base).await?;
 
-    info!(
-        "phase: every server stops and fcs's sidecar restarts: the agents' caches carry fcc -> fcs"
-    );
-    for i in all {
-        run.cluster.crash(i, 0);
-    }
-    sleep(rand_ms(200, 1000)).await;
-    fcs_sidecar_restart.notify_one();
-    let took = wait_answers(
-        &mut run,
-        &traffic,
-        3,
-        OUTAGE_RESTART_BOUND,
-        "after fcs's sidecar restarted with no server up",
-    )
-    .await?;
-    info!(
-        took_ms = took.as_millis() as u64,
-        "a sidecar restarted during a full outage serves again"
-    );
-    for i in all {
-        run.cluster.start(i);
-    }
-    run.leader_among(&all, ELECTION_BOUND).await?;
-    run.settle(Duration::from_secs(2)).await?;
-
     info!("phase: fcs00's agent restarts alone; fcs and its sidecar go on");
     let t0 = ms_since(base);
     run.cluster.restart_agent_process(FCS).await?;
@@ -424,6 +398,32 @@ async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
     .await?;
     run.report.connect_agent_restart_gap_ms =
         no_pause_no_loss(&traffic, t0, base, "fcs00's agent restarting")?;
+
+    info!(
+        "phase: every server stops and fcs's sidecar restarts: the agents' caches (fcs00's filled since its restart) carry fcc -> fcs"
+    );
+    for i in all {
+        run.cluster.crash(i, 0);
+    }
+    sleep(rand_ms(200, 1000)).await;
+    fcs_sidecar_restart.notify_one();
+    let took = wait_answers(
+        &mut run,
+        &traffic,
+        3,
+        OUTAGE_RESTART_BOUND,
+        "after fcs's sidecar restarted with no server up",
+    )
+    .await?;
+    info!(
+        took_ms = took.as_millis() as u64,
+        "a sidecar restarted during a full outage serves again"
+    );
+    for i in all {
+        run.cluster.start(i);
+    }
+    run.leader_among(&all, ELECTION_BOUND).await?;
+    run.settle(Duration::from_secs(2)).await?;
 
     info!("phase: fcs00 restarts (agent, app and sidecar)");
     run.cluster.crash_agent(FCS);

@@ -441,6 +441,14 @@ impl HttpApi {
                 return from_cache(hit);
             }
         }
+        if cached && min_index > 0 && self.intention_cache.load().is_none() {
+            // A watcher that outlived this agent (a sidecar across the
+            // agent's restart) blocks on an index it already has: fill the
+            // copy now, not when the intentions next change, so that a
+            // server outage after the restart finds one.
+            let now = Query::parse(None).expect("an empty query parses");
+            let _ = self.read_intentions(&now).await;
+        }
         match self.read_intentions(query).await {
             Ok((resp, all)) => {
                 let mut reply = with_read_headers(matches(&all), &resp);
