@@ -28,6 +28,8 @@ const SERVICES: usize = 50;
 /// periodic round's `Fetch` is in flight); that view; and the time.
 fn agent_awaiting_view() -> (AntiEntropy, CatalogSlice, u64) {
     let mut ae = AntiEntropy::new(SyncTiming::default(), node("fcs00", 0), 7, 0);
+    // Registered through the API, not loaded at start: no read first.
+    ae.loaded();
     for i in 0..SERVICES {
         ae.add_service(0, service(i));
         ae.add_check(0, check("fcs00", i, CheckStatus::Passing));

@@ -110,8 +110,8 @@ pub struct AntiEntropy {
     outputs: VecDeque<Output>,
     /// Successful writes, for tests and metrics.
     syncs: u64,
-    /// Nothing was read or written yet: checks added now were loaded at
-    /// start.
+    /// Still loading (until [`AntiEntropy::loaded`] or the first step):
+    /// checks added now were loaded at start.
     fresh: bool,
     /// Checks loaded at start that have not run since: they take the
     /// catalog's status when the first read arrives.
@@ -192,6 +192,8 @@ impl AntiEntropy {
             return false;
         }
         self.checks.retain(|_, c| c.service_id != id);
+        let checks = &self.checks;
+        self.unobserved.retain(|c| checks.contains_key(c));
         self.changed(now_ms);
         true
     }
@@ -205,6 +207,9 @@ impl AntiEntropy {
         }
         if self.fresh {
             self.unobserved.insert(check.check_id.clone());
+        } else {
+            // Registered (again) since: its own status stands.
+            self.unobserved.remove(&check.check_id);
         }
         if self.checks.get(&check.check_id) != Some(&check) {
             self.checks.insert(check.check_id.clone(), check);
@@ -280,6 +285,12 @@ impl AntiEntropy {
                 }
             }
         }
+    }
+
+    /// Everything known at start (data dir, configuration) is in: checks
+    /// added from now on are registrations, whose status stands.
+    pub fn loaded(&mut self) {
+        self.fresh = false;
     }
 
     /// Loaded checks still waiting for the catalog's statuses.

@@ -60,9 +60,12 @@ pub enum TlsError {
     /// The peer's leaf is outside its validity window on this host's
     /// clock (a resumed session carries the leaf it was opened with).
     #[error(
-        "the peer's certificate is not valid now (valid {not_before} to {not_after}, unix seconds)"
+        "the peer's certificate is not valid at this host's time {now} (valid {not_before} to \
+         {not_after}, unix seconds; if the peer's clock is right, check this host's)"
     )]
     Expired {
+        /// This host's time the chain was checked at.
+        now: i64,
         /// Start of validity.
         not_before: i64,
         /// End of validity.
@@ -362,6 +365,7 @@ pub fn check_peer_validity(certs: &[CertificateDer]) -> Result<(), TlsError> {
     );
     if now < not_before || now > not_after {
         return Err(TlsError::Expired {
+            now,
             not_before,
             not_after,
         });

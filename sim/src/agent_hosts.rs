@@ -197,8 +197,9 @@ impl SimCluster {
                     for task in &boot_tasks {
                         tokio::spawn(task());
                     }
-                    // The agent is this host's service: stopped by a signal,
-                    // it is started again after a pause, as systemd's
+                    // The agent is this host's service: whenever it stops (a
+                    // signal, a refused start, `PUT /v1/agent/leave`), it is
+                    // started again after a pause, as systemd's
                     // `Restart=always` does; the app and the boot tasks go on.
                     loop {
                         let (tx, rx) = mpsc::channel::<Signal>(1);

@@ -336,10 +336,11 @@ async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
     set_intention(&run, "deny").await?;
     run.settle(INTENTION_BOUND + Duration::from_secs(2)).await?;
     let enforced_from = t0 + INTENTION_BOUND.as_millis() as u64;
-    traffic
-        .lock()
-        .expect("traffic")
-        .forbid_between(enforced_from, ms_since(base));
+    traffic.lock().expect("traffic").forbid_between(
+        enforced_from,
+        ms_since(base),
+        "fcc -> fcs is denied",
+    );
     let t = Instant::now();
     set_intention(&run, "allow").await?;
     let acked = t.elapsed();
@@ -371,11 +372,19 @@ async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
     info!("phase: fcs00's wall clock jumps past its leaf's renewal point");
     renew_by_age(&mut run, &traffic, base).await?;
 
+    info!("phase: fcs00's wall clock jumps past the end of fcc's leaf: its sidecar refuses fcc");
+    run.report.connect_skew_recovery_ms = skewed_verifier(&mut run, &traffic, base).await?;
+
     info!("phase: fcs00's agent restarts alone; fcs and its sidecar go on");
     let t0 = ms_since(base);
     run.cluster.restart_agent_process(FCS).await?;
     let t = Instant::now();
     while run.cluster.agent(FCS).is_some() {
+        if t.elapsed() > RESTART_BOUND {
+            return Err(format!(
+                "fcs00's agent did not stop within {RESTART_BOUND:?} of SIGTERM"
+            ));
+        }
         run.settle(Duration::from_millis(20)).await?;
     }
     while run.cluster.agent(FCS).is_none() {
@@ -581,6 +590,46 @@ async fn renew_by_age(
     )
     .await?;
     no_pause_no_loss(traffic, t0, base, "fcs's leaf renewal").map(|_| ())
+}
+
+/// A clock fault on the verifying side: fcs00's wall clock steps 80 h
+/// ahead, past the end of fcc's 72 h leaf (and of every leaf the servers
+/// sign meanwhile, on their own clocks). To fcs's sidecar fcc's leaf is
+/// expired, and it must refuse fcc as it refuses evil00's expired leaf:
+/// from 1 s after the step (a connection already past its handshake may
+/// finish) nothing may reach fcs, while fcc keeps trying. Once the clock is
+/// right again, traffic must resume within [`RESTART_BOUND`]; returns the
+/// simulated ms it took.
+async fn skewed_verifier(
+    run: &mut Run,
+    traffic: &Arc<Mutex<Traffic>>,
+    base: Instant,
+) -> Result<u64, String> {
+    const AHEAD_MS: i64 = 80 * 3600 * 1000;
+    let t0 = ms_since(base);
+    run.cluster.set_agent_clock(FCS, 1_000_000, AHEAD_MS);
+    run.settle(Duration::from_secs(4)).await?;
+    let (from, to) = (t0 + 1000, ms_since(base));
+    {
+        let mut t = traffic.lock().expect("traffic");
+        t.forbid_between(from, to, "fcc's leaf is expired on fcs00's clock");
+        if t.attempts_between(from, to) == 0 {
+            return Err(
+                "fcc made no attempt while fcs00's clock was 80 h ahead: the refusal proved nothing"
+                    .into(),
+            );
+        }
+    }
+    run.cluster.set_agent_clock(FCS, 1_000_000, 0);
+    let took = wait_answers(
+        run,
+        traffic,
+        3,
+        RESTART_BOUND,
+        "after fcs00's clock was set right",
+    )
+    .await?;
+    Ok(took.as_millis() as u64)
 }
 
 /// Every attack from evil00; each must be refused before a byte reaches

@@ -94,6 +94,9 @@ pub struct Report {
     /// Longest pause in fcc's answers while fcs00's agent alone restarted
     /// (ms).
     pub connect_agent_restart_gap_ms: u64,
+    /// Simulated ms from fcs00's clock set right (after 80 h ahead, every
+    /// leaf expired to it) to fcc's answers.
+    pub connect_skew_recovery_ms: u64,
     /// Requests answered through the sidecars.
     pub connect_answers: u64,
     /// Simulated ms from a root rotation to both agents serving leaves of

@@ -430,3 +430,43 @@ fn a_failed_first_read_is_retried_before_any_write() {
     ae.handle_timeout(retry);
     assert_eq!(drain(&mut ae), [Output::Fetch]);
 }
+
+#[test]
+fn a_check_registered_again_during_the_first_read_keeps_its_own_status() {
+    let (table, _) = catalog_before_restart();
+    let mut ae = restarted(1_000);
+    ae.loaded();
+    ae.handle_timeout(1_000);
+    assert_eq!(drain(&mut ae), [Output::Fetch]);
+    // A tool registers everything again while the read is in flight,
+    // this time with an explicit status.
+    ae.add_check(
+        1_002,
+        HealthCheck {
+            status: CheckStatus::Warning,
+            ..tcp_check()
+        },
+    );
+    ae.catalog_view(1_005, &node_view(&table));
+    assert_eq!(ae.checks()["service:fcs"].status, CheckStatus::Warning);
+    let outs = drain(&mut ae);
+    assert!(
+        matches!(outs.as_slice(), [Output::Sync { sync, .. }] if sync.checks[0].status == CheckStatus::Warning),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn a_service_removed_and_registered_again_does_not_adopt_old_statuses() {
+    let (table, _) = catalog_before_restart();
+    let mut ae = restarted(1_000);
+    ae.loaded();
+    ae.handle_timeout(1_000);
+    assert_eq!(drain(&mut ae), [Output::Fetch]);
+    ae.remove_service(1_001, "fcs");
+    assert!(ae.awaiting_catalog().is_empty());
+    ae.add_service(1_002, fcs());
+    ae.add_check(1_002, tcp_check());
+    ae.catalog_view(1_005, &node_view(&table));
+    assert_eq!(ae.checks()["service:fcs"].status, CheckStatus::Critical);
+}

@@ -335,7 +335,8 @@ impl Agent {
         self.stop().await;
     }
 
-    /// Stops at once (tests; a crash is simulated by killing the node).
+    /// Stops: tasks end at once, and the API's connections within
+    /// `http::SHUTDOWN_GRACE` (a crash is simulated by killing the node).
     pub async fn stop(self) {
         self.http_task.abort();
         if let Some(t) = &self.https_task {

@@ -48,6 +48,10 @@ impl IntentionCache {
     fn load(&self) -> Option<(u64, Vec<Intention>)> {
         self.last.lock().expect("intention cache lock").clone()
     }
+
+    fn is_empty(&self) -> bool {
+        self.last.lock().expect("intention cache lock").is_none()
+    }
 }
 
 /// A value of a JSON object by Consul's rules for request bodies: the
@@ -441,13 +445,13 @@ impl HttpApi {
                 return from_cache(hit);
             }
         }
-        if cached && min_index > 0 && self.intention_cache.load().is_none() {
+        if cached && min_index > 0 && self.intention_cache.is_empty() {
             // A watcher that outlived this agent (a sidecar across the
             // agent's restart) blocks on an index it already has: fill the
-            // copy now, not when the intentions next change, so that a
-            // server outage after the restart finds one.
-            let now = Query::parse(None).expect("an empty query parses");
-            let _ = self.read_intentions(&now).await;
+            // copy now (same consistency, no waiting), not when the
+            // intentions next change, so that a server outage after the
+            // restart finds one.
+            let _ = self.read_intentions(&query.without_blocking()).await;
         }
         match self.read_intentions(query).await {
             Ok((resp, all)) => {

@@ -146,7 +146,7 @@ mod imp {
         match result {
             Ok(report) => {
                 println!(
-                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} heal_sync_ms={:?} dns_ms={:?} false_verdicts={} catalog_reads={} connect_first_ms={} connect_failover_gap_ms=[{}] intention_ms={:?} connect_restart_ms={} connect_agent_restart_gap_ms={} connect_answers={} rotation_ms=[{}] session_invalidate_ms={:?} lock_holds={} lost_holds={} txn_reads={} leaf_renewal_ms={}",
+                    "PASS scenario={scenario} seed={seed} trace_hash={:016x} history_hash={:016x} trace_lines={} sim_ms={} wall_ms={} acked={} unacked={} definite_failures={} {} register_ops={} lin_unknown={} log_entries={} torn_tails={} terms={} converge_ms={} failover_ms={:?} agent_sync_ms={:?} check_ms={:?} detect_ms={:?} heal_sync_ms={:?} dns_ms={:?} false_verdicts={} catalog_reads={} connect_first_ms={} connect_failover_gap_ms=[{}] intention_ms={:?} connect_restart_ms={} connect_agent_restart_gap_ms={} connect_skew_recovery_ms={} connect_answers={} rotation_ms=[{}] session_invalidate_ms={:?} lock_holds={} lost_holds={} txn_reads={} leaf_renewal_ms={}",
                     t.hash(),
                     report.history_digest,
                     t.lines,
@@ -175,6 +175,7 @@ mod imp {
                     report.intention_ms,
                     report.connect_restart_ms,
                     report.connect_agent_restart_gap_ms,
+                    report.connect_skew_recovery_ms,
                     report.connect_answers,
                     report.rotation_ms,
                     report.session_invalidate_ms,

@@ -53,7 +53,8 @@ pub struct Traffic {
     corrupt: Vec<String>,
     /// (nonce, ms) of every request fcc gave up on.
     failures: Vec<(String, u64)>,
-    forbidden: Vec<(u64, u64)>,
+    /// Windows (from, to, why) in which nothing may reach fcs.
+    forbidden: Vec<(u64, u64, String)>,
     /// Windows (from, to, across what) in which no request may fail.
     lossless: Vec<(u64, u64, String)>,
     /// What the attacker tried.
@@ -107,9 +108,19 @@ impl Traffic {
         worst.max(to.saturating_sub(last))
     }
 
-    /// Nothing may reach fcs in `[from, to]` (a deny intention holds).
-    pub fn forbid_between(&mut self, from: u64, to: u64) {
-        self.forbidden.push((from, to));
+    /// Nothing may reach fcs in `[from, to]`, because `why` (a deny
+    /// intention holds, fcc's leaf is expired on fcs00's clock).
+    pub fn forbid_between(&mut self, from: u64, to: u64, why: &str) {
+        self.forbidden.push((from, to, why.to_owned()));
+    }
+
+    /// Requests fcc finished (answered or given up on) in `[from, to]`.
+    pub fn attempts_between(&self, from: u64, to: u64) -> usize {
+        self.failures
+            .iter()
+            .chain(&self.answers)
+            .filter(|(_, at)| *at >= from && *at <= to)
+            .count()
     }
 
     /// Every request fcc gives up on in `[from, to]` is a lost request,
@@ -141,10 +152,11 @@ pub fn check(t: &Traffic) -> Result<(), String> {
              something impersonated fcs"
         ));
     }
-    for (from, to) in &t.forbidden {
+    for (from, to, why) in &t.forbidden {
         if let Some((n, at)) = t.received.iter().find(|(_, at)| at >= from && at <= to) {
             return Err(format!(
-                "intentions: fcs received {n:?} {} ms into a window where fcc -> fcs is denied",
+                "sidecar security: fcs received {n:?} {} ms into a window where nothing may \
+                 reach it ({why})",
                 at - from
             ));
         }
@@ -223,7 +235,7 @@ mod tests {
         t.attacks.pop();
         assert!(check(&t).unwrap_err().contains("never ran"));
         let mut t = passing();
-        t.forbid_between(10, 12);
+        t.forbid_between(10, 12, "fcc -> fcs is denied");
         assert!(check(&t).unwrap_err().contains("denied"));
         assert_eq!(
             passing().longest_gap(0, 100),

@@ -115,8 +115,9 @@ impl Drop for LocalAgent {
 }
 
 impl LocalAgent {
-    /// Loads what the data dir kept, then starts syncing `node` and its
-    /// registrations to `cluster`, running checks and heartbeats.
+    /// Loads what the data dir kept and runs its checks; syncing `node`
+    /// and its registrations to `cluster`, and heartbeats, start with
+    /// [`LocalAgent::start_syncing`].
     pub fn start(
         node: Node,
         cluster: Arc<dyn Cluster>,
@@ -191,6 +192,7 @@ impl LocalAgent {
     /// loaded at start (the data dir, the configuration) is in: anti-entropy
     /// treats checks added before its first step as loaded ones.
     pub fn start_syncing(self: &Arc<Self>) {
+        self.inner.lock().expect("agent lock").ae.loaded();
         let sync = tokio::spawn(Self::sync_driver(Arc::downgrade(self)));
         let heartbeat = tokio::spawn(Self::heartbeat_loop(Arc::downgrade(self), self.node_name()));
         self.tasks
