@@ -579,6 +579,18 @@ fn exchange(
 fn dev_agent() -> std::net::SocketAddr {
     static AGENT: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
     *AGENT.get_or_init(|| {
+        // libFuzzer's `main` is C's, so SIGPIPE still kills the process, as
+        // Rust's own `main` (the `mesh` binary's) makes sure it does not:
+        // hyper's vectored write to a client that gave up on a blocking
+        // query then ended a fuzz run (signal 13) instead of failing one
+        // write with EPIPE.
+        // (The corpus replay in `cargo test` runs under Rust's `main`.)
+        // SAFETY: setting a signal's disposition to SIG_IGN at startup,
+        // before any other thread of this process writes to a socket.
+        #[cfg(fuzzing)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         let free_port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())

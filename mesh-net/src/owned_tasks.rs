@@ -120,3 +120,54 @@ impl Stopping {
         while self.0.changed().await.is_ok() {}
     }
 }
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn dropping_the_owner_ends_its_connections_and_the_drain_sees_it() {
+        let drain = Drain::new();
+        let connections = Connections::tracked(drain.token());
+        let ended = Arc::new(AtomicBool::new(false));
+        let flag = ended.clone();
+        connections.spawn(async move {
+            // A connection that would never end on its own; the guard
+            // records that its future was dropped.
+            struct Guard(Arc<AtomicBool>);
+            impl Drop for Guard {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let _guard = Guard(flag);
+            std::future::pending::<()>().await
+        });
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = finished.clone();
+        connections.spawn_graceful(|mut stopping| async move {
+            stopping.wait().await;
+            // Finishing what it was doing.
+            tokio::task::yield_now().await;
+            done.store(true, Ordering::SeqCst);
+        });
+        // A drain whose token is still held gives up at its bound.
+        let other = Drain::new();
+        let _held = other.token();
+        assert!(!other.wait(Duration::from_millis(20)).await);
+        // The owner lives: its connections do too.
+        assert!(!ended.load(Ordering::SeqCst));
+        drop(connections);
+        assert!(drain.wait(Duration::from_secs(5)).await, "every task ended");
+        assert!(
+            ended.load(Ordering::SeqCst),
+            "the plain connection was dropped"
+        );
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the graceful one finished its work"
+        );
+    }
+}
