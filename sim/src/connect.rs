@@ -379,22 +379,8 @@ async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
     let t0 = ms_since(base);
     run.cluster.restart_agent_process(FCS).await?;
     let t = Instant::now();
-    while run.cluster.agent(FCS).is_some() {
-        if t.elapsed() > RESTART_BOUND {
-            return Err(format!(
-                "fcs00's agent did not stop within {RESTART_BOUND:?} of SIGTERM"
-            ));
-        }
-        run.settle(Duration::from_millis(20)).await?;
-    }
-    while run.cluster.agent(FCS).is_none() {
-        if t.elapsed() > RESTART_BOUND {
-            return Err(format!(
-                "fcs00's agent did not start again within {RESTART_BOUND:?}"
-            ));
-        }
-        run.settle(Duration::from_millis(20)).await?;
-    }
+    wait_agent(&mut run, t, false, "stop after SIGTERM").await?;
+    wait_agent(&mut run, t, true, "start again").await?;
     // The sidecar finds its agent again: its watches resume.
     run.settle(Duration::from_secs(3)).await?;
     wait_answers(
@@ -461,6 +447,20 @@ async fn connect_phases(wire: &Mutex<Wire>) -> Result<Report, String> {
     sidecar_security::check(&verdict)?;
     wire.lock().expect("wire").check(MIN_SIDECAR_BYTES)?;
     run.finish().await
+}
+
+/// Waits until fcs00's agent runs (`up`) or not, at most
+/// [`RESTART_BOUND`] from `since`.
+async fn wait_agent(run: &mut Run, since: Instant, up: bool, what: &str) -> Result<(), String> {
+    while run.cluster.agent(FCS).is_some() != up {
+        if since.elapsed() > RESTART_BOUND {
+            return Err(format!(
+                "fcs00's agent did not {what} within {RESTART_BOUND:?}"
+            ));
+        }
+        run.settle(Duration::from_millis(20)).await?;
+    }
+    Ok(())
 }
 
 /// Rotates the root through fcs00's agent (a new `Config.PrivateKey`, as

@@ -257,15 +257,15 @@ impl Agent {
         ));
         let drain = crate::owned_tasks::Drain::new();
         let https_task = match (https_listener, &config.https) {
-            (Some(listener), Some(h)) => Some(tokio::spawn(http::serve_https(
+            (Some(listener), Some(h)) => Some(tokio::spawn(http::serve(
                 listener,
-                h.tls.clone(),
+                Some(h.tls.clone()),
                 api.clone(),
                 drain.token(),
             ))),
             _ => None,
         };
-        let http_task = tokio::spawn(http::serve(http_listener, api, drain.token()));
+        let http_task = tokio::spawn(http::serve(http_listener, None, api, drain.token()));
         let mut dns_tasks = Vec::new();
         if let Some((udp, tcp)) = dns_sockets {
             let dc = config.datacenter.clone();

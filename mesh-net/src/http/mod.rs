@@ -75,31 +75,18 @@ impl hyper::rt::Timer for ClockTimer {
     }
 }
 
-/// Serves the API on `listener` until the task is dropped; its
-/// connections hold `drain`'s token until they end.
-pub async fn serve(listener: TcpListener, api: Arc<HttpApi>, drain: DrainToken) {
-    serve_with(
-        listener,
-        None,
-        move |req| {
-            let api = api.clone();
-            async move { api.handle(req).await }
-        },
-        Some(drain),
-    )
-    .await
-}
-
-/// Serves the API over TLS on `listener` (the HTTPS port).
-pub async fn serve_https(
+/// Serves the API on `listener` (over TLS when `tls` is given: the HTTPS
+/// port) until the task is dropped; its connections hold `drain`'s token
+/// until they end.
+pub async fn serve(
     listener: TcpListener,
-    tls: Swap<rustls::ServerConfig>,
+    tls: Option<Swap<rustls::ServerConfig>>,
     api: Arc<HttpApi>,
     drain: DrainToken,
 ) {
     serve_with(
         listener,
-        Some(tls),
+        tls,
         move |req| {
             let api = api.clone();
             async move { api.handle(req).await }
