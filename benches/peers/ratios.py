@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """ratios.py - ratios of one configuration against others from mtls_proxy_bench.py's raw output.
 
-  python3 ratios.py RESULTS_DIR/mtls_raw.jsonl [--subject mesh] [--versus stunnel-mtls,direct]
+  python3 ratios.py RESULTS_DIR/mtls_raw.jsonl [--subject mesh] [--versus stunnel-mtls,haproxy-plain-2hop,direct]
 
 For each measure, the median over repeats of each configuration and
 subject/baseline. Latencies and µs per connection: lower is better, so a
 ratio above 1 means the subject is slower. Connections/s and Gbit/s: higher
-is better, so a ratio below 1 means the subject is slower. Prints Markdown.
+is better, so a ratio below 1 means the subject is slower. Then the round trip
+each pair adds over a direct connection (p50 minus direct's p50), which is
+what the sidecar's latency target is set on. Prints Markdown.
 """
 import argparse
 import json
@@ -60,9 +62,30 @@ def main():
             b = med.get((v, test, key))
             ratios.append("–" if s is None or not b else "%.2f" % (s / b))
         print("| %s | %s | %s | %s |" % (label, better, " | ".join(cells), " | ".join(ratios)))
+    overheads(med, a.subject, versus)
     n = {c: len(vals.get((c, "pingpong64", "rtt_us_p50"), [])) for c in cfgs}
     print()
     print("medians over repeats %s; tests not clean (foreign load or no quiet host): %d" % (n, unclean))
+
+
+def overheads(med, subject, versus):
+    """The round trip each pair adds to a direct connection (its p50 minus
+    direct's, medians over repeats): the sidecar targets are set on this."""
+    print()
+    print("| round-trip overhead over direct, p50 µs | " + " | ".join(v for v in versus if v != "direct") +
+          " | " + subject + " | " + " | ".join("%s / %s" % (subject, v) for v in versus if v != "direct") + " |")
+    others = [v for v in versus if v != "direct"]
+    print("|---|" + "---|" * (2 * len(others) + 1))
+    for test, label in (("pingpong64", "both vCPUs"), ("pingpong64-1vcpu", "all on 1 vCPU")):
+        direct = med.get(("direct", test, "rtt_us_p50"))
+        if direct is None:
+            continue
+        over = {c: med[(c, test, "rtt_us_p50")] - direct
+                for c in others + [subject] if (c, test, "rtt_us_p50") in med}
+        cells = ["%.1f" % over[c] if c in over else "–" for c in others + [subject]]
+        ratios = ["%.2f" % (over[subject] / over[v]) if subject in over and over.get(v, 0) > 0 else "–"
+                  for v in others]
+        print("| %s | %s | %s |" % (label, " | ".join(cells), " | ".join(ratios)))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@
 # bench's iperf3 server, sidecar 21001) and fcc (sidecar 21002, upstreams fcs -> 20000 and
 # fcsiperf -> 20001); intentions fcc -> fcs and fcc -> fcsiperf; the three sidecars
 # (`mesh connect proxy -sidecar-for ...`). Once fcc's upstreams carry a byte end to end, runs
-# mtls_proxy_bench.py with --configs direct,stunnel-mtls,mesh and --extra mesh=20000:20001@<3 PIDs>,
-# then prints the table, the ratios (ratios.py) and the sidecars' peak RSS (VmHWM).
-# Installs stunnel4 and iperf3 with apt-get if missing. Stops everything it started, by PID.
+# mtls_proxy_bench.py with --configs direct,stunnel-mtls,haproxy-plain-2hop,mesh and --extra
+# mesh=20000:20001@<3 PIDs>, then prints the table, the ratios (ratios.py) and the sidecars' peak
+# RSS (VmHWM). haproxy-plain-2hop (two haproxy processes, no TLS) is the floor: what two user-space
+# proxies cost before any cryptography. Installs stunnel4, haproxy and iperf3 with apt-get if missing. Stops everything it started, by PID.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -41,7 +42,7 @@ H=127.0.0.1
 agent_http="$H:$HTTP_PORT"
 
 need=()
-for p in stunnel4 iperf3 openssl gcc libc6-dev python3 curl; do
+for p in stunnel4 haproxy iperf3 openssl gcc libc6-dev python3 curl; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -190,12 +191,12 @@ EOF
 
 pid_list="$(IFS=,; echo "${sidecar_pids[*]}")"
 python3 "$here/mtls_proxy_bench.py" --netbench "$work/netbench" --repeats "$repeats" \
-  --configs direct,stunnel-mtls,mesh --extra "mesh=20000:20001@$pid_list" \
+  --configs direct,stunnel-mtls,haproxy-plain-2hop,mesh --extra "mesh=20000:20001@$pid_list" \
   --quiet-max-wait 120 --out "$out" ${py_args[@]+"${py_args[@]}"}
 
 echo
 echo "== ratios (mesh sidecar pair vs stunnel pair and vs direct; medians over repeats)"
-python3 "$here/ratios.py" "$out/mtls_raw.jsonl" --subject mesh --versus stunnel-mtls,direct | tee "$out/ratios.md"
+python3 "$here/ratios.py" "$out/mtls_raw.jsonl" --subject mesh --versus stunnel-mtls,haproxy-plain-2hop,direct | tee "$out/ratios.md"
 
 echo
 echo "== peak RSS (VmHWM) at the end"
