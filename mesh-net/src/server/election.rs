@@ -172,6 +172,29 @@ impl Server {
                     }
                 }
                 Some(Output::StartElection { round }) => {
+                    // openraft reports a vote it grants (in its metrics, and
+                    // to the vote handler that feeds `VoteGranted`) only
+                    // once the vote is on disk; the log store holds it from
+                    // the moment it is cast. A vote for another server in a
+                    // newer term since this round began means a candidate
+                    // is winning that term: electing now would start the
+                    // next term and split it (failover seed 110: the second
+                    // survivor of a gone leader voted for the first, its
+                    // PreVote round was granted while that vote was being
+                    // written, and nobody led for 825 ms).
+                    let known_term = self.metrics().current_term;
+                    if let Some(vote) = self.log.vote() {
+                        let id = vote.leader_id();
+                        if id.term > known_term && id.voted_for() != Some(self.node_id) {
+                            debug!(
+                                round,
+                                term = id.term,
+                                "voted for another server in a newer term: not starting an election"
+                            );
+                            self.election_input(Input::VoteGranted);
+                            continue;
+                        }
+                    }
                     debug!(
                         round,
                         term = self.metrics().current_term,

@@ -174,6 +174,22 @@ impl AsyncWrite for TcpStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        // MESH PATCH: a flush with nothing written sends nothing, as on a
+        // real socket. Upstream sent an empty message, which wakes the
+        // peer's reader; hyper flushes on every poll of a connection, so
+        // two hyper ends bounced empty messages to each other for as long
+        // as the connection lived (one hop per link latency, forever), and
+        // a backlog of them delayed every later request on the connection.
+        if self.write_buf.is_empty() {
+            return if self.tx.is_closed() {
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "connection reset",
+                )))
+            } else {
+                Poll::Ready(Ok(()))
+            };
+        }
         // send data
         let data = self.write_buf.split().freeze();
         if let Some(tap) = &self.tap {
