@@ -71,15 +71,17 @@ def main():
 def overheads(med, subject, versus):
     """The round trip each pair adds to a direct connection (its p50 minus
     direct's, medians over repeats): the sidecar targets are set on this."""
-    print()
-    print("| round-trip overhead over direct, p50 µs | " + " | ".join(v for v in versus if v != "direct") +
-          " | " + subject + " | " + " | ".join("%s / %s" % (subject, v) for v in versus if v != "direct") + " |")
     others = [v for v in versus if v != "direct"]
+    tests = [(test, label) for test, label in (("pingpong64", "both vCPUs"), ("pingpong64-1vcpu", "all on 1 vCPU"))
+             if ("direct", test, "rtt_us_p50") in med]
+    if not others or not tests:
+        return
+    print()
+    print("| round-trip overhead over direct, p50 µs | " + " | ".join(others) + " | " + subject + " | " +
+          " | ".join("%s / %s" % (subject, v) for v in others) + " |")
     print("|---|" + "---|" * (2 * len(others) + 1))
-    for test, label in (("pingpong64", "both vCPUs"), ("pingpong64-1vcpu", "all on 1 vCPU")):
-        direct = med.get(("direct", test, "rtt_us_p50"))
-        if direct is None:
-            continue
+    for test, label in tests:
+        direct = med[("direct", test, "rtt_us_p50")]
         over = {c: med[(c, test, "rtt_us_p50")] - direct
                 for c in others + [subject] if (c, test, "rtt_us_p50") in med}
         cells = ["%.1f" % over[c] if c in over else "–" for c in others + [subject]]

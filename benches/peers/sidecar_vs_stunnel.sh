@@ -16,7 +16,8 @@
 # mtls_proxy_bench.py with --configs direct,stunnel-mtls,haproxy-plain-2hop,mesh and --extra
 # mesh=20000:20001@<3 PIDs>, then prints the table, the ratios (ratios.py) and the sidecars' peak
 # RSS (VmHWM). haproxy-plain-2hop (two haproxy processes, no TLS) is the floor: what two user-space
-# proxies cost before any cryptography. Installs stunnel4, haproxy and iperf3 with apt-get if missing. Stops everything it started, by PID.
+# proxies cost before any cryptography. Installs stunnel4, haproxy and iperf3 with apt-get if
+# missing. Stops everything it started, by PID.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
     --repeats) repeats="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --) shift; py_args=("$@"); break ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -195,7 +196,7 @@ python3 "$here/mtls_proxy_bench.py" --netbench "$work/netbench" --repeats "$repe
   --quiet-max-wait 120 --out "$out" ${py_args[@]+"${py_args[@]}"}
 
 echo
-echo "== ratios (mesh sidecar pair vs stunnel pair and vs direct; medians over repeats)"
+echo "== ratios (mesh sidecar pair vs stunnel pair, plain haproxy pair and direct; medians over repeats)"
 python3 "$here/ratios.py" "$out/mtls_raw.jsonl" --subject mesh --versus stunnel-mtls,haproxy-plain-2hop,direct | tee "$out/ratios.md"
 
 echo

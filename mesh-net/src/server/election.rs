@@ -175,8 +175,9 @@ impl Server {
                     // openraft reports a vote it grants (in its metrics, and
                     // to the vote handler that feeds `VoteGranted`) only
                     // once the vote is on disk; the log store holds it from
-                    // the moment it is cast. A vote for another server in a
-                    // newer term since this round began means a candidate
+                    // the moment it is cast. A stored vote for another
+                    // server in a term newer than openraft has reported
+                    // (a vote being written right now) means a candidate
                     // is winning that term: electing now would start the
                     // next term and split it (failover seed 110: the second
                     // survivor of a gone leader voted for the first, its
@@ -189,6 +190,7 @@ impl Server {
                             debug!(
                                 round,
                                 term = id.term,
+                                known_term,
                                 "voted for another server in a newer term: not starting an election"
                             );
                             self.election_input(Input::VoteGranted);
