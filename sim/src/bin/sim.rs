@@ -109,8 +109,6 @@ mod imp {
         }));
         let trace = new_trace(print_trace);
         // SIM_LOG (EnvFilter syntax, e.g. `info,mesh_net::sidecar=debug`)
-        // widens what the trace shows; the default is INFO.
-        // SIM_LOG (EnvFilter syntax, e.g. `info,mesh_net::sidecar=debug`)
         // widens what the trace shows, for debugging only: EnvFilter's
         // hash maps draw from the simulator's RNG, so with it set the same
         // seed does not replay exactly. The default (INFO) does.
