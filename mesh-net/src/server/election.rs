@@ -199,7 +199,7 @@ impl Server {
                     }
                     debug!(
                         round,
-                        term = self.metrics().current_term,
+                        term = known_term,
                         "a majority would vote for this server: starting an election"
                     );
                     if let Err(e) = self.raft.trigger().elect().await {
